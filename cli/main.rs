@@ -1,0 +1,2 @@
+//! kiln's command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! `formats`: bytes in, bytes out.

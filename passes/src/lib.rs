@@ -1,0 +1,7 @@
+//! `passes`: kiln's IR, the passes over it, and (later) the planner and cost
+//! model. This crate knows nothing about files: loaders in `formats` build a
+//! [`Model`] of lazy [`Source`] views, passes decide, and the emitter lowers.
+
+pub mod ir;
+
+pub use ir::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode, Transform};
