@@ -2,6 +2,9 @@
 //! model. This crate knows nothing about files: loaders in `formats` build a
 //! [`Model`] of lazy [`Source`] views, passes decide, and the emitter lowers.
 
+pub mod error;
 pub mod ir;
+pub mod passes;
 
+pub use error::PassError;
 pub use ir::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode, Transform};

@@ -1,0 +1,63 @@
+//! The one owner of stdout, stderr and the progress-bar target.
+//!
+//! Data goes to stdout, everything else (messages, warnings, progress) to
+//! stderr. Progress bars are hidden when stderr is not a terminal, when
+//! `NO_COLOR` is set, or with `--quiet`.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    quiet: bool,
+    progress: bool,
+}
+
+impl Printer {
+    pub fn new(quiet: bool) -> Printer {
+        let progress =
+            !quiet && std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Printer { quiet, progress }
+    }
+
+    /// Data for the user or a machine: always printed, to stdout.
+    pub fn data(&self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`kiln inspect m | head`) is not an error worth a panic.
+        let _ = out.write_all(text.as_bytes());
+        if !text.ends_with('\n') {
+            let _ = out.write_all(b"\n");
+        }
+        let _ = out.flush();
+    }
+
+    /// A status message, to stderr; silenced by `--quiet`.
+    pub fn info(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A warning, to stderr; printed even with `--quiet`.
+    pub fn warn(&self, text: &str) {
+        eprintln!("warning: {text}");
+    }
+
+    /// A byte-counting progress bar, or a hidden one.
+    pub fn bytes_bar(&self, total: u64, msg: &str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {prefix}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(msg.to_string());
+        bar
+    }
+}

@@ -1,0 +1,246 @@
+//! Loading any input into a [`Model`] of lazy [`Source`] views: a Hugging Face
+//! checkpoint directory, a bare `.safetensors` file, or a GGUF file.
+//!
+//! What must stay true: files are memory-mapped and never copied whole; every
+//! header is validated before a tensor is listed; tensor order is
+//! deterministic (file order, then offset order).
+
+use std::path::{Path, PathBuf};
+
+use passes::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode};
+use quant::GgmlType;
+
+use crate::error::{Error, Result};
+use crate::gguf::{self, GgufFile};
+use crate::hf;
+use crate::mmap::MappedFile;
+use crate::safetensors::{self as st, StHeader};
+use crate::tokenizer::{self, TokenizerOptions};
+
+/// What kind of input a path is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputKind {
+    HfDir,
+    Safetensors,
+    Gguf { version: u32 },
+}
+
+/// A loaded model and the mapped files its sources point into.
+#[derive(Debug)]
+pub struct Loaded {
+    pub kind: InputKind,
+    pub model: Model,
+    pub maps: Vec<MappedFile>,
+    /// For GGUF inputs, the parsed file (for inspection).
+    pub gguf: Option<GgufFile>,
+    /// For safetensors inputs, every header (for inspection), by file.
+    pub safetensors: Vec<StHeader>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub tokenizer: TokenizerOptions,
+}
+
+/// Load `path`, whatever it is.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    if path.is_dir() {
+        return load_hf_dir(path, opts);
+    }
+    if !path.exists() {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+    }
+    let map = MappedFile::open(path)?;
+    if map.bytes().starts_with(gguf::read::GGUF_MAGIC) || path.extension().is_some_and(|e| e == "gguf") {
+        return load_gguf(path, map);
+    }
+    load_safetensors_file(path, map)
+}
+
+fn source_dtype(path: &Path, name: &str, dtype: &str) -> Result<SourceDType> {
+    Ok(match dtype {
+        "F32" => SourceDType::F32,
+        "F16" => SourceDType::F16,
+        "BF16" => SourceDType::BF16,
+        other => {
+            return Err(Error::unsupported(
+                path,
+                Some(name),
+                format!("dtype {other} is not a weight dtype kiln converts (F32, F16, BF16)"),
+            ))
+        }
+    })
+}
+
+fn node(name: &str, shape: Vec<usize>, source: Source) -> TensorNode {
+    TensorNode {
+        name: name.to_string(),
+        source_name: name.to_string(),
+        shape,
+        role: Role::Other,
+        layer: None,
+        source,
+        transform: None,
+        encoding: None,
+        notes: Vec::new(),
+    }
+}
+
+fn load_safetensors_file(path: &Path, map: MappedFile) -> Result<Loaded> {
+    let header = st::parse(path, map.bytes())?;
+    let mut tensors = Vec::new();
+    let mut entries = header.entries.clone();
+    entries.sort_by_key(|e| e.start);
+    for e in &entries {
+        // A bare file may hold any dtype; only weight dtypes become sources.
+        if let Ok(dtype) = source_dtype(path, &e.name, &e.dtype) {
+            tensors.push(node(&e.name, e.shape.clone(), Source { file: 0, dtype, offset: e.start, len: e.end - e.start }));
+        }
+    }
+    Ok(Loaded {
+        kind: InputKind::Safetensors,
+        model: Model {
+            files: vec![path.to_path_buf()],
+            arch: None,
+            tensors,
+            metadata: Metadata::default(),
+            notes: Vec::new(),
+        },
+        maps: vec![map],
+        gguf: None,
+        safetensors: vec![header],
+    })
+}
+
+fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        return Err(Error::malformed(&config_path, None, "missing config.json (a Hugging Face checkpoint directory needs one)"));
+    }
+    let config = hf::read_json(&config_path)?;
+    let arch = hf::parse_config(&config_path, &config)?;
+    hf::check_supported(&config_path, &arch)?;
+
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut maps = Vec::new();
+    let mut headers = Vec::new();
+    let mut tensors = Vec::new();
+    for (file_index, (path, names)) in hf::weight_files(dir)?.into_iter().enumerate() {
+        let map = MappedFile::open(&path)?;
+        let header = st::parse(&path, map.bytes())?;
+        if let Some(names) = &names {
+            for n in names {
+                if !header.entries.iter().any(|e| &e.name == n) {
+                    return Err(Error::malformed(
+                        &path,
+                        Some(n),
+                        "named in model.safetensors.index.json but absent from this shard",
+                    ));
+                }
+            }
+        }
+        let mut entries = header.entries.clone();
+        entries.sort_by_key(|e| e.start);
+        for e in &entries {
+            let dtype = source_dtype(&path, &e.name, &e.dtype)?;
+            tensors.push(node(&e.name, e.shape.clone(), Source { file: file_index, dtype, offset: e.start, len: e.end - e.start }));
+        }
+        files.push(path);
+        maps.push(map);
+        headers.push(header);
+    }
+
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    let mut metadata = hf::arch_metadata(&arch, &name);
+    let tok = tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
+    metadata.0.extend(tok.0);
+    Ok(Loaded {
+        kind: InputKind::HfDir,
+        model: Model { files, arch: Some(arch), tensors, metadata, notes: Vec::new() },
+        maps,
+        gguf: None,
+        safetensors: headers,
+    })
+}
+
+/// [`Arch`] from GGUF metadata (`{arch}.block_count` etc.), when present.
+pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
+    let family = md.get("general.architecture")?.as_str()?.to_string();
+    let get = |k: &str| md.get(&format!("{family}.{k}")).and_then(MetaValue::as_u64).map(|v| v as usize);
+    let getf = |k: &str| md.get(&format!("{family}.{k}")).and_then(MetaValue::as_f64);
+    let hidden = get("embedding_length")?;
+    let n_head = get("attention.head_count").filter(|&h| h > 0)?;
+    let vocab = md
+        .get("tokenizer.ggml.tokens")
+        .and_then(|t| match t {
+            MetaValue::Array(a) => Some(a.len()),
+            _ => None,
+        })
+        .or_else(|| get("vocab_size"))
+        .unwrap_or(0);
+    Some(Arch {
+        hf_architecture: None,
+        n_layer: get("block_count")?,
+        hidden,
+        n_head,
+        n_head_kv: get("attention.head_count_kv").unwrap_or(n_head),
+        head_dim: get("attention.key_length").unwrap_or(hidden / n_head),
+        ffn: get("feed_forward_length").unwrap_or(0),
+        vocab,
+        context_length: get("context_length").unwrap_or(0),
+        rope_theta: getf("rope.freq_base").unwrap_or(10000.0) as f32,
+        rms_eps: getf("attention.layer_norm_rms_epsilon").unwrap_or(1e-6) as f32,
+        tied_embeddings: false,
+        n_expert: get("expert_count").unwrap_or(0),
+        n_expert_used: get("expert_used_count").unwrap_or(0),
+        family,
+    })
+}
+
+fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
+    let g = gguf::parse(path, map.bytes())?;
+    let mut tensors = Vec::with_capacity(g.tensors.len());
+    for t in &g.tensors {
+        let ty = GgmlType::from_id(t.ty.id).ok_or_else(|| {
+            Error::unsupported(path, Some(&t.name), format!("type {} cannot be decoded by kiln yet (it decodes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K)", t.ty.name))
+        });
+        let dtype = match ty {
+            Ok(GgmlType::F32) => SourceDType::F32,
+            Ok(GgmlType::F16) => SourceDType::F16,
+            Ok(GgmlType::BF16) => SourceDType::BF16,
+            Ok(t) => SourceDType::Ggml(t),
+            // Unknown types still list for inspection; conversion refuses them.
+            Err(_) => continue,
+        };
+        tensors.push(node(&t.name, t.shape(), Source { file: 0, dtype, offset: t.offset, len: t.bytes }));
+    }
+    let mut arch = arch_from_gguf(&g.metadata);
+    if let Some(a) = &mut arch {
+        a.tied_embeddings = !g.tensors.iter().any(|t| t.name == "output.weight");
+    }
+    Ok(Loaded {
+        kind: InputKind::Gguf { version: g.version },
+        model: Model {
+            files: vec![path.to_path_buf()],
+            arch,
+            tensors,
+            metadata: g.metadata.clone(),
+            notes: Vec::new(),
+        },
+        maps: vec![map],
+        gguf: Some(g),
+        safetensors: Vec::new(),
+    })
+}
+
+/// The first tensor of a GGUF that kiln cannot decode, with its type name.
+pub fn undecodable(g: &GgufFile) -> Option<(&str, &'static str)> {
+    g.tensors
+        .iter()
+        .find(|t| GgmlType::from_id(t.ty.id).is_none())
+        .map(|t| (t.name.as_str(), t.ty.name))
+}

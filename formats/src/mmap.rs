@@ -1,0 +1,68 @@
+//! Memory-mapping of input files: the one `unsafe` decision in kiln.
+//!
+//! Inputs are mapped read-only and never copied whole. What must stay true:
+//! a mapped file is treated as immutable for the life of the map; if another
+//! process truncates it meanwhile, reads may fault (SIGBUS), which is the
+//! accepted cost of zero-copy loading, as in ripgrep and safetensors.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+use crate::error::{Error, Result};
+
+/// A read-only mapped input file.
+#[derive(Debug)]
+pub struct MappedFile {
+    map: Option<Mmap>,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<MappedFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            // mmap of an empty file fails on some systems; an empty slice is the truth.
+            return Ok(MappedFile { map: None });
+        }
+        // SAFETY: the map is read-only and the file is an input that kiln never
+        // writes; see the module docs for the truncation caveat.
+        let map = unsafe { map_readonly(&file) }.map_err(|e| Error::io(path, e))?;
+        let _ = map.advise(Advice::Sequential);
+        Ok(MappedFile { map: Some(map) })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Tell the kernel the pages of `[offset, offset+len)` are no longer needed
+    /// by this process, so resident memory stays flat while streaming a large
+    /// file. Pages are re-read from the file if touched again.
+    pub fn release(&self, offset: usize, len: usize) {
+        let Some(map) = &self.map else { return };
+        // Round inward to whole pages.
+        let page = 4096;
+        let start = offset.div_ceil(page) * page;
+        let end = (offset + len).min(map.len()) / page * page;
+        if end > start {
+            // SAFETY: the mapping is private and read-only, so dropping its
+            // pages only discards clean copies of file data; any later access
+            // re-reads the same bytes from the file. No Rust reference observes
+            // a change of value.
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+}
+
+/// Map `file` read-only.
+///
+/// # Safety
+/// The caller must not let the file be modified or truncated while the map is
+/// alive (kiln only maps inputs, which it never writes).
+unsafe fn map_readonly(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: forwarded to the caller.
+    unsafe { Mmap::map(file) }
+}

@@ -1,0 +1,495 @@
+//! Tokenizer conversion to GGUF `tokenizer.ggml.*` metadata, as llama.cpp's
+//! `convert_hf_to_gguf.py` does it: byte-level BPE (`tokenizer.json`) becomes
+//! `gpt2` with merges and a pre-tokenizer name; SentencePiece
+//! (`tokenizer.model`) becomes `llama` with scores; special token ids, the
+//! add-BOS/EOS flags and the chat template come from `tokenizer_config.json`
+//! (falling back to `config.json` and `generation_config.json`).
+//!
+//! What must stay true: token i of the GGUF list is the token with id i, the
+//! list is as long as the model's vocabulary (holes padded with `[PAD{i}]`,
+//! type UNUSED), and a pre-tokenizer kiln cannot name is refused, not guessed.
+
+use std::path::Path;
+
+use passes::{MetaValue, Metadata};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::hf::read_json;
+
+// llama.cpp token types (`llama_token_type`).
+const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
+
+/// Pre-tokenizer regexes of `tokenizer.json` files and llama.cpp's name for each.
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Options of the tokenizer conversion.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizerOptions {
+    /// Force llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`).
+    pub pre_tokenizer: Option<String>,
+}
+
+/// Build the tokenizer metadata of a checkpoint directory.
+pub fn convert(dir: &Path, config: &Value, vocab_size: usize, opts: &TokenizerOptions) -> Result<Metadata> {
+    let tok_json = dir.join("tokenizer.json");
+    let tok_model = dir.join("tokenizer.model");
+    let tok_config_path = dir.join("tokenizer_config.json");
+    let tok_config = if tok_config_path.exists() { Some(read_json(&tok_config_path)?) } else { None };
+
+    let mut md = Metadata::default();
+    let (tokens, added) = if tok_json.exists() && !tok_model.exists() {
+        let json = read_json(&tok_json)?;
+        let model = json.get("model").ok_or_else(|| Error::malformed(&tok_json, None, "no `model` object"))?;
+        let kind = model.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind != "BPE" {
+            return Err(Error::unsupported(
+                &tok_json,
+                None,
+                format!("tokenizer model `{kind}` is not supported (kiln converts byte-level BPE tokenizer.json and SentencePiece tokenizer.model)"),
+            ));
+        }
+        let pre = match &opts.pre_tokenizer {
+            Some(p) => p.clone(),
+            None => pre_tokenizer_name(&json).ok_or_else(|| {
+                Error::unsupported(
+                    &tok_json,
+                    None,
+                    format!(
+                        "pre-tokenizer {} is not one kiln recognizes; name llama.cpp's equivalent with --pre-tokenizer (e.g. gpt-2, llama-bpe, qwen2, smollm)",
+                        json.get("pre_tokenizer").map(|p| p.to_string()).unwrap_or_else(|| "null".into())
+                    ),
+                )
+            })?,
+        };
+        let (tokens, types, added) = bpe_vocab(&tok_json, &json, vocab_size)?;
+        let merges = bpe_merges(&tok_json, model)?;
+        md.set("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
+        md.set("tokenizer.ggml.pre", MetaValue::String(pre));
+        md.set("tokenizer.ggml.tokens", MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()));
+        md.set("tokenizer.ggml.token_type", MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()));
+        md.set("tokenizer.ggml.merges", MetaValue::Array(merges.into_iter().map(MetaValue::String).collect()));
+        (tokens, added)
+    } else if tok_model.exists() {
+        let bytes = std::fs::read(&tok_model).map_err(|e| Error::io(&tok_model, e))?;
+        let spm = parse_sentencepiece(&tok_model, &bytes)?;
+        let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
+        for p in &spm.pieces {
+            tokens.push(p.piece.clone());
+            scores.push(p.score);
+            types.push(match p.kind {
+                2 => UNKNOWN,
+                3 => CONTROL,
+                5 => UNUSED,
+                6 => BYTE,
+                _ => NORMAL,
+            });
+        }
+        let mut added = Vec::new();
+        if let Some(tc) = &tok_config {
+            // Added tokens beyond the SentencePiece vocabulary.
+            if let Some(dec) = tc.get("added_tokens_decoder").and_then(Value::as_object) {
+                for (id, t) in dec {
+                    let (Ok(id), Some(content)) = (id.parse::<usize>(), t.get("content").and_then(Value::as_str)) else {
+                        continue;
+                    };
+                    let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
+                    added.push((content.to_string(), id));
+                    if id >= tokens.len() && id < vocab_size {
+                        while tokens.len() < id {
+                            let i = tokens.len();
+                            tokens.push(format!("[PAD{i}]"));
+                            scores.push(-1000.0);
+                            types.push(UNUSED);
+                        }
+                        tokens.push(content.to_string());
+                        scores.push(-1000.0);
+                        types.push(if special { CONTROL } else { USER_DEFINED });
+                    } else if id < tokens.len() && tokens[id] == content {
+                        types[id] = if special { CONTROL } else { USER_DEFINED.max(types[id]) };
+                    }
+                }
+            }
+        }
+        if tokens.len() > vocab_size {
+            return Err(Error::malformed(
+                &tok_model,
+                None,
+                format!("{} pieces but the model's vocab_size is {vocab_size}", tokens.len()),
+            ));
+        }
+        while tokens.len() < vocab_size {
+            let i = tokens.len();
+            tokens.push(format!("[PAD{i}]"));
+            scores.push(-1000.0);
+            types.push(UNUSED);
+        }
+        md.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
+        md.set("tokenizer.ggml.pre", MetaValue::String("default".into()));
+        md.set("tokenizer.ggml.tokens", MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()));
+        md.set("tokenizer.ggml.scores", MetaValue::Array(scores.into_iter().map(MetaValue::F32).collect()));
+        md.set("tokenizer.ggml.token_type", MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()));
+        for (key, id) in [
+            ("unknown", spm.unk_id),
+            ("bos", spm.bos_id),
+            ("eos", spm.eos_id),
+        ] {
+            if let Some(id) = id.filter(|&i| i >= 0) {
+                md.set(&format!("tokenizer.ggml.{key}_token_id"), MetaValue::U32(id as u32));
+            }
+        }
+        md.set("tokenizer.ggml.add_space_prefix", MetaValue::Bool(spm.add_dummy_prefix));
+        (tokens, added)
+    } else {
+        return Err(Error::malformed(
+            dir,
+            None,
+            "no tokenizer.json or tokenizer.model: llama.cpp needs a tokenizer in the GGUF",
+        ));
+    };
+
+    special_tokens(&mut md, &tokens, &added, tok_config.as_ref(), config, dir);
+    if let Some(tc) = &tok_config {
+        for flag in ["add_bos_token", "add_eos_token"] {
+            if let Some(b) = tc.get(flag).and_then(Value::as_bool) {
+                md.set(&format!("tokenizer.ggml.{flag}"), MetaValue::Bool(b));
+            }
+        }
+    }
+    chat_template(&mut md, dir, tok_config.as_ref())?;
+    Ok(md)
+}
+
+/// llama.cpp's pre-tokenizer name for a `tokenizer.json`, judged from its
+/// pre-tokenizer structure (llama.cpp hashes the tokenization of a test text
+/// instead; the structures below are what produce those hashes).
+fn pre_tokenizer_name(json: &Value) -> Option<String> {
+    let pre = json.get("pre_tokenizer")?;
+    let kind = |v: &Value| v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let byte_level_regex = |v: &Value| kind(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true);
+    if byte_level_regex(pre) {
+        return Some("gpt-2".into());
+    }
+    if kind(pre) != "Sequence" {
+        return None;
+    }
+    let items = pre.get("pretokenizers")?.as_array()?;
+    let shape: Vec<String> = items
+        .iter()
+        .map(|p| match kind(p).as_str() {
+            "Split" => {
+                let re = p.get("pattern").and_then(|x| x.get("Regex")).and_then(Value::as_str).unwrap_or("");
+                if re == LLAMA3_REGEX {
+                    "split:llama3".into()
+                } else if re == QWEN2_REGEX {
+                    "split:qwen2".into()
+                } else {
+                    format!("split:{re}")
+                }
+            }
+            "Digits" if p.get("individual_digits").and_then(Value::as_bool) == Some(true) => "digits".into(),
+            "ByteLevel" if byte_level_regex(p) => "bytelevel+regex".into(),
+            "ByteLevel" => "bytelevel".into(),
+            other => other.to_string(),
+        })
+        .collect();
+    let shape: Vec<&str> = shape.iter().map(String::as_str).collect();
+    match shape.as_slice() {
+        ["split:llama3", "bytelevel"] => Some("llama-bpe".into()),
+        ["split:qwen2", "bytelevel"] => Some("qwen2".into()),
+        ["digits", "bytelevel+regex"] => Some("smollm".into()),
+        ["bytelevel+regex"] => Some("gpt-2".into()),
+        _ => None,
+    }
+}
+
+type BpeVocab = (Vec<String>, Vec<i32>, Vec<(String, usize)>);
+
+fn bpe_vocab(path: &Path, json: &Value, vocab_size: usize) -> Result<BpeVocab> {
+    let vocab = json
+        .get("model")
+        .and_then(|m| m.get("vocab"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::malformed(path, None, "BPE model has no `vocab` object"))?;
+    let mut by_id: Vec<Option<String>> = Vec::new();
+    let mut put = |id: usize, tok: &str| -> Result<()> {
+        if id >= vocab_size {
+            return Err(Error::malformed(
+                path,
+                None,
+                format!("token `{tok}` has id {id}, past the model's vocab_size {vocab_size}"),
+            ));
+        }
+        if by_id.len() <= id {
+            by_id.resize(id + 1, None);
+        }
+        by_id[id] = Some(tok.to_string());
+        Ok(())
+    };
+    for (tok, id) in vocab {
+        let id = id.as_u64().ok_or_else(|| Error::malformed(path, None, format!("token `{tok}` has a non-integer id")))?;
+        put(id as usize, tok)?;
+    }
+    let mut added = Vec::new();
+    let mut special_ids = Vec::new();
+    if let Some(list) = json.get("added_tokens").and_then(Value::as_array) {
+        for t in list {
+            let (Some(id), Some(content)) = (t.get("id").and_then(Value::as_u64), t.get("content").and_then(Value::as_str)) else {
+                continue;
+            };
+            put(id as usize, content)?;
+            let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
+            added.push((content.to_string(), id as usize));
+            special_ids.push((id as usize, special || looks_special(content)));
+        }
+    }
+    let mut tokens = Vec::with_capacity(vocab_size);
+    let mut types = Vec::with_capacity(vocab_size);
+    for i in 0..vocab_size {
+        match by_id.get(i).cloned().flatten() {
+            None => {
+                tokens.push(format!("[PAD{i}]"));
+                types.push(UNUSED);
+            }
+            Some(tok) => {
+                match special_ids.iter().find(|(id, _)| *id == i) {
+                    Some((_, true)) => types.push(CONTROL),
+                    Some((_, false)) => types.push(USER_DEFINED),
+                    None => types.push(NORMAL),
+                }
+                tokens.push(tok);
+            }
+        }
+    }
+    Ok((tokens, types, added))
+}
+
+/// llama.cpp's `does_token_look_special`.
+fn looks_special(t: &str) -> bool {
+    (t.starts_with("<|") && t.ends_with("|>")) || (t.starts_with("<｜") && t.ends_with("｜>")) || t == "<think>" || t == "</think>"
+}
+
+fn bpe_merges(path: &Path, model: &Value) -> Result<Vec<String>> {
+    let Some(merges) = model.get("merges").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    merges
+        .iter()
+        .map(|m| match m {
+            Value::String(s) => Ok(s.clone()),
+            Value::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                (Some(a), Some(b)) => Ok(format!("{a} {b}")),
+                _ => Err(Error::malformed(path, None, format!("merge {m} is not a pair of strings"))),
+            },
+            _ => Err(Error::malformed(path, None, format!("merge {m} is neither \"a b\" nor [a, b]"))),
+        })
+        .collect()
+}
+
+fn special_tokens(
+    md: &mut Metadata,
+    tokens: &[String],
+    added: &[(String, usize)],
+    tok_config: Option<&Value>,
+    config: &Value,
+    dir: &Path,
+) {
+    let generation = read_json(&dir.join("generation_config.json")).ok();
+    for kind in ["bos", "eos", "unk", "pad", "sep", "cls", "mask"] {
+        let key = match kind {
+            "unk" => "tokenizer.ggml.unknown_token_id".to_string(),
+            "sep" => "tokenizer.ggml.seperator_token_id".to_string(),
+            k => format!("tokenizer.ggml.{k}_token_id"),
+        };
+        // tokenizer_config.json names the token (a string or an AddedToken object).
+        let named = tok_config
+            .and_then(|tc| tc.get(format!("{kind}_token")))
+            .and_then(|v| v.as_str().or_else(|| v.get("content").and_then(Value::as_str)));
+        let from_name = named.and_then(|n| {
+            added
+                .iter()
+                .find(|(c, _)| c == n)
+                .map(|(_, id)| *id)
+                .or_else(|| tokens.iter().position(|t| t == n))
+        });
+        let id_from = |v: Option<&Value>| {
+            v.and_then(|v| v.as_u64().or_else(|| v.as_array().and_then(|a| a.first()).and_then(Value::as_u64)))
+        };
+        let id = from_name
+            .map(|i| i as u64)
+            .or_else(|| id_from(config.get(format!("{kind}_token_id"))))
+            .or_else(|| id_from(generation.as_ref().and_then(|g| g.get(format!("{kind}_token_id")))));
+        if let Some(id) = id.filter(|&i| (i as usize) < tokens.len()) {
+            md.set(&key, MetaValue::U32(id as u32));
+        }
+    }
+}
+
+fn chat_template(md: &mut Metadata, dir: &Path, tok_config: Option<&Value>) -> Result<()> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        let t = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+        md.set("tokenizer.chat_template", MetaValue::String(t));
+        return Ok(());
+    }
+    match tok_config.and_then(|tc| tc.get("chat_template")) {
+        Some(Value::String(t)) => md.set("tokenizer.chat_template", MetaValue::String(t.clone())),
+        Some(Value::Array(list)) => {
+            for item in list {
+                let (Some(name), Some(t)) = (item.get("name").and_then(Value::as_str), item.get("template").and_then(Value::as_str)) else {
+                    continue;
+                };
+                let key = if name == "default" { "tokenizer.chat_template".to_string() } else { format!("tokenizer.chat_template.{name}") };
+                md.set(&key, MetaValue::String(t.to_string()));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One piece of a SentencePiece model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub piece: String,
+    pub score: f32,
+    /// sentencepiece `Type`: NORMAL=1 UNKNOWN=2 CONTROL=3 USER_DEFINED=4 UNUSED=5 BYTE=6.
+    pub kind: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentencePiece {
+    pub pieces: Vec<Piece>,
+    pub unk_id: Option<i64>,
+    pub bos_id: Option<i64>,
+    pub eos_id: Option<i64>,
+    pub add_dummy_prefix: bool,
+}
+
+/// A minimal protobuf reader for sentencepiece's `ModelProto`.
+struct Proto<'a> {
+    path: &'a Path,
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Proto<'a> {
+    fn err(&self, what: &str) -> Error {
+        Error::malformed(self.path, None, format!("invalid SentencePiece model: {what} at byte {}", self.pos))
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.pos).ok_or_else(|| self.err("truncated varint"))?;
+            self.pos += 1;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.err("varint too long"))
+    }
+
+    /// Next (field, wire type, payload) where payload is the bytes of a
+    /// length-delimited field or the little-endian/varint value.
+    fn field(&mut self) -> Result<Option<(u64, Field<'a>)>> {
+        if self.pos >= self.b.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let (num, wire) = (key >> 3, key & 7);
+        let f = match wire {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                let s = self.b.get(self.pos..self.pos + 8).ok_or_else(|| self.err("truncated fixed64"))?;
+                self.pos += 8;
+                let _ = s;
+                Field::Fixed64
+            }
+            2 => {
+                let n = self.varint()? as usize;
+                let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| self.err("length past the end"))?;
+                let s = &self.b[self.pos..end];
+                self.pos = end;
+                Field::Bytes(s)
+            }
+            5 => {
+                let s = self.b.get(self.pos..self.pos + 4).ok_or_else(|| self.err("truncated fixed32"))?;
+                self.pos += 4;
+                Field::Fixed32(u32::from_le_bytes(s.try_into().expect("4")))
+            }
+            w => return Err(self.err(&format!("unsupported wire type {w}"))),
+        };
+        Ok(Some((num, f)))
+    }
+}
+
+enum Field<'a> {
+    Varint(u64),
+    Fixed64,
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+}
+
+/// Parse a sentencepiece `tokenizer.model`.
+pub fn parse_sentencepiece(path: &Path, bytes: &[u8]) -> Result<SentencePiece> {
+    let mut spm = SentencePiece {
+        pieces: Vec::new(),
+        unk_id: Some(0),
+        bos_id: Some(1),
+        eos_id: Some(2),
+        add_dummy_prefix: true,
+    };
+    let mut top = Proto { path, b: bytes, pos: 0 };
+    while let Some((num, f)) = top.field()? {
+        match (num, f) {
+            (1, Field::Bytes(b)) => {
+                let mut p = Proto { path, b, pos: 0 };
+                let mut piece = Piece { piece: String::new(), score: 0.0, kind: 1 };
+                while let Some((n, f)) = p.field()? {
+                    match (n, f) {
+                        (1, Field::Bytes(s)) => piece.piece = String::from_utf8_lossy(s).into_owned(),
+                        (2, Field::Fixed32(v)) => piece.score = f32::from_bits(v),
+                        (3, Field::Varint(v)) => piece.kind = v,
+                        _ => {}
+                    }
+                }
+                spm.pieces.push(piece);
+            }
+            (2, Field::Bytes(b)) => {
+                let mut p = Proto { path, b, pos: 0 };
+                while let Some((n, f)) = p.field()? {
+                    if let Field::Varint(v) = f {
+                        let id = Some(v as i32 as i64);
+                        match n {
+                            40 => spm.unk_id = id,
+                            41 => spm.bos_id = id,
+                            42 => spm.eos_id = id,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            (3, Field::Bytes(b)) => {
+                let mut p = Proto { path, b, pos: 0 };
+                while let Some((n, f)) = p.field()? {
+                    if let (3, Field::Varint(v)) = (n, f) {
+                        spm.add_dummy_prefix = v != 0;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if spm.pieces.is_empty() {
+        return Err(Error::malformed(path, None, "SentencePiece model has no pieces"));
+    }
+    Ok(spm)
+}
