@@ -1,2 +1,92 @@
-//! kiln's command line.
-fn main() {}
+//! kiln's command line: argument parsing, printing, progress and exit codes.
+//! Glue only: the work is in the `formats`, `passes` and `quant` crates.
+//!
+//! Exit codes are decided in one place, [`exit_code`]: 0 success, 1 a check
+//! failed, 2 bad input or usage, 130 interrupted.
+
+mod convert;
+mod inspect;
+mod printer;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use printer::Printer;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    a check failed (an accuracy or cost gate, a verification)
+  2    bad input or usage (unreadable or malformed model, unknown option, refused output path)
+  130  interrupted (no output file is left behind)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "kiln: turn a trained model into the cheapest artifact that is still good enough, per target",
+    after_help = EXIT_CODES,
+)]
+struct Cli {
+    /// No progress bars or status messages (warnings and errors still go to stderr).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a model's architecture, tensors (name, shape, dtype, bytes), totals and metadata.
+    #[command(after_help = EXIT_CODES)]
+    Inspect(inspect::InspectArgs),
+    /// Convert a model to a GGUF file of one type (streaming, atomic, deterministic).
+    #[command(after_help = EXIT_CODES)]
+    Convert(convert::ConvertArgs),
+}
+
+/// A check the user asked for failed (exit code 1).
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for CheckFailed {}
+
+/// Map an error chain to an exit code: a [`CheckFailed`] anywhere means 1,
+/// an interruption 130, everything else is bad input (2).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<CheckFailed>().is_some() {
+            return 1;
+        }
+        if let Some(formats::Error::Interrupted) = cause.downcast_ref::<formats::Error>() {
+            return 130;
+        }
+    }
+    2
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let printer = Printer::new(cli.quiet);
+    let result = match &cli.command {
+        Command::Inspect(args) => inspect::run(args, &printer),
+        Command::Convert(args) => convert::run(args, &printer),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the chain joined, outermost first.
+            let msg: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", msg.join(": "));
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}

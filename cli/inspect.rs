@@ -1,0 +1,191 @@
+//! `kiln inspect MODEL [--json]`: what is in a model file or directory.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use formats::{InputKind, LoadOptions};
+use passes::{Arch, MetaValue, Metadata};
+use serde_json::{json, Value};
+
+use crate::util::{human_bytes, human_count, shape};
+use crate::Printer;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A Hugging Face checkpoint directory, a .safetensors file or a .gguf file.
+    pub model: PathBuf,
+    /// Print JSON to stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every element of long metadata arrays (tokens, merges) instead of a summary.
+    #[arg(long)]
+    pub full_metadata: bool,
+}
+
+struct Row {
+    name: String,
+    shape: Vec<usize>,
+    dtype: String,
+    bytes: u64,
+}
+
+pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
+    let loaded = formats::load(&args.model, &LoadOptions::default())?;
+    let rows: Vec<Row> = match &loaded.kind {
+        InputKind::Gguf { .. } => loaded
+            .gguf
+            .as_ref()
+            .expect("gguf inputs keep their parse")
+            .tensors
+            .iter()
+            .map(|t| Row { name: t.name.clone(), shape: t.shape(), dtype: t.ty.name.to_string(), bytes: t.bytes })
+            .collect(),
+        _ => loaded
+            .safetensors
+            .iter()
+            .flat_map(|h| {
+                let mut e = h.entries.clone();
+                e.sort_by_key(|e| e.start);
+                e
+            })
+            .map(|e| Row { name: e.name, shape: e.shape, dtype: e.dtype, bytes: e.end - e.start })
+            .collect(),
+    };
+    let params: u64 = rows.iter().map(|r| r.shape.iter().product::<usize>() as u64).sum();
+    let total: u64 = rows.iter().map(|r| r.bytes).sum();
+    let mut by_dtype: Vec<(String, usize, u64)> = Vec::new();
+    for r in &rows {
+        match by_dtype.iter_mut().find(|(d, _, _)| *d == r.dtype) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += r.bytes;
+            }
+            None => by_dtype.push((r.dtype.clone(), 1, r.bytes)),
+        }
+    }
+    let (format, version) = match loaded.kind {
+        InputKind::HfDir => ("hf", None),
+        InputKind::Safetensors => ("safetensors", None),
+        InputKind::Gguf { version } => ("gguf", Some(version)),
+    };
+    let st_metadata: Vec<(String, String)> = loaded.safetensors.iter().flat_map(|h| h.metadata.clone()).collect();
+    let metadata = &loaded.model.metadata;
+
+    if args.json {
+        let md: serde_json::Map<String, Value> = if format == "safetensors" {
+            st_metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
+        } else {
+            metadata.0.iter().map(|(k, v)| (k.clone(), meta_json(v, args.full_metadata))).collect()
+        };
+        let out = json!({
+            "path": args.model,
+            "format": format,
+            "gguf_version": version,
+            "files": loaded.model.files,
+            "architecture": loaded.model.arch,
+            "parameters": params,
+            "total_bytes": total,
+            "by_dtype": by_dtype.iter().map(|(d, n, b)| (d.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
+            "tensors": rows.iter().map(|r| json!({"name": r.name, "shape": r.shape, "dtype": r.dtype, "bytes": r.bytes})).collect::<Vec<_>>(),
+            "metadata": md,
+        });
+        printer.data(&serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+
+    let mut s = String::new();
+    let kind = match loaded.kind {
+        InputKind::HfDir => format!("Hugging Face checkpoint, {} safetensors file(s)", loaded.model.files.len()),
+        InputKind::Safetensors => "safetensors file".to_string(),
+        InputKind::Gguf { version } => format!("GGUF v{version}"),
+    };
+    s += &format!("model: {} ({kind})\n", args.model.display());
+    if let Some(a) = &loaded.model.arch {
+        s += &format!("architecture: {}\n", arch_line(a));
+    }
+    s += &format!("parameters: {} ({params})\n", human_count(params));
+    s += &format!("tensors: {}, {} ({total} bytes)\n", rows.len(), human_bytes(total));
+    for (d, n, b) in &by_dtype {
+        s += &format!("  {d:<8} {n:>5} tensors  {:>12}\n", human_bytes(*b));
+    }
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    s += &format!("\n{:<w$}  {:<16} {:<8} {:>12}\n", "name", "shape", "dtype", "bytes");
+    for r in &rows {
+        s += &format!("{:<w$}  {:<16} {:<8} {:>12}\n", r.name, shape(&r.shape), r.dtype, r.bytes);
+    }
+    if format == "safetensors" && !st_metadata.is_empty() {
+        s += "\nmetadata:\n";
+        for (k, v) in &st_metadata {
+            s += &format!("  {k} = {v:?}\n");
+        }
+    } else if !metadata.0.is_empty() {
+        s += if format == "hf" { "\nGGUF metadata kiln writes:\n" } else { "\nmetadata:\n" };
+        s += &metadata_text(metadata, args.full_metadata);
+    }
+    printer.data(&s);
+    Ok(())
+}
+
+fn arch_line(a: &Arch) -> String {
+    format!(
+        "{} ({}): {} layers, hidden {}, {} heads ({} KV, head dim {}), FFN {}, vocab {}, context {}, {} embeddings{}",
+        a.hf_architecture.as_deref().unwrap_or(&a.family),
+        a.family,
+        a.n_layer,
+        a.hidden,
+        a.n_head,
+        a.n_head_kv,
+        a.head_dim,
+        a.ffn,
+        a.vocab,
+        a.context_length,
+        if a.tied_embeddings { "tied" } else { "untied" },
+        if a.n_expert > 0 { format!(", {} experts ({} active)", a.n_expert, a.n_expert_used) } else { String::new() }
+    )
+}
+
+const ARRAY_PREVIEW: usize = 8;
+
+fn meta_json(v: &MetaValue, full: bool) -> Value {
+    match v {
+        MetaValue::Array(items) if !full && items.len() > ARRAY_PREVIEW * 8 => json!({
+            "array_len": items.len(),
+            "head": items.iter().take(ARRAY_PREVIEW).map(|i| meta_json(i, full)).collect::<Vec<_>>(),
+        }),
+        MetaValue::Array(items) => Value::Array(items.iter().map(|i| meta_json(i, full)).collect()),
+        MetaValue::F32(f) => json!(*f as f64),
+        other => serde_json::to_value(other).unwrap_or(Value::Null),
+    }
+}
+
+fn metadata_text(md: &Metadata, full: bool) -> String {
+    let mut s = String::new();
+    for (k, v) in &md.0 {
+        let shown = match v {
+            MetaValue::Array(items) if !full && items.len() > ARRAY_PREVIEW => {
+                let head: Vec<String> = items.iter().take(ARRAY_PREVIEW).map(scalar_text).collect();
+                format!("[{} items: {}, ...]", items.len(), head.join(", "))
+            }
+            MetaValue::Array(items) => format!("[{}]", items.iter().map(scalar_text).collect::<Vec<_>>().join(", ")),
+            other => scalar_text(other),
+        };
+        s += &format!("  {k} = {shown}\n");
+    }
+    s
+}
+
+fn scalar_text(v: &MetaValue) -> String {
+    match v {
+        MetaValue::String(s) if s.chars().count() > 80 => {
+            let short: String = s.chars().take(77).collect();
+            format!("{:?}", short + "...")
+        }
+        MetaValue::String(s) => format!("{s:?}"),
+        MetaValue::Array(a) => format!("[{} items]", a.len()),
+        MetaValue::F32(f) => format!("{f}"),
+        MetaValue::F64(f) => format!("{f}"),
+        MetaValue::Bool(b) => b.to_string(),
+        other => other.as_u64().map(|u| u.to_string()).unwrap_or_else(|| format!("{other:?}")),
+    }
+}
