@@ -5,7 +5,91 @@
 //! as plain scalar code: no fused multiply-add and the same order of
 //! floating-point operations, so every block matches ggml on x86-64 byte for
 //! byte. Functions work on whole rows; callers parallelize across rows.
+//!
+//! The public surface is [`GgmlType`], [`quantize_row`] and [`dequantize_row`].
+//! What must stay true: `quantize_row` accepts exactly the types for which
+//! [`GgmlType::can_encode`] is true, `dequantize_row` accepts every
+//! [`GgmlType`], and both check lengths before touching data and never allocate.
 
+mod float;
+mod kquants;
+mod legacy;
 mod types;
 
+#[cfg(test)]
+mod tests;
+
 pub use types::GgmlType;
+
+/// Encode one row (or several whole rows concatenated) of f32 values into
+/// `ty`'s blocks, byte-identical to ggml's reference quantizer for `ty`.
+///
+/// # Panics
+/// If `src.len()` is not a multiple of `ty.block_size()`, if
+/// `dst.len() != ty.row_bytes(src.len())`, or if `ty` cannot be encoded
+/// (`!ty.can_encode()`).
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    let Some(bytes) = ty.row_bytes(src.len()) else {
+        panic!(
+            "quantize_row: {} values is not a multiple of the {ty} block size {}",
+            src.len(),
+            ty.block_size()
+        );
+    };
+    assert!(
+        dst.len() == bytes,
+        "quantize_row: {} values of {ty} take {bytes} bytes, destination has {}",
+        src.len(),
+        dst.len()
+    );
+    match ty {
+        GgmlType::F32 => float::encode_f32(src, dst),
+        GgmlType::F16 => float::encode_f16(src, dst),
+        GgmlType::BF16 => float::encode_bf16(src, dst),
+        GgmlType::Q8_0 => legacy::encode_q8_0(src, dst),
+        GgmlType::Q4_0 => legacy::encode_q4_0(src, dst),
+        GgmlType::Q4_1 => legacy::encode_q4_1(src, dst),
+        GgmlType::Q5_0 => legacy::encode_q5_0(src, dst),
+        GgmlType::Q5_1 => legacy::encode_q5_1(src, dst),
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            panic!("quantize_row: kiln cannot encode {ty} yet (GgmlType::can_encode is false)")
+        }
+    }
+}
+
+/// Decode blocks of `ty` to f32, bit-identical to ggml's `dequantize_row_*`
+/// (or its f16/bf16 -> f32 conversion). Supports every [`GgmlType`].
+///
+/// # Panics
+/// If `dst.len()` is not a multiple of `ty.block_size()` or
+/// `src.len() != ty.row_bytes(dst.len())`.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let Some(bytes) = ty.row_bytes(dst.len()) else {
+        panic!(
+            "dequantize_row: {} values is not a multiple of the {ty} block size {}",
+            dst.len(),
+            ty.block_size()
+        );
+    };
+    assert!(
+        src.len() == bytes,
+        "dequantize_row: {} values of {ty} take {bytes} bytes, source has {}",
+        dst.len(),
+        src.len()
+    );
+    match ty {
+        GgmlType::F32 => float::decode_f32(src, dst),
+        GgmlType::F16 => float::decode_f16(src, dst),
+        GgmlType::BF16 => float::decode_bf16(src, dst),
+        GgmlType::Q8_0 => legacy::decode_q8_0(src, dst),
+        GgmlType::Q4_0 => legacy::decode_q4_0(src, dst),
+        GgmlType::Q4_1 => legacy::decode_q4_1(src, dst),
+        GgmlType::Q5_0 => legacy::decode_q5_0(src, dst),
+        GgmlType::Q5_1 => legacy::decode_q5_1(src, dst),
+        GgmlType::Q2K => kquants::decode_q2_k(src, dst),
+        GgmlType::Q3K => kquants::decode_q3_k(src, dst),
+        GgmlType::Q4K => kquants::decode_q4_k(src, dst),
+        GgmlType::Q5K => kquants::decode_q5_k(src, dst),
+        GgmlType::Q6K => kquants::decode_q6_k(src, dst),
+    }
+}

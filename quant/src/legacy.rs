@@ -1,0 +1,360 @@
+//! The 32-value ggml block types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (encode and decode).
+//!
+//! Ports of ggml's `quantize_row_{q8_0,q4_0,q4_1,q5_0,q5_1}_ref` and
+//! `dequantize_row_*` (ggml `src/ggml-quants.c`; block structs in
+//! `src/ggml-common.h`). What must stay true, for byte-identical output with
+//! ggml on x86-64 and with gguf-py's `gguf/quants.py`:
+//! - the same f32 operations in the same order, never fused (`mul_add` is
+//!   banned here): `id` is `1/d` of the unrounded f32 `d`; the f16 `d` is only
+//!   what is stored;
+//! - Q8_0 rounds half away from zero (C `roundf`); Q4_x/Q5_x truncate toward
+//!   zero after adding 8.5 / 16.5 / 0.5 (a C float-to-int cast);
+//! - Q4_0/Q5_0 take the first value of largest magnitude, with its sign, and an
+//!   all-zero block keeps the initial `+0.0`, so its stored `d` is `-0.0`
+//!   (`0x8000`);
+//! - float-to-int casts go through `c_cast_i32`, which reproduces what the x86-64
+//!   `cvttss2si` instruction gives C for NaN and out-of-range values, so even
+//!   blocks whose scale underflows (`1/d` = inf) or that hold inf/NaN match;
+//! - byte `j` of `qs` holds value `j` in its low nibble and value `j + 16` in its
+//!   high nibble; Q5's fifth bits of values `j` and `j + 16` are bits `j` and
+//!   `j + 16` of the little-endian u32 `qh`.
+//!
+//! Every function takes whole blocks (callers check lengths) and allocates nothing.
+
+use crate::float::{read_f16, write_f16};
+
+/// Values per block for every type in this file.
+pub(crate) const QK: usize = 32;
+
+/// C's `(int)f` as compiled for x86-64 (`cvttss2si`): truncation toward zero,
+/// and `i32::MIN` (the "integer indefinite") for NaN and out-of-range values.
+/// Narrower C casts (`(int8_t)`, `(uint8_t)`) keep the low bits of this.
+#[inline]
+pub(crate) fn c_cast_i32(x: f32) -> i32 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&x) {
+        x as i32
+    } else {
+        i32::MIN
+    }
+}
+
+/// C's `roundf(x)` (half away from zero) followed by a cast to int, for the
+/// range where that is well defined; NaN and out-of-range as `c_cast_i32`.
+/// Bit-identical to `c_cast_i32(x.round())` without a libm call.
+#[inline]
+pub(crate) fn c_roundf_i32(x: f32) -> i32 {
+    // Written as selects, not branches, so the 32-value loop vectorizes.
+    // For |x| < 2^23 the truncation is exact and so is x - t; beyond that (and
+    // for inf/NaN) roundf returns x unchanged, so the plain C cast applies.
+    let t = x as i32;
+    let frac = x - t as f32;
+    let up = (frac >= 0.5) as i32;
+    let down = (frac <= -0.5) as i32;
+    let rounded = t.wrapping_add(up).wrapping_sub(down);
+    if x.abs() < 8_388_608.0 {
+        rounded
+    } else {
+        c_cast_i32(x)
+    }
+}
+
+/// Reads block arrays out of slices the callers already sized.
+#[inline]
+fn block<const N: usize>(b: &[u8]) -> &[u8; N] {
+    b.try_into().expect("block size checked by caller")
+}
+
+#[inline]
+fn block_mut<const N: usize>(b: &mut [u8]) -> &mut [u8; N] {
+    b.try_into().expect("block size checked by caller")
+}
+
+#[inline]
+fn values(x: &[f32]) -> &[f32; QK] {
+    x.try_into().expect("block size checked by caller")
+}
+
+#[inline]
+fn values_mut(y: &mut [f32]) -> &mut [f32; QK] {
+    y.try_into().expect("block size checked by caller")
+}
+
+/// Largest-magnitude value with its sign; the first one wins ties, and an
+/// all-zero (or all-NaN) block gives `+0.0`.
+#[inline]
+fn signed_absmax(x: &[f32; QK]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// Smallest and largest value, starting from `(f32::MAX, -f32::MAX)` as ggml does.
+#[inline]
+fn min_max(x: &[f32; QK]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+#[inline]
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+// ---------------------------------------------------------------- Q8_0
+// Block (34 bytes): f16 d; i8 qs[32].
+
+pub(crate) fn encode_q8_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
+        q8_0_block(values(x), block_mut(y));
+    }
+}
+
+fn q8_0_block(x: &[f32; QK], y: &mut [u8; 34]) {
+    let mut amax = 0.0f32;
+    for &v in x {
+        // C's MAX(a, b) is `a > b ? a : b`: keep that NaN behaviour.
+        let a = v.abs();
+        amax = if amax > a { amax } else { a };
+    }
+    let d = amax / 127.0;
+    let id = inverse(d);
+    write_f16(&mut y[..2], d);
+    for (q, &v) in y[2..].iter_mut().zip(x) {
+        *q = c_roundf_i32(v * id) as i8 as u8;
+    }
+}
+
+pub(crate) fn decode_q8_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(QK)) {
+        let b: &[u8; 34] = block(b);
+        let d = read_f16(&b[..2]);
+        for (o, &q) in y.iter_mut().zip(&b[2..]) {
+            *o = (q as i8) as f32 * d;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q4_0
+// Block (18 bytes): f16 d; u8 qs[16]. Value = (nibble - 8) * d.
+
+pub(crate) fn encode_q4_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
+        q4_0_block(values(x), block_mut(y));
+    }
+}
+
+fn q4_0_block(x: &[f32; QK], y: &mut [u8; 18]) {
+    let max = signed_absmax(x);
+    let d = max / -8.0;
+    let id = inverse(d);
+    write_f16(&mut y[..2], d);
+    for j in 0..QK / 2 {
+        let lo = (c_cast_i32(x[j] * id + 8.5) as i8).min(15) as u8;
+        let hi = (c_cast_i32(x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
+        y[2 + j] = lo | (hi << 4);
+    }
+}
+
+pub(crate) fn decode_q4_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(QK)) {
+        let b: &[u8; 18] = block(b);
+        let y = values_mut(y);
+        let d = read_f16(&b[..2]);
+        for j in 0..QK / 2 {
+            let q = b[2 + j];
+            y[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
+            y[j + QK / 2] = ((q >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q4_1
+// Block (20 bytes): f16 d, f16 m; u8 qs[16]. Value = nibble * d + m.
+
+pub(crate) fn encode_q4_1(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(20)) {
+        q4_1_block(values(x), block_mut(y));
+    }
+}
+
+fn q4_1_block(x: &[f32; QK], y: &mut [u8; 20]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let id = inverse(d);
+    write_f16(&mut y[..2], d);
+    write_f16(&mut y[2..4], min);
+    for j in 0..QK / 2 {
+        let lo = (c_cast_i32((x[j] - min) * id + 0.5) as i8).min(15) as u8;
+        let hi = (c_cast_i32((x[j + QK / 2] - min) * id + 0.5) as i8).min(15) as u8;
+        y[4 + j] = lo | (hi << 4);
+    }
+}
+
+pub(crate) fn decode_q4_1(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(20).zip(dst.chunks_exact_mut(QK)) {
+        let b: &[u8; 20] = block(b);
+        let y = values_mut(y);
+        let d = read_f16(&b[..2]);
+        let m = read_f16(&b[2..4]);
+        for j in 0..QK / 2 {
+            let q = b[4 + j];
+            y[j] = (q & 0x0F) as f32 * d + m;
+            y[j + QK / 2] = (q >> 4) as f32 * d + m;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q5_0
+// Block (22 bytes): f16 d; u8 qh[4]; u8 qs[16]. Value = (5-bit q - 16) * d.
+
+pub(crate) fn encode_q5_0(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(22)) {
+        q5_0_block(values(x), block_mut(y));
+    }
+}
+
+fn q5_0_block(x: &[f32; QK], y: &mut [u8; 22]) {
+    let max = signed_absmax(x);
+    let d = max / -16.0;
+    let id = inverse(d);
+    write_f16(&mut y[..2], d);
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let lo = (c_cast_i32(x[j] * id + 16.5) as i8).min(31) as u8;
+        let hi = (c_cast_i32(x[j + QK / 2] * id + 16.5) as i8).min(31) as u8;
+        y[6 + j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
+        qh |= (((lo & 0x10) >> 4) as u32) << j;
+        qh |= (((hi & 0x10) >> 4) as u32) << (j + QK / 2);
+    }
+    y[2..6].copy_from_slice(&qh.to_le_bytes());
+}
+
+pub(crate) fn decode_q5_0(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(22).zip(dst.chunks_exact_mut(QK)) {
+        let b: &[u8; 22] = block(b);
+        let y = values_mut(y);
+        let d = read_f16(&b[..2]);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        for j in 0..QK / 2 {
+            let q = b[6 + j];
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            y[j] = (((q & 0x0F) as u32 | h0) as i32 - 16) as f32 * d;
+            y[j + QK / 2] = (((q >> 4) as u32 | h1) as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Q5_1
+// Block (24 bytes): f16 d, f16 m; u8 qh[4]; u8 qs[16]. Value = q * d + m.
+
+pub(crate) fn encode_q5_1(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(24)) {
+        q5_1_block(values(x), block_mut(y));
+    }
+}
+
+fn q5_1_block(x: &[f32; QK], y: &mut [u8; 24]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = inverse(d);
+    write_f16(&mut y[..2], d);
+    write_f16(&mut y[2..4], min);
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        // No clamp here in the reference: (uint8_t) of the truncated value.
+        let lo = c_cast_i32((x[j] - min) * id + 0.5) as u8;
+        let hi = c_cast_i32((x[j + QK / 2] - min) * id + 0.5) as u8;
+        y[8 + j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
+        qh |= (((lo & 0x10) >> 4) as u32) << j;
+        qh |= (((hi & 0x10) >> 4) as u32) << (j + QK / 2);
+    }
+    y[4..8].copy_from_slice(&qh.to_le_bytes());
+}
+
+pub(crate) fn decode_q5_1(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(24).zip(dst.chunks_exact_mut(QK)) {
+        let b: &[u8; 24] = block(b);
+        let y = values_mut(y);
+        let d = read_f16(&b[..2]);
+        let m = read_f16(&b[2..4]);
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        for j in 0..QK / 2 {
+            let q = b[8 + j];
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            y[j] = ((q & 0x0F) as u32 | h0) as f32 * d + m;
+            y[j + QK / 2] = ((q >> 4) as u32 | h1) as f32 * d + m;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_roundf_matches_f32_round_then_c_cast() {
+        let check = |x: f32| {
+            let want = c_cast_i32(x.round());
+            assert_eq!(c_roundf_i32(x), want, "{x:e}");
+        };
+        for i in -1000..=1000 {
+            let h = i as f32 * 0.5; // every half and integer in [-500, 500]
+            check(h);
+            check(f32::from_bits(h.to_bits().wrapping_add(1)));
+            check(f32::from_bits(h.to_bits().wrapping_sub(1)));
+        }
+        for x in [
+            0.499_999_97f32,
+            -0.499_999_97,
+            8_388_607.5,
+            -8_388_607.5,
+            8_388_608.0,
+            1e10,
+            -1e10,
+        ] {
+            check(x);
+        }
+        let mut bits = 0u32;
+        while let Some(b) = bits.checked_add(104_729) {
+            check(f32::from_bits(b));
+            bits = b;
+        }
+        assert_eq!(c_roundf_i32(2.5), 3);
+        assert_eq!(c_roundf_i32(-2.5), -3);
+        assert_eq!(c_roundf_i32(f32::NAN), i32::MIN);
+        assert_eq!(c_roundf_i32(f32::NEG_INFINITY), i32::MIN);
+    }
+
+    #[test]
+    fn c_cast_truncates_and_gives_integer_indefinite_out_of_range() {
+        assert_eq!(c_cast_i32(16.99), 16);
+        assert_eq!(c_cast_i32(-0.99), 0);
+        assert_eq!(c_cast_i32(-2_147_483_648.0), i32::MIN);
+        assert_eq!(c_cast_i32(2_147_483_648.0), i32::MIN);
+        assert_eq!(c_cast_i32(f32::INFINITY), i32::MIN);
+        assert_eq!(c_cast_i32(f32::NAN), i32::MIN);
+        // (int8_t) of the indefinite keeps its low byte: 0.
+        assert_eq!(c_cast_i32(f32::NAN) as i8, 0);
+    }
+}
