@@ -1,1 +1,8 @@
-mod placeholder {}
+//! kiln's integration tests: one test binary, one module per area. They run
+//! the real `kiln` binary the way a user does and check exit codes, stdout,
+//! stderr and the files left behind.
+
+mod common;
+mod convert;
+mod hostile;
+mod snapshots;
