@@ -1,8 +1,10 @@
 //! The 256-value ggml "K-quant" super-block types Q2_K, Q3_K, Q4_K, Q5_K, Q6_K:
-//! decoders for all five.
+//! decoders for all five, and encoders for Q4_K, Q5_K and Q6_K.
 //!
-//! Ports of ggml's `dequantize_row_q{2,3,4,5,6}_K` (ggml `src/ggml-quants.c`,
-//! block structs in `src/ggml-common.h`). What must stay true:
+//! Ports of ggml's `dequantize_row_q{2,3,4,5,6}_K` and
+//! `quantize_row_q{4,5,6}_K_ref` (no importance matrix) with their helpers
+//! `nearest_int`, `make_qx_quants`, `make_qkx2_quants` (ggml
+//! `src/ggml-quants.c`, block structs in `src/ggml-common.h`). What must stay true:
 //! - byte offsets inside a block are the C struct layouts (no padding):
 //!   Q2_K `scales[16] qs[64] d dmin` (84), Q3_K `hmask[32] qs[64] scales[12] d`
 //!   (110), Q4_K `d dmin scales[12] qs[128]` (144), Q5_K `d dmin scales[12]
@@ -12,7 +14,14 @@
 //!   order (sub-block scale first, e.g. `(d * sc) * q - dmin * m`, and for Q6_K
 //!   `(d * sc) * q`), never fused, so decoded values are bit-identical to ggml's;
 //! - the scale unpacking (`scale_min_k4`, the Q3_K 6-bit scales) reads the same
-//!   bits the reference quantizers write.
+//!   bits the reference quantizers write;
+//! - the encoders repeat the reference's searches exactly: same candidate
+//!   scales, same f32 sums accumulated in the same order (`w*l*l` is
+//!   `(w*l)*l`), same strict comparisons (first best wins), `nearest_int`'s
+//!   add-1.5*2^23 trick (round half to even, and its exact bit behaviour for
+//!   out-of-range input), C's wrapping int -> u8/i8 narrowing, and the
+//!   sub-blocks whose stored scale is 0 keep the search's quants, as ggml does.
+//!   Any change here must be re-checked byte for byte against ggml.
 //!
 //! The decoders work block by block on fixed-size arrays with no allocation:
 //! per block the sub-block scales are computed once, and the inner loops are
@@ -229,6 +238,333 @@ fn q6_k_block(b: &[u8; 210], y: &mut [f32; QK_K]) {
                     let q = (((l >> nib_shift) & 0x0F) | (((h >> h_shift) & 3) << 4)) as i32 - 32;
                     *o = ds * q as f32;
                 }
+            }
+        }
+    }
+}
+
+// ================================================================ encoders
+
+/// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is zero.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: adding 1.5 * 2^23 leaves the integer in the low
+/// mantissa bits, rounded half to even by the float adder. Exact for
+/// |x| <= 2^22 - 1; outside that it returns what the C code returns (no assert,
+/// as in ggml's release builds).
+#[inline]
+fn nearest_int(fval: f32) -> i32 {
+    let val = fval + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007F_FFFF) - 0x0040_0000
+}
+
+/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights
+/// (weights `x^2`), as Q6_K uses it: symmetric quants `L` in `0..2*nmax`
+/// (stored offset by `nmax`) and the best scale among 19 candidate inverse
+/// scales `-(nmax + 0.1*is) / max`, `is` in -9..=9.
+fn make_qx_quants_rmse1<const N: usize>(nmax: i32, x: &[f32; N], l_out: &mut [u8; N]) -> f32 {
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out.fill(0);
+        return 0.0;
+    }
+    let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
+    let mut iscale = (-nmax) as f32 / max;
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for (lo, &xi) in l_out.iter_mut().zip(x) {
+        let l = clamp(nearest_int(iscale * xi));
+        *lo = (l + nmax) as u8;
+        let w = xi * xi;
+        sumlx += w * xi * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for &xi in x {
+            let l = clamp(nearest_int(iscale * xi));
+            let w = xi * xi;
+            sumlx += w * xi * l as f32;
+            suml2 += w * l as f32 * l as f32;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (lo, &xi) in l_out.iter_mut().zip(x) {
+                *lo = (nmax + clamp(nearest_int(iscale * xi))) as u8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// ggml's `make_qkx2_quants` with squared error (`use_mad = false`): an
+/// asymmetric fit `x ~ scale * L + min` (`min <= 0`) over `nstep + 1`
+/// candidate inverse scales `(rmin + rdelta*is + nmax) / (max - min)`, each
+/// refined by weighted least squares. Returns `(scale, -min)`.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    weights: &[f32; N],
+    l_out: &mut [u8; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..N {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out.fill(0);
+        return (0.0, -min);
+    }
+    let quant =
+        |iscale: f32, xi: f32, min: f32| nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..N {
+        l_out[i] = quant(iscale, x[i], min);
+        let diff = scale * l_out[i] as f32 + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    let mut laux = [0u8; N];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let mut sum_l = 0.0f32;
+        let mut sum_l2 = 0.0f32;
+        let mut sum_xl = 0.0f32;
+        for i in 0..N {
+            let l = quant(iscale, x[i], min);
+            laux[i] = l;
+            let (w, l) = (weights[i], l as f32);
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for i in 0..N {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                cur_error += weights[i] * (diff * diff);
+            }
+            if cur_error < best_error {
+                *l_out = laux;
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+#[inline]
+fn sub<const N: usize>(x: &[f32], at: usize) -> &[f32; N] {
+    x[at..at + N].try_into().expect("in range")
+}
+
+#[inline]
+fn sub_mut<const N: usize>(l: &mut [u8], at: usize) -> &mut [u8; N] {
+    (&mut l[at..at + N]).try_into().expect("in range")
+}
+
+// ---------------------------------------------------------------- Q6_K encode
+
+pub(crate) fn encode_q6_k(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(210)) {
+        q6_k_encode_block(
+            sub(x, 0),
+            y.try_into().expect("block size checked by caller"),
+        );
+    }
+}
+
+fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210]) {
+    let mut l = [0u8; QK_K];
+    let mut scales = [0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for (ib, s) in scales.iter_mut().enumerate() {
+        *s = make_qx_quants_rmse1::<16>(32, sub(x, 16 * ib), sub_mut(&mut l, 16 * ib));
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = *s;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        y.fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = crate::float::write_f16(&mut y[208..210], 1.0 / iscale);
+    for (ib, &s) in scales.iter().enumerate() {
+        y[192 + ib] = nearest_int(iscale * s).min(127) as i8 as u8;
+    }
+    for j in 0..16 {
+        let dj = d * (y[192 + j] as i8) as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / dj).clamp(-32, 31);
+            l[16 * j + ii] = (q + 32) as u8;
+        }
+    }
+    for h in 0..2 {
+        let lh = &l[128 * h..128 * h + 128];
+        for i in 0..32 {
+            let (q1, q2, q3, q4) = (lh[i], lh[i + 32], lh[i + 64], lh[i + 96]);
+            y[64 * h + i] = (q1 & 0x0F) | ((q3 & 0x0F) << 4);
+            y[64 * h + i + 32] = (q2 & 0x0F) | ((q4 & 0x0F) << 4);
+            y[128 + 32 * h + i] =
+                (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+}
+
+// ------------------------------------------------------- Q4_K / Q5_K encode
+
+/// The shared first half of the Q4_K/Q5_K encoders: per 32-value sub-block a
+/// (scale, min) fit with weights `sqrt(mean x^2) + |x|`, the 6-bit packing of
+/// scales and mins against their maxima into `scales12`, the f16 `d`/`dmin`
+/// at `y[0..4]`, and the requantization of every value (`0..=nmax`) with the
+/// stored scales into `l`.
+fn k4_scales_and_quants(
+    x: &[f32; QK_K],
+    y: &mut [u8],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; QK_K],
+) {
+    let mut mins = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..8 {
+        let xs: &[f32; 32] = sub(x, 32 * j);
+        let mut sum_x2 = 0.0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+        let (scale, min) =
+            make_qkx2_quants(nmax, xs, &weights, sub_mut(l, 32 * j), rmin, 0.1, nstep);
+        scales[j] = scale;
+        mins[j] = min;
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let s = &mut y[4..16];
+    for j in 0..8 {
+        // C narrows the int to uint8_t (wrapping) before clamping to 63.
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            s[j] = ls;
+            s[j + 4] = lm;
+        } else {
+            s[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            s[j - 4] |= (ls >> 4) << 6;
+            s[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d = crate::float::write_f16(&mut y[0..2], max_scale / 63.0);
+    let dmin = crate::float::write_f16(&mut y[2..4], max_min / 63.0);
+    let packed: &[u8; 12] = (&y[4..16]).try_into().expect("12 bytes");
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, packed);
+        let dj = d * sc as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin * m as f32;
+        for ii in 0..32 {
+            let q = nearest_int((x[32 * j + ii] + dm) / dj).clamp(0, nmax);
+            l[32 * j + ii] = q as u8;
+        }
+    }
+}
+
+pub(crate) fn encode_q4_k(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(144)) {
+        let mut l = [0u8; QK_K];
+        k4_scales_and_quants(sub(x, 0), y, 15, -1.0, 20, &mut l);
+        let qs = &mut y[16..144];
+        for c in 0..4 {
+            for i in 0..32 {
+                qs[32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
+            }
+        }
+    }
+}
+
+pub(crate) fn encode_q5_k(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(176)) {
+        let mut l = [0u8; QK_K];
+        k4_scales_and_quants(sub(x, 0), y, 31, -0.5, 15, &mut l);
+        let (qh, qs) = y[16..176].split_at_mut(32);
+        qh.fill(0);
+        for c in 0..4 {
+            for i in 0..32 {
+                let (l1, l2) = (l[64 * c + i], l[64 * c + 32 + i]);
+                if l1 > 15 {
+                    qh[i] |= 1 << (2 * c);
+                }
+                if l2 > 15 {
+                    qh[i] |= 2 << (2 * c);
+                }
+                qs[32 * c + i] = (l1 & 0x0F) | ((l2 & 0x0F) << 4);
             }
         }
     }

@@ -7,6 +7,12 @@
 //! byte. Functions work on whole rows; callers parallelize across rows.
 //!
 //! The public surface is [`GgmlType`], [`quantize_row`] and [`dequantize_row`].
+//! The reference is ggml's C code as ggml-base is built for x86-64: baseline
+//! target, no FMA contraction. (A ggml-quants.c compiled with
+//! `-march=native` on an FMA machine contracts `a*b+c` and then produces
+//! different K-quant bytes; llama.cpp's own CMake does not do that to
+//! ggml-base.)
+//!
 //! What must stay true: `quantize_row` accepts exactly the types for which
 //! [`GgmlType::can_encode`] is true, `dequantize_row` accepts every
 //! [`GgmlType`], and both check lengths before touching data and never allocate.
@@ -22,7 +28,12 @@ mod tests;
 pub use types::GgmlType;
 
 /// Encode one row (or several whole rows concatenated) of f32 values into
-/// `ty`'s blocks, byte-identical to ggml's reference quantizer for `ty`.
+/// `ty`'s blocks, byte-identical to ggml's reference quantizer for `ty`
+/// (`quantize_row_*_ref`, i.e. llama-quantize without an importance matrix).
+///
+/// Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
+/// (exactly the types with [`GgmlType::can_encode`]). Rows may be encoded
+/// independently and in any order: blocks never depend on their neighbours.
 ///
 /// # Panics
 /// If `src.len()` is not a multiple of `ty.block_size()`, if
@@ -51,7 +62,10 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q4_1 => legacy::encode_q4_1(src, dst),
         GgmlType::Q5_0 => legacy::encode_q5_0(src, dst),
         GgmlType::Q5_1 => legacy::encode_q5_1(src, dst),
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+        GgmlType::Q4K => kquants::encode_q4_k(src, dst),
+        GgmlType::Q5K => kquants::encode_q5_k(src, dst),
+        GgmlType::Q6K => kquants::encode_q6_k(src, dst),
+        GgmlType::Q2K | GgmlType::Q3K => {
             panic!("quantize_row: kiln cannot encode {ty} yet (GgmlType::can_encode is false)")
         }
     }

@@ -355,6 +355,27 @@ fn pack_k4_scales(sc: [u8; 8], m: [u8; 8]) -> [u8; 12] {
     s
 }
 
+/// Lays out 6-bit quants `q` and int8 scales as a Q6_K block (d left zero):
+/// per 128-value half h, value 128h + 32k + l (k = 0..4, l < 32) has its low
+/// nibble in ql[64h + l + 32(k % 2)] (high nibble of that byte for k >= 2)
+/// and its top two bits at bit pair k of qh[32h + l].
+fn pack_q6_k(q: &[u8; 256], sc: &[i8; 16]) -> Vec<u8> {
+    let mut b = vec![0u8; 210];
+    for h in 0..2 {
+        for l in 0..32 {
+            for k in 0..4 {
+                let v = q[128 * h + 32 * k + l];
+                b[64 * h + l + 32 * (k % 2)] |= (v & 0x0F) << (4 * (k / 2));
+                b[128 + 32 * h + l] |= (v >> 4) << (2 * k);
+            }
+        }
+    }
+    for (j, &s) in sc.iter().enumerate() {
+        b[192 + j] = s as u8;
+    }
+    b
+}
+
 #[test]
 fn q4_k_decodes_hand_built_block() {
     // d = 0.5, dmin = 0.25; sub-block j has scale 8j+7 and min 63-8j;
@@ -416,25 +437,7 @@ fn q6_k_decodes_hand_built_block() {
     // Signed int8 scales, some negative; quant q in 0..64, value (q - 32).
     let sc: [i8; 16] = std::array::from_fn(|j| (j as i8 - 8) * 15);
     let q = |i: usize| ((13 * i + 7) % 64) as u8;
-    let mut b = vec![0u8; 210];
-    for h in 0..2 {
-        for l in 0..32 {
-            let base = 128 * h;
-            let (q1, q2, q3, q4) = (
-                q(base + l),
-                q(base + l + 32),
-                q(base + l + 64),
-                q(base + l + 96),
-            );
-            b[64 * h + l] = (q1 & 0x0F) | ((q3 & 0x0F) << 4);
-            b[64 * h + l + 32] = (q2 & 0x0F) | ((q4 & 0x0F) << 4);
-            b[128 + 32 * h + l] =
-                (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
-        }
-    }
-    for (j, &s) in sc.iter().enumerate() {
-        b[192 + j] = s as u8;
-    }
+    let mut b = pack_q6_k(&std::array::from_fn(q), &sc);
     put_f16(&mut b, 208, 0.03125);
     let y = decode(GgmlType::Q6K, &b, 256);
     for (i, &v) in y.iter().enumerate() {
@@ -518,6 +521,135 @@ fn q3_k_decodes_hand_built_block() {
 }
 
 #[test]
+fn q6_k_hand_worked_lossless_block() {
+    // Sub-block j holds c_j * k with c_j = 2^-(j % 4) and integers k: first
+    // -32 (the largest magnitude, so make_qx_quants starts from iscale =
+    // -32 / (-32 c_j) = 1/c_j and gets L = k exactly), then 15 values of
+    // 7i mod 15 - 7, i.e. every k in -7..=7.
+    // With x^2 weights that fit is exact (scale = c_j), and no other candidate
+    // scale fits better, so scales = c_j. Largest |scale| is c_0 = 1:
+    // iscale = -128, d = f16(-1/128) = 0xA000, int8 scales -128 * c_j =
+    // -128, -64, -32, -16, and requantizing x / (d * sc) gives k again:
+    // stored quants k + 32, and the block decodes back to x exactly.
+    let k = |i: usize| {
+        if i % 16 == 0 {
+            -32
+        } else {
+            ((i % 16) * 7 % 15) as i32 - 7
+        }
+    };
+    let c = |j: usize| 1.0 / (1 << (j % 4)) as f32;
+    let x: Vec<f32> = (0..256).map(|i| c(i / 16) * k(i) as f32).collect();
+    let got = encode(GgmlType::Q6K, &x);
+    let sc: [i8; 16] = std::array::from_fn(|j| [-128, -64, -32, -16][j % 4]);
+    let mut want = pack_q6_k(&std::array::from_fn(|i| (k(i) + 32) as u8), &sc);
+    want[208..210].copy_from_slice(&[0x00, 0xA0]);
+    assert_eq!(got, want);
+    assert_eq!(decode(GgmlType::Q6K, &got, 256), x);
+}
+
+/// The block for the Q4_K/Q5_K hand-worked tests: sub-block j holds c_j * k
+/// with c_j = 2^-(j % 4) and k = 7i mod (nmax + 1), which visits every level
+/// 0..=nmax, so each sub-block's first fit (min 0, scale c_j) is exact and the
+/// search keeps it: scales c_j, mins -0.0 (so max_min = 0, dmin = 0).
+/// 6-bit scales against max 1: nearest_int(63 c_j) = 63, 32 (31.5 ties to
+/// even), 16 (15.75), 8 (7.875); d = f16(1/63) = 2^-6 * (1 + 16/1024) =
+/// 0x2410. Requantizing x / (d * ls) = k * (1.00024 or 0.98462) rounds back to
+/// k for every k <= 31, so the stored quants are k.
+fn k4_hand_block(nmax: usize) -> (Vec<f32>, Vec<u8>) {
+    let k = |i: usize| (7 * (i % 32)) % (nmax + 1);
+    let x: Vec<f32> = (0..256)
+        .map(|i| (k(i) as f32) / (1 << ((i / 32) % 4)) as f32)
+        .collect();
+    // Packed scales for ls = [63, 32, 16, 8, 63, 32, 16, 8], lm = 0:
+    // bytes 0..4 = ls_j | (ls_{j+4} >> 4) << 6, bytes 4..8 = lm = 0,
+    // bytes 8..12 = ls_{j+4} & 15 | (lm & 15) << 4.
+    let header = [
+        0x10,
+        0x24, // d = 0x2410
+        0x00,
+        0x00, // dmin = 0
+        63 | (3 << 6),
+        32 | (2 << 6),
+        16 | (1 << 6),
+        8, // 0xFF, 0xA0, 0x50, 0x08
+        0,
+        0,
+        0,
+        0,
+        0x0F,
+        0x00,
+        0x00,
+        0x08,
+    ];
+    let quants: Vec<u8> = (0..256).map(|i| k(i) as u8).collect();
+    (x, [header.to_vec(), quants].concat())
+}
+
+#[test]
+fn q4_k_hand_worked_block() {
+    let (x, header_and_quants) = k4_hand_block(15);
+    let (header, q) = header_and_quants.split_at(16);
+    let got = encode(GgmlType::Q4K, &x);
+    assert_eq!(&got[..16], header);
+    assert_eq!(&got[..8], &[0x10, 0x24, 0, 0, 0xFF, 0xA0, 0x50, 0x08]);
+    // qs byte 32c + l = q[64c + l] | q[64c + 32 + l] << 4.
+    let qs: Vec<u8> = (0..128)
+        .map(|b| q[64 * (b / 32) + b % 32] | (q[64 * (b / 32) + 32 + b % 32] << 4))
+        .collect();
+    assert_eq!(&got[16..], &qs[..]);
+}
+
+#[test]
+fn q5_k_hand_worked_block() {
+    let (x, header_and_quants) = k4_hand_block(31);
+    let (header, q) = header_and_quants.split_at(16);
+    let got = encode(GgmlType::Q5K, &x);
+    assert_eq!(&got[..16], header);
+    // qh[l] bit 2c: fifth bit of q[64c + l]; bit 2c + 1: of q[64c + 32 + l].
+    let qh: Vec<u8> = (0..32)
+        .map(|l| {
+            (0..8)
+                .map(|bit| ((q[32 * bit + l] >> 4) & 1) << bit)
+                .fold(0, |a, v| a | v)
+        })
+        .collect();
+    assert_eq!(&got[16..48], &qh[..]);
+    let qs: Vec<u8> = (0..128)
+        .map(|b| {
+            (q[64 * (b / 32) + b % 32] & 0x0F) | ((q[64 * (b / 32) + 32 + b % 32] & 0x0F) << 4)
+        })
+        .collect();
+    assert_eq!(&got[48..], &qs[..]);
+}
+
+#[test]
+fn k_quant_encoders_stay_within_a_step_on_awkward_data() {
+    // Per 256-value block, every decoded value is within a fraction of the
+    // block's largest magnitude: about one quantization step of the widest
+    // sub-block (amax/32 for Q6_K, 2*amax/31 for Q5_K, 2*amax/15 for Q4_K)
+    // plus scale rounding. A packing or indexing bug errs by ~amax.
+    let mut rng = Rng::new(0xB10C);
+    let x = awkward_row(&mut rng, 64 * 256);
+    for (ty, frac) in [
+        (GgmlType::Q6K, 1.0 / 16.0),
+        (GgmlType::Q5K, 1.0 / 8.0),
+        (GgmlType::Q4K, 1.0 / 4.0),
+    ] {
+        let y = decode(ty, &encode(ty, &x), x.len());
+        for (b, (xs, ys)) in x.chunks(256).zip(y.chunks(256)).enumerate() {
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (i, (a, v)) in xs.iter().zip(ys).enumerate() {
+                assert!(
+                    (a - v).abs() <= amax * frac + 1e-30,
+                    "{ty} block {b} value {i}: {a} vs {v} (amax {amax})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn all_zero_bytes_decode_to_zero_for_every_type() {
     for ty in GgmlType::ALL {
         let n = 512;
@@ -531,7 +663,8 @@ fn all_zero_bytes_decode_to_zero_for_every_type() {
 
 /// Relative RMSE budgets on weight-like data (64 rows of 4096 roughly normal
 /// values). Measured on this data: F16 0.021%, BF16 0.166%, Q8_0 0.507%,
-/// Q5_1 3.66%, Q5_0 4.05%, Q4_1 7.57%, Q4_0 8.18% (the usual ordering; a
+/// Q5_1 3.66%, Q5_0 4.05%, Q4_1 7.57%, Q4_0 8.18%, Q6_K 1.70%, Q5_K 3.49%,
+/// Q4_K 6.89% (the usual ordering, each K-quant beating its 32-block peer; a
 /// uniform-grid step of amax/127 over a block max near 2.5 sigma gives Q8_0's
 /// ~0.5%). Budgets are ~15% above the measurements, so a rounding or packing
 /// regression (which moves these by far more) fails, and each type must also
@@ -548,6 +681,9 @@ fn rmse_within_budget_on_normal_data() {
         (GgmlType::Q5_0, 0.047),
         (GgmlType::Q4_1, 0.087),
         (GgmlType::Q4_0, 0.094),
+        (GgmlType::Q6K, 0.0196),
+        (GgmlType::Q5K, 0.040),
+        (GgmlType::Q4K, 0.079),
     ];
     let mut rng = Rng::new(0x5EED_0001);
     let x = normal_row(&mut rng, 64 * 4096, 0.02);
@@ -646,9 +782,10 @@ fn golden_input() -> Vec<f32> {
 /// FNV-1a of ggml's own output on `golden_input()`: `quantize_row_*_ref` (and
 /// `GGML_FP32_TO_FP16` / `GGML_FP32_TO_BF16` for f16/bf16) from ggml-org/ggml
 /// `src/ggml-quants.c` at commit d99724f2b141fed9e1a9f402213506c081433465,
-/// compiled with gcc -O2 for x86-64 in a throwaway harness outside this repo
-/// (no ggml code is kept here). Our bytes matched ggml's block for block.
-const ENCODE_GOLDENS: [(GgmlType, u64); 8] = [
+/// compiled with gcc -O2 -DNDEBUG for baseline x86-64 (as ggml-base is built:
+/// release, no FMA) in a throwaway harness outside this repo (no ggml code is
+/// kept here). Our bytes matched ggml's block for block.
+const ENCODE_GOLDENS: [(GgmlType, u64); 11] = [
     (GgmlType::F32, 0x295e_a580_9945_6958),
     (GgmlType::F16, 0xccee_e8c2_52f5_c37f),
     (GgmlType::BF16, 0x940b_e4f0_c1b7_c940),
@@ -657,6 +794,9 @@ const ENCODE_GOLDENS: [(GgmlType, u64); 8] = [
     (GgmlType::Q4_1, 0x8f8a_2c26_6b60_20a7),
     (GgmlType::Q5_0, 0xb7c4_fac6_f4f6_0db9),
     (GgmlType::Q5_1, 0xf3d4_fc47_4cf6_f222),
+    (GgmlType::Q4K, 0x925c_bba9_1f23_4032),
+    (GgmlType::Q5K, 0xe0ce_e579_8161_7d95),
+    (GgmlType::Q6K, 0x7af9_16dc_1864_19d2),
 ];
 
 /// FNV-1a of the little-endian f32 output of ggml's `dequantize_row_*` (and
