@@ -7,12 +7,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O error (its message is part of this one, so the chain prints it once).
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     /// The file is not what it claims to be (bad header, offsets, sizes).
     #[error("{}: {}{reason}", path.display(), TensorPrefix(tensor))]
     Malformed {
@@ -57,7 +54,7 @@ impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Error {
         Error::Io {
             path: path.to_path_buf(),
-            source,
+            err: source,
         }
     }
 

@@ -79,56 +79,44 @@ pub fn convert(dir: &Path, config: &Value, vocab_size: usize, opts: &TokenizerOp
     } else if tok_model.exists() {
         let bytes = std::fs::read(&tok_model).map_err(|e| Error::io(&tok_model, e))?;
         let spm = parse_sentencepiece(&tok_model, &bytes)?;
-        let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
-        for p in &spm.pieces {
-            tokens.push(p.piece.clone());
-            scores.push(p.score);
-            types.push(match p.kind {
+        if spm.pieces.len() > vocab_size {
+            return Err(Error::malformed(
+                &tok_model,
+                None,
+                format!("{} pieces but the model's vocab_size is {vocab_size}", spm.pieces.len()),
+            ));
+        }
+        // As convert_hf_to_gguf.py: pad to vocab_size, fill from the pieces,
+        // then let tokenizer_config.json's added tokens override.
+        let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
+        let mut scores = vec![-10000.0f32; vocab_size];
+        let mut types = vec![UNUSED; vocab_size];
+        for (i, p) in spm.pieces.iter().enumerate() {
+            tokens[i] = p.piece.clone();
+            scores[i] = p.score;
+            types[i] = match p.kind {
                 2 => UNKNOWN,
                 3 => CONTROL,
                 5 => UNUSED,
                 6 => BYTE,
                 _ => NORMAL,
-            });
+            };
         }
         let mut added = Vec::new();
-        if let Some(tc) = &tok_config {
-            // Added tokens beyond the SentencePiece vocabulary.
-            if let Some(dec) = tc.get("added_tokens_decoder").and_then(Value::as_object) {
-                for (id, t) in dec {
-                    let (Ok(id), Some(content)) = (id.parse::<usize>(), t.get("content").and_then(Value::as_str)) else {
-                        continue;
-                    };
-                    let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
-                    added.push((content.to_string(), id));
-                    if id >= tokens.len() && id < vocab_size {
-                        while tokens.len() < id {
-                            let i = tokens.len();
-                            tokens.push(format!("[PAD{i}]"));
-                            scores.push(-1000.0);
-                            types.push(UNUSED);
-                        }
-                        tokens.push(content.to_string());
-                        scores.push(-1000.0);
-                        types.push(if special { CONTROL } else { USER_DEFINED });
-                    } else if id < tokens.len() && tokens[id] == content {
-                        types[id] = if special { CONTROL } else { USER_DEFINED.max(types[id]) };
-                    }
+        if let Some(dec) = tok_config.as_ref().and_then(|tc| tc.get("added_tokens_decoder")).and_then(Value::as_object) {
+            for (id, t) in dec {
+                let (Ok(id), Some(content)) = (id.parse::<usize>(), t.get("content").and_then(Value::as_str)) else {
+                    continue;
+                };
+                if id >= vocab_size {
+                    continue;
                 }
+                let special = t.get("special").and_then(Value::as_bool).unwrap_or(false) || looks_special(content);
+                added.push((content.to_string(), id));
+                types[id] = if special { CONTROL } else { USER_DEFINED };
+                tokens[id] = if special { content.to_string() } else { content.replace('\u{2581}', " ") };
+                scores[id] = -1000.0;
             }
-        }
-        if tokens.len() > vocab_size {
-            return Err(Error::malformed(
-                &tok_model,
-                None,
-                format!("{} pieces but the model's vocab_size is {vocab_size}", tokens.len()),
-            ));
-        }
-        while tokens.len() < vocab_size {
-            let i = tokens.len();
-            tokens.push(format!("[PAD{i}]"));
-            scores.push(-1000.0);
-            types.push(UNUSED);
         }
         md.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
         md.set("tokenizer.ggml.pre", MetaValue::String("default".into()));

@@ -4,7 +4,10 @@
 //! What must stay true: every kept tensor has a GGUF name and a role; a
 //! Hugging Face tensor kiln cannot map is refused by name (never silently
 //! dropped), except rotary-embedding buffers, which llama.cpp recomputes and
-//! which are dropped with a note.
+//! which are dropped with a note; tensors are ordered as llama.cpp's model
+//! loader orders them (`weight_name_comparer`: non-block tensors first, then
+//! by block number, then by name), so the output order does not depend on how
+//! the input was sharded and matches llama-quantize's.
 
 use crate::error::PassError;
 use crate::ir::{Model, Role, Transform};
@@ -95,6 +98,7 @@ impl Pass for Normalize {
             for t in &mut model.tensors {
                 (t.role, t.layer) = gguf_role(&t.name);
             }
+            sort_like_llama_cpp(model);
             return Ok(());
         }
         let arch = model.arch.clone();
@@ -132,8 +136,21 @@ impl Pass for Normalize {
             }
         }
         model.tensors = kept;
+        sort_like_llama_cpp(model);
         Ok(())
     }
+}
+
+/// The block number as `sscanf(name, "blk.%d.")` reads it, or -1.
+fn block_of(name: &str) -> i64 {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn sort_like_llama_cpp(model: &mut Model) {
+    model.tensors.sort_by(|a, b| (block_of(&a.name), &a.name).cmp(&(block_of(&b.name), &b.name)));
 }
 
 #[cfg(test)]
@@ -150,6 +167,13 @@ mod tests {
         assert_eq!(m("model.layers.1.mlp.down_proj.weight").1, Role::FfnDown);
         assert!(map_hf_name("model.layers.0.self_attn.rotary_emb.inv_freq").unwrap().is_none());
         assert!(map_hf_name("transformer.h.0.attn.c_attn.weight").is_err());
+    }
+
+    #[test]
+    fn orders_like_llama_cpp() {
+        let mut names = vec!["token_embd.weight", "blk.10.attn_q.weight", "blk.2.ffn_up.weight", "output.weight", "blk.2.attn_k.weight"];
+        names.sort_by(|a, b| (block_of(a), a).cmp(&(block_of(b), b)));
+        assert_eq!(names, vec!["output.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_q.weight"]);
     }
 
     #[test]
