@@ -1,9 +1,9 @@
 //! The 256-value ggml "K-quant" super-block types Q2_K, Q3_K, Q4_K, Q5_K, Q6_K:
-//! decoders for all five, and encoders for Q4_K, Q5_K and Q6_K.
+//! decoders and encoders for all five.
 //!
 //! Ports of ggml's `dequantize_row_q{2,3,4,5,6}_K` and
-//! `quantize_row_q{4,5,6}_K_ref` (no importance matrix) with their helpers
-//! `nearest_int`, `make_qx_quants`, `make_qkx2_quants` (ggml
+//! `quantize_row_q{2,3,4,5,6}_K_ref` (no importance matrix) with their helpers
+//! `nearest_int`, `make_qx_quants`, `make_q3_quants`, `make_qkx2_quants` (ggml
 //! `src/ggml-quants.c`, block structs in `src/ggml-common.h`). What must stay true:
 //! - byte offsets inside a block are the C struct layouts (no padding):
 //!   Q2_K `scales[16] qs[64] d dmin` (84), Q3_K `hmask[32] qs[64] scales[12] d`
@@ -313,10 +313,11 @@ fn make_qx_quants_rmse1<const N: usize>(nmax: i32, x: &[f32; N], l_out: &mut [u8
     scale
 }
 
-/// ggml's `make_qkx2_quants` with squared error (`use_mad = false`): an
-/// asymmetric fit `x ~ scale * L + min` (`min <= 0`) over `nstep + 1`
-/// candidate inverse scales `(rmin + rdelta*is + nmax) / (max - min)`, each
-/// refined by weighted least squares. Returns `(scale, -min)`.
+/// ggml's `make_qkx2_quants`: an asymmetric fit `x ~ scale * L + min`
+/// (`min <= 0`) over `nstep + 1` candidate inverse scales
+/// `(rmin + rdelta*is + nmax) / (max - min)`, each refined by weighted least
+/// squares and judged by weighted squared error, or absolute error when
+/// `use_mad` (Q2_K). Returns `(scale, -min)`.
 #[allow(clippy::too_many_arguments)]
 fn make_qkx2_quants<const N: usize>(
     nmax: i32,
@@ -326,6 +327,7 @@ fn make_qkx2_quants<const N: usize>(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    use_mad: bool,
 ) -> (f32, f32) {
     let mut min = x[0];
     let mut max = x[0];
@@ -351,13 +353,14 @@ fn make_qkx2_quants<const N: usize>(
     }
     let quant =
         |iscale: f32, xi: f32, min: f32| nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
+    let err = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
     let mut iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
     for i in 0..N {
         l_out[i] = quant(iscale, x[i], min);
         let diff = scale * l_out[i] as f32 + min - x[i];
-        best_error += weights[i] * (diff * diff);
+        best_error += weights[i] * err(diff);
     }
     let mut laux = [0u8; N];
     for is in 0..=nstep {
@@ -384,7 +387,7 @@ fn make_qkx2_quants<const N: usize>(
             let mut cur_error = 0.0f32;
             for i in 0..N {
                 let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * (diff * diff);
+                cur_error += weights[i] * err(diff);
             }
             if cur_error < best_error {
                 *l_out = laux;
@@ -488,8 +491,16 @@ fn k4_scales_and_quants(
         }
         let av_x = (sum_x2 / 32.0).sqrt();
         let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let (scale, min) =
-            make_qkx2_quants(nmax, xs, &weights, sub_mut(l, 32 * j), rmin, 0.1, nstep);
+        let (scale, min) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            sub_mut(l, 32 * j),
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = scale;
         mins[j] = min;
         if scale > max_scale {
@@ -568,4 +579,218 @@ pub(crate) fn encode_q5_k(src: &[f32], dst: &mut [u8]) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- Q2_K encode
+
+/// The 2-bit quants of a Q2_K or Q3_K block, four values per byte: byte
+/// `32h + l` holds values `128h + 32s + l` at bit pair `s`.
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+    for h in 0..2 {
+        for i in 0..32 {
+            let b = 128 * h + i;
+            qs[32 * h + i] = l[b] | (l[b + 32] << 2) | (l[b + 64] << 4) | (l[b + 96] << 6);
+        }
+    }
+}
+
+pub(crate) fn encode_q2_k(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(84)) {
+        q2_k_encode_block(
+            sub(x, 0),
+            y.try_into().expect("block size checked by caller"),
+        );
+    }
+}
+
+fn q2_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 84]) {
+    const Q4SCALE: f32 = 15.0;
+    let mut l = [0u8; QK_K];
+    let mut mins = [0f32; 16];
+    let mut scales = [0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..16 {
+        let xs: &[f32; 16] = sub(x, 16 * j);
+        let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
+        let (scale, min) = make_qkx2_quants(
+            3,
+            xs,
+            &weights,
+            sub_mut(&mut l, 16 * j),
+            -0.5,
+            0.1,
+            15,
+            true,
+        );
+        scales[j] = scale;
+        mins[j] = min;
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    // Low nibble: scale against max_scale / 15; high nibble: min against
+    // max_min / 15. C narrows the ints to u8 (wrapping), without a clamp.
+    let (sc, rest) = y.split_at_mut(16);
+    let d = if max_scale > 0.0 {
+        let iscale = Q4SCALE / max_scale;
+        for j in 0..16 {
+            sc[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        crate::float::write_f16(&mut rest[64..66], max_scale / Q4SCALE)
+    } else {
+        sc.fill(0);
+        crate::float::write_f16(&mut rest[64..66], 0.0)
+    };
+    let dmin = if max_min > 0.0 {
+        let iscale = Q4SCALE / max_min;
+        for j in 0..16 {
+            sc[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+        }
+        crate::float::write_f16(&mut rest[66..68], max_min / Q4SCALE)
+    } else {
+        crate::float::write_f16(&mut rest[66..68], 0.0)
+    };
+    for j in 0..16 {
+        let dj = d * (sc[j] & 0x0F) as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin * (sc[j] >> 4) as f32;
+        for ii in 0..16 {
+            l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / dj).clamp(0, 3) as u8;
+        }
+    }
+    pack_2bit(&l, &mut rest[..64]);
+}
+
+// ---------------------------------------------------------------- Q3_K encode
+
+/// ggml's `make_q3_quants` with `do_rmse`: symmetric quants in `-nmax..nmax`
+/// from iscale `-nmax / max`, then up to 5 rounds of coordinate descent on
+/// the x^2-weighted least-squares fit; returns the scale and leaves `L + nmax`.
+fn make_q3_quants<const N: usize>(nmax: i32, x: &[f32; N], l_out: &mut [u8; N]) -> f32 {
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out.fill(0);
+        return 0.0;
+    }
+    let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
+    let iscale = (-nmax) as f32 / max;
+    let mut l = [0i32; N];
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..N {
+        l[i] = clamp(nearest_int(iscale * x[i]));
+        let w = x[i] * x[i];
+        sumlx += w * x[i] * l[i] as f32;
+        suml2 += w * l[i] as f32 * l[i] as f32;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..N {
+            let w = x[i] * x[i];
+            let mut slx = sumlx - w * x[i] * l[i] as f32;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * l[i] as f32 * l[i] as f32;
+                let new_l = clamp(nearest_int(x[i] * sl2 / slx));
+                if new_l != l[i] {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for (o, &li) in l_out.iter_mut().zip(&l) {
+        *o = (li + nmax) as u8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+pub(crate) fn encode_q3_k(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(110)) {
+        q3_k_encode_block(
+            sub(x, 0),
+            y.try_into().expect("block size checked by caller"),
+        );
+    }
+}
+
+fn q3_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 110]) {
+    let mut l = [0u8; QK_K];
+    let mut scales = [0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut amax = 0.0f32;
+    for (j, s) in scales.iter_mut().enumerate() {
+        *s = make_q3_quants::<16>(4, sub(x, 16 * j), sub_mut(&mut l, 16 * j));
+        if s.abs() > amax {
+            amax = s.abs();
+            max_scale = *s;
+        }
+    }
+    let (hmask, rest) = y.split_at_mut(32);
+    let (qs, rest) = rest.split_at_mut(64);
+    let (packed, dbytes) = rest.split_at_mut(12);
+    packed.fill(0);
+    let d = if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for j in 0..16 {
+            // C: int8_t l = nearest_int(...) (wrapping), clamp to -32..=31, + 32.
+            let v = ((nearest_int(iscale * scales[j]) as i8) as i32).clamp(-32, 31) + 32;
+            let v = v as u8;
+            if j < 8 {
+                packed[j] = v & 0x0F;
+            } else {
+                packed[j - 8] |= (v & 0x0F) << 4;
+            }
+            packed[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
+        }
+        crate::float::write_f16(dbytes, 1.0 / iscale)
+    } else {
+        crate::float::write_f16(dbytes, 0.0)
+    };
+    let stored = q3_k_scales((&*packed).try_into().expect("12 bytes"));
+    for j in 0..16 {
+        let dj = d * stored[j] as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / dj).clamp(-4, 3);
+            l[16 * j + ii] = (q + 4) as u8;
+        }
+    }
+    // High bit of value i goes to bit i / 32 of hmask[i % 32].
+    hmask.fill(0);
+    for (i, li) in l.iter_mut().enumerate() {
+        if *li > 3 {
+            hmask[i % 32] |= 1 << (i / 32);
+            *li -= 4;
+        }
+    }
+    pack_2bit(&l, qs);
 }

@@ -31,14 +31,14 @@ pub use types::GgmlType;
 /// `ty`'s blocks, byte-identical to ggml's reference quantizer for `ty`
 /// (`quantize_row_*_ref`, i.e. llama-quantize without an importance matrix).
 ///
-/// Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
-/// (exactly the types with [`GgmlType::can_encode`]). Rows may be encoded
-/// independently and in any order: blocks never depend on their neighbours.
+/// Supported: every [`GgmlType`] (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+/// Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); [`GgmlType::can_encode`] says so and
+/// must stay in step with this function. Rows may be encoded independently
+/// and in any order: blocks never depend on their neighbours.
 ///
 /// # Panics
-/// If `src.len()` is not a multiple of `ty.block_size()`, if
-/// `dst.len() != ty.row_bytes(src.len())`, or if `ty` cannot be encoded
-/// (`!ty.can_encode()`).
+/// If `src.len()` is not a multiple of `ty.block_size()` or
+/// `dst.len() != ty.row_bytes(src.len())`.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let Some(bytes) = ty.row_bytes(src.len()) else {
         panic!(
@@ -65,9 +65,8 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q4K => kquants::encode_q4_k(src, dst),
         GgmlType::Q5K => kquants::encode_q5_k(src, dst),
         GgmlType::Q6K => kquants::encode_q6_k(src, dst),
-        GgmlType::Q2K | GgmlType::Q3K => {
-            panic!("quantize_row: kiln cannot encode {ty} yet (GgmlType::can_encode is false)")
-        }
+        GgmlType::Q2K => kquants::encode_q2_k(src, dst),
+        GgmlType::Q3K => kquants::encode_q3_k(src, dst),
     }
 }
 

@@ -147,6 +147,8 @@ impl GgmlType {
                 | GgmlType::Q4_1
                 | GgmlType::Q5_0
                 | GgmlType::Q5_1
+                | GgmlType::Q2K
+                | GgmlType::Q3K
                 | GgmlType::Q4K
                 | GgmlType::Q5K
                 | GgmlType::Q6K
