@@ -99,8 +99,8 @@ setup_node() {
 # -- Rust ------------------------------------------------------------------------
 
 build_release() {
-    step "cargo build --release"
-    cargo build --release --locked --quiet
+    step "cargo build --release (kiln, kiln-fixture)"
+    cargo build --release --locked --quiet -p kiln -p fixtures --bins
     step_done "cargo build"
 }
 

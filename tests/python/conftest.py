@@ -57,6 +57,14 @@ def kiln() -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def kiln_fixture() -> Path:
+    """The fixture generator binary (built by tests/run.sh next to kiln)."""
+    p = Path(os.environ.get("KILN_FIXTURE_BIN") or kiln_bin().parent / "kiln-fixture")
+    require(p.is_file() and os.access(p, os.X_OK), f"kiln-fixture not found at {p} (cargo build --release -p fixtures)")
+    return p
+
+
 def run_kiln(kiln: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.pop("RAYON_NUM_THREADS", None)

@@ -16,6 +16,7 @@ and gguf-py reads the file back. What these tests pin down:
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import gguf
@@ -330,3 +331,54 @@ def test_gguf_name_mapping_is_total():
 
         for name in read_hf_weights(fx):
             gguf_name(name)
+
+
+def test_sharded_checkpoint_equals_hf_weights(kiln, kiln_fixture, tmp_path):
+    """A checkpoint split over two shards with an index converts to the same exact F32 tensors."""
+    src = tmp_path / "tiny-llama-sharded"
+    gen = subprocess.run([str(kiln_fixture), "tiny-llama-sharded", str(src)], capture_output=True, text=True)
+    assert gen.returncode == 0, f"kiln-fixture tiny-llama-sharded failed: {gen.stderr}"
+    assert (src / "model.safetensors.index.json").is_file(), sorted(p.name for p in src.iterdir())
+    out = tmp_path / "sharded.f32.gguf"
+    run_kiln(kiln, "convert", src, "--type", "f32", "-o", out, "--quiet")
+    _, _, expected = hf_to_gguf_arrays(src)
+    got = tensors_by_name(_reader(out))
+    assert set(got) == set(expected), f"tensor sets differ: {sorted(set(got) ^ set(expected))}"
+    bad = [n for n, want in expected.items() if not np.array_equal(f32_array(got[n]).view(np.uint32), want.view(np.uint32))]
+    assert not bad, f"tensors differ from the shards' weights: {bad}"
+
+
+# -- a GGUF as the source ---------------------------------------------------------
+
+
+def test_gguf_source_requantized_bytes_and_metadata(smollm2, convert):
+    """SmolLM2 (Q4_1/Q8_0/F32 GGUF) -> kiln Q8_0: each tensor == gguf.quants.quantize(gguf-py's
+    dequantization of the source), 1-D tensors F32 and equal, and every metadata key carried
+    over unchanged except general.file_type."""
+    src = _reader(smollm2)
+    out = _reader(convert(smollm2, "q8_0", tag="smollm2"))
+    s_t, o_t = tensors_by_name(src), tensors_by_name(out)
+    assert list(s_t) == list(o_t) or set(s_t) == set(o_t), f"tensor sets differ: {sorted(set(s_t) ^ set(o_t))}"
+    bad = []
+    for name, t in s_t.items():
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        f32 = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        want_t = expected_type(shape, GT.Q8_0)
+        got = o_t[name]
+        if got.tensor_type != want_t:
+            bad.append(f"{name} {shape}: {got.tensor_type.name}, expected {want_t.name}")
+            continue
+        ref = f32 if want_t == GT.F32 else gguf.quants.quantize(f32, want_t)
+        if np.asarray(got.data).tobytes() != np.ascontiguousarray(ref).tobytes():
+            bad.append(f"{name} ({t.tensor_type.name} -> {want_t.name}): bytes differ from gguf-py's dequantize+quantize")
+    assert not bad, f"{len(bad)} tensors:\n" + "\n".join(bad[:20])
+
+    skip = {"general.file_type"}
+    s_keys = {k for k in src.fields if not k.startswith("GGUF.")}
+    o_keys = {k for k in out.fields if not k.startswith("GGUF.")}
+    missing = sorted(s_keys - o_keys - skip)
+    assert not missing, f"metadata keys dropped: {missing}"
+    changed = [k for k in sorted(s_keys & o_keys - skip) if field(src, k) != field(out, k)]
+    assert not changed, f"metadata values changed: {changed}"
+    assert int(field(out, "general.file_type")) == FILE_TYPE["q8_0"]
+    assert int(field(out, "general.quantization_version")) == 2
