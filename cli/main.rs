@@ -5,8 +5,10 @@
 //! failed, 2 bad input or usage, 130 interrupted.
 
 mod convert;
+mod estimate;
 mod inspect;
 mod printer;
+mod targets;
 mod util;
 
 use std::process::ExitCode;
@@ -46,6 +48,12 @@ enum Command {
     /// Convert a model to a GGUF file of one type (streaming, atomic, deterministic).
     #[command(after_help = EXIT_CODES)]
     Convert(convert::ConvertArgs),
+    /// List the accelerator profiles (memory, bandwidth, peaks, power, price), or show one with its sources.
+    #[command(after_help = EXIT_CODES)]
+    Targets(targets::TargetsArgs),
+    /// Estimate memory, speed, $ and energy of serving a model on a target (roofline bound + calibrated estimate).
+    #[command(after_help = EXIT_CODES)]
+    Estimate(estimate::EstimateArgs),
 }
 
 /// A check the user asked for failed (exit code 1).
@@ -79,6 +87,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inspect(args) => inspect::run(args, &printer),
         Command::Convert(args) => convert::run(args, &printer),
+        Command::Targets(args) => targets::run(args, &printer),
+        Command::Estimate(args) => estimate::run(args, &printer),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,5 +4,6 @@
 
 mod common;
 mod convert;
+mod estimate;
 mod hostile;
 mod snapshots;

@@ -2,6 +2,7 @@
 //! model. This crate knows nothing about files: loaders in `formats` build a
 //! [`Model`] of lazy [`Source`] views, passes decide, and the emitter lowers.
 
+pub mod cost;
 pub mod error;
 pub mod ir;
 pub mod passes;

@@ -1,0 +1,269 @@
+//! The fitted efficiency factors of the serving-cost model, shipped as
+//! `calibration.toml` next to this file and compiled in.
+//!
+//! What must stay true: `calibration.toml` is written only by the fit
+//! (`KILN_BLESS=1 cargo test -p passes --lib cost::fit`), from
+//! `bench/calibration/measured-calibration.csv`; a test refits and fails if the
+//! shipped values differ, and another fails if the fit's error regresses. A
+//! lookup for an (engine, device class) pair without rows borrows the GPU
+//! factors of the same engine class and says so.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::target::DeviceClass;
+use super::CostError;
+
+/// The shipped factors (see [`Calibration::shipped`]).
+pub const SHIPPED: &str = include_str!("calibration.toml");
+
+/// Serving engines `kiln estimate` models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    LlamaCpp,
+    Vllm,
+    TrtLlm,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 3] = [Engine::LlamaCpp, Engine::Vllm, Engine::TrtLlm];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::LlamaCpp => "llama.cpp",
+            Engine::Vllm => "vllm",
+            Engine::TrtLlm => "trt-llm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Engine> {
+        let lower = s.to_ascii_lowercase();
+        match lower.as_str() {
+            "llama.cpp" | "llamacpp" | "llama-cpp" => Some(Engine::LlamaCpp),
+            "vllm" => Some(Engine::Vllm),
+            "trt-llm" | "tensorrt-llm" | "trtllm" => Some(Engine::TrtLlm),
+            _ => None,
+        }
+    }
+
+    pub fn class(self) -> EngineClass {
+        match self {
+            Engine::LlamaCpp => EngineClass::LlamaCpp,
+            Engine::Vllm | Engine::TrtLlm => EngineClass::Server,
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Engines that share efficiency factors. `server` covers vLLM, TensorRT-LLM
+/// and, for calibration, lmdeploy TurboMind, FasterTransformer and TensorRT
+/// (batched CUDA-graph engines with fused kernels); `llama.cpp` is the ggml
+/// engine on every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EngineClass {
+    LlamaCpp,
+    Server,
+}
+
+impl EngineClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineClass::LlamaCpp => "llama.cpp",
+            EngineClass::Server => "server",
+        }
+    }
+
+    fn parse(s: &str) -> Option<EngineClass> {
+        match s {
+            "llama.cpp" => Some(EngineClass::LlamaCpp),
+            "server" => Some(EngineClass::Server),
+            _ => None,
+        }
+    }
+}
+
+/// Efficiency factors of one (engine class, device class) pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Factors {
+    /// Achieved fraction of peak memory bandwidth when streaming weights and KV.
+    pub bandwidth_efficiency: f64,
+    /// Achieved fraction of the reference compute peak (see `estimate`).
+    pub compute_efficiency: f64,
+    /// Fixed time per layer per forward pass (kernel launches, sync), in µs.
+    pub layer_overhead_us: f64,
+    /// 10th and 90th percentiles of measured / predicted rate on the fit rows:
+    /// the band around a central estimate.
+    pub band_low: f64,
+    pub band_high: f64,
+    /// Calibration rows behind these factors.
+    pub rows: usize,
+}
+
+/// All fitted factors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    /// Fixed latency of one tensor-parallel all-reduce, in µs.
+    pub allreduce_latency_us: f64,
+    pub factors: BTreeMap<(EngineClass, DeviceClass), Factors>,
+}
+
+/// Factors chosen for an estimate, and whether they were borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chosen {
+    pub factors: Factors,
+    pub engine: EngineClass,
+    /// The device class the factors were fitted on (differs when borrowed).
+    pub fitted_on: DeviceClass,
+    pub borrowed: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalibration {
+    allreduce_latency_us: f64,
+    factor: Vec<RawFactor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFactor {
+    engine: String,
+    device: String,
+    bandwidth_efficiency: f64,
+    compute_efficiency: f64,
+    layer_overhead_us: f64,
+    band_low: f64,
+    band_high: f64,
+    rows: usize,
+}
+
+impl Calibration {
+    pub fn parse(text: &str) -> Result<Calibration, CostError> {
+        let bad = |msg: String| CostError::BadCalibration(msg);
+        let raw: RawCalibration = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        let mut factors = BTreeMap::new();
+        for f in raw.factor {
+            let e = EngineClass::parse(&f.engine)
+                .ok_or_else(|| bad(format!("unknown engine class `{}`", f.engine)))?;
+            let d = DeviceClass::parse(&f.device)
+                .ok_or_else(|| bad(format!("unknown device class `{}`", f.device)))?;
+            let positive = [
+                f.bandwidth_efficiency,
+                f.compute_efficiency,
+                f.band_low,
+                f.band_high,
+            ];
+            if positive.iter().any(|v| !v.is_finite() || *v <= 0.0)
+                || f.layer_overhead_us.is_nan()
+                || f.layer_overhead_us < 0.0
+            {
+                return Err(bad(format!(
+                    "factors for {}/{} must be positive",
+                    f.engine, f.device
+                )));
+            }
+            factors.insert(
+                (e, d),
+                Factors {
+                    bandwidth_efficiency: f.bandwidth_efficiency,
+                    compute_efficiency: f.compute_efficiency,
+                    layer_overhead_us: f.layer_overhead_us,
+                    band_low: f.band_low,
+                    band_high: f.band_high,
+                    rows: f.rows,
+                },
+            );
+        }
+        if raw.allreduce_latency_us.is_nan() || raw.allreduce_latency_us < 0.0 {
+            return Err(bad("allreduce_latency_us must be >= 0".into()));
+        }
+        Ok(Calibration {
+            allreduce_latency_us: raw.allreduce_latency_us,
+            factors,
+        })
+    }
+
+    /// The factors compiled into kiln.
+    pub fn shipped() -> Result<Calibration, CostError> {
+        Calibration::parse(SHIPPED)
+    }
+
+    /// Factors for `engine` on `device`; without rows for that pair, the GPU
+    /// factors of the same engine class (then any), with the band widened.
+    pub fn lookup(&self, engine: EngineClass, device: DeviceClass) -> Option<Chosen> {
+        if let Some(f) = self.factors.get(&(engine, device)) {
+            return Some(Chosen {
+                factors: *f,
+                engine,
+                fitted_on: device,
+                borrowed: false,
+            });
+        }
+        let (key, f) = self
+            .factors
+            .get_key_value(&(engine, DeviceClass::Gpu))
+            .or_else(|| self.factors.iter().next())?;
+        let mut widened = *f;
+        widened.band_low *= 0.5;
+        widened.band_high *= 1.5;
+        Some(Chosen {
+            factors: widened,
+            engine: key.0,
+            fitted_on: key.1,
+            borrowed: true,
+        })
+    }
+
+    /// The TOML the fit writes.
+    pub fn to_toml(&self, header: &str) -> String {
+        let mut s = String::new();
+        for line in header.lines() {
+            s.push_str("# ");
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "allreduce_latency_us = {}\n",
+            round6(self.allreduce_latency_us)
+        ));
+        for ((e, d), f) in &self.factors {
+            s.push_str("\n[[factor]]\n");
+            s.push_str(&format!("engine = \"{}\"\n", e.name()));
+            s.push_str(&format!("device = \"{}\"\n", d.name()));
+            s.push_str(&format!(
+                "bandwidth_efficiency = {}\n",
+                round6(f.bandwidth_efficiency)
+            ));
+            s.push_str(&format!(
+                "compute_efficiency = {}\n",
+                round6(f.compute_efficiency)
+            ));
+            s.push_str(&format!(
+                "layer_overhead_us = {}\n",
+                round6(f.layer_overhead_us)
+            ));
+            s.push_str(&format!("band_low = {}\n", round6(f.band_low)));
+            s.push_str(&format!("band_high = {}\n", round6(f.band_high)));
+            s.push_str(&format!("rows = {}\n", f.rows));
+        }
+        s
+    }
+}
+
+/// Six significant decimals, always with a decimal point (valid TOML floats).
+pub fn round6(v: f64) -> String {
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0');
+    if s.ends_with('.') {
+        format!("{s}0")
+    } else {
+        s.to_string()
+    }
+}

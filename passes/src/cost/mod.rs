@@ -1,0 +1,42 @@
+//! The serving-cost model: accelerator target profiles, weight formats and
+//! their bytes, the roofline-plus-calibration estimate, and its calibration.
+//!
+//! What must stay true: this module knows nothing about files (profiles and
+//! calibration are compiled in or handed over as text); every figure it
+//! reports is either computed from stated inputs or `None` with a note
+//! saying which input is unknown; the calibration shipped in
+//! `calibration.toml` is the output of the fit in `fit.rs` over
+//! `bench/calibration/measured-calibration.csv`, checked by tests.
+
+pub mod calibration;
+pub mod estimate;
+pub mod host;
+pub mod shape;
+pub mod target;
+pub mod weights;
+
+#[cfg(test)]
+mod fit;
+#[cfg(test)]
+mod tests;
+
+pub use calibration::{Calibration, Engine, EngineClass, Factors};
+pub use estimate::{estimate, Band, Batch, Estimate, KvType, ModelCost, Workload};
+pub use shape::{specs_from_model, Shape, TensorKind, TensorSpec};
+pub use target::{builtin, find_builtin, DeviceClass, Figure, Origin, Precision, Target};
+pub use weights::{weight_bytes, Recipe, ServingFormat, WeightBytes, WeightFormat};
+
+/// What can go wrong in the cost model.
+#[derive(Debug, thiserror::Error)]
+pub enum CostError {
+    #[error("target profile {what}: {msg}")]
+    BadTarget { what: String, msg: String },
+    #[error("unknown target `{id}` (known: {known}, cpu)")]
+    UnknownTarget { id: String, known: String },
+    #[error("unknown weight type `{name}` (known: {known})")]
+    UnknownType { name: String, known: String },
+    #[error("calibration: {0}")]
+    BadCalibration(String),
+    #[error("{0}")]
+    BadWorkload(String),
+}
