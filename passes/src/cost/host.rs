@@ -84,7 +84,7 @@ pub fn cpu_target(info: &HostInfo, measured: Option<(f64, String)>) -> Target {
                 "memory_gb".to_string(),
                 "/proc/meminfo MemTotal on this host".to_string(),
             );
-            Figure::Known(b as f64 / 1e9)
+            Figure::Known((b as f64 / 1e7).round() / 100.0)
         }
         None => Figure::Unknown,
     };

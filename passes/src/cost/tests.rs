@@ -522,7 +522,7 @@ fn host_profile_states_only_what_proc_says() {
     assert_eq!(info.simd, vec!["avx2", "fma", "avx512f"]);
     let t = cpu_target(&info, None);
     t.validate().unwrap();
-    assert_eq!(t.memory_gb, Figure::Known(32768000.0 * 1024.0 / 1e9));
+    assert_eq!(t.memory_gb, Figure::Known(33.55)); // 32768000 kB = 33.55 GB
     assert_eq!(t.memory_bandwidth_gbps, Figure::Unknown);
     assert!(t.peak_tflops.is_empty());
     let m = cpu_target(&info, Some((42.0, "test".into())));
