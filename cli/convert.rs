@@ -47,19 +47,33 @@ pub struct ConvertArgs {
 fn parse_type(s: &str) -> Result<GgmlType, String> {
     let t: GgmlType = s.parse()?;
     if !t.can_encode() {
-        let ok: Vec<&str> = GgmlType::ALL.iter().filter(|t| t.can_encode()).map(|t| t.name()).collect();
-        return Err(format!("kiln cannot write {t} yet (it writes {})", ok.join(", ")));
+        let ok: Vec<&str> = GgmlType::ALL
+            .iter()
+            .filter(|t| t.can_encode())
+            .map(|t| t.name())
+            .collect();
+        return Err(format!(
+            "kiln cannot write {t} yet (it writes {})",
+            ok.join(", ")
+        ));
     }
     Ok(t)
 }
 
 pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
-    let opts = LoadOptions { tokenizer: TokenizerOptions { pre_tokenizer: args.pre_tokenizer.clone() } };
+    let opts = LoadOptions {
+        tokenizer: TokenizerOptions {
+            pre_tokenizer: args.pre_tokenizer.clone(),
+        },
+    };
     let loaded = formats::load(&args.model, &opts)?;
     if let Some(g) = &loaded.gguf {
         if let Some((name, ty)) = formats::load::undecodable(g) {
-            anyhow::bail!("{}: tensor `{name}`: type {ty} cannot be decoded by kiln yet", args.model.display());
+            anyhow::bail!(
+                "{}: tensor `{name}`: type {ty} cannot be decoded by kiln yet",
+                args.model.display()
+            );
         }
     }
     if loaded.model.arch.is_none() {
@@ -72,8 +86,12 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         emit::check_output(out, &loaded.model.files)?;
     }
     let mut model = loaded.model;
-    let encode = Encode { ty: args.ty, allow_requantize: args.allow_requantize };
-    passes::passes::run(&mut model, &[&Normalize, &encode]).with_context(|| args.model.display().to_string())?;
+    let encode = Encode {
+        ty: args.ty,
+        allow_requantize: args.allow_requantize,
+    };
+    passes::passes::run(&mut model, &[&Normalize, &encode])
+        .with_context(|| args.model.display().to_string())?;
     let layout = emit::plan(&model);
     let notes: Vec<String> = model
         .tensors
@@ -84,13 +102,18 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
 
     if args.dry_run {
         if args.json {
-            printer.data(&serde_json::to_string_pretty(&plan_json(args, &model, &layout, &notes, false))?);
+            printer.data(&serde_json::to_string_pretty(&plan_json(
+                args, &model, &layout, &notes, false,
+            ))?);
         } else {
             printer.data(&plan_text(args, &model, &layout, &notes));
         }
         return Ok(());
     }
-    let out = args.output.as_ref().expect("clap requires -o without --dry-run");
+    let out = args
+        .output
+        .as_ref()
+        .expect("clap requires -o without --dry-run");
     for n in &notes {
         printer.info(&format!("note: {n}"));
     }
@@ -103,7 +126,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     }
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "converting");
-    let opts = EmitOptions { allow_nonfinite: args.allow_nonfinite };
+    let opts = EmitOptions {
+        allow_nonfinite: args.allow_nonfinite,
+    };
     let progress = |n: u64| bar.inc(n);
     let result = emit::write_gguf(&model, &loaded.maps, &layout, out, opts, &progress, &cancel);
     bar.finish_and_clear();
@@ -124,7 +149,13 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     Ok(())
 }
 
-fn plan_json(args: &ConvertArgs, model: &passes::Model, layout: &formats::gguf::Layout, notes: &[String], written: bool) -> serde_json::Value {
+fn plan_json(
+    args: &ConvertArgs,
+    model: &passes::Model,
+    layout: &formats::gguf::Layout,
+    notes: &[String],
+    written: bool,
+) -> serde_json::Value {
     json!({
         "input": args.model,
         "output": args.output,
@@ -147,19 +178,43 @@ fn plan_json(args: &ConvertArgs, model: &passes::Model, layout: &formats::gguf::
     })
 }
 
-fn plan_text(args: &ConvertArgs, model: &passes::Model, layout: &formats::gguf::Layout, notes: &[String]) -> String {
+fn plan_text(
+    args: &ConvertArgs,
+    model: &passes::Model,
+    layout: &formats::gguf::Layout,
+    notes: &[String],
+) -> String {
     let mut s = format!(
         "plan: {} -> {} as {}\n\n",
         args.model.display(),
-        args.output.as_ref().map(|o| o.display().to_string()).unwrap_or_else(|| "(dry run)".into()),
+        args.output
+            .as_ref()
+            .map(|o| o.display().to_string())
+            .unwrap_or_else(|| "(dry run)".into()),
         args.ty
     );
-    let w = model.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    s += &format!("{:<w$}  {:<14} {:<6} {:<6} {:>12}\n", "name", "shape", "source", "type", "bytes");
+    let w = model
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    s += &format!(
+        "{:<w$}  {:<14} {:<6} {:<6} {:>12}\n",
+        "name", "shape", "source", "type", "bytes"
+    );
     for (t, &(_, bytes)) in model.tensors.iter().zip(&layout.tensors) {
         let ty = t.encoding.map(|e| e.name()).unwrap_or("-");
         let flag = if t.notes.is_empty() { "" } else { "  *" };
-        s += &format!("{:<w$}  {:<14} {:<6} {:<6} {:>12}{flag}\n", t.name, shape(&t.shape), t.source.dtype.name(), ty, bytes);
+        s += &format!(
+            "{:<w$}  {:<14} {:<6} {:<6} {:>12}{flag}\n",
+            t.name,
+            shape(&t.shape),
+            t.source.dtype.name(),
+            ty,
+            bytes
+        );
     }
     s += "\nby type:\n";
     for (t, b, n) in emit::bytes_by_type(model, layout) {

@@ -39,7 +39,12 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
             .expect("gguf inputs keep their parse")
             .tensors
             .iter()
-            .map(|t| Row { name: t.name.clone(), shape: t.shape(), dtype: t.ty.name.to_string(), bytes: t.bytes })
+            .map(|t| Row {
+                name: t.name.clone(),
+                shape: t.shape(),
+                dtype: t.ty.name.to_string(),
+                bytes: t.bytes,
+            })
             .collect(),
         _ => loaded
             .safetensors
@@ -49,10 +54,18 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
                 e.sort_by_key(|e| e.start);
                 e
             })
-            .map(|e| Row { name: e.name, shape: e.shape, dtype: e.dtype, bytes: e.end - e.start })
+            .map(|e| Row {
+                name: e.name,
+                shape: e.shape,
+                dtype: e.dtype,
+                bytes: e.end - e.start,
+            })
             .collect(),
     };
-    let params: u64 = rows.iter().map(|r| r.shape.iter().product::<usize>() as u64).sum();
+    let params: u64 = rows
+        .iter()
+        .map(|r| r.shape.iter().product::<usize>() as u64)
+        .sum();
     let total: u64 = rows.iter().map(|r| r.bytes).sum();
     let mut by_dtype: Vec<(String, usize, u64)> = Vec::new();
     for r in &rows {
@@ -69,14 +82,25 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
         InputKind::Safetensors => ("safetensors", None),
         InputKind::Gguf { version } => ("gguf", Some(version)),
     };
-    let st_metadata: Vec<(String, String)> = loaded.safetensors.iter().flat_map(|h| h.metadata.clone()).collect();
+    let st_metadata: Vec<(String, String)> = loaded
+        .safetensors
+        .iter()
+        .flat_map(|h| h.metadata.clone())
+        .collect();
     let metadata = &loaded.model.metadata;
 
     if args.json {
         let md: serde_json::Map<String, Value> = if format == "safetensors" {
-            st_metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
+            st_metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect()
         } else {
-            metadata.0.iter().map(|(k, v)| (k.clone(), meta_json(v, args.full_metadata))).collect()
+            metadata
+                .0
+                .iter()
+                .map(|(k, v)| (k.clone(), meta_json(v, args.full_metadata)))
+                .collect()
         };
         let out = json!({
             "path": args.model,
@@ -96,7 +120,10 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
 
     let mut s = String::new();
     let kind = match loaded.kind {
-        InputKind::HfDir => format!("Hugging Face checkpoint, {} safetensors file(s)", loaded.model.files.len()),
+        InputKind::HfDir => format!(
+            "Hugging Face checkpoint, {} safetensors file(s)",
+            loaded.model.files.len()
+        ),
         InputKind::Safetensors => "safetensors file".to_string(),
         InputKind::Gguf { version } => format!("GGUF v{version}"),
     };
@@ -105,14 +132,27 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
         s += &format!("architecture: {}\n", arch_line(a));
     }
     s += &format!("parameters: {} ({params})\n", human_count(params));
-    s += &format!("tensors: {}, {} ({total} bytes)\n", rows.len(), human_bytes(total));
+    s += &format!(
+        "tensors: {}, {} ({total} bytes)\n",
+        rows.len(),
+        human_bytes(total)
+    );
     for (d, n, b) in &by_dtype {
         s += &format!("  {d:<8} {n:>5} tensors  {:>12}\n", human_bytes(*b));
     }
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    s += &format!("\n{:<w$}  {:<16} {:<8} {:>12}\n", "name", "shape", "dtype", "bytes");
+    s += &format!(
+        "\n{:<w$}  {:<16} {:<8} {:>12}\n",
+        "name", "shape", "dtype", "bytes"
+    );
     for r in &rows {
-        s += &format!("{:<w$}  {:<16} {:<8} {:>12}\n", r.name, shape(&r.shape), r.dtype, r.bytes);
+        s += &format!(
+            "{:<w$}  {:<16} {:<8} {:>12}\n",
+            r.name,
+            shape(&r.shape),
+            r.dtype,
+            r.bytes
+        );
     }
     if format == "safetensors" && !st_metadata.is_empty() {
         s += "\nmetadata:\n";
@@ -120,7 +160,11 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
             s += &format!("  {k} = {v:?}\n");
         }
     } else if !metadata.0.is_empty() {
-        s += if format == "hf" { "\nGGUF metadata kiln writes:\n" } else { "\nmetadata:\n" };
+        s += if format == "hf" {
+            "\nGGUF metadata kiln writes:\n"
+        } else {
+            "\nmetadata:\n"
+        };
         s += &metadata_text(metadata, args.full_metadata);
     }
     printer.data(&s);
@@ -167,7 +211,10 @@ fn metadata_text(md: &Metadata, full: bool) -> String {
                 let head: Vec<String> = items.iter().take(ARRAY_PREVIEW).map(scalar_text).collect();
                 format!("[{} items: {}, ...]", items.len(), head.join(", "))
             }
-            MetaValue::Array(items) => format!("[{}]", items.iter().map(scalar_text).collect::<Vec<_>>().join(", ")),
+            MetaValue::Array(items) => format!(
+                "[{}]",
+                items.iter().map(scalar_text).collect::<Vec<_>>().join(", ")
+            ),
             other => scalar_text(other),
         };
         s += &format!("  {k} = {shown}\n");
@@ -186,6 +233,9 @@ fn scalar_text(v: &MetaValue) -> String {
         MetaValue::F32(f) => format!("{f}"),
         MetaValue::F64(f) => format!("{f}"),
         MetaValue::Bool(b) => b.to_string(),
-        other => other.as_u64().map(|u| u.to_string()).unwrap_or_else(|| format!("{other:?}")),
+        other => other
+            .as_u64()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| format!("{other:?}")),
     }
 }

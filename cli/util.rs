@@ -31,5 +31,8 @@ pub fn shape(s: &[usize]) -> String {
     if s.is_empty() {
         return "scalar".into();
     }
-    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
 }

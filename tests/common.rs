@@ -26,7 +26,11 @@ pub fn run(args: &[&str]) -> Run {
 }
 
 pub fn run_cmd(c: &mut Command) -> Run {
-    let Output { status, stdout, stderr } = c.output().expect("kiln runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().expect("kiln runs");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -49,7 +53,10 @@ pub fn s(p: &Path) -> &str {
 /// Files in `dir` (names), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -75,7 +82,10 @@ pub fn f32_tensor(name: &str, shape: &[usize], f: impl Fn(usize) -> f32) -> StTe
 }
 
 /// Serialize tensors as safetensors; `header_fix` may rewrite the JSON header.
-pub fn safetensors_bytes(tensors: &[StTensor], header_fix: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+pub fn safetensors_bytes(
+    tensors: &[StTensor],
+    header_fix: impl Fn(&mut serde_json::Value),
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut off = 0usize;
     for t in tensors {
@@ -102,7 +112,9 @@ pub fn safetensors_bytes(tensors: &[StTensor], header_fix: impl Fn(&mut serde_js
 /// A minimal llama checkpoint: hidden 32, 1 layer, 2 heads (1 KV), FFN 64,
 /// vocab 8, byte-level BPE tokenizer with 8 tokens.
 pub fn mini_tensors() -> Vec<StTensor> {
-    let w = |name: &str, shape: &[usize]| f32_tensor(name, shape, |i| ((i * 7919) % 97) as f32 / 97.0 - 0.5);
+    let w = |name: &str, shape: &[usize]| {
+        f32_tensor(name, shape, |i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+    };
     vec![
         w("model.embed_tokens.weight", &[8, 32]),
         w("model.layers.0.input_layernorm.weight", &[32]),
@@ -151,14 +163,29 @@ pub fn mini_tokenizer() -> serde_json::Value {
 /// Write a mini checkpoint directory into `dir`.
 pub fn write_mini(dir: &Path, tensors: &[StTensor], header_fix: impl Fn(&mut serde_json::Value)) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&mini_config()).unwrap()).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec_pretty(&mini_tokenizer()).unwrap()).unwrap();
     std::fs::write(
-        dir.join("tokenizer_config.json"),
-        serde_json::to_vec_pretty(&json!({"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"})).unwrap(),
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&mini_config()).unwrap(),
     )
     .unwrap();
-    std::fs::write(dir.join("model.safetensors"), safetensors_bytes(tensors, header_fix)).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_vec_pretty(&mini_tokenizer()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_vec_pretty(
+            &json!({"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors_bytes(tensors, header_fix),
+    )
+    .unwrap();
 }
 
 /// A minimal GGUF reader for tests: metadata keys and tensor (name, type, data).
@@ -175,7 +202,14 @@ pub fn read_gguf(path: &Path) -> TestGguf {
         tensors: g
             .tensors
             .iter()
-            .map(|t| (t.name.clone(), t.ty.id, t.ne.clone(), bytes[t.offset as usize..(t.offset + t.bytes) as usize].to_vec()))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.ty.id,
+                    t.ne.clone(),
+                    bytes[t.offset as usize..(t.offset + t.bytes) as usize].to_vec(),
+                )
+            })
             .collect(),
     }
 }

@@ -15,7 +15,10 @@ fn convert(model: &Path, ty: &str, out: &Path, extra: &[&str]) -> Run {
 }
 
 fn tensor<'a>(g: &'a TestGguf, name: &str) -> &'a (String, u32, Vec<u64>, Vec<u8>) {
-    g.tensors.iter().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"))
+    g.tensors
+        .iter()
+        .find(|t| t.0 == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
 }
 
 #[test]
@@ -55,11 +58,15 @@ fn output_is_identical_across_runs_and_thread_counts() {
     let mut files = Vec::new();
     for (i, threads) in ["1", "2", "2"].iter().enumerate() {
         let p = out.path().join(format!("{i}.gguf"));
-        let r = run_cmd(
-            kiln()
-                .env("RAYON_NUM_THREADS", threads)
-                .args(["convert", s(&fixture("tiny-llama")), "-t", "q4_1", "-o", s(&p), "-q"]),
-        );
+        let r = run_cmd(kiln().env("RAYON_NUM_THREADS", threads).args([
+            "convert",
+            s(&fixture("tiny-llama")),
+            "-t",
+            "q4_1",
+            "-o",
+            s(&p),
+            "-q",
+        ]));
         assert_eq!(r.code, 0, "{}", r.stderr);
         files.push(std::fs::read(&p).unwrap());
     }
@@ -85,15 +92,30 @@ fn f32_output_is_the_source_with_q_and_k_permuted() {
     let p = out.path().join("f32.gguf");
     assert_eq!(convert(&fixture("tiny-llama"), "f32", &p, &[]).code, 0);
     let g = read_gguf(&p);
-    let as_f32 = |b: &[u8]| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+    let as_f32 = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
     // Unpermuted tensor: identical.
-    let (_, v) = bf16_rows(&fixture("tiny-llama"), "model.layers.1.self_attn.v_proj.weight");
+    let (_, v) = bf16_rows(
+        &fixture("tiny-llama"),
+        "model.layers.1.self_attn.v_proj.weight",
+    );
     assert_eq!(as_f32(&tensor(&g, "blk.1.attn_v.weight").3), v);
     // q: 4 heads; k: 2 KV heads. Row r of head h in ggml order interleaves the
     // two rotate-half halves: out[h][2i + j] = src[h][j * half + i].
     for (hf, gg, heads) in [
-        ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight", 4usize),
-        ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight", 2),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            "blk.0.attn_q.weight",
+            4usize,
+        ),
+        (
+            "model.layers.0.self_attn.k_proj.weight",
+            "blk.0.attn_k.weight",
+            2,
+        ),
     ] {
         let (shape, src) = bf16_rows(&fixture("tiny-llama"), hf);
         let (rows, cols) = (shape[0], shape[1]);
@@ -104,7 +126,11 @@ fn f32_output_is_the_source_with_q_and_k_permuted() {
                 for j in 0..2 {
                     let out_row = h * 2 * half + 2 * i + j;
                     let src_row = h * 2 * half + j * half + i;
-                    assert_eq!(got[out_row * cols..(out_row + 1) * cols], src[src_row * cols..(src_row + 1) * cols], "{gg} row {out_row}");
+                    assert_eq!(
+                        got[out_row * cols..(out_row + 1) * cols],
+                        src[src_row * cols..(src_row + 1) * cols],
+                        "{gg} row {out_row}"
+                    );
                 }
             }
         }
@@ -117,8 +143,14 @@ fn qwen2_keeps_biases_unpermuted_and_ties_embeddings() {
     let p = out.path().join("q.gguf");
     assert_eq!(convert(&fixture("tiny-qwen2"), "q8_0", &p, &[]).code, 0);
     let g = read_gguf(&p);
-    assert!(g.tensors.iter().any(|t| t.0 == "blk.0.attn_q.bias" && t.1 == 0));
-    assert!(!g.tensors.iter().any(|t| t.0 == "output.weight"), "tied: no output.weight");
+    assert!(g
+        .tensors
+        .iter()
+        .any(|t| t.0 == "blk.0.attn_q.bias" && t.1 == 0));
+    assert!(
+        !g.tensors.iter().any(|t| t.0 == "output.weight"),
+        "tied: no output.weight"
+    );
     assert!(g.keys.iter().any(|k| k == "qwen2.rope.freq_base"));
 }
 
@@ -148,16 +180,31 @@ fn gguf_input_round_trips() {
     let direct = out.path().join("direct.gguf");
     let via = out.path().join("via.gguf");
     assert_eq!(convert(&fixture("tiny-llama"), "f32", &f32, &[]).code, 0);
-    assert_eq!(convert(&fixture("tiny-llama"), "q8_0", &direct, &[]).code, 0);
+    assert_eq!(
+        convert(&fixture("tiny-llama"), "q8_0", &direct, &[]).code,
+        0
+    );
     assert_eq!(convert(&f32, "q8_0", &via, &[]).code, 0);
     let (a, b) = (read_gguf(&direct), read_gguf(&via));
-    assert_eq!(a.tensors, b.tensors, "same tensors, bytes and order from HF or from kiln's F32 GGUF");
+    assert_eq!(
+        a.tensors, b.tensors,
+        "same tensors, bytes and order from HF or from kiln's F32 GGUF"
+    );
     assert_eq!(a.keys, b.keys);
     // A quantized input needs --allow-requantize to change type.
     let r = convert(&direct, "q4_0", &out.path().join("re.gguf"), &[]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--allow-requantize"), "{}", r.stderr);
-    assert_eq!(convert(&direct, "q4_0", &out.path().join("re.gguf"), &["--allow-requantize"]).code, 0);
+    assert_eq!(
+        convert(
+            &direct,
+            "q4_0",
+            &out.path().join("re.gguf"),
+            &["--allow-requantize"]
+        )
+        .code,
+        0
+    );
 }
 
 #[test]
@@ -167,7 +214,11 @@ fn rows_the_block_does_not_divide_fall_back_to_f16_and_are_reported() {
     let mut t = mini_tensors();
     for x in &mut t {
         if x.name.contains("mlp.") {
-            let shape = if x.name.contains("down") { vec![32, 48] } else { vec![48, 32] };
+            let shape = if x.name.contains("down") {
+                vec![32, 48]
+            } else {
+                vec![48, 32]
+            };
             *x = f32_tensor(&x.name, &shape, |i| (i % 13) as f32 / 13.0);
         }
     }
@@ -178,28 +229,54 @@ fn rows_the_block_does_not_divide_fall_back_to_f16_and_are_reported() {
     let r = run(&["convert", s(d.path()), "-t", "q4_0", "--dry-run", "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let down = plan["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_down.weight").unwrap();
+    let down = plan["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "blk.0.ffn_down.weight")
+        .unwrap();
     assert_eq!(down["type"], "f16");
-    assert!(down["notes"][0].as_str().unwrap().contains("not a multiple"));
+    assert!(down["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("not a multiple"));
     // The exact size in the plan is the size written.
     let out = tempfile::tempdir().unwrap();
     let p = out.path().join("m.gguf");
     let r = run(&["convert", s(d.path()), "-t", "q4_0", "-o", s(&p)]);
     assert_eq!(r.code, 0);
-    assert!(r.stderr.contains("note: blk.0.ffn_down.weight"), "{}", r.stderr);
-    assert_eq!(std::fs::metadata(&p).unwrap().len(), plan["bytes"].as_u64().unwrap());
+    assert!(
+        r.stderr.contains("note: blk.0.ffn_down.weight"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().len(),
+        plan["bytes"].as_u64().unwrap()
+    );
 }
 
 #[test]
 fn dry_run_size_is_exact_for_every_type() {
     let out = tempfile::tempdir().unwrap();
     for ty in TYPES {
-        let r = run(&["convert", s(&fixture("tiny-llama")), "-t", ty, "--dry-run", "--json"]);
+        let r = run(&[
+            "convert",
+            s(&fixture("tiny-llama")),
+            "-t",
+            ty,
+            "--dry-run",
+            "--json",
+        ]);
         assert_eq!(r.code, 0);
         let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         let p = out.path().join(format!("{ty}.gguf"));
         assert_eq!(convert(&fixture("tiny-llama"), ty, &p, &[]).code, 0);
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), plan["bytes"].as_u64().unwrap(), "{ty}");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            plan["bytes"].as_u64().unwrap(),
+            "{ty}"
+        );
         assert!(!out.path().join("dry.gguf").exists());
     }
 }
@@ -228,14 +305,24 @@ fn interrupt_leaves_nothing_behind() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let started = listing(out.path());
-    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
-    assert!(started.iter().all(|f| f.ends_with(".kiln-tmp")), "{started:?}");
+    assert!(
+        started.iter().all(|f| f.ends_with(".kiln-tmp")),
+        "{started:?}"
+    );
     if status.code() == Some(0) {
         // Finished before the signal landed: the file must be complete.
         assert!(target.exists());
         return;
     }
     assert_eq!(status.code(), Some(130));
-    assert!(listing(out.path()).is_empty(), "left behind: {:?}", listing(out.path()));
+    assert!(
+        listing(out.path()).is_empty(),
+        "left behind: {:?}",
+        listing(out.path())
+    );
 }

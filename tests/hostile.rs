@@ -18,7 +18,11 @@ fn refuse(model: &Path, must_contain: &[&str]) -> String {
     for needle in must_contain {
         assert!(r.stderr.contains(needle), "`{needle}` not in: {}", r.stderr);
     }
-    assert!(listing(out.path()).is_empty(), "left behind: {:?}", listing(out.path()));
+    assert!(
+        listing(out.path()).is_empty(),
+        "left behind: {:?}",
+        listing(out.path())
+    );
     r.stderr
 }
 
@@ -32,7 +36,14 @@ fn mini_with(fix: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
 fn a_valid_mini_model_converts() {
     let d = mini_with(|_| {});
     let out = tempfile::tempdir().unwrap();
-    let r = run(&["convert", s(d.path()), "-t", "q8_0", "-o", s(&out.path().join("m.gguf"))]);
+    let r = run(&[
+        "convert",
+        s(d.path()),
+        "-t",
+        "q8_0",
+        "-o",
+        s(&out.path().join("m.gguf")),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(listing(out.path()), vec!["m.gguf"]);
 }
@@ -42,8 +53,20 @@ fn truncated_safetensors() {
     let d = mini_with(|_| {});
     let f = d.path().join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 100).unwrap();
-    refuse(d.path(), &["model.safetensors", "tensor `lm_head.weight`", "out of range"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    refuse(
+        d.path(),
+        &[
+            "model.safetensors",
+            "tensor `lm_head.weight`",
+            "out of range",
+        ],
+    );
     std::fs::write(&f, [1u8, 2, 3]).unwrap();
     refuse(d.path(), &["model.safetensors", "truncated"]);
 }
@@ -56,23 +79,37 @@ fn header_length_past_the_end() {
     let doubled = b.len() as u64 * 2;
     b[..8].copy_from_slice(&doubled.to_le_bytes());
     std::fs::write(&f, b).unwrap();
-    refuse(d.path(), &["model.safetensors", "header length", "past the end"]);
+    refuse(
+        d.path(),
+        &["model.safetensors", "header length", "past the end"],
+    );
 }
 
 #[test]
 fn overlapping_and_out_of_range_offsets() {
     let d = mini_with(|h| h["model.norm.weight"]["data_offsets"] = json!([0, 128]));
-    refuse(d.path(), &["model.safetensors", "overlap", "model.embed_tokens.weight"]);
-    let d = mini_with(|h| h["lm_head.weight"]["data_offsets"] = json!([1u64 << 40, (1u64 << 40) + 1024]));
+    refuse(
+        d.path(),
+        &["model.safetensors", "overlap", "model.embed_tokens.weight"],
+    );
+    let d = mini_with(|h| {
+        h["lm_head.weight"]["data_offsets"] = json!([1u64 << 40, (1u64 << 40) + 1024])
+    });
     refuse(d.path(), &["tensor `lm_head.weight`", "out of range"]);
 }
 
 #[test]
 fn unknown_dtype_and_shape_mismatch() {
     let d = mini_with(|h| h["model.norm.weight"]["dtype"] = json!("F12"));
-    refuse(d.path(), &["tensor `model.norm.weight`", "unknown dtype `F12`"]);
+    refuse(
+        d.path(),
+        &["tensor `model.norm.weight`", "unknown dtype `F12`"],
+    );
     let d = mini_with(|h| h["model.norm.weight"]["shape"] = json!([33]));
-    refuse(d.path(), &["tensor `model.norm.weight`", "needs 132 bytes", "hold 128"]);
+    refuse(
+        d.path(),
+        &["tensor `model.norm.weight`", "needs 132 bytes", "hold 128"],
+    );
 }
 
 #[test]
@@ -88,20 +125,44 @@ fn unsupported_architecture_is_named() {
     let mut c = mini_config();
     c["architectures"] = json!(["GPT2LMHeadModel"]);
     std::fs::write(d.path().join("config.json"), c.to_string()).unwrap();
-    refuse(d.path(), &["`GPT2LMHeadModel` is not supported", "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"]);
+    refuse(
+        d.path(),
+        &[
+            "`GPT2LMHeadModel` is not supported",
+            "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM",
+        ],
+    );
 }
 
 #[test]
 fn tensor_named_in_shard_index_but_absent() {
     let d = mini_with(|_| {});
-    std::fs::rename(d.path().join("model.safetensors"), d.path().join("model-00001-of-00001.safetensors")).unwrap();
+    std::fs::rename(
+        d.path().join("model.safetensors"),
+        d.path().join("model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
     let mut map = serde_json::Map::new();
     for t in mini_tensors() {
         map.insert(t.name, json!("model-00001-of-00001.safetensors"));
     }
-    map.insert("model.layers.0.mlp.extra.weight".into(), json!("model-00001-of-00001.safetensors"));
-    std::fs::write(d.path().join("model.safetensors.index.json"), json!({"weight_map": map}).to_string()).unwrap();
-    refuse(d.path(), &["model-00001-of-00001.safetensors", "tensor `model.layers.0.mlp.extra.weight`", "absent"]);
+    map.insert(
+        "model.layers.0.mlp.extra.weight".into(),
+        json!("model-00001-of-00001.safetensors"),
+    );
+    std::fs::write(
+        d.path().join("model.safetensors.index.json"),
+        json!({"weight_map": map}).to_string(),
+    )
+    .unwrap();
+    refuse(
+        d.path(),
+        &[
+            "model-00001-of-00001.safetensors",
+            "tensor `model.layers.0.mlp.extra.weight`",
+            "absent",
+        ],
+    );
 }
 
 fn gguf_header(version: u32, n_tensors: u64, n_kv: u64) -> Vec<u8> {
@@ -143,15 +204,33 @@ fn hostile_gguf_headers() {
 #[test]
 fn nonfinite_weights_are_refused_unless_allowed() {
     let mut t = mini_tensors();
-    let bad = t.iter_mut().find(|t| t.name == "model.layers.0.mlp.up_proj.weight").unwrap();
+    let bad = t
+        .iter_mut()
+        .find(|t| t.name == "model.layers.0.mlp.up_proj.weight")
+        .unwrap();
     bad.data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
     bad.data[8..12].copy_from_slice(&f32::INFINITY.to_le_bytes());
     let d = tempfile::tempdir().unwrap();
     write_mini(d.path(), &t, |_| {});
-    refuse(d.path(), &["tensor `model.layers.0.mlp.up_proj.weight`", "2 non-finite", "--allow-nonfinite"]);
+    refuse(
+        d.path(),
+        &[
+            "tensor `model.layers.0.mlp.up_proj.weight`",
+            "2 non-finite",
+            "--allow-nonfinite",
+        ],
+    );
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("m.gguf");
-    let r = run(&["convert", s(d.path()), "-t", "f16", "-o", s(&target), "--allow-nonfinite"]);
+    let r = run(&[
+        "convert",
+        s(d.path()),
+        "-t",
+        "f16",
+        "-o",
+        s(&target),
+        "--allow-nonfinite",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(target.exists());
 }
@@ -159,17 +238,35 @@ fn nonfinite_weights_are_refused_unless_allowed() {
 #[test]
 fn output_directory_missing_and_output_equal_to_input() {
     let d = mini_with(|_| {});
-    let r = run(&["convert", s(d.path()), "-t", "q8_0", "-o", "/nonexistent-dir/m.gguf"]);
+    let r = run(&[
+        "convert",
+        s(d.path()),
+        "-t",
+        "q8_0",
+        "-o",
+        "/nonexistent-dir/m.gguf",
+    ]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("/nonexistent-dir") && r.stderr.contains("does not exist"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/nonexistent-dir") && r.stderr.contains("does not exist"),
+        "{}",
+        r.stderr
+    );
 
     let out = tempfile::tempdir().unwrap();
     let g = out.path().join("m.gguf");
-    assert_eq!(run(&["convert", s(d.path()), "-t", "f32", "-o", s(&g)]).code, 0);
+    assert_eq!(
+        run(&["convert", s(d.path()), "-t", "f32", "-o", s(&g)]).code,
+        0
+    );
     let before = std::fs::read(&g).unwrap();
     let r = run(&["convert", s(&g), "-t", "q8_0", "-o", s(&g)]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("output path is the input"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("output path is the input"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(std::fs::read(&g).unwrap(), before, "input untouched");
     assert_eq!(listing(out.path()), vec!["m.gguf"]);
 }

@@ -5,7 +5,10 @@ use crate::common::*;
 
 fn snap(args: &[&str]) -> String {
     let r = run(args);
-    format!("exit code: {}\n----- stdout -----\n{}----- stderr -----\n{}", r.code, r.stdout, r.stderr)
+    format!(
+        "exit code: {}\n----- stdout -----\n{}----- stderr -----\n{}",
+        r.code, r.stdout, r.stderr
+    )
 }
 
 macro_rules! assert_cli_snapshot {
@@ -22,7 +25,13 @@ macro_rules! assert_cli_snapshot {
 
 fn regex_escape(s: &str) -> String {
     s.chars()
-        .flat_map(|c| if "\\.+*?()|[]{}^$".contains(c) { vec!['\\', c] } else { vec![c] })
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
         .collect()
 }
 
@@ -42,7 +51,10 @@ fn inspect_tiny_llama() {
 #[test]
 fn dry_run_plan_tiny_llama() {
     let fx = fixture("tiny-llama");
-    assert_cli_snapshot!("dry_run_tiny_llama_q8_0", &["convert", s(&fx), "-t", "q8_0", "--dry-run"]);
+    assert_cli_snapshot!(
+        "dry_run_tiny_llama_q8_0",
+        &["convert", s(&fx), "-t", "q8_0", "--dry-run"]
+    );
 }
 
 #[test]
@@ -53,7 +65,12 @@ fn inspect_json_is_machine_readable() {
     assert_eq!(v["format"], "hf");
     assert_eq!(v["architecture"]["family"], "qwen2");
     assert!(v["parameters"].as_u64().unwrap() > 0);
-    let sum: u64 = v["tensors"].as_array().unwrap().iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    let sum: u64 = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["bytes"].as_u64().unwrap())
+        .sum();
     assert_eq!(sum, v["total_bytes"].as_u64().unwrap());
 }
 
@@ -61,5 +78,8 @@ fn inspect_json_is_machine_readable() {
 fn error_lines() {
     assert_cli_snapshot!("error_missing_model", &["inspect", "/no/such/model"]);
     let fx = fixture("tiny-llama");
-    assert_cli_snapshot!("error_output_dir_missing", &["convert", s(&fx), "-t", "q8_0", "-o", "/no/such/dir/x.gguf"]);
+    assert_cli_snapshot!(
+        "error_output_dir_missing",
+        &["convert", s(&fx), "-t", "q8_0", "-o", "/no/such/dir/x.gguf"]
+    );
 }

@@ -43,7 +43,9 @@ pub fn out_tensors(model: &Model) -> Vec<OutTensor> {
         .map(|t| OutTensor {
             name: t.name.clone(),
             shape: t.shape.clone(),
-            ty: t.encoding.expect("the encoding pass runs before the emitter"),
+            ty: t
+                .encoding
+                .expect("the encoding pass runs before the emitter"),
         })
         .collect()
 }
@@ -63,10 +65,16 @@ pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
-        return Err(Error::output(out, format!("output directory {} does not exist", parent.display())));
+        return Err(Error::output(
+            out,
+            format!("output directory {} does not exist", parent.display()),
+        ));
     }
     if out.is_dir() {
-        return Err(Error::output(out, "output path is a directory; give a file name such as model.gguf"));
+        return Err(Error::output(
+            out,
+            "output path is a directory; give a file name such as model.gguf",
+        ));
     }
     let resolved = parent
         .canonicalize()
@@ -74,7 +82,10 @@ pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
         .join(file_name);
     for input in inputs {
         if input.canonicalize().is_ok_and(|i| i == resolved) {
-            return Err(Error::output(out, "output path is the input file; choose another path"));
+            return Err(Error::output(
+                out,
+                "output path is the input file; choose another path",
+            ));
         }
     }
     Ok(())
@@ -97,7 +108,12 @@ pub fn write_gguf(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let prefix = format!(".{}.", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let prefix = format!(
+        ".{}.",
+        out.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
         .suffix(".kiln-tmp")
@@ -113,10 +129,17 @@ pub fn write_gguf(
             debug_assert_eq!(pos, offset);
             let written = write_tensor(&mut w, t, maps, opts, progress, cancel, &tmp_path)?;
             if written != bytes {
-                return Err(Error::output(out, format!("tensor `{}`: wrote {written} bytes, planned {bytes}", t.name)));
+                return Err(Error::output(
+                    out,
+                    format!(
+                        "tensor `{}`: wrote {written} bytes, planned {bytes}",
+                        t.name
+                    ),
+                ));
             }
             let padded = bytes.div_ceil(layout.alignment) * layout.alignment;
-            w.write_all(&vec![0u8; (padded - bytes) as usize]).map_err(io)?;
+            w.write_all(&vec![0u8; (padded - bytes) as usize])
+                .map_err(io)?;
             pos += padded;
         }
         debug_assert_eq!(pos, layout.total_bytes);
@@ -227,4 +250,3 @@ pub fn bytes_by_type(model: &Model, layout: &Layout) -> Vec<(GgmlType, u64, usiz
     v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v
 }
-

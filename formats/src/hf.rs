@@ -21,13 +21,18 @@ pub const SUPPORTED: &[(&str, &str)] = &[
 ];
 
 pub fn supported_list() -> String {
-    SUPPORTED.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+    SUPPORTED
+        .iter()
+        .map(|(c, _)| *c)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Read a JSON file, naming it in errors.
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::malformed(path, None, format!("invalid JSON: {e}")))
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::malformed(path, None, format!("invalid JSON: {e}")))
 }
 
 /// Read `config.json` (from a directory or the file itself) into [`Arch`],
@@ -35,15 +40,28 @@ pub fn read_json(path: &Path) -> Result<Value> {
 /// `family` is the GGUF architecture for supported classes and the
 /// `model_type` otherwise.
 pub fn read_config(path: &Path) -> Result<Arch> {
-    let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
     if !file.exists() {
-        return Err(Error::malformed(&file, None, "missing config.json (a Hugging Face checkpoint directory needs one)"));
+        return Err(Error::malformed(
+            &file,
+            None,
+            "missing config.json (a Hugging Face checkpoint directory needs one)",
+        ));
     }
     parse_config(&file, &read_json(&file)?)
 }
 
 fn architecture(config: &Value) -> Option<String> {
-    config.get("architectures")?.as_array()?.first()?.as_str().map(str::to_string)
+    config
+        .get("architectures")?
+        .as_array()?
+        .first()?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// [`Arch`] from a parsed config.json.
@@ -55,24 +73,37 @@ pub fn parse_config(path: &Path, config: &Value) -> Result<Arch> {
     };
     let int = |key: &str| c.get(key).and_then(Value::as_u64).map(|v| v as usize);
     let need = |key: &str| {
-        int(key).ok_or_else(|| Error::malformed(path, None, format!("config.json has no integer `{key}`")))
+        int(key).ok_or_else(|| {
+            Error::malformed(path, None, format!("config.json has no integer `{key}`"))
+        })
     };
     let hf_architecture = architecture(config);
     let family = hf_architecture
         .as_deref()
         .and_then(|a| SUPPORTED.iter().find(|(c, _)| *c == a))
         .map(|(_, f)| f.to_string())
-        .or_else(|| c.get("model_type").and_then(Value::as_str).map(str::to_string))
+        .or_else(|| {
+            c.get("model_type")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "unknown".into());
     let n_layer = need("num_hidden_layers")?;
     let hidden = need("hidden_size")?;
     let n_head = need("num_attention_heads")?;
     if n_head == 0 || hidden == 0 {
-        return Err(Error::malformed(path, None, "hidden_size and num_attention_heads must be positive"));
+        return Err(Error::malformed(
+            path,
+            None,
+            "hidden_size and num_attention_heads must be positive",
+        ));
     }
     let n_head_kv = int("num_key_value_heads").unwrap_or(n_head);
     let head_dim = int("head_dim").unwrap_or(hidden / n_head);
-    let n_expert = int("num_local_experts").or(int("num_experts")).or(int("n_routed_experts")).unwrap_or(0);
+    let n_expert = int("num_local_experts")
+        .or(int("num_experts"))
+        .or(int("n_routed_experts"))
+        .unwrap_or(0);
     Ok(Arch {
         family,
         hf_architecture,
@@ -84,14 +115,24 @@ pub fn parse_config(path: &Path, config: &Value) -> Result<Arch> {
         ffn: need("intermediate_size")?,
         vocab: need("vocab_size")?,
         context_length: int("max_position_embeddings").unwrap_or(2048),
-        rope_theta: c.get("rope_theta").and_then(Value::as_f64).unwrap_or(10000.0) as f32,
-        rms_eps: c.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
+        rope_theta: c
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0) as f32,
+        rms_eps: c
+            .get("rms_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-6) as f32,
         tied_embeddings: config
             .get("tie_word_embeddings")
             .and_then(Value::as_bool)
             .unwrap_or(false),
         n_expert,
-        n_expert_used: if n_expert > 0 { int("num_experts_per_tok").unwrap_or(0) } else { 0 },
+        n_expert_used: if n_expert > 0 {
+            int("num_experts_per_tok").unwrap_or(0)
+        } else {
+            0
+        },
     })
 }
 
@@ -104,7 +145,10 @@ pub fn check_supported(path: &Path, arch: &Arch) -> Result<()> {
         Err(Error::unsupported(
             path,
             None,
-            format!("architecture `{class}` is not supported (supported: {})", supported_list()),
+            format!(
+                "architecture `{class}` is not supported (supported: {})",
+                supported_list()
+            ),
         ))
     }
 }
@@ -122,8 +166,14 @@ pub fn arch_metadata(arch: &Arch, name: &str) -> Metadata {
     md.set(&format!("{f}.feed_forward_length"), u(arch.ffn));
     md.set(&format!("{f}.attention.head_count"), u(arch.n_head));
     md.set(&format!("{f}.attention.head_count_kv"), u(arch.n_head_kv));
-    md.set(&format!("{f}.rope.freq_base"), MetaValue::F32(arch.rope_theta));
-    md.set(&format!("{f}.attention.layer_norm_rms_epsilon"), MetaValue::F32(arch.rms_eps));
+    md.set(
+        &format!("{f}.rope.freq_base"),
+        MetaValue::F32(arch.rope_theta),
+    );
+    md.set(
+        &format!("{f}.attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(arch.rms_eps),
+    );
     if arch.head_dim * arch.n_head != arch.hidden {
         md.set(&format!("{f}.attention.key_length"), u(arch.head_dim));
         md.set(&format!("{f}.attention.value_length"), u(arch.head_dim));
@@ -145,11 +195,15 @@ pub fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<Vec<String>>)>> {
             .ok_or_else(|| Error::malformed(&index, None, "no `weight_map` object"))?;
         let mut files: Vec<(PathBuf, Option<Vec<String>>)> = Vec::new();
         for (tensor, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| Error::malformed(&index, Some(tensor), "weight_map value is not a file name"))?;
+            let file = file.as_str().ok_or_else(|| {
+                Error::malformed(&index, Some(tensor), "weight_map value is not a file name")
+            })?;
             if file.contains('/') || file.contains('\\') || file == ".." {
-                return Err(Error::malformed(&index, Some(tensor), format!("shard `{file}` is not a plain file name")));
+                return Err(Error::malformed(
+                    &index,
+                    Some(tensor),
+                    format!("shard `{file}` is not a plain file name"),
+                ));
             }
             let path = dir.join(file);
             match files.iter_mut().find(|(p, _)| *p == path) {

@@ -48,10 +48,15 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         return load_hf_dir(path, opts);
     }
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
     }
     let map = MappedFile::open(path)?;
-    if map.bytes().starts_with(gguf::read::GGUF_MAGIC) || path.extension().is_some_and(|e| e == "gguf") {
+    if map.bytes().starts_with(gguf::read::GGUF_MAGIC)
+        || path.extension().is_some_and(|e| e == "gguf")
+    {
         return load_gguf(path, map);
     }
     load_safetensors_file(path, map)
@@ -94,7 +99,16 @@ fn load_safetensors_file(path: &Path, map: MappedFile) -> Result<Loaded> {
     for e in &entries {
         // A bare file may hold any dtype; only weight dtypes become sources.
         if let Ok(dtype) = source_dtype(path, &e.name, &e.dtype) {
-            tensors.push(node(&e.name, e.shape.clone(), Source { file: 0, dtype, offset: e.start, len: e.end - e.start }));
+            tensors.push(node(
+                &e.name,
+                e.shape.clone(),
+                Source {
+                    file: 0,
+                    dtype,
+                    offset: e.start,
+                    len: e.end - e.start,
+                },
+            ));
         }
     }
     Ok(Loaded {
@@ -115,7 +129,11 @@ fn load_safetensors_file(path: &Path, map: MappedFile) -> Result<Loaded> {
 fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let config_path = dir.join("config.json");
     if !config_path.exists() {
-        return Err(Error::malformed(&config_path, None, "missing config.json (a Hugging Face checkpoint directory needs one)"));
+        return Err(Error::malformed(
+            &config_path,
+            None,
+            "missing config.json (a Hugging Face checkpoint directory needs one)",
+        ));
     }
     let config = hf::read_json(&config_path)?;
     let arch = hf::parse_config(&config_path, &config)?;
@@ -143,7 +161,16 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         entries.sort_by_key(|e| e.start);
         for e in &entries {
             let dtype = source_dtype(&path, &e.name, &e.dtype)?;
-            tensors.push(node(&e.name, e.shape.clone(), Source { file: file_index, dtype, offset: e.start, len: e.end - e.start }));
+            tensors.push(node(
+                &e.name,
+                e.shape.clone(),
+                Source {
+                    file: file_index,
+                    dtype,
+                    offset: e.start,
+                    len: e.end - e.start,
+                },
+            ));
         }
         files.push(path);
         maps.push(map);
@@ -160,7 +187,13 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     metadata.0.extend(tok.0);
     Ok(Loaded {
         kind: InputKind::HfDir,
-        model: Model { files, arch: Some(arch), tensors, metadata, notes: Vec::new() },
+        model: Model {
+            files,
+            arch: Some(arch),
+            tensors,
+            metadata,
+            notes: Vec::new(),
+        },
         maps,
         gguf: None,
         safetensors: headers,
@@ -170,7 +203,11 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
 /// [`Arch`] from GGUF metadata (`{arch}.block_count` etc.), when present.
 pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
     let family = md.get("general.architecture")?.as_str()?.to_string();
-    let get = |k: &str| md.get(&format!("{family}.{k}")).and_then(MetaValue::as_u64).map(|v| v as usize);
+    let get = |k: &str| {
+        md.get(&format!("{family}.{k}"))
+            .and_then(MetaValue::as_u64)
+            .map(|v| v as usize)
+    };
     let getf = |k: &str| md.get(&format!("{family}.{k}")).and_then(MetaValue::as_f64);
     let hidden = get("embedding_length")?;
     let n_head = get("attention.head_count").filter(|&h| h > 0)?;
@@ -216,7 +253,16 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
             // Unknown types still list for inspection; conversion refuses them.
             Err(_) => continue,
         };
-        tensors.push(node(&t.name, t.shape(), Source { file: 0, dtype, offset: t.offset, len: t.bytes }));
+        tensors.push(node(
+            &t.name,
+            t.shape(),
+            Source {
+                file: 0,
+                dtype,
+                offset: t.offset,
+                len: t.bytes,
+            },
+        ));
     }
     let mut arch = arch_from_gguf(&g.metadata);
     if let Some(a) = &mut arch {

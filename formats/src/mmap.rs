@@ -52,7 +52,9 @@ impl MappedFile {
             // pages only discards clean copies of file data; any later access
             // re-reads the same bytes from the file. No Rust reference observes
             // a change of value.
-            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
         }
     }
 }

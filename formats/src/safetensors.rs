@@ -88,7 +88,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<StHeader> {
         if name == "__metadata__" {
             if let Some(m) = info.as_object() {
                 for (k, v) in m {
-                    let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                    let v = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string());
                     metadata.push((k.clone(), v));
                 }
             }
@@ -136,8 +139,7 @@ fn parse_entry(
         .get("dtype")
         .and_then(|d| d.as_str())
         .ok_or_else(|| bad("entry has no string `dtype`".into()))?;
-    let elem = dtype_size(dtype)
-        .ok_or_else(|| bad(format!("unknown dtype `{dtype}`")))? as u64;
+    let elem = dtype_size(dtype).ok_or_else(|| bad(format!("unknown dtype `{dtype}`")))? as u64;
     let shape: Vec<usize> = info
         .get("shape")
         .and_then(|s| s.as_array())
@@ -197,7 +199,9 @@ mod tests {
     }
 
     fn err(bytes: &[u8]) -> String {
-        parse(Path::new("m.safetensors"), bytes).unwrap_err().to_string()
+        parse(Path::new("m.safetensors"), bytes)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -215,11 +219,23 @@ mod tests {
         let mut v = file("{}", 0);
         v[0] = 200;
         assert!(err(&v).contains("runs past the end"));
-        let e = err(&file(r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8));
-        assert!(e.contains("tensor `a`") && e.contains("out of range"), "{e}");
-        let e = err(&file(r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,16]}}"#, 16));
+        let e = err(&file(
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            8,
+        ));
+        assert!(
+            e.contains("tensor `a`") && e.contains("out of range"),
+            "{e}"
+        );
+        let e = err(&file(
+            r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,16]}}"#,
+            16,
+        ));
         assert!(e.contains("unknown dtype `Q9`"), "{e}");
-        let e = err(&file(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#, 16));
+        let e = err(&file(
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+            16,
+        ));
         assert!(e.contains("needs 12 bytes"), "{e}");
         let e = err(&file(
             r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,

@@ -37,16 +37,27 @@ pub struct TokenizerOptions {
 }
 
 /// Build the tokenizer metadata of a checkpoint directory.
-pub fn convert(dir: &Path, config: &Value, vocab_size: usize, opts: &TokenizerOptions) -> Result<Metadata> {
+pub fn convert(
+    dir: &Path,
+    config: &Value,
+    vocab_size: usize,
+    opts: &TokenizerOptions,
+) -> Result<Metadata> {
     let tok_json = dir.join("tokenizer.json");
     let tok_model = dir.join("tokenizer.model");
     let tok_config_path = dir.join("tokenizer_config.json");
-    let tok_config = if tok_config_path.exists() { Some(read_json(&tok_config_path)?) } else { None };
+    let tok_config = if tok_config_path.exists() {
+        Some(read_json(&tok_config_path)?)
+    } else {
+        None
+    };
 
     let mut md = Metadata::default();
     let (tokens, added) = if tok_json.exists() && !tok_model.exists() {
         let json = read_json(&tok_json)?;
-        let model = json.get("model").ok_or_else(|| Error::malformed(&tok_json, None, "no `model` object"))?;
+        let model = json
+            .get("model")
+            .ok_or_else(|| Error::malformed(&tok_json, None, "no `model` object"))?;
         let kind = model.get("type").and_then(Value::as_str).unwrap_or("");
         if kind != "BPE" {
             return Err(Error::unsupported(
@@ -72,9 +83,18 @@ pub fn convert(dir: &Path, config: &Value, vocab_size: usize, opts: &TokenizerOp
         let merges = bpe_merges(&tok_json, model)?;
         md.set("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
         md.set("tokenizer.ggml.pre", MetaValue::String(pre));
-        md.set("tokenizer.ggml.tokens", MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()));
-        md.set("tokenizer.ggml.token_type", MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()));
-        md.set("tokenizer.ggml.merges", MetaValue::Array(merges.into_iter().map(MetaValue::String).collect()));
+        md.set(
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()),
+        );
+        md.set(
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
+        );
+        md.set(
+            "tokenizer.ggml.merges",
+            MetaValue::Array(merges.into_iter().map(MetaValue::String).collect()),
+        );
         (tokens, added)
     } else if tok_model.exists() {
         let bytes = std::fs::read(&tok_model).map_err(|e| Error::io(&tok_model, e))?;
@@ -83,7 +103,10 @@ pub fn convert(dir: &Path, config: &Value, vocab_size: usize, opts: &TokenizerOp
             return Err(Error::malformed(
                 &tok_model,
                 None,
-                format!("{} pieces but the model's vocab_size is {vocab_size}", spm.pieces.len()),
+                format!(
+                    "{} pieces but the model's vocab_size is {vocab_size}",
+                    spm.pieces.len()
+                ),
             ));
         }
         // As convert_hf_to_gguf.py: pad to vocab_size, fill from the pieces,
@@ -103,36 +126,63 @@ pub fn convert(dir: &Path, config: &Value, vocab_size: usize, opts: &TokenizerOp
             };
         }
         let mut added = Vec::new();
-        if let Some(dec) = tok_config.as_ref().and_then(|tc| tc.get("added_tokens_decoder")).and_then(Value::as_object) {
+        if let Some(dec) = tok_config
+            .as_ref()
+            .and_then(|tc| tc.get("added_tokens_decoder"))
+            .and_then(Value::as_object)
+        {
             for (id, t) in dec {
-                let (Ok(id), Some(content)) = (id.parse::<usize>(), t.get("content").and_then(Value::as_str)) else {
+                let (Ok(id), Some(content)) = (
+                    id.parse::<usize>(),
+                    t.get("content").and_then(Value::as_str),
+                ) else {
                     continue;
                 };
                 if id >= vocab_size {
                     continue;
                 }
-                let special = t.get("special").and_then(Value::as_bool).unwrap_or(false) || looks_special(content);
+                let special = t.get("special").and_then(Value::as_bool).unwrap_or(false)
+                    || looks_special(content);
                 added.push((content.to_string(), id));
                 types[id] = if special { CONTROL } else { USER_DEFINED };
-                tokens[id] = if special { content.to_string() } else { content.replace('\u{2581}', " ") };
+                tokens[id] = if special {
+                    content.to_string()
+                } else {
+                    content.replace('\u{2581}', " ")
+                };
                 scores[id] = -1000.0;
             }
         }
         md.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
         md.set("tokenizer.ggml.pre", MetaValue::String("default".into()));
-        md.set("tokenizer.ggml.tokens", MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()));
-        md.set("tokenizer.ggml.scores", MetaValue::Array(scores.into_iter().map(MetaValue::F32).collect()));
-        md.set("tokenizer.ggml.token_type", MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()));
+        md.set(
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()),
+        );
+        md.set(
+            "tokenizer.ggml.scores",
+            MetaValue::Array(scores.into_iter().map(MetaValue::F32).collect()),
+        );
+        md.set(
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
+        );
         for (key, id) in [
             ("unknown", spm.unk_id),
             ("bos", spm.bos_id),
             ("eos", spm.eos_id),
         ] {
             if let Some(id) = id.filter(|&i| i >= 0) {
-                md.set(&format!("tokenizer.ggml.{key}_token_id"), MetaValue::U32(id as u32));
+                md.set(
+                    &format!("tokenizer.ggml.{key}_token_id"),
+                    MetaValue::U32(id as u32),
+                );
             }
         }
-        md.set("tokenizer.ggml.add_space_prefix", MetaValue::Bool(spm.add_dummy_prefix));
+        md.set(
+            "tokenizer.ggml.add_space_prefix",
+            MetaValue::Bool(spm.add_dummy_prefix),
+        );
         (tokens, added)
     } else {
         return Err(Error::malformed(
@@ -159,8 +209,15 @@ pub fn convert(dir: &Path, config: &Value, vocab_size: usize, opts: &TokenizerOp
 /// instead; the structures below are what produce those hashes).
 fn pre_tokenizer_name(json: &Value) -> Option<String> {
     let pre = json.get("pre_tokenizer")?;
-    let kind = |v: &Value| v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
-    let byte_level_regex = |v: &Value| kind(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true);
+    let kind = |v: &Value| {
+        v.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let byte_level_regex = |v: &Value| {
+        kind(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true)
+    };
     if byte_level_regex(pre) {
         return Some("gpt-2".into());
     }
@@ -172,7 +229,11 @@ fn pre_tokenizer_name(json: &Value) -> Option<String> {
         .iter()
         .map(|p| match kind(p).as_str() {
             "Split" => {
-                let re = p.get("pattern").and_then(|x| x.get("Regex")).and_then(Value::as_str).unwrap_or("");
+                let re = p
+                    .get("pattern")
+                    .and_then(|x| x.get("Regex"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 if re == LLAMA3_REGEX {
                     "split:llama3".into()
                 } else if re == QWEN2_REGEX {
@@ -181,7 +242,9 @@ fn pre_tokenizer_name(json: &Value) -> Option<String> {
                     format!("split:{re}")
                 }
             }
-            "Digits" if p.get("individual_digits").and_then(Value::as_bool) == Some(true) => "digits".into(),
+            "Digits" if p.get("individual_digits").and_then(Value::as_bool) == Some(true) => {
+                "digits".into()
+            }
             "ByteLevel" if byte_level_regex(p) => "bytelevel+regex".into(),
             "ByteLevel" => "bytelevel".into(),
             other => other.to_string(),
@@ -221,14 +284,19 @@ fn bpe_vocab(path: &Path, json: &Value, vocab_size: usize) -> Result<BpeVocab> {
         Ok(())
     };
     for (tok, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| Error::malformed(path, None, format!("token `{tok}` has a non-integer id")))?;
+        let id = id.as_u64().ok_or_else(|| {
+            Error::malformed(path, None, format!("token `{tok}` has a non-integer id"))
+        })?;
         put(id as usize, tok)?;
     }
     let mut added = Vec::new();
     let mut special_ids = Vec::new();
     if let Some(list) = json.get("added_tokens").and_then(Value::as_array) {
         for t in list {
-            let (Some(id), Some(content)) = (t.get("id").and_then(Value::as_u64), t.get("content").and_then(Value::as_str)) else {
+            let (Some(id), Some(content)) = (
+                t.get("id").and_then(Value::as_u64),
+                t.get("content").and_then(Value::as_str),
+            ) else {
                 continue;
             };
             put(id as usize, content)?;
@@ -260,7 +328,10 @@ fn bpe_vocab(path: &Path, json: &Value, vocab_size: usize) -> Result<BpeVocab> {
 
 /// llama.cpp's `does_token_look_special`.
 fn looks_special(t: &str) -> bool {
-    (t.starts_with("<|") && t.ends_with("|>")) || (t.starts_with("<｜") && t.ends_with("｜>")) || t == "<think>" || t == "</think>"
+    (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<｜") && t.ends_with("｜>"))
+        || t == "<think>"
+        || t == "</think>"
 }
 
 fn bpe_merges(path: &Path, model: &Value) -> Result<Vec<String>> {
@@ -273,9 +344,17 @@ fn bpe_merges(path: &Path, model: &Value) -> Result<Vec<String>> {
             Value::String(s) => Ok(s.clone()),
             Value::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
                 (Some(a), Some(b)) => Ok(format!("{a} {b}")),
-                _ => Err(Error::malformed(path, None, format!("merge {m} is not a pair of strings"))),
+                _ => Err(Error::malformed(
+                    path,
+                    None,
+                    format!("merge {m} is not a pair of strings"),
+                )),
             },
-            _ => Err(Error::malformed(path, None, format!("merge {m} is neither \"a b\" nor [a, b]"))),
+            _ => Err(Error::malformed(
+                path,
+                None,
+                format!("merge {m} is neither \"a b\" nor [a, b]"),
+            )),
         })
         .collect()
 }
@@ -298,7 +377,10 @@ fn special_tokens(
         // tokenizer_config.json names the token (a string or an AddedToken object).
         let named = tok_config
             .and_then(|tc| tc.get(format!("{kind}_token")))
-            .and_then(|v| v.as_str().or_else(|| v.get("content").and_then(Value::as_str)));
+            .and_then(|v| {
+                v.as_str()
+                    .or_else(|| v.get("content").and_then(Value::as_str))
+            });
         let from_name = named.and_then(|n| {
             added
                 .iter()
@@ -307,12 +389,21 @@ fn special_tokens(
                 .or_else(|| tokens.iter().position(|t| t == n))
         });
         let id_from = |v: Option<&Value>| {
-            v.and_then(|v| v.as_u64().or_else(|| v.as_array().and_then(|a| a.first()).and_then(Value::as_u64)))
+            v.and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_array().and_then(|a| a.first()).and_then(Value::as_u64))
+            })
         };
         let id = from_name
             .map(|i| i as u64)
             .or_else(|| id_from(config.get(format!("{kind}_token_id"))))
-            .or_else(|| id_from(generation.as_ref().and_then(|g| g.get(format!("{kind}_token_id")))));
+            .or_else(|| {
+                id_from(
+                    generation
+                        .as_ref()
+                        .and_then(|g| g.get(format!("{kind}_token_id"))),
+                )
+            });
         if let Some(id) = id.filter(|&i| (i as usize) < tokens.len()) {
             md.set(&key, MetaValue::U32(id as u32));
         }
@@ -330,10 +421,17 @@ fn chat_template(md: &mut Metadata, dir: &Path, tok_config: Option<&Value>) -> R
         Some(Value::String(t)) => md.set("tokenizer.chat_template", MetaValue::String(t.clone())),
         Some(Value::Array(list)) => {
             for item in list {
-                let (Some(name), Some(t)) = (item.get("name").and_then(Value::as_str), item.get("template").and_then(Value::as_str)) else {
+                let (Some(name), Some(t)) = (
+                    item.get("name").and_then(Value::as_str),
+                    item.get("template").and_then(Value::as_str),
+                ) else {
                     continue;
                 };
-                let key = if name == "default" { "tokenizer.chat_template".to_string() } else { format!("tokenizer.chat_template.{name}") };
+                let key = if name == "default" {
+                    "tokenizer.chat_template".to_string()
+                } else {
+                    format!("tokenizer.chat_template.{name}")
+                };
                 md.set(&key, MetaValue::String(t.to_string()));
             }
         }
@@ -369,13 +467,20 @@ struct Proto<'a> {
 
 impl<'a> Proto<'a> {
     fn err(&self, what: &str) -> Error {
-        Error::malformed(self.path, None, format!("invalid SentencePiece model: {what} at byte {}", self.pos))
+        Error::malformed(
+            self.path,
+            None,
+            format!("invalid SentencePiece model: {what} at byte {}", self.pos),
+        )
     }
 
     fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.pos).ok_or_else(|| self.err("truncated varint"))?;
+            let byte = *self
+                .b
+                .get(self.pos)
+                .ok_or_else(|| self.err("truncated varint"))?;
             self.pos += 1;
             v |= ((byte & 0x7f) as u64) << shift;
             if byte & 0x80 == 0 {
@@ -396,20 +501,30 @@ impl<'a> Proto<'a> {
         let f = match wire {
             0 => Field::Varint(self.varint()?),
             1 => {
-                let s = self.b.get(self.pos..self.pos + 8).ok_or_else(|| self.err("truncated fixed64"))?;
+                let s = self
+                    .b
+                    .get(self.pos..self.pos + 8)
+                    .ok_or_else(|| self.err("truncated fixed64"))?;
                 self.pos += 8;
                 let _ = s;
                 Field::Fixed64
             }
             2 => {
                 let n = self.varint()? as usize;
-                let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| self.err("length past the end"))?;
+                let end = self
+                    .pos
+                    .checked_add(n)
+                    .filter(|&e| e <= self.b.len())
+                    .ok_or_else(|| self.err("length past the end"))?;
                 let s = &self.b[self.pos..end];
                 self.pos = end;
                 Field::Bytes(s)
             }
             5 => {
-                let s = self.b.get(self.pos..self.pos + 4).ok_or_else(|| self.err("truncated fixed32"))?;
+                let s = self
+                    .b
+                    .get(self.pos..self.pos + 4)
+                    .ok_or_else(|| self.err("truncated fixed32"))?;
                 self.pos += 4;
                 Field::Fixed32(u32::from_le_bytes(s.try_into().expect("4")))
             }
@@ -435,15 +550,25 @@ pub fn parse_sentencepiece(path: &Path, bytes: &[u8]) -> Result<SentencePiece> {
         eos_id: Some(2),
         add_dummy_prefix: true,
     };
-    let mut top = Proto { path, b: bytes, pos: 0 };
+    let mut top = Proto {
+        path,
+        b: bytes,
+        pos: 0,
+    };
     while let Some((num, f)) = top.field()? {
         match (num, f) {
             (1, Field::Bytes(b)) => {
                 let mut p = Proto { path, b, pos: 0 };
-                let mut piece = Piece { piece: String::new(), score: 0.0, kind: 1 };
+                let mut piece = Piece {
+                    piece: String::new(),
+                    score: 0.0,
+                    kind: 1,
+                };
                 while let Some((n, f)) = p.field()? {
                     match (n, f) {
-                        (1, Field::Bytes(s)) => piece.piece = String::from_utf8_lossy(s).into_owned(),
+                        (1, Field::Bytes(s)) => {
+                            piece.piece = String::from_utf8_lossy(s).into_owned()
+                        }
                         (2, Field::Fixed32(v)) => piece.score = f32::from_bits(v),
                         (3, Field::Varint(v)) => piece.kind = v,
                         _ => {}
@@ -477,7 +602,11 @@ pub fn parse_sentencepiece(path: &Path, bytes: &[u8]) -> Result<SentencePiece> {
         }
     }
     if spm.pieces.is_empty() {
-        return Err(Error::malformed(path, None, "SentencePiece model has no pieces"));
+        return Err(Error::malformed(
+            path,
+            None,
+            "SentencePiece model has no pieces",
+        ));
     }
     Ok(spm)
 }

@@ -168,12 +168,7 @@ impl TensorNode {
     }
 
     pub fn n_rows(&self) -> usize {
-        let row = self.row_len();
-        if row == 0 {
-            0
-        } else {
-            self.n_elements() / row
-        }
+        self.n_elements().checked_div(self.row_len()).unwrap_or(0)
     }
 }
 

@@ -65,7 +65,11 @@ impl<'a> Cursor<'a> {
         Error::malformed(
             self.path,
             None,
-            format!("truncated GGUF: {what} at byte {} runs past the end ({} bytes)", self.pos, self.bytes.len()),
+            format!(
+                "truncated GGUF: {what} at byte {} runs past the end ({} bytes)",
+                self.pos,
+                self.bytes.len()
+            ),
         )
     }
 
@@ -82,13 +86,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, what)?[0])
     }
     fn u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2")))
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2"),
+        ))
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4"),
+        ))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
@@ -97,7 +107,11 @@ impl<'a> Cursor<'a> {
             return Err(Error::malformed(
                 self.path,
                 None,
-                format!("{what}: string length {n} at byte {} exceeds the {} bytes left", self.pos - 8, self.left()),
+                format!(
+                    "{what}: string length {n} at byte {} exceeds the {} bytes left",
+                    self.pos - 8,
+                    self.left()
+                ),
             ));
         }
         let raw = self.take(n as usize, what)?;
@@ -117,12 +131,20 @@ impl<'a> Cursor<'a> {
             8 => MetaValue::String(self.string(key)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(Error::malformed(self.path, None, format!("key `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(Error::malformed(
+                        self.path,
+                        None,
+                        format!("key `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+                    ));
                 }
                 let elem = self.u32(key)?;
                 let count = self.u64(key)?;
                 let min = min_value_size(elem).ok_or_else(|| {
-                    Error::malformed(self.path, None, format!("key `{key}`: unknown array element type {elem}"))
+                    Error::malformed(
+                        self.path,
+                        None,
+                        format!("key `{key}`: unknown array element type {elem}"),
+                    )
                 })?;
                 if count.saturating_mul(min) > self.left() as u64 {
                     return Err(Error::malformed(
@@ -141,7 +163,11 @@ impl<'a> Cursor<'a> {
             11 => MetaValue::I64(self.u64(key)? as i64),
             12 => MetaValue::F64(f64::from_bits(self.u64(key)?)),
             other => {
-                return Err(Error::malformed(self.path, None, format!("key `{key}`: unknown value type {other}")));
+                return Err(Error::malformed(
+                    self.path,
+                    None,
+                    format!("key `{key}`: unknown value type {other}"),
+                ));
             }
         })
     }
@@ -162,15 +188,29 @@ fn min_value_size(ty: u32) -> Option<u64> {
 
 /// Parse and validate a GGUF file held in `bytes`.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
-    let mut c = Cursor { path, bytes, pos: 0 };
+    let mut c = Cursor {
+        path,
+        bytes,
+        pos: 0,
+    };
     let magic = c.take(4, "magic").map_err(|_| {
-        Error::malformed(path, None, format!("not a GGUF file: {} bytes, too short for the magic", bytes.len()))
+        Error::malformed(
+            path,
+            None,
+            format!(
+                "not a GGUF file: {} bytes, too short for the magic",
+                bytes.len()
+            ),
+        )
     })?;
     if magic != GGUF_MAGIC {
         return Err(Error::malformed(
             path,
             None,
-            format!("bad magic {:02x?}: not a GGUF file (expected \"GGUF\")", magic),
+            format!(
+                "bad magic {:02x?}: not a GGUF file (expected \"GGUF\")",
+                magic
+            ),
         ));
     }
     let version = c.u32("version")?;
@@ -185,7 +225,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
     let n_kv = c.u64("metadata count")?;
     // A KV takes at least 8 (key length) + 4 (type) + 1 bytes; a tensor info at
     // least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
-    let need = n_kv.checked_mul(13).zip(n_tensors.checked_mul(24)).and_then(|(a, b)| a.checked_add(b));
+    let need = n_kv
+        .checked_mul(13)
+        .zip(n_tensors.checked_mul(24))
+        .and_then(|(a, b)| a.checked_add(b));
     if need.is_none_or(|n| n > c.left() as u64) {
         return Err(Error::malformed(
             path,
@@ -203,7 +246,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
         let ty = c.u32(&key)?;
         let value = c.value(ty, &key, 0)?;
         if metadata.get(&key).is_some() {
-            return Err(Error::malformed(path, None, format!("duplicate metadata key `{key}`")));
+            return Err(Error::malformed(
+                path,
+                None,
+                format!("duplicate metadata key `{key}`"),
+            ));
         }
         metadata.0.push((key, value));
     }
@@ -212,7 +259,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
         None => DEFAULT_ALIGNMENT,
         Some(MetaValue::U32(a)) if *a != 0 && a.is_power_of_two() => *a as u64,
         Some(v) => {
-            return Err(Error::malformed(path, None, format!("general.alignment {v:?} is not a non-zero power of two u32")));
+            return Err(Error::malformed(
+                path,
+                None,
+                format!("general.alignment {v:?} is not a non-zero power of two u32"),
+            ));
         }
     };
 
@@ -223,12 +274,20 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
             return Err(Error::malformed(
                 path,
                 Some(&name),
-                format!("name is {} bytes; ggml allows at most {}", name.len(), MAX_NAME - 1),
+                format!(
+                    "name is {} bytes; ggml allows at most {}",
+                    name.len(),
+                    MAX_NAME - 1
+                ),
             ));
         }
         let n_dims = c.u32(&name)?;
         if n_dims > MAX_DIMS {
-            return Err(Error::malformed(path, Some(&name), format!("{n_dims} dimensions; ggml allows at most {MAX_DIMS}")));
+            return Err(Error::malformed(
+                path,
+                Some(&name),
+                format!("{n_dims} dimensions; ggml allows at most {MAX_DIMS}"),
+            ));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -254,13 +313,18 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
             .ok_or_else(|| bad(format!("dimensions {ne:?} overflow")))?;
         let row = ne.first().copied().unwrap_or(1);
         if row % ty.block != 0 {
-            return Err(bad(format!("row length {row} is not a multiple of {}'s block size {}", ty.name, ty.block)));
+            return Err(bad(format!(
+                "row length {row} is not a multiple of {}'s block size {}",
+                ty.name, ty.block
+            )));
         }
         let size = (n_elem / ty.block)
             .checked_mul(ty.size)
             .ok_or_else(|| bad(format!("dimensions {ne:?} overflow")))?;
         if offset % alignment != 0 {
-            return Err(bad(format!("offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(bad(format!(
+                "offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
         if offset.checked_add(size).is_none_or(|end| end > data_len) {
             return Err(bad(format!(
@@ -287,7 +351,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
             return Err(Error::malformed(
                 path,
                 Some(&b.name),
-                format!("data at offset {} overlaps tensor `{}`", b.offset - data_start, a.name),
+                format!(
+                    "data at offset {} overlaps tensor `{}`",
+                    b.offset - data_start,
+                    a.name
+                ),
             ));
         }
     }

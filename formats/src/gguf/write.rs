@@ -123,7 +123,10 @@ pub fn layout(metadata: &Metadata, tensors: &[OutTensor], alignment: u64) -> Lay
     h.resize(data_start as usize, 0);
     Layout {
         header: h,
-        tensors: placed.into_iter().map(|(o, b)| (data_start + o, b)).collect(),
+        tensors: placed
+            .into_iter()
+            .map(|(o, b)| (data_start + o, b))
+            .collect(),
         alignment,
         total_bytes: data_start + offset,
     }
@@ -138,11 +141,25 @@ mod tests {
     fn layout_round_trips_through_the_reader() {
         let mut md = Metadata::default();
         md.set("general.architecture", MetaValue::String("llama".into()));
-        md.set("x.arr", MetaValue::Array(vec![MetaValue::String("a".into()), MetaValue::String("bc".into())]));
+        md.set(
+            "x.arr",
+            MetaValue::Array(vec![
+                MetaValue::String("a".into()),
+                MetaValue::String("bc".into()),
+            ]),
+        );
         md.set("x.f", MetaValue::F32(1.5));
         let tensors = vec![
-            OutTensor { name: "a".into(), shape: vec![3, 64], ty: GgmlType::Q8_0 },
-            OutTensor { name: "b".into(), shape: vec![5], ty: GgmlType::F32 },
+            OutTensor {
+                name: "a".into(),
+                shape: vec![3, 64],
+                ty: GgmlType::Q8_0,
+            },
+            OutTensor {
+                name: "b".into(),
+                shape: vec![5],
+                ty: GgmlType::F32,
+            },
         ];
         let l = layout(&md, &tensors, 32);
         let mut file = l.header.clone();

@@ -59,6 +59,8 @@ pub fn file_type(ty: GgmlType) -> u32 {
         GgmlType::Q5K => 17,
         GgmlType::Q6K => 18,
         GgmlType::BF16 => 32,
+        GgmlType::IQ4NL => 25,
+        GgmlType::IQ4XS => 30,
     }
 }
 
@@ -69,12 +71,20 @@ impl Pass for Encode {
 
     fn run(&self, model: &mut Model) -> Result<(), PassError> {
         if !self.ty.can_encode() {
-            return Err(PassError::new(NAME, None, format!("kiln cannot encode {} yet", self.ty)));
+            return Err(PassError::new(
+                NAME,
+                None,
+                format!("kiln cannot encode {} yet", self.ty),
+            ));
         }
         let mut fallbacks = 0;
         for t in &mut model.tensors {
             let keep_f32 = t.shape.len() <= 1 || t.role == Role::Norm;
-            let mut ty = if keep_f32 { GgmlType::F32 } else { fallback(self.ty, t.row_len()) };
+            let mut ty = if keep_f32 {
+                GgmlType::F32
+            } else {
+                fallback(self.ty, t.row_len())
+            };
             if ty != self.ty && !keep_f32 {
                 fallbacks += 1;
                 t.notes.push(format!(
@@ -100,7 +110,9 @@ impl Pass for Encode {
             t.encoding = Some(ty);
         }
         if fallbacks > 0 {
-            model.notes.push(format!("{fallbacks} tensor(s) fell back to another type because of their row length"));
+            model.notes.push(format!(
+                "{fallbacks} tensor(s) fell back to another type because of their row length"
+            ));
         }
         let md = &mut model.metadata;
         md.set("general.quantization_version", MetaValue::U32(2));

@@ -43,7 +43,9 @@ pub fn map_hf_name(name: &str) -> Result<Option<(String, Role, Option<usize>)>, 
     let (layer, part) = rest
         .split_once('.')
         .ok_or_else(|| format!("cannot map `{name}` to a GGUF name"))?;
-    let layer: usize = layer.parse().map_err(|_| format!("cannot map `{name}`: bad layer index"))?;
+    let layer: usize = layer
+        .parse()
+        .map_err(|_| format!("cannot map `{name}`: bad layer index"))?;
     let (gguf, role) = match part {
         "input_layernorm" => ("attn_norm", Role::Norm),
         "post_attention_layernorm" => ("ffn_norm", Role::Norm),
@@ -56,7 +58,11 @@ pub fn map_hf_name(name: &str) -> Result<Option<(String, Role, Option<usize>)>, 
         "mlp.down_proj" => ("ffn_down", Role::FfnDown),
         _ => return Err(format!("cannot map `{name}` to a GGUF name")),
     };
-    Ok(Some((format!("blk.{layer}.{gguf}.{suffix}"), role, Some(layer))))
+    Ok(Some((
+        format!("blk.{layer}.{gguf}.{suffix}"),
+        role,
+        Some(layer),
+    )))
 }
 
 /// Role and layer of a tensor already in GGUF naming.
@@ -93,7 +99,10 @@ impl Pass for Normalize {
     }
 
     fn run(&self, model: &mut Model) -> Result<(), PassError> {
-        let hf_layout = model.tensors.iter().any(|t| t.name.starts_with("model.") || t.name == "lm_head.weight");
+        let hf_layout = model
+            .tensors
+            .iter()
+            .any(|t| t.name.starts_with("model.") || t.name == "lm_head.weight");
         if !hf_layout {
             for t in &mut model.tensors {
                 (t.role, t.layer) = gguf_role(&t.name);
@@ -105,15 +114,24 @@ impl Pass for Normalize {
         let permute = arch.as_ref().is_some_and(|a| a.family == "llama");
         let mut kept = Vec::with_capacity(model.tensors.len());
         for mut t in std::mem::take(&mut model.tensors) {
-            match map_hf_name(&t.source_name).map_err(|r| PassError::new(NAME, Some(&t.source_name), r))? {
-                None => model.notes.push(format!("dropped `{}`: llama.cpp recomputes rotary frequencies", t.source_name)),
+            match map_hf_name(&t.source_name)
+                .map_err(|r| PassError::new(NAME, Some(&t.source_name), r))?
+            {
+                None => model.notes.push(format!(
+                    "dropped `{}`: llama.cpp recomputes rotary frequencies",
+                    t.source_name
+                )),
                 Some((name, role, layer)) => {
                     t.name = name;
                     t.role = role;
                     t.layer = layer;
                     if permute && matches!(role, Role::AttnQ | Role::AttnK) {
                         let a = arch.as_ref().expect("permute implies arch");
-                        let n_head = if role == Role::AttnQ { a.n_head } else { a.n_head_kv };
+                        let n_head = if role == Role::AttnQ {
+                            a.n_head
+                        } else {
+                            a.n_head_kv
+                        };
                         if t.shape.len() != 2 {
                             return Err(PassError::new(
                                 NAME,
@@ -150,7 +168,9 @@ fn block_of(name: &str) -> i64 {
 }
 
 fn sort_like_llama_cpp(model: &mut Model) {
-    model.tensors.sort_by(|a, b| (block_of(&a.name), &a.name).cmp(&(block_of(&b.name), &b.name)));
+    model
+        .tensors
+        .sort_by(|a, b| (block_of(&a.name), &a.name).cmp(&(block_of(&b.name), &b.name)));
 }
 
 #[cfg(test)]
@@ -162,23 +182,49 @@ mod tests {
         let m = |n: &str| map_hf_name(n).unwrap().unwrap();
         assert_eq!(m("model.embed_tokens.weight").0, "token_embd.weight");
         assert_eq!(m("lm_head.weight").0, "output.weight");
-        assert_eq!(m("model.layers.3.self_attn.o_proj.weight"), ("blk.3.attn_output.weight".into(), Role::AttnOutput, Some(3)));
-        assert_eq!(m("model.layers.0.self_attn.q_proj.bias").0, "blk.0.attn_q.bias");
+        assert_eq!(
+            m("model.layers.3.self_attn.o_proj.weight"),
+            ("blk.3.attn_output.weight".into(), Role::AttnOutput, Some(3))
+        );
+        assert_eq!(
+            m("model.layers.0.self_attn.q_proj.bias").0,
+            "blk.0.attn_q.bias"
+        );
         assert_eq!(m("model.layers.1.mlp.down_proj.weight").1, Role::FfnDown);
-        assert!(map_hf_name("model.layers.0.self_attn.rotary_emb.inv_freq").unwrap().is_none());
+        assert!(map_hf_name("model.layers.0.self_attn.rotary_emb.inv_freq")
+            .unwrap()
+            .is_none());
         assert!(map_hf_name("transformer.h.0.attn.c_attn.weight").is_err());
     }
 
     #[test]
     fn orders_like_llama_cpp() {
-        let mut names = vec!["token_embd.weight", "blk.10.attn_q.weight", "blk.2.ffn_up.weight", "output.weight", "blk.2.attn_k.weight"];
+        let mut names = vec![
+            "token_embd.weight",
+            "blk.10.attn_q.weight",
+            "blk.2.ffn_up.weight",
+            "output.weight",
+            "blk.2.attn_k.weight",
+        ];
         names.sort_by(|a, b| (block_of(a), a).cmp(&(block_of(b), b)));
-        assert_eq!(names, vec!["output.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_q.weight"]);
+        assert_eq!(
+            names,
+            vec![
+                "output.weight",
+                "token_embd.weight",
+                "blk.2.attn_k.weight",
+                "blk.2.ffn_up.weight",
+                "blk.10.attn_q.weight"
+            ]
+        );
     }
 
     #[test]
     fn parses_gguf_roles() {
-        assert_eq!(gguf_role("blk.12.ffn_down.weight"), (Role::FfnDown, Some(12)));
+        assert_eq!(
+            gguf_role("blk.12.ffn_down.weight"),
+            (Role::FfnDown, Some(12))
+        );
         assert_eq!(gguf_role("output_norm.weight"), (Role::Norm, None));
         assert_eq!(gguf_role("token_embd.weight"), (Role::Embedding, None));
     }

@@ -15,12 +15,22 @@ pub fn verify(model: &Model) -> Result<(), PassError> {
         if !seen.insert(t.name.as_str()) {
             return Err(PassError::new(NAME, Some(&t.name), "duplicate tensor name"));
         }
-        let need = t.source.dtype.ggml().row_bytes(t.row_len()).map(|r| r as u64 * t.n_rows() as u64);
+        let need = t
+            .source
+            .dtype
+            .ggml()
+            .row_bytes(t.row_len())
+            .map(|r| r as u64 * t.n_rows() as u64);
         if need != Some(t.source.len) {
             return Err(PassError::new(
                 NAME,
                 Some(&t.name),
-                format!("shape {:?} of {} does not match its {} source bytes", t.shape, t.source.dtype.name(), t.source.len),
+                format!(
+                    "shape {:?} of {} does not match its {} source bytes",
+                    t.shape,
+                    t.source.dtype.name(),
+                    t.source.len
+                ),
             ));
         }
         if let Some(ty) = t.encoding {
@@ -28,7 +38,10 @@ pub fn verify(model: &Model) -> Result<(), PassError> {
                 return Err(PassError::new(
                     NAME,
                     Some(&t.name),
-                    format!("encoding {ty} does not divide the row length {}", t.row_len()),
+                    format!(
+                        "encoding {ty} does not divide the row length {}",
+                        t.row_len()
+                    ),
                 ));
             }
         }
