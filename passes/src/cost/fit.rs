@@ -2,7 +2,7 @@
 //! `bench/calibration/measured-calibration.csv` to an [`estimate`] call,
 //! fits the efficiency factors by coordinate descent on the sum of
 //! |ln(predicted / measured)|, and writes `calibration.toml`,
-//! `CALIBRATION.md` and the tables of `README-section.md`.
+//! `CALIBRATION.md` and the tables in the repository README.md.
 //!
 //! Reproduce with `KILN_BLESS=1 cargo test -p passes --lib cost::fit`; without
 //! `KILN_BLESS` the tests check that the shipped files are what the fit
@@ -801,11 +801,11 @@ fn splice(doc: &str, name: &str, body: &str) -> String {
     );
     let a = doc
         .find(&open)
-        .unwrap_or_else(|| panic!("README-section.md lacks {open}"))
+        .unwrap_or_else(|| panic!("README.md lacks {open}"))
         + open.len();
     let b = doc
         .find(&close)
-        .unwrap_or_else(|| panic!("README-section.md lacks {close}"));
+        .unwrap_or_else(|| panic!("README.md lacks {close}"));
     format!("{}\n\n{}\n{}", &doc[..a], body.trim_end(), &doc[b..])
 }
 
@@ -822,8 +822,8 @@ fn shipped_calibration_is_the_fit_of_the_data() {
     let scored = score(&cases, &cal);
     let toml = cal.to_toml(HEADER);
     let md = report(&cal, &scored, &excluded, &notes);
-    let section_path = manifest("src/cost/README-section.md");
-    let section = std::fs::read_to_string(&section_path).expect("README-section.md");
+    let section_path = manifest("../README.md");
+    let section = std::fs::read_to_string(&section_path).expect("README.md");
     let new_section = splice(
         &splice(&section, "calibration-table", &readme_table(&scored)),
         "recipe-table",
