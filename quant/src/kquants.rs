@@ -29,6 +29,10 @@
 //! reading multi-GB GGUFs.
 
 use crate::float::read_f16;
+use crate::search::{
+    make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, Qkx,
+    GROUP_MAX_EPS,
+};
 
 /// Values per super-block.
 pub(crate) const QK_K: usize = 256;
@@ -244,190 +248,84 @@ fn q6_k_block(b: &[u8; 210], y: &mut [f32; QK_K]) {
 }
 
 // ================================================================ encoders
-
-/// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
-
-/// ggml's `nearest_int`: adding 1.5 * 2^23 leaves the integer in the low
-/// mantissa bits, rounded half to even by the float adder. Exact for
-/// |x| <= 2^22 - 1; outside that it returns what the C code returns (no assert,
-/// as in ggml's release builds).
-#[inline]
-fn nearest_int(fval: f32) -> i32 {
-    let val = fval + 12_582_912.0;
-    (val.to_bits() as i32 & 0x007F_FFFF) - 0x0040_0000
-}
-
-/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights
-/// (weights `x^2`), as Q6_K uses it: symmetric quants `L` in `0..2*nmax`
-/// (stored offset by `nmax`) and the best scale among 19 candidate inverse
-/// scales `-(nmax + 0.1*is) / max`, `is` in -9..=9.
-fn make_qx_quants_rmse1<const N: usize>(nmax: i32, x: &[f32; N], l_out: &mut [u8; N]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
-        l_out.fill(0);
-        return 0.0;
-    }
-    let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
-    let mut iscale = (-nmax) as f32 / max;
-    let mut sumlx = 0.0f32;
-    let mut suml2 = 0.0f32;
-    for (lo, &xi) in l_out.iter_mut().zip(x) {
-        let l = clamp(nearest_int(iscale * xi));
-        *lo = (l + nmax) as u8;
-        let w = xi * xi;
-        sumlx += w * xi * l as f32;
-        suml2 += w * l as f32 * l as f32;
-    }
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
-        }
-        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for &xi in x {
-            let l = clamp(nearest_int(iscale * xi));
-            let w = xi * xi;
-            sumlx += w * xi * l as f32;
-            suml2 += w * l as f32 * l as f32;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (lo, &xi) in l_out.iter_mut().zip(x) {
-                *lo = (nmax + clamp(nearest_int(iscale * xi))) as u8;
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    scale
-}
-
-/// ggml's `make_qkx2_quants`: an asymmetric fit `x ~ scale * L + min`
-/// (`min <= 0`) over `nstep + 1` candidate inverse scales
-/// `(rmin + rdelta*is + nmax) / (max - min)`, each refined by weighted least
-/// squares and judged by weighted squared error, or absolute error when
-/// `use_mad` (Q2_K). Returns `(scale, -min)`.
-#[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants<const N: usize>(
-    nmax: i32,
-    x: &[f32; N],
-    weights: &[f32; N],
-    l_out: &mut [u8; N],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    use_mad: bool,
-) -> (f32, f32) {
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..N {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        l_out.fill(0);
-        return (0.0, -min);
-    }
-    let quant =
-        |iscale: f32, xi: f32, min: f32| nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
-    let err = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0.0f32;
-    for i in 0..N {
-        l_out[i] = quant(iscale, x[i], min);
-        let diff = scale * l_out[i] as f32 + min - x[i];
-        best_error += weights[i] * err(diff);
-    }
-    let mut laux = [0u8; N];
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let mut sum_l = 0.0f32;
-        let mut sum_l2 = 0.0f32;
-        let mut sum_xl = 0.0f32;
-        for i in 0..N {
-            let l = quant(iscale, x[i], min);
-            laux[i] = l;
-            let (w, l) = (weights[i], l as f32);
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..N {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * err(diff);
-            }
-            if cur_error < best_error {
-                *l_out = laux;
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
-}
+//
+// Two encoders per type: the reference one (`quantize_row_*_ref`, which is
+// what `ggml_quantize_chunk` runs for every K-quant when no importance matrix
+// is given) and the importance-matrix one (`quantize_row_*_impl` with
+// `quant_weights != NULL`). The imatrix encoders take one row and its
+// per-column weights: block `b` of the row uses `qw[256*b..256*b + 256]`.
 
 #[inline]
-fn sub<const N: usize>(x: &[f32], at: usize) -> &[f32; N] {
+pub(crate) fn sub<const N: usize>(x: &[f32], at: usize) -> &[f32; N] {
     x[at..at + N].try_into().expect("in range")
 }
 
 #[inline]
-fn sub_mut<const N: usize>(l: &mut [u8], at: usize) -> &mut [u8; N] {
+pub(crate) fn sub_mut<const N: usize>(l: &mut [u8], at: usize) -> &mut [u8; N] {
     (&mut l[at..at + N]).try_into().expect("in range")
+}
+
+#[inline]
+fn block_mut<const N: usize>(y: &mut [u8]) -> &mut [u8; N] {
+    y.try_into().expect("block size checked by caller")
+}
+
+/// `sum x^2` over a super-block, accumulated in order from 0 as ggml does.
+#[inline]
+fn sum_sq(x: &[f32; QK_K]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// The imatrix weights of one sub-block: `qw[i] * sqrt(sigma2 + x[i]^2)`.
+#[inline]
+fn imatrix_weights<const N: usize>(qw: &[f32; N], x: &[f32; N], sigma2: f32) -> [f32; N] {
+    std::array::from_fn(|i| qw[i] * (sigma2 + x[i] * x[i]).sqrt())
+}
+
+/// Sum of a sub-block's weights, from 0 in order (ggml's `sw[j]`).
+#[inline]
+fn sum_in_order(w: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in w {
+        s += v;
+    }
+    s
 }
 
 // ---------------------------------------------------------------- Q6_K encode
 
 pub(crate) fn encode_q6_k(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(210)) {
-        q6_k_encode_block(
-            sub(x, 0),
-            y.try_into().expect("block size checked by caller"),
-        );
+        q6_k_encode_block(sub(x, 0), block_mut(y), None);
     }
 }
 
-fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210]) {
+/// `quantize_row_q6_K_impl` with an importance matrix: the sub-block search
+/// is weighted by the imatrix itself (ggml's sigma2 weighting is commented
+/// out there).
+pub(crate) fn encode_q6_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    let blocks = row.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K));
+    for ((x, w), y) in blocks.zip(dst.chunks_exact_mut(210)) {
+        q6_k_encode_block(sub(x, 0), block_mut(y), Some(sub(w, 0)));
+    }
+}
+
+fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210], qw: Option<&[f32; QK_K]>) {
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; 16];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
     for (ib, s) in scales.iter_mut().enumerate() {
-        *s = make_qx_quants_rmse1::<16>(32, sub(x, 16 * ib), sub_mut(&mut l, 16 * ib));
+        let xs: &[f32; 16] = sub(x, 16 * ib);
+        let w: [f32; 16] = match qw {
+            Some(qw) => *sub(qw, 16 * ib),
+            None => std::array::from_fn(|i| xs[i] * xs[i]),
+        };
+        *s = make_qx_quants(32, xs, &w, sub_mut(&mut l, 16 * ib));
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
             max_scale = *s;
@@ -466,19 +364,16 @@ fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210]) {
 
 // ------------------------------------------------------- Q4_K / Q5_K encode
 
-/// The shared first half of the Q4_K/Q5_K encoders: per 32-value sub-block a
-/// (scale, min) fit with weights `sqrt(mean x^2) + |x|`, the 6-bit packing of
-/// scales and mins against their maxima into `scales12`, the f16 `d`/`dmin`
-/// at `y[0..4]`, and the requantization of every value (`0..=nmax`) with the
-/// stored scales into `l`.
-fn k4_scales_and_quants(
+/// The reference Q4_K/Q5_K fit: per 32-value sub-block a (scale, min) pair
+/// from `make_qkx2_quants` with weights `sqrt(mean x^2) + |x|`, then 6-bit
+/// scales and mins against their maxima. Returns (ls, lm, d, dmin) unrounded.
+fn k4_fit_ref(
     x: &[f32; QK_K],
-    y: &mut [u8],
     nmax: i32,
     rmin: f32,
     nstep: i32,
     l: &mut [u8; QK_K],
-) {
+) -> ([u8; 8], [u8; 8], f32, f32) {
     let mut mins = [0f32; 8];
     let mut scales = [0f32; 8];
     let mut max_scale = 0.0f32;
@@ -491,7 +386,8 @@ fn k4_scales_and_quants(
         }
         let av_x = (sum_x2 / 32.0).sqrt();
         let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let (scale, min) = make_qkx2_quants(
+        let (scale, min) = make_qkx_quants(
+            Qkx::Two,
             nmax,
             xs,
             &weights,
@@ -516,22 +412,84 @@ fn k4_scales_and_quants(
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    // C narrows the int to uint8_t (wrapping) before clamping to 63.
+    let ls = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
+    let lm = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
+    (ls, lm, max_scale / 63.0, max_min / 63.0)
+}
+
+/// The imatrix Q4_K/Q5_K fit (`quantize_row_q{4,5}_K_impl`): weights
+/// `qw * sqrt(sigma2 + x^2)` with `sigma2 = 2 * mean x^2` of the super-block,
+/// `make_qkx3_quants(32, nmax, .., -0.9, 0.05, 36)` per sub-block, then the
+/// scales and mins quantized by `make_qp_quants(8, 63, .., sw)`. Q5_K clamps
+/// the quants to 63 (`clamp63`); Q4_K stores them as they come.
+fn k4_fit_imatrix(
+    x: &[f32; QK_K],
+    qw: &[f32; QK_K],
+    nmax: i32,
+    clamp63: bool,
+    l: &mut [u8; QK_K],
+) -> ([u8; 8], [u8; 8], f32, f32) {
+    let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+    let mut mins = [0f32; 8];
+    let mut scales = [0f32; 8];
+    let mut sw = [0f32; 8];
+    for j in 0..8 {
+        let xs: &[f32; 32] = sub(x, 32 * j);
+        let weights = imatrix_weights(sub(qw, 32 * j), xs, sigma2);
+        sw[j] = sum_in_order(&weights);
+        (scales[j], mins[j]) = make_qkx_quants(
+            Qkx::Three,
+            nmax,
+            xs,
+            &weights,
+            sub_mut(l, 32 * j),
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
+    }
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
+    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    if clamp63 {
+        ls = ls.map(|v| v.min(63));
+        lm = lm.map(|v| v.min(63));
+    }
+    (ls, lm, d_block, m_block)
+}
+
+/// The shared second half of every Q4_K/Q5_K encoder: pack the 6-bit scales
+/// and mins into `y[4..16]` (sub-blocks 0..4 in bytes j and j+4, 4..8 split
+/// into a nibble of byte j+4 and the top bits of bytes j-4 and j), store the
+/// f16 `d`/`dmin`, and requantize every value (`0..=nmax`) with the stored
+/// scales into `l`; sub-blocks whose stored scale is 0 keep the fit's quants.
+#[allow(clippy::too_many_arguments)]
+fn k4_store_and_requantize(
+    x: &[f32; QK_K],
+    y: &mut [u8],
+    ls: [u8; 8],
+    lm: [u8; 8],
+    d: f32,
+    dmin: f32,
+    nmax: i32,
+    l: &mut [u8; QK_K],
+) {
     let s = &mut y[4..16];
     for j in 0..8 {
-        // C narrows the int to uint8_t (wrapping) before clamping to 63.
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
         if j < 4 {
-            s[j] = ls;
-            s[j + 4] = lm;
+            s[j] = ls[j];
+            s[j + 4] = lm[j];
         } else {
-            s[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
-            s[j - 4] |= (ls >> 4) << 6;
-            s[j] |= (lm >> 4) << 6;
+            s[j + 4] = (ls[j] & 0x0F) | ((lm[j] & 0x0F) << 4);
+            s[j - 4] |= (ls[j] >> 4) << 6;
+            s[j] |= (lm[j] >> 4) << 6;
         }
     }
-    let d = crate::float::write_f16(&mut y[0..2], max_scale / 63.0);
-    let dmin = crate::float::write_f16(&mut y[2..4], max_min / 63.0);
+    let d = crate::float::write_f16(&mut y[0..2], d);
+    let dmin = crate::float::write_f16(&mut y[2..4], dmin);
     let packed: &[u8; 12] = (&y[4..16]).try_into().expect("12 bytes");
     for j in 0..8 {
         let (sc, m) = scale_min_k4(j, packed);
@@ -547,37 +505,70 @@ fn k4_scales_and_quants(
     }
 }
 
+fn pack_q4_k(l: &[u8; QK_K], qs: &mut [u8]) {
+    for c in 0..4 {
+        for i in 0..32 {
+            qs[32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
+        }
+    }
+}
+
+fn pack_q5_k(l: &[u8; QK_K], qh_qs: &mut [u8]) {
+    let (qh, qs) = qh_qs.split_at_mut(32);
+    qh.fill(0);
+    for c in 0..4 {
+        for i in 0..32 {
+            let (l1, l2) = (l[64 * c + i], l[64 * c + 32 + i]);
+            if l1 > 15 {
+                qh[i] |= 1 << (2 * c);
+            }
+            if l2 > 15 {
+                qh[i] |= 2 << (2 * c);
+            }
+            qs[32 * c + i] = (l1 & 0x0F) | ((l2 & 0x0F) << 4);
+        }
+    }
+}
+
 pub(crate) fn encode_q4_k(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(144)) {
+        let x = sub(x, 0);
         let mut l = [0u8; QK_K];
-        k4_scales_and_quants(sub(x, 0), y, 15, -1.0, 20, &mut l);
-        let qs = &mut y[16..144];
-        for c in 0..4 {
-            for i in 0..32 {
-                qs[32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
-            }
-        }
+        let (ls, lm, d, dmin) = k4_fit_ref(x, 15, -1.0, 20, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 15, &mut l);
+        pack_q4_k(&l, &mut y[16..144]);
+    }
+}
+
+pub(crate) fn encode_q4_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    let blocks = row.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K));
+    for ((x, w), y) in blocks.zip(dst.chunks_exact_mut(144)) {
+        let x = sub(x, 0);
+        let mut l = [0u8; QK_K];
+        let (ls, lm, d, dmin) = k4_fit_imatrix(x, sub(w, 0), 15, false, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 15, &mut l);
+        pack_q4_k(&l, &mut y[16..144]);
     }
 }
 
 pub(crate) fn encode_q5_k(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(176)) {
+        let x = sub(x, 0);
         let mut l = [0u8; QK_K];
-        k4_scales_and_quants(sub(x, 0), y, 31, -0.5, 15, &mut l);
-        let (qh, qs) = y[16..176].split_at_mut(32);
-        qh.fill(0);
-        for c in 0..4 {
-            for i in 0..32 {
-                let (l1, l2) = (l[64 * c + i], l[64 * c + 32 + i]);
-                if l1 > 15 {
-                    qh[i] |= 1 << (2 * c);
-                }
-                if l2 > 15 {
-                    qh[i] |= 2 << (2 * c);
-                }
-                qs[32 * c + i] = (l1 & 0x0F) | ((l2 & 0x0F) << 4);
-            }
-        }
+        let (ls, lm, d, dmin) = k4_fit_ref(x, 31, -0.5, 15, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 31, &mut l);
+        pack_q5_k(&l, &mut y[16..176]);
+    }
+}
+
+pub(crate) fn encode_q5_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    let blocks = row.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K));
+    for ((x, w), y) in blocks.zip(dst.chunks_exact_mut(176)) {
+        let x = sub(x, 0);
+        let mut l = [0u8; QK_K];
+        let (ls, lm, d, dmin) = k4_fit_imatrix(x, sub(w, 0), 31, true, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 31, &mut l);
+        pack_q5_k(&l, &mut y[16..176]);
     }
 }
 
@@ -596,10 +587,7 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
 
 pub(crate) fn encode_q2_k(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(84)) {
-        q2_k_encode_block(
-            sub(x, 0),
-            y.try_into().expect("block size checked by caller"),
-        );
+        q2_k_encode_block(sub(x, 0), block_mut(y));
     }
 }
 
@@ -613,7 +601,8 @@ fn q2_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 84]) {
     for j in 0..16 {
         let xs: &[f32; 16] = sub(x, 16 * j);
         let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
-        let (scale, min) = make_qkx2_quants(
+        let (scale, min) = make_qkx_quants(
+            Qkx::Two,
             3,
             xs,
             &weights,
@@ -635,108 +624,110 @@ fn q2_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 84]) {
     // Low nibble: scale against max_scale / 15; high nibble: min against
     // max_min / 15. C narrows the ints to u8 (wrapping), without a clamp.
     let (sc, rest) = y.split_at_mut(16);
-    let d = if max_scale > 0.0 {
+    if max_scale > 0.0 {
         let iscale = Q4SCALE / max_scale;
         for j in 0..16 {
             sc[j] = nearest_int(iscale * scales[j]) as u8;
         }
-        crate::float::write_f16(&mut rest[64..66], max_scale / Q4SCALE)
+        crate::float::write_f16(&mut rest[64..66], max_scale / Q4SCALE);
     } else {
         sc.fill(0);
-        crate::float::write_f16(&mut rest[64..66], 0.0)
-    };
-    let dmin = if max_min > 0.0 {
+        crate::float::write_f16(&mut rest[64..66], 0.0);
+    }
+    if max_min > 0.0 {
         let iscale = Q4SCALE / max_min;
         for j in 0..16 {
             sc[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
         }
-        crate::float::write_f16(&mut rest[66..68], max_min / Q4SCALE)
+        crate::float::write_f16(&mut rest[66..68], max_min / Q4SCALE);
     } else {
-        crate::float::write_f16(&mut rest[66..68], 0.0)
-    };
+        crate::float::write_f16(&mut rest[66..68], 0.0);
+    }
+    q2_k_requantize_and_pack(x, y, &mut l);
+}
+
+/// `quantize_row_q2_K_impl`: weights `qw * sqrt(sigma2 + x^2)` with
+/// `sigma2 = mean x^2` of the super-block (no factor 2, unlike the others),
+/// `make_qkx3_quants(16, 3, .., -0.9, 0.05, 36)` with squared error, and 4-bit
+/// scales and mins from `make_qp_quants(16, 15, .., sw)`.
+pub(crate) fn encode_q2_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    let blocks = row.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K));
+    for ((x, w), y) in blocks.zip(dst.chunks_exact_mut(84)) {
+        let (x, qw, y): (&[f32; QK_K], &[f32; QK_K], &mut [u8; 84]) =
+            (sub(x, 0), sub(w, 0), block_mut(y));
+        let sigma2 = sum_sq(x) / QK_K as f32;
+        let mut l = [0u8; QK_K];
+        let mut mins = [0f32; 16];
+        let mut scales = [0f32; 16];
+        let mut sw = [0f32; 16];
+        for j in 0..16 {
+            let xs: &[f32; 16] = sub(x, 16 * j);
+            let weights = imatrix_weights(sub(qw, 16 * j), xs, sigma2);
+            sw[j] = sum_in_order(&weights);
+            (scales[j], mins[j]) = make_qkx_quants(
+                Qkx::Three,
+                3,
+                xs,
+                &weights,
+                sub_mut(&mut l, 16 * j),
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
+        }
+        let mut ls = [0u8; 16];
+        let mut lm = [0u8; 16];
+        let dm = make_qp_quants(15, &scales, &mut ls, &sw);
+        let mm = make_qp_quants(15, &mins, &mut lm, &sw);
+        crate::float::write_f16(&mut y[80..82], dm);
+        crate::float::write_f16(&mut y[82..84], mm);
+        for j in 0..16 {
+            y[j] = ls[j] | (lm[j] << 4);
+        }
+        q2_k_requantize_and_pack(x, y, &mut l);
+    }
+}
+
+/// The shared end of both Q2_K encoders: requantize each sub-block with its
+/// stored 4-bit scale and min (`0..=3`; sub-blocks whose scale is 0 keep the
+/// fit's quants) and pack the 2-bit quants.
+fn q2_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 84], l: &mut [u8; QK_K]) {
+    let d = read_f16(&y[80..82]);
+    let dmin = read_f16(&y[82..84]);
     for j in 0..16 {
-        let dj = d * (sc[j] & 0x0F) as f32;
+        let dj = d * (y[j] & 0x0F) as f32;
         if dj == 0.0 {
             continue;
         }
-        let dm = dmin * (sc[j] >> 4) as f32;
+        let dm = dmin * (y[j] >> 4) as f32;
         for ii in 0..16 {
             l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / dj).clamp(0, 3) as u8;
         }
     }
-    pack_2bit(&l, &mut rest[..64]);
+    pack_2bit(l, &mut y[16..80]);
 }
 
 // ---------------------------------------------------------------- Q3_K encode
 
-/// ggml's `make_q3_quants` with `do_rmse`: symmetric quants in `-nmax..nmax`
-/// from iscale `-nmax / max`, then up to 5 rounds of coordinate descent on
-/// the x^2-weighted least-squares fit; returns the scale and leaves `L + nmax`.
-fn make_q3_quants<const N: usize>(nmax: i32, x: &[f32; N], l_out: &mut [u8; N]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
-        l_out.fill(0);
-        return 0.0;
-    }
-    let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
-    let iscale = (-nmax) as f32 / max;
-    let mut l = [0i32; N];
-    let mut sumlx = 0.0f32;
-    let mut suml2 = 0.0f32;
-    for i in 0..N {
-        l[i] = clamp(nearest_int(iscale * x[i]));
-        let w = x[i] * x[i];
-        sumlx += w * x[i] * l[i] as f32;
-        suml2 += w * l[i] as f32 * l[i] as f32;
-    }
-    for _ in 0..5 {
-        let mut n_changed = 0;
-        for i in 0..N {
-            let w = x[i] * x[i];
-            let mut slx = sumlx - w * x[i] * l[i] as f32;
-            if slx > 0.0 {
-                let mut sl2 = suml2 - w * l[i] as f32 * l[i] as f32;
-                let new_l = clamp(nearest_int(x[i] * sl2 / slx));
-                if new_l != l[i] {
-                    slx += w * x[i] * new_l as f32;
-                    sl2 += w * new_l as f32 * new_l as f32;
-                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        l[i] = new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        n_changed += 1;
-                    }
-                }
-            }
-        }
-        if n_changed == 0 {
-            break;
-        }
-    }
-    for (o, &li) in l_out.iter_mut().zip(&l) {
-        *o = (li + nmax) as u8;
-    }
-    if suml2 > 0.0 {
-        sumlx / suml2
-    } else {
-        0.0
+pub(crate) fn encode_q3_k(src: &[f32], dst: &mut [u8]) {
+    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(110)) {
+        q3_k_encode_block(sub(x, 0), block_mut(y));
     }
 }
 
-pub(crate) fn encode_q3_k(src: &[f32], dst: &mut [u8]) {
-    for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(110)) {
-        q3_k_encode_block(
-            sub(x, 0),
-            y.try_into().expect("block size checked by caller"),
-        );
+/// Packs sixteen 6-bit values (already offset by 32) into the 12 Q3_K scale
+/// bytes: low nibbles in bytes 0..8 (j >= 8 in the high nibble of byte j-8),
+/// top two bits at bit pair j/4 of byte 8 + j%4.
+fn pack_q3_k_scales(v: &[u8; 16], packed: &mut [u8]) {
+    packed[..12].fill(0);
+    for j in 0..16 {
+        if j < 8 {
+            packed[j] = v[j] & 0x0F;
+        } else {
+            packed[j - 8] |= (v[j] & 0x0F) << 4;
+        }
+        packed[8 + j % 4] |= (v[j] >> 4) << (2 * (j / 4));
     }
 }
 
@@ -752,28 +743,55 @@ fn q3_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 110]) {
             max_scale = *s;
         }
     }
-    let (hmask, rest) = y.split_at_mut(32);
-    let (qs, rest) = rest.split_at_mut(64);
-    let (packed, dbytes) = rest.split_at_mut(12);
-    packed.fill(0);
-    let d = if max_scale != 0.0 {
+    if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
-        for j in 0..16 {
-            // C: int8_t l = nearest_int(...) (wrapping), clamp to -32..=31, + 32.
-            let v = ((nearest_int(iscale * scales[j]) as i8) as i32).clamp(-32, 31) + 32;
-            let v = v as u8;
-            if j < 8 {
-                packed[j] = v & 0x0F;
-            } else {
-                packed[j - 8] |= (v & 0x0F) << 4;
-            }
-            packed[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
-        }
-        crate::float::write_f16(dbytes, 1.0 / iscale)
+        // C: int8_t l = nearest_int(...) (wrapping), clamp to -32..=31, + 32.
+        let v: [u8; 16] = std::array::from_fn(|j| {
+            (((nearest_int(iscale * scales[j]) as i8) as i32).clamp(-32, 31) + 32) as u8
+        });
+        pack_q3_k_scales(&v, &mut y[96..108]);
+        crate::float::write_f16(&mut y[108..110], 1.0 / iscale);
     } else {
-        crate::float::write_f16(dbytes, 0.0)
-    };
-    let stored = q3_k_scales((&*packed).try_into().expect("12 bytes"));
+        y[96..108].fill(0);
+        crate::float::write_f16(&mut y[108..110], 0.0);
+    }
+    q3_k_requantize_and_pack(x, y, &mut l);
+}
+
+/// `quantize_row_q3_K_impl`: weights `qw * sqrt(sigma2 + x^2)` with
+/// `sigma2 = 2 * mean x^2`, `make_qx_quants(16, 4, ..)` per sub-block, and the
+/// 16 scales quantized by `make_qx_quants(16, 32, scales, .., sw)` (whose
+/// quants are already offset by 32) with `d` its returned scale.
+pub(crate) fn encode_q3_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    let blocks = row.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K));
+    for ((x, w), y) in blocks.zip(dst.chunks_exact_mut(110)) {
+        let (x, qw, y): (&[f32; QK_K], &[f32; QK_K], &mut [u8; 110]) =
+            (sub(x, 0), sub(w, 0), block_mut(y));
+        let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+        let mut l = [0u8; QK_K];
+        let mut scales = [0f32; 16];
+        let mut sw = [0f32; 16];
+        for j in 0..16 {
+            let xs: &[f32; 16] = sub(x, 16 * j);
+            let weights = imatrix_weights(sub(qw, 16 * j), xs, sigma2);
+            sw[j] = sum_in_order(&weights);
+            scales[j] = make_qx_quants(4, xs, &weights, sub_mut(&mut l, 16 * j));
+        }
+        let mut ls = [0u8; 16];
+        let d_block = make_qx_quants(32, &scales, &sw, &mut ls);
+        pack_q3_k_scales(&ls, &mut y[96..108]);
+        crate::float::write_f16(&mut y[108..110], d_block);
+        q3_k_requantize_and_pack(x, y, &mut l);
+    }
+}
+
+/// The shared end of both Q3_K encoders: requantize with the stored scales
+/// (`-4..=3`, stored `+ 4`; sub-blocks whose scale is 0 keep the fit's quants),
+/// then split the third bit into `hmask` (bit i/32 of byte i%32) and pack the
+/// low two bits.
+fn q3_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 110], l: &mut [u8; QK_K]) {
+    let stored = q3_k_scales(block(&y[96..108]));
+    let d = read_f16(&y[108..110]);
     for j in 0..16 {
         let dj = d * stored[j] as f32;
         if dj == 0.0 {
@@ -784,7 +802,7 @@ fn q3_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 110]) {
             l[16 * j + ii] = (q + 4) as u8;
         }
     }
-    // High bit of value i goes to bit i / 32 of hmask[i % 32].
+    let hmask = &mut y[..32];
     hmask.fill(0);
     for (i, li) in l.iter_mut().enumerate() {
         if *li > 3 {
@@ -792,5 +810,5 @@ fn q3_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 110]) {
             *li -= 4;
         }
     }
-    pack_2bit(&l, qs);
+    pack_2bit(l, &mut y[32..96]);
 }

@@ -22,6 +22,7 @@
 //! Every function takes whole blocks (callers check lengths) and allocates nothing.
 
 use crate::float::{read_f16, write_f16};
+use crate::search::{make_qkx_quants, make_qx_quants, Qkx};
 
 /// Values per block for every type in this file.
 pub(crate) const QK: usize = 32;
@@ -305,6 +306,101 @@ pub(crate) fn decode_q5_1(src: &[u8], dst: &mut [f32]) {
             y[j] = ((q & 0x0F) as u32 | h0) as f32 * d + m;
             y[j + QK / 2] = ((q >> 4) as u32 | h1) as f32 * d + m;
         }
+    }
+}
+
+// ------------------------------------------------ with an importance matrix
+// ggml's `quantize_row_q{4,5}_{0,1}_impl` (used by `quantize_q*` when
+// `quant_weights != NULL`). Unlike the K-quants, `sigma2` is the mean square
+// of the whole row, and the per-value weights are `qw * sqrt(sigma2 + x^2)`.
+// Each function takes one row and its per-column weights.
+
+/// `sum x^2 / n` over the whole row, accumulated in order from 0.
+fn row_sigma2(row: &[f32]) -> f32 {
+    let mut sum_x2 = 0.0f32;
+    for &v in row {
+        sum_x2 += v * v;
+    }
+    sum_x2 / row.len() as f32
+}
+
+/// Per block: (values, their weights, the output block).
+fn weighted_blocks<'a, const B: usize>(
+    row: &'a [f32],
+    qw: &'a [f32],
+    dst: &'a mut [u8],
+) -> impl Iterator<Item = (&'a [f32; QK], [f32; QK], &'a mut [u8; B])> {
+    let sigma2 = row_sigma2(row);
+    row.chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .zip(dst.chunks_exact_mut(B))
+        .map(move |((x, w), y)| {
+            let x = values(x);
+            let w: [f32; QK] = std::array::from_fn(|j| w[j] * (sigma2 + x[j] * x[j]).sqrt());
+            (x, w, block_mut(y))
+        })
+}
+
+/// Packs 32 quants (each < 32) as Q5: low nibbles of values j and j+16 in
+/// `qs[j]`, fifth bits in the returned `qh` (bits j and j+16).
+#[inline]
+fn pack_q5(l: &[u8; QK], qs: &mut [u8]) -> [u8; 4] {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let (lo, hi) = (l[j], l[j + QK / 2]);
+        qs[j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
+        qh |= (((lo & 0x10) >> 4) as u32) << j;
+        qh |= (((hi & 0x10) >> 4) as u32) << (j + QK / 2);
+    }
+    qh.to_le_bytes()
+}
+
+/// `quantize_row_q4_0_impl`: `make_qx_quants(32, 8, .., weights)`, `d` its scale.
+pub(crate) fn encode_q4_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    for (x, w, y) in weighted_blocks::<18>(row, qw, dst) {
+        let mut l = [0u8; QK];
+        let d = make_qx_quants(8, x, &w, &mut l);
+        write_f16(&mut y[..2], d);
+        for j in 0..QK / 2 {
+            y[2 + j] = l[j] | (l[j + QK / 2] << 4);
+        }
+    }
+}
+
+/// `quantize_row_q5_0_impl`: `make_qx_quants(32, 16, .., weights)`.
+pub(crate) fn encode_q5_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    for (x, w, y) in weighted_blocks::<22>(row, qw, dst) {
+        let mut l = [0u8; QK];
+        let d = make_qx_quants(16, x, &w, &mut l);
+        write_f16(&mut y[..2], d);
+        let qh = pack_q5(&l, &mut y[6..22]);
+        y[2..6].copy_from_slice(&qh);
+    }
+}
+
+/// `quantize_row_q4_1_impl`: `make_qkx3_quants(32, 15, .., -0.9, 0.05, 36)`;
+/// stores f16 `d` and f16 `m = -(the fit's min)`.
+pub(crate) fn encode_q4_1_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    for (x, w, y) in weighted_blocks::<20>(row, qw, dst) {
+        let mut l = [0u8; QK];
+        let (d, the_min) = make_qkx_quants(Qkx::Three, 15, x, &w, &mut l, -0.9, 0.05, 36, false);
+        write_f16(&mut y[..2], d);
+        write_f16(&mut y[2..4], -the_min);
+        for j in 0..QK / 2 {
+            y[4 + j] = l[j] | (l[j + QK / 2] << 4);
+        }
+    }
+}
+
+/// `quantize_row_q5_1_impl`: `make_qkx3_quants(32, 31, .., -0.9, 0.05, 36)`.
+pub(crate) fn encode_q5_1_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
+    for (x, w, y) in weighted_blocks::<24>(row, qw, dst) {
+        let mut l = [0u8; QK];
+        let (d, the_min) = make_qkx_quants(Qkx::Three, 31, x, &w, &mut l, -0.9, 0.05, 36, false);
+        write_f16(&mut y[..2], d);
+        write_f16(&mut y[2..4], -the_min);
+        let qh = pack_q5(&l, &mut y[8..24]);
+        y[4..8].copy_from_slice(&qh);
     }
 }
 

@@ -1,25 +1,47 @@
 //! `quant`: ggml block encodings.
 //!
-//! Bit-exact ports of ggml's reference quantizers (`quantize_row_*_ref` in ggml
-//! `src/ggml-quants.c`) and dequantizers, written from the published reference
-//! as plain scalar code: no fused multiply-add and the same order of
-//! floating-point operations, so every block matches ggml on x86-64 byte for
+//! Bit-exact ports of ggml's quantizers (`ggml_quantize_chunk` in ggml
+//! `src/ggml.c`, i.e. `quantize_q*` / `quantize_row_*_ref` /
+//! `quantize_row_*_impl` in `src/ggml-quants.c`, with and without an
+//! importance matrix) and dequantizers, written from the published reference:
+//! no fused multiply-add and the same floating-point operations in the same
+//! order for every element, so every block matches ggml on x86-64 byte for
 //! byte. Functions work on whole rows; callers parallelize across rows.
 //!
-//! The public surface is [`GgmlType`], [`quantize_row`] and [`dequantize_row`].
+//! The public surface is [`GgmlType`], [`quantize_rows`] (what llama-quantize
+//! writes, optionally with an importance matrix), [`quantize_row`] (the same
+//! without one) and [`dequantize_row`].
+//!
+//! Which ggml path produces a type's bytes (`ggml_quantize_chunk`):
+//!
+//! | type | no imatrix | with imatrix |
+//! |---|---|---|
+//! | F32, F16, BF16 | conversion | conversion (imatrix ignored) |
+//! | Q8_0 | `quantize_row_q8_0_ref` | the same (`quantize_q8_0` ignores it) |
+//! | Q4_0, Q4_1, Q5_0, Q5_1 | `quantize_row_*_ref` | `quantize_row_*_impl` (sigma2 over the whole row) |
+//! | Q2_K .. Q6_K | `quantize_row_*_ref` | `quantize_row_*_impl` (sigma2 per super-block) |
+//! | IQ4_NL | `quantize_row_iq4_nl_impl`, weights `x^2`, 15 tries (not `quantize_row_iq4_nl_ref`, which tries once) | the same, weights `qw * sqrt(sigma2 + x^2)` |
+//! | IQ4_XS | `quantize_row_iq4_nl_impl` on 256 values, weights `x^2` (= `quantize_row_iq4_xs_ref`) | the same with imatrix weights |
+//!
+//! An imatrix of all ones is *not* the same as none: the `_impl` searches
+//! (weights `sqrt(sigma2 + x^2)`, `make_qkx3_quants`, `make_qp_quants`) differ
+//! from the reference ones, so the bytes differ for every type that uses it.
 //! The reference is ggml's C code as ggml-base is built for x86-64: baseline
 //! target, no FMA contraction. (A ggml-quants.c compiled with
 //! `-march=native` on an FMA machine contracts `a*b+c` and then produces
 //! different K-quant bytes; llama.cpp's own CMake does not do that to
 //! ggml-base.)
 //!
-//! What must stay true: `quantize_row` accepts exactly the types for which
-//! [`GgmlType::can_encode`] is true, `dequantize_row` accepts every
-//! [`GgmlType`], and both check lengths before touching data and never allocate.
+//! What must stay true: `quantize_row`/`quantize_rows` accept exactly the
+//! types for which [`GgmlType::can_encode`] is true, `dequantize_row` accepts
+//! every [`GgmlType`], and all three check lengths before touching data and
+//! never allocate.
 
 mod float;
+mod iq4;
 mod kquants;
 mod legacy;
+mod search;
 mod types;
 
 #[cfg(test)]
@@ -28,13 +50,15 @@ mod tests;
 pub use types::GgmlType;
 
 /// Encode one row (or several whole rows concatenated) of f32 values into
-/// `ty`'s blocks, byte-identical to ggml's reference quantizer for `ty`
-/// (`quantize_row_*_ref`, i.e. llama-quantize without an importance matrix).
+/// `ty`'s blocks as llama-quantize does without an importance matrix
+/// (`ggml_quantize_chunk(.., imatrix = NULL)`); for every type but IQ4_NL
+/// that is ggml's reference quantizer `quantize_row_*_ref` (see the crate
+/// docs). Equal to [`quantize_rows`] with `imatrix = None` and any row length.
 ///
-/// Supported: every [`GgmlType`] (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
-/// Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); [`GgmlType::can_encode`] says so and
-/// must stay in step with this function. Rows may be encoded independently
-/// and in any order: blocks never depend on their neighbours.
+/// Supported: every [`GgmlType`]; [`GgmlType::can_encode`] says so and
+/// must stay in step with this function. Without an importance matrix blocks
+/// never depend on their neighbours, so rows may be encoded independently and
+/// in any order.
 ///
 /// # Panics
 /// If `src.len()` is not a multiple of `ty.block_size()` or
@@ -67,6 +91,92 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q6K => kquants::encode_q6_k(src, dst),
         GgmlType::Q2K => kquants::encode_q2_k(src, dst),
         GgmlType::Q3K => kquants::encode_q3_k(src, dst),
+        GgmlType::IQ4NL => iq4::encode_iq4_nl(src, dst, None),
+        GgmlType::IQ4XS => iq4::encode_iq4_xs(src, dst, None),
+    }
+}
+
+/// Encode rows as llama-quantize does (`ggml_quantize_chunk`), with an
+/// optional importance vector of length = row length (one weight per column,
+/// shared by every row).
+///
+/// `src` holds whole rows of `row_len` values back to back; `dst` receives
+/// `src.len() / row_len` rows of `ty.row_bytes(row_len)` bytes. With an
+/// importance matrix, Q4_0/Q4_1/Q5_0/Q5_1 weigh each value by the mean square
+/// of its whole row, so a row must be passed whole (rows stay independent of
+/// each other). Q8_0, F32, F16 and BF16 ignore the importance matrix, as
+/// ggml does ([`GgmlType::uses_imatrix`]).
+///
+/// # Panics
+/// If `row_len` is not a multiple of `ty.block_size()`, `src.len()` is not a
+/// multiple of `row_len` (or `row_len == 0` with a non-empty `src`),
+/// `dst.len()` is not the encoded size, or the importance vector's length is
+/// not `row_len`.
+pub fn quantize_rows(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+) {
+    let Some(row_bytes) = ty.row_bytes(row_len) else {
+        panic!(
+            "quantize_rows: row length {row_len} is not a multiple of the {ty} block size {}",
+            ty.block_size()
+        );
+    };
+    assert!(
+        row_len > 0 || src.is_empty(),
+        "quantize_rows: row length 0 with {} values",
+        src.len()
+    );
+    if row_len == 0 {
+        return quantize_row(ty, src, dst);
+    }
+    assert!(
+        src.len() % row_len == 0,
+        "quantize_rows: {} values is not a whole number of rows of {row_len}",
+        src.len()
+    );
+    let rows = src.len() / row_len;
+    assert!(
+        Some(dst.len()) == rows.checked_mul(row_bytes),
+        "quantize_rows: {rows} rows of {row_len} {ty} values take {} bytes, destination has {}",
+        rows.saturating_mul(row_bytes),
+        dst.len()
+    );
+    if let Some(qw) = imatrix {
+        assert!(
+            qw.len() == row_len,
+            "quantize_rows: importance matrix has {} values, rows have {row_len}",
+            qw.len()
+        );
+    }
+    let imatrix = imatrix.filter(|_| ty.uses_imatrix());
+    let Some(qw) = imatrix else {
+        return quantize_row(ty, src, dst);
+    };
+    let encode: fn(&[f32], &mut [u8], &[f32]) = match ty {
+        GgmlType::Q4_0 => legacy::encode_q4_0_imatrix,
+        GgmlType::Q4_1 => legacy::encode_q4_1_imatrix,
+        GgmlType::Q5_0 => legacy::encode_q5_0_imatrix,
+        GgmlType::Q5_1 => legacy::encode_q5_1_imatrix,
+        GgmlType::Q2K => kquants::encode_q2_k_imatrix,
+        GgmlType::Q3K => kquants::encode_q3_k_imatrix,
+        GgmlType::Q4K => kquants::encode_q4_k_imatrix,
+        GgmlType::Q5K => kquants::encode_q5_k_imatrix,
+        GgmlType::Q6K => kquants::encode_q6_k_imatrix,
+        GgmlType::IQ4NL => |x, y, w| iq4::encode_iq4_nl(x, y, Some(w)),
+        GgmlType::IQ4XS => |x, y, w| iq4::encode_iq4_xs(x, y, Some(w)),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 => {
+            unreachable!("filtered by uses_imatrix")
+        }
+    };
+    for (x, y) in src
+        .chunks_exact(row_len)
+        .zip(dst.chunks_exact_mut(row_bytes))
+    {
+        encode(x, y, qw);
     }
 }
 
@@ -104,5 +214,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q4K => kquants::decode_q4_k(src, dst),
         GgmlType::Q5K => kquants::decode_q5_k(src, dst),
         GgmlType::Q6K => kquants::decode_q6_k(src, dst),
+        GgmlType::IQ4NL => iq4::decode_iq4_nl(src, dst),
+        GgmlType::IQ4XS => iq4::decode_iq4_xs(src, dst),
     }
 }

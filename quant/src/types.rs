@@ -26,11 +26,13 @@ pub enum GgmlType {
     Q4K,
     Q5K,
     Q6K,
+    IQ4NL,
+    IQ4XS,
     BF16,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 13] = [
+    pub const ALL: [GgmlType; 15] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -44,6 +46,8 @@ impl GgmlType {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
     ];
 
     /// The id written in GGUF tensor infos (`enum ggml_type`).
@@ -61,6 +65,8 @@ impl GgmlType {
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
+            GgmlType::IQ4NL => 20,
+            GgmlType::IQ4XS => 23,
             GgmlType::BF16 => 30,
         }
     }
@@ -73,10 +79,18 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
-                32
-            }
-            GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4NL => 32,
+            GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+            | GgmlType::IQ4XS => 256,
         }
     }
 
@@ -95,6 +109,8 @@ impl GgmlType {
             GgmlType::Q4K => 144,
             GgmlType::Q5K => 176,
             GgmlType::Q6K => 210,
+            GgmlType::IQ4NL => 18,
+            GgmlType::IQ4XS => 136,
         }
     }
 
@@ -132,27 +148,39 @@ impl GgmlType {
             GgmlType::Q4K => "q4_K",
             GgmlType::Q5K => "q5_K",
             GgmlType::Q6K => "q6_K",
+            GgmlType::IQ4NL => "iq4_nl",
+            GgmlType::IQ4XS => "iq4_xs",
         }
     }
 
-    /// Whether kiln can encode (quantize) to this type.
+    /// Whether kiln can encode (quantize) to this type. True for every type
+    /// listed; kept so that callers need not change when a decode-only type
+    /// is added.
     pub fn can_encode(self) -> bool {
-        matches!(
-            self,
+        match self {
             GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q8_0
-                | GgmlType::Q4_0
-                | GgmlType::Q4_1
-                | GgmlType::Q5_0
-                | GgmlType::Q5_1
-                | GgmlType::Q2K
-                | GgmlType::Q3K
-                | GgmlType::Q4K
-                | GgmlType::Q5K
-                | GgmlType::Q6K
-        )
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+            | GgmlType::IQ4NL
+            | GgmlType::IQ4XS => true,
+        }
+    }
+
+    /// Whether `ggml_quantize_chunk` (and so llama-quantize) uses an
+    /// importance matrix for this type: every quantized type but Q8_0, which
+    /// ignores it (`quantize_q8_0` calls the reference quantizer).
+    pub fn uses_imatrix(self) -> bool {
+        self.is_quantized() && self != GgmlType::Q8_0
     }
 }
 
@@ -198,5 +226,10 @@ mod tests {
         assert_eq!(GgmlType::Q8_0.row_bytes(64), Some(68));
         assert_eq!(GgmlType::Q8_0.row_bytes(65), None);
         assert_eq!(GgmlType::from_id(4), None, "Q4_2 was removed from ggml");
+        assert_eq!(GgmlType::from_id(20), Some(GgmlType::IQ4NL));
+        assert_eq!(GgmlType::from_id(23), Some(GgmlType::IQ4XS));
+        assert_eq!(GgmlType::IQ4NL.row_bytes(64), Some(36));
+        assert_eq!(GgmlType::IQ4XS.bits_per_weight(), 4.25);
+        assert_eq!("IQ4_XS".parse::<GgmlType>().unwrap(), GgmlType::IQ4XS);
     }
 }
