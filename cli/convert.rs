@@ -1,5 +1,8 @@
-//! `kiln convert MODEL --type T -o OUT.gguf`: one uniform type, streamed.
+//! `kiln convert MODEL --type T -o OUT.gguf`: a llama.cpp recipe (or, with
+//! `--pure`, one uniform type), with llama-quantize's overrides and
+//! importance matrices, streamed into one GGUF.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +13,8 @@ use clap::Args;
 use formats::emit::{self, EmitOptions};
 use formats::tokenizer::TokenizerOptions;
 use formats::LoadOptions;
-use passes::passes::{encode::Encode, normalize::Normalize};
+use passes::passes::normalize::Normalize;
+use passes::passes::recipe::{self, ApplyRecipe, Recipe, RecipeOptions};
 use quant::GgmlType;
 use serde_json::json;
 
@@ -21,9 +25,13 @@ use crate::Printer;
 pub struct ConvertArgs {
     /// A Hugging Face checkpoint directory or a .gguf file.
     pub model: PathBuf,
-    /// Output type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (case-insensitive).
-    #[arg(long = "type", short = 't', value_parser = parse_type)]
-    pub ty: GgmlType,
+    /// Output type, as llama-quantize names it (case-insensitive): a recipe
+    /// Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K,
+    /// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, F16, BF16, or F32.
+    /// Recipes choose each tensor's type as llama.cpp does (e.g. Q4_0 keeps
+    /// output.weight in Q6_K); add --pure for one type everywhere.
+    #[arg(long = "type", short = 't', value_parser = recipe::parse_recipe, value_name = "TYPE")]
+    pub ty: Recipe,
     /// Output GGUF path (written atomically: complete or not at all).
     #[arg(long, short, required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
@@ -39,25 +47,29 @@ pub struct ConvertArgs {
     /// Dequantize and requantize tensors that are already quantized in a GGUF input (loses quality).
     #[arg(long)]
     pub allow_requantize: bool,
+    /// Use this type for tensors whose name matches REGEX (first match wins;
+    /// the row-length fallback still applies). Repeatable. Example:
+    /// --tensor-type 'attn_v=q8_0'
+    #[arg(long, value_name = "REGEX=TYPE", value_parser = recipe::parse_tensor_type)]
+    pub tensor_type: Vec<(String, GgmlType)>,
+    /// Type of output.weight.
+    #[arg(long, value_name = "TYPE")]
+    pub output_tensor_type: Option<GgmlType>,
+    /// Type of token_embd.weight.
+    #[arg(long, value_name = "TYPE")]
+    pub token_embedding_type: Option<GgmlType>,
+    /// Keep output.weight in its source type (not quantized).
+    #[arg(long)]
+    pub leave_output_tensor: bool,
+    /// No mixture: every quantizable tensor gets the recipe's base type.
+    #[arg(long)]
+    pub pure: bool,
+    /// Importance matrix from llama-imatrix or kiln imatrix (GGUF or legacy .dat).
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// llama.cpp pre-tokenizer name to record (tokenizer.ggml.pre), when kiln cannot recognize it.
     #[arg(long, value_name = "NAME")]
     pub pre_tokenizer: Option<String>,
-}
-
-fn parse_type(s: &str) -> Result<GgmlType, String> {
-    let t: GgmlType = s.parse()?;
-    if !t.can_encode() {
-        let ok: Vec<&str> = GgmlType::ALL
-            .iter()
-            .filter(|t| t.can_encode())
-            .map(|t| t.name())
-            .collect();
-        return Err(format!(
-            "kiln cannot write {t} yet (it writes {})",
-            ok.join(", ")
-        ));
-    }
-    Ok(t)
 }
 
 pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
@@ -86,12 +98,44 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         emit::check_output(out, &loaded.model.files)?;
     }
     let mut model = loaded.model;
-    let encode = Encode {
-        ty: args.ty,
-        allow_requantize: args.allow_requantize,
+    let imatrix = match &args.imatrix {
+        Some(path) => Some((path, formats::imatrix::read(path)?)),
+        None => None,
     };
-    passes::passes::run(&mut model, &[&Normalize, &encode])
+    let options = RecipeOptions {
+        overrides: args.tensor_type.clone(),
+        output_tensor_type: args.output_tensor_type,
+        token_embedding_type: args.token_embedding_type,
+        leave_output_tensor: args.leave_output_tensor,
+        pure: args.pure,
+        allow_requantize: args.allow_requantize,
+        imatrix_present: imatrix.as_ref().is_some_and(|(_, m)| !m.entries.is_empty()),
+        dry_run: args.dry_run,
+    };
+    let apply = ApplyRecipe::new(args.ty, options).map_err(anyhow::Error::msg)?;
+    passes::passes::run(&mut model, &[&Normalize, &apply])
         .with_context(|| args.model.display().to_string())?;
+    // The importance vector of each tensor that will be quantized, checked
+    // against its shape before anything is written.
+    let mut importance = BTreeMap::new();
+    if let Some((path, m)) = &imatrix {
+        let all = m.importance(path)?;
+        for t in &model.tensors {
+            let ty = t.encoding.expect("planned");
+            if !ty.is_quantized() || ty == t.source.dtype.ggml() {
+                continue;
+            }
+            let v = formats::imatrix::for_tensor(&all, &t.name, &t.shape)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if let Some(v) = v {
+                importance.insert(t.name.clone(), v.to_vec());
+            }
+        }
+        if !m.entries.is_empty() {
+            let arg = path.display().to_string();
+            model.metadata.0.extend(formats::imatrix::quantize_metadata(&arg, m));
+        }
+    }
     let layout = emit::plan(&model);
     let notes: Vec<String> = model
         .tensors
@@ -127,6 +171,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "converting");
     let opts = EmitOptions {
+        importance: imatrix.as_ref().map(|_| &importance),
         allow_nonfinite: args.allow_nonfinite,
     };
     let progress = |n: u64| bar.inc(n);
@@ -159,7 +204,7 @@ fn plan_json(
     json!({
         "input": args.model,
         "output": args.output,
-        "type": args.ty.name(),
+        "type": args.ty.name,
         "written": written,
         "bytes": layout.total_bytes,
         "parameters": model.n_params(),
@@ -191,7 +236,7 @@ fn plan_text(
             .as_ref()
             .map(|o| o.display().to_string())
             .unwrap_or_else(|| "(dry run)".into()),
-        args.ty
+        args.ty.name
     );
     let w = model
         .tensors

@@ -27,7 +27,7 @@ fn every_type_on_every_fixture() {
     for fx in ["tiny-llama", "tiny-qwen2", "tiny-llama-spm"] {
         for ty in TYPES {
             let path = out.path().join(format!("{fx}.{ty}.gguf"));
-            let r = convert(&fixture(fx), ty, &path, &[]);
+            let r = convert(&fixture(fx), ty, &path, &["--pure"]);
             assert_eq!(r.code, 0, "{fx} {ty}: {}", r.stderr);
             let g = read_gguf(&path);
             let want_id = ty.parse::<quant::GgmlType>().unwrap().id();
@@ -50,6 +50,33 @@ fn every_type_on_every_fixture() {
             }
         }
     }
+}
+
+#[test]
+fn recipes_mix_types_as_llama_cpp_does() {
+    // Q4_0 as llama-quantize: output.weight in Q6_K, the rest Q4_0 (--pure: all Q4_0).
+    let out = tempfile::tempdir().unwrap();
+    let p = out.path().join("q.gguf");
+    assert_eq!(convert(&fixture("tiny-llama"), "q4_0", &p, &[]).code, 0);
+    let g = read_gguf(&p);
+    assert_eq!(tensor(&g, "output.weight").1, quant::GgmlType::Q6K.id());
+    assert_eq!(tensor(&g, "blk.0.attn_q.weight").1, quant::GgmlType::Q4_0.id());
+    // Overrides: first match wins; explicit output and embedding types.
+    let r = convert(
+        &fixture("tiny-llama"),
+        "Q4_K_M",
+        &p,
+        &["--tensor-type", "attn_q=q8_0", "--tensor-type", "attn=q5_0", "--output-tensor-type", "f16", "--token-embedding-type", "q8_0"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let g = read_gguf(&p);
+    assert_eq!(tensor(&g, "blk.1.attn_q.weight").1, quant::GgmlType::Q8_0.id());
+    assert_eq!(tensor(&g, "blk.1.attn_k.weight").1, quant::GgmlType::Q5_0.id());
+    assert_eq!(tensor(&g, "output.weight").1, quant::GgmlType::F16.id());
+    assert_eq!(tensor(&g, "token_embd.weight").1, quant::GgmlType::Q8_0.id());
+    // ffn_down rows are 704 long: Q4_K/Q6_K fall back as llama.cpp does.
+    let down = tensor(&g, "blk.0.ffn_down.weight").1;
+    assert!(down == quant::GgmlType::Q5_0.id() || down == quant::GgmlType::Q8_0.id(), "{down}");
 }
 
 #[test]

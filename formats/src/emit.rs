@@ -11,6 +11,7 @@
 //!   directory, fsynced, then renamed; on any error or interruption the temp
 //!   file is removed and nothing is left at the output path.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,9 +31,13 @@ const CHUNK_F32_BYTES: usize = 16 << 20;
 pub const ALIGNMENT: u64 = 32;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct EmitOptions {
+pub struct EmitOptions<'a> {
     /// Write NaN/Inf weights instead of refusing them.
     pub allow_nonfinite: bool,
+    /// Importance vectors by tensor name (from an imatrix), already checked
+    /// against the tensors' shapes with [`crate::imatrix::for_tensor`]: one
+    /// weight per column, `experts x row_len` long for 3-D expert tensors.
+    pub importance: Option<&'a BTreeMap<String, Vec<f32>>>,
 }
 
 /// The output tensors of a planned model (every tensor must have an encoding).
@@ -99,7 +104,7 @@ pub fn write_gguf(
     maps: &[MappedFile],
     layout: &Layout,
     out: &Path,
-    opts: EmitOptions,
+    opts: EmitOptions<'_>,
     progress: &(dyn Fn(u64) + Sync),
     cancel: &AtomicBool,
 ) -> Result<()> {
@@ -162,7 +167,7 @@ fn write_tensor(
     w: &mut impl Write,
     t: &TensorNode,
     maps: &[MappedFile],
-    opts: EmitOptions,
+    opts: EmitOptions<'_>,
     progress: &(dyn Fn(u64) + Sync),
     cancel: &AtomicBool,
     tmp_path: &Path,
@@ -173,6 +178,10 @@ fn write_tensor(
     let out_row = ty.row_bytes(row_len).expect("encoding fits the row length");
     let src_row = source_row_bytes(t);
     let copy = ty == t.source.dtype.ggml();
+    let importance = opts.importance.and_then(|m| m.get(&t.name)).map(Vec::as_slice);
+    // Rows per expert: a 3-D tensor's rows of expert e use importance
+    // `[e * row_len, (e + 1) * row_len)`.
+    let rows_per_expert = if t.shape.len() >= 3 { t.shape[t.shape.len() - 2] } else { n_rows.max(1) };
     let rows_per_chunk = (CHUNK_F32_BYTES / (row_len.max(1) * 4)).max(1);
     let mut buf = Vec::new();
     let mut written = 0u64;
@@ -202,7 +211,11 @@ fn write_tensor(
                         read_row(maps, t, r, scratch);
                     } else {
                         read_row(maps, t, r, scratch);
-                        quant::quantize_row(ty, scratch, dst);
+                        let imp = importance.map(|v| {
+                            let e = r / rows_per_expert.max(1);
+                            &v[e * row_len..(e + 1) * row_len]
+                        });
+                        quant::quantize_rows(ty, scratch, dst, row_len, imp);
                     }
                     if check {
                         scratch.iter().filter(|v| !v.is_finite()).count() as u64

@@ -434,23 +434,9 @@ fn recipe_type(
 }
 
 /// llama.cpp's fallback when a row is not a multiple of the block size
-/// (`convert_incompatible_tensor`); IQ4_NL has Q4_0's size, so Q4_0 stands in.
+/// (`convert_incompatible_tensor`), from the recipe pass.
 fn fallback(ty: GgmlType, row: usize) -> GgmlType {
-    if ty.row_bytes(row).is_some() {
-        return ty;
-    }
-    let next = match ty {
-        GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
-        GgmlType::Q4K => GgmlType::Q5_0,
-        GgmlType::Q5K => GgmlType::Q5_1,
-        GgmlType::Q6K => GgmlType::Q8_0,
-        _ => GgmlType::F16,
-    };
-    if next.row_bytes(row).is_some() {
-        next
-    } else {
-        GgmlType::F16
-    }
+    crate::passes::recipe::shape_fallback(ty, row).unwrap_or(ty)
 }
 
 fn ggml_bytes(ty: GgmlType, t: &TensorSpec) -> u64 {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use crate::error::PassError;
 use crate::ir::Model;
 
-pub mod encode;
 pub mod normalize;
+pub mod recipe;
 pub mod verify;
 
 /// A transformation or decision over the whole model.
