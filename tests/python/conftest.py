@@ -98,7 +98,10 @@ class Converter:
         key = (str(source), qtype)
         if key not in self.cache:
             out = self.tmp / f"{tag or source.name}.{qtype}.gguf"
-            extra = []
+            # --pure: one type for every quantizable tensor, as convert_hf_to_gguf's
+            # --outtype writes (the llama.cpp recipes, which keep e.g. output.weight
+            # in Q6_K, are checked against llama-quantize's own goldens).
+            extra = ["--pure"]
             if source.suffix == ".gguf":
                 # kiln refuses to requantize an already-quantized source unless told to
                 # (as llama-quantize does); the SmolLM2 test means to.
