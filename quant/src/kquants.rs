@@ -29,10 +29,10 @@
 //! reading multi-GB GGUFs.
 
 use crate::float::read_f16;
-use crate::search::{
-    make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, Qkx,
-    GROUP_MAX_EPS,
+use crate::lanes::{
+    lane_sums, make_qkx_lanes, make_qx_lanes, transpose_in, transpose_out, Lanes, F4,
 };
+use crate::search::{make_q3_quants, make_qp_quants, nearest_int, Qkx, GROUP_MAX_EPS};
 
 /// Values per super-block.
 pub(crate) const QK_K: usize = 256;
@@ -280,20 +280,21 @@ fn sum_sq(x: &[f32; QK_K]) -> f32 {
     s
 }
 
-/// The imatrix weights of one sub-block: `qw[i] * sqrt(sigma2 + x[i]^2)`.
+/// The imatrix weights `qw * sqrt(sigma2 + x^2)`, in the lane layout.
 #[inline]
-fn imatrix_weights<const N: usize>(qw: &[f32; N], x: &[f32; N], sigma2: f32) -> [f32; N] {
-    std::array::from_fn(|i| qw[i] * (sigma2 + x[i] * x[i]).sqrt())
+fn weights_t<const N: usize, const C: usize>(
+    xt: &[Lanes<C>; N],
+    qt: &[Lanes<C>; N],
+    sigma2: f32,
+) -> [Lanes<C>; N] {
+    let s2 = F4::splat(sigma2);
+    std::array::from_fn(|i| std::array::from_fn(|c| qt[i][c] * (s2 + xt[i][c] * xt[i][c]).sqrt()))
 }
 
-/// Sum of a sub-block's weights, from 0 in order (ggml's `sw[j]`).
+/// Lanes as one array, group by group (`M` = 4 * C).
 #[inline]
-fn sum_in_order(w: &[f32]) -> f32 {
-    let mut s = 0.0f32;
-    for &v in w {
-        s += v;
-    }
-    s
+fn flat<const C: usize, const M: usize>(v: &Lanes<C>) -> [f32; M] {
+    std::array::from_fn(|g| v[g / 4].0[g % 4])
 }
 
 // ---------------------------------------------------------------- Q6_K encode
@@ -315,20 +316,22 @@ pub(crate) fn encode_q6_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
 }
 
 fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210], qw: Option<&[f32; QK_K]>) {
+    // The 16 sub-blocks' searches run as 16 lanes (see search.rs).
+    let xt: [Lanes<4>; 16] = transpose_in(x);
+    let wt: [Lanes<4>; 16] = match qw {
+        Some(qw) => transpose_in(qw),
+        None => xt.map(|r| r.map(|v| v * v)),
+    };
+    let mut qt = [[F4::default(); 4]; 16];
+    let scales: [f32; 16] = flat(&make_qx_lanes(32, &xt, &wt, &mut qt));
     let mut l = [0u8; QK_K];
-    let mut scales = [0f32; 16];
+    transpose_out(&qt, &mut l);
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for (ib, s) in scales.iter_mut().enumerate() {
-        let xs: &[f32; 16] = sub(x, 16 * ib);
-        let w: [f32; 16] = match qw {
-            Some(qw) => *sub(qw, 16 * ib),
-            None => std::array::from_fn(|i| xs[i] * xs[i]),
-        };
-        *s = make_qx_quants(32, xs, &w, sub_mut(&mut l, 16 * ib));
+    for &s in &scales {
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
-            max_scale = *s;
+            max_scale = s;
         }
     }
     if max_abs_scale < GROUP_MAX_EPS {
@@ -374,36 +377,23 @@ fn k4_fit_ref(
     nstep: i32,
     l: &mut [u8; QK_K],
 ) -> ([u8; 8], [u8; 8], f32, f32) {
-    let mut mins = [0f32; 8];
-    let mut scales = [0f32; 8];
+    // The 8 sub-blocks' searches run as 8 lanes (see search.rs).
+    let xt: [Lanes<2>; 32] = transpose_in(x);
+    let sum_x2 = lane_sums(&xt.map(|r| r.map(|v| v * v)));
+    let av_x = sum_x2.map(|s| (s / F4::splat(32.0)).sqrt());
+    let wt: [Lanes<2>; 32] = xt.map(|r| std::array::from_fn(|c| av_x[c] + r[c].abs()));
+    let mut qt = [[F4::default(); 2]; 32];
+    let (scales, mins) = make_qkx_lanes(Qkx::Two, nmax, &xt, &wt, &mut qt, rmin, 0.1, nstep, false);
+    let (scales, mins): ([f32; 8], [f32; 8]) = (flat(&scales), flat(&mins));
+    transpose_out(&qt, l);
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..8 {
-        let xs: &[f32; 32] = sub(x, 32 * j);
-        let mut sum_x2 = 0.0f32;
-        for &v in xs {
-            sum_x2 += v * v;
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let (scale, min) = make_qkx_quants(
-            Qkx::Two,
-            nmax,
-            xs,
-            &weights,
-            sub_mut(l, 32 * j),
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
-        scales[j] = scale;
-        mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
-        }
-        if min > max_min {
-            max_min = min;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     let inv_scale = if max_scale > 0.0 {
@@ -431,25 +421,13 @@ fn k4_fit_imatrix(
     l: &mut [u8; QK_K],
 ) -> ([u8; 8], [u8; 8], f32, f32) {
     let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
-    let mut mins = [0f32; 8];
-    let mut scales = [0f32; 8];
-    let mut sw = [0f32; 8];
-    for j in 0..8 {
-        let xs: &[f32; 32] = sub(x, 32 * j);
-        let weights = imatrix_weights(sub(qw, 32 * j), xs, sigma2);
-        sw[j] = sum_in_order(&weights);
-        (scales[j], mins[j]) = make_qkx_quants(
-            Qkx::Three,
-            nmax,
-            xs,
-            &weights,
-            sub_mut(l, 32 * j),
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
-    }
+    let xt: [Lanes<2>; 32] = transpose_in(x);
+    let wt = weights_t(&xt, &transpose_in(qw), sigma2);
+    let sw: [f32; 8] = flat(&lane_sums(&wt));
+    let mut qt = [[F4::default(); 2]; 32];
+    let (scales, mins) = make_qkx_lanes(Qkx::Three, nmax, &xt, &wt, &mut qt, -0.9, 0.05, 36, false);
+    let (scales, mins): ([f32; 8], [f32; 8]) = (flat(&scales), flat(&mins));
+    transpose_out(&qt, l);
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
     let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
@@ -593,32 +571,22 @@ pub(crate) fn encode_q2_k(src: &[f32], dst: &mut [u8]) {
 
 fn q2_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 84]) {
     const Q4SCALE: f32 = 15.0;
+    // The 16 sub-blocks' searches run as 16 lanes (see search.rs).
+    let xt: [Lanes<4>; 16] = transpose_in(x);
+    let wt = xt.map(|r| r.map(F4::abs));
+    let mut qt = [[F4::default(); 4]; 16];
+    let (scales, mins) = make_qkx_lanes(Qkx::Two, 3, &xt, &wt, &mut qt, -0.5, 0.1, 15, true);
+    let (scales, mins): ([f32; 16], [f32; 16]) = (flat(&scales), flat(&mins));
     let mut l = [0u8; QK_K];
-    let mut mins = [0f32; 16];
-    let mut scales = [0f32; 16];
+    transpose_out(&qt, &mut l);
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..16 {
-        let xs: &[f32; 16] = sub(x, 16 * j);
-        let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
-        let (scale, min) = make_qkx_quants(
-            Qkx::Two,
-            3,
-            xs,
-            &weights,
-            sub_mut(&mut l, 16 * j),
-            -0.5,
-            0.1,
-            15,
-            true,
-        );
-        scales[j] = scale;
-        mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        if min > max_min {
-            max_min = min;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     // Low nibble: scale against max_scale / 15; high nibble: min against
@@ -656,26 +624,15 @@ pub(crate) fn encode_q2_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
         let (x, qw, y): (&[f32; QK_K], &[f32; QK_K], &mut [u8; 84]) =
             (sub(x, 0), sub(w, 0), block_mut(y));
         let sigma2 = sum_sq(x) / QK_K as f32;
+        let xt: [Lanes<4>; 16] = transpose_in(x);
+        let wt = weights_t(&xt, &transpose_in(qw), sigma2);
+        let sw: [f32; 16] = flat(&lane_sums(&wt));
+        let mut qt = [[F4::default(); 4]; 16];
+        let (scales, mins) =
+            make_qkx_lanes(Qkx::Three, 3, &xt, &wt, &mut qt, -0.9, 0.05, 36, false);
+        let (scales, mins): ([f32; 16], [f32; 16]) = (flat(&scales), flat(&mins));
         let mut l = [0u8; QK_K];
-        let mut mins = [0f32; 16];
-        let mut scales = [0f32; 16];
-        let mut sw = [0f32; 16];
-        for j in 0..16 {
-            let xs: &[f32; 16] = sub(x, 16 * j);
-            let weights = imatrix_weights(sub(qw, 16 * j), xs, sigma2);
-            sw[j] = sum_in_order(&weights);
-            (scales[j], mins[j]) = make_qkx_quants(
-                Qkx::Three,
-                3,
-                xs,
-                &weights,
-                sub_mut(&mut l, 16 * j),
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
-        }
+        transpose_out(&qt, &mut l);
         let mut ls = [0u8; 16];
         let mut lm = [0u8; 16];
         let dm = make_qp_quants(15, &scales, &mut ls, &sw);
@@ -768,17 +725,18 @@ pub(crate) fn encode_q3_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
         let (x, qw, y): (&[f32; QK_K], &[f32; QK_K], &mut [u8; 110]) =
             (sub(x, 0), sub(w, 0), block_mut(y));
         let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
+        let xt: [Lanes<4>; 16] = transpose_in(x);
+        let wt = weights_t(&xt, &transpose_in(qw), sigma2);
+        let sw: [f32; 16] = flat(&lane_sums(&wt));
+        let mut qt = [[F4::default(); 4]; 16];
+        let scales: [f32; 16] = flat(&make_qx_lanes(4, &xt, &wt, &mut qt));
         let mut l = [0u8; QK_K];
-        let mut scales = [0f32; 16];
-        let mut sw = [0f32; 16];
-        for j in 0..16 {
-            let xs: &[f32; 16] = sub(x, 16 * j);
-            let weights = imatrix_weights(sub(qw, 16 * j), xs, sigma2);
-            sw[j] = sum_in_order(&weights);
-            scales[j] = make_qx_quants(4, xs, &weights, sub_mut(&mut l, 16 * j));
-        }
-        let mut ls = [0u8; 16];
-        let d_block = make_qx_quants(32, &scales, &sw, &mut ls);
+        transpose_out(&qt, &mut l);
+        // The 16 scales are one group of 16: lane 0 (lanes 1-3 idle).
+        let lane0 = |v: &[f32; 16]| -> [Lanes<1>; 16] { v.map(|s| [F4([s, 0.0, 0.0, 0.0])]) };
+        let mut q1 = [[F4::default(); 1]; 16];
+        let d_block = make_qx_lanes(32, &lane0(&scales), &lane0(&sw), &mut q1)[0].0[0];
+        let ls: [u8; 16] = q1.map(|[v]| v.0[0] as u8);
         pack_q3_k_scales(&ls, &mut y[96..108]);
         crate::float::write_f16(&mut y[108..110], d_block);
         q3_k_requantize_and_pack(x, y, &mut l);

@@ -22,7 +22,8 @@
 //! Every function takes whole blocks (callers check lengths) and allocates nothing.
 
 use crate::float::{read_f16, write_f16};
-use crate::search::{make_qkx_quants, make_qx_quants, Qkx};
+use crate::lanes::{make_qkx_lanes, make_qx_lanes, Lanes, F4};
+use crate::search::Qkx;
 
 /// Values per block for every type in this file.
 pub(crate) const QK: usize = 32;
@@ -324,21 +325,69 @@ fn row_sigma2(row: &[f32]) -> f32 {
     sum_x2 / row.len() as f32
 }
 
-/// Per block: (values, their weights, the output block).
-fn weighted_blocks<'a, const B: usize>(
-    row: &'a [f32],
-    qw: &'a [f32],
-    dst: &'a mut [u8],
-) -> impl Iterator<Item = (&'a [f32; QK], [f32; QK], &'a mut [u8; B])> {
-    let sigma2 = row_sigma2(row);
-    row.chunks_exact(QK)
-        .zip(qw.chunks_exact(QK))
-        .zip(dst.chunks_exact_mut(B))
-        .map(move |((x, w), y)| {
-            let x = values(x);
-            let w: [f32; QK] = std::array::from_fn(|j| w[j] * (sigma2 + x[j] * x[j]).sqrt());
-            (x, w, block_mut(y))
-        })
+/// Lane chunks per search call: 2 x 4 = 8 consecutive blocks of a row are
+/// searched at once (see lanes.rs).
+const C: usize = 2;
+
+/// What a fit returns per block: (scale, -min or 0).
+type Fit = [(f32, f32); 4 * C];
+
+/// Runs `fit` on the row's blocks 8 at a time (in the lane layout, with
+/// weights `qw * sqrt(sigma2 + x^2)`), then `store` on each real block with
+/// its quants and the fit's two numbers. A last group of fewer than 8 blocks
+/// is padded with zeros whose results are dropped (lanes never interact).
+fn encode_weighted<const B: usize>(
+    row: &[f32],
+    qw: &[f32],
+    dst: &mut [u8],
+    fit: impl Fn(&[Lanes<C>; QK], &[Lanes<C>; QK], &mut [Lanes<C>; QK]) -> Fit,
+    store: impl Fn(&[u8; QK], (f32, f32), &mut [u8; B]),
+) {
+    let s2 = F4::splat(row_sigma2(row));
+    let groups = row
+        .chunks(QK * 4 * C)
+        .zip(qw.chunks(QK * 4 * C))
+        .zip(dst.chunks_mut(B * 4 * C));
+    for ((x, w), y) in groups {
+        let mut xs = [0f32; QK * 4 * C];
+        let mut ws = [0f32; QK * 4 * C];
+        xs[..x.len()].copy_from_slice(x);
+        ws[..w.len()].copy_from_slice(w);
+        let xt: [Lanes<C>; QK] = crate::lanes::transpose_in(&xs);
+        let qt: [Lanes<C>; QK] = crate::lanes::transpose_in(&ws);
+        let wt: [Lanes<C>; QK] = std::array::from_fn(|i| {
+            std::array::from_fn(|c| qt[i][c] * (s2 + xt[i][c] * xt[i][c]).sqrt())
+        });
+        let mut q = [[F4::default(); C]; QK];
+        let res = fit(&xt, &wt, &mut q);
+        let mut l = [0u8; QK * 4 * C];
+        crate::lanes::transpose_out(&q, &mut l);
+        for (k, y) in y.chunks_exact_mut(B).enumerate() {
+            store(block(&l[QK * k..QK * k + QK]), res[k], block_mut(y));
+        }
+    }
+}
+
+fn lane(v: &Lanes<C>, g: usize) -> f32 {
+    v[g / 4].0[g % 4]
+}
+
+fn fit_qx<const NMAX: i32>(
+    xt: &[Lanes<C>; QK],
+    wt: &[Lanes<C>; QK],
+    q: &mut [Lanes<C>; QK],
+) -> Fit {
+    let d = make_qx_lanes(NMAX, xt, wt, q);
+    std::array::from_fn(|g| (lane(&d, g), 0.0))
+}
+
+fn fit_qkx3<const NMAX: i32>(
+    xt: &[Lanes<C>; QK],
+    wt: &[Lanes<C>; QK],
+    q: &mut [Lanes<C>; QK],
+) -> Fit {
+    let (d, the_min) = make_qkx_lanes(Qkx::Three, NMAX, xt, wt, q, -0.9, 0.05, 36, false);
+    std::array::from_fn(|g| (lane(&d, g), lane(&the_min, g)))
 }
 
 /// Packs 32 quants (each < 32) as Q5: low nibbles of values j and j+16 in
@@ -357,51 +406,43 @@ fn pack_q5(l: &[u8; QK], qs: &mut [u8]) -> [u8; 4] {
 
 /// `quantize_row_q4_0_impl`: `make_qx_quants(32, 8, .., weights)`, `d` its scale.
 pub(crate) fn encode_q4_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    for (x, w, y) in weighted_blocks::<18>(row, qw, dst) {
-        let mut l = [0u8; QK];
-        let d = make_qx_quants(8, x, &w, &mut l);
+    encode_weighted::<18>(row, qw, dst, fit_qx::<8>, |l, (d, _), y| {
         write_f16(&mut y[..2], d);
         for j in 0..QK / 2 {
             y[2 + j] = l[j] | (l[j + QK / 2] << 4);
         }
-    }
+    });
 }
 
 /// `quantize_row_q5_0_impl`: `make_qx_quants(32, 16, .., weights)`.
 pub(crate) fn encode_q5_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    for (x, w, y) in weighted_blocks::<22>(row, qw, dst) {
-        let mut l = [0u8; QK];
-        let d = make_qx_quants(16, x, &w, &mut l);
+    encode_weighted::<22>(row, qw, dst, fit_qx::<16>, |l, (d, _), y| {
         write_f16(&mut y[..2], d);
-        let qh = pack_q5(&l, &mut y[6..22]);
+        let qh = pack_q5(l, &mut y[6..22]);
         y[2..6].copy_from_slice(&qh);
-    }
+    });
 }
 
 /// `quantize_row_q4_1_impl`: `make_qkx3_quants(32, 15, .., -0.9, 0.05, 36)`;
 /// stores f16 `d` and f16 `m = -(the fit's min)`.
 pub(crate) fn encode_q4_1_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    for (x, w, y) in weighted_blocks::<20>(row, qw, dst) {
-        let mut l = [0u8; QK];
-        let (d, the_min) = make_qkx_quants(Qkx::Three, 15, x, &w, &mut l, -0.9, 0.05, 36, false);
+    encode_weighted::<20>(row, qw, dst, fit_qkx3::<15>, |l, (d, the_min), y| {
         write_f16(&mut y[..2], d);
         write_f16(&mut y[2..4], -the_min);
         for j in 0..QK / 2 {
             y[4 + j] = l[j] | (l[j + QK / 2] << 4);
         }
-    }
+    });
 }
 
 /// `quantize_row_q5_1_impl`: `make_qkx3_quants(32, 31, .., -0.9, 0.05, 36)`.
 pub(crate) fn encode_q5_1_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    for (x, w, y) in weighted_blocks::<24>(row, qw, dst) {
-        let mut l = [0u8; QK];
-        let (d, the_min) = make_qkx_quants(Qkx::Three, 31, x, &w, &mut l, -0.9, 0.05, 36, false);
+    encode_weighted::<24>(row, qw, dst, fit_qkx3::<31>, |l, (d, the_min), y| {
         write_f16(&mut y[..2], d);
         write_f16(&mut y[2..4], -the_min);
-        let qh = pack_q5(&l, &mut y[8..24]);
+        let qh = pack_q5(l, &mut y[8..24]);
         y[4..8].copy_from_slice(&qh);
-    }
+    });
 }
 
 #[cfg(test)]

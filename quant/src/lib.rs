@@ -40,6 +40,7 @@
 mod float;
 mod iq4;
 mod kquants;
+mod lanes;
 mod legacy;
 mod search;
 mod types;

@@ -40,6 +40,9 @@ fn signed_amax(x: &[f32]) -> (f32, f32) {
     (max, amax)
 }
 
+/// (Kept as the readable scalar port and, in tests, the oracle for the lane
+/// version `lanes::make_qx_lanes` that the encoders run.)
+#[cfg(test)]
 /// ggml's `make_qx_quants` with `rmse_type = 1` and weights `w` (the caller
 /// passes `x*x` for ggml's `qw == NULL`, which computes exactly that):
 /// symmetric quants `l` in `-nmax..nmax` stored as `l + nmax`, and the best
@@ -155,6 +158,9 @@ pub(crate) enum Qkx {
     Three,
 }
 
+/// (Kept as the readable scalar port and, in tests, the oracle for the lane
+/// version `lanes::make_qkx_lanes` that the encoders run.)
+#[cfg(test)]
 /// ggml's `make_qkx2_quants` / `make_qkx3_quants` (with weights): an
 /// asymmetric fit `x ~ scale * L + min` (`min <= 0`) over `nstep + 1`
 /// candidate inverse scales `(rmin + rdelta*is + nmax) / (max - min)`, each
