@@ -8,6 +8,7 @@ pub mod emit;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod imatrix;
 pub mod load;
 mod mmap;
 pub mod safetensors;
