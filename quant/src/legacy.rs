@@ -81,35 +81,170 @@ fn values_mut(y: &mut [f32]) -> &mut [f32; QK] {
     y.try_into().expect("block size checked by caller")
 }
 
-/// Largest-magnitude value with its sign; the first one wins ties, and an
-/// all-zero (or all-NaN) block gives `+0.0`.
-#[inline]
-fn signed_absmax(x: &[f32; QK]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+/// A reduction of a block with 8 independent accumulators (so it runs as
+/// SIMD), combined pairwise. Only for `f` that is exact, associative and
+/// commutative on the values met (max/min of non-NaN values up to the sign of
+/// zero; callers fix that up).
+#[inline(always)]
+fn fold8(x: &[f32; QK], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            acc[k] = f(acc[k], c[k]);
         }
     }
-    max
+    let a: [f32; 4] = std::array::from_fn(|k| f(acc[k], acc[k + 4]));
+    f(f(a[0], a[2]), f(a[1], a[3]))
 }
 
-/// Smallest and largest value, starting from `(f32::MAX, -f32::MAX)` as ggml does.
-#[inline]
+/// `v > acc ? v : acc`: the max of the non-NaN values seen.
+#[inline(always)]
+fn max_keep(acc: f32, v: f32) -> f32 {
+    if v > acc {
+        v
+    } else {
+        acc
+    }
+}
+
+/// `v < acc ? v : acc`: the min of the non-NaN values seen.
+#[inline(always)]
+fn min_keep(acc: f32, v: f32) -> f32 {
+    if v < acc {
+        v
+    } else {
+        acc
+    }
+}
+
+/// The first value of the block equal to `v` (for `v` = a zero: the first
+/// zero, with its sign), or `v` when none is.
+#[inline(always)]
+fn first_equal(x: &[f32; QK], v: f32) -> f32 {
+    let mut mask = 0u32;
+    for (j, &e) in x.iter().enumerate() {
+        mask |= ((e == v) as u32) << j;
+    }
+    if mask == 0 {
+        v
+    } else {
+        x[mask.trailing_zeros() as usize]
+    }
+}
+
+/// Largest-magnitude value with its sign; the first one wins ties, and an
+/// all-zero (or all-NaN) block gives `+0.0`.
+///
+/// The reference's loop (`if (amax < |v|) { amax = |v|; max = v; }`) keeps
+/// the first value whose magnitude is the block's largest (NaN never
+/// replaces); that is computed here as a max reduction, then a search for
+/// the first value of that magnitude.
+#[inline(always)]
+fn signed_absmax(x: &[f32; QK]) -> f32 {
+    let amax = fold8(x, 0.0, |acc, v| max_keep(acc, v.abs()));
+    if amax == 0.0 {
+        return 0.0;
+    }
+    let mut mask = 0u32;
+    for (j, &e) in x.iter().enumerate() {
+        mask |= ((e.abs() == amax) as u32) << j;
+    }
+    x[mask.trailing_zeros() as usize]
+}
+
+/// Smallest and largest value, starting from `(f32::MAX, -f32::MAX)` as ggml
+/// does (`if (v < min) min = v;`: the first value attaining the minimum wins,
+/// NaN never does). Reduced as SIMD; the only thing the order decides is the
+/// sign of a zero result, taken from the first zero.
+#[inline(always)]
 fn min_max(x: &[f32; QK]) -> (f32, f32) {
-    let mut min = f32::MAX;
-    let mut max = -f32::MAX;
-    for &v in x {
-        if v < min {
-            min = v;
+    let min = fold8(x, f32::MAX, min_keep);
+    let max = fold8(x, -f32::MAX, max_keep);
+    let min = if min == 0.0 { first_equal(x, 0.0) } else { min };
+    let max = if max == 0.0 { first_equal(x, 0.0) } else { max };
+    (min, max)
+}
+
+/// C's `(int)` of each value: the plain Rust cast (which vectorizes) when
+/// every value is in range, `c_cast_i32` (x86 semantics for NaN and
+/// out-of-range) otherwise.
+#[inline(always)]
+fn c_cast_block(v: &[f32; QK]) -> [i32; QK] {
+    let mut out = [0i32; QK];
+    let mut nonneg_small = true;
+    for &v in v {
+        nonneg_small &= (v >= 0.0) & (v < 4_194_303.0);
+    }
+    if nonneg_small {
+        // The usual case (the quantizers add 8.5, 16.5 or 0.5 to a value
+        // scaled into range): truncation is rounding, minus one where that
+        // rounded up.
+        for j in 0..QK {
+            let r = crate::search::nearest_int(v[j]);
+            out[j] = r - ((r as f32) > v[j]) as i32;
         }
-        if v > max {
-            max = v;
+    } else if all_small(v) {
+        for j in 0..QK {
+            out[j] = trunc_small(v[j]);
+        }
+    } else {
+        for j in 0..QK {
+            out[j] = c_cast_i32(v[j]);
         }
     }
-    (min, max)
+    out
+}
+
+/// C's `(int)roundf(v)` of each value, as [`c_roundf_i32`], vectorized when
+/// every value is small.
+#[inline(always)]
+fn c_roundf_block(v: &[f32; QK]) -> [i32; QK] {
+    let mut out = [0i32; QK];
+    if all_small(v) {
+        for j in 0..QK {
+            let t = trunc_small(v[j]);
+            // Exact: |v| < 2^22, so v - t is representable.
+            let frac = v[j] - t as f32;
+            out[j] = t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32;
+        }
+    } else {
+        for j in 0..QK {
+            out[j] = c_roundf_i32(v[j]);
+        }
+    }
+    out
+}
+
+/// Whether every |v| < 2^22 - 1 (false for NaN): the range of `trunc_small`.
+#[inline(always)]
+fn all_small(v: &[f32; QK]) -> bool {
+    let mut ok = true;
+    for &v in v {
+        ok &= v.abs() < 4_194_303.0;
+    }
+    ok
+}
+
+/// Truncation toward zero of |v| < 2^22 - 1, in SSE2-friendly steps: round
+/// to nearest by ggml's `nearest_int` bit trick, then step back by one where
+/// that rounded away from zero. (Rust's saturating `as` does not vectorize
+/// on baseline x86-64.)
+#[inline(always)]
+fn trunc_small(v: f32) -> i32 {
+    let r = crate::search::nearest_int(v);
+    let rf = r as f32;
+    r - ((v >= 0.0) & (rf > v)) as i32 + ((v < 0.0) & (rf < v)) as i32
+}
+
+/// `f` applied to each value (written as a loop: `array::map` is not always
+/// inlined and vectorized).
+#[inline(always)]
+fn each(x: &[f32; QK], f: impl Fn(f32) -> f32) -> [f32; QK] {
+    let mut out = [0f32; QK];
+    for j in 0..QK {
+        out[j] = f(x[j]);
+    }
+    out
 }
 
 #[inline]
@@ -131,17 +266,24 @@ pub(crate) fn encode_q8_0(src: &[f32], dst: &mut [u8]) {
 }
 
 fn q8_0_block(x: &[f32; QK], y: &mut [u8; 34]) {
-    let mut amax = 0.0f32;
-    for &v in x {
-        // C's MAX(a, b) is `a > b ? a : b`: keep that NaN behaviour.
-        let a = v.abs();
-        amax = if amax > a { amax } else { a };
-    }
+    // C's MAX(amax, |v|) is `amax > |v| ? amax : |v|`: a NaN becomes amax
+    // and the next value replaces it, so blocks with NaN keep that order;
+    // without NaN it is a plain (SIMD) max.
+    let nan = x.iter().fold(false, |a, v| a | v.is_nan());
+    let amax = if nan {
+        x.iter().fold(
+            0.0f32,
+            |amax, v| if amax > v.abs() { amax } else { v.abs() },
+        )
+    } else {
+        fold8(x, 0.0, |acc, v| max_keep(acc, v.abs()))
+    };
     let d = amax / 127.0;
     let id = inverse(d);
     write_f16(&mut y[..2], d);
-    for (q, &v) in y[2..].iter_mut().zip(x) {
-        *q = c_roundf_i32(v * id) as i8 as u8;
+    let q = c_roundf_block(&each(x, |v| v * id));
+    for (o, q) in y[2..].iter_mut().zip(q) {
+        *o = q as i8 as u8;
     }
 }
 
@@ -169,9 +311,10 @@ fn q4_0_block(x: &[f32; QK], y: &mut [u8; 18]) {
     let d = max / -8.0;
     let id = inverse(d);
     write_f16(&mut y[..2], d);
+    let q = c_cast_block(&each(x, |v| v * id + 8.5));
     for j in 0..QK / 2 {
-        let lo = (c_cast_i32(x[j] * id + 8.5) as i8).min(15) as u8;
-        let hi = (c_cast_i32(x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
+        let lo = (q[j] as i8).min(15) as u8;
+        let hi = (q[j + QK / 2] as i8).min(15) as u8;
         y[2 + j] = lo | (hi << 4);
     }
 }
@@ -204,9 +347,10 @@ fn q4_1_block(x: &[f32; QK], y: &mut [u8; 20]) {
     let id = inverse(d);
     write_f16(&mut y[..2], d);
     write_f16(&mut y[2..4], min);
+    let q = c_cast_block(&each(x, |v| (v - min) * id + 0.5));
     for j in 0..QK / 2 {
-        let lo = (c_cast_i32((x[j] - min) * id + 0.5) as i8).min(15) as u8;
-        let hi = (c_cast_i32((x[j + QK / 2] - min) * id + 0.5) as i8).min(15) as u8;
+        let lo = (q[j] as i8).min(15) as u8;
+        let hi = (q[j + QK / 2] as i8).min(15) as u8;
         y[4 + j] = lo | (hi << 4);
     }
 }
@@ -239,15 +383,10 @@ fn q5_0_block(x: &[f32; QK], y: &mut [u8; 22]) {
     let d = max / -16.0;
     let id = inverse(d);
     write_f16(&mut y[..2], d);
-    let mut qh = 0u32;
-    for j in 0..QK / 2 {
-        let lo = (c_cast_i32(x[j] * id + 16.5) as i8).min(31) as u8;
-        let hi = (c_cast_i32(x[j + QK / 2] * id + 16.5) as i8).min(31) as u8;
-        y[6 + j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
-        qh |= (((lo & 0x10) >> 4) as u32) << j;
-        qh |= (((hi & 0x10) >> 4) as u32) << (j + QK / 2);
-    }
-    y[2..6].copy_from_slice(&qh.to_le_bytes());
+    let q = c_cast_block(&each(x, |v| v * id + 16.5));
+    let l: [u8; QK] = q.map(|q| (q as i8).min(31) as u8);
+    let qh = pack_q5(&l, &mut y[6..22]);
+    y[2..6].copy_from_slice(&qh);
 }
 
 pub(crate) fn decode_q5_0(src: &[u8], dst: &mut [f32]) {
@@ -281,16 +420,11 @@ fn q5_1_block(x: &[f32; QK], y: &mut [u8; 24]) {
     let id = inverse(d);
     write_f16(&mut y[..2], d);
     write_f16(&mut y[2..4], min);
-    let mut qh = 0u32;
-    for j in 0..QK / 2 {
-        // No clamp here in the reference: (uint8_t) of the truncated value.
-        let lo = c_cast_i32((x[j] - min) * id + 0.5) as u8;
-        let hi = c_cast_i32((x[j + QK / 2] - min) * id + 0.5) as u8;
-        y[8 + j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
-        qh |= (((lo & 0x10) >> 4) as u32) << j;
-        qh |= (((hi & 0x10) >> 4) as u32) << (j + QK / 2);
-    }
-    y[4..8].copy_from_slice(&qh.to_le_bytes());
+    // No clamp here in the reference: (uint8_t) of the truncated value.
+    let q = c_cast_block(&each(x, |v| (v - min) * id + 0.5));
+    let l: [u8; QK] = q.map(|q| q as u8);
+    let qh = pack_q5(&l, &mut y[8..24]);
+    y[4..8].copy_from_slice(&qh);
 }
 
 pub(crate) fn decode_q5_1(src: &[u8], dst: &mut [f32]) {
@@ -481,6 +615,103 @@ mod tests {
         assert_eq!(c_roundf_i32(-2.5), -3);
         assert_eq!(c_roundf_i32(f32::NAN), i32::MIN);
         assert_eq!(c_roundf_i32(f32::NEG_INFINITY), i32::MIN);
+    }
+
+    #[test]
+    fn block_casts_equal_the_scalar_c_casts() {
+        // The vectorized block conversions (three paths each) against the
+        // scalar C-semantics casts, on ties, near-integers, both signs, the
+        // 2^22 boundary, huge values, NaN and infinities.
+        let mut vals = Vec::new();
+        for i in -2000..=2000 {
+            let h = i as f32 * 0.25;
+            vals.extend([
+                h,
+                f32::from_bits(h.to_bits().wrapping_add(1)),
+                f32::from_bits(h.to_bits().wrapping_sub(1)),
+            ]);
+        }
+        for b in [
+            4_194_302.5f32,
+            4_194_303.0,
+            4_194_304.5,
+            8_388_607.5,
+            1e9,
+            3e9,
+            -3e9,
+        ] {
+            vals.extend([b, -b]);
+        }
+        vals.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e-40]);
+        let mut rng = crate::tests::Rng::new(5);
+        vals.extend((0..20000).map(|_| f32::from_bits(rng.next_u64() as u32)));
+        vals.extend((0..20000).map(|_| rng.unit() * 40.0 - 4.0));
+        // Blocks that are all non-negative, all small, and mixed.
+        let mut blocks: Vec<[f32; QK]> = Vec::new();
+        for c in vals.chunks_exact(QK) {
+            blocks.push(c.try_into().unwrap());
+            blocks.push(std::array::from_fn(|j| c[j].abs().min(4_194_302.0)));
+            blocks.push(std::array::from_fn(|j| {
+                c[j].clamp(-4_194_302.0, 4_194_302.0)
+            }));
+        }
+        for b in &blocks {
+            let got = c_cast_block(b);
+            let got_r = c_roundf_block(b);
+            for j in 0..QK {
+                assert_eq!(got[j], c_cast_i32(b[j]), "cast {:e}", b[j]);
+                assert_eq!(got_r[j], c_roundf_i32(b[j]), "roundf {:e}", b[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn block_reductions_keep_the_first_of_equals() {
+        // min/max and signed absmax as SIMD reductions must pick what the
+        // sequential reference picks: the first value attaining the extreme
+        // (sign of zero, sign of the largest magnitude).
+        let seq_absmax = |x: &[f32; QK]| {
+            let (mut amax, mut max) = (0.0f32, 0.0f32);
+            for &v in x {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            max
+        };
+        let seq_min_max = |x: &[f32; QK]| {
+            let (mut min, mut max) = (f32::MAX, -f32::MAX);
+            for &v in x {
+                if v < min {
+                    min = v;
+                }
+                if v > max {
+                    max = v;
+                }
+            }
+            (min, max)
+        };
+        let mut rng = crate::tests::Rng::new(9);
+        for round in 0..20000 {
+            let pick = [0.0f32, -0.0, 1.5, -1.5, 2.0, -2.0, f32::NAN, 0.25];
+            let x: [f32; QK] = std::array::from_fn(|_| match round % 3 {
+                0 => pick[(rng.next_u64() % 8) as usize],
+                1 => pick[(rng.next_u64() % 2) as usize],
+                _ => rng.normal(),
+            });
+            assert_eq!(
+                signed_absmax(&x).to_bits(),
+                seq_absmax(&x).to_bits(),
+                "{x:?}"
+            );
+            let (a, b) = (min_max(&x), seq_min_max(&x));
+            assert_eq!(
+                (a.0.to_bits(), a.1.to_bits()),
+                (b.0.to_bits(), b.1.to_bits()),
+                "{x:?}"
+            );
+        }
     }
 
     #[test]
