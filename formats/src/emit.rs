@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 
 use passes::{Model, TensorNode};
 use quant::GgmlType;
@@ -27,6 +28,10 @@ use crate::mmap::MappedFile;
 
 /// Rows are encoded in chunks of about this many bytes of f32.
 const CHUNK_F32_BYTES: usize = 16 << 20;
+/// Encoded chunks queued for the writer thread at most.
+const WRITE_QUEUE: usize = 2;
+/// Bytes written between two `fdatasync`s of the output.
+const SYNC_EVERY: usize = 256 << 20;
 /// Output alignment (GGUF default).
 pub const ALIGNMENT: u64 = 32;
 
@@ -126,30 +131,35 @@ pub fn write_gguf(
         .map_err(|e| Error::io(&parent, e))?;
     let tmp_path = tmp.path().to_path_buf();
     let io = |e| Error::io(&tmp_path, e);
-    {
-        let mut w = BufWriter::with_capacity(8 << 20, tmp.as_file());
-        w.write_all(&layout.header).map_err(io)?;
-        let mut pos = layout.header.len() as u64;
-        for (t, &(offset, bytes)) in model.tensors.iter().zip(&layout.tensors) {
-            debug_assert_eq!(pos, offset);
-            let written = write_tensor(&mut w, t, maps, opts, progress, cancel, &tmp_path)?;
-            if written != bytes {
-                return Err(Error::output(
-                    out,
-                    format!(
-                        "tensor `{}`: wrote {written} bytes, planned {bytes}",
-                        t.name
-                    ),
-                ));
+    // Encoding and writing overlap: encoded chunks go through a bounded
+    // channel (at most WRITE_QUEUE chunks in flight, so memory stays bounded)
+    // to a writer thread, which keeps the disk busy while rows are encoded.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
+        let file = tmp.as_file();
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let mut w = BufWriter::with_capacity(4 << 20, file);
+            let mut unsynced = 0usize;
+            for buf in rx {
+                w.write_all(&buf)?;
+                unsynced += buf.len();
+                // Push dirty pages to disk as we go, on this thread, so the
+                // final fsync is short and writing overlaps encoding.
+                if unsynced >= SYNC_EVERY {
+                    w.flush()?;
+                    w.get_ref().sync_data()?;
+                    unsynced = 0;
+                }
             }
-            let padded = bytes.div_ceil(layout.alignment) * layout.alignment;
-            w.write_all(&vec![0u8; (padded - bytes) as usize])
-                .map_err(io)?;
-            pos += padded;
-        }
-        debug_assert_eq!(pos, layout.total_bytes);
-        w.flush().map_err(io)?;
-    }
+            w.flush()
+        });
+        let encoded = encode_all(model, maps, layout, out, opts, progress, cancel, &tx, &tmp_path);
+        drop(tx);
+        let written = writer.join().expect("the writer thread does not panic");
+        // A write error is the cause of any send failure: report it first.
+        written.map_err(io)?;
+        encoded
+    })?;
     tmp.as_file().sync_all().map_err(io)?;
     #[cfg(unix)]
     {
@@ -163,8 +173,45 @@ pub fn write_gguf(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn encode_all(
+    model: &Model,
+    maps: &[MappedFile],
+    layout: &Layout,
+    out: &Path,
+    opts: EmitOptions<'_>,
+    progress: &(dyn Fn(u64) + Sync),
+    cancel: &AtomicBool,
+    tx: &SyncSender<Vec<u8>>,
+    tmp_path: &Path,
+) -> Result<()> {
+    let send = |buf: Vec<u8>| {
+        tx.send(buf)
+            .map_err(|_| Error::io(tmp_path, std::io::Error::other("the writer thread stopped")))
+    };
+    send(layout.header.clone())?;
+    let mut pos = layout.header.len() as u64;
+    for (t, &(offset, bytes)) in model.tensors.iter().zip(&layout.tensors) {
+        debug_assert_eq!(pos, offset);
+        let written = write_tensor(&send, t, maps, opts, progress, cancel, tmp_path)?;
+        if written != bytes {
+            return Err(Error::output(
+                out,
+                format!("tensor `{}`: wrote {written} bytes, planned {bytes}", t.name),
+            ));
+        }
+        let padded = bytes.div_ceil(layout.alignment) * layout.alignment;
+        if padded > bytes {
+            send(vec![0u8; (padded - bytes) as usize])?;
+        }
+        pos += padded;
+    }
+    debug_assert_eq!(pos, layout.total_bytes);
+    Ok(())
+}
+
 fn write_tensor(
-    w: &mut impl Write,
+    send: &dyn Fn(Vec<u8>) -> Result<()>,
     t: &TensorNode,
     maps: &[MappedFile],
     opts: EmitOptions<'_>,
@@ -183,7 +230,6 @@ fn write_tensor(
     // `[e * row_len, (e + 1) * row_len)`.
     let rows_per_expert = if t.shape.len() >= 3 { t.shape[t.shape.len() - 2] } else { n_rows.max(1) };
     let rows_per_chunk = (CHUNK_F32_BYTES / (row_len.max(1) * 4)).max(1);
-    let mut buf = Vec::new();
     let mut written = 0u64;
     let mut nonfinite = 0u64;
     let mut r0 = 0;
@@ -192,8 +238,12 @@ fn write_tensor(
             return Err(Error::Interrupted);
         }
         let r1 = (r0 + rows_per_chunk).min(n_rows);
-        buf.clear();
-        buf.resize((r1 - r0) * out_row, 0u8);
+        if t.transform.is_none() && r1 < n_rows {
+            // Ask the kernel to read the next chunk while this one is encoded.
+            let next = (rows_per_chunk).min(n_rows - r1) * src_row;
+            maps[t.source.file].prefetch(t.source.offset as usize + r1 * src_row, next);
+        }
+        let mut buf = vec![0u8; (r1 - r0) * out_row];
         let check = !opts.allow_nonfinite;
         nonfinite += buf
             .par_chunks_mut(out_row)
@@ -225,8 +275,8 @@ fn write_tensor(
                 },
             )
             .sum::<u64>();
-        w.write_all(&buf).map_err(|e| Error::io(tmp_path, e))?;
         written += buf.len() as u64;
+        send(buf)?;
         if t.transform.is_none() {
             let start = t.source.offset as usize + r0 * src_row;
             maps[t.source.file].release(start, (r1 - r0) * src_row);

@@ -38,6 +38,16 @@ impl MappedFile {
         self.map.as_deref().unwrap_or(&[])
     }
 
+    /// Ask the kernel to start reading `[offset, offset+len)` ahead of use.
+    pub fn prefetch(&self, offset: usize, len: usize) {
+        if let Some(map) = &self.map {
+            let len = len.min(map.len().saturating_sub(offset));
+            if len > 0 {
+                let _ = map.advise_range(Advice::WillNeed, offset, len);
+            }
+        }
+    }
+
     /// Tell the kernel the pages of `[offset, offset+len)` are no longer needed
     /// by this process, so resident memory stays flat while streaming a large
     /// file. Pages are re-read from the file if touched again.
