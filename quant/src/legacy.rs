@@ -173,7 +173,7 @@ fn c_cast_block(v: &[f32; QK]) -> [i32; QK] {
     let mut out = [0i32; QK];
     let mut nonneg_small = true;
     for &v in v {
-        nonneg_small &= (v >= 0.0) & (v < 4_194_303.0);
+        nonneg_small &= (0.0..4_194_303.0).contains(&v);
     }
     if nonneg_small {
         // The usual case (the quantizers add 8.5, 16.5 or 0.5 to a value
