@@ -65,12 +65,16 @@ def kiln_fixture() -> Path:
     return p
 
 
-def run_kiln(kiln: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_kiln(
+    kiln: Path, *args: str, env: dict | None = None, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.pop("RAYON_NUM_THREADS", None)
     if env:
         full_env.update(env)
-    proc = subprocess.run([str(kiln), *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600)
+    proc = subprocess.run(
+        [str(Path(kiln).resolve()), *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600, cwd=cwd
+    )
     if check and proc.returncode != 0:
         pytest.fail(
             f"kiln {' '.join(map(str, args))} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}",
