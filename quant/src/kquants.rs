@@ -30,9 +30,9 @@
 
 use crate::float::read_f16;
 use crate::lanes::{
-    lane_sums, make_qkx_lanes, make_qx_lanes, transpose_in, transpose_out, Lanes, F4,
+    lane_sums, make_q3_lanes, make_qkx_lanes, make_qx_lanes, transpose_in, transpose_out, Lanes, F4,
 };
-use crate::search::{make_q3_quants, make_qp_quants, nearest_int, Qkx, GROUP_MAX_EPS};
+use crate::search::{make_qp_quants, nearest_int, Qkx, GROUP_MAX_EPS};
 
 /// Values per super-block.
 pub(crate) const QK_K: usize = 256;
@@ -258,11 +258,6 @@ fn q6_k_block(b: &[u8; 210], y: &mut [f32; QK_K]) {
 #[inline]
 pub(crate) fn sub<const N: usize>(x: &[f32], at: usize) -> &[f32; N] {
     x[at..at + N].try_into().expect("in range")
-}
-
-#[inline]
-pub(crate) fn sub_mut<const N: usize>(l: &mut [u8], at: usize) -> &mut [u8; N] {
-    (&mut l[at..at + N]).try_into().expect("in range")
 }
 
 #[inline]
@@ -689,15 +684,18 @@ fn pack_q3_k_scales(v: &[u8; 16], packed: &mut [u8]) {
 }
 
 fn q3_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 110]) {
+    // The 16 sub-blocks' searches run as 16 lanes (see lanes.rs).
+    let xt: [Lanes<4>; 16] = transpose_in(x);
+    let mut qt = [[F4::default(); 4]; 16];
+    let scales: [f32; 16] = flat(&make_q3_lanes(4, &xt, &mut qt));
     let mut l = [0u8; QK_K];
-    let mut scales = [0f32; 16];
+    transpose_out(&qt, &mut l);
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
-    for (j, s) in scales.iter_mut().enumerate() {
-        *s = make_q3_quants::<16>(4, sub(x, 16 * j), sub_mut(&mut l, 16 * j));
+    for &s in &scales {
         if s.abs() > amax {
             amax = s.abs();
-            max_scale = *s;
+            max_scale = s;
         }
     }
     if max_scale != 0.0 {
@@ -760,13 +758,16 @@ fn q3_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 110], l: &mut [u8; QK_
             l[16 * j + ii] = (q + 4) as u8;
         }
     }
-    let hmask = &mut y[..32];
-    hmask.fill(0);
-    for (i, li) in l.iter_mut().enumerate() {
-        if *li > 3 {
-            hmask[i % 32] |= 1 << (i / 32);
-            *li -= 4;
+    // Bit b of hmask[m] is the third bit of value 32b + m (branch-free, so
+    // it vectorizes across m).
+    let mut hmask = [0u8; 32];
+    for b in 0..8 {
+        for m in 0..32 {
+            let hi = (l[32 * b + m] > 3) as u8;
+            hmask[m] |= hi << b;
+            l[32 * b + m] -= hi << 2;
         }
     }
+    y[..32].copy_from_slice(&hmask);
     pack_2bit(l, &mut y[32..96]);
 }

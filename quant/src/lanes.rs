@@ -68,6 +68,11 @@ impl F4 {
     }
 
     #[inline(always)]
+    pub(crate) fn neg(self) -> F4 {
+        self.map(|v| -v)
+    }
+
+    #[inline(always)]
     pub(crate) fn abs(self) -> F4 {
         self.map(f32::abs)
     }
@@ -128,6 +133,11 @@ impl F4 {
     #[inline(always)]
     pub(crate) fn lt(self, o: F4) -> M4 {
         self.cmp(o, |a, b| a < b)
+    }
+
+    #[inline(always)]
+    pub(crate) fn ge(self, o: F4) -> M4 {
+        self.cmp(o, |a, b| a >= b)
     }
 
     #[inline(always)]
@@ -383,6 +393,108 @@ fn qx_search<const N: usize, const C: usize, const K: usize, const FAST: bool>(
     }
 }
 
+/// `make_q3_quants(N, nmax, x, L, do_rmse = true)` per lane: returns the
+/// scales and leaves the quants `l + nmax` (as f32) in `q`.
+///
+/// The coordinate descent runs on every lane for as many rounds as the
+/// slowest lane needs (at most 5): a round that changes nothing in a lane
+/// leaves its state as it was, so a lane that the reference would have
+/// stopped is unaffected by the extra rounds.
+pub(crate) fn make_q3_lanes<const N: usize, const C: usize>(
+    nmax: i32,
+    x: &[Lanes<C>; N],
+    q: &mut [Lanes<C>; N],
+) -> Lanes<C> {
+    let mut out = [F4::default(); C];
+    let mut off = 0;
+    while off < C {
+        if off + UNROLL <= C {
+            q3_core::<N, C, UNROLL>(nmax, x, q, &mut out, off);
+            off += UNROLL;
+        } else {
+            q3_core::<N, C, 1>(nmax, x, q, &mut out, off);
+            off += 1;
+        }
+    }
+    out
+}
+
+/// [`make_q3_lanes`] on chunks `off..off + K`.
+#[inline(always)]
+fn q3_core<const N: usize, const C: usize, const K: usize>(
+    nmax: i32,
+    xa: &[Lanes<C>; N],
+    q: &mut [Lanes<C>; N],
+    out: &mut Lanes<C>,
+    off: usize,
+) {
+    let x: [[F4; K]; N] = std::array::from_fn(|i| std::array::from_fn(|c| xa[i][off + c]));
+    let zero = F4::splat(0.0);
+    let mut max = [zero; K];
+    let mut amax = [zero; K];
+    for xi in &x {
+        for c in 0..K {
+            let ax = xi[c].abs();
+            let m = ax.gt(amax[c]);
+            amax[c] = m.sel(ax, amax[c]);
+            max[c] = m.sel(xi[c], max[c]);
+        }
+    }
+    let (lo, hi) = (F4::splat(-nmax as f32), F4::splat((nmax - 1) as f32));
+    let first = F4::splat((-nmax) as f32);
+    let iscale: [F4; K] = std::array::from_fn(|c| first / max[c]);
+    // w = x*x, and w*x the first product of ggml's w*x*l.
+    let w: [[F4; K]; N] = std::array::from_fn(|i| std::array::from_fn(|c| x[i][c] * x[i][c]));
+    let wx: [[F4; K]; N] = std::array::from_fn(|i| std::array::from_fn(|c| w[i][c] * x[i][c]));
+    let mut l = [[zero; K]; N];
+    let mut sumlx = [zero; K];
+    let mut suml2 = [zero; K];
+    for i in 0..N {
+        for c in 0..K {
+            let li = (iscale[c] * x[i][c]).quant(lo, hi);
+            l[i][c] = li;
+            sumlx[c] = sumlx[c] + wx[i][c] * li;
+            suml2[c] = suml2[c] + w[i][c] * li * li;
+        }
+    }
+    for _ in 0..5 {
+        let mut changed = [M4([0; 4]); K];
+        for i in 0..N {
+            for c in 0..K {
+                let li = l[i][c];
+                let slx0 = sumlx[c] - wx[i][c] * li;
+                let sl20 = suml2[c] - w[i][c] * li * li;
+                let new_l = (x[i][c] * sl20 / slx0).quant(lo, hi);
+                let slx = slx0 + wx[i][c] * new_l;
+                let sl2 = sl20 + w[i][c] * new_l * new_l;
+                let take = slx0
+                    .gt(zero)
+                    .and(new_l.ne(li))
+                    .and(sl2.gt(zero))
+                    .and((slx * slx * suml2[c]).gt(sumlx[c] * sumlx[c] * sl2));
+                l[i][c] = take.sel(new_l, li);
+                sumlx[c] = take.sel(slx, sumlx[c]);
+                suml2[c] = take.sel(sl2, suml2[c]);
+                changed[c] = changed[c].or(take);
+            }
+        }
+        if !changed.iter().any(|m| m.any()) {
+            break;
+        }
+    }
+    let eps = F4::splat(GROUP_MAX_EPS);
+    let offset = F4::splat(nmax as f32);
+    for i in 0..N {
+        for c in 0..K {
+            q[i][off + c] = amax[c].lt(eps).sel(zero, l[i][c] + offset);
+        }
+    }
+    for c in 0..K {
+        let scale = suml2[c].gt(zero).sel(sumlx[c] / suml2[c], zero);
+        out[off + c] = amax[c].lt(eps).sel(zero, scale);
+    }
+}
+
 /// `make_qkx2_quants` / `make_qkx3_quants(N, nmax, x, w, L, ..)` per lane:
 /// returns `(scale, -min)` and leaves the quants `0..=nmax` (as f32) in `q`.
 ///
@@ -596,7 +708,7 @@ fn qkx_core<const N: usize, const C: usize, const K: usize, const MAD: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::{make_qkx_quants, make_qx_quants};
+    use crate::search::{make_q3_quants, make_qkx_quants, make_qx_quants};
     use crate::tests::Rng;
 
     /// A group of `n` values of one of several awkward kinds.
@@ -668,6 +780,19 @@ mod tests {
                     let got = got[g / 4].0[g % 4];
                     assert_eq!(got.to_bits(), want.to_bits(), "qx round {round} group {g}");
                     assert_eq!(&l[N * g..][..N], &want_l, "qx round {round} group {g}");
+                }
+            }
+            {
+                let mut qt = [[F4::default(); C]; N];
+                let got = make_q3_lanes(4, &xt, &mut qt);
+                let mut l = vec![0u8; N * lanes];
+                transpose_out(&qt, &mut l);
+                for g in 0..lanes {
+                    let mut want_l = [0u8; N];
+                    let want = make_q3_quants(4, &arr(&xs[N * g..][..N]), &mut want_l);
+                    let got = got[g / 4].0[g % 4];
+                    assert_eq!(got.to_bits(), want.to_bits(), "q3 round {round} group {g}");
+                    assert_eq!(&l[N * g..][..N], &want_l, "q3 round {round} group {g}");
                 }
             }
             for (kind, nmax, rmin, rdelta, nstep, mad) in [

@@ -26,6 +26,7 @@ pub(crate) fn nearest_int(fval: f32) -> i32 {
 
 /// The first value of largest magnitude, with its sign (`max`), and that
 /// magnitude (`amax`), both 0 when every `|x|` is 0 or NaN.
+#[cfg(test)]
 #[inline(always)]
 fn signed_amax(x: &[f32]) -> (f32, f32) {
     let mut max = 0.0f32;
@@ -95,6 +96,9 @@ pub(crate) fn make_qx_quants<const N: usize>(
     scale
 }
 
+/// (Kept as the readable scalar port and, in tests, the oracle for the lane
+/// version `lanes::make_q3_lanes` that the encoders run.)
+#[cfg(test)]
 /// ggml's `make_q3_quants` with `do_rmse`: symmetric quants in `-nmax..nmax`
 /// from iscale `-nmax / max`, then up to 5 rounds of coordinate descent on
 /// the x^2-weighted least-squares fit; returns the scale and leaves `L + nmax`.
