@@ -30,7 +30,7 @@
 
 use crate::float::read_f16;
 use crate::lanes::{
-    lane_sums, make_q3_lanes, make_qkx_lanes, make_qx_lanes, transpose_in, transpose_out, Lanes, F4,
+    lane_sums, make_q3_lanes, make_qkx_lanes, make_qx_lanes, transpose_in, Found, Lanes, F4,
 };
 use crate::search::{make_qp_quants, nearest_int, Qkx, GROUP_MAX_EPS};
 
@@ -311,7 +311,7 @@ pub(crate) fn encode_q6_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
 }
 
 fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210], qw: Option<&[f32; QK_K]>) {
-    // The 16 sub-blocks' searches run as 16 lanes (see search.rs).
+    // The 16 sub-blocks' searches run as 16 lanes (see lanes.rs).
     let xt: [Lanes<4>; 16] = transpose_in(x);
     let wt: [Lanes<4>; 16] = match qw {
         Some(qw) => transpose_in(qw),
@@ -319,8 +319,8 @@ fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210], qw: Option<&[f32; QK_K]
     };
     let mut qt = [[F4::default(); 4]; 16];
     let scales: [f32; 16] = flat(&make_qx_lanes(32, &xt, &wt, &mut qt));
+    let fit = Found(qt);
     let mut l = [0u8; QK_K];
-    transpose_out(&qt, &mut l);
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
     for &s in &scales {
@@ -341,6 +341,7 @@ fn q6_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 210], qw: Option<&[f32; QK_K]
     for j in 0..16 {
         let dj = d * (y[192 + j] as i8) as f32;
         if dj == 0.0 {
+            fit.group(j, &mut l[16 * j..]);
             continue;
         }
         for ii in 0..16 {
@@ -370,17 +371,25 @@ fn k4_fit_ref(
     nmax: i32,
     rmin: f32,
     nstep: i32,
-    l: &mut [u8; QK_K],
+    fit: &mut Found<32, 2>,
 ) -> ([u8; 8], [u8; 8], f32, f32) {
-    // The 8 sub-blocks' searches run as 8 lanes (see search.rs).
+    // The 8 sub-blocks' searches run as 8 lanes (see lanes.rs).
     let xt: [Lanes<2>; 32] = transpose_in(x);
     let sum_x2 = lane_sums(&xt.map(|r| r.map(|v| v * v)));
     let av_x = sum_x2.map(|s| (s / F4::splat(32.0)).sqrt());
     let wt: [Lanes<2>; 32] = xt.map(|r| std::array::from_fn(|c| av_x[c] + r[c].abs()));
-    let mut qt = [[F4::default(); 2]; 32];
-    let (scales, mins) = make_qkx_lanes(Qkx::Two, nmax, &xt, &wt, &mut qt, rmin, 0.1, nstep, false);
+    let (scales, mins) = make_qkx_lanes(
+        Qkx::Two,
+        nmax,
+        &xt,
+        &wt,
+        &mut fit.0,
+        rmin,
+        0.1,
+        nstep,
+        false,
+    );
     let (scales, mins): ([f32; 8], [f32; 8]) = (flat(&scales), flat(&mins));
-    transpose_out(&qt, l);
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..8 {
@@ -413,16 +422,24 @@ fn k4_fit_imatrix(
     qw: &[f32; QK_K],
     nmax: i32,
     clamp63: bool,
-    l: &mut [u8; QK_K],
+    fit: &mut Found<32, 2>,
 ) -> ([u8; 8], [u8; 8], f32, f32) {
     let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
     let xt: [Lanes<2>; 32] = transpose_in(x);
     let wt = weights_t(&xt, &transpose_in(qw), sigma2);
     let sw: [f32; 8] = flat(&lane_sums(&wt));
-    let mut qt = [[F4::default(); 2]; 32];
-    let (scales, mins) = make_qkx_lanes(Qkx::Three, nmax, &xt, &wt, &mut qt, -0.9, 0.05, 36, false);
+    let (scales, mins) = make_qkx_lanes(
+        Qkx::Three,
+        nmax,
+        &xt,
+        &wt,
+        &mut fit.0,
+        -0.9,
+        0.05,
+        36,
+        false,
+    );
     let (scales, mins): ([f32; 8], [f32; 8]) = (flat(&scales), flat(&mins));
-    transpose_out(&qt, l);
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
     let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
@@ -448,6 +465,7 @@ fn k4_store_and_requantize(
     d: f32,
     dmin: f32,
     nmax: i32,
+    fit: &Found<32, 2>,
     l: &mut [u8; QK_K],
 ) {
     let s = &mut y[4..16];
@@ -468,6 +486,7 @@ fn k4_store_and_requantize(
         let (sc, m) = scale_min_k4(j, packed);
         let dj = d * sc as f32;
         if dj == 0.0 {
+            fit.group(j, &mut l[32 * j..]);
             continue;
         }
         let dm = dmin * m as f32;
@@ -506,9 +525,10 @@ fn pack_q5_k(l: &[u8; QK_K], qh_qs: &mut [u8]) {
 pub(crate) fn encode_q4_k(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(144)) {
         let x = sub(x, 0);
+        let mut fit = Found([[F4::default(); 2]; 32]);
+        let (ls, lm, d, dmin) = k4_fit_ref(x, 15, -1.0, 20, &mut fit);
         let mut l = [0u8; QK_K];
-        let (ls, lm, d, dmin) = k4_fit_ref(x, 15, -1.0, 20, &mut l);
-        k4_store_and_requantize(x, y, ls, lm, d, dmin, 15, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 15, &fit, &mut l);
         pack_q4_k(&l, &mut y[16..144]);
     }
 }
@@ -517,9 +537,10 @@ pub(crate) fn encode_q4_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
     let blocks = row.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K));
     for ((x, w), y) in blocks.zip(dst.chunks_exact_mut(144)) {
         let x = sub(x, 0);
+        let mut fit = Found([[F4::default(); 2]; 32]);
+        let (ls, lm, d, dmin) = k4_fit_imatrix(x, sub(w, 0), 15, false, &mut fit);
         let mut l = [0u8; QK_K];
-        let (ls, lm, d, dmin) = k4_fit_imatrix(x, sub(w, 0), 15, false, &mut l);
-        k4_store_and_requantize(x, y, ls, lm, d, dmin, 15, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 15, &fit, &mut l);
         pack_q4_k(&l, &mut y[16..144]);
     }
 }
@@ -527,9 +548,10 @@ pub(crate) fn encode_q4_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
 pub(crate) fn encode_q5_k(src: &[f32], dst: &mut [u8]) {
     for (x, y) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(176)) {
         let x = sub(x, 0);
+        let mut fit = Found([[F4::default(); 2]; 32]);
+        let (ls, lm, d, dmin) = k4_fit_ref(x, 31, -0.5, 15, &mut fit);
         let mut l = [0u8; QK_K];
-        let (ls, lm, d, dmin) = k4_fit_ref(x, 31, -0.5, 15, &mut l);
-        k4_store_and_requantize(x, y, ls, lm, d, dmin, 31, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 31, &fit, &mut l);
         pack_q5_k(&l, &mut y[16..176]);
     }
 }
@@ -538,9 +560,10 @@ pub(crate) fn encode_q5_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
     let blocks = row.chunks_exact(QK_K).zip(qw.chunks_exact(QK_K));
     for ((x, w), y) in blocks.zip(dst.chunks_exact_mut(176)) {
         let x = sub(x, 0);
+        let mut fit = Found([[F4::default(); 2]; 32]);
+        let (ls, lm, d, dmin) = k4_fit_imatrix(x, sub(w, 0), 31, true, &mut fit);
         let mut l = [0u8; QK_K];
-        let (ls, lm, d, dmin) = k4_fit_imatrix(x, sub(w, 0), 31, true, &mut l);
-        k4_store_and_requantize(x, y, ls, lm, d, dmin, 31, &mut l);
+        k4_store_and_requantize(x, y, ls, lm, d, dmin, 31, &fit, &mut l);
         pack_q5_k(&l, &mut y[16..176]);
     }
 }
@@ -566,14 +589,13 @@ pub(crate) fn encode_q2_k(src: &[f32], dst: &mut [u8]) {
 
 fn q2_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 84]) {
     const Q4SCALE: f32 = 15.0;
-    // The 16 sub-blocks' searches run as 16 lanes (see search.rs).
+    // The 16 sub-blocks' searches run as 16 lanes (see lanes.rs).
     let xt: [Lanes<4>; 16] = transpose_in(x);
     let wt = xt.map(|r| r.map(F4::abs));
     let mut qt = [[F4::default(); 4]; 16];
     let (scales, mins) = make_qkx_lanes(Qkx::Two, 3, &xt, &wt, &mut qt, -0.5, 0.1, 15, true);
     let (scales, mins): ([f32; 16], [f32; 16]) = (flat(&scales), flat(&mins));
-    let mut l = [0u8; QK_K];
-    transpose_out(&qt, &mut l);
+    let fit = Found(qt);
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..16 {
@@ -606,7 +628,7 @@ fn q2_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 84]) {
     } else {
         crate::float::write_f16(&mut rest[66..68], 0.0);
     }
-    q2_k_requantize_and_pack(x, y, &mut l);
+    q2_k_requantize_and_pack(x, y, &fit);
 }
 
 /// `quantize_row_q2_K_impl`: weights `qw * sqrt(sigma2 + x^2)` with
@@ -626,8 +648,7 @@ pub(crate) fn encode_q2_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
         let (scales, mins) =
             make_qkx_lanes(Qkx::Three, 3, &xt, &wt, &mut qt, -0.9, 0.05, 36, false);
         let (scales, mins): ([f32; 16], [f32; 16]) = (flat(&scales), flat(&mins));
-        let mut l = [0u8; QK_K];
-        transpose_out(&qt, &mut l);
+        let fit = Found(qt);
         let mut ls = [0u8; 16];
         let mut lm = [0u8; 16];
         let dm = make_qp_quants(15, &scales, &mut ls, &sw);
@@ -637,19 +658,21 @@ pub(crate) fn encode_q2_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
         for j in 0..16 {
             y[j] = ls[j] | (lm[j] << 4);
         }
-        q2_k_requantize_and_pack(x, y, &mut l);
+        q2_k_requantize_and_pack(x, y, &fit);
     }
 }
 
 /// The shared end of both Q2_K encoders: requantize each sub-block with its
 /// stored 4-bit scale and min (`0..=3`; sub-blocks whose scale is 0 keep the
 /// fit's quants) and pack the 2-bit quants.
-fn q2_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 84], l: &mut [u8; QK_K]) {
+fn q2_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 84], fit: &Found<16, 4>) {
     let d = read_f16(&y[80..82]);
     let dmin = read_f16(&y[82..84]);
+    let mut l = [0u8; QK_K];
     for j in 0..16 {
         let dj = d * (y[j] & 0x0F) as f32;
         if dj == 0.0 {
+            fit.group(j, &mut l[16 * j..]);
             continue;
         }
         let dm = dmin * (y[j] >> 4) as f32;
@@ -657,7 +680,7 @@ fn q2_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 84], l: &mut [u8; QK_K
             l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / dj).clamp(0, 3) as u8;
         }
     }
-    pack_2bit(l, &mut y[16..80]);
+    pack_2bit(&l, &mut y[16..80]);
 }
 
 // ---------------------------------------------------------------- Q3_K encode
@@ -688,8 +711,7 @@ fn q3_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 110]) {
     let xt: [Lanes<4>; 16] = transpose_in(x);
     let mut qt = [[F4::default(); 4]; 16];
     let scales: [f32; 16] = flat(&make_q3_lanes(4, &xt, &mut qt));
-    let mut l = [0u8; QK_K];
-    transpose_out(&qt, &mut l);
+    let fit = Found(qt);
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
     for &s in &scales {
@@ -710,7 +732,7 @@ fn q3_k_encode_block(x: &[f32; QK_K], y: &mut [u8; 110]) {
         y[96..108].fill(0);
         crate::float::write_f16(&mut y[108..110], 0.0);
     }
-    q3_k_requantize_and_pack(x, y, &mut l);
+    q3_k_requantize_and_pack(x, y, &fit);
 }
 
 /// `quantize_row_q3_K_impl`: weights `qw * sqrt(sigma2 + x^2)` with
@@ -728,8 +750,7 @@ pub(crate) fn encode_q3_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
         let sw: [f32; 16] = flat(&lane_sums(&wt));
         let mut qt = [[F4::default(); 4]; 16];
         let scales: [f32; 16] = flat(&make_qx_lanes(4, &xt, &wt, &mut qt));
-        let mut l = [0u8; QK_K];
-        transpose_out(&qt, &mut l);
+        let fit = Found(qt);
         // The 16 scales are one group of 16: lane 0 (lanes 1-3 idle).
         let lane0 = |v: &[f32; 16]| -> [Lanes<1>; 16] { v.map(|s| [F4([s, 0.0, 0.0, 0.0])]) };
         let mut q1 = [[F4::default(); 1]; 16];
@@ -737,7 +758,7 @@ pub(crate) fn encode_q3_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
         let ls: [u8; 16] = q1.map(|[v]| v.0[0] as u8);
         pack_q3_k_scales(&ls, &mut y[96..108]);
         crate::float::write_f16(&mut y[108..110], d_block);
-        q3_k_requantize_and_pack(x, y, &mut l);
+        q3_k_requantize_and_pack(x, y, &fit);
     }
 }
 
@@ -745,12 +766,14 @@ pub(crate) fn encode_q3_k_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
 /// (`-4..=3`, stored `+ 4`; sub-blocks whose scale is 0 keep the fit's quants),
 /// then split the third bit into `hmask` (bit i/32 of byte i%32) and pack the
 /// low two bits.
-fn q3_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 110], l: &mut [u8; QK_K]) {
+fn q3_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 110], fit: &Found<16, 4>) {
     let stored = q3_k_scales(block(&y[96..108]));
     let d = read_f16(&y[108..110]);
+    let mut l = [0u8; QK_K];
     for j in 0..16 {
         let dj = d * stored[j] as f32;
         if dj == 0.0 {
+            fit.group(j, &mut l[16 * j..]);
             continue;
         }
         for ii in 0..16 {
@@ -769,5 +792,5 @@ fn q3_k_requantize_and_pack(x: &[f32; QK_K], y: &mut [u8; 110], l: &mut [u8; QK_
         }
     }
     y[..32].copy_from_slice(&hmask);
-    pack_2bit(l, &mut y[32..96]);
+    pack_2bit(&l, &mut y[32..96]);
 }

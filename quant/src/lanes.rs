@@ -211,9 +211,32 @@ pub(crate) type Lanes<const C: usize> = [F4; C];
 /// 4C`) transposed to lanes: `out[i][c].0[j] = x[N*(4c+j) + i]`.
 #[inline]
 pub(crate) fn transpose_in<const N: usize, const C: usize>(x: &[f32]) -> [Lanes<C>; N] {
-    std::array::from_fn(|i| {
-        std::array::from_fn(|c| F4(std::array::from_fn(|j| x[N * (4 * c + j) + i])))
-    })
+    let x = &x[..N * 4 * C];
+    let mut out = [[F4::default(); C]; N];
+    for c in 0..C {
+        for j in 0..4 {
+            let g = &x[N * (4 * c + j)..][..N];
+            for i in 0..N {
+                out[i][c].0[j] = g[i];
+            }
+        }
+    }
+    out
+}
+
+/// A search's quants, still in lanes. The K-quant encoders requantize every
+/// sub-block whose stored scale is non-zero, so only the others' search
+/// quants are ever read: one group at a time, on demand.
+pub(crate) struct Found<const N: usize, const C: usize>(pub(crate) [Lanes<C>; N]);
+
+impl<const N: usize, const C: usize> Found<N, C> {
+    /// Group `g`'s quants into `out[..N]`.
+    #[inline]
+    pub(crate) fn group(&self, g: usize, out: &mut [u8]) {
+        for (o, qi) in out[..N].iter_mut().zip(&self.0) {
+            *o = qi[g / 4].0[g % 4] as u8;
+        }
+    }
 }
 
 /// Quants from lanes back to groups: `l[N*(4c+j) + i] = q[i][c].0[j]`.
