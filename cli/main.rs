@@ -5,7 +5,9 @@
 //! failed, 2 bad input or usage, 130 interrupted.
 
 mod convert;
+mod eval;
 mod estimate;
+mod imatrix;
 mod inspect;
 mod printer;
 mod targets;
@@ -54,6 +56,12 @@ enum Command {
     /// Estimate memory, speed, $ and energy of serving a model on a target (roofline bound + calibrated estimate).
     #[command(after_help = EXIT_CODES)]
     Estimate(estimate::EstimateArgs),
+    /// Measure accuracy: weight error, perplexity, KL divergence, top-1 agreement; CI gates.
+    #[command(after_help = EXIT_CODES)]
+    Eval(eval::EvalArgs),
+    /// Collect an importance matrix over a text, in llama.cpp's GGUF imatrix layout.
+    #[command(after_help = EXIT_CODES)]
+    Imatrix(imatrix::ImatrixArgs),
 }
 
 /// A check the user asked for failed (exit code 1).
@@ -89,6 +97,8 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args, &printer),
         Command::Targets(args) => targets::run(args, &printer),
         Command::Estimate(args) => estimate::run(args, &printer),
+        Command::Eval(args) => eval::run(args, &printer),
+        Command::Imatrix(args) => imatrix::run(args, &printer),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

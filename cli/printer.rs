@@ -44,6 +44,21 @@ impl Printer {
         eprintln!("warning: {text}");
     }
 
+    /// A progress bar counting items (windows, tensors), or a hidden one.
+    pub fn count_bar(&self, total: u64, msg: &str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(msg.to_string());
+        bar
+    }
+
     /// A byte-counting progress bar, or a hidden one.
     pub fn bytes_bar(&self, total: u64, msg: &str) -> ProgressBar {
         if !self.progress {

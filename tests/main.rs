@@ -5,5 +5,6 @@
 mod common;
 mod convert;
 mod estimate;
+mod eval;
 mod hostile;
 mod snapshots;

@@ -1,0 +1,142 @@
+//! `kiln imatrix MODEL --text FILE -o imatrix.gguf`: the importance matrix of
+//! a model over a text (mean squared input activation per input column of every
+//! linear weight), written in llama.cpp's GGUF imatrix layout (`<name>.in_sum2`,
+//! `<name>.counts`, `imatrix.datasets`, `imatrix.chunk_count`,
+//! `imatrix.chunk_size`) so that llama.cpp's tools and kiln's quantizers read it.
+//!
+//! As llama-imatrix: the text is tokenized once (BOS first when the tokenizer
+//! adds one), cut into `--ctx` windows each starting with BOS, and every
+//! position of every window is accumulated; only `blk.*` weights unless
+//! `--process-output`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use eval::imatrix::Collector;
+use eval::text::Windows;
+use eval::{Tokenizer, Transformer};
+use formats::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
+
+use crate::eval::{cancel_flag, lift, load_options};
+use crate::Printer;
+
+#[derive(Args, Debug)]
+pub struct ImatrixArgs {
+    /// A Hugging Face checkpoint directory or a .gguf file (the unquantized model, ideally).
+    pub model: PathBuf,
+    /// The calibration text.
+    #[arg(long, value_name = "FILE")]
+    pub text: PathBuf,
+    /// Output path (GGUF imatrix, written atomically).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub ctx: usize,
+    /// Number of windows [default: every window the text fills].
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Also collect the output projection (output.weight), as llama-imatrix --process-output.
+    #[arg(long)]
+    pub process_output: bool,
+    /// llama.cpp pre-tokenizer name, for a Hugging Face model whose tokenizer kiln cannot name.
+    #[arg(long, value_name = "NAME")]
+    pub pre_tokenizer: Option<String>,
+}
+
+pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
+    let t0 = Instant::now();
+    let model = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
+    formats::emit::check_output(&args.output, &model.loaded.model.files)?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("{}: cannot read the text", args.text.display()))?;
+    let tok = Tokenizer::from_metadata(&model.loaded.model.metadata)
+        .map_err(lift)
+        .with_context(|| model.name())?;
+    let mut ids = Vec::new();
+    if tok.add_bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(&text).map_err(lift)?);
+    let windows = eval::text::windows(
+        &ids,
+        Windows {
+            ctx: args.ctx,
+            max_chunks: args.chunks.filter(|&c| c > 0),
+        },
+        tok.bos.filter(|_| tok.add_bos),
+    )
+    .map_err(lift)
+    .with_context(|| args.text.display().to_string())?;
+    let net = Transformer::new(&model).map_err(lift)?;
+    printer.info(&format!(
+        "{}: {} tokens, {} windows of {}",
+        args.text.display(),
+        ids.len(),
+        windows.len(),
+        args.ctx
+    ));
+
+    let cancel = cancel_flag();
+    let mut collector = Collector::new(args.process_output);
+    let bar = printer.count_bar(windows.len() as u64, "collecting");
+    let progress = |n: usize| bar.set_position(n as u64);
+    let r = eval::text::observe(
+        &net,
+        &windows,
+        &mut collector,
+        args.process_output,
+        &progress,
+        &cancel,
+    );
+    bar.finish_and_clear();
+    r.map_err(lift)?;
+
+    let dataset = args.text.display().to_string();
+    write(&args.output, &collector, &dataset, windows.len(), args.ctx)?;
+    printer.info(&format!(
+        "wrote {} ({} weights, {} windows of {}) in {:.2}s",
+        args.output.display(),
+        collector.entries.len(),
+        windows.len(),
+        args.ctx,
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Write the collected matrix in llama.cpp's GGUF imatrix layout (through
+/// `formats::imatrix`, atomically).
+fn write(
+    path: &Path,
+    c: &Collector,
+    dataset: &str,
+    chunks: usize,
+    chunk_size: usize,
+) -> Result<()> {
+    let entries = c
+        .entries
+        .iter()
+        .map(|e| {
+            let sums = e.sum2.iter().map(|&s| s as f32).collect();
+            (
+                e.name.clone(),
+                ImatrixEntry {
+                    sums,
+                    counts: vec![e.count as i64],
+                },
+            )
+        })
+        .collect();
+    let im = Imatrix {
+        format: ImatrixFormat::Gguf,
+        entries,
+        datasets: vec![dataset.to_string()],
+        chunk_count: i32::try_from(chunks).context("too many chunks")?,
+        chunk_size: u32::try_from(chunk_size).context("--ctx too large")?,
+    };
+    formats::imatrix::write_gguf(path, &im)?;
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! The llama-family forward pass (llama, mistral-as-llama, qwen2) on CPU with
+//! candle, written so that every linear layer's input can be observed (the
+//! importance matrix needs them).
+//!
+//! What must stay true:
+//! - weights are in GGUF naming and layout (see `model::open`): llama q/k rows
+//!   are in ggml's interleaved RoPE order, so llama uses interleaved RoPE
+//!   (ggml's "normal" mode) and qwen2 uses NEOX RoPE, exactly as llama.cpp does;
+//! - every weight is dequantized to f32 once, at construction; arithmetic is
+//!   f32 (the numpy reference in tests/python checks it in f64);
+//! - [`Observer::linear_input`] sees the exact f32 input of each linear weight,
+//!   named by its GGUF tensor name, before the weight is applied.
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_nn::rotary_emb::{rope, rope_i};
+
+use crate::error::{Error, OpContext, Result};
+use crate::model::Opened;
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): ggml's normal mode, llama in GGUF layout.
+    Interleaved,
+    /// Halves (i, i + d/2): ggml's NEOX mode, qwen2.
+    Neox,
+}
+
+/// What the forward pass needs to know about the architecture.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub family: String,
+    pub n_layer: usize,
+    pub hidden: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub rope: RopeStyle,
+}
+
+/// Sees the input of every linear weight.
+pub trait Observer {
+    /// `x` is the `[tokens, in_features]` input of the weight named `weight`
+    /// (a GGUF name such as `blk.0.attn_q.weight`).
+    fn linear_input(&mut self, weight: &str, x: &Tensor) -> Result<()>;
+}
+
+/// An observer that looks at nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn linear_input(&mut self, _weight: &str, _x: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Linear {
+    name: String,
+    /// `[out, in]`, as stored.
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
+        obs.linear_input(&self.name, x)?;
+        let y = x
+            .matmul(&self.w.t().op(|| format!("{}: transpose", self.name))?)
+            .op(|| format!("{}: matmul", self.name))?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b).op(|| format!("{}: bias", self.name)),
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A model ready to run: every weight as an f32 candle tensor.
+#[derive(Debug)]
+pub struct Transformer {
+    pub cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: Linear,
+    device: Device,
+}
+
+fn bad(m: &Opened, reason: impl Into<String>) -> Error {
+    Error::Model {
+        model: m.name(),
+        reason: reason.into(),
+    }
+}
+
+impl Transformer {
+    /// Dequantize `m`'s weights into a runnable model.
+    pub fn new(m: &Opened) -> Result<Transformer> {
+        let arch = m.arch()?;
+        let rope = match arch.family.as_str() {
+            "llama" => RopeStyle::Interleaved,
+            "qwen2" => RopeStyle::Neox,
+            other => {
+                return Err(bad(
+                    m,
+                    format!(
+                    "architecture `{other}` cannot be evaluated yet (kiln runs llama and qwen2)"
+                ),
+                ))
+            }
+        };
+        if arch.n_expert > 0 {
+            return Err(bad(m, "mixture-of-experts models cannot be evaluated yet"));
+        }
+        if m.tensor("rope_freqs.weight").is_some()
+            || m.loaded
+                .model
+                .metadata
+                .get(&format!("{}.rope.scaling.type", arch.family))
+                .and_then(|v| v.as_str())
+                .is_some_and(|t| t != "none")
+        {
+            return Err(bad(m, "RoPE scaling (rope_freqs / rope.scaling.type) is not modelled by kiln's forward pass yet"));
+        }
+        if arch.n_head == 0
+            || arch.n_head_kv == 0
+            || arch.n_head % arch.n_head_kv != 0
+            || arch.head_dim % 2 != 0
+        {
+            return Err(bad(
+                m,
+                format!(
+                    "{} heads, {} KV heads, head dim {}: not a grouped-query layout kiln runs",
+                    arch.n_head, arch.n_head_kv, arch.head_dim
+                ),
+            ));
+        }
+        let device = Device::Cpu;
+        let load = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let node = m.need(name)?;
+            if node.shape != shape {
+                return Err(bad(
+                    m,
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {shape:?}",
+                        node.shape
+                    ),
+                ));
+            }
+            Tensor::from_vec(m.read_f32(node), shape, &device).op(|| format!("{name}: to tensor"))
+        };
+        let opt = |name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
+            match m.tensor(name) {
+                Some(_) => load(name, shape).map(Some),
+                None => Ok(None),
+            }
+        };
+        let (h, hd, nh, nkv, ffn) = (
+            arch.hidden,
+            arch.head_dim,
+            arch.n_head,
+            arch.n_head_kv,
+            arch.ffn,
+        );
+        let vocab = m
+            .need("token_embd.weight")?
+            .shape
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let linear = |name: String, out: usize, inp: usize| -> Result<Linear> {
+            let w = load(&name, &[out, inp])?;
+            let b = opt(&name.replace(".weight", ".bias"), &[out])?;
+            Ok(Linear { name, w, b })
+        };
+        let mut layers = Vec::with_capacity(arch.n_layer);
+        for i in 0..arch.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: load(&p("attn_norm.weight"), &[h])?,
+                q: linear(p("attn_q.weight"), nh * hd, h)?,
+                k: linear(p("attn_k.weight"), nkv * hd, h)?,
+                v: linear(p("attn_v.weight"), nkv * hd, h)?,
+                o: linear(p("attn_output.weight"), h, nh * hd)?,
+                ffn_norm: load(&p("ffn_norm.weight"), &[h])?,
+                gate: linear(p("ffn_gate.weight"), ffn, h)?,
+                up: linear(p("ffn_up.weight"), ffn, h)?,
+                down: linear(p("ffn_down.weight"), h, ffn)?,
+            });
+        }
+        let embed = load("token_embd.weight", &[vocab, h])?;
+        let output = match m.tensor("output.weight") {
+            Some(_) => linear("output.weight".into(), vocab, h)?,
+            // Tied embeddings: the output projection is the embedding, under
+            // its own name (as in llama.cpp's graph, where llama-imatrix's
+            // --process-output then finds no `output.weight`).
+            None => Linear {
+                name: "token_embd.weight".into(),
+                w: embed.clone(),
+                b: None,
+            },
+        };
+        Ok(Transformer {
+            cfg: Config {
+                family: arch.family.clone(),
+                n_layer: arch.n_layer,
+                hidden: h,
+                n_head: nh,
+                n_head_kv: nkv,
+                head_dim: hd,
+                vocab,
+                rope_theta: arch.rope_theta,
+                rms_eps: arch.rms_eps,
+                rope,
+            },
+            norm: load("output_norm.weight", &[h])?,
+            embed,
+            layers,
+            output,
+            device,
+        })
+    }
+
+    /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`.
+    fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.cfg.head_dim / 2;
+        let base = self.cfg.rope_theta as f64;
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in 0..t {
+            for i in 0..half {
+                let theta = p as f64 * base.powf(-2.0 * i as f64 / self.cfg.head_dim as f64);
+                cos.push(theta.cos() as f32);
+                sin.push(theta.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), &self.device).op(|| "rope cos".into())?;
+        let sin = Tensor::from_vec(sin, (t, half), &self.device).op(|| "rope sin".into())?;
+        Ok((cos, sin))
+    }
+
+    /// Logits `[ids.len() - from, vocab]` of positions `from..` (row j
+    /// predicts token `from + j + 1`), for one sequence starting at position 0.
+    pub fn forward(&self, ids: &[u32], from: usize, obs: &mut dyn Observer) -> Result<Tensor> {
+        let t = ids.len();
+        if t == 0 || from >= t {
+            return Err(Error::Input(format!(
+                "forward over {t} tokens from position {from}"
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.cfg.vocab
+            )));
+        }
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
+        let g = nh / nkv;
+        let ids_t = Tensor::from_slice(ids, t, &self.device).op(|| "token ids".into())?;
+        let mut x = self
+            .embed
+            .index_select(&ids_t, 0)
+            .op(|| "token_embd lookup".into())?;
+        let (cos, sin) = self.rope_tables(t)?;
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &self.device).op(|| "mask".into())?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (i, l) in self.layers.iter().enumerate() {
+            let ctx = |what: &str| format!("blk.{i}: {what}");
+            let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
+            let q = l.q.forward(&h, obs)?;
+            let k = l.k.forward(&h, obs)?;
+            let v = l.v.forward(&h, obs)?;
+            // [t, heads * hd] -> [1, heads, t, hd] for RoPE.
+            let heads = |y: Tensor, n: usize, what: &str| -> Result<Tensor> {
+                y.reshape((1, t, n, hd))
+                    .and_then(|y| y.transpose(1, 2))
+                    .and_then(|y| y.contiguous())
+                    .op(|| ctx(what))
+            };
+            let (q, k, v) = (
+                heads(q, nh, "q heads")?,
+                heads(k, nkv, "k heads")?,
+                heads(v, nkv, "v heads")?,
+            );
+            let (q, k) = match c.rope {
+                RopeStyle::Interleaved => (rope_i(&q, &cos, &sin), rope_i(&k, &cos, &sin)),
+                RopeStyle::Neox => (rope(&q, &cos, &sin), rope(&k, &cos, &sin)),
+            };
+            let (q, k) = (q.op(|| ctx("rope q"))?, k.op(|| ctx("rope k"))?);
+            // Grouped-query attention without copying K/V: query heads
+            // h = kv * g + j share KV head kv, so [nh, t, hd] is [nkv, g * t, hd].
+            let q = q.reshape((nkv, g * t, hd)).op(|| ctx("q groups"))?;
+            let k = k.reshape((nkv, t, hd)).op(|| ctx("k groups"))?;
+            let v = v.reshape((nkv, t, hd)).op(|| ctx("v groups"))?;
+            let att = q
+                .matmul(&k.t().op(|| ctx("kT"))?)
+                .and_then(|a| a * scale)
+                .and_then(|a| a.reshape((nkv, g, t, t)))
+                .and_then(|a| a.broadcast_add(&mask))
+                .op(|| ctx("scores"))?;
+            let att = softmax_last_dim(&att).op(|| ctx("softmax"))?;
+            let o = att
+                .reshape((nkv, g * t, t))
+                .and_then(|a| a.matmul(&v))
+                .and_then(|o| o.reshape((nh, t, hd)))
+                .and_then(|o| o.transpose(0, 1))
+                .and_then(|o| o.contiguous())
+                .and_then(|o| o.reshape((t, nh * hd)))
+                .op(|| ctx("attention"))?;
+            let o = l.o.forward(&o, obs)?;
+            x = (x + o).op(|| ctx("residual"))?;
+            let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
+            let gate = l.gate.forward(&h, obs)?;
+            let up = l.up.forward(&h, obs)?;
+            let a = (gate.silu().op(|| ctx("silu"))? * up).op(|| ctx("gate * up"))?;
+            let d = l.down.forward(&a, obs)?;
+            x = (x + d).op(|| ctx("residual"))?;
+        }
+        let x = x.narrow(0, from, t - from).op(|| "narrow".into())?;
+        let h = rms_norm(&x, &self.norm, c.rms_eps).op(|| "output_norm".into())?;
+        let logits = self.output.forward(&h, obs)?;
+        debug_assert_eq!(logits.dtype(), DType::F32);
+        debug_assert_eq!(logits.dim(D::Minus1).ok(), Some(c.vocab));
+        Ok(logits)
+    }
+}

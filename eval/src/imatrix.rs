@@ -1,0 +1,103 @@
+//! Importance-matrix collection: for every linear weight, the sum of squared
+//! input activations per input column and the number of rows (tokens) seen,
+//! as llama.cpp's `llama-imatrix` accumulates them (`IMatrixCollector::
+//! collect_imatrix`): only `blk.*` weights unless the output projection is
+//! asked for, every position of every window.
+//!
+//! What must stay true: `sum2[j]` is the sum over all observed rows of `x[j]²`
+//! and `count` the number of rows, so `sum2 / count` is the mean squared
+//! activation, the importance llama.cpp's quantizers weight errors by.
+//! Entries are kept in first-seen order (the forward pass's order), so the
+//! output does not depend on hashing.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{OpContext, Result};
+use crate::forward::Observer;
+
+/// Accumulated statistics of one weight's input.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// GGUF tensor name of the weight (`blk.0.attn_q.weight`).
+    pub name: String,
+    /// Sum of squared activations per input column.
+    pub sum2: Vec<f64>,
+    /// Rows (tokens) accumulated.
+    pub count: u64,
+}
+
+impl Entry {
+    /// Mean squared activation per input column.
+    pub fn mean(&self) -> Vec<f32> {
+        let n = self.count.max(1) as f64;
+        self.sum2.iter().map(|&s| (s / n) as f32).collect()
+    }
+}
+
+/// An [`Observer`] that accumulates an importance matrix.
+#[derive(Debug, Default)]
+pub struct Collector {
+    pub entries: Vec<Entry>,
+    /// Also collect the output projection (`llama-imatrix --process-output`).
+    pub include_output: bool,
+}
+
+impl Collector {
+    pub fn new(include_output: bool) -> Collector {
+        Collector {
+            entries: Vec::new(),
+            include_output,
+        }
+    }
+}
+
+impl Observer for Collector {
+    fn linear_input(&mut self, weight: &str, x: &Tensor) -> Result<()> {
+        if !(weight.starts_with("blk.") || (self.include_output && weight == "output.weight")) {
+            return Ok(());
+        }
+        let (rows, cols) = x.dims2().op(|| format!("{weight}: input shape"))?;
+        // Column sums of squares, in f64 so long texts do not lose the tail.
+        let sq: Vec<f64> = x
+            .to_dtype(DType::F64)
+            .and_then(|x| x.sqr())
+            .and_then(|x| x.sum(0))
+            .and_then(|x| x.to_vec1::<f64>())
+            .op(|| format!("{weight}: squared input"))?;
+        let e = match self.entries.iter().position(|e| e.name == weight) {
+            Some(i) => &mut self.entries[i],
+            None => {
+                self.entries.push(Entry {
+                    name: weight.to_string(),
+                    sum2: vec![0.0; cols],
+                    count: 0,
+                });
+                self.entries.last_mut().expect("just pushed")
+            }
+        };
+        for (a, b) in e.sum2.iter_mut().zip(sq) {
+            *a += b;
+        }
+        e.count += rows as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sums_squares_per_column_and_counts_rows() {
+        let mut c = Collector::new(false);
+        let x = Tensor::from_vec(vec![1f32, 2.0, -3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
+        c.linear_input("blk.0.attn_q.weight", &x).unwrap();
+        c.linear_input("blk.0.attn_q.weight", &x).unwrap();
+        c.linear_input("output.weight", &x).unwrap();
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(c.entries[0].sum2, vec![20.0, 40.0]);
+        assert_eq!(c.entries[0].count, 4);
+        assert_eq!(c.entries[0].mean(), vec![5.0, 10.0]);
+    }
+}
