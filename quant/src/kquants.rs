@@ -510,13 +510,10 @@ fn pack_q5_k(l: &[u8; QK_K], qh_qs: &mut [u8]) {
     qh.fill(0);
     for c in 0..4 {
         for i in 0..32 {
+            // Quants are <= 31: bit 4 is the fifth bit (branch-free so it
+            // vectorizes).
             let (l1, l2) = (l[64 * c + i], l[64 * c + 32 + i]);
-            if l1 > 15 {
-                qh[i] |= 1 << (2 * c);
-            }
-            if l2 > 15 {
-                qh[i] |= 2 << (2 * c);
-            }
+            qh[i] |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1));
             qs[32 * c + i] = (l1 & 0x0F) | ((l2 & 0x0F) << 4);
         }
     }
