@@ -105,6 +105,16 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
     if gates && args.text.is_none() {
         bail!("the gates --max-kld, --max-ppl-ratio and --min-top1 are measured on text: give --text FILE");
     }
+    if let Some(p) = args.min_top1 {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("--min-top1 is a fraction between 0 and 1 (0.95 for 95%), not {p}");
+        }
+    }
+    if args.max_kld.is_some_and(|x| x.is_nan() || x < 0.0)
+        || args.max_ppl_ratio.is_some_and(|x| x.is_nan() || x <= 0.0)
+    {
+        bail!("--max-kld must be at least 0 and --max-ppl-ratio above 0");
+    }
     if !args.weights && args.text.is_none() {
         bail!("nothing to evaluate: give --weights (weight error) and/or --text FILE (perplexity, KLD, top-1)");
     }
