@@ -103,7 +103,8 @@ pub struct Metrics {
     pub snr_db: Option<f64>,
     pub cosine: Option<f64>,
     pub max_abs: f64,
-    /// Importance-weighted relative error (only with an importance matrix).
+    /// Importance-weighted relative error (only with an importance matrix;
+    /// for a role or the total, pooled over the tensors that have an entry).
     pub weighted_rel_err: Option<f64>,
 }
 
