@@ -4,7 +4,7 @@
 Generates llama-shaped BF16 checkpoints of about 0.5, 2 and 4 GB (seeded,
 see fixtures/), then converts each to Q8_0 and Q4_0 with the release binary,
 interleaving sizes and types, and reports wall time, GB/s of input and peak
-resident memory (from wait4's rusage of each child). As a peer in the same
+resident memory (GNU time's %M of each child). As a peer in the same
 run it times reading the same input with `cat > /dev/null` (the I/O ceiling)
 and reports kiln's throughput as a ratio of it.
 
@@ -25,15 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run(cmd, env=None):
-    """Run cmd; return (seconds, peak RSS bytes)."""
+    """Run cmd; return (seconds, peak RSS bytes), the RSS from GNU time's %M
+    (ru_maxrss seen from here would include this process's RSS at fork)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", *map(str, cmd)], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     secs = time.perf_counter() - t0
-    err = p.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
+    err = p.stderr.decode()
+    if p.returncode != 0:
         sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err}")
-    return secs, usage.ru_maxrss * 1024
+    return secs, int(err.strip().splitlines()[-1]) * 1024
 
 
 def dir_bytes(d):

@@ -19,6 +19,7 @@ Usage: python3 bench/quantize_vs_llama_cpp.py [--threads N] [--repeat R]
          [--gb 1.0] [--llama-venv DIR] [--types Q8_0,Q4_0,Q4_K_M,Q6_K]
 """
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -46,14 +47,26 @@ sys.exit(rc)
 
 
 def run(cmd, env=None):
+    """Run cmd; return (seconds, peak RSS bytes). The RSS comes from GNU time
+    (`%M`): a child's ru_maxrss seen from this process would include the RSS
+    this Python process had when it forked (Linux keeps the high-water mark
+    across exec)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", *[str(c) for c in cmd]], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     secs = time.perf_counter() - t0
-    err = p.stderr.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
+    err = p.stderr.decode(errors="replace")
+    if p.returncode != 0:
         sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err[-3000:]}")
-    return secs, usage.ru_maxrss * 1024
+    return secs, int(err.strip().splitlines()[-1]) * 1024
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def llama_python(venv):
@@ -118,7 +131,7 @@ def main():
                 s, r = run([py, "-c", QUANTIZE_CHILD, src, l_out, FTYPES[ty], args.threads])
                 times["llama.cpp"].append(s)
                 rss["llama.cpp"] = max(rss["llama.cpp"], r)
-            same = k_out.read_bytes() == l_out.read_bytes()
+            same = sha256(k_out) == sha256(l_out)
             row = {"input": label, "input_bytes": size, "type": ty, "threads": args.threads,
                    "kiln_s": statistics.median(times["kiln"]), "llama_s": statistics.median(times["llama.cpp"]),
                    "kiln_rss": rss["kiln"], "llama_rss": rss["llama.cpp"], "identical_bytes": same}
