@@ -70,10 +70,7 @@ pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     let file_name = out
         .file_name()
         .ok_or_else(|| Error::output(out, "output path has no file name"))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = crate::atomic::parent_dir(out);
     if !parent.is_dir() {
         return Err(Error::output(
             out,
@@ -114,21 +111,7 @@ pub fn write_gguf(
     cancel: &AtomicBool,
 ) -> Result<()> {
     check_output(out, &model.files)?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let prefix = format!(
-        ".{}.",
-        out.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    );
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".kiln-tmp")
-        .tempfile_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    let tmp = crate::atomic::temp_beside(out)?;
     let tmp_path = tmp.path().to_path_buf();
     let io = |e| Error::io(&tmp_path, e);
     // Encoding and writing overlap: encoded chunks go through a bounded
@@ -153,24 +136,16 @@ pub fn write_gguf(
             }
             w.flush()
         });
-        let encoded = encode_all(model, maps, layout, out, opts, progress, cancel, &tx, &tmp_path);
+        let encoded = encode_all(
+            model, maps, layout, out, opts, progress, cancel, &tx, &tmp_path,
+        );
         drop(tx);
         let written = writer.join().expect("the writer thread does not panic");
         // A write error is the cause of any send failure: report it first.
         written.map_err(io)?;
         encoded
     })?;
-    tmp.as_file().sync_all().map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(0o644));
-    }
-    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-    if let Ok(dir) = std::fs::File::open(&parent) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    crate::atomic::commit(tmp, out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -197,7 +172,10 @@ fn encode_all(
         if written != bytes {
             return Err(Error::output(
                 out,
-                format!("tensor `{}`: wrote {written} bytes, planned {bytes}", t.name),
+                format!(
+                    "tensor `{}`: wrote {written} bytes, planned {bytes}",
+                    t.name
+                ),
             ));
         }
         let padded = bytes.div_ceil(layout.alignment) * layout.alignment;
@@ -225,10 +203,17 @@ fn write_tensor(
     let out_row = ty.row_bytes(row_len).expect("encoding fits the row length");
     let src_row = source_row_bytes(t);
     let copy = ty == t.source.dtype.ggml();
-    let importance = opts.importance.and_then(|m| m.get(&t.name)).map(Vec::as_slice);
+    let importance = opts
+        .importance
+        .and_then(|m| m.get(&t.name))
+        .map(Vec::as_slice);
     // Rows per expert: a 3-D tensor's rows of expert e use importance
     // `[e * row_len, (e + 1) * row_len)`.
-    let rows_per_expert = if t.shape.len() >= 3 { t.shape[t.shape.len() - 2] } else { n_rows.max(1) };
+    let rows_per_expert = if t.shape.len() >= 3 {
+        t.shape[t.shape.len() - 2]
+    } else {
+        n_rows.max(1)
+    };
     let rows_per_chunk = (CHUNK_F32_BYTES / (row_len.max(1) * 4)).max(1);
     let mut written = 0u64;
     let mut nonfinite = 0u64;

@@ -545,20 +545,11 @@ pub fn to_gguf_bytes(imatrix: &Imatrix) -> std::result::Result<Vec<u8>, String> 
 pub fn write_gguf(path: &Path, imatrix: &Imatrix) -> Result<()> {
     use std::io::Write;
     let bytes = to_gguf_bytes(imatrix).map_err(|e| Error::output(path, e))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".imatrix.")
-        .suffix(".kiln-tmp")
-        .tempfile_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    let mut tmp = crate::atomic::temp_beside(path)?;
     tmp.write_all(&bytes)
         .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    crate::atomic::commit(tmp, path)
+
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! streaming, atomic GGUF emitter. Knows nothing about policy: which encoding
 //! each tensor gets is decided by `passes`.
 
+pub mod atomic;
 pub mod data;
 pub mod emit;
 pub mod error;
