@@ -13,6 +13,9 @@ use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use crate::error::{Error, Result};
 
+/// Larger than Linux's default `fault_around_bytes` (64 KiB).
+const FAULT_AROUND: usize = 128 << 10;
+
 /// A read-only mapped input file.
 #[derive(Debug)]
 pub struct MappedFile {
@@ -53,10 +56,18 @@ impl MappedFile {
     /// file. Pages are re-read from the file if touched again.
     pub fn release(&self, offset: usize, len: usize) {
         let Some(map) = &self.map else { return };
-        // Round inward to whole pages.
+        // Round outward to whole pages, and reach back over the kernel's
+        // fault-around window: a fault at `offset` maps up to 64 KiB of
+        // already-cached pages around it, including pages of the range
+        // released just before, which would otherwise stay resident and make
+        // RSS grow with the model. Dropping a page that is still needed only
+        // costs a re-read from the page cache.
         let page = 4096;
-        let start = offset.div_ceil(page) * page;
-        let end = (offset + len).min(map.len()) / page * page;
+        let start = offset.saturating_sub(FAULT_AROUND) / page * page;
+        let end = (offset + len)
+            .div_ceil(page)
+            .saturating_mul(page)
+            .min(map.len());
         if end > start {
             // SAFETY: the mapping is private and read-only, so dropping its
             // pages only discards clean copies of file data; any later access
