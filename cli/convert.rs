@@ -133,7 +133,10 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         }
         if !m.entries.is_empty() {
             let arg = path.display().to_string();
-            model.metadata.0.extend(formats::imatrix::quantize_metadata(&arg, m));
+            model
+                .metadata
+                .0
+                .extend(formats::imatrix::quantize_metadata(&arg, m));
         }
     }
     let layout = emit::plan(&model);

@@ -5,8 +5,8 @@
 //! failed, 2 bad input or usage, 130 interrupted.
 
 mod convert;
-mod eval;
 mod estimate;
+mod eval;
 mod imatrix;
 mod inspect;
 mod printer;

@@ -60,23 +60,47 @@ fn recipes_mix_types_as_llama_cpp_does() {
     assert_eq!(convert(&fixture("tiny-llama"), "q4_0", &p, &[]).code, 0);
     let g = read_gguf(&p);
     assert_eq!(tensor(&g, "output.weight").1, quant::GgmlType::Q6K.id());
-    assert_eq!(tensor(&g, "blk.0.attn_q.weight").1, quant::GgmlType::Q4_0.id());
+    assert_eq!(
+        tensor(&g, "blk.0.attn_q.weight").1,
+        quant::GgmlType::Q4_0.id()
+    );
     // Overrides: first match wins; explicit output and embedding types.
     let r = convert(
         &fixture("tiny-llama"),
         "Q4_K_M",
         &p,
-        &["--tensor-type", "attn_q=q8_0", "--tensor-type", "attn=q5_0", "--output-tensor-type", "f16", "--token-embedding-type", "q8_0"],
+        &[
+            "--tensor-type",
+            "attn_q=q8_0",
+            "--tensor-type",
+            "attn=q5_0",
+            "--output-tensor-type",
+            "f16",
+            "--token-embedding-type",
+            "q8_0",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let g = read_gguf(&p);
-    assert_eq!(tensor(&g, "blk.1.attn_q.weight").1, quant::GgmlType::Q8_0.id());
-    assert_eq!(tensor(&g, "blk.1.attn_k.weight").1, quant::GgmlType::Q5_0.id());
+    assert_eq!(
+        tensor(&g, "blk.1.attn_q.weight").1,
+        quant::GgmlType::Q8_0.id()
+    );
+    assert_eq!(
+        tensor(&g, "blk.1.attn_k.weight").1,
+        quant::GgmlType::Q5_0.id()
+    );
     assert_eq!(tensor(&g, "output.weight").1, quant::GgmlType::F16.id());
-    assert_eq!(tensor(&g, "token_embd.weight").1, quant::GgmlType::Q8_0.id());
+    assert_eq!(
+        tensor(&g, "token_embd.weight").1,
+        quant::GgmlType::Q8_0.id()
+    );
     // ffn_down rows are 704 long: Q4_K/Q6_K fall back as llama.cpp does.
     let down = tensor(&g, "blk.0.ffn_down.weight").1;
-    assert!(down == quant::GgmlType::Q5_0.id() || down == quant::GgmlType::Q8_0.id(), "{down}");
+    assert!(
+        down == quant::GgmlType::Q5_0.id() || down == quant::GgmlType::Q8_0.id(),
+        "{down}"
+    );
 }
 
 #[test]

@@ -275,7 +275,11 @@ fn output_directory_missing_and_output_equal_to_input() {
 fn usage_errors_exit_2() {
     let r = run(&["convert", "x", "--type", "q9_9", "-o", "y.gguf"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("unknown llama.cpp recipe `q9_9`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unknown llama.cpp recipe `q9_9`"),
+        "{}",
+        r.stderr
+    );
     let r = run(&["convert", "x", "--type", "q8_0"]);
     assert_eq!(r.code, 2, "-o is required without --dry-run");
 }

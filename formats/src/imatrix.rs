@@ -549,7 +549,6 @@ pub fn write_gguf(path: &Path, imatrix: &Imatrix) -> Result<()> {
     tmp.write_all(&bytes)
         .map_err(|e| Error::io(tmp.path(), e))?;
     crate::atomic::commit(tmp, path)
-
 }
 
 #[cfg(test)]

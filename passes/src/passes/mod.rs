@@ -18,7 +18,10 @@ pub trait Pass {
 }
 
 /// Run `passes` in order; returns each pass's name and time.
-pub fn run(model: &mut Model, passes: &[&dyn Pass]) -> Result<Vec<(&'static str, Duration)>, PassError> {
+pub fn run(
+    model: &mut Model,
+    passes: &[&dyn Pass],
+) -> Result<Vec<(&'static str, Duration)>, PassError> {
     let mut times = Vec::with_capacity(passes.len());
     for p in passes {
         let t0 = Instant::now();
