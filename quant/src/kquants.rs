@@ -1,10 +1,13 @@
 //! The 256-value ggml "K-quant" super-block types Q2_K, Q3_K, Q4_K, Q5_K, Q6_K:
 //! decoders and encoders for all five.
 //!
-//! Ports of ggml's `dequantize_row_q{2,3,4,5,6}_K` and
-//! `quantize_row_q{2,3,4,5,6}_K_ref` (no importance matrix) with their helpers
-//! `nearest_int`, `make_qx_quants`, `make_q3_quants`, `make_qkx2_quants` (ggml
-//! `src/ggml-quants.c`, block structs in `src/ggml-common.h`). What must stay true:
+//! Ports of ggml's `dequantize_row_q{2,3,4,5,6}_K`,
+//! `quantize_row_q{2,3,4,5,6}_K_ref` (what `ggml_quantize_chunk` runs with no
+//! importance matrix) and `quantize_row_q{2,3,4,5,6}_K_impl` (with one), with
+//! their searches `make_qx_quants`, `make_q3_quants`, `make_qkx2_quants`,
+//! `make_qkx3_quants`, `make_qp_quants` (ggml `src/ggml-quants.c`, block
+//! structs in `src/ggml-common.h`). The searches of a super-block's
+//! sub-blocks run together as SIMD lanes (`lanes.rs`). What must stay true:
 //! - byte offsets inside a block are the C struct layouts (no padding):
 //!   Q2_K `scales[16] qs[64] d dmin` (84), Q3_K `hmask[32] qs[64] scales[12] d`
 //!   (110), Q4_K `d dmin scales[12] qs[128]` (144), Q5_K `d dmin scales[12]
@@ -20,7 +23,10 @@
 //!   `(w*l)*l`), same strict comparisons (first best wins), `nearest_int`'s
 //!   add-1.5*2^23 trick (round half to even, and its exact bit behaviour for
 //!   out-of-range input), C's wrapping int -> u8/i8 narrowing, and the
-//!   sub-blocks whose stored scale is 0 keep the search's quants, as ggml does.
+//!   sub-blocks whose stored scale is 0 keep the search's quants, as ggml does;
+//! - with an imatrix, block `b` of a row uses weights `qw[256b..256b + 256]`
+//!   and `sigma2` of its own super-block (`mean x^2` for Q2_K, twice that for
+//!   Q3_K/Q4_K/Q5_K; Q6_K weighs by the imatrix alone).
 //!   Any change here must be re-checked byte for byte against ggml.
 //!
 //! The decoders work block by block on fixed-size arrays with no allocation:

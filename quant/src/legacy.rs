@@ -1,6 +1,7 @@
 //! The 32-value ggml block types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (encode and decode).
 //!
-//! Ports of ggml's `quantize_row_{q8_0,q4_0,q4_1,q5_0,q5_1}_ref` and
+//! Ports of ggml's `quantize_row_{q8_0,q4_0,q4_1,q5_0,q5_1}_ref`, the
+//! importance-matrix `quantize_row_{q4_0,q4_1,q5_0,q5_1}_impl` and
 //! `dequantize_row_*` (ggml `src/ggml-quants.c`; block structs in
 //! `src/ggml-common.h`). What must stay true, for byte-identical output with
 //! ggml on x86-64 and with gguf-py's `gguf/quants.py`:
@@ -12,9 +13,14 @@
 //! - Q4_0/Q5_0 take the first value of largest magnitude, with its sign, and an
 //!   all-zero block keeps the initial `+0.0`, so its stored `d` is `-0.0`
 //!   (`0x8000`);
-//! - float-to-int casts go through `c_cast_i32`, which reproduces what the x86-64
-//!   `cvttss2si` instruction gives C for NaN and out-of-range values, so even
-//!   blocks whose scale underflows (`1/d` = inf) or that hold inf/NaN match;
+//! - float-to-int casts give what the x86-64 `cvttss2si` instruction gives C:
+//!   blocks whose values are all small take a vectorizable exact path
+//!   (`c_cast_block`), the rest go through `c_cast_i32`, which reproduces NaN
+//!   and out-of-range results, so even blocks whose scale underflows (`1/d` =
+//!   inf) or that hold inf/NaN match; reductions (absmax, min, max) run as
+//!   SIMD but return the value the sequential C loop keeps (first of equals);
+//! - with an imatrix, `sigma2` is the mean square of the whole row (so rows
+//!   must be passed whole) and 8 consecutive blocks are searched as lanes;
 //! - byte `j` of `qs` holds value `j` in its low nibble and value `j + 16` in its
 //!   high nibble; Q5's fifth bits of values `j` and `j + 16` are bits `j` and
 //!   `j + 16` of the little-endian u32 `qh`.

@@ -23,9 +23,16 @@
 //! | IQ4_NL | `quantize_row_iq4_nl_impl`, weights `x^2`, 15 tries (not `quantize_row_iq4_nl_ref`, which tries once) | the same, weights `qw * sqrt(sigma2 + x^2)` |
 //! | IQ4_XS | `quantize_row_iq4_nl_impl` on 256 values, weights `x^2` (= `quantize_row_iq4_xs_ref`) | the same with imatrix weights |
 //!
+//! Speed: the searches are run on many groups at once as SIMD lanes
+//! (`lanes.rs`, plain safe Rust on baseline x86-64) with every lane doing the
+//! reference's f32 operations in the reference's order, so the bytes do not
+//! change; single-thread throughput against ggml's C is in `quant/BENCH.md`
+//! (`cargo run -p quant --release --example bench`).
+//!
 //! An imatrix of all ones is *not* the same as none: the `_impl` searches
 //! (weights `sqrt(sigma2 + x^2)`, `make_qkx3_quants`, `make_qp_quants`) differ
 //! from the reference ones, so the bytes differ for every type that uses it.
+//!
 //! The reference is ggml's C code as ggml-base is built for x86-64: baseline
 //! target, no FMA contraction. (A ggml-quants.c compiled with
 //! `-march=native` on an FMA machine contracts `a*b+c` and then produces

@@ -1,7 +1,9 @@
-//! The scale searches shared by ggml's K-quant, legacy-with-imatrix and IQ4
-//! encoders: `nearest_int`, `make_qx_quants`, `make_q3_quants`,
-//! `make_qkx2_quants`, `make_qkx3_quants`, `make_qp_quants` and
-//! `best_index_int8` (ggml `src/ggml-quants.c`).
+//! Scalar ports of ggml's scale searches (ggml `src/ggml-quants.c`):
+//! `nearest_int`, `make_qp_quants` (run by the encoders as is), and
+//! `make_qx_quants`, `make_q3_quants`, `make_qkx2_quants` /
+//! `make_qkx3_quants`, which the encoders run as lane versions (`lanes.rs`)
+//! and which are kept here, compiled for tests only, as the readable
+//! reference and the oracle those lane versions are checked against.
 //!
 //! What must stay true: each function performs the reference's f32 operations
 //! in the reference's order for every element (`w*x*l` is `(w*x)*l`, sums
@@ -41,9 +43,7 @@ fn signed_amax(x: &[f32]) -> (f32, f32) {
     (max, amax)
 }
 
-/// (Kept as the readable scalar port and, in tests, the oracle for the lane
-/// version `lanes::make_qx_lanes` that the encoders run.)
-#[cfg(test)]
+#[cfg(test)] // the encoders run `lanes::make_qx_lanes`
 /// ggml's `make_qx_quants` with `rmse_type = 1` and weights `w` (the caller
 /// passes `x*x` for ggml's `qw == NULL`, which computes exactly that):
 /// symmetric quants `l` in `-nmax..nmax` stored as `l + nmax`, and the best
@@ -96,9 +96,7 @@ pub(crate) fn make_qx_quants<const N: usize>(
     scale
 }
 
-/// (Kept as the readable scalar port and, in tests, the oracle for the lane
-/// version `lanes::make_q3_lanes` that the encoders run.)
-#[cfg(test)]
+#[cfg(test)] // the encoders run `lanes::make_q3_lanes`
 /// ggml's `make_q3_quants` with `do_rmse`: symmetric quants in `-nmax..nmax`
 /// from iscale `-nmax / max`, then up to 5 rounds of coordinate descent on
 /// the x^2-weighted least-squares fit; returns the scale and leaves `L + nmax`.
@@ -162,9 +160,7 @@ pub(crate) enum Qkx {
     Three,
 }
 
-/// (Kept as the readable scalar port and, in tests, the oracle for the lane
-/// version `lanes::make_qkx_lanes` that the encoders run.)
-#[cfg(test)]
+#[cfg(test)] // the encoders run `lanes::make_qkx_lanes`
 /// ggml's `make_qkx2_quants` / `make_qkx3_quants` (with weights): an
 /// asymmetric fit `x ~ scale * L + min` (`min <= 0`) over `nstep + 1`
 /// candidate inverse scales `(rmin + rdelta*is + nmax) / (max - min)`, each
