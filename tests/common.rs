@@ -38,6 +38,15 @@ pub fn run_cmd(c: &mut Command) -> Run {
     }
 }
 
+/// What a user sees, for snapshots: exit code, stdout and stderr.
+pub fn snap(args: &[&str]) -> String {
+    let r = run(args);
+    format!(
+        "exit code: {}\n----- stdout -----\n{}----- stderr -----\n{}",
+        r.code, r.stdout, r.stderr
+    )
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

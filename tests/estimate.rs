@@ -28,14 +28,6 @@ fn estimate_json(args: &[&str]) -> Value {
     serde_json::from_str(&r.stdout).expect("estimate --json prints JSON")
 }
 
-fn snap(args: &[&str]) -> String {
-    let r = run(args);
-    format!(
-        "exit code: {}\n----- stdout -----\n{}----- stderr -----\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 macro_rules! assert_cli_snapshot {
     ($name:expr, $args:expr) => {{
         let mut settings = insta::Settings::clone_current();

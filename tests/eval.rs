@@ -448,14 +448,6 @@ fn per_token_file_lists_windows_and_scores() {
     assert_eq!(v["scores"].as_array().unwrap().len(), 2 * 23);
 }
 
-fn snap(args: &[&str]) -> String {
-    let r = run(args);
-    format!(
-        "exit code: {}\n----- stdout -----\n{}----- stderr -----\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 /// What users see: help texts, a text report with a failed gate, a weight
 /// report; times, rates and paths filtered.
 #[test]

@@ -3,14 +3,6 @@
 
 use crate::common::*;
 
-fn snap(args: &[&str]) -> String {
-    let r = run(args);
-    format!(
-        "exit code: {}\n----- stdout -----\n{}----- stderr -----\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 macro_rules! assert_cli_snapshot {
     ($name:expr, $args:expr) => {{
         let mut settings = insta::Settings::clone_current();
