@@ -140,6 +140,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         }
     }
     let layout = emit::plan(&model);
+    // The metadata now lives serialized in the header; free its strings (a
+    // tokenizer is ~100k of them) before streaming, to keep the peak low.
+    model.metadata.0.clear();
     let notes: Vec<String> = model
         .tensors
         .iter()

@@ -27,7 +27,7 @@ use crate::gguf::{layout, Layout, OutTensor};
 use crate::mmap::MappedFile;
 
 /// Rows are encoded in chunks of about this many bytes of f32.
-const CHUNK_F32_BYTES: usize = 4 << 20;
+const CHUNK_F32_BYTES: usize = 2 << 20;
 /// Encoded chunks queued for the writer thread at most.
 const WRITE_QUEUE: usize = 2;
 /// Bytes written between two `fdatasync`s of the output.

@@ -31,7 +31,8 @@ pub struct Loaded {
     pub kind: InputKind,
     pub model: Model,
     pub maps: Vec<MappedFile>,
-    /// For GGUF inputs, the parsed file (for inspection).
+    /// For GGUF inputs, the parsed file (for inspection); its metadata is
+    /// moved into `model.metadata` (one copy: a tokenizer can be 100k strings).
     pub gguf: Option<GgufFile>,
     /// For safetensors inputs, every header (for inspection), by file.
     pub safetensors: Vec<StHeader>,
@@ -239,7 +240,7 @@ pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
 }
 
 fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
-    let g = gguf::parse(path, map.bytes())?;
+    let mut g = gguf::parse(path, map.bytes())?;
     let mut tensors = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         let ty = GgmlType::from_id(t.ty.id).ok_or_else(|| {
@@ -274,7 +275,7 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
             files: vec![path.to_path_buf()],
             arch,
             tensors,
-            metadata: g.metadata.clone(),
+            metadata: std::mem::take(&mut g.metadata),
             notes: Vec::new(),
         },
         maps: vec![map],
