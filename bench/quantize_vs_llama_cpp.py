@@ -9,7 +9,8 @@ wall time, throughput and peak RSS of each, with kiln/llama.cpp ratios. It also
 times kiln's one-step safetensors -> Q4_K_M on the generated checkpoint.
 
 llama.cpp is llama-cpp-python (which builds llama.cpp from source, default
-flags) calling `llama_model_quantize` in a child process; that process's RSS
+flags) calling `llama_model_quantize` in a child process, which then fsyncs
+the output as kiln's atomic write does (`--no-sync` to skip); that process's RSS
 includes the Python interpreter (about 20 MB), reported separately as its
 baseline. llama.cpp's own two-step path from safetensors
 (convert_hf_to_gguf.py, then quantize) is not timed: its converter imports
@@ -37,11 +38,18 @@ FTYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15, "Q6_K": 18}
 QUANTIZE_CHILD = r"""
 import ctypes, sys
 import llama_cpp
-src, dst, ftype, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+src, dst, ftype, threads, sync = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 p = llama_cpp.llama_model_quantize_default_params()
 p.ftype = ftype
 p.nthread = threads
 rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
+if rc == 0 and sync:
+    # kiln's atomic write fsyncs its output; make llama.cpp's durable too, so
+    # both times are for a file on disk rather than in the page cache.
+    import os
+    fd = os.open(dst, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
 sys.exit(rc)
 """
 
@@ -88,6 +96,8 @@ def main():
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--llama-venv", default=str(OUT / "llama-venv"))
     ap.add_argument("--types", default=",".join(FTYPES))
+    ap.add_argument("--no-sync", action="store_true",
+                    help="do not fsync llama.cpp's output (kiln always fsyncs its own: atomic writes)")
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "kiln", "-p", "fixtures"], cwd=REPO, check=True)
@@ -128,7 +138,7 @@ def main():
                 s, r = run([kiln, "convert", src, "--type", ty, "-o", k_out, "-q"], env=env)
                 times["kiln"].append(s)
                 rss["kiln"] = max(rss["kiln"], r)
-                s, r = run([py, "-c", QUANTIZE_CHILD, src, l_out, FTYPES[ty], args.threads])
+                s, r = run([py, "-c", QUANTIZE_CHILD, src, l_out, FTYPES[ty], args.threads, int(not args.no_sync)])
                 times["llama.cpp"].append(s)
                 rss["llama.cpp"] = max(rss["llama.cpp"], r)
             same = sha256(k_out) == sha256(l_out)
@@ -146,7 +156,8 @@ def main():
 
     (OUT / "quantize_vs_llama_cpp.json").write_text(json.dumps({"rows": rows, "one_step_s": one_s}, indent=1))
     print(f"threads {args.threads}, median of {args.repeat} interleaved runs; llama.cpp = {LLAMA_CPP_PYTHON} "
-          f"llama_model_quantize (python baseline RSS {py_rss / 2**20:.0f} MiB included)")
+          f"llama_model_quantize (python baseline RSS {py_rss / 2**20:.0f} MiB included; output "
+          f"{'not ' if args.no_sync else ''}fsynced, as kiln's is)")
     print("| input | recipe | kiln s | llama.cpp s | speed-up | kiln RSS | llama.cpp RSS | RSS ratio | same bytes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
