@@ -316,10 +316,9 @@ impl WeightBytes {
     }
 }
 
-/// `use_more_bits` of `llama-quant.cpp`, with C's truncating `%`.
+/// `use_more_bits` of `llama-quant.cpp` (the recipe pass's), on counts.
 pub fn use_more_bits(i: usize, n: usize) -> bool {
-    let (i, n) = (i as i64, n as i64);
-    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+    crate::passes::recipe::use_more_bits(i as i64, n as i64)
 }
 
 /// Facts about the whole model the recipe rules consult.
