@@ -116,6 +116,17 @@ fn write(
     chunks: usize,
     chunk_size: usize,
 ) -> Result<()> {
+    formats::imatrix::write_gguf(path, &to_imatrix(c, dataset, chunks, chunk_size)?)?;
+    Ok(())
+}
+
+/// The collected matrix as llama.cpp's GGUF imatrix holds it.
+pub fn to_imatrix(
+    c: &Collector,
+    dataset: &str,
+    chunks: usize,
+    chunk_size: usize,
+) -> Result<Imatrix> {
     let entries = c
         .entries
         .iter()
@@ -137,6 +148,5 @@ fn write(
         chunk_count: i32::try_from(chunks).context("too many chunks")?,
         chunk_size: u32::try_from(chunk_size).context("--ctx too large")?,
     };
-    formats::imatrix::write_gguf(path, &im)?;
-    Ok(())
+    Ok(im)
 }

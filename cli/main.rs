@@ -4,11 +4,13 @@
 //! Exit codes are decided in one place, [`exit_code`]: 0 success, 1 a check
 //! failed, 2 bad input or usage, 130 interrupted.
 
+mod build;
 mod convert;
 mod estimate;
 mod eval;
 mod imatrix;
 mod inspect;
+mod planner;
 mod printer;
 mod targets;
 mod util;
@@ -44,6 +46,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The main job: plan every tensor's encoding for a target's memory and serving budget, write
+    /// the GGUF artifact(s), manifest.json, report.md and chart.svg.
+    #[command(after_help = EXIT_CODES)]
+    Build(build::BuildArgs),
     /// Show a model's architecture, tensors (name, shape, dtype, bytes), totals and metadata.
     #[command(after_help = EXIT_CODES)]
     Inspect(inspect::InspectArgs),
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let printer = Printer::new(cli.quiet);
     let result = match &cli.command {
+        Command::Build(args) => build::run(args, &printer),
         Command::Inspect(args) => inspect::run(args, &printer),
         Command::Convert(args) => convert::run(args, &printer),
         Command::Targets(args) => targets::run(args, &printer),

@@ -238,6 +238,46 @@ impl Transformer {
         })
     }
 
+    /// Replace the weight named `name` (a linear weight or `token_embd.weight`,
+    /// which a tied output shares) by `data`, row-major in its shape.
+    pub fn set_weight(&mut self, name: &str, data: Vec<f32>) -> Result<()> {
+        let device = self.device.clone();
+        let replace = |w: &mut Tensor, data: Vec<f32>| -> Result<()> {
+            let dims = w.dims().to_vec();
+            *w = Tensor::from_vec(data, dims.as_slice(), &device)
+                .op(|| format!("{name}: replace weight"))?;
+            Ok(())
+        };
+        if name == "token_embd.weight" {
+            replace(&mut self.embed, data)?;
+            if self.output.name == name {
+                self.output.w = self.embed.clone();
+            }
+            return Ok(());
+        }
+        if self.output.name == name {
+            return replace(&mut self.output.w, data);
+        }
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ] {
+                if lin.name == name {
+                    return replace(&mut lin.w, data);
+                }
+            }
+        }
+        Err(Error::Input(format!(
+            "no weight `{name}` in the forward pass to replace"
+        )))
+    }
+
     /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`.
     fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
         let half = self.cfg.head_dim / 2;

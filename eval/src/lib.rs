@@ -12,6 +12,7 @@ pub mod error;
 pub mod forward;
 pub mod imatrix;
 pub mod model;
+pub mod planning;
 pub mod text;
 pub mod tokenize;
 pub mod weights;

@@ -127,7 +127,7 @@ fn lse_argmax(row: &[f32]) -> (f64, usize) {
 }
 
 /// Score one row: (nll_o, nll_c, kld, top1_o, top1_c).
-fn score_row(
+pub(crate) fn score_row(
     o: &[f32],
     c: Option<&[f32]>,
     target: usize,

@@ -3,7 +3,9 @@
 //! streaming, atomic GGUF emitter. Knows nothing about policy: which encoding
 //! each tensor gets is decided by `passes`.
 
+pub mod artifact;
 pub mod atomic;
+pub mod chart;
 pub mod data;
 pub mod emit;
 pub mod error;

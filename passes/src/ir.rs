@@ -12,7 +12,7 @@ use quant::GgmlType;
 use serde::Serialize;
 
 /// Architecture facts the passes and the cost model need.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Arch {
     /// GGUF architecture name (`llama`, `qwen2`).
     pub family: String,
@@ -34,7 +34,7 @@ pub struct Arch {
 }
 
 /// What a tensor does in the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Embedding,
@@ -245,7 +245,7 @@ impl Metadata {
 }
 
 /// The whole model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Model {
     /// Input files, indexed by `Source::file`.
     pub files: Vec<std::path::PathBuf>,

@@ -6,6 +6,7 @@ pub mod cost;
 pub mod error;
 pub mod ir;
 pub mod passes;
+pub mod plan;
 
 pub use error::PassError;
 pub use ir::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode, Transform};

@@ -350,6 +350,65 @@ fn known_peak(t: &Target, order: &[Precision]) -> Option<(Precision, f64)> {
     })
 }
 
+/// KV cache bytes per token held by each of `tp` devices. llama.cpp splits
+/// layers across devices (`--split-mode layer`, its default); tensor
+/// parallelism splits KV heads (replicated when fewer than devices).
+fn kv_per_token_per_device(shape: &Shape, engine: Engine, kv: KvType, tp: usize) -> f64 {
+    let kvb = kv.bytes_per_element();
+    let tp = tp.max(1);
+    if engine.class() == EngineClass::LlamaCpp {
+        (2 * shape.n_layer * shape.n_head_kv * shape.head_dim) as f64 * kvb / tp as f64
+    } else {
+        (2 * shape.n_layer * shape.n_head_kv.div_ceil(tp) * shape.head_dim) as f64 * kvb
+    }
+}
+
+/// Where a device's memory goes before the weights: the planner's budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryBudget {
+    pub devices: usize,
+    /// Memory the engine lets the model use, per device.
+    pub usable_per_device: u64,
+    /// KV cache of the whole batch at the context, per device.
+    pub kv_per_device: u64,
+    pub overhead_per_device: u64,
+    /// Weight bytes that fit across all `devices` (split evenly).
+    pub weights: u64,
+    /// The engine's memory policy, in words.
+    pub policy: &'static str,
+}
+
+/// The weight bytes that fit on `devices` devices of `target` under
+/// `engine` with the KV cache of `w` (batch x context) and the engine's
+/// overhead, by the same arithmetic as [`estimate`]'s `fits`; `None` when the
+/// target's memory is unknown. A fixed batch is required (`max` is 1).
+pub fn weight_budget(
+    shape: &Shape,
+    target: &Target,
+    engine: Engine,
+    w: &Workload,
+    devices: usize,
+) -> Option<MemoryBudget> {
+    let devices = devices.max(1);
+    let ctx = w.context.unwrap_or(w.prompt + w.gen).max(1);
+    let batch = match w.batch {
+        Batch::Fixed(b) => b.max(1),
+        Batch::Max => 1,
+    };
+    let (usable_frac, overhead, policy) = memory_policy(engine, target.class, shape);
+    let usable = target.memory_bytes()? * usable_frac;
+    let kv = batch as f64 * ctx as f64 * kv_per_token_per_device(shape, engine, w.kv_type, devices);
+    let room = (usable - kv - overhead as f64).max(0.0);
+    Some(MemoryBudget {
+        devices,
+        usable_per_device: usable as u64,
+        kv_per_device: kv.ceil() as u64,
+        overhead_per_device: overhead,
+        weights: (room * devices as f64).floor() as u64,
+        policy,
+    })
+}
+
 /// Estimate serving `model` on `target` with `engine`.
 pub fn estimate(
     model: ModelCost<'_>,
@@ -364,18 +423,9 @@ pub fn estimate(
 
     // Memory.
     let ctx = w.context.unwrap_or(w.prompt + w.gen).max(1);
-    let kvb = w.kv_type.bytes_per_element();
-    let kv_per_token = (2 * shape.n_layer * shape.n_head_kv * shape.head_dim) as f64 * kvb;
-    // llama.cpp splits layers across devices (`--split-mode layer`, its default);
-    // tensor parallelism splits KV heads (replicated when fewer than devices).
+    let kv_per_token = kv_per_token_per_device(shape, engine, w.kv_type, 1);
     let layer_split = engine.class() == EngineClass::LlamaCpp;
-    let kv_per_token_dev = |tp: usize| {
-        if layer_split {
-            kv_per_token / tp as f64
-        } else {
-            (2 * shape.n_layer * shape.n_head_kv.div_ceil(tp) * shape.head_dim) as f64 * kvb
-        }
-    };
+    let kv_per_token_dev = |tp: usize| kv_per_token_per_device(shape, engine, w.kv_type, tp);
     let (usable_frac, overhead, policy) = memory_policy(engine, target.class, shape);
     let usable = target.memory_bytes().map(|m| m * usable_frac);
     let need = |batch: usize, tp: usize| {

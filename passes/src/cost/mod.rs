@@ -21,7 +21,9 @@ mod fit;
 mod tests;
 
 pub use calibration::{Calibration, Engine, EngineClass, Factors};
-pub use estimate::{estimate, Band, Batch, Estimate, KvType, ModelCost, Workload};
+pub use estimate::{
+    estimate, weight_budget, Band, Batch, Estimate, KvType, MemoryBudget, ModelCost, Workload,
+};
 pub use shape::{specs_from_model, Shape, TensorKind, TensorSpec};
 pub use target::{builtin, find_builtin, DeviceClass, Figure, Origin, Precision, Target};
 pub use weights::{weight_bytes, Recipe, ServingFormat, WeightBytes, WeightFormat};

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::error::PassError;
 use crate::ir::Model;
 
+pub mod assign;
 pub mod normalize;
 pub mod recipe;
 pub mod verify;

@@ -706,7 +706,7 @@ impl Ctx<'_> {
 }
 
 /// The type of one tensor llama.cpp never quantizes (see the module doc).
-fn kept_type(t: &TensorNode) -> GgmlType {
+pub fn kept_type(t: &TensorNode) -> GgmlType {
     match t.source.dtype {
         SourceDType::F16 | SourceDType::BF16
             if n_dims(&t.shape) < 2 || t.name.contains("_norm.weight") =>
@@ -851,21 +851,26 @@ impl Pass for ApplyRecipe {
             ));
         }
 
-        let md = &mut model.metadata;
-        for key in [
-            "split.no",
-            "split.count",
-            "split.tensors.count",
-            "general.alignment",
-        ] {
-            md.remove(key);
-        }
-        md.remove("general.quantization_version");
-        md.set("general.quantization_version", MetaValue::U32(2));
-        md.remove("general.file_type");
-        md.set("general.file_type", MetaValue::U32(ftype.id()));
+        stamp(&mut model.metadata, ftype);
         Ok(())
     }
+}
+
+/// The keys llama-quantize rewrites: split keys and the alignment removed,
+/// `general.quantization_version` (2) and `general.file_type` appended last.
+pub(crate) fn stamp(md: &mut crate::ir::Metadata, ftype: Ftype) {
+    for key in [
+        "split.no",
+        "split.count",
+        "split.tensors.count",
+        "general.alignment",
+    ] {
+        md.remove(key);
+    }
+    md.remove("general.quantization_version");
+    md.set("general.quantization_version", MetaValue::U32(2));
+    md.remove("general.file_type");
+    md.set("general.file_type", MetaValue::U32(ftype.id()));
 }
 
 /// An explicit `--output-tensor-type` / `--token-embedding-type`: no
