@@ -10,6 +10,7 @@ mod estimate;
 mod eval;
 mod imatrix;
 mod inspect;
+mod plan;
 mod planner;
 mod printer;
 mod targets;
@@ -50,6 +51,9 @@ enum Command {
     /// the GGUF artifact(s), manifest.json, report.md and chart.svg.
     #[command(after_help = EXIT_CODES)]
     Build(build::BuildArgs),
+    /// Compare kiln's plan with llama.cpp's recipes per target (size, fits, speed, $, accuracy), writing nothing.
+    #[command(after_help = EXIT_CODES)]
+    Plan(plan::PlanCmdArgs),
     /// Show a model's architecture, tensors (name, shape, dtype, bytes), totals and metadata.
     #[command(after_help = EXIT_CODES)]
     Inspect(inspect::InspectArgs),
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Build(args) => build::run(args, &printer),
         Command::Inspect(args) => inspect::run(args, &printer),
+        Command::Plan(args) => plan::run(args, &printer),
         Command::Convert(args) => convert::run(args, &printer),
         Command::Targets(args) => targets::run(args, &printer),
         Command::Estimate(args) => estimate::run(args, &printer),

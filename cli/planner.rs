@@ -107,6 +107,10 @@ pub struct PlanArgs {
     /// group's sensitivity; its last quarter is held out to measure the result (unless --eval-text).
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
+    /// Use --text only to probe sensitivities and measure: no importance matrix is collected, and
+    /// tensors are quantized without one (as llama-quantize without --imatrix).
+    #[arg(long, conflicts_with = "imatrix")]
+    pub no_imatrix: bool,
     /// Text to measure perplexity / KL divergence / top-1 of the result on (not used for calibration).
     #[arg(long, value_name = "FILE")]
     pub eval_text: Option<PathBuf>,
@@ -381,7 +385,7 @@ pub fn setup(
             Some((p.display().to_string(), formats::imatrix::read(p)?)),
             ImportanceSource::File(p.clone()),
         ),
-        (None, Some(t)) => {
+        (None, Some(t)) if !args.no_imatrix => {
             let net = net.as_ref().expect("a text was given");
             let mut collector = eval::imatrix::Collector::new(false);
             let bar = printer.count_bar(calib.len() as u64, "imatrix");
@@ -407,7 +411,7 @@ pub fn setup(
                 ImportanceSource::Text(t.clone()),
             )
         }
-        (None, None) => (None, ImportanceSource::None),
+        (None, _) => (None, ImportanceSource::None),
     };
     let mut importance = BTreeMap::new();
     if let Some((arg, im)) = &imatrix {

@@ -1,0 +1,245 @@
+//! `kiln plan MODEL --targets ID[,ID...]`: the options side by side, without
+//! writing weights. Per target: kiln's plan at the target's budget and
+//! llama.cpp's recipes, each with size, whether it fits and on how many
+//! devices, predicted decode speed and $ per million tokens, the predicted
+//! KL divergence from the measured per-tensor errors, and (with `--text` or
+//! `--eval-text`) the KL divergence, perplexity ratio and top-1 agreement
+//! measured on held-out text.
+//!
+//! What must stay true: the model is measured once and every target and
+//! every option is scored with the same measurements; nothing is written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use quant::GgmlType;
+use serde_json::{json, Value};
+
+use crate::build::{comparison, Row, COMPARED};
+use crate::eval::{cancel_flag, lift};
+use crate::planner::{self, Objective, PlanArgs};
+use crate::Printer;
+
+#[derive(Args, Debug)]
+pub struct PlanCmdArgs {
+    /// A Hugging Face checkpoint directory or a .gguf file.
+    pub model: PathBuf,
+    /// Target ids, comma-separated (see `kiln targets`).
+    #[arg(long, short = 'T', value_delimiter = ',', required = true)]
+    pub targets: Vec<String>,
+    /// A profile file (the schema of targets/*.toml) a target id may name; may be repeated.
+    #[arg(long, value_name = "FILE.toml")]
+    pub target_file: Vec<PathBuf>,
+    /// accuracy: least predicted loss that fits; cost: fewest bytes within --max-error (default:
+    /// no worse than llama.cpp's Q4_K_M).
+    #[arg(long, value_enum, default_value = "accuracy")]
+    pub objective: Objective,
+    /// Error ceiling for --objective cost, in predicted KL divergence (nats).
+    #[arg(long, value_name = "X")]
+    pub max_error: Option<f64>,
+    /// Print JSON to stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub plan: PlanArgs,
+}
+
+fn row_json(r: &Row, params: u64) -> Value {
+    let f = |v: Option<f64>| {
+        v.filter(|x| x.is_finite())
+            .map_or(Value::Null, |x| json!(x))
+    };
+    json!({
+        "name": r.name,
+        "tensor_bytes": r.bytes,
+        "bits_per_weight": r.bytes as f64 * 8.0 / params.max(1) as f64,
+        "fits": r.fits,
+        "devices": r.devices,
+        "decode_tokens_per_second": f(r.tokens_per_second),
+        "usd_per_million_tokens": f(r.usd_per_mtok),
+        "predicted_kld": f(r.error),
+        "measured": r.text.as_ref().map(|t| json!({
+            "windows": t.windows,
+            "kld_mean": f(Some(t.kld)),
+            "kld_p99": f(Some(t.kld_p99)),
+            "perplexity": f(Some(t.ppl)),
+            "perplexity_ratio": f(Some(t.ppl / t.ppl_original)),
+            "top1_agreement": f(Some(t.top1)),
+        })),
+    })
+}
+
+pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
+    planner::check_args(&args.plan)?;
+    let engine = planner::engine(&args.plan)?;
+    let workload = planner::workload(&args.plan)?;
+    let mut targets = Vec::new();
+    for id in &args.targets {
+        targets.push(crate::targets::resolve(
+            id,
+            &args.target_file,
+            false,
+            printer,
+        )?);
+    }
+    let cancel = cancel_flag();
+    let setup = planner::setup(&args.model, &args.plan, printer, &cancel)?;
+    let params = setup.opened.loaded.model.n_params();
+    let measure = !setup.eval_windows.is_empty();
+    let (original, mut candidate) = if measure {
+        (
+            Some(eval::Transformer::new(&setup.opened).map_err(lift)?),
+            Some(eval::Transformer::new(&setup.opened).map_err(lift)?),
+        )
+    } else {
+        (None, None)
+    };
+    // Measured accuracy depends only on the types: measure each table once.
+    let mut cache: BTreeMap<Vec<GgmlType>, planner::TextAccuracy> = BTreeMap::new();
+    let mut measure_types =
+        |types: &BTreeMap<String, GgmlType>| -> Result<Option<planner::TextAccuracy>> {
+            let (Some(o), Some(c)) = (original.as_ref(), candidate.as_mut()) else {
+                return Ok(None);
+            };
+            let key: Vec<GgmlType> = types.values().copied().collect();
+            if let Some(t) = cache.get(&key) {
+                return Ok(Some(t.clone()));
+            }
+            let t = planner::measure_text(&setup, types, o, c, &cancel)?;
+            cache.insert(key, t.clone());
+            Ok(Some(t))
+        };
+
+    let mut out = Vec::new();
+    let mut text = String::new();
+    for target in &targets {
+        let chosen = planner::solve(
+            &setup,
+            &args.plan,
+            args.objective,
+            args.max_error,
+            target,
+            engine,
+            &workload,
+        );
+        let mut rows = comparison(&setup, &args.plan, target, engine, &workload)?;
+        let budget_note = match chosen {
+            Ok(chosen) => {
+                let types: BTreeMap<String, GgmlType> = chosen
+                    .allocation
+                    .types(&setup.options)
+                    .map(|(n, t)| (n.to_string(), t))
+                    .collect();
+                let planned = planner::assigned(&setup, &types, true)?;
+                let est = planner::cost(
+                    &planned,
+                    &setup.shape,
+                    target,
+                    engine,
+                    &workload,
+                    chosen.budget.devices,
+                )?;
+                rows.insert(
+                    0,
+                    Row {
+                        name: "kiln plan".into(),
+                        bytes: chosen.allocation.bytes,
+                        error: Some(chosen.allocation.error),
+                        fits: est.fits,
+                        devices: Some(chosen.budget.devices),
+                        tokens_per_second: est.decode_tokens_per_second.central,
+                        usd_per_mtok: est.usd_per_million_tokens.central,
+                        text: measure_types(&types)?,
+                    },
+                );
+                format!(
+                    "budget {:.3} GB of model file ({})",
+                    chosen.budget.file_bytes as f64 / 1e9,
+                    chosen.budget.from
+                )
+            }
+            Err(e) => format!("no kiln plan: {e}"),
+        };
+        if measure {
+            let bar =
+                printer.count_bar(COMPARED.len() as u64, &format!("{}: measuring", target.id));
+            for r in rows.iter_mut().filter(|r| r.name != "kiln plan") {
+                let types = planner::recipe_types(&setup, &r.name, true)?;
+                r.text = measure_types(&types)?;
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+        }
+        text += &format!("{} ({}): {budget_note}\n", target.id, target.name);
+        text += &format!(
+            "  {:<10} {:>12} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}\n",
+            "option",
+            "bytes",
+            "bpw",
+            "fits",
+            "devices",
+            "tok/s",
+            "$/Mtok",
+            "pred KLD",
+            "KLD",
+            "PPL ratio",
+            "top-1"
+        );
+        for r in &rows {
+            let m = r.text.as_ref();
+            let f = |v: Option<f64>, p: usize| {
+                v.filter(|x| x.is_finite())
+                    .map_or("-".to_string(), |x| format!("{x:.p$}"))
+            };
+            text += &format!(
+                "  {:<10} {:>12} {:>6.3} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}\n",
+                r.name,
+                r.bytes,
+                r.bytes as f64 * 8.0 / params.max(1) as f64,
+                match r.fits {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "?",
+                },
+                r.devices.map_or("-".into(), |d| d.to_string()),
+                f(r.tokens_per_second, 1),
+                f(r.usd_per_mtok, 4),
+                r.error.map_or("-".into(), |e| format!("{e:.3e}")),
+                m.map_or("-".into(), |t| format!("{:.3e}", t.kld)),
+                f(m.map(|t| t.ppl / t.ppl_original), 4),
+                m.map_or("-".into(), |t| format!("{:.1}%", t.top1 * 100.0)),
+            );
+        }
+        text += "\n";
+        out.push(json!({
+            "target": target.id,
+            "name": target.name,
+            "budget": budget_note,
+            "options": rows.iter().map(|r| row_json(r, params)).collect::<Vec<_>>(),
+        }));
+    }
+    if args.json {
+        printer.data(&serde_json::to_string_pretty(&json!({
+            "model": args.model,
+            "parameters": params,
+            "importance": setup.importance_source.describe(),
+            "sensitivity": setup.sensitivity_source,
+            "measured_on": setup.eval_text.as_ref().filter(|_| measure),
+            "targets": out,
+        }))?);
+    } else {
+        text += &format!(
+            "importance: {}\nsensitivity: {}\npredicted KLD: sum over tensors of sensitivity x measured noise-to-signal ratio; KLD, PPL ratio, top-1: {}\n",
+            setup.importance_source.describe(),
+            setup.sensitivity_source,
+            match (&setup.eval_text, measure) {
+                (Some(p), true) => format!("measured on {} held-out window(s) of {}", setup.eval_windows.len(), p.display()),
+                _ => "not measured (give --text or --eval-text)".into(),
+            }
+        );
+        printer.data(text.trim_end());
+    }
+    Ok(())
+}
