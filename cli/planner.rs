@@ -340,6 +340,20 @@ pub fn setup(
             );
         }
     }
+    if !args.allow_requantize {
+        let model = &opened.loaded.model;
+        if let Some(t) = model.tensors.iter().find(|t| {
+            matches!(t.source.dtype, passes::SourceDType::Ggml(g) if g.is_quantized())
+                && is_quantizable(model, &t.name, &t.shape)
+        }) {
+            bail!(
+                "{}: tensor `{}` is already quantized as {}; planning requantizes it and loses quality: pass --allow-requantize to do it anyway",
+                model_path.display(),
+                t.source_name,
+                t.source.dtype.name()
+            );
+        }
+    }
     let shape = Shape::from_arch(&arch);
     let mut warnings = Vec::new();
 

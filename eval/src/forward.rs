@@ -299,6 +299,22 @@ impl Transformer {
     /// Logits `[ids.len() - from, vocab]` of positions `from..` (row j
     /// predicts token `from + j + 1`), for one sequence starting at position 0.
     pub fn forward(&self, ids: &[u32], from: usize, obs: &mut dyn Observer) -> Result<Tensor> {
+        self.forward_resumable(ids, from, None, None, obs)
+    }
+
+    /// [`Transformer::forward`], optionally resuming from a saved residual
+    /// stream `(layer, x)` (the input of block `layer`, as `capture` saved
+    /// it from an earlier run over the same ids) and optionally saving the
+    /// input of every block into `capture`. Resuming gives the same logits
+    /// as a full run when the blocks before `layer` are unchanged.
+    pub fn forward_resumable(
+        &self,
+        ids: &[u32],
+        from: usize,
+        resume: Option<(usize, &Tensor)>,
+        mut capture: Option<&mut Vec<Tensor>>,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
         let t = ids.len();
         if t == 0 || from >= t {
             return Err(Error::Input(format!(
@@ -314,11 +330,17 @@ impl Transformer {
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
         let g = nh / nkv;
-        let ids_t = Tensor::from_slice(ids, t, &self.device).op(|| "token ids".into())?;
-        let mut x = self
-            .embed
-            .index_select(&ids_t, 0)
-            .op(|| "token_embd lookup".into())?;
+        let (start, mut x) = match resume {
+            Some((layer, x)) => (layer.min(self.layers.len()), x.clone()),
+            None => {
+                let ids_t = Tensor::from_slice(ids, t, &self.device).op(|| "token ids".into())?;
+                let x = self
+                    .embed
+                    .index_select(&ids_t, 0)
+                    .op(|| "token_embd lookup".into())?;
+                (0, x)
+            }
+        };
         let (cos, sin) = self.rope_tables(t)?;
         let mask: Vec<f32> = (0..t * t)
             .map(|i| {
@@ -331,7 +353,10 @@ impl Transformer {
             .collect();
         let mask = Tensor::from_vec(mask, (t, t), &self.device).op(|| "mask".into())?;
         let scale = 1.0 / (hd as f64).sqrt();
-        for (i, l) in self.layers.iter().enumerate() {
+        for (i, l) in self.layers.iter().enumerate().skip(start) {
+            if let Some(cap) = capture.as_deref_mut() {
+                cap.push(x.clone());
+            }
             let ctx = |what: &str| format!("blk.{i}: {what}");
             let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
             let q = l.q.forward(&h, obs)?;
@@ -382,6 +407,9 @@ impl Transformer {
             let a = (gate.silu().op(|| ctx("silu"))? * up).op(|| ctx("gate * up"))?;
             let d = l.down.forward(&a, obs)?;
             x = (x + d).op(|| ctx("residual"))?;
+        }
+        if let Some(cap) = capture {
+            cap.push(x.clone());
         }
         let x = x.narrow(0, from, t - from).op(|| "narrow".into())?;
         let h = rms_norm(&x, &self.norm, c.rms_eps).op(|| "output_norm".into())?;

@@ -27,6 +27,8 @@ use quant::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use candle_core::Tensor;
+
 use crate::forward::{NoObserver, Transformer};
 use crate::model::Opened;
 use crate::text::score_row;
@@ -195,10 +197,14 @@ pub fn roundtrip(
 }
 
 /// The original model's logits per window (positions `ctx/2..`), kept to
-/// score many perturbed models against.
+/// score many perturbed models against, and its residual stream at the
+/// input of every block, so that a model changed from block `L` on is run
+/// from block `L` only.
 pub struct Reference {
     windows: Vec<Vec<u32>>,
     logits: Vec<Vec<f32>>,
+    /// Per window: the input of each block, then the final stream.
+    streams: Vec<Vec<Tensor>>,
 }
 
 impl Reference {
@@ -208,28 +214,38 @@ impl Reference {
         cancel: &AtomicBool,
     ) -> Result<Reference> {
         let mut logits = Vec::with_capacity(windows.len());
+        let mut streams = Vec::with_capacity(windows.len());
         for w in windows {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Formats(formats::Error::Interrupted));
             }
-            logits.push(run(model, w)?);
+            let mut cap = Vec::new();
+            let l =
+                model.forward_resumable(w, w.len() / 2, None, Some(&mut cap), &mut NoObserver)?;
+            logits.push(to_host(l)?);
+            streams.push(cap);
         }
         Ok(Reference {
             windows: windows.to_vec(),
             logits,
+            streams,
         })
     }
 
-    /// Mean KL divergence of `model` from the reference over every scored position.
-    pub fn kld(&self, model: &Transformer, cancel: &AtomicBool) -> Result<f64> {
+    /// Mean KL divergence of `model` from the reference over every scored
+    /// position; `model` must equal the original in blocks before `from_layer`
+    /// (and in the embedding, unless `from_layer` is 0).
+    pub fn kld(&self, model: &Transformer, from_layer: usize, cancel: &AtomicBool) -> Result<f64> {
         let vocab = model.cfg.vocab;
         let mut sum = 0.0;
         let mut n = 0usize;
-        for (w, lo) in self.windows.iter().zip(&self.logits) {
+        for ((w, lo), st) in self.windows.iter().zip(&self.logits).zip(&self.streams) {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Formats(formats::Error::Interrupted));
             }
-            let lc = run(model, w)?;
+            let resume = (from_layer > 0).then(|| (from_layer, &st[from_layer.min(st.len() - 1)]));
+            let lc =
+                to_host(model.forward_resumable(w, w.len() / 2, resume, None, &mut NoObserver)?)?;
             let first = w.len() / 2;
             let per: Vec<f64> = (0..w.len() - 1 - first)
                 .into_par_iter()
@@ -248,8 +264,7 @@ impl Reference {
     }
 }
 
-fn run(model: &Transformer, w: &[u32]) -> Result<Vec<f32>> {
-    let logits = model.forward(w, w.len() / 2, &mut NoObserver)?;
+fn to_host(logits: Tensor) -> Result<Vec<f32>> {
     logits
         .flatten_all()
         .and_then(|l| l.to_vec1::<f32>())
@@ -285,7 +300,20 @@ pub fn probe(
             let q = roundtrip(m, node, *ty, importance.get(name).map(Vec::as_slice))?;
             model.set_weight(name, q)?;
         }
-        let kld = reference.kld(model, cancel);
+        // Blocks before the group's first are unchanged: resume there. The
+        // embedding changes everything; the output head only the end.
+        let n_layer = model.cfg.n_layer;
+        let from_layer = g
+            .tensors
+            .iter()
+            .map(|(name, _)| match m.tensor(name).and_then(|t| t.layer) {
+                Some(l) => l,
+                None if name == "output.weight" => n_layer,
+                None => 0,
+            })
+            .min()
+            .unwrap_or(0);
+        let kld = reference.kld(model, from_layer, cancel);
         for (name, _) in &g.tensors {
             let node = m.need(name)?;
             model.set_weight(name, m.read_f32(node))?;
