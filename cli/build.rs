@@ -100,6 +100,8 @@ pub struct Row {
     pub tokens_per_second: Option<f64>,
     pub usd_per_mtok: Option<f64>,
     pub text: Option<TextAccuracy>,
+    /// Measured weight error: size-weighted mean noise-to-signal ratio.
+    pub weight_nsr: Option<f64>,
 }
 
 pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
@@ -270,6 +272,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         tokens_per_second: est.decode_tokens_per_second.central,
         usd_per_mtok: est.usd_per_million_tokens.central,
         text,
+        weight_nsr: Some(weighted_nsr(&setup, &types)),
     };
     rows.insert(0, plan_row);
 
@@ -354,6 +357,7 @@ pub fn comparison(
             tokens_per_second: est.decode_tokens_per_second.central,
             usd_per_mtok: est.usd_per_million_tokens.central,
             text: None,
+            weight_nsr: Some(weighted_nsr(setup, &types)).filter(|_| error.is_some()),
         });
     }
     Ok(rows)
@@ -538,7 +542,7 @@ fn manifest(
         },
         "accuracy": {
             "predicted_kld": chosen.allocation.error,
-            "weight_nsr": weighted_nsr(setup, &chosen.allocation),
+            "weight_nsr": weighted_nsr(setup, types),
             "text": text_json(&plan.text),
             "text_file": setup.eval_text.as_ref().filter(|_| plan.text.is_some()).and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
         },
@@ -550,6 +554,7 @@ fn manifest(
             "devices": r.devices,
             "decode_tokens_per_second": opt(r.tokens_per_second),
             "usd_per_million_tokens": opt(r.usd_per_mtok),
+            "weight_nsr": opt(r.weight_nsr),
         })).collect::<Vec<_>>(),
         "warnings": warnings,
         "notes": model.notes,
@@ -557,18 +562,18 @@ fn manifest(
 }
 
 /// Noise-to-signal ratio over all measured weights, weighted by size.
-fn weighted_nsr(setup: &Setup, a: &passes::plan::Allocation) -> f64 {
+pub fn weighted_nsr(setup: &Setup, types: &BTreeMap<String, GgmlType>) -> f64 {
     let model = &setup.opened.loaded.model;
     let mut num = 0.0;
     let mut den = 0.0;
-    for (o, &p) in setup.options.iter().zip(&a.pick) {
-        if let Some(m) = setup.measured.iter().find(|m| m.name == o.name) {
-            let ty = o.choices[p].ty;
-            let n = model.tensor(&o.name).map_or(0, |t| t.n_elements()) as f64;
-            if let Some(c) = m.candidates.iter().find(|c| c.ty == ty) {
-                num += c.nsr * n;
-                den += n;
-            }
+    for m in &setup.measured {
+        let Some(ty) = types.get(&m.name) else {
+            continue;
+        };
+        let n = model.tensor(&m.name).map_or(0, |t| t.n_elements()) as f64;
+        if let Some(c) = m.candidates.iter().find(|c| c.ty == *ty) {
+            num += c.nsr * n;
+            den += n;
         }
     }
     if den > 0.0 {
@@ -677,7 +682,7 @@ fn report(
     );
     s += &format!(
         "| weight noise-to-signal | {:.6} (size-weighted mean) |\n",
-        weighted_nsr(setup, &chosen.allocation)
+        rows[0].weight_nsr.unwrap_or(0.0)
     );
     match &rows[0].text {
         Some(t) => {
@@ -714,13 +719,14 @@ fn report(
     }
     s += "\n## Compared with llama.cpp's recipes\n\n";
     s += "Same measurements for every row: predicted KL divergence is the sum over tensors of sensitivity x noise-to-signal ratio; speed and $ are the calibrated estimate on the fewest devices that fit.\n\n";
-    s += "| option | tensor bytes | bpw | predicted KLD | fits | devices | tokens/s | $/Mtok |\n|---|---:|---:|---:|---|---:|---:|---:|\n";
+    s += "| option | tensor bytes | bpw | weight NSR | predicted KLD | fits | devices | tokens/s | $/Mtok |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n";
     for r in rows {
         s += &format!(
-            "| {} | {} | {:.3} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.bytes,
             bpw(r.bytes, setup),
+            r.weight_nsr.map_or("-".into(), |v| format!("{v:.3e}")),
             r.error.map_or("-".into(), kld),
             match r.fits {
                 Some(true) => "yes",

@@ -60,6 +60,7 @@ fn row_json(r: &Row, params: u64) -> Value {
         "decode_tokens_per_second": f(r.tokens_per_second),
         "usd_per_million_tokens": f(r.usd_per_mtok),
         "predicted_kld": f(r.error),
+        "weight_nsr": f(r.weight_nsr),
         "measured": r.text.as_ref().map(|t| json!({
             "windows": t.windows,
             "kld_mean": f(Some(t.kld)),
@@ -152,6 +153,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
                         tokens_per_second: est.decode_tokens_per_second.central,
                         usd_per_mtok: est.usd_per_million_tokens.central,
                         text: measure_types(&types)?,
+                        weight_nsr: Some(crate::build::weighted_nsr(&setup, &types)),
                     },
                 );
                 format!(
@@ -174,7 +176,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
         }
         text += &format!("{} ({}): {budget_note}\n", target.id, target.name);
         text += &format!(
-            "  {:<10} {:>12} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}\n",
+            "  {:<10} {:>12} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
             "option",
             "bytes",
             "bpw",
@@ -182,6 +184,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
             "devices",
             "tok/s",
             "$/Mtok",
+            "weight NSR",
             "pred KLD",
             "KLD",
             "PPL ratio",
@@ -194,7 +197,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
                     .map_or("-".to_string(), |x| format!("{x:.p$}"))
             };
             text += &format!(
-                "  {:<10} {:>12} {:>6.3} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}\n",
+                "  {:<10} {:>12} {:>6.3} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
                 r.name,
                 r.bytes,
                 r.bytes as f64 * 8.0 / params.max(1) as f64,
@@ -206,6 +209,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
                 r.devices.map_or("-".into(), |d| d.to_string()),
                 f(r.tokens_per_second, 1),
                 f(r.usd_per_mtok, 4),
+                r.weight_nsr.map_or("-".into(), |e| format!("{e:.3e}")),
                 r.error.map_or("-".into(), |e| format!("{e:.3e}")),
                 m.map_or("-".into(), |t| format!("{:.3e}", t.kld)),
                 f(m.map(|t| t.ppl / t.ppl_original), 4),
