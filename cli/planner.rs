@@ -852,7 +852,15 @@ pub fn solve(
             Some((e, _)) => plan::cheapest_within(&setup.options, *e, b.tensor_bytes),
         };
         match a {
-            Some(a) if a.bytes as f64 * 8.0 / params as f64 >= args.min_bpw || n == max_devices => {
+            Some(_) if n > setup.options.len() => {
+                last_err = format!(
+                    "{n} devices: more than the model's {} tensors, which are not split across devices",
+                    setup.options.len()
+                );
+                break;
+            }
+            // --bpw is an explicit size: take it even below --min-bpw.
+            Some(a) if a.bytes as f64 * 8.0 / params as f64 >= args.min_bpw || args.bpw.is_some() => {
                 return Ok(Chosen {
                     allocation: a,
                     budget: b,
