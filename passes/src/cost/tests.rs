@@ -5,17 +5,20 @@
 //!
 //! The hand computations are written out in each test from block sizes
 //! (Q4_K: 144 bytes per 256 weights, Q6_K: 210, Q5_K: 176) and the Q4_K_M
-//! rule of llama.cpp's `llama-quant.cpp`, independently of `weights.rs`.
+//! rule of llama.cpp's `llama-quant.cpp`, independently of `weights.rs`; a
+//! config-built SmolLM2 is checked against what llama-quantize wrote for it
+//! (`fixtures/llama_cpp/goldens/`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::calibration::{Calibration, Engine};
 use super::estimate::{estimate, Batch, KvType, ModelCost, Workload};
 use super::host::{cpu_target, parse_host};
 use super::shape::Shape;
 use super::target::{builtin, find_builtin, Figure, Origin, Precision, Target, BUILTIN_FILES};
-use super::weights::{use_more_bits, weight_bytes, Recipe, ServingFormat, WeightFormat};
+use super::weights::{weight_bytes, Recipe, ServingFormat, WeightFormat};
 use crate::ir::Arch;
+use crate::passes::recipe::{parse_recipe, use_more_bits};
 
 fn llama3(n_layer: usize, hidden: usize, n_head: usize, ffn: usize) -> Arch {
     Arch {
@@ -82,7 +85,7 @@ fn llama3_8b_params_and_f16_bytes() {
 #[test]
 fn use_more_bits_matches_llama_cpp() {
     // n = 32: i < 4, i >= 28, or (i - 4) % 3 == 2 -> 6, 9, ..., 27 (and 30).
-    let more: Vec<usize> = (0..32).filter(|&i| use_more_bits(i, 32)).collect();
+    let more: Vec<i64> = (0..32).filter(|&i| use_more_bits(i, 32)).collect();
     assert_eq!(
         more,
         vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
@@ -137,6 +140,90 @@ fn llama3_70b_f16_and_q4_k_m_bytes_by_hand() {
         bytes_of(&llama3_70b(), WeightFormat::parse("Q4_K_M").unwrap()).total,
         want
     );
+}
+
+/// SmolLM2-135M as its config.json states it: 576-wide rows (not a multiple
+/// of 256), 9 heads over 3 KV heads, tied embeddings.
+fn smollm2() -> Arch {
+    Arch {
+        family: "llama".into(),
+        hf_architecture: Some("LlamaForCausalLM".into()),
+        n_layer: 30,
+        hidden: 576,
+        n_head: 9,
+        n_head_kv: 3,
+        head_dim: 64,
+        ffn: 1536,
+        vocab: 49152,
+        context_length: 8192,
+        rope_theta: 100000.0,
+        rms_eps: 1e-5,
+        tied_embeddings: true,
+        n_expert: 0,
+        n_expert_used: 0,
+    }
+}
+
+#[test]
+fn every_recipe_names_a_preset_of_the_recipe_pass() {
+    for r in Recipe::ALL {
+        assert_eq!(parse_recipe(r.name()), Ok(r.preset()), "{}", r.name());
+        assert_eq!(r.default_type(), r.preset().ftype.default_type());
+    }
+}
+
+#[test]
+fn smollm2_from_its_config_matches_llama_quantize() {
+    let shape = Shape::from_arch(&smollm2());
+    let tensors = shape.tensors();
+    let goldens =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llama_cpp/goldens");
+    for r in Recipe::ALL {
+        // What llama-quantize wrote for SmolLM2-135M, without an importance matrix.
+        let path = goldens.join(format!("smollm2.{}.json", r.name()));
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(golden["imatrix"], serde_json::Value::Null);
+        assert_eq!(golden["options"], serde_json::json!({}));
+        let golden = golden["tensors"].as_array().unwrap();
+        // The config-built tensor list is the GGUF's (token_embd only: tied).
+        let mut names: Vec<(String, Vec<usize>)> = golden
+            .iter()
+            .map(|t| {
+                let shape = t["shape"].as_array().unwrap();
+                let shape = shape.iter().map(|d| d.as_u64().unwrap() as usize);
+                (t["name"].as_str().unwrap().to_string(), shape.collect())
+            })
+            .collect();
+        let mut ours: Vec<(String, Vec<usize>)> = tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        names.sort();
+        ours.sort();
+        assert_eq!(ours, names);
+        let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+        for t in golden {
+            let ty = t["type"].as_str().unwrap().to_string();
+            *by_type.entry(ty).or_insert(0) += t["bytes"].as_u64().unwrap();
+        }
+        let wb = weight_bytes(&tensors, &shape, WeightFormat::Recipe(r));
+        assert_eq!(wb.by_type, by_type, "{}", r.name());
+        assert_eq!(wb.total, by_type.values().sum::<u64>(), "{}", r.name());
+    }
+
+    // goldens/smollm2.Q4_K_M.json: 103,668,480 bytes of tensor data. Every
+    // 576-wide Q4_K / Q6_K matrix falls back (q, k, v, o, gate, up: 6 x 30);
+    // token_embd, read as the output, takes Q8_0 by the output rule itself.
+    let q = weight_bytes(&tensors, &shape, WeightFormat::parse("Q4_K_M").unwrap());
+    assert_eq!(q.total, 103_668_480);
+    assert_eq!(q.by_type["q8_0"], 31_726_080);
+    assert_eq!(q.fallbacks.len(), 180);
+    assert_eq!(
+        q.fallbacks[0],
+        "blk.0.attn_q.weight: q4_K -> q5_0 (row 576)"
+    );
+    assert!(q.embedding_is_output);
 }
 
 fn workload_8k() -> Workload {
@@ -336,6 +423,40 @@ fn moe_counts_active_experts_only() {
         WeightFormat::parse("Q4_K_M").unwrap(),
     );
     assert!(q.by_type.contains_key("q8_0"));
+}
+
+#[test]
+fn a_model_llama_quantize_refuses_is_sized_without_the_mixture_and_says_so() {
+    // Mixtral's 32 blocks against a block count of 16: llama.cpp's layer_info
+    // refuses `blk.16.ffn_down_exps.weight`. The bytes are still counted, at
+    // the recipe's default type, and the reason comes first.
+    let arch = Arch {
+        n_expert: 8,
+        n_expert_used: 2,
+        vocab: 32000,
+        ..llama3(32, 4096, 32, 14336)
+    };
+    let shape = Shape::from_arch(&arch);
+    let short = Shape {
+        n_layer: 16,
+        ..shape.clone()
+    };
+    let wb = weight_bytes(
+        &shape.tensors(),
+        &short,
+        WeightFormat::parse("Q4_K_M").unwrap(),
+    );
+    assert!(
+        wb.fallbacks[0].contains("blk.16.") && wb.fallbacks[0].contains("would refuse"),
+        "{:?}",
+        wb.fallbacks
+    );
+    let types: Vec<&str> = wb.by_type.keys().map(String::as_str).collect();
+    assert_eq!(types, ["f32", "q4_K"]);
+    assert_eq!(
+        wb.params,
+        shape.tensors().iter().map(|t| t.n_elements()).sum::<u64>()
+    );
 }
 
 #[test]

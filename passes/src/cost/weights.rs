@@ -6,7 +6,10 @@
 //! What must stay true:
 //! - a recipe assigns each tensor the type llama.cpp's `llama_tensor_get_type`
 //!   (`src/llama-quant.cpp`) would, for the recipes listed in [`Recipe`],
-//!   without an importance matrix, including its row-length fallbacks;
+//!   without an importance matrix, including its row-length fallbacks: the
+//!   type kiln's own recipe pass ([`crate::passes::recipe`], golden-tested
+//!   against llama-quantize) gives it, run as a dry run over the tensor list;
+//!   there is no second copy of those rules here;
 //! - a serving format's bytes follow the layout named in [`FORMAT_TABLE`],
 //!   whose every row cites where its bits per weight come from;
 //! - bytes are counted exactly from tensor shapes (no rounding to GB).
@@ -19,6 +22,9 @@ use quant::GgmlType;
 use super::shape::{Shape, TensorKind, TensorSpec};
 use super::target::Precision;
 use super::CostError;
+use crate::ir::{Arch, Model, Role, Source, SourceDType, TensorNode};
+use crate::passes::recipe::{self as llama, ApplyRecipe, Ftype, RecipeOptions};
+use crate::passes::Pass;
 
 /// llama.cpp quantization recipes (`llama_ftype`), as `llama-quantize` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,20 +83,38 @@ impl Recipe {
         }
     }
 
-    /// The recipe's default type (`llama_model_quantize_impl`).
-    pub fn default_type(self) -> GgmlType {
+    /// llama.cpp's file type for the recipe (`llama_ftype`).
+    pub fn ftype(self) -> Ftype {
         match self {
-            Recipe::Q4_0 => GgmlType::Q4_0,
-            Recipe::Q4_1 => GgmlType::Q4_1,
-            Recipe::Q5_0 => GgmlType::Q5_0,
-            Recipe::Q5_1 => GgmlType::Q5_1,
-            Recipe::Q8_0 => GgmlType::Q8_0,
-            Recipe::Q2_K => GgmlType::Q2K,
-            Recipe::Q3_K_S | Recipe::Q3_K_M | Recipe::Q3_K_L => GgmlType::Q3K,
-            Recipe::Q4_K_S | Recipe::Q4_K_M => GgmlType::Q4K,
-            Recipe::Q5_K_S | Recipe::Q5_K_M => GgmlType::Q5K,
-            Recipe::Q6_K => GgmlType::Q6K,
+            Recipe::Q4_0 => Ftype::Q4_0,
+            Recipe::Q4_1 => Ftype::Q4_1,
+            Recipe::Q5_0 => Ftype::Q5_0,
+            Recipe::Q5_1 => Ftype::Q5_1,
+            Recipe::Q8_0 => Ftype::Q8_0,
+            Recipe::Q2_K => Ftype::Q2K,
+            Recipe::Q3_K_S => Ftype::Q3KS,
+            Recipe::Q3_K_M => Ftype::Q3KM,
+            Recipe::Q3_K_L => Ftype::Q3KL,
+            Recipe::Q4_K_S => Ftype::Q4KS,
+            Recipe::Q4_K_M => Ftype::Q4KM,
+            Recipe::Q5_K_S => Ftype::Q5KS,
+            Recipe::Q5_K_M => Ftype::Q5KM,
+            Recipe::Q6_K => Ftype::Q6K,
         }
+    }
+
+    /// The recipe pass's preset of the same name (what
+    /// [`llama::parse_recipe`] returns for [`Recipe::name`]).
+    pub fn preset(self) -> llama::Recipe {
+        llama::Recipe {
+            name: self.name(),
+            ftype: self.ftype(),
+        }
+    }
+
+    /// The recipe's default type (`llama_ftype_get_default_type`).
+    pub fn default_type(self) -> GgmlType {
+        self.ftype().default_type()
     }
 }
 
@@ -298,7 +322,8 @@ pub struct WeightBytes {
     /// Bytes per encoding name, for display.
     pub by_type: BTreeMap<String, u64>,
     /// Tensors whose type fell back because their rows were not a multiple of
-    /// the block size (llama.cpp's own fallbacks).
+    /// the block size (llama.cpp's own fallbacks), after, first, the reason
+    /// when the recipe's mixture could not be applied at all.
     pub fallbacks: Vec<String>,
     /// The embedding table doubles as the output matrix (tied, or no
     /// `output.weight`), so it is read in full every step.
@@ -316,126 +341,118 @@ impl WeightBytes {
     }
 }
 
-/// `use_more_bits` of `llama-quant.cpp` (the recipe pass's), on counts.
-pub fn use_more_bits(i: usize, n: usize) -> bool {
-    crate::passes::recipe::use_more_bits(i as i64, n as i64)
-}
-
-/// Facts about the whole model the recipe rules consult.
-struct RecipeCtx {
-    n_attn_v: usize,
-    n_ffn_down: usize,
-    n_expert: usize,
-    /// `n_head / n_head_kv`.
-    n_gqa: usize,
-    /// llama.cpp's `LLM_TYPE_70B` (llama family, 80 layers, GQA): attn_v is bumped.
-    is_70b: bool,
-    has_output: bool,
-}
-
-/// The type llama.cpp's recipe gives `t` before row-length fallbacks.
-fn recipe_type(
-    r: Recipe,
-    t: &TensorSpec,
-    ctx: &RecipeCtx,
-    counters: &mut (usize, usize),
-) -> GgmlType {
-    use GgmlType as G;
-    use Recipe as R;
-    let default = r.default_type();
-    let mut ty = default;
-    let is_output =
-        t.kind == TensorKind::Output || (!ctx.has_output && t.kind == TensorKind::Embedding);
-    if is_output {
-        let row = t.row_len();
-        if default.row_bytes(row).is_none() {
-            ty = G::Q8_0;
-        } else if default != G::Q8_0 {
-            ty = G::Q6K;
+/// The ggml type of a tensor in the file llama-quantize would read: its own
+/// type when it has one, else what `convert_hf_to_gguf.py` writes (f32 for
+/// 1-D tensors, norms and the MoE router, f16 for the rest).
+fn source_dtype(t: &TensorSpec) -> SourceDType {
+    match t.planned {
+        Some(GgmlType::F32) => SourceDType::F32,
+        Some(GgmlType::F16) => SourceDType::F16,
+        Some(GgmlType::BF16) => SourceDType::BF16,
+        Some(ty) => SourceDType::Ggml(ty),
+        None if t.shape.len() < 2 || matches!(t.kind, TensorKind::Norm | TensorKind::Router) => {
+            SourceDType::F32
         }
-        return ty;
+        None => SourceDType::F16,
     }
-    match t.kind {
-        TensorKind::Embedding => {}
-        TensorKind::AttnV => {
-            let i = counters.0;
-            counters.0 += 1;
-            let n = ctx.n_attn_v;
-            ty = match r {
-                R::Q2_K => {
-                    if ctx.n_gqa >= 4 {
-                        G::Q4K
-                    } else {
-                        G::Q3K
-                    }
-                }
-                R::Q3_K_M => {
-                    if i < 2 {
-                        G::Q5K
-                    } else {
-                        G::Q4K
-                    }
-                }
-                R::Q3_K_L => G::Q5K,
-                R::Q4_K_M | R::Q5_K_M if use_more_bits(i, n) => G::Q6K,
-                R::Q4_K_S if i < 4 => G::Q5K,
-                _ => ty,
-            };
-            if ctx.is_70b && (ty == G::Q3K || ty == G::Q4K) {
-                ty = G::Q5K;
-            }
-            if ctx.n_expert == 8 {
-                ty = G::Q8_0;
-            }
-        }
-        TensorKind::AttnK if ctx.n_expert == 8 => ty = G::Q8_0,
-        k if k.is_ffn_down() => {
-            let (i, n) = if ctx.n_expert > 1 {
-                (t.layer.unwrap_or(counters.1), ctx.n_ffn_down)
-            } else {
-                (counters.1, ctx.n_ffn_down)
-            };
-            counters.1 += 1;
-            ty = match r {
-                R::Q2_K => G::Q3K,
-                R::Q3_K_M => {
-                    if i < n / 16 {
-                        G::Q5K
-                    } else {
-                        // Non-Falcon: always Q4_K (`arch != FALCON || use_more_bits`).
-                        G::Q4K
-                    }
-                }
-                R::Q3_K_L => G::Q5K,
-                R::Q4_K_M if use_more_bits(i, n) => G::Q6K,
-                R::Q5_K_M if use_more_bits(i, n) => G::Q6K,
-                R::Q4_K_S if i < n / 8 => G::Q5K,
-                _ => ty,
-            };
-        }
-        TensorKind::AttnOutput => {
-            if ctx.n_expert == 8 {
-                if matches!(r, R::Q2_K | R::Q3_K_S | R::Q3_K_M | R::Q4_K_S | R::Q4_K_M) {
-                    ty = G::Q5K;
-                }
-            } else {
-                ty = match r {
-                    R::Q2_K => G::Q3K,
-                    R::Q3_K_M => G::Q4K,
-                    R::Q3_K_L => G::Q5K,
-                    _ => ty,
-                };
-            }
-        }
-        _ => {}
-    }
-    ty
 }
 
-/// llama.cpp's fallback when a row is not a multiple of the block size
-/// (`convert_incompatible_tensor`), from the recipe pass.
-fn fallback(ty: GgmlType, row: usize) -> GgmlType {
-    crate::passes::recipe::shape_fallback(ty, row).unwrap_or(ty)
+/// `tensors` as a model for the recipe pass: names and shapes, no data
+/// (the pass only decides encodings; nothing is read).
+fn recipe_model(tensors: &[TensorSpec], shape: &Shape) -> Model {
+    let arch = Arch {
+        family: shape.family.clone(),
+        n_layer: shape.n_layer,
+        hidden: shape.hidden,
+        n_head: shape.n_head,
+        n_head_kv: shape.n_head_kv,
+        head_dim: shape.head_dim,
+        ffn: shape.ffn,
+        vocab: shape.vocab,
+        tied_embeddings: shape.tied_embeddings,
+        n_expert: shape.n_expert,
+        n_expert_used: shape.n_expert_used,
+        ..Arch::default()
+    };
+    let tensors = tensors
+        .iter()
+        .map(|t| TensorNode {
+            name: t.name.clone(),
+            source_name: t.name.clone(),
+            shape: t.shape.clone(),
+            role: Role::Other,
+            layer: t.layer,
+            source: Source {
+                file: 0,
+                dtype: source_dtype(t),
+                offset: 0,
+                len: 0,
+            },
+            transform: None,
+            encoding: None,
+            notes: Vec::new(),
+        })
+        .collect();
+    Model {
+        arch: Some(arch),
+        tensors,
+        ..Model::default()
+    }
+}
+
+/// Run the recipe pass over `model` as `llama-quantize --dry-run` would,
+/// without an importance matrix (a quantized input is requantized).
+fn apply_recipe(model: &mut Model, r: Recipe, pure: bool) -> Result<(), String> {
+    let options = RecipeOptions {
+        imatrix_present: false,
+        dry_run: true,
+        allow_requantize: true,
+        pure,
+        ..RecipeOptions::default()
+    };
+    ApplyRecipe::new(r.preset(), options)?
+        .run(model)
+        .map_err(|e| e.to_string())
+}
+
+/// Each tensor's type under recipe `r`, in the order of `tensors`, and the
+/// row-length fallbacks taken (`name: type -> fallback (row N)`).
+fn recipe_types(tensors: &[TensorSpec], shape: &Shape, r: Recipe) -> (Vec<GgmlType>, Vec<String>) {
+    let mut model = recipe_model(tensors, shape);
+    let mut fallbacks = Vec::new();
+    if let Err(e) = apply_recipe(&mut model, r, false) {
+        // Only a model llama-quantize itself refuses gets here (an MoE tensor
+        // outside the block count): size it without the mixture, and say so.
+        fallbacks.push(format!(
+            "{e}: llama-quantize would refuse this model; sized without {}'s mixture",
+            r.name()
+        ));
+        model = recipe_model(tensors, shape);
+        if let Err(e) = apply_recipe(&mut model, r, true) {
+            fallbacks.push(format!("{e}: sized at the source types"));
+        }
+    }
+    let types = model
+        .tensors
+        .iter()
+        .map(|t| t.encoding.unwrap_or_else(|| t.source.dtype.ggml()))
+        .collect();
+    for t in &model.tensors {
+        for note in t.notes.iter().filter(|n| n.contains("falling back to")) {
+            // The pass's note: "row length N is not a multiple of B (required for TY): falling back to FB".
+            let wanted = note
+                .split_once("(required for ")
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .and_then(|(ty, _)| ty.parse::<GgmlType>().ok());
+            fallbacks.push(match (wanted, t.encoding) {
+                (Some(ty), Some(fb)) => {
+                    format!("{}: {ty} -> {fb} (row {})", t.name, t.row_len())
+                }
+                _ => format!("{}: {note}", t.name),
+            });
+        }
+    }
+    (types, fallbacks)
 }
 
 fn ggml_bytes(ty: GgmlType, t: &TensorSpec) -> u64 {
@@ -462,73 +479,49 @@ fn serving_bytes(f: ServingFormat, t: &TensorSpec) -> u64 {
 }
 
 /// Count the bytes of `tensors` in `format`. `shape` supplies the model-wide
-/// facts recipe rules consult.
+/// facts recipe rules consult (family, block count, heads, experts).
 pub fn weight_bytes(tensors: &[TensorSpec], shape: &Shape, format: WeightFormat) -> WeightBytes {
-    let ctx = RecipeCtx {
-        n_attn_v: tensors
-            .iter()
-            .filter(|t| t.kind == TensorKind::AttnV)
-            .count(),
-        n_ffn_down: tensors.iter().filter(|t| t.kind.is_ffn_down()).count(),
-        n_expert: shape.n_expert,
-        n_gqa: shape.n_head / shape.n_head_kv.max(1),
-        is_70b: shape.family == "llama" && shape.n_layer == 80 && shape.n_head != shape.n_head_kv,
-        has_output: tensors.iter().any(|t| t.kind == TensorKind::Output),
-    };
-    let mut counters = (0usize, 0usize);
+    let has_output = tensors.iter().any(|t| t.kind == TensorKind::Output);
     let mut wb = WeightBytes {
-        embedding_is_output: shape.tied_embeddings || !ctx.has_output,
+        embedding_is_output: shape.tied_embeddings || !has_output,
         ..WeightBytes::default()
     };
-    for t in tensors {
-        let (bytes, label) = if t.shape.len() < 2 || t.kind == TensorKind::Norm {
-            // 1-D tensors stay f32 in GGUF; serving formats keep them 16-bit.
-            match format {
-                WeightFormat::Serving(f) if f != ServingFormat::F32 => {
-                    (2 * t.n_elements(), "f16".to_string())
-                }
-                WeightFormat::Planned => {
-                    let ty = t.planned.unwrap_or(GgmlType::F32);
-                    (ggml_bytes(ty, t), ty.name().to_string())
-                }
-                _ => (4 * t.n_elements(), "f32".to_string()),
+    let recipe_types = match format {
+        WeightFormat::Recipe(r) => {
+            let (types, fallbacks) = recipe_types(tensors, shape, r);
+            wb.fallbacks = fallbacks;
+            types
+        }
+        _ => Vec::new(),
+    };
+    for (i, t) in tensors.iter().enumerate() {
+        let one_d = t.shape.len() < 2 || t.kind == TensorKind::Norm;
+        let (bytes, label) = match format {
+            WeightFormat::Recipe(_) => {
+                let ty = recipe_types[i];
+                (ggml_bytes(ty, t), ty.name().to_string())
             }
-        } else {
-            match format {
-                WeightFormat::Serving(f) => {
-                    let label = if t.kind.is_linear()
-                        || matches!(
-                            f,
-                            ServingFormat::F32 | ServingFormat::F16 | ServingFormat::Bf16
-                        ) {
-                        f.name()
-                    } else {
-                        "f16"
-                    };
-                    (serving_bytes(f, t), label.to_string())
-                }
-                WeightFormat::Planned => {
-                    let ty = t.planned.unwrap_or(GgmlType::F16);
-                    (ggml_bytes(ty, t), ty.name().to_string())
-                }
-                WeightFormat::Recipe(r) => {
-                    let ty = if t.kind == TensorKind::Router {
-                        GgmlType::F32
-                    } else {
-                        recipe_type(r, t, &ctx, &mut counters)
-                    };
-                    let fb = fallback(ty, t.row_len());
-                    if fb != ty {
-                        wb.fallbacks.push(format!(
-                            "{}: {} -> {} (row {})",
-                            t.name,
-                            ty.name(),
-                            fb.name(),
-                            t.row_len()
-                        ));
-                    }
-                    (ggml_bytes(fb, t), fb.name().to_string())
-                }
+            WeightFormat::Planned => {
+                let ty = t
+                    .planned
+                    .unwrap_or(if one_d { GgmlType::F32 } else { GgmlType::F16 });
+                (ggml_bytes(ty, t), ty.name().to_string())
+            }
+            // 1-D tensors and norms stay 16-bit in serving checkpoints.
+            WeightFormat::Serving(f) if one_d && f != ServingFormat::F32 => {
+                (2 * t.n_elements(), "f16".to_string())
+            }
+            WeightFormat::Serving(f) => {
+                let label = if t.kind.is_linear()
+                    || matches!(
+                        f,
+                        ServingFormat::F32 | ServingFormat::F16 | ServingFormat::Bf16
+                    ) {
+                    f.name()
+                } else {
+                    "f16"
+                };
+                (serving_bytes(f, t), label.to_string())
             }
         };
         wb.total += bytes;
