@@ -111,6 +111,17 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let engine = planner::engine(&args.plan)?;
     let workload = planner::workload(&args.plan)?;
     artifact::check_outdir(&args.output)?;
+    if let Some(n) = &args.name {
+        let plain = !n.is_empty()
+            && !n.starts_with('.')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !plain || n == "imatrix" {
+            anyhow::bail!(
+                "--name `{n}`: give a plain file name (letters, digits, '-', '_', '.'; not starting with '.'; not `imatrix`, which names the collected importance matrix)"
+            );
+        }
+    }
     if let Some(e) = args.max_error {
         if !(e.is_finite() && e >= 0.0) {
             anyhow::bail!("--max-error must be at least 0");
@@ -147,7 +158,13 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
 
     // Write the model file(s) into the staging directory.
     let staging = Staging::new(&args.output)?;
-    let stem = args.name.clone().unwrap_or_else(|| model_stem(&args.model));
+    let stem = match &args.name {
+        Some(n) => n.clone(),
+        None => match model_stem(&args.model) {
+            s if s == "imatrix" => "model".to_string(),
+            s => s,
+        },
+    };
     let mut importance = BTreeMap::new();
     for (name, v) in &setup.importance {
         if types.contains_key(name) {
@@ -155,13 +172,11 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         }
     }
     let parts: Vec<(String, passes::Model)> = if devices > 1 {
-        let sizes: Vec<u64> = setup
-            .options
-            .iter()
-            .zip(&chosen.allocation.pick)
-            .map(|(o, &p)| o.choices[p].bytes)
-            .collect();
-        let ranges = artifact::balance(&sizes, devices);
+        let sizes = planner::sizes_of(&setup, &chosen.allocation);
+        let ranges = artifact::cut(&sizes, devices, chosen.budget.tensor_bytes / devices as u64)
+            .context(
+                "the plan's tensors cannot be cut into one file per device within the budget",
+            )?;
         artifact::split_models(&planned, &ranges)
             .into_iter()
             .enumerate()
@@ -240,8 +255,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         })
         .map(|e| e["bytes"].as_u64().unwrap_or(0))
         .sum();
-    let source_files: Vec<Value> = model
-        .files
+    let source_files: Vec<Value> = source_paths(&args.model, &model.files)?
         .iter()
         .map(|f| -> Result<Value> {
             let bytes = std::fs::metadata(f)
@@ -311,6 +325,25 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The files that make up the source: every regular, non-hidden file at the
+/// top of a checkpoint directory (config and tokenizer too), sorted; or the file.
+fn source_paths(model: &Path, weights: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if !model.is_dir() {
+        return Ok(weights.to_vec());
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(model).map_err(|e| formats::Error::io(model, e))? {
+        let e = e.map_err(|e| formats::Error::io(model, e))?;
+        let p = e.path();
+        let hidden = e.file_name().to_string_lossy().starts_with('.');
+        if p.is_file() && !hidden {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 enum ImportanceFile<'a> {

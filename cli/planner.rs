@@ -757,7 +757,11 @@ pub fn budget(
     let (file_bytes, from, memory) = if let Some(gb) = args.budget_gb {
         (
             (gb * 1e9 * devices as f64) as u64,
-            format!("--budget-gb {gb} per device"),
+            if devices > 1 {
+                format!("{devices} devices x --budget-gb {gb}")
+            } else {
+                format!("--budget-gb {gb}")
+            },
             None,
         )
     } else if let Some(b) = args.bpw {
@@ -847,10 +851,30 @@ pub fn solve(
     let mut n = 1;
     while n <= max_devices {
         let b = budget(setup, args, target, engine, w, n)?;
-        let a = match &ceiling {
-            None => plan::allocate(&setup.options, b.tensor_bytes),
-            Some((e, _)) => plan::cheapest_within(&setup.options, *e, b.tensor_bytes),
+        let solve_at = |bytes: u64| match &ceiling {
+            None => plan::allocate(&setup.options, bytes),
+            Some((e, _)) => plan::cheapest_within(&setup.options, *e, bytes),
         };
+        let mut a = solve_at(b.tensor_bytes);
+        // Whole tensors go to one device each: shrink the total until the
+        // files can be cut so that every device holds at most its share.
+        if n > 1 {
+            let cap = b.tensor_bytes / n as u64;
+            let mut total = b.tensor_bytes;
+            for _ in 0..32 {
+                let Some(x) = &a else { break };
+                if formats::artifact::cut(&sizes_of(setup, x), n, cap).is_some() {
+                    break;
+                }
+                total -= (total / 64).max(1);
+                a = solve_at(total);
+            }
+            if a.as_ref()
+                .is_some_and(|x| formats::artifact::cut(&sizes_of(setup, x), n, cap).is_none())
+            {
+                a = None;
+            }
+        }
         match a {
             Some(_) if n > setup.options.len() => {
                 last_err = format!(
@@ -878,15 +902,16 @@ pub fn solve(
             None => {
                 last_err = match &ceiling {
                     Some((e, what)) if plan::min_bytes(&setup.options) <= b.tensor_bytes => format!(
-                        "{} device(s): no allocation within {:.3} GB reaches the error ceiling {e:.4} ({what})",
+                        "{} device(s): no allocation within {} bytes reaches the error ceiling {e:.4} ({what})",
                         n,
-                        b.tensor_bytes as f64 / 1e9
+                        b.tensor_bytes
                     ),
                     _ => format!(
-                        "{} device(s): {:.3} GB of budget for tensors, the smallest allocation needs {:.3} GB",
+                        "{} device(s): {} bytes of budget for tensors (after headers), the smallest allocation needs {} bytes{}",
                         n,
-                        b.tensor_bytes as f64 / 1e9,
-                        plan::min_bytes(&setup.options) as f64 / 1e9
+                        b.tensor_bytes,
+                        plan::min_bytes(&setup.options),
+                        if n > 1 { " cut into whole tensors per device" } else { "" }
                     ),
                 }
             }
@@ -894,6 +919,16 @@ pub fn solve(
         n *= 2;
     }
     bail!("no plan fits: {last_err}")
+}
+
+/// Bytes of each tensor under an allocation, in model order.
+pub fn sizes_of(setup: &Setup, a: &Allocation) -> Vec<u64> {
+    setup
+        .options
+        .iter()
+        .zip(&a.pick)
+        .map(|(o, &p)| o.choices[p].bytes)
+        .collect()
 }
 
 /// The model with these types assigned (and the imatrix keys when one was used).

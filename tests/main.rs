@@ -2,6 +2,7 @@
 //! the real `kiln` binary the way a user does and check exit codes, stdout,
 //! stderr and the files left behind.
 
+mod build;
 mod common;
 mod convert;
 mod estimate;

@@ -209,6 +209,51 @@ pub fn balance(sizes: &[u64], n: usize) -> Vec<Range<usize>> {
     cuts.windows(2).map(|w| w[0]..w[1]).collect()
 }
 
+/// Cut `sizes` into exactly `n` contiguous non-empty ranges of at most `cap`
+/// bytes each: the balanced cut when it respects `cap`, else ranges filled
+/// up to `cap` in order (then the fullest split further while fewer than
+/// `n`); `None` when `n` ranges of `cap` cannot hold them in order.
+pub fn cut(sizes: &[u64], n: usize, cap: u64) -> Option<Vec<Range<usize>>> {
+    if n == 0 || sizes.len() < n {
+        return None;
+    }
+    let fits = |r: &Range<usize>| sizes[r.clone()].iter().sum::<u64>() <= cap;
+    let b = balance(sizes, n);
+    if b.len() == n && b.iter().all(fits) {
+        return Some(b);
+    }
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    let (mut start, mut acc) = (0usize, 0u64);
+    for (i, &s) in sizes.iter().enumerate() {
+        if s > cap {
+            return None;
+        }
+        if acc + s > cap {
+            ranges.push(start..i);
+            start = i;
+            acc = 0;
+        }
+        acc += s;
+    }
+    ranges.push(start..sizes.len());
+    if ranges.len() > n {
+        return None;
+    }
+    while ranges.len() < n {
+        // Split the range holding the most bytes (that has two tensors) in two.
+        let (k, _) = ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.len() >= 2)
+            .max_by_key(|(k, r)| (sizes[(*r).clone()].iter().sum::<u64>(), usize::MAX - k))?;
+        let r = ranges.remove(k);
+        let halves = balance(&sizes[r.clone()], 2);
+        ranges.insert(k, r.start + halves[1].start..r.end);
+        ranges.insert(k, r.start..r.start + halves[0].end);
+    }
+    Some(ranges)
+}
+
 /// The model of each split: its tensors, the full metadata in the first,
 /// and the split keys in every one.
 pub fn split_models(model: &Model, ranges: &[Range<usize>]) -> Vec<Model> {
@@ -262,6 +307,22 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 10);
         assert!(sizes.iter().all(|&s| (2..=3).contains(&s)), "{sizes:?}");
         assert_eq!(balance(&[7], 1), vec![0..1]);
+    }
+
+    #[test]
+    fn cut_respects_the_cap_and_the_count() {
+        // Balanced halves would be [60, 40 | 50, 50]: 100 each.
+        assert_eq!(cut(&[60, 40, 50, 50], 2, 100), Some(vec![0..2, 2..4]));
+        // Balance puts 100+5 together; a cap of 100 forces another cut.
+        let r = cut(&[100, 5, 50, 45], 2, 100).unwrap();
+        assert_eq!(r, vec![0..1, 1..4]);
+        assert!(cut(&[100, 5, 50, 50], 2, 100).is_none());
+        assert!(cut(&[101], 1, 100).is_none());
+        // Fewer ranges than asked after filling: the fullest is split.
+        let r = cut(&[10, 10, 10, 10], 3, 100).unwrap();
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|x| !x.is_empty()));
+        assert_eq!(r.last().unwrap().end, 4);
     }
 
     #[test]
