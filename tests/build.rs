@@ -566,17 +566,24 @@ fn refusals_leave_nothing_behind() {
     assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"keep me");
     assert_eq!(listing(root.path()), names(&["mine"]));
 
-    // A missing parent directory is named, and not created.
+    // Missing parent directories are created (as for `-o out/l40s`)...
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("no/such/out");
-    let line = refusal(&build(&out, &["--bpw", "4.5"]));
-    assert!(
-        line.contains("parent directory")
-            && line.contains("no/such")
-            && line.contains("does not exist"),
-        "{line}"
-    );
+    let o = build(&out, &["--bpw", "4.5"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(out.join("manifest.json").is_file());
+    // ...but not for a build that is refused, and not under a file.
+    let root = tempfile::tempdir().unwrap();
+    let line = refusal(&build(
+        &root.path().join("a/b/out"),
+        &["--bpw", "4.5", "--engine", "vllm"],
+    ));
+    assert!(line.contains("--engine vllm"), "{line}");
     assert!(listing(root.path()).is_empty());
+    std::fs::write(root.path().join("file"), b"x").unwrap();
+    let line = refusal(&build(&root.path().join("file/sub/out"), &["--bpw", "4.5"]));
+    assert!(line.contains("is not a directory"), "{line}");
+    assert_eq!(listing(root.path()), names(&["file"]));
 
     // A file where the directory would go is not replaced.
     let root = tempfile::tempdir().unwrap();

@@ -11,6 +11,8 @@
 //!   [`Staging::commit`] removes everything it wrote;
 //! - an existing `OUTDIR` is replaced only if it is empty or holds a kiln
 //!   `manifest.json` (a previous build), never an unrelated directory;
+//!   missing parent directories are created when staging starts (after
+//!   every check that can refuse the build);
 //! - split files follow `gguf-split`: `PREFIX-00001-of-0000N.gguf`, the first
 //!   holding all metadata, every one holding `split.no` (u16, 0-based),
 //!   `split.count` (u16) and `split.tensors.count` (i32, tensors in all
@@ -39,10 +41,19 @@ pub struct Staging {
 /// Refuse an `OUTDIR` kiln must not replace.
 pub fn check_outdir(out: &Path) -> Result<()> {
     let parent = crate::atomic::parent_dir(out);
-    if !parent.is_dir() {
+    // Missing parents are created when writing starts; the nearest existing
+    // ancestor must be a directory.
+    let mut anc = parent.as_path();
+    while !anc.exists() {
+        match anc.parent() {
+            Some(p) if !p.as_os_str().is_empty() => anc = p,
+            _ => break,
+        }
+    }
+    if anc.exists() && !anc.is_dir() {
         return Err(Error::output(
             out,
-            format!("parent directory {} does not exist", parent.display()),
+            format!("{} is not a directory", anc.display()),
         ));
     }
     if out.exists() {
@@ -69,6 +80,7 @@ impl Staging {
     pub fn new(out: &Path) -> Result<Staging> {
         check_outdir(out)?;
         let parent = crate::atomic::parent_dir(out);
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
         let prefix = format!(
             ".{}.",
             out.file_name()
