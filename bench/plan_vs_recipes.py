@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--recipes", default="Q4_K_S,Q4_K_M,Q5_K_M")
     ap.add_argument("--chunks", type=int, default=8, help="held-out windows evaluated")
     ap.add_argument("--probe-chunks", type=int, default=1)
+    ap.add_argument("--smollm2-exclude", default="q4_1",
+                    help="types left out of kiln's candidates for SmolLM2 (comma-separated); "
+                         "rows are labelled with them when more than q4_1")
     args = ap.parse_args()
     if not KILN.exists():
         sys.exit("build kiln first: cargo build --release")
@@ -103,8 +106,15 @@ def main() -> None:
         path, extra = models[name]
         if path is None:
             path = find_smollm2()
-        build_extra = extra + (["--exclude-type", "q4_1"] if name == "smollm2" else [])
-        d = OUT / name
+        build_extra = list(extra)
+        model_label = name
+        if name == "smollm2":
+            excl = [t for t in args.smollm2_exclude.split(",") if t]
+            for t in excl:
+                build_extra += ["--exclude-type", t]
+            if excl != ["q4_1"]:
+                model_label = f"smollm2 (kiln without {', '.join(excl)})"
+        d = OUT / model_label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         d.mkdir(parents=True, exist_ok=True)
         im = d / "imatrix.gguf"
         kiln("imatrix", path, "--text", calib, "--chunks", 16, "-o", im)
@@ -134,7 +144,7 @@ def main() -> None:
                     variants.append(("kiln", label, f, secs))
                 for kind, label, f, secs in variants:
                     m = evaluate(path, f, held, args.chunks)
-                    row = {"model": name, "recipe": recipe, "imatrix": with_im, "kind": kind,
+                    row = {"model": model_label, "recipe": recipe, "imatrix": with_im, "kind": kind,
                            "option": label, "bytes": f.stat().st_size, "build_seconds": secs, **m}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
@@ -160,6 +170,38 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     (OUT.parent / "plan_vs_recipes.md").write_text(md)
     print(md)
+    compact = compact_table(rows)
+    (OUT.parent / "plan_vs_recipes.compact.md").write_text(compact)
+    print(compact)
+
+
+def compact_table(rows: list[dict]) -> str:
+    """One line per (model, imatrix, recipe): the recipe and kiln at its size."""
+    out = [
+        "| model | imatrix | llama.cpp recipe: bytes, PPL, KLD, top-1 | kiln (probed) at that size: bytes, PPL, KLD, top-1 | kiln, no text |",
+        "|---|---|---|---|---|",
+    ]
+    keys = []
+    for r in rows:
+        k = (r["model"], r["imatrix"], r["recipe"])
+        if k not in keys:
+            keys.append(k)
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        return f"{r['bytes']:,} B, {r['ppl']:.4g}, **{r['kld']:.2e}**, {100 * r['top1']:.1f}%"
+
+    for model, im, recipe in keys:
+        group = [r for r in rows if (r["model"], r["imatrix"], r["recipe"]) == (model, im, recipe)]
+        rec = next((r for r in group if r["kind"] == "recipe"), None)
+        probed = next((r for r in group if r["kind"] == "kiln" and "probed" in r["option"]), None)
+        notext = next((r for r in group if r["kind"] == "kiln" and "no text" in r["option"]), None)
+        out.append(
+            f"| {model} | {'yes' if im else 'no'} | {recipe}: {cell(rec)} | {cell(probed)} | "
+            f"{cell(notext) if notext else '-'} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
