@@ -49,8 +49,10 @@ pub fn decode(dtype: SourceDType, bytes: &[u8], out: &mut [f32]) {
             }
         }
         SourceDType::BF16 => {
+            // bf16 is the top half of an f32: a shift, as ggml's
+            // `ggml_bf16_to_fp32` (NaN payloads kept, no branch).
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
             }
         }
         SourceDType::Ggml(t) => quant::dequantize_row(t, bytes, out),
@@ -70,5 +72,15 @@ mod tests {
         assert_eq!(out, [1.0, -2.0]);
         decode(SourceDType::BF16, &[0x80, 0x3f, 0x00, 0xc0], &mut out);
         assert_eq!(out, [1.0, -2.0]);
+        // Every bf16 bit pattern decodes as half does (NaNs: same payload bits as ggml).
+        for bits in 0..=u16::MAX {
+            let mut one = [0f32];
+            decode(SourceDType::BF16, &bits.to_le_bytes(), &mut one);
+            assert_eq!(one[0].to_bits(), u32::from(bits) << 16);
+            let h = bf16::from_bits(bits).to_f32();
+            if !h.is_nan() {
+                assert_eq!(one[0].to_bits(), h.to_bits());
+            }
+        }
     }
 }
