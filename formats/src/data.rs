@@ -5,7 +5,7 @@
 //! validated byte range; decoding is exact for F32/F16/BF16 and is ggml's
 //! dequantizer for block types.
 
-use half::{bf16, f16};
+use half::f16;
 use passes::{SourceDType, TensorNode};
 
 use crate::mmap::MappedFile;
@@ -77,7 +77,7 @@ mod tests {
             let mut one = [0f32];
             decode(SourceDType::BF16, &bits.to_le_bytes(), &mut one);
             assert_eq!(one[0].to_bits(), u32::from(bits) << 16);
-            let h = bf16::from_bits(bits).to_f32();
+            let h = half::bf16::from_bits(bits).to_f32();
             if !h.is_nan() {
                 assert_eq!(one[0].to_bits(), h.to_bits());
             }
