@@ -102,6 +102,8 @@ pub struct Row {
     pub text: Option<TextAccuracy>,
     /// Measured weight error: size-weighted mean noise-to-signal ratio.
     pub weight_nsr: Option<f64>,
+    /// Every tensor's type.
+    pub types: BTreeMap<String, GgmlType>,
 }
 
 pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
@@ -152,7 +154,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         .types(&setup.options)
         .map(|(n, t)| (n.to_string(), t))
         .collect();
-    let mut planned = planner::assigned(&setup, &types, args.plan.allow_requantize)?;
+    let planned = planner::assigned(&setup, &types, args.plan.allow_requantize)?;
     let devices = chosen.budget.devices;
     let est = planner::cost(&planned, &setup.shape, &target, engine, &workload, devices)?;
 
@@ -183,7 +185,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
             .map(|(i, m)| (artifact::split_name(&stem, i, devices), m))
             .collect()
     } else {
-        vec![(format!("{stem}.gguf"), planned.clone())]
+        vec![(format!("{stem}.gguf"), planned)]
     };
     let mut predicted_file_bytes = 0u64;
     let mut files = Vec::new();
@@ -211,8 +213,10 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         files.push(name.clone());
     }
     bar.finish_and_clear();
-    planned.metadata = passes::Metadata::default();
-    if let ImportanceFile::Write(im) = importance_file(&setup) {
+    // A collected imatrix is written beside the model (llama-quantize can reuse it).
+    if let (planner::ImportanceSource::Text(_), Some((_, im))) =
+        (&setup.importance_source, &setup.imatrix)
+    {
         formats::imatrix::write_gguf(&staging.path("imatrix.gguf"), im)?;
         files.push("imatrix.gguf".into());
     }
@@ -287,6 +291,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         usd_per_mtok: est.usd_per_million_tokens.central,
         text,
         weight_nsr: Some(weighted_nsr(&setup, &types)),
+        types,
     };
     rows.insert(0, plan_row);
 
@@ -294,7 +299,6 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         args,
         &setup,
         &chosen,
-        &types,
         &target,
         &est,
         &rows,
@@ -346,19 +350,6 @@ fn source_paths(model: &Path, weights: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-enum ImportanceFile<'a> {
-    None,
-    Write(&'a formats::imatrix::Imatrix),
-}
-
-/// A collected imatrix is written beside the model (llama-quantize can reuse it).
-fn importance_file(setup: &Setup) -> ImportanceFile<'_> {
-    match (&setup.importance_source, &setup.imatrix) {
-        (planner::ImportanceSource::Text(_), Some((_, im))) => ImportanceFile::Write(im),
-        _ => ImportanceFile::None,
-    }
-}
-
 /// llama.cpp's recipes on this model, scored with the same measurements.
 pub fn comparison(
     setup: &Setup,
@@ -369,12 +360,11 @@ pub fn comparison(
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for name in COMPARED {
-        let types = match planner::recipe_types(setup, name, args.allow_requantize) {
-            Ok(t) => t,
-            Err(_) => continue,
+        let Ok(m) = planner::recipe_model(setup, name, args.allow_requantize) else {
+            continue;
         };
+        let types = planner::types_of(&m);
         let (bytes, error) = planner::score(setup, &types);
-        let m = planner::assigned(setup, &types, true)?;
         let est = planner::cost(&m, &setup.shape, target, engine, w, 1)?;
         let devices = est.min_devices;
         let est = match devices {
@@ -391,6 +381,7 @@ pub fn comparison(
             usd_per_mtok: est.usd_per_million_tokens.central,
             text: None,
             weight_nsr: Some(weighted_nsr(setup, &types)).filter(|_| error.is_some()),
+            types,
         });
     }
     Ok(rows)
@@ -460,7 +451,6 @@ fn manifest(
     args: &BuildArgs,
     setup: &Setup,
     chosen: &planner::Chosen,
-    types: &BTreeMap<String, GgmlType>,
     target: &Target,
     est: &Estimate,
     rows: &[Row],
@@ -479,7 +469,7 @@ fn manifest(
         .zip(&model.tensors)
         .map(|((o, &p), t)| {
             let c = o.choices[p];
-            let m = setup.measured.iter().find(|m| m.name == o.name);
+            let m = setup.measured(&o.name);
             json!({
                 "name": o.name,
                 "shape": t.shape,
@@ -513,7 +503,6 @@ fn manifest(
             chosen.budget.devices, target.id, args.plan.min_bpw
         ));
     }
-    let _ = types;
     json!({
         "schema": "kiln.artifact/1",
         "kiln_version": env!("CARGO_PKG_VERSION"),
@@ -575,7 +564,7 @@ fn manifest(
         },
         "accuracy": {
             "predicted_kld": chosen.allocation.error,
-            "weight_nsr": weighted_nsr(setup, types),
+            "weight_nsr": plan.weight_nsr,
             "text": text_json(&plan.text),
             "text_file": setup.eval_text.as_ref().filter(|_| plan.text.is_some()).and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
         },

@@ -17,7 +17,7 @@ use clap::Args;
 use quant::GgmlType;
 use serde_json::{json, Value};
 
-use crate::build::{comparison, Row, COMPARED};
+use crate::build::{comparison, Row};
 use crate::eval::{cancel_flag, lift};
 use crate::planner::{self, Objective, PlanArgs};
 use crate::Printer;
@@ -133,7 +133,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
                     .types(&setup.options)
                     .map(|(n, t)| (n.to_string(), t))
                     .collect();
-                let planned = planner::assigned(&setup, &types, true)?;
+                let planned = planner::typed(&setup, &types)?;
                 let est = planner::cost(
                     &planned,
                     &setup.shape,
@@ -152,8 +152,9 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
                         devices: Some(chosen.budget.devices),
                         tokens_per_second: est.decode_tokens_per_second.central,
                         usd_per_mtok: est.usd_per_million_tokens.central,
-                        text: measure_types(&types)?,
+                        text: None,
                         weight_nsr: Some(crate::build::weighted_nsr(&setup, &types)),
+                        types,
                     },
                 );
                 format!(
@@ -165,11 +166,9 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
             Err(e) => format!("no kiln plan: {e}"),
         };
         if measure {
-            let bar =
-                printer.count_bar(COMPARED.len() as u64, &format!("{}: measuring", target.id));
-            for r in rows.iter_mut().filter(|r| r.name != "kiln plan") {
-                let types = planner::recipe_types(&setup, &r.name, true)?;
-                r.text = measure_types(&types)?;
+            let bar = printer.count_bar(rows.len() as u64, &format!("{}: measuring", target.id));
+            for r in rows.iter_mut() {
+                r.text = measure_types(&r.types)?;
                 bar.inc(1);
             }
             bar.finish_and_clear();

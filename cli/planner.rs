@@ -186,6 +186,8 @@ pub struct Setup {
     pub eval_text: Option<PathBuf>,
     /// Measured quantizable tensors, in model order.
     pub measured: Vec<Measured>,
+    /// Position in `measured` by tensor name.
+    measured_at: BTreeMap<String, usize>,
     /// Sensitivity of each measured tensor (KL divergence per unit NSR).
     pub sensitivity: BTreeMap<String, f64>,
     pub groups: Vec<GroupSensitivity>,
@@ -195,6 +197,13 @@ pub struct Setup {
     /// Bytes of the GGUF header and alignment padding (an upper bound).
     pub overhead_bytes: u64,
     pub warnings: Vec<String>,
+}
+
+impl Setup {
+    /// The measurements of a quantizable tensor.
+    pub fn measured(&self, name: &str) -> Option<&Measured> {
+        self.measured_at.get(name).map(|&i| &self.measured[i])
+    }
 }
 
 pub fn engine(args: &PlanArgs) -> Result<Engine> {
@@ -253,9 +262,6 @@ pub fn check_args(args: &PlanArgs) -> Result<()> {
     }
     if args.ctx < 8 {
         bail!("--ctx must be at least 8 tokens");
-    }
-    if args.eval_text.is_some() && args.text.is_none() && args.imatrix.is_none() {
-        // Allowed: measure a plan made from defaults.
     }
     Ok(())
 }
@@ -481,6 +487,11 @@ pub fn setup(
         bar.inc(t.n_elements() as u64);
     }
     bar.finish_and_clear();
+    let measured_at: BTreeMap<String, usize> = measured
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.clone(), i))
+        .collect();
     printer.info(&format!(
         "measured {} tensors in up to {} encodings in {:.1}s",
         measured.len(),
@@ -551,7 +562,7 @@ pub fn setup(
                 .tensors
                 .iter()
                 .map(|(name, ty)| {
-                    let m = measured.iter().find(|m| &m.name == name).expect("measured");
+                    let m = &measured[measured_at[name]];
                     m.candidates
                         .iter()
                         .find(|c| c.ty == *ty)
@@ -603,7 +614,7 @@ pub fn setup(
     // The planner's problem.
     let mut options = Vec::with_capacity(model.tensors.len());
     for t in &model.tensors {
-        match measured.iter().find(|m| m.name == t.name) {
+        match measured_at.get(&t.name).map(|&i| &measured[i]) {
             Some(m) => {
                 let s = sensitivity[&t.name];
                 let allowed = |ty: &GgmlType| !args.exclude_type.contains(ty);
@@ -664,6 +675,7 @@ pub fn setup(
         eval_windows,
         eval_text,
         measured,
+        measured_at,
         sensitivity,
         groups: groups_out,
         sensitivity_source,
@@ -687,12 +699,28 @@ pub fn tensor_bytes(ty: GgmlType, t: &passes::TensorNode) -> u64 {
         .map_or(0, |b| b as u64 * t.n_rows() as u64)
 }
 
-/// The types a llama.cpp recipe gives this model (as `kiln convert --type`).
-pub fn recipe_types(
-    setup: &Setup,
-    name: &str,
-    allow_requantize: bool,
-) -> Result<BTreeMap<String, GgmlType>> {
+/// The model's tensors and architecture, without its metadata (a tokenizer
+/// is ~100k strings): what a pass needs to choose types for sizing and costing.
+fn bare(m: &Model) -> Model {
+    Model {
+        files: m.files.clone(),
+        arch: m.arch.clone(),
+        tensors: m.tensors.clone(),
+        metadata: passes::Metadata::default(),
+        notes: Vec::new(),
+    }
+}
+
+/// The types of every tensor of a planned model.
+pub fn types_of(m: &Model) -> BTreeMap<String, GgmlType> {
+    m.tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.encoding.expect("planned")))
+        .collect()
+}
+
+/// The model (without metadata) as a llama.cpp recipe plans it (as `kiln convert --type`).
+pub fn recipe_model(setup: &Setup, name: &str, allow_requantize: bool) -> Result<Model> {
     let r = recipe::parse_recipe(name).map_err(anyhow::Error::msg)?;
     let apply = ApplyRecipe::new(
         r,
@@ -704,13 +732,9 @@ pub fn recipe_types(
         },
     )
     .map_err(anyhow::Error::msg)?;
-    let mut m = setup.opened.loaded.model.clone();
-    m.metadata = passes::Metadata::default();
+    let mut m = bare(&setup.opened.loaded.model);
     passes::passes::run(&mut m, &[&apply])?;
-    Ok(m.tensors
-        .iter()
-        .map(|t| (t.name.clone(), t.encoding.expect("planned")))
-        .collect())
+    Ok(m)
 }
 
 /// Bytes and predicted error of a full type table; `None` for an error
@@ -721,7 +745,7 @@ pub fn score(setup: &Setup, types: &BTreeMap<String, GgmlType>) -> (u64, Option<
     for t in &setup.opened.loaded.model.tensors {
         let ty = types[&t.name];
         bytes += tensor_bytes(ty, t);
-        let Some(m) = setup.measured.iter().find(|m| m.name == t.name) else {
+        let Some(m) = setup.measured(&t.name) else {
             continue;
         };
         match m.candidates.iter().find(|c| c.ty == ty) {
@@ -837,7 +861,7 @@ pub fn solve(
         Objective::Cost => Some(match max_error {
             Some(e) => (e, format!("--max-error {e}")),
             None => {
-                let types = recipe_types(setup, "Q4_K_M", args.allow_requantize)?;
+                let types = types_of(&recipe_model(setup, "Q4_K_M", args.allow_requantize)?);
                 let (_, e) = score(setup, &types);
                 (
                     e.context("Q4_K_M uses a type that was not measured")?,
@@ -929,6 +953,17 @@ pub fn sizes_of(setup: &Setup, a: &Allocation) -> Vec<u64> {
         .zip(&a.pick)
         .map(|(o, &p)| o.choices[p].bytes)
         .collect()
+}
+
+/// The model (without metadata) with these types assigned: for costing.
+pub fn typed(setup: &Setup, types: &BTreeMap<String, GgmlType>) -> Result<Model> {
+    let mut m = bare(&setup.opened.loaded.model);
+    let pass = AssignTypes {
+        types: types.clone(),
+        allow_requantize: true,
+    };
+    passes::passes::run(&mut m, &[&pass])?;
+    Ok(m)
 }
 
 /// The model with these types assigned (and the imatrix keys when one was used).

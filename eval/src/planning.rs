@@ -58,15 +58,7 @@ fn importance_for_row<'a>(
     node: &TensorNode,
     r: usize,
 ) -> Option<&'a [f32]> {
-    let imp = imp?;
-    let row = node.row_len();
-    if imp.len() == row {
-        return Some(imp);
-    }
-    let experts = imp.len() / row;
-    let per = node.n_rows() / experts.max(1);
-    let e = (r / per.max(1)).min(experts - 1);
-    Some(&imp[e * row..(e + 1) * row])
+    imp.map(|v| formats::imatrix::row_importance(v, &node.shape, r))
 }
 
 /// The rows measured: all, or `max_elements / row_len` evenly strided.

@@ -223,13 +223,6 @@ fn write_tensor(
         .importance
         .and_then(|m| m.get(&t.name))
         .map(Vec::as_slice);
-    // Rows per expert: a 3-D tensor's rows of expert e use importance
-    // `[e * row_len, (e + 1) * row_len)`.
-    let rows_per_expert = if t.shape.len() >= 3 {
-        t.shape[t.shape.len() - 2]
-    } else {
-        n_rows.max(1)
-    };
     let rows_per_chunk = (CHUNK_F32_BYTES / (row_len.max(1) * 4)).max(1);
     // Rows are encoded in place in the output block when one fits; a longer
     // row goes through a buffer of its own.
@@ -273,10 +266,8 @@ fn write_tensor(
                         read_row(maps, t, r, scratch);
                     } else {
                         read_row(maps, t, r, scratch);
-                        let imp = importance.map(|v| {
-                            let e = r / rows_per_expert.max(1);
-                            &v[e * row_len..(e + 1) * row_len]
-                        });
+                        let imp =
+                            importance.map(|v| crate::imatrix::row_importance(v, &t.shape, r));
                         // The block is reused: start every row from zeros,
                         // as a fresh buffer would, whatever bytes an encoder
                         // leaves alone (cheap: the row is about to be

@@ -420,6 +420,20 @@ pub fn for_tensor<'a>(
     ))
 }
 
+/// The part of a tensor's importance vector (as [`for_tensor`] returns it)
+/// that row `r` uses: the whole vector for a 2-D tensor; for a 3-D expert
+/// tensor of shape `[experts, rows, row_len]`, expert `r / rows`'s slice
+/// `[e * row_len, (e + 1) * row_len)`.
+pub fn row_importance<'a>(importance: &'a [f32], shape: &[usize], r: usize) -> &'a [f32] {
+    let row_len = shape.last().copied().unwrap_or(1).max(1);
+    if importance.len() == row_len || shape.len() < 3 {
+        return &importance[..row_len.min(importance.len())];
+    }
+    let rows_per_expert = shape[shape.len() - 2].max(1);
+    let e = r / rows_per_expert;
+    &importance[e * row_len..(e + 1) * row_len]
+}
+
 /// The `quantize.imatrix.*` keys llama-quantize records, in its order:
 /// `file` (the path as given, at most 127 bytes), `dataset` (the first one,
 /// if any, at most 127 bytes), `entries_count` (entries kept after
@@ -554,6 +568,16 @@ pub fn write_gguf(path: &Path, imatrix: &Imatrix) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_importance_slices_per_expert() {
+        let v: Vec<f32> = (0..6).map(|x| x as f32).collect();
+        // 2-D: every row uses the whole vector.
+        assert_eq!(row_importance(&v[..3], &[4, 3], 3), &[0.0, 1.0, 2.0]);
+        // 3-D [2 experts, 2 rows, 3]: rows 0-1 expert 0, rows 2-3 expert 1.
+        assert_eq!(row_importance(&v, &[2, 2, 3], 1), &[0.0, 1.0, 2.0]);
+        assert_eq!(row_importance(&v, &[2, 2, 3], 2), &[3.0, 4.0, 5.0]);
+    }
 
     const P: &str = "m.imatrix";
 
