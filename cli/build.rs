@@ -113,6 +113,16 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let engine = planner::engine(&args.plan)?;
     let workload = planner::workload(&args.plan)?;
     artifact::check_outdir(&args.output)?;
+    // OUTDIR is replaced whole at the end: the input must not live in it.
+    if let (Ok(out), Ok(model)) = (args.output.canonicalize(), args.model.canonicalize()) {
+        if model.starts_with(&out) {
+            anyhow::bail!(
+                "{}: the input {} is inside the output directory, which a build replaces; write to another directory",
+                args.output.display(),
+                args.model.display()
+            );
+        }
+    }
     if let Some(n) = &args.name {
         let plain = !n.is_empty()
             && !n.starts_with('.')
@@ -132,14 +142,6 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let cancel = cancel_flag();
     let setup = planner::setup(&args.model, &args.plan, printer, &cancel)?;
     let model = &setup.opened.loaded.model;
-    for f in &model.files {
-        if f.canonicalize().ok() == args.output.canonicalize().ok() {
-            anyhow::bail!(
-                "{}: the output directory is the input",
-                args.output.display()
-            );
-        }
-    }
     let chosen = planner::solve(
         &setup,
         &args.plan,

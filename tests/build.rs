@@ -787,3 +787,27 @@ fn plan_with_text_measures_every_option() {
         }
     }
 }
+
+/// A build whose input lives in OUTDIR (say, a GGUF of an earlier build) is
+/// refused: OUTDIR is replaced whole, which would delete the input.
+#[test]
+fn an_input_inside_the_output_directory_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("art");
+    build_ok(&out, &["--bpw", "4.5"]);
+    let input = out.join("tiny-llama.gguf");
+    let before = std::fs::read(&input).unwrap();
+    let r = run_cmd(kiln().args([
+        "build",
+        input.to_str().unwrap(),
+        "--target",
+        "m2",
+        "--bpw",
+        "6",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    let line = refusal(&r);
+    assert!(line.contains("inside the output directory"), "{line}");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
