@@ -121,7 +121,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if let Some((path, m)) = &imatrix {
         let all = m.importance(path)?;
         for t in &model.tensors {
-            let ty = t.encoding.expect("planned");
+            let ty = t.ggml_type().expect("planned");
             if !ty.is_quantized() || ty == t.source.dtype.ggml() {
                 continue;
             }
@@ -147,7 +147,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         .tensors
         .iter()
         .flat_map(|t| t.notes.iter().map(move |n| format!("{}: {n}", t.name)))
-        .chain(model.notes.iter().cloned())
+        .chain(model.notes.iter().map(|n| n.text.clone()))
         .collect();
 
     if args.dry_run {
@@ -219,7 +219,7 @@ fn plan_json(
             "source_name": t.source_name,
             "shape": t.shape,
             "source_dtype": t.source.dtype.name(),
-            "type": t.encoding.map(|e| e.name()),
+            "type": t.encoding.map(|e| e.to_string()),
             "offset": offset,
             "bytes": bytes,
             "notes": t.notes,
@@ -256,7 +256,7 @@ fn plan_text(
         "name", "shape", "source", "type", "bytes"
     );
     for (t, &(_, bytes)) in model.tensors.iter().zip(&layout.tensors) {
-        let ty = t.encoding.map(|e| e.name()).unwrap_or("-");
+        let ty = t.encoding.map_or("-".to_string(), |e| e.to_string());
         let flag = if t.notes.is_empty() { "" } else { "  *" };
         s += &format!(
             "{:<w$}  {:<14} {:<6} {:<6} {:>12}{flag}\n",

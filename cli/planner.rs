@@ -660,7 +660,7 @@ pub fn setup(
             .map(|o| (o.name.clone(), o.choices[0].ty))
             .collect();
         for t in &mut m.tensors {
-            t.encoding = Some(types[&t.name]);
+            t.encoding = Some(types[&t.name].into());
         }
         let layout = formats::emit::plan(&m);
         let tensors: u64 = layout.tensors.iter().map(|&(_, b)| b).sum();
@@ -715,7 +715,7 @@ fn bare(m: &Model) -> Model {
 pub fn types_of(m: &Model) -> BTreeMap<String, GgmlType> {
     m.tensors
         .iter()
-        .map(|t| (t.name.clone(), t.encoding.expect("planned")))
+        .map(|t| (t.name.clone(), t.ggml_type().expect("planned")))
         .collect()
 }
 

@@ -70,8 +70,8 @@ pub fn out_tensors(model: &Model) -> Vec<OutTensor> {
             name: t.name.clone(),
             shape: t.shape.clone(),
             ty: t
-                .encoding
-                .expect("the encoding pass runs before the emitter"),
+                .ggml_type()
+                .expect("the encoding pass chooses a ggml type before the GGUF emitter"),
         })
         .collect()
 }
@@ -213,7 +213,7 @@ fn write_tensor(
     progress: &(dyn Fn(u64) + Sync),
     cancel: &AtomicBool,
 ) -> Result<u64> {
-    let ty = t.encoding.expect("planned");
+    let ty = t.ggml_type().expect("planned");
     let row_len = t.row_len();
     let n_rows = t.n_rows();
     let out_row = ty.row_bytes(row_len).expect("encoding fits the row length");
@@ -596,7 +596,7 @@ fn set_direct(_file: &File, on: bool) -> io::Result<()> {
 pub fn bytes_by_type(model: &Model, layout: &Layout) -> Vec<(GgmlType, u64, usize)> {
     let mut v: Vec<(GgmlType, u64, usize)> = Vec::new();
     for (t, &(_, b)) in model.tensors.iter().zip(&layout.tensors) {
-        let ty = t.encoding.expect("planned");
+        let ty = t.ggml_type().expect("planned");
         match v.iter_mut().find(|(x, _, _)| *x == ty) {
             Some(e) => {
                 e.1 += b;
@@ -655,7 +655,7 @@ mod tests {
                     len: bytes.len() as u64 - offset,
                 },
                 transform: None,
-                encoding: Some(ty),
+                encoding: Some(ty.into()),
                 notes: Vec::new(),
             });
             data.push(v);
@@ -678,7 +678,7 @@ mod tests {
     fn expected(model: &Model, data: &[Vec<f32>], layout: &Layout) -> Vec<u8> {
         let mut want = layout.header.clone();
         for (t, v) in model.tensors.iter().zip(data) {
-            let ty = t.encoding.unwrap();
+            let ty = t.ggml_type().unwrap();
             let mut enc = vec![0u8; ty.row_bytes(t.row_len()).unwrap() * t.n_rows()];
             quant::quantize_rows(ty, v, &mut enc, t.row_len(), None);
             want.extend_from_slice(&enc);

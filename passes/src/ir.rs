@@ -6,10 +6,16 @@
 //! - a `Source` is a lazy view into an input file: nothing is read until the
 //!   emitter asks for it;
 //! - an encoding, once chosen, can encode the tensor's row length (shape
-//!   fallbacks are applied by the pass that chooses, and recorded as notes).
+//!   fallbacks are applied by the pass that chooses, and recorded as notes);
+//! - encodings are format-neutral ([`Encoding`]); a container lowers them and
+//!   refuses by name what it cannot hold;
+//! - what a pass could not do is a [`Note`]: a kind with fields that code
+//!   reads, and the sentence users read.
 
 use quant::GgmlType;
 use serde::Serialize;
+
+pub use quant::Encoding;
 
 /// Architecture facts the passes and the cost model need.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -152,9 +158,64 @@ pub struct TensorNode {
     pub source: Source,
     pub transform: Option<Transform>,
     /// The chosen output encoding; `None` until a pass decides.
-    pub encoding: Option<GgmlType>,
+    pub encoding: Option<Encoding>,
     /// What a pass could not do to this tensor and why.
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
+}
+
+/// What a pass did differently from what was asked, or could not do: data
+/// for code (`kind`) and a sentence for users (`text`, what `Display` and
+/// serde write).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub kind: NoteKind,
+    pub text: String,
+}
+
+/// The kinds of [`Note`], with the fields code needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoteKind {
+    /// `wanted` cannot encode rows of `row_len` values; `used` was chosen instead.
+    Fallback {
+        wanted: Encoding,
+        used: Encoding,
+        row_len: usize,
+    },
+    /// A `--tensor-type` pattern changed the recipe's choice.
+    Override {
+        pattern: String,
+        from: Encoding,
+        to: Encoding,
+    },
+    /// An input tensor that is not carried into the output.
+    Dropped { tensor: String },
+    /// Anything else worth saying, with no fields to act on.
+    Info,
+}
+
+impl Note {
+    pub fn new(kind: NoteKind, text: impl Into<String>) -> Note {
+        Note {
+            kind,
+            text: text.into(),
+        }
+    }
+
+    pub fn info(text: impl Into<String>) -> Note {
+        Note::new(NoteKind::Info, text)
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Note {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 impl TensorNode {
@@ -169,6 +230,29 @@ impl TensorNode {
 
     pub fn n_rows(&self) -> usize {
         self.n_elements().checked_div(self.row_len()).unwrap_or(0)
+    }
+
+    /// The ggml type the chosen encoding lowers to (`Keep` is the source's
+    /// own type); `None` before a pass decides or for an encoding that is
+    /// not a ggml type.
+    pub fn ggml_type(&self) -> Option<GgmlType> {
+        match self.encoding? {
+            Encoding::Keep => Some(self.source.dtype.ggml()),
+            e => e.ggml(),
+        }
+    }
+
+    /// Bytes of the tensor in its chosen encoding (`None` before a decision
+    /// or where the encoding cannot take the row length).
+    pub fn encoded_bytes(&self) -> Option<u64> {
+        let dtype_bytes = match self.source.dtype {
+            SourceDType::F32 => 4,
+            _ => 2,
+        };
+        match self.encoding? {
+            Encoding::Keep => Some(self.source.len),
+            e => e.bytes(self.n_rows(), self.row_len(), dtype_bytes),
+        }
     }
 }
 
@@ -254,7 +338,7 @@ pub struct Model {
     /// Output metadata (GGUF keys), built by the loader and the passes.
     pub metadata: Metadata,
     /// Model-wide notes (fallbacks, conversions done, things skipped).
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
 }
 
 impl Model {

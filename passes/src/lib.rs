@@ -9,4 +9,7 @@ pub mod passes;
 pub mod plan;
 
 pub use error::PassError;
-pub use ir::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode, Transform};
+pub use ir::{
+    Arch, Encoding, MetaValue, Metadata, Model, Note, NoteKind, Role, Source, SourceDType,
+    TensorNode, Transform,
+};

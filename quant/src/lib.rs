@@ -8,7 +8,8 @@
 //! order for every element, so every block matches ggml on x86-64 byte for
 //! byte. Functions work on whole rows; callers parallelize across rows.
 //!
-//! The public surface is [`GgmlType`], [`quantize_rows`] (what llama-quantize
+//! The public surface is [`Encoding`] (the format-neutral descriptor of what a
+//! tensor becomes, `encoding.rs`), [`GgmlType`], [`quantize_rows`] (what llama-quantize
 //! writes, optionally with an importance matrix), [`quantize_row`] (the same
 //! without one) and [`dequantize_row`].
 //!
@@ -44,6 +45,7 @@
 //! every [`GgmlType`], and all three check lengths before touching data and
 //! never allocate.
 
+mod encoding;
 mod float;
 mod iq4;
 mod kquants;
@@ -55,6 +57,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use encoding::{Encoding, Fp4Kind, Fp8Range, Fp8Scales, Fp8Spec, Group, IntSpec};
 pub use types::GgmlType;
 
 /// Encode one row (or several whole rows concatenated) of f32 values into

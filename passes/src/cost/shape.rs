@@ -290,7 +290,7 @@ pub fn specs_from_model(model: &Model) -> Vec<TensorSpec> {
             shape: t.shape.clone(),
             kind: kind_from_name(&t.name, t.role),
             layer: t.layer,
-            planned: Some(t.encoding.unwrap_or_else(|| t.source.dtype.ggml())),
+            planned: Some(t.ggml_type().unwrap_or_else(|| t.source.dtype.ggml())),
         })
         .collect()
 }

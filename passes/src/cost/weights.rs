@@ -22,7 +22,7 @@ use quant::GgmlType;
 use super::shape::{Shape, TensorKind, TensorSpec};
 use super::target::Precision;
 use super::CostError;
-use crate::ir::{Arch, Model, Role, Source, SourceDType, TensorNode};
+use crate::ir::{Arch, Model, NoteKind, Role, Source, SourceDType, TensorNode};
 use crate::passes::recipe::{self as llama, ApplyRecipe, Ftype, RecipeOptions};
 use crate::passes::Pass;
 
@@ -435,21 +435,18 @@ fn recipe_types(tensors: &[TensorSpec], shape: &Shape, r: Recipe) -> (Vec<GgmlTy
     let types = model
         .tensors
         .iter()
-        .map(|t| t.encoding.unwrap_or_else(|| t.source.dtype.ggml()))
+        .map(|t| t.ggml_type().unwrap_or_else(|| t.source.dtype.ggml()))
         .collect();
     for t in &model.tensors {
-        for note in t.notes.iter().filter(|n| n.contains("falling back to")) {
-            // The pass's note: "row length N is not a multiple of B (required for TY): falling back to FB".
-            let wanted = note
-                .split_once("(required for ")
-                .and_then(|(_, rest)| rest.split_once(')'))
-                .and_then(|(ty, _)| ty.parse::<GgmlType>().ok());
-            fallbacks.push(match (wanted, t.encoding) {
-                (Some(ty), Some(fb)) => {
-                    format!("{}: {ty} -> {fb} (row {})", t.name, t.row_len())
-                }
-                _ => format!("{}: {note}", t.name),
-            });
+        for note in &t.notes {
+            if let NoteKind::Fallback {
+                wanted,
+                used,
+                row_len,
+            } = note.kind
+            {
+                fallbacks.push(format!("{}: {wanted} -> {used} (row {row_len})", t.name));
+            }
         }
     }
     (types, fallbacks)

@@ -102,7 +102,7 @@ impl Pass for AssignTypes {
             } else {
                 kept_type(t)
             };
-            t.encoding = Some(ty);
+            t.encoding = Some(ty.into());
         }
         let dominant = by_type
             .iter()
@@ -168,7 +168,7 @@ mod tests {
             allow_requantize: false,
         };
         pass.run(&mut m).unwrap();
-        let ty: Vec<_> = m.tensors.iter().map(|t| t.encoding.unwrap()).collect();
+        let ty: Vec<_> = m.tensors.iter().map(|t| t.ggml_type().unwrap()).collect();
         assert_eq!(
             ty,
             vec![GgmlType::Q8_0, GgmlType::F32, GgmlType::Q4K, GgmlType::Q5_0]

@@ -10,7 +10,7 @@
 //! the input was sharded and matches llama-quantize's.
 
 use crate::error::PassError;
-use crate::ir::{Model, Role, Transform};
+use crate::ir::{Model, Note, NoteKind, Role, Transform};
 
 use super::Pass;
 
@@ -117,9 +117,14 @@ impl Pass for Normalize {
             match map_hf_name(&t.source_name)
                 .map_err(|r| PassError::new(NAME, Some(&t.source_name), r))?
             {
-                None => model.notes.push(format!(
-                    "dropped `{}`: llama.cpp recomputes rotary frequencies",
-                    t.source_name
+                None => model.notes.push(Note::new(
+                    NoteKind::Dropped {
+                        tensor: t.source_name.clone(),
+                    },
+                    format!(
+                        "dropped `{}`: llama.cpp recomputes rotary frequencies",
+                        t.source_name
+                    ),
                 )),
                 Some((name, role, layer)) => {
                     t.name = name;

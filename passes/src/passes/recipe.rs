@@ -42,7 +42,7 @@ use quant::GgmlType;
 use regex::Regex;
 
 use crate::error::PassError;
-use crate::ir::{MetaValue, Model, SourceDType, TensorNode};
+use crate::ir::{MetaValue, Model, Note, NoteKind, SourceDType, TensorNode};
 
 use super::Pass;
 
@@ -823,7 +823,7 @@ impl Pass for ApplyRecipe {
                     ),
                 ));
             }
-            t.encoding = Some(ty);
+            t.encoding = Some(ty.into());
         }
 
         if let Some(first) = needs_imatrix.first() {
@@ -835,20 +835,20 @@ impl Pass for ApplyRecipe {
             if !opts.dry_run {
                 return Err(err(None, msg));
             }
-            model.notes.push(msg);
+            model.notes.push(Note::info(msg));
         }
         if st.n_fallback > 0 {
-            model.notes.push(format!(
+            model.notes.push(Note::info(format!(
                 "{} of {} tensor(s) required fallback quantization (row length not a multiple of the block size)",
                 st.n_fallback,
                 model.tensors.len()
-            ));
+            )));
         }
         if !opts.overrides.is_empty() && !default_type.is_quantized() {
-            model.notes.push(format!(
+            model.notes.push(Note::info(format!(
                 "--tensor-type ignored: llama.cpp applies overrides only when the recipe's default type is quantized, and {}'s is {default_type}",
                 self.recipe.name
-            ));
+            )));
         }
 
         stamp(&mut model.metadata, ftype);
@@ -907,8 +907,14 @@ fn choose(
     let mut manual = false;
     if let Some(&(ref r, qt)) = patterns.iter().find(|(r, _)| r.is_match(&t.name)) {
         if qt != ty {
-            t.notes
-                .push(format!("--tensor-type `{}`: {ty} -> {qt}", r.as_str()));
+            t.notes.push(Note::new(
+                NoteKind::Override {
+                    pattern: r.as_str().to_string(),
+                    from: ty.into(),
+                    to: qt.into(),
+                },
+                format!("--tensor-type `{}`: {ty} -> {qt}", r.as_str()),
+            ));
         }
         ty = qt;
         manual = true;
@@ -920,10 +926,17 @@ fn choose(
     }
     if let Some(fb) = shape_fallback(ty, t.row_len()) {
         st.n_fallback += 1;
-        t.notes.push(format!(
-            "row length {} is not a multiple of {} (required for {ty}): falling back to {fb}",
-            t.row_len(),
-            ty.block_size()
+        t.notes.push(Note::new(
+            NoteKind::Fallback {
+                wanted: ty.into(),
+                used: fb.into(),
+                row_len: t.row_len(),
+            },
+            format!(
+                "row length {} is not a multiple of {} (required for {ty}): falling back to {fb}",
+                t.row_len(),
+                ty.block_size()
+            ),
         ));
         ty = fb;
     }
@@ -1048,7 +1061,7 @@ mod tests {
     fn ty(m: &Model, name: &str) -> GgmlType {
         m.tensor(name)
             .unwrap_or_else(|| panic!("{name}"))
-            .encoding
+            .ggml_type()
             .unwrap()
     }
 
@@ -1125,11 +1138,13 @@ mod tests {
         assert!(
             m.notes
                 .iter()
-                .any(|n| n.starts_with("180 of 272 tensor(s) required fallback")),
+                .any(|n| n.text.starts_with("180 of 272 tensor(s) required fallback")),
             "{:?}",
             m.notes
         );
-        assert!(m.tensor("blk.0.attn_q.weight").unwrap().notes[0].contains("falling back to q5_0"));
+        assert!(m.tensor("blk.0.attn_q.weight").unwrap().notes[0]
+            .text
+            .contains("falling back to q5_0"));
         assert_eq!(
             m.metadata.get("general.file_type"),
             Some(&MetaValue::U32(15))
@@ -1149,7 +1164,7 @@ mod tests {
         assert_eq!(ty(&m, "token_embd.weight"), T::Q8_0);
         assert_eq!(per_layer(&m, "ffn_down.weight"), vec![T::Q4_0; 30]);
         assert_eq!(per_layer(&m, "attn_v.weight"), vec![T::Q4_0; 30]);
-        assert!(m.notes.iter().any(|n| n.starts_with("1 of 272")));
+        assert!(m.notes.iter().any(|n| n.text.starts_with("1 of 272")));
 
         let m = apply(smollm2(), "Q2_K");
         assert_eq!(ty(&m, "token_embd.weight"), T::Q8_0);
@@ -1221,7 +1236,7 @@ mod tests {
         assert_eq!(per_layer(&m, "attn_v.weight"), more(T::Q6K, T::Q4K));
         assert_eq!(per_layer(&m, "ffn_down.weight"), more(T::Q6K, T::Q4K));
         assert_eq!(per_layer(&m, "attn_q.weight"), vec![T::Q4K; 8]);
-        assert!(!m.notes.iter().any(|n| n.contains("fallback")));
+        assert!(!m.notes.iter().any(|n| n.text.contains("fallback")));
 
         let m = apply(llama256(), "Q5_K_M");
         assert_eq!(per_layer(&m, "attn_v.weight"), more(T::Q6K, T::Q5K));
@@ -1267,13 +1282,13 @@ mod tests {
             .tensors
             .iter()
             .filter(|t| t.shape.len() == 2)
-            .all(|t| t.encoding == Some(T::Q6K)));
+            .all(|t| t.ggml_type() == Some(T::Q6K)));
         let m = apply(llama256(), "Q8_0");
         assert!(m
             .tensors
             .iter()
             .filter(|t| t.shape.len() == 2)
-            .all(|t| t.encoding == Some(T::Q8_0)));
+            .all(|t| t.ggml_type() == Some(T::Q8_0)));
         let m = apply(llama256(), "Q5_1");
         assert_eq!(ty(&m, "output.weight"), T::Q6K);
         assert_eq!(ty(&m, "blk.0.ffn_down.weight"), T::Q5_1);
@@ -1298,7 +1313,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(m.notes.iter().any(|n| n.contains("importance matrix")));
+        assert!(m.notes.iter().any(|n| n.text.contains("importance matrix")));
         let m = run_with(
             llama256(),
             "Q2_K_S",
@@ -1360,7 +1375,13 @@ mod tests {
         assert_eq!(ty(&m, "blk.10.ffn_up.weight"), T::Q5_0);
         let notes = &m.tensor("blk.1.ffn_up.weight").unwrap().notes;
         assert!(
-            notes[0].contains("q4_K -> q6_K") && notes[1].contains("falling back to q8_0"),
+            notes[0].text.contains("q4_K -> q6_K")
+                && notes[1].kind
+                    == NoteKind::Fallback {
+                        wanted: T::Q6K.into(),
+                        used: T::Q8_0.into(),
+                        row_len: 576
+                    },
             "{notes:?}"
         );
         // Overrides never touch tensors llama.cpp does not quantize.
@@ -1445,7 +1466,7 @@ mod tests {
             .tensors
             .iter()
             .filter(|t| t.shape.len() == 2)
-            .all(|t| t.encoding == Some(T::Q4K)));
+            .all(|t| t.ggml_type() == Some(T::Q4K)));
         assert_eq!(
             m.metadata.get("general.file_type"),
             Some(&MetaValue::U32(15))
@@ -1467,7 +1488,10 @@ mod tests {
         };
         let m = run_with(llama256(), "F16", opts).unwrap();
         assert_eq!(ty(&m, "blk.0.attn_v.weight"), T::F16);
-        assert!(m.notes.iter().any(|n| n.contains("--tensor-type ignored")));
+        assert!(m
+            .notes
+            .iter()
+            .any(|n| n.text.contains("--tensor-type ignored")));
     }
 
     #[test]

@@ -33,13 +33,13 @@ pub fn verify(model: &Model) -> Result<(), PassError> {
                 ),
             ));
         }
-        if let Some(ty) = t.encoding {
-            if ty.row_bytes(t.row_len()).is_none() {
+        if let Some(e) = t.encoding {
+            if !e.fits(t.row_len()) {
                 return Err(PassError::new(
                     NAME,
                     Some(&t.name),
                     format!(
-                        "encoding {ty} does not divide the row length {}",
+                        "encoding {e} does not divide the row length {}",
                         t.row_len()
                     ),
                 ));
