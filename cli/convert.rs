@@ -2,19 +2,20 @@
 //! `--pure`, one uniform type), with llama-quantize's overrides and
 //! importance matrices, streamed into one GGUF.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use clap::Args;
+use formats::data::Rows;
 use formats::emit::{self, EmitOptions};
 use formats::tokenizer::TokenizerOptions;
 use formats::LoadOptions;
-use passes::passes::normalize::Normalize;
+use passes::passes::importance::AttachImportance;
 use passes::passes::recipe::{self, ApplyRecipe, Recipe, RecipeOptions};
+use passes::passes::{Context, Pipeline};
 use quant::GgmlType;
 use serde_json::json;
 
@@ -113,24 +114,17 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         dry_run: args.dry_run,
     };
     let apply = ApplyRecipe::new(args.ty, options).map_err(anyhow::Error::msg)?;
-    passes::passes::run(&mut model, &[&Normalize, &apply])
+    let importance = match &imatrix {
+        Some((path, m)) => Some(AttachImportance {
+            vectors: m.importance(path)?,
+            provenance: m.provenance(&path.display().to_string()),
+        }),
+        None => None,
+    };
+    Pipeline::convert(apply, importance)
+        .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
         .with_context(|| args.model.display().to_string())?;
-    // The importance vector of each tensor that will be quantized, checked
-    // against its shape before anything is written.
-    let mut importance = BTreeMap::new();
     if let Some((path, m)) = &imatrix {
-        let all = m.importance(path)?;
-        for t in &model.tensors {
-            let ty = t.ggml_type().expect("planned");
-            if !ty.is_quantized() || ty == t.source.dtype.ggml() {
-                continue;
-            }
-            let v = formats::imatrix::for_tensor(&all, &t.name, &t.shape)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            if let Some(v) = v {
-                importance.insert(t.name.clone(), v.to_vec());
-            }
-        }
         if !m.entries.is_empty() {
             let arg = path.display().to_string();
             model
@@ -177,7 +171,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "converting");
     let opts = EmitOptions {
-        importance: imatrix.as_ref().map(|_| &importance),
+        importance: model.importance.as_ref().map(|i| &i.vectors),
         allow_nonfinite: args.allow_nonfinite,
     };
     let progress = |n: u64| bar.inc(n);

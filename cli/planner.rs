@@ -708,6 +708,7 @@ fn bare(m: &Model) -> Model {
         tensors: m.tensors.clone(),
         metadata: passes::Metadata::default(),
         notes: Vec::new(),
+        importance: None,
     }
 }
 
@@ -733,7 +734,7 @@ pub fn recipe_model(setup: &Setup, name: &str, allow_requantize: bool) -> Result
     )
     .map_err(anyhow::Error::msg)?;
     let mut m = bare(&setup.opened.loaded.model);
-    passes::passes::run(&mut m, &[&apply])?;
+    passes::passes::Pipeline::size(apply).run(&mut m, &passes::passes::Context::default())?;
     Ok(m)
 }
 
@@ -962,7 +963,8 @@ pub fn typed(setup: &Setup, types: &BTreeMap<String, GgmlType>) -> Result<Model>
         types: types.clone(),
         allow_requantize: true,
     };
-    passes::passes::run(&mut m, &[&pass])?;
+    passes::passes::Pipeline::assign(pass, None)
+        .run(&mut m, &passes::passes::Context::default())?;
     Ok(m)
 }
 
@@ -977,7 +979,8 @@ pub fn assigned(
         types: types.clone(),
         allow_requantize,
     };
-    passes::passes::run(&mut m, &[&pass])?;
+    passes::passes::Pipeline::assign(pass, None)
+        .run(&mut m, &passes::passes::Context::default())?;
     if let Some((arg, im)) = &setup.imatrix {
         if !im.entries.is_empty() {
             m.metadata

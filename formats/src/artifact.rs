@@ -284,6 +284,7 @@ pub fn split_models(model: &Model, ranges: &[Range<usize>]) -> Vec<Model> {
                     passes::Metadata::default()
                 },
                 notes: Vec::new(),
+                importance: model.importance.clone(),
             };
             for key in ["split.no", "split.count", "split.tensors.count"] {
                 m.metadata.remove(key);

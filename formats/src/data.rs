@@ -35,6 +35,16 @@ pub fn read_row(maps: &[MappedFile], node: &TensorNode, r: usize, out: &mut [f32
     decode(node.source.dtype, row_bytes(maps, node, r), out);
 }
 
+/// The rows of the tensors in mapped input files, for passes that read
+/// tensor values (`passes::passes::Context::with_reader`).
+pub struct Rows<'a>(pub &'a [MappedFile]);
+
+impl passes::passes::TensorReader for Rows<'_> {
+    fn read_row(&self, node: &TensorNode, r: usize, out: &mut [f32]) {
+        read_row(self.0, node, r, out);
+    }
+}
+
 /// Decode `bytes` of `dtype` into `out`.
 pub fn decode(dtype: SourceDType, bytes: &[u8], out: &mut [f32]) {
     match dtype {

@@ -344,6 +344,17 @@ impl Imatrix {
         }
     }
 
+    /// Where the vectors come from, as llama-quantize records it
+    /// ([`quantize_metadata`]), with `file_arg` the path as the user gave it.
+    pub fn provenance(&self, file_arg: &str) -> passes::passes::importance::Provenance {
+        passes::passes::importance::Provenance {
+            file: file_arg.to_string(),
+            dataset: self.datasets.first().cloned(),
+            entries: self.entries.len(),
+            chunks: self.chunk_count as i64,
+        }
+    }
+
     /// The importance vector of every entry, as llama-quantize hands it to
     /// the quantizer; refused, as llama.cpp does, if any value is not finite.
     pub fn importance(&self, path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
@@ -387,52 +398,8 @@ impl Imatrix {
     }
 }
 
-/// The importance vector llama-quantize uses for one tensor being quantized:
-/// `None` when the imatrix has no entry for it (llama.cpp quantizes it
-/// without one), or when the entry's size is wrong for `token_embd` (always
-/// tolerated); an error when the size is wrong for any other tensor. The size
-/// must be the row length times the number of experts (`ne[0] * ne[2]`); for a
-/// 3-D tensor, rows of expert `e` use `[e * row_len, (e + 1) * row_len)`.
-pub fn for_tensor<'a>(
-    importance: &'a BTreeMap<String, Vec<f32>>,
-    tensor: &str,
-    shape: &[usize],
-) -> std::result::Result<Option<&'a [f32]>, String> {
-    let Some(v) = importance.get(tensor) else {
-        return Ok(None);
-    };
-    let row_len = shape.last().copied().unwrap_or(1);
-    let experts = if shape.len() >= 3 {
-        shape[shape.len() - 3]
-    } else {
-        1
-    };
-    if Some(v.len()) == row_len.checked_mul(experts) {
-        return Ok(Some(v));
-    }
-    if tensor == "token_embd.weight" || tensor == "per_layer_token_embd.weight" {
-        return Ok(None);
-    }
-    Err(format!(
-        "imatrix size {} is different from tensor size {} for {tensor}",
-        v.len(),
-        row_len * experts
-    ))
-}
-
-/// The part of a tensor's importance vector (as [`for_tensor`] returns it)
-/// that row `r` uses: the whole vector for a 2-D tensor; for a 3-D expert
-/// tensor of shape `[experts, rows, row_len]`, expert `r / rows`'s slice
-/// `[e * row_len, (e + 1) * row_len)`.
-pub fn row_importance<'a>(importance: &'a [f32], shape: &[usize], r: usize) -> &'a [f32] {
-    let row_len = shape.last().copied().unwrap_or(1).max(1);
-    if importance.len() == row_len || shape.len() < 3 {
-        return &importance[..row_len.min(importance.len())];
-    }
-    let rows_per_expert = shape[shape.len() - 2].max(1);
-    let e = r / rows_per_expert;
-    &importance[e * row_len..(e + 1) * row_len]
-}
+/// Importance vectors are checked and sliced by the `importance` pass.
+pub use passes::passes::importance::{for_tensor, row_importance};
 
 /// The `quantize.imatrix.*` keys llama-quantize records, in its order:
 /// `file` (the path as given, at most 127 bytes), `dataset` (the first one,

@@ -339,6 +339,9 @@ pub struct Model {
     pub metadata: Metadata,
     /// Model-wide notes (fallbacks, conversions done, things skipped).
     pub notes: Vec<Note>,
+    /// Importance vectors, attached by the `importance` pass.
+    #[serde(skip)]
+    pub importance: Option<crate::passes::importance::Importance>,
 }
 
 impl Model {

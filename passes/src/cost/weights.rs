@@ -24,7 +24,7 @@ use super::target::Precision;
 use super::CostError;
 use crate::ir::{Arch, Model, NoteKind, Role, Source, SourceDType, TensorNode};
 use crate::passes::recipe::{self as llama, ApplyRecipe, Ftype, RecipeOptions};
-use crate::passes::Pass;
+use crate::passes::{Context, Pipeline};
 
 /// llama.cpp quantization recipes (`llama_ftype`), as `llama-quantize` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -386,7 +386,11 @@ fn recipe_model(tensors: &[TensorSpec], shape: &Shape) -> Model {
                 file: 0,
                 dtype: source_dtype(t),
                 offset: 0,
-                len: 0,
+                // The bytes such a source would have, so the model verifies.
+                len: source_dtype(t)
+                    .ggml()
+                    .row_bytes(t.row_len())
+                    .map_or(0, |b| b as u64 * t.n_rows()),
             },
             transform: None,
             encoding: None,
@@ -410,8 +414,10 @@ fn apply_recipe(model: &mut Model, r: Recipe, pure: bool) -> Result<(), String> 
         pure,
         ..RecipeOptions::default()
     };
-    ApplyRecipe::new(r.preset(), options)?
-        .run(model)
+    let recipe = ApplyRecipe::new(r.preset(), options)?;
+    Pipeline::size(recipe)
+        .run(model, &Context::default())
+        .map(drop)
         .map_err(|e| e.to_string())
 }
 

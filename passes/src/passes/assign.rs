@@ -10,8 +10,14 @@
 //! - a tensor already quantized in the source is requantized only with
 //!   `allow_requantize`;
 //! - the metadata is stamped as llama-quantize stamps it (`recipe::stamp`),
-//!   with `general.file_type` the ftype of the type holding most bytes (the
-//!   `_M` mixture for k-quants), since llama.cpp reads it only for display.
+//!   with `general.file_type` labelled as llama.cpp's model loader labels a
+//!   file that lacks one (`llama_model_loader`: the most common tensor type,
+//!   mapped to its ftype, the `_M` mixture for k-quants), counted here in
+//!   parameters over the quantizable weights of the repeating layers: the
+//!   embedding and output tensors, often kept wider, do not decide the label
+//!   of a mixture (a 4.4-bpw plan whose layers are mostly q4_K is Q4_K_M, not
+//!   Q8_0). A model without repeating layers counts every quantizable weight.
+//!   llama.cpp reads the key only for display.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +27,7 @@ use crate::error::PassError;
 use crate::ir::{Model, SourceDType};
 
 use super::recipe::{allows_quantization, kept_type, stamp, Ftype};
-use super::Pass;
+use super::{Context, Pass};
 
 const NAME: &str = "assign";
 
@@ -32,7 +38,7 @@ pub struct AssignTypes {
     pub allow_requantize: bool,
 }
 
-/// The ftype llama.cpp would display for a file whose largest share of bytes is `ty`.
+/// The ftype llama.cpp's loader gives a file whose most common type is `ty`.
 pub fn ftype_for(ty: GgmlType) -> Ftype {
     match ty {
         GgmlType::Q3K => Ftype::Q3KM,
@@ -56,13 +62,14 @@ impl Pass for AssignTypes {
         NAME
     }
 
-    fn run(&self, model: &mut Model) -> Result<(), PassError> {
+    fn run(&self, model: &mut Model, _cx: &Context<'_>) -> Result<(), PassError> {
         let arch = model
             .arch
             .as_ref()
             .map(|a| a.family.clone())
             .unwrap_or_default();
-        let mut by_type: BTreeMap<GgmlType, u64> = BTreeMap::new();
+        // Parameters per type: (in repeating layers, anywhere).
+        let mut by_type: BTreeMap<GgmlType, (u64, u64)> = BTreeMap::new();
         for t in &mut model.tensors {
             let ty = if allows_quantization(&t.name, &t.shape, &arch, false) {
                 let ty = *self.types.get(&t.name).ok_or_else(|| {
@@ -95,18 +102,21 @@ impl Pass for AssignTypes {
                         ));
                     }
                 }
-                *by_type.entry(ty).or_insert(0) += ty
-                    .row_bytes(t.row_len())
-                    .map_or(0, |b| b as u64 * t.n_rows() as u64);
+                let n = t.n_elements() as u64;
+                let e = by_type.entry(ty).or_insert((0, 0));
+                e.0 += if t.layer.is_some() { n } else { 0 };
+                e.1 += n;
                 ty
             } else {
                 kept_type(t)
             };
             t.encoding = Some(ty.into());
         }
+        let in_layers = by_type.values().any(|c| c.0 > 0);
+        let count = |c: &(u64, u64)| if in_layers { c.0 } else { c.1 };
         let dominant = by_type
             .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .max_by(|a, b| count(a.1).cmp(&count(b.1)).then(b.0.cmp(a.0)))
             .map_or(GgmlType::F32, |(t, _)| *t);
         stamp(&mut model.metadata, ftype_for(dominant));
         Ok(())
@@ -124,7 +134,10 @@ mod tests {
             source_name: name.into(),
             shape: shape.to_vec(),
             role: Role::Other,
-            layer: None,
+            layer: name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|l| l.parse().ok()),
             source: Source {
                 file: 0,
                 dtype: SourceDType::BF16,
@@ -167,23 +180,62 @@ mod tests {
             .collect(),
             allow_requantize: false,
         };
-        pass.run(&mut m).unwrap();
+        pass.run(&mut m, &Context::default()).unwrap();
         let ty: Vec<_> = m.tensors.iter().map(|t| t.ggml_type().unwrap()).collect();
         assert_eq!(
             ty,
             vec![GgmlType::Q8_0, GgmlType::F32, GgmlType::Q4K, GgmlType::Q5_0]
         );
-        // q4_K holds the most bytes (256x256 at 4.5 bits vs 64x256 at 8.5).
+        // q4_K has the most parameters in the layers (256x256 vs 256x96).
         assert_eq!(
             m.metadata.get("general.file_type"),
             Some(&MetaValue::U32(Ftype::Q4KM.id()))
         );
     }
 
+    /// A mixture whose wide embedding holds most bytes is labelled by its
+    /// layers, as llama.cpp labels the recipe it resembles.
+    #[test]
+    fn the_label_follows_the_layers_not_the_embedding() {
+        let mut m = model();
+        m.tensors[0].shape = vec![4096, 256];
+        m.tensors[0].source.len = 2 * 4096 * 256;
+        let pass = AssignTypes {
+            types: [
+                ("token_embd.weight", GgmlType::Q8_0),
+                ("blk.0.attn_q.weight", GgmlType::Q4K),
+                ("blk.0.ffn_down.weight", GgmlType::Q4_0),
+            ]
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect(),
+            allow_requantize: false,
+        };
+        pass.run(&mut m, &Context::default()).unwrap();
+        assert_eq!(
+            m.metadata.get("general.file_type"),
+            Some(&MetaValue::U32(Ftype::Q4KM.id()))
+        );
+        // Without repeating layers every quantizable weight counts.
+        let mut m = model();
+        m.tensors.truncate(1);
+        let pass = AssignTypes {
+            types: [("token_embd.weight".to_string(), GgmlType::Q6K)].into(),
+            allow_requantize: false,
+        };
+        pass.run(&mut m, &Context::default()).unwrap();
+        assert_eq!(
+            m.metadata.get("general.file_type"),
+            Some(&MetaValue::U32(Ftype::Q6K.id()))
+        );
+    }
+
     #[test]
     fn refuses_a_missing_tensor_and_a_type_that_does_not_fit() {
         let mut m = model();
-        let err = AssignTypes::default().run(&mut m).unwrap_err();
+        let err = AssignTypes::default()
+            .run(&mut m, &Context::default())
+            .unwrap_err();
         assert!(err.to_string().contains("token_embd.weight"), "{err}");
         let mut m = model();
         let pass = AssignTypes {
@@ -197,7 +249,10 @@ mod tests {
             .collect(),
             allow_requantize: false,
         };
-        let err = pass.run(&mut m).unwrap_err().to_string();
+        let err = pass
+            .run(&mut m, &Context::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("blk.0.ffn_down.weight") && err.contains("96"),
             "{err}"

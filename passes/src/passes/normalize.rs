@@ -12,7 +12,7 @@
 use crate::error::PassError;
 use crate::ir::{Model, Note, NoteKind, Role, Transform};
 
-use super::Pass;
+use super::{Context, Pass};
 
 pub struct Normalize;
 
@@ -98,7 +98,7 @@ impl Pass for Normalize {
         NAME
     }
 
-    fn run(&self, model: &mut Model) -> Result<(), PassError> {
+    fn run(&self, model: &mut Model, _cx: &Context<'_>) -> Result<(), PassError> {
         let hf_layout = model
             .tensors
             .iter()

@@ -44,7 +44,7 @@ use regex::Regex;
 use crate::error::PassError;
 use crate::ir::{MetaValue, Model, Note, NoteKind, SourceDType, TensorNode};
 
-use super::Pass;
+use super::{Context, Pass};
 
 const NAME: &str = "recipe";
 
@@ -738,7 +738,7 @@ impl Pass for ApplyRecipe {
         NAME
     }
 
-    fn run(&self, model: &mut Model) -> Result<(), PassError> {
+    fn run(&self, model: &mut Model, _cx: &Context<'_>) -> Result<(), PassError> {
         let err = |tensor: Option<&str>, reason: String| PassError::new(NAME, tensor, reason);
         let arch = model.arch.as_ref().ok_or_else(|| {
             err(
@@ -1033,6 +1033,7 @@ mod tests {
             arch: Some(a),
             tensors,
             metadata,
+            importance: None,
             notes: vec![],
         }
     }
@@ -1050,7 +1051,7 @@ mod tests {
 
     fn run_with(mut m: Model, recipe: &str, opts: RecipeOptions) -> Result<Model, PassError> {
         let pass = ApplyRecipe::new(parse_recipe(recipe).unwrap(), opts).unwrap();
-        pass.run(&mut m)?;
+        pass.run(&mut m, &Context::default())?;
         Ok(m)
     }
 
@@ -1641,7 +1642,7 @@ mod tests {
                 arch: Some(a),
                 tensors,
                 metadata: Metadata::default(),
-                notes: vec![],
+                ..Model::default()
             };
             let o = &g["options"];
             let opt_ty = |k: &str| o[k].as_str().map(|s| s.parse::<GgmlType>().unwrap());
@@ -1664,7 +1665,7 @@ mod tests {
             let recipe = parse_recipe(g["recipe"].as_str().unwrap()).unwrap();
             ApplyRecipe::new(recipe, opts)
                 .unwrap()
-                .run(&mut m)
+                .run(&mut m, &Context::default())
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             for t in gt {
                 let name = t["name"].as_str().unwrap();
