@@ -131,7 +131,10 @@ impl Role {
 
     /// A routed expert's weights.
     pub fn is_expert(self) -> bool {
-        matches!(self, Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps)
+        matches!(
+            self,
+            Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps
+        )
     }
 }
 

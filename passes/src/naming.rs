@@ -95,7 +95,10 @@ pub enum Category {
 impl Category {
     /// The classes llama.cpp's `attn_v` rules (and counter) cover.
     pub fn is_attn_v_like(self) -> bool {
-        matches!(self, Category::AttnV | Category::AttnQkv | Category::AttnKvB)
+        matches!(
+            self,
+            Category::AttnV | Category::AttnQkv | Category::AttnKvB
+        )
     }
 }
 

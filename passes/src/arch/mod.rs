@@ -115,7 +115,8 @@ pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC];
 /// Model types whose checkpoints have llama's tensor layout (attention, gated
 /// FFN, optionally routed experts), so that [`synthesize`] counts their
 /// weights from config.json, though kiln does not convert them.
-const LLAMA_LAYOUT_MODEL_TYPES: &[&str] = &["mistral", "mixtral", "qwen2_moe", "qwen3", "qwen3_moe"];
+const LLAMA_LAYOUT_MODEL_TYPES: &[&str] =
+    &["mistral", "mixtral", "qwen2_moe", "qwen3", "qwen3_moe"];
 
 pub fn spec_for_hf_class(class: &str) -> Option<&'static ArchSpec> {
     SPECS
@@ -139,7 +140,11 @@ pub fn supported_list() -> String {
 
 /// The GGUF architectures kiln runs, for messages (`llama and qwen2`).
 pub fn gguf_list() -> String {
-    SPECS.iter().map(|s| s.gguf).collect::<Vec<_>>().join(" and ")
+    SPECS
+        .iter()
+        .map(|s| s.gguf)
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// Whether [`synthesize`] counts a family's weights exactly (a supported
@@ -243,7 +248,12 @@ pub fn synthesize(arch: &Arch) -> Vec<TensorNode> {
         if r.role == Role::Output && arch.tied_embeddings {
             continue;
         }
-        out.push(synthetic(format!("{}.weight", r.gguf), dims(r), r.role, None));
+        out.push(synthetic(
+            format!("{}.weight", r.gguf),
+            dims(r),
+            r.role,
+            None,
+        ));
     }
     let h = arch.hidden;
     for i in 0..arch.n_layer {
@@ -435,10 +445,7 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
                 let context = c.get("max_position_embeddings").and_then(Value::as_u64);
                 if let (Some(w), Some(ctx)) = (c.get(field).and_then(Value::as_u64), context) {
                     if w < ctx {
-                        return Err(refused(
-                            field,
-                            format!("{w}, below the context of {ctx}"),
-                        ));
+                        return Err(refused(field, format!("{w}, below the context of {ctx}")));
                     }
                 }
             }

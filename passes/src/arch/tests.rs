@@ -42,7 +42,10 @@ fn fixture_tensors(name: &str) -> Vec<(String, Vec<usize>)> {
 
 #[test]
 fn registry_finds_specs_by_class_and_gguf_name() {
-    assert_eq!(spec_for_hf_class("MistralForCausalLM").unwrap().gguf, "llama");
+    assert_eq!(
+        spec_for_hf_class("MistralForCausalLM").unwrap().gguf,
+        "llama"
+    );
     assert_eq!(spec_for_hf_class("Qwen2ForCausalLM").unwrap().gguf, "qwen2");
     assert!(spec_for_hf_class("GPT2LMHeadModel").is_none());
     assert_eq!(spec_for_gguf("qwen2").unwrap().rope, RopeStyle::Neox);
@@ -70,9 +73,11 @@ fn maps_llama_names() {
         "blk.0.attn_q.bias"
     );
     assert_eq!(m("model.layers.1.mlp.down_proj.weight").1, Role::FfnDown);
-    assert!(map_hf_name(t, "model.layers.0.self_attn.rotary_emb.inv_freq")
-        .unwrap()
-        .is_none());
+    assert!(
+        map_hf_name(t, "model.layers.0.self_attn.rotary_emb.inv_freq")
+            .unwrap()
+            .is_none()
+    );
     assert!(map_hf_name(t, "transformer.h.0.attn.c_attn.weight").is_err());
     assert!(map_hf_name(t, "model.layers.x.mlp.up_proj.weight")
         .unwrap_err()
@@ -116,7 +121,9 @@ fn llama_permutes_q_and_k_and_qwen2_transforms_nothing() {
         Ok(Some(Transform::RopePermute { n_head: 2 }))
     );
     assert_eq!(t(&llama::SPEC, Role::AttnV, &[128, 256]), Ok(None));
-    assert!(t(&llama::SPEC, Role::AttnQ, &[256]).unwrap_err().contains("biases"));
+    assert!(t(&llama::SPEC, Role::AttnQ, &[256])
+        .unwrap_err()
+        .contains("biases"));
     assert!(t(&llama::SPEC, Role::AttnK, &[6, 256])
         .unwrap_err()
         .contains("cannot be split into 2 heads"));
@@ -170,7 +177,11 @@ fn refuses_other_math_changing_fields() {
         err(&with(llama.clone(), "hidden_act", json!("gelu"))),
         "`hidden_act` (\"gelu\"; kiln carries silu) is not supported for LlamaForCausalLM yet"
     );
-    let mut mistral = with(llama.clone(), "architectures", json!(["MistralForCausalLM"]));
+    let mut mistral = with(
+        llama.clone(),
+        "architectures",
+        json!(["MistralForCausalLM"]),
+    );
     assert!(check_convertible(&with(mistral.clone(), "sliding_window", Value::Null)).is_ok());
     // A window as long as the context changes nothing.
     assert!(check_convertible(&with(mistral.clone(), "sliding_window", json!(512))).is_ok());
@@ -179,7 +190,11 @@ fn refuses_other_math_changing_fields() {
         err(&mistral),
         "`sliding_window` (128, below the context of 512) is not supported for MistralForCausalLM yet"
     );
-    let qwen = with(fixture_config("tiny-qwen2"), "use_sliding_window", json!(true));
+    let qwen = with(
+        fixture_config("tiny-qwen2"),
+        "use_sliding_window",
+        json!(true),
+    );
     assert_eq!(
         err(&qwen),
         "`use_sliding_window` (true) is not supported for Qwen2ForCausalLM yet"
@@ -210,7 +225,10 @@ fn reads_config_fields_and_moe_sizes() {
     });
     let a = from_hf_config(&moe).unwrap();
     assert_eq!(a.family, "deepseek_v3");
-    assert_eq!((a.expert_ffn(), a.shared_ffn, a.n_dense_layers), (32, 64, 4));
+    assert_eq!(
+        (a.expert_ffn(), a.shared_ffn, a.n_dense_layers),
+        (32, 64, 4)
+    );
     assert!(!counts_exactly("deepseek_v3") && counts_exactly("mixtral"));
 }
 
@@ -220,19 +238,18 @@ fn metadata_keys_for_the_fixtures_configs() {
         let arch = from_hf_config(&fixture_config(fx)).unwrap();
         let spec = spec_for_gguf(&arch.family).unwrap();
         let md = (spec.gguf_metadata)(&arch, "m");
-        let keys: Vec<String> = md
-            .0
-            .iter()
-            .map(|(k, v)| {
-                let ty = match v {
-                    MetaValue::U32(_) => "u32",
-                    MetaValue::F32(_) => "f32",
-                    MetaValue::String(_) => "str",
-                    _ => "other",
-                };
-                format!("{k}:{ty}")
-            })
-            .collect();
+        let keys: Vec<String> =
+            md.0.iter()
+                .map(|(k, v)| {
+                    let ty = match v {
+                        MetaValue::U32(_) => "u32",
+                        MetaValue::F32(_) => "f32",
+                        MetaValue::String(_) => "str",
+                        _ => "other",
+                    };
+                    format!("{k}:{ty}")
+                })
+                .collect();
         let expect: Vec<String> = [
             "general.architecture:str",
             "general.name:str",
@@ -251,7 +268,10 @@ fn metadata_keys_for_the_fixtures_configs() {
         .map(|k| k.replace("{f}", f))
         .collect();
         assert_eq!(keys, expect, "{fx}");
-        assert_eq!(md.get(&format!("{f}.block_count")), Some(&MetaValue::U32(2)));
+        assert_eq!(
+            md.get(&format!("{f}.block_count")),
+            Some(&MetaValue::U32(2))
+        );
     }
     // A head dimension other than hidden / heads adds key and value lengths.
     let arch = Arch {
@@ -262,8 +282,14 @@ fn metadata_keys_for_the_fixtures_configs() {
         ..Arch::default()
     };
     let md = llama_cpp_metadata(&arch, "m");
-    assert_eq!(md.get("llama.attention.key_length"), Some(&MetaValue::U32(32)));
-    assert_eq!(md.get("llama.attention.value_length"), Some(&MetaValue::U32(32)));
+    assert_eq!(
+        md.get("llama.attention.key_length"),
+        Some(&MetaValue::U32(32))
+    );
+    assert_eq!(
+        md.get("llama.attention.value_length"),
+        Some(&MetaValue::U32(32))
+    );
 }
 
 #[test]

@@ -20,10 +20,10 @@
 //! named in [`Estimate::notes`].
 
 use super::calibration::{Calibration, Chosen, Engine, EngineClass};
-use crate::ir::Arch;
 use super::target::{DeviceClass, Figure, Precision, Target};
 use super::weights::{WeightBytes, WeightFormat};
 use super::CostError;
+use crate::ir::Arch;
 
 /// KV cache element types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

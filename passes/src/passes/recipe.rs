@@ -306,7 +306,6 @@ impl ApplyRecipe {
     }
 }
 
-
 /// `ggml_n_dims`: dimensions up to the last one that is not 1.
 fn n_dims(shape: &[usize]) -> usize {
     // shape is row-major; ggml's ne is its reverse.
@@ -636,7 +635,9 @@ pub fn kept_type(t: &TensorNode) -> GgmlType {
 /// `tensor_requires_imatrix`, for the ftypes kiln writes: the Q2_K tensors
 /// of a Q2_K_S file (token_embd and output excepted).
 fn requires_imatrix(name: &str, ty: GgmlType, ftype: Ftype) -> bool {
-    !matches!(category(name), Category::TokenEmbd | Category::Output) && ty == GgmlType::Q2K && ftype == Ftype::Q2KS
+    !matches!(category(name), Category::TokenEmbd | Category::Output)
+        && ty == GgmlType::Q2K
+        && ftype == Ftype::Q2KS
 }
 
 /// Whether the model is what llama.cpp calls `LLM_TYPE_70B` (its attn_v rule).
