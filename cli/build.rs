@@ -158,7 +158,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         .collect();
     let planned = planner::assigned(&setup, &types, args.plan.allow_requantize)?;
     let devices = chosen.budget.devices;
-    let est = planner::cost(&planned, &setup.shape, &target, engine, &workload, devices)?;
+    let est = planner::cost(&planned, &setup.arch, &target, engine, &workload, devices)?;
 
     // Write the model file(s) into the staging directory.
     let staging = Staging::new(&args.output)?;
@@ -367,10 +367,10 @@ pub fn comparison(
         };
         let types = planner::types_of(&m);
         let (bytes, error) = planner::score(setup, &types);
-        let est = planner::cost(&m, &setup.shape, target, engine, w, 1)?;
+        let est = planner::cost(&m, &setup.arch, target, engine, w, 1)?;
         let devices = est.min_devices;
         let est = match devices {
-            Some(d) if d > 1 => planner::cost(&m, &setup.shape, target, engine, w, d)?,
+            Some(d) if d > 1 => planner::cost(&m, &setup.arch, target, engine, w, d)?,
             _ => est,
         };
         rows.push(Row {

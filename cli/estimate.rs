@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use passes::cost::shape::specs_from_model;
 use passes::cost::{
-    estimate, weight_bytes, Band, Batch, Calibration, Engine, Estimate, KvType, ModelCost, Shape,
-    TensorSpec, WeightFormat, Workload,
+    estimate, weight_bytes, Band, Batch, Calibration, Engine, Estimate, KvType, ModelCost,
+    WeightFormat, Workload,
 };
+use passes::{Arch, TensorNode};
 use serde_json::{json, Map, Value};
 
 use crate::Printer;
@@ -78,8 +78,8 @@ pub struct EstimateArgs {
 
 /// The model as read from MODEL.
 struct Input {
-    shape: Shape,
-    tensors: Vec<TensorSpec>,
+    arch: Arch,
+    tensors: Vec<TensorNode>,
     /// The format when `--type` is not given.
     default_format: WeightFormat,
     /// Where the tensors came from, for the report.
@@ -87,34 +87,14 @@ struct Input {
     notes: Vec<String>,
 }
 
-fn int(v: &Value, k: &str) -> Option<usize> {
-    v.get(k).and_then(Value::as_u64).map(|x| x as usize)
-}
-
-/// MoE details and the dtype, which `formats::hf::read_config` does not carry.
-fn config_extras(
-    config_path: &Path,
-    shape: &mut Shape,
-    notes: &mut Vec<String>,
-) -> Result<WeightFormat> {
+/// The checkpoint's dtype or quantization, which `formats::hf::read_config`
+/// does not carry.
+fn config_format(config_path: &Path, notes: &mut Vec<String>) -> Result<WeightFormat> {
     let root = formats::hf::read_json(config_path)?;
     let c = match root.get("text_config") {
         Some(t) if root.get("num_hidden_layers").is_none() => t.clone(),
         _ => root.clone(),
     };
-    if shape.is_moe() {
-        if let Some(f) = int(&c, "moe_intermediate_size") {
-            shape.moe_ffn = f;
-        }
-        if let Some(s) = int(&c, "shared_expert_intermediate_size") {
-            shape.shared_ffn = s;
-        } else if let Some(n) = int(&c, "n_shared_experts") {
-            shape.shared_ffn = n * shape.moe_ffn;
-        }
-        if let Some(k) = int(&c, "first_k_dense_replace") {
-            shape.n_dense_layers = k.min(shape.n_layer);
-        }
-    }
     let q = c
         .get("quantization_config")
         .or_else(|| root.get("quantization_config"));
@@ -160,21 +140,17 @@ fn config_extras(
 
 fn from_config(config_path: &Path, what: &str) -> Result<Input> {
     let arch = formats::hf::read_config(config_path)?;
-    let mut shape = Shape::from_arch(&arch);
     let mut notes = Vec::new();
-    let default_format = config_extras(config_path, &mut shape, &mut notes)?;
-    if !matches!(
-        arch.family.as_str(),
-        "llama" | "qwen2" | "mistral" | "mixtral" | "qwen2_moe" | "qwen3" | "qwen3_moe"
-    ) {
+    let default_format = config_format(config_path, &mut notes)?;
+    if !passes::arch::counts_exactly(&arch.family) {
         notes.push(format!(
             "Family `{}`: weights are counted with the llama layout (attention, gated FFN) from config.json; biases and architecture-specific tensors are not counted.",
             arch.family
         ));
     }
     Ok(Input {
-        tensors: shape.tensors(),
-        shape,
+        tensors: passes::arch::synthesize(&arch),
+        arch,
         default_format,
         counted_from: format!("{what} (llama-layout tensors from config.json)"),
         notes,
@@ -201,16 +177,15 @@ fn read_input(path: &Path) -> Result<Input> {
         return from_config(&config, &config.display().to_string());
     }
     let loaded = formats::load(path, &formats::LoadOptions::default())?;
-    let arch = loaded.model.arch.clone().with_context(|| {
+    let mut arch = loaded.model.arch.clone().with_context(|| {
         format!(
             "{}: no architecture metadata to estimate from",
             path.display()
         )
     })?;
-    let mut shape = Shape::from_arch(&arch);
-    let tensors: Vec<TensorSpec> = specs_from_model(&loaded.model);
+    let tensors = loaded.model.tensors;
     if let Some(t) = tensors.iter().find(|t| t.name.contains("ffn_down_exps")) {
-        shape.moe_ffn = t.shape.last().copied().unwrap_or(shape.ffn);
+        arch.expert_ffn = Some(t.shape.last().copied().unwrap_or(arch.ffn));
     }
     let mut notes = Vec::new();
     if let Some((name, ty)) = loaded.gguf.as_ref().and_then(formats::load::undecodable) {
@@ -221,7 +196,7 @@ fn read_input(path: &Path) -> Result<Input> {
     Ok(Input {
         counted_from: format!("{} ({} tensors of the file)", path.display(), tensors.len()),
         tensors,
-        shape,
+        arch,
         default_format: WeightFormat::Planned,
         notes,
     })
@@ -494,11 +469,11 @@ pub fn run(args: &EstimateArgs, printer: &Printer) -> Result<()> {
             args.prompt + args.gen
         ));
     }
-    let weights = weight_bytes(&input.tensors, &input.shape, format);
+    let weights = weight_bytes(&input.tensors, &input.arch, format);
     let cal = Calibration::shipped()?;
     let mut est = estimate(
         ModelCost {
-            shape: &input.shape,
+            arch: &input.arch,
             weights: &weights,
             format,
         },

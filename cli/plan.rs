@@ -136,7 +136,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
                 let planned = planner::typed(&setup, &types)?;
                 let est = planner::cost(
                     &planned,
-                    &setup.shape,
+                    &setup.arch,
                     target,
                     engine,
                     &workload,

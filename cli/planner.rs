@@ -22,13 +22,13 @@ use eval::text::Windows;
 use eval::{Opened, Tokenizer, Transformer};
 use formats::imatrix::Imatrix;
 use passes::cost::{
-    estimate, specs_from_model, weight_budget, weight_bytes, Batch, Calibration, Engine, Estimate,
-    KvType, MemoryBudget, ModelCost, Shape, Target, WeightFormat, Workload,
+    estimate, weight_budget, weight_bytes, Batch, Calibration, Engine, Estimate, KvType,
+    MemoryBudget, ModelCost, Target, WeightFormat, Workload,
 };
 use passes::passes::assign::{is_quantizable, AssignTypes};
 use passes::passes::recipe::{self, kept_type, ApplyRecipe, RecipeOptions};
 use passes::plan::{self, Allocation, Choice, Options};
-use passes::{Model, Role};
+use passes::{Arch, Model, Role};
 use quant::GgmlType;
 
 use crate::eval::{lift, load_options};
@@ -176,7 +176,7 @@ pub struct GroupSensitivity {
 /// Everything measured about the model, before any budget.
 pub struct Setup {
     pub opened: Opened,
-    pub shape: Shape,
+    pub arch: Arch,
     pub importance: BTreeMap<String, Vec<f32>>,
     pub importance_source: ImportanceSource,
     /// The imatrix (read or collected), for the `quantize.imatrix.*` keys.
@@ -360,7 +360,6 @@ pub fn setup(
             );
         }
     }
-    let shape = Shape::from_arch(&arch);
     let mut warnings = Vec::new();
 
     // Text windows: calibration and held out.
@@ -668,7 +667,7 @@ pub fn setup(
     };
     Ok(Setup {
         opened,
-        shape,
+        arch,
         importance,
         importance_source,
         imatrix,
@@ -796,7 +795,7 @@ pub fn budget(
             None,
         )
     } else {
-        let mb = weight_budget(&setup.shape, target, engine, w, devices).with_context(|| {
+        let mb = weight_budget(&setup.arch, target, engine, w, devices).with_context(|| {
             format!(
                 "the memory of `{}` is unknown: give --budget-gb or --bpw",
                 target.id
@@ -994,14 +993,13 @@ pub fn assigned(
 /// Serving estimate of a planned model on `devices` devices.
 pub fn cost(
     model: &Model,
-    shape: &Shape,
+    arch: &Arch,
     target: &Target,
     engine: Engine,
     w: &Workload,
     devices: usize,
 ) -> Result<Estimate> {
-    let specs = specs_from_model(model);
-    let wb = weight_bytes(&specs, shape, WeightFormat::Planned);
+    let wb = weight_bytes(&model.tensors, arch, WeightFormat::Planned);
     let cal = Calibration::shipped()?;
     let w = Workload {
         devices: Some(devices),
@@ -1010,7 +1008,7 @@ pub fn cost(
     };
     Ok(estimate(
         ModelCost {
-            shape,
+            arch,
             weights: &wb,
             format: WeightFormat::Planned,
         },

@@ -135,6 +135,21 @@ fn unsupported_architecture_is_named() {
 }
 
 #[test]
+fn rope_scaling_is_refused_by_name() {
+    let d = mini_with(|_| {});
+    let mut c = mini_config();
+    c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
+    std::fs::write(d.path().join("config.json"), c.to_string()).unwrap();
+    refuse(
+        d.path(),
+        &[
+            "config.json",
+            "`rope_scaling` (type llama3) is not supported for LlamaForCausalLM yet",
+        ],
+    );
+}
+
+#[test]
 fn tensor_named_in_shard_index_but_absent() {
     let d = mini_with(|_| {});
     std::fs::rename(

@@ -5,7 +5,9 @@
 //! What must stay true:
 //! - weights are in GGUF naming and layout (see `model::open`): llama q/k rows
 //!   are in ggml's interleaved RoPE order, so llama uses interleaved RoPE
-//!   (ggml's "normal" mode) and qwen2 uses NEOX RoPE, exactly as llama.cpp does;
+//!   (ggml's "normal" mode) and qwen2 uses NEOX RoPE, exactly as llama.cpp does
+//!   (the style is the family spec's, `passes::arch`; the architecture facts
+//!   are the model's `Arch`, not a copy);
 //! - every weight is dequantized to f32 once, at construction; arithmetic is
 //!   f32 (the numpy reference in tests/python checks it in f64);
 //! - [`Observer::linear_input`] sees the exact f32 input of each linear weight,
@@ -15,31 +17,21 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
+use passes::arch::{self, ArchSpec, RopeStyle};
+use passes::Arch;
+
 use crate::error::{Error, OpContext, Result};
 use crate::model::Opened;
 
-/// How RoPE pairs the dimensions of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Adjacent pairs (2i, 2i+1): ggml's normal mode, llama in GGUF layout.
-    Interleaved,
-    /// Halves (i, i + d/2): ggml's NEOX mode, qwen2.
-    Neox,
-}
-
-/// What the forward pass needs to know about the architecture.
+/// What the forward pass needs to know about the model: its architecture
+/// facts, its family's spec (RoPE style), and the vocabulary the embedding
+/// actually has.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub family: String,
-    pub n_layer: usize,
-    pub hidden: usize,
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
+    pub arch: Arch,
+    pub spec: &'static ArchSpec,
+    /// Rows of `token_embd.weight`.
     pub vocab: usize,
-    pub rope_theta: f32,
-    pub rms_eps: f32,
-    pub rope: RopeStyle,
 }
 
 /// Sees the input of every linear weight.
@@ -114,18 +106,16 @@ impl Transformer {
     /// Dequantize `m`'s weights into a runnable model.
     pub fn new(m: &Opened) -> Result<Transformer> {
         let arch = m.arch()?;
-        let rope = match arch.family.as_str() {
-            "llama" => RopeStyle::Interleaved,
-            "qwen2" => RopeStyle::Neox,
-            other => {
-                return Err(bad(
-                    m,
-                    format!(
-                    "architecture `{other}` cannot be evaluated yet (kiln runs llama and qwen2)"
+        let spec = arch::spec_for_gguf(&arch.family).ok_or_else(|| {
+            bad(
+                m,
+                format!(
+                    "architecture `{}` cannot be evaluated yet (kiln runs {})",
+                    arch.family,
+                    arch::gguf_list()
                 ),
-                ))
-            }
-        };
+            )
+        })?;
         if arch.n_expert > 0 {
             return Err(bad(m, "mixture-of-experts models cannot be evaluated yet"));
         }
@@ -219,16 +209,9 @@ impl Transformer {
         };
         Ok(Transformer {
             cfg: Config {
-                family: arch.family.clone(),
-                n_layer: arch.n_layer,
-                hidden: h,
-                n_head: nh,
-                n_head_kv: nkv,
-                head_dim: hd,
+                arch: arch.clone(),
+                spec,
                 vocab,
-                rope_theta: arch.rope_theta,
-                rms_eps: arch.rms_eps,
-                rope,
             },
             norm: load("output_norm.weight", &[h])?,
             embed,
@@ -280,13 +263,13 @@ impl Transformer {
 
     /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`.
     fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
-        let half = self.cfg.head_dim / 2;
-        let base = self.cfg.rope_theta as f64;
+        let half = self.cfg.arch.head_dim / 2;
+        let base = self.cfg.arch.rope_theta as f64;
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in 0..t {
             for i in 0..half {
-                let theta = p as f64 * base.powf(-2.0 * i as f64 / self.cfg.head_dim as f64);
+                let theta = p as f64 * base.powf(-2.0 * i as f64 / self.cfg.arch.head_dim as f64);
                 cos.push(theta.cos() as f32);
                 sin.push(theta.sin() as f32);
             }
@@ -327,7 +310,7 @@ impl Transformer {
                 self.cfg.vocab
             )));
         }
-        let c = &self.cfg;
+        let c = &self.cfg.arch;
         let (nh, nkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
         let g = nh / nkv;
         let (start, mut x) = match resume {
@@ -374,7 +357,7 @@ impl Transformer {
                 heads(k, nkv, "k heads")?,
                 heads(v, nkv, "v heads")?,
             );
-            let (q, k) = match c.rope {
+            let (q, k) = match self.cfg.spec.rope {
                 RopeStyle::Interleaved => (rope_i(&q, &cos, &sin), rope_i(&k, &cos, &sin)),
                 RopeStyle::Neox => (rope(&q, &cos, &sin), rope(&k, &cos, &sin)),
             };

@@ -294,7 +294,7 @@ pub fn probe(
         }
         // Blocks before the group's first are unchanged: resume there. The
         // embedding changes everything; the output head only the end.
-        let n_layer = model.cfg.n_layer;
+        let n_layer = model.cfg.arch.n_layer;
         let from_layer = g
             .tensors
             .iter()

@@ -139,7 +139,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     }
     let config = hf::read_json(&config_path)?;
     let arch = hf::parse_config(&config_path, &config)?;
-    hf::check_supported(&config_path, &arch)?;
+    let spec = hf::check_convertible(&config_path, &config)?;
 
     let mut files: Vec<PathBuf> = Vec::new();
     let mut maps = Vec::new();
@@ -184,7 +184,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    let mut metadata = hf::arch_metadata(&arch, &name);
+    let mut metadata = (spec.gguf_metadata)(&arch, &name);
     let tok = tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
     metadata.0.extend(tok.0);
     Ok(Loaded {
@@ -238,6 +238,7 @@ pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
         n_expert: get("expert_count").unwrap_or(0),
         n_expert_used: get("expert_used_count").unwrap_or(0),
         family,
+        ..Arch::default()
     })
 }
 

@@ -17,7 +17,9 @@ use serde::Serialize;
 
 pub use quant::Encoding;
 
-/// Architecture facts the passes and the cost model need.
+/// Architecture facts the loader, the passes, the eval forward pass and the
+/// cost model need, parsed once (`crate::arch::from_hf_config` or GGUF
+/// metadata); what a family does with them is in its `crate::arch` spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Arch {
     /// GGUF architecture name (`llama`, `qwen2`).
@@ -37,6 +39,41 @@ pub struct Arch {
     pub tied_embeddings: bool,
     pub n_expert: usize,
     pub n_expert_used: usize,
+    /// FFN size of one routed expert (`moe_intermediate_size`); `None`: `ffn`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expert_ffn: Option<usize>,
+    /// Total FFN size of the always-active shared experts (0: none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub shared_ffn: usize,
+    /// Leading layers that stay dense in an MoE model (`first_k_dense_replace`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub n_dense_layers: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+impl Arch {
+    pub fn is_moe(&self) -> bool {
+        self.n_expert > 1
+    }
+
+    /// Is layer `i` an MoE layer?
+    pub fn moe_layer(&self, i: usize) -> bool {
+        self.is_moe() && i >= self.n_dense_layers
+    }
+
+    /// FFN size of one routed expert.
+    pub fn expert_ffn(&self) -> usize {
+        self.expert_ffn.unwrap_or(self.ffn)
+    }
+
+    /// Attention FLOPs per token per position of context (QK^T and AV, 2 FLOPs
+    /// per multiply-add): `4 * n_layer * n_head * head_dim`.
+    pub fn attn_flops_per_ctx(&self) -> f64 {
+        4.0 * self.n_layer as f64 * self.n_head as f64 * self.head_dim as f64
+    }
 }
 
 /// What a tensor does in the network.
@@ -51,6 +88,16 @@ pub enum Role {
     FfnGate,
     FfnUp,
     FfnDown,
+    /// Routed experts, merged as `[n_expert, out, in]` (`ffn_*_exps`).
+    FfnGateExps,
+    FfnUpExps,
+    FfnDownExps,
+    /// Always-active shared experts (`ffn_*_shexp`).
+    FfnGateShexp,
+    FfnUpShexp,
+    FfnDownShexp,
+    /// The MoE router (`ffn_gate_inp`), never quantized by llama.cpp.
+    FfnGateInp,
     Norm,
     Output,
     Other,
@@ -67,10 +114,33 @@ impl Role {
             Role::FfnGate => "ffn_gate",
             Role::FfnUp => "ffn_up",
             Role::FfnDown => "ffn_down",
+            Role::FfnGateExps => "ffn_gate_exps",
+            Role::FfnUpExps => "ffn_up_exps",
+            Role::FfnDownExps => "ffn_down_exps",
+            Role::FfnGateShexp => "ffn_gate_shexp",
+            Role::FfnUpShexp => "ffn_up_shexp",
+            Role::FfnDownShexp => "ffn_down_shexp",
+            Role::FfnGateInp => "ffn_gate_inp",
             Role::Norm => "norm",
             Role::Output => "output",
             Role::Other => "other",
         }
+    }
+
+    /// A matrix multiplied against activations (what quantization targets).
+    pub fn is_linear(self) -> bool {
+        !matches!(
+            self,
+            Role::Embedding | Role::Output | Role::FfnGateInp | Role::Norm | Role::Other
+        )
+    }
+
+    /// A routed expert's weights.
+    pub fn is_expert(self) -> bool {
+        matches!(
+            self,
+            Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps
+        )
     }
 }
 

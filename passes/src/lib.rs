@@ -2,9 +2,11 @@
 //! model. This crate knows nothing about files: loaders in `formats` build a
 //! [`Model`] of lazy [`Source`] views, passes decide, and the emitter lowers.
 
+pub mod arch;
 pub mod cost;
 pub mod error;
 pub mod ir;
+pub mod naming;
 pub mod passes;
 pub mod plan;
 

@@ -20,10 +20,10 @@
 //! named in [`Estimate::notes`].
 
 use super::calibration::{Calibration, Chosen, Engine, EngineClass};
-use super::shape::Shape;
 use super::target::{DeviceClass, Figure, Precision, Target};
 use super::weights::{WeightBytes, WeightFormat};
 use super::CostError;
+use crate::ir::Arch;
 
 /// KV cache element types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl Default for Workload {
 /// A model as the cost model needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelCost<'a> {
-    pub shape: &'a Shape,
+    pub arch: &'a Arch,
     pub weights: &'a WeightBytes,
     pub format: WeightFormat,
 }
@@ -212,7 +212,7 @@ pub struct Estimate {
 
 /// Fraction of memory an engine lets the model and KV cache use, and a fixed
 /// per-device overhead, per engine and device class.
-fn memory_policy(engine: Engine, class: DeviceClass, shape: &Shape) -> (f64, u64, &'static str) {
+fn memory_policy(engine: Engine, class: DeviceClass, arch: &Arch) -> (f64, u64, &'static str) {
     const GIB: u64 = 1 << 30;
     match (engine.class(), class) {
         (EngineClass::Server, _) => (
@@ -222,34 +222,34 @@ fn memory_policy(engine: Engine, class: DeviceClass, shape: &Shape) -> (f64, u64
         ),
         (EngineClass::LlamaCpp, DeviceClass::Apple) => (
             0.75,
-            GIB / 2 + 512 * shape.vocab as u64 * 4,
+            GIB / 2 + 512 * arch.vocab as u64 * 4,
             "Metal can wire about 75% of unified memory by default (assumption); llama.cpp overhead assumed 0.5 GiB plus a 512-token logits buffer",
         ),
         (EngineClass::LlamaCpp, DeviceClass::Cpu) => (
             0.9,
-            GIB / 2 + 512 * shape.vocab as u64 * 4,
+            GIB / 2 + 512 * arch.vocab as u64 * 4,
             "10% of host memory is left to the OS (assumption); llama.cpp overhead assumed 0.5 GiB plus a 512-token logits buffer",
         ),
         (EngineClass::LlamaCpp, _) => (
             1.0,
-            GIB / 2 + 512 * shape.vocab as u64 * 4,
+            GIB / 2 + 512 * arch.vocab as u64 * 4,
             "llama.cpp overhead assumed 0.5 GiB (backend context) plus a 512-token logits/compute buffer",
         ),
     }
 }
 
 /// Expected fraction of routed experts a step of `tokens` tokens touches.
-fn expert_fraction(shape: &Shape, tokens: f64) -> f64 {
-    if !shape.is_moe() || shape.n_expert_used == 0 {
+fn expert_fraction(arch: &Arch, tokens: f64) -> f64 {
+    if !arch.is_moe() || arch.n_expert_used == 0 {
         return 1.0;
     }
-    let p = (shape.n_expert_used as f64 / shape.n_expert as f64).min(1.0);
+    let p = (arch.n_expert_used as f64 / arch.n_expert as f64).min(1.0);
     1.0 - (1.0 - p).powf(tokens.max(1.0))
 }
 
 /// The time model's inputs, resolved once.
 struct Machine<'a> {
-    shape: &'a Shape,
+    arch: &'a Arch,
     w: &'a WeightBytes,
     bw: f64,
     /// Central compute reference (FLOP/s) and the roofline peak.
@@ -279,11 +279,11 @@ impl Machine<'_> {
         } else {
             0.0
         };
-        self.w.dense as f64 + emb + self.w.experts as f64 * expert_fraction(self.shape, tokens)
+        self.w.dense as f64 + emb + self.w.experts as f64 * expert_fraction(self.arch, tokens)
     }
 
     fn active_matmul(&self) -> f64 {
-        let s = self.shape;
+        let s = self.arch;
         let frac = if s.is_moe() && s.n_expert > 0 {
             s.n_expert_used as f64 / s.n_expert as f64
         } else {
@@ -293,20 +293,20 @@ impl Machine<'_> {
     }
 
     fn flops_per_token(&self, ctx: f64) -> f64 {
-        2.0 * self.active_matmul() + self.shape.attn_flops_per_ctx() * ctx
+        2.0 * self.active_matmul() + self.arch.attn_flops_per_ctx() * ctx
     }
 
     fn allreduce(&self, tokens: f64, e: &Eff) -> f64 {
         if self.tp <= 1.0 {
             return 0.0;
         }
-        let bytes = tokens * self.shape.hidden as f64 * 2.0 * 2.0 * (self.tp - 1.0) / self.tp;
+        let bytes = tokens * self.arch.hidden as f64 * 2.0 * 2.0 * (self.tp - 1.0) / self.tp;
         let wire = self.ic.map(|ic| bytes / ic).unwrap_or(0.0);
-        2.0 * self.shape.n_layer as f64 * (e.allreduce_s + wire)
+        2.0 * self.arch.n_layer as f64 * (e.allreduce_s + wire)
     }
 
     fn overhead(&self, e: &Eff) -> f64 {
-        self.shape.n_layer as f64 * e.layer_s
+        self.arch.n_layer as f64 * e.layer_s
     }
 
     /// One decode step of `batch` sequences at context `ctx`; `None` when a needed figure is unknown.
@@ -353,13 +353,13 @@ fn known_peak(t: &Target, order: &[Precision]) -> Option<(Precision, f64)> {
 /// KV cache bytes per token held by each of `tp` devices. llama.cpp splits
 /// layers across devices (`--split-mode layer`, its default); tensor
 /// parallelism splits KV heads (replicated when fewer than devices).
-fn kv_per_token_per_device(shape: &Shape, engine: Engine, kv: KvType, tp: usize) -> f64 {
+fn kv_per_token_per_device(arch: &Arch, engine: Engine, kv: KvType, tp: usize) -> f64 {
     let kvb = kv.bytes_per_element();
     let tp = tp.max(1);
     if engine.class() == EngineClass::LlamaCpp {
-        (2 * shape.n_layer * shape.n_head_kv * shape.head_dim) as f64 * kvb / tp as f64
+        (2 * arch.n_layer * arch.n_head_kv.max(1) * arch.head_dim) as f64 * kvb / tp as f64
     } else {
-        (2 * shape.n_layer * shape.n_head_kv.div_ceil(tp) * shape.head_dim) as f64 * kvb
+        (2 * arch.n_layer * arch.n_head_kv.max(1).div_ceil(tp) * arch.head_dim) as f64 * kvb
     }
 }
 
@@ -383,7 +383,7 @@ pub struct MemoryBudget {
 /// overhead, by the same arithmetic as [`estimate`]'s `fits`; `None` when the
 /// target's memory is unknown. A fixed batch is required (`max` is 1).
 pub fn weight_budget(
-    shape: &Shape,
+    arch: &Arch,
     target: &Target,
     engine: Engine,
     w: &Workload,
@@ -395,9 +395,9 @@ pub fn weight_budget(
         Batch::Fixed(b) => b.max(1),
         Batch::Max => 1,
     };
-    let (usable_frac, overhead, policy) = memory_policy(engine, target.class, shape);
+    let (usable_frac, overhead, policy) = memory_policy(engine, target.class, arch);
     let usable = target.memory_bytes()? * usable_frac;
-    let kv = batch as f64 * ctx as f64 * kv_per_token_per_device(shape, engine, w.kv_type, devices);
+    let kv = batch as f64 * ctx as f64 * kv_per_token_per_device(arch, engine, w.kv_type, devices);
     let room = (usable - kv - overhead as f64).max(0.0);
     Some(MemoryBudget {
         devices,
@@ -417,16 +417,16 @@ pub fn estimate(
     w: &Workload,
     cal: &Calibration,
 ) -> Result<Estimate, CostError> {
-    let shape = model.shape;
+    let arch = model.arch;
     let wb = model.weights;
     let mut notes: Vec<String> = Vec::new();
 
     // Memory.
     let ctx = w.context.unwrap_or(w.prompt + w.gen).max(1);
-    let kv_per_token = kv_per_token_per_device(shape, engine, w.kv_type, 1);
+    let kv_per_token = kv_per_token_per_device(arch, engine, w.kv_type, 1);
     let layer_split = engine.class() == EngineClass::LlamaCpp;
-    let kv_per_token_dev = |tp: usize| kv_per_token_per_device(shape, engine, w.kv_type, tp);
-    let (usable_frac, overhead, policy) = memory_policy(engine, target.class, shape);
+    let kv_per_token_dev = |tp: usize| kv_per_token_per_device(arch, engine, w.kv_type, tp);
+    let (usable_frac, overhead, policy) = memory_policy(engine, target.class, arch);
     let usable = target.memory_bytes().map(|m| m * usable_frac);
     let need = |batch: usize, tp: usize| {
         wb.total as f64 / tp as f64
@@ -503,19 +503,19 @@ pub fn estimate(
             "llama.cpp splits layers across the {tp} devices (--split-mode layer): memory is divided, but each token passes through them in turn, so speed is that of one device (--split-mode row is not modelled)."
         ));
     }
-    if !layer_split && tp > shape.n_head_kv {
+    if !layer_split && tp > arch.n_head_kv.max(1) {
         notes.push(format!(
             "Tensor parallelism {tp} exceeds the {} KV heads: KV heads are replicated.",
-            shape.n_head_kv
+            arch.n_head_kv.max(1)
         ));
     }
-    if shape.is_moe() {
+    if arch.is_moe() {
         notes.push(format!(
             "Mixture of experts: {} of {} experts per token; weights read per step assume random routing, and throughput at large batch is likely overestimated (expert kernels are less efficient than the dense ones calibrated here).",
-            shape.n_expert_used, shape.n_expert
+            arch.n_expert_used, arch.n_expert
         ));
     }
-    if shape.family.contains("deepseek") {
+    if arch.family.contains("deepseek") {
         notes.push("Multi-head latent attention (DeepSeek) is costed as ordinary GQA: the KV cache is overestimated.".into());
     }
 
@@ -670,7 +670,7 @@ pub fn estimate(
         notes,
     };
     let m = Machine {
-        shape,
+        arch,
         w: wb,
         bw: bw.unwrap_or(0.0),
         peak_ref: peak_ref.map(|(_, v)| v),

@@ -19,7 +19,6 @@ use std::path::PathBuf;
 
 use super::calibration::{round6, Calibration, Engine, EngineClass, Factors};
 use super::estimate::{estimate, Batch, Estimate, KvType, ModelCost, Workload};
-use super::shape::Shape;
 use super::target::{find_builtin, DeviceClass, Target};
 use super::weights::{weight_bytes, Recipe, WeightBytes, WeightFormat, FORMAT_TABLE};
 use crate::ir::Arch;
@@ -217,6 +216,7 @@ fn arch(
         tied_embeddings: false,
         n_expert: 0,
         n_expert_used: 0,
+        ..Arch::default()
     }
 }
 
@@ -314,7 +314,7 @@ struct Case {
     id: String,
     metric: String,
     measured: f64,
-    shape: Shape,
+    arch: Arch,
     weights: WeightBytes,
     format: WeightFormat,
     target: Target,
@@ -394,8 +394,7 @@ fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
             devices: Some(n),
             tensor_parallel: Some(n),
         };
-        let shape = Shape::from_arch(&arch);
-        let weights = weight_bytes(&shape.tensors(), &shape, format);
+        let weights = weight_bytes(&crate::arch::synthesize(&arch), &arch, format);
         let mlperf = batch_text.starts_with("max");
         if mlperf {
             // MLPerf Offline: as many sequences as fit; the layout (data-parallel
@@ -410,7 +409,7 @@ fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
             row,
             metric,
             measured,
-            shape,
+            arch,
             weights,
             format,
             target,
@@ -426,7 +425,7 @@ fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
 /// The model's prediction for a case, in the row's unit.
 fn predict(c: &Case, cal: &Calibration) -> Option<f64> {
     let model = ModelCost {
-        shape: &c.shape,
+        arch: &c.arch,
         weights: &c.weights,
         format: c.format,
     };
@@ -688,7 +687,7 @@ fn readme_table(scored: &[Scored<'_>]) -> String {
 fn recipe_table() -> String {
     let a8 = super::tests::llama3_8b();
     let a70 = super::tests::llama3_70b();
-    let (s8, s70) = (Shape::from_arch(&a8), Shape::from_arch(&a70));
+    let (t8, t70) = (crate::arch::synthesize(&a8), crate::arch::synthesize(&a70));
     let mut s = String::from("| --type | Llama-3-8B GB | bits/weight | Llama-3-70B GB | bits/weight |\n|---|---:|---:|---:|---:|\n");
     let names: Vec<&str> = Recipe::ALL
         .iter()
@@ -697,8 +696,8 @@ fn recipe_table() -> String {
         .collect();
     for n in names {
         let f = WeightFormat::parse(n).unwrap();
-        let b8 = weight_bytes(&s8.tensors(), &s8, f);
-        let b70 = weight_bytes(&s70.tensors(), &s70, f);
+        let b8 = weight_bytes(&t8, &a8, f);
+        let b70 = weight_bytes(&t70, &a70, f);
         let _ = writeln!(
             s,
             "| {n} | {:.2} | {:.2} | {:.2} | {:.2} |",

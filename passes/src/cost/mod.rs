@@ -11,7 +11,6 @@
 pub mod calibration;
 pub mod estimate;
 pub mod host;
-pub mod shape;
 pub mod target;
 pub mod weights;
 
@@ -24,7 +23,6 @@ pub use calibration::{Calibration, Engine, EngineClass, Factors};
 pub use estimate::{
     estimate, weight_budget, Band, Batch, Estimate, KvType, MemoryBudget, ModelCost, Workload,
 };
-pub use shape::{specs_from_model, Shape, TensorKind, TensorSpec};
 pub use target::{builtin, find_builtin, DeviceClass, Figure, Origin, Precision, Target};
 pub use weights::{weight_bytes, Recipe, ServingFormat, WeightBytes, WeightFormat};
 

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::calibration::{Calibration, Engine};
 use super::estimate::{estimate, Batch, KvType, ModelCost, Workload};
 use super::host::{cpu_target, parse_host};
-use super::shape::Shape;
 use super::target::{builtin, find_builtin, Figure, Origin, Precision, Target, BUILTIN_FILES};
 use super::weights::{weight_bytes, Recipe, ServingFormat, WeightFormat};
 use crate::ir::Arch;
@@ -37,6 +36,7 @@ fn llama3(n_layer: usize, hidden: usize, n_head: usize, ffn: usize) -> Arch {
         tied_embeddings: false,
         n_expert: 0,
         n_expert_used: 0,
+        ..Arch::default()
     }
 }
 
@@ -51,8 +51,7 @@ pub(crate) fn llama3_70b() -> Arch {
 }
 
 fn bytes_of(arch: &Arch, fmt: WeightFormat) -> super::weights::WeightBytes {
-    let shape = Shape::from_arch(arch);
-    weight_bytes(&shape.tensors(), &shape, fmt)
+    weight_bytes(&crate::arch::synthesize(arch), arch, fmt)
 }
 
 const Q4K: u64 = 144; // bytes per 256 weights
@@ -161,6 +160,7 @@ fn smollm2() -> Arch {
         tied_embeddings: true,
         n_expert: 0,
         n_expert_used: 0,
+        ..Arch::default()
     }
 }
 
@@ -174,8 +174,8 @@ fn every_recipe_names_a_preset_of_the_recipe_pass() {
 
 #[test]
 fn smollm2_from_its_config_matches_llama_quantize() {
-    let shape = Shape::from_arch(&smollm2());
-    let tensors = shape.tensors();
+    let arch = smollm2();
+    let tensors = crate::arch::synthesize(&arch);
     let goldens =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/llama_cpp/goldens");
     for r in Recipe::ALL {
@@ -207,7 +207,7 @@ fn smollm2_from_its_config_matches_llama_quantize() {
             let ty = t["type"].as_str().unwrap().to_string();
             *by_type.entry(ty).or_insert(0) += t["bytes"].as_u64().unwrap();
         }
-        let wb = weight_bytes(&tensors, &shape, WeightFormat::Recipe(r));
+        let wb = weight_bytes(&tensors, &arch, WeightFormat::Recipe(r));
         assert_eq!(wb.by_type, by_type, "{}", r.name());
         assert_eq!(wb.total, by_type.values().sum::<u64>(), "{}", r.name());
     }
@@ -215,7 +215,7 @@ fn smollm2_from_its_config_matches_llama_quantize() {
     // goldens/smollm2.Q4_K_M.json: 103,668,480 bytes of tensor data. Every
     // 576-wide Q4_K / Q6_K matrix falls back (q, k, v, o, gate, up: 6 x 30);
     // token_embd, read as the output, takes Q8_0 by the output rule itself.
-    let q = weight_bytes(&tensors, &shape, WeightFormat::parse("Q4_K_M").unwrap());
+    let q = weight_bytes(&tensors, &arch, WeightFormat::parse("Q4_K_M").unwrap());
     assert_eq!(q.total, 103_668_480);
     assert_eq!(q.by_type["q8_0"], 31_726_080);
     assert_eq!(q.fallbacks.len(), 180);
@@ -245,13 +245,12 @@ fn run(
     engine: Engine,
     w: &Workload,
 ) -> super::estimate::Estimate {
-    let shape = Shape::from_arch(arch);
     let format = WeightFormat::parse(fmt).unwrap();
-    let wb = weight_bytes(&shape.tensors(), &shape, format);
+    let wb = weight_bytes(&crate::arch::synthesize(arch), arch, format);
     let t = find_builtin(target).unwrap();
     estimate(
         ModelCost {
-            shape: &shape,
+            arch,
             weights: &wb,
             format,
         },
@@ -399,10 +398,9 @@ fn moe_counts_active_experts_only() {
         vocab: 32000,
         ..llama3(32, 4096, 32, 14336)
     };
-    let shape = Shape::from_arch(&arch);
     let wb = weight_bytes(
-        &shape.tensors(),
-        &shape,
+        &crate::arch::synthesize(&arch),
+        &arch,
         WeightFormat::parse("bf16").unwrap(),
     );
     let expert_params = 32 * 8 * 3 * 14336 * 4096u64;
@@ -418,8 +416,8 @@ fn moe_counts_active_experts_only() {
     );
     // Q4_K_M on an 8-expert model: attn_v and attn_k go to Q8_0.
     let q = weight_bytes(
-        &shape.tensors(),
-        &shape,
+        &crate::arch::synthesize(&arch),
+        &arch,
         WeightFormat::parse("Q4_K_M").unwrap(),
     );
     assert!(q.by_type.contains_key("q8_0"));
@@ -436,13 +434,12 @@ fn a_model_llama_quantize_refuses_is_sized_without_the_mixture_and_says_so() {
         vocab: 32000,
         ..llama3(32, 4096, 32, 14336)
     };
-    let shape = Shape::from_arch(&arch);
-    let short = Shape {
+    let short = Arch {
         n_layer: 16,
-        ..shape.clone()
+        ..arch.clone()
     };
     let wb = weight_bytes(
-        &shape.tensors(),
+        &crate::arch::synthesize(&arch),
         &short,
         WeightFormat::parse("Q4_K_M").unwrap(),
     );
@@ -455,7 +452,10 @@ fn a_model_llama_quantize_refuses_is_sized_without_the_mixture_and_says_so() {
     assert_eq!(types, ["f32", "q4_K"]);
     assert_eq!(
         wb.params,
-        shape.tensors().iter().map(|t| t.n_elements()).sum::<u64>()
+        crate::arch::synthesize(&arch)
+            .iter()
+            .map(|t| t.n_elements() as u64)
+            .sum::<u64>()
     );
 }
 
@@ -465,10 +465,9 @@ fn tied_embeddings_are_read_every_step() {
         tied_embeddings: true,
         ..llama3_8b()
     };
-    let shape = Shape::from_arch(&tied);
     let wb = weight_bytes(
-        &shape.tensors(),
-        &shape,
+        &crate::arch::synthesize(&tied),
+        &tied,
         WeightFormat::parse("f16").unwrap(),
     );
     assert!(wb.embedding_is_output);
@@ -479,8 +478,8 @@ fn tied_embeddings_are_read_every_step() {
     assert_eq!(wb.matmul_params_dense, untied.matmul_params_dense);
     // Q4_K_M quantizes a tied embedding like the output (Q6_K).
     let q = weight_bytes(
-        &shape.tensors(),
-        &shape,
+        &crate::arch::synthesize(&tied),
+        &tied,
         WeightFormat::parse("Q4_K_M").unwrap(),
     );
     let untied_q = bytes_of(&llama3_8b(), WeightFormat::parse("Q4_K_M").unwrap());
@@ -653,12 +652,12 @@ fn host_profile_states_only_what_proc_says() {
 
 #[test]
 fn unknown_figures_give_no_number_and_a_note() {
-    let shape = Shape::from_arch(&llama3_8b());
+    let arch = llama3_8b();
     let format = WeightFormat::Recipe(Recipe::Q4_K_M);
-    let wb = weight_bytes(&shape.tensors(), &shape, format);
+    let wb = weight_bytes(&crate::arch::synthesize(&arch), &arch, format);
     let cal = Calibration::shipped().unwrap();
     let m = ModelCost {
-        shape: &shape,
+        arch: &arch,
         weights: &wb,
         format,
     };

@@ -19,10 +19,10 @@ use std::fmt;
 
 use quant::GgmlType;
 
-use super::shape::{Shape, TensorKind, TensorSpec};
 use super::target::Precision;
 use super::CostError;
-use crate::ir::{Arch, Model, NoteKind, Role, Source, SourceDType, TensorNode};
+use crate::ir::{Arch, Model, NoteKind, Role, SourceDType, TensorNode};
+use crate::naming;
 use crate::passes::recipe::{self as llama, ApplyRecipe, Ftype, RecipeOptions};
 use crate::passes::{Context, Pipeline};
 
@@ -341,62 +341,44 @@ impl WeightBytes {
     }
 }
 
-/// The ggml type of a tensor in the file llama-quantize would read: its own
-/// type when it has one, else what `convert_hf_to_gguf.py` writes (f32 for
-/// 1-D tensors, norms and the MoE router, f16 for the rest).
-fn source_dtype(t: &TensorSpec) -> SourceDType {
-    match t.planned {
-        Some(GgmlType::F32) => SourceDType::F32,
-        Some(GgmlType::F16) => SourceDType::F16,
-        Some(GgmlType::BF16) => SourceDType::BF16,
-        Some(ty) => SourceDType::Ggml(ty),
-        None if t.shape.len() < 2 || matches!(t.kind, TensorKind::Norm | TensorKind::Router) => {
-            SourceDType::F32
-        }
-        None => SourceDType::F16,
-    }
+/// The type a tensor has now: the encoding a pass chose, else its source's
+/// (for a tensor synthesized from a config, what `convert_hf_to_gguf.py`
+/// writes: see `crate::arch::synthesize`).
+fn planned(t: &TensorNode) -> GgmlType {
+    t.ggml_type().unwrap_or_else(|| t.source.dtype.ggml())
 }
 
-/// `tensors` as a model for the recipe pass: names and shapes, no data
-/// (the pass only decides encodings; nothing is read).
-fn recipe_model(tensors: &[TensorSpec], shape: &Shape) -> Model {
-    let arch = Arch {
-        family: shape.family.clone(),
-        n_layer: shape.n_layer,
-        hidden: shape.hidden,
-        n_head: shape.n_head,
-        n_head_kv: shape.n_head_kv,
-        head_dim: shape.head_dim,
-        ffn: shape.ffn,
-        vocab: shape.vocab,
-        tied_embeddings: shape.tied_embeddings,
-        n_expert: shape.n_expert,
-        n_expert_used: shape.n_expert_used,
-        ..Arch::default()
-    };
+/// `tensors` as the file llama-quantize would read: names and shapes, each
+/// at its planned type, no data (the pass only decides encodings; nothing
+/// is read).
+fn recipe_model(tensors: &[TensorNode], arch: &Arch) -> Model {
     let tensors = tensors
         .iter()
-        .map(|t| TensorNode {
-            name: t.name.clone(),
-            source_name: t.name.clone(),
-            shape: t.shape.clone(),
-            role: Role::Other,
-            layer: t.layer,
-            source: Source {
-                file: 0,
-                dtype: source_dtype(t),
-                offset: 0,
-                // The bytes such a source would have, so the model verifies.
-                len: source_dtype(t)
-                    .ggml()
-                    .row_bytes(t.row_len())
-                    .map_or(0, |b| b as u64 * t.n_rows()),
-            },
-            transform: None,
-            encoding: None,
-            notes: Vec::new(),
+        .map(|t| {
+            let mut t = t.clone();
+            t.source.dtype = match planned(&t) {
+                GgmlType::F32 => SourceDType::F32,
+                GgmlType::F16 => SourceDType::F16,
+                GgmlType::BF16 => SourceDType::BF16,
+                ty => SourceDType::Ggml(ty),
+            };
+            // The bytes such a source would have, so the model verifies.
+            t.source.len = t
+                .source
+                .dtype
+                .ggml()
+                .row_bytes(t.row_len())
+                .map_or(0, |b| b as u64 * t.n_rows() as u64);
+            t.encoding = None;
+            t.transform = None;
+            t.notes.clear();
+            t
         })
         .collect();
+    let arch = Arch {
+        n_head_kv: arch.n_head_kv.max(1),
+        ..arch.clone()
+    };
     Model {
         arch: Some(arch),
         tensors,
@@ -423,8 +405,8 @@ fn apply_recipe(model: &mut Model, r: Recipe, pure: bool) -> Result<(), String> 
 
 /// Each tensor's type under recipe `r`, in the order of `tensors`, and the
 /// row-length fallbacks taken (`name: type -> fallback (row N)`).
-fn recipe_types(tensors: &[TensorSpec], shape: &Shape, r: Recipe) -> (Vec<GgmlType>, Vec<String>) {
-    let mut model = recipe_model(tensors, shape);
+fn recipe_types(tensors: &[TensorNode], arch: &Arch, r: Recipe) -> (Vec<GgmlType>, Vec<String>) {
+    let mut model = recipe_model(tensors, arch);
     let mut fallbacks = Vec::new();
     if let Err(e) = apply_recipe(&mut model, r, false) {
         // Only a model llama-quantize itself refuses gets here (an MoE tensor
@@ -433,7 +415,7 @@ fn recipe_types(tensors: &[TensorSpec], shape: &Shape, r: Recipe) -> (Vec<GgmlTy
             "{e}: llama-quantize would refuse this model; sized without {}'s mixture",
             r.name()
         ));
-        model = recipe_model(tensors, shape);
+        model = recipe_model(tensors, arch);
         if let Err(e) = apply_recipe(&mut model, r, true) {
             fallbacks.push(format!("{e}: sized at the source types"));
         }
@@ -458,22 +440,22 @@ fn recipe_types(tensors: &[TensorSpec], shape: &Shape, r: Recipe) -> (Vec<GgmlTy
     (types, fallbacks)
 }
 
-fn ggml_bytes(ty: GgmlType, t: &TensorSpec) -> u64 {
+fn ggml_bytes(ty: GgmlType, t: &TensorNode) -> u64 {
     let row = t.row_len();
     let per_row = ty.row_bytes(row).unwrap_or(row * 2) as u64;
-    per_row * t.n_rows()
+    per_row * t.n_rows() as u64
 }
 
 /// Bytes of one tensor in a serving format.
-fn serving_bytes(f: ServingFormat, t: &TensorSpec) -> u64 {
-    let n = t.n_elements();
-    let rows = t.n_rows();
+fn serving_bytes(f: ServingFormat, role: Role, t: &TensorNode) -> u64 {
+    let n = t.n_elements() as u64;
+    let rows = t.n_rows() as u64;
     let row = t.row_len() as u64;
     let sixteen = 2 * n;
     match f {
         ServingFormat::F32 => 4 * n,
         ServingFormat::F16 | ServingFormat::Bf16 => sixteen,
-        _ if !t.kind.is_linear() => sixteen,
+        _ if !role.is_linear() => sixteen,
         ServingFormat::Fp8 | ServingFormat::Int8 => n + 2 * rows,
         ServingFormat::Int4 => n.div_ceil(2) + 2 * rows * row.div_ceil(128),
         ServingFormat::Fp4 => n.div_ceil(2) + rows * row.div_ceil(16) + 4,
@@ -481,41 +463,43 @@ fn serving_bytes(f: ServingFormat, t: &TensorSpec) -> u64 {
     }
 }
 
-/// Count the bytes of `tensors` in `format`. `shape` supplies the model-wide
-/// facts recipe rules consult (family, block count, heads, experts).
-pub fn weight_bytes(tensors: &[TensorSpec], shape: &Shape, format: WeightFormat) -> WeightBytes {
-    let has_output = tensors.iter().any(|t| t.kind == TensorKind::Output);
+/// Count the bytes of `tensors` (a loaded model's, or
+/// `crate::arch::synthesize`'s) in `format`; each tensor's class is read
+/// from its GGUF name (`crate::naming`). `arch` supplies the model-wide facts
+/// recipe rules consult (family, block count, heads, experts).
+pub fn weight_bytes(tensors: &[TensorNode], arch: &Arch, format: WeightFormat) -> WeightBytes {
+    let roles: Vec<Role> = tensors.iter().map(|t| naming::role(&t.name)).collect();
+    let has_output = roles.contains(&Role::Output);
     let mut wb = WeightBytes {
-        embedding_is_output: shape.tied_embeddings || !has_output,
+        embedding_is_output: arch.tied_embeddings || !has_output,
         ..WeightBytes::default()
     };
     let recipe_types = match format {
         WeightFormat::Recipe(r) => {
-            let (types, fallbacks) = recipe_types(tensors, shape, r);
+            let (types, fallbacks) = recipe_types(tensors, arch, r);
             wb.fallbacks = fallbacks;
             types
         }
         _ => Vec::new(),
     };
-    for (i, t) in tensors.iter().enumerate() {
-        let one_d = t.shape.len() < 2 || t.kind == TensorKind::Norm;
+    for (i, (t, &role)) in tensors.iter().zip(&roles).enumerate() {
+        let n_elements = t.n_elements() as u64;
+        let one_d = t.shape.len() < 2 || role == Role::Norm;
         let (bytes, label) = match format {
             WeightFormat::Recipe(_) => {
                 let ty = recipe_types[i];
                 (ggml_bytes(ty, t), ty.name().to_string())
             }
             WeightFormat::Planned => {
-                let ty = t
-                    .planned
-                    .unwrap_or(if one_d { GgmlType::F32 } else { GgmlType::F16 });
+                let ty = planned(t);
                 (ggml_bytes(ty, t), ty.name().to_string())
             }
             // 1-D tensors and norms stay 16-bit in serving checkpoints.
             WeightFormat::Serving(f) if one_d && f != ServingFormat::F32 => {
-                (2 * t.n_elements(), "f16".to_string())
+                (2 * n_elements, "f16".to_string())
             }
             WeightFormat::Serving(f) => {
-                let label = if t.kind.is_linear()
+                let label = if role.is_linear()
                     || matches!(
                         f,
                         ServingFormat::F32 | ServingFormat::F16 | ServingFormat::Bf16
@@ -524,27 +508,27 @@ pub fn weight_bytes(tensors: &[TensorSpec], shape: &Shape, format: WeightFormat)
                 } else {
                     "f16"
                 };
-                (serving_bytes(f, t), label.to_string())
+                (serving_bytes(f, role, t), label.to_string())
             }
         };
         wb.total += bytes;
         *wb.by_type.entry(label).or_insert(0) += bytes;
-        wb.params += t.n_elements();
-        match t.kind {
-            TensorKind::Embedding => {
+        wb.params += n_elements;
+        match role {
+            Role::Embedding => {
                 wb.embedding += bytes;
                 if wb.embedding_is_output {
-                    wb.matmul_params_dense += t.n_elements();
+                    wb.matmul_params_dense += n_elements;
                 }
             }
-            k if k.is_expert() => {
+            r if r.is_expert() => {
                 wb.experts += bytes;
-                wb.matmul_params_experts += t.n_elements();
+                wb.matmul_params_experts += n_elements;
             }
-            k => {
+            r => {
                 wb.dense += bytes;
-                if k != TensorKind::Norm {
-                    wb.matmul_params_dense += t.n_elements();
+                if r != Role::Norm {
+                    wb.matmul_params_dense += n_elements;
                 }
             }
         }

@@ -36,13 +36,12 @@
 //! a GGUF input such tensors are F32 already, so this only matters for
 //! Hugging Face inputs, which llama-quantize cannot read at all).
 
-use std::cmp::Ordering;
-
 use quant::GgmlType;
 use regex::Regex;
 
 use crate::error::PassError;
 use crate::ir::{MetaValue, Model, Note, NoteKind, SourceDType, TensorNode};
+use crate::naming::{block_number, category, loader_order, Category};
 
 use super::{Context, Pass};
 
@@ -307,59 +306,6 @@ impl ApplyRecipe {
     }
 }
 
-/// `tensor_category`: broad classes by name, as llama.cpp matches them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Category {
-    TokenEmbd,
-    AttnQ,
-    AttnV,
-    AttnK,
-    AttnQkv,
-    AttnKvB,
-    AttnOutput,
-    FfnUp,
-    FfnGate,
-    FfnDown,
-    Output,
-    Other,
-}
-
-fn is_token_embd(name: &str) -> bool {
-    name == "token_embd.weight" || name == "per_layer_token_embd.weight"
-}
-
-fn category(name: &str) -> Category {
-    if name == "output.weight" {
-        Category::Output
-    } else if is_token_embd(name) {
-        Category::TokenEmbd
-    } else if name.contains("attn_qkv.weight") {
-        Category::AttnQkv
-    } else if name.contains("attn_kv_b.weight") {
-        Category::AttnKvB
-    } else if name.contains("attn_v.weight") {
-        Category::AttnV
-    } else if name.contains("attn_k.weight") {
-        Category::AttnK
-    } else if name.contains("attn_q.weight") {
-        Category::AttnQ
-    } else if name.contains("attn_output.weight") {
-        Category::AttnOutput
-    } else if name.contains("ffn_up") {
-        Category::FfnUp
-    } else if name.contains("ffn_gate") {
-        Category::FfnGate
-    } else if name.contains("ffn_down") {
-        Category::FfnDown
-    } else {
-        Category::Other
-    }
-}
-
-fn is_attn_v_like(c: Category) -> bool {
-    matches!(c, Category::AttnV | Category::AttnQkv | Category::AttnKvB)
-}
-
 /// `ggml_n_dims`: dimensions up to the last one that is not 1.
 fn n_dims(shape: &[usize]) -> usize {
     // shape is row-major; ggml's ne is its reverse.
@@ -369,37 +315,6 @@ fn n_dims(shape: &[usize]) -> usize {
         .find(|&i| ne[i] > 1)
         .map(|i| i + 1)
         .unwrap_or(1)
-}
-
-/// `sscanf(name, "blk.%d.", &layer) == 1`.
-fn block_number(name: &str) -> Option<i64> {
-    let rest = name.strip_prefix("blk.")?;
-    let rest = rest.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
-    let (sign, digits) = match rest.as_bytes().first() {
-        Some(b'-') => (-1, &rest[1..]),
-        Some(b'+') => (1, &rest[1..]),
-        _ => (1, rest),
-    };
-    let end = digits
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    if end == 0 {
-        return None;
-    }
-    // sscanf's %d overflow is undefined; clamp rather than wrap.
-    digits[..end]
-        .parse::<i64>()
-        .ok()
-        .map(|v| sign * v)
-        .or(Some(sign * i64::from(i32::MAX)))
-}
-
-/// llama.cpp's `weight_name_comparer`.
-fn loader_order(a: &str, b: &str) -> Ordering {
-    let la = block_number(a).unwrap_or(-1);
-    let lb = block_number(b).unwrap_or(-1);
-    la.cmp(&lb).then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
 /// `tensor_allows_quantization`: false for tensors llama.cpp never quantizes.
@@ -595,7 +510,7 @@ impl Ctx<'_> {
             if let Some(t) = self.opts.token_embedding_type {
                 ty = t;
             }
-        } else if is_attn_v_like(cat) {
+        } else if cat.is_attn_v_like() {
             if ftype == F::Q2K {
                 ty = if f.n_gqa >= 4 { T::Q4K } else { T::Q3K };
             } else if ftype == F::Q2KS && f.n_gqa >= 4 {
@@ -720,7 +635,9 @@ pub fn kept_type(t: &TensorNode) -> GgmlType {
 /// `tensor_requires_imatrix`, for the ftypes kiln writes: the Q2_K tensors
 /// of a Q2_K_S file (token_embd and output excepted).
 fn requires_imatrix(name: &str, ty: GgmlType, ftype: Ftype) -> bool {
-    !is_token_embd(name) && name != "output.weight" && ty == GgmlType::Q2K && ftype == Ftype::Q2KS
+    !matches!(category(name), Category::TokenEmbd | Category::Output)
+        && ty == GgmlType::Q2K
+        && ftype == Ftype::Q2KS
 }
 
 /// Whether the model is what llama.cpp calls `LLM_TYPE_70B` (its attn_v rule).
@@ -766,7 +683,7 @@ impl Pass for ApplyRecipe {
             n_attention_wv: model
                 .tensors
                 .iter()
-                .filter(|t| is_attn_v_like(category(&t.name)))
+                .filter(|t| category(&t.name).is_attn_v_like())
                 .count() as i64,
             has_tied_embeddings: !model
                 .tensors
@@ -973,6 +890,7 @@ mod tests {
             tied_embeddings: false,
             n_expert,
             n_expert_used: 0,
+            ..Arch::default()
         }
     }
 
@@ -1565,28 +1483,6 @@ mod tests {
             "llama",
             false
         ));
-    }
-
-    #[test]
-    fn loader_order_sorts_blocks_numerically() {
-        let mut names = vec![
-            "blk.10.attn_q.weight",
-            "blk.2.attn_q.weight",
-            "token_embd.weight",
-            "blk.2.attn_k.weight",
-            "output.weight",
-        ];
-        names.sort_by(|a, b| loader_order(a, b));
-        assert_eq!(
-            names,
-            vec![
-                "output.weight",
-                "token_embd.weight",
-                "blk.2.attn_k.weight",
-                "blk.2.attn_q.weight",
-                "blk.10.attn_q.weight"
-            ]
-        );
     }
 
     /// Every golden made by llama.cpp itself (fixtures/llama_cpp/goldens,

@@ -1,0 +1,490 @@
+//! Architecture families: one spec per family (`llama.rs`, `qwen2.rs`), and
+//! the registry the loader, normalize, the eval forward pass and the cost
+//! model consult. A spec says everything kiln knows about a family: its
+//! Hugging Face classes and GGUF architecture name, the HF-to-GGUF tensor
+//! table with roles, value transforms, the config.json fields it refuses,
+//! the GGUF metadata it writes, what the forward pass needs (RoPE style,
+//! biases), and (through its table) the tensors a config implies.
+//!
+//! What must stay true:
+//! - adding a family is one file here plus a row in [`SPECS`] (and its
+//!   forward-pass specifics and tests); nothing else matches family names;
+//! - a Hugging Face tensor a table cannot map is refused by name (never
+//!   silently dropped); rotary-embedding buffers are dropped (llama.cpp
+//!   recomputes them);
+//! - a config.json field that changes the model's math and that kiln does not
+//!   carry is refused by name when set to a non-default value, never ignored;
+//! - [`synthesize`] lists the tensors (names, shapes, roles) a checkpoint of
+//!   a supported family has after normalize, in the order `kiln estimate`
+//!   has always counted them (tested against the fixtures in `formats`).
+
+pub mod llama;
+pub mod qwen2;
+
+use serde_json::Value;
+
+use crate::ir::{Arch, MetaValue, Metadata, Role, Source, SourceDType, TensorNode, Transform};
+
+/// How RoPE pairs the dimensions of a head, in GGUF layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): ggml's normal mode (llama, whose q/k rows
+    /// the converter permutes into this order).
+    Interleaved,
+    /// Halves (i, i + d/2): ggml's NEOX mode (qwen2).
+    Neox,
+}
+
+/// A dimension of a tensor, in terms of the architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    Vocab,
+    Hidden,
+    /// `n_head * head_dim`.
+    Q,
+    /// `n_head_kv * head_dim`.
+    Kv,
+    Ffn,
+}
+
+impl Dim {
+    fn of(self, a: &Arch) -> usize {
+        match self {
+            Dim::Vocab => a.vocab,
+            Dim::Hidden => a.hidden,
+            Dim::Q => a.n_head * a.head_dim,
+            Dim::Kv => a.n_head_kv.max(1) * a.head_dim,
+            Dim::Ffn => a.ffn,
+        }
+    }
+}
+
+/// One row of a family's tensor table.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRow {
+    /// Hugging Face name without `.weight` / `.bias`; for a per-layer row,
+    /// relative to `model.layers.{i}.`.
+    pub hf: &'static str,
+    /// GGUF name without the suffix; for a per-layer row, relative to `blk.{i}.`.
+    pub gguf: &'static str,
+    pub role: Role,
+    pub per_layer: bool,
+    /// The weight's shape (row-major, row last).
+    pub shape: &'static [Dim],
+}
+
+/// A config.json field a family refuses when it is set to a non-default value.
+#[derive(Debug, Clone, Copy)]
+pub enum Refuse {
+    /// Refused unless absent or `null` (e.g. `rope_scaling`).
+    NonNull(&'static str),
+    /// Refused unless absent or equal to this string (e.g. `hidden_act` silu).
+    Unless(&'static str, &'static str),
+    /// Refused when `true` (e.g. `use_sliding_window`).
+    True(&'static str),
+    /// A window (e.g. `sliding_window`) refused when it is a number smaller
+    /// than `max_position_embeddings` (it would then change attention).
+    WindowBelowContext(&'static str),
+}
+
+/// Everything kiln knows about one architecture family.
+#[derive(Debug)]
+pub struct ArchSpec {
+    /// GGUF `general.architecture`.
+    pub gguf: &'static str,
+    /// Hugging Face `architectures[0]` classes converted as this family.
+    pub hf_classes: &'static [&'static str],
+    /// HF-to-GGUF tensor table, in the order [`synthesize`] lists tensors.
+    pub tensors: &'static [TensorRow],
+    /// Per-layer roles whose tensors carry a bias in checkpoints.
+    pub biases: &'static [Role],
+    /// config.json fields refused when set (see [`Refuse`]).
+    pub refused: &'static [Refuse],
+    /// RoPE style the forward pass uses on GGUF-layout weights.
+    pub rope: RopeStyle,
+    /// The value transform of a tensor with this role and shape (`Err`: the
+    /// tensor cannot be converted, and why).
+    pub transform: fn(&Arch, Role, &[usize]) -> Result<Option<Transform>, String>,
+    /// The GGUF architecture keys llama.cpp reads, for a model named `name`.
+    pub gguf_metadata: fn(&Arch, &str) -> Metadata,
+}
+
+/// Every family kiln converts, in the order errors list them.
+pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC];
+
+/// Model types whose checkpoints have llama's tensor layout (attention, gated
+/// FFN, optionally routed experts), so that [`synthesize`] counts their
+/// weights from config.json, though kiln does not convert them.
+const LLAMA_LAYOUT_MODEL_TYPES: &[&str] =
+    &["mistral", "mixtral", "qwen2_moe", "qwen3", "qwen3_moe"];
+
+pub fn spec_for_hf_class(class: &str) -> Option<&'static ArchSpec> {
+    SPECS
+        .iter()
+        .copied()
+        .find(|s| s.hf_classes.contains(&class))
+}
+
+pub fn spec_for_gguf(name: &str) -> Option<&'static ArchSpec> {
+    SPECS.iter().copied().find(|s| s.gguf == name)
+}
+
+/// The Hugging Face classes kiln converts, for messages.
+pub fn supported_list() -> String {
+    SPECS
+        .iter()
+        .flat_map(|s| s.hf_classes.iter().copied())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The GGUF architectures kiln runs, for messages (`llama and qwen2`).
+pub fn gguf_list() -> String {
+    SPECS
+        .iter()
+        .map(|s| s.gguf)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Whether [`synthesize`] counts a family's weights exactly (a supported
+/// family, or a model type with llama's layout).
+pub fn counts_exactly(family: &str) -> bool {
+    spec_for_gguf(family).is_some() || LLAMA_LAYOUT_MODEL_TYPES.contains(&family)
+}
+
+/// The tensor table of a model: its family's, or llama's for a model of no
+/// known family (a bare `.safetensors` file; no value transforms then).
+pub fn table_for(arch: Option<&Arch>) -> &'static [TensorRow] {
+    arch.and_then(|a| spec_for_gguf(&a.family))
+        .map_or(llama::SPEC.tensors, |s| s.tensors)
+}
+
+/// Map one Hugging Face name to (GGUF name, role, layer) with `table`.
+/// `Ok(None)` means "drop" (rotary buffers).
+pub fn map_hf_name(
+    table: &[TensorRow],
+    name: &str,
+) -> Result<Option<(String, Role, Option<usize>)>, String> {
+    if name.ends_with("rotary_emb.inv_freq") {
+        return Ok(None);
+    }
+    let unmapped = || format!("cannot map `{name}` to a GGUF name");
+    let (base, suffix) = match name.rsplit_once('.') {
+        Some((b, s @ ("weight" | "bias"))) => (b, s),
+        _ => return Err(unmapped()),
+    };
+    if let Some(r) = table.iter().find(|r| !r.per_layer && r.hf == base) {
+        return Ok(Some((format!("{}.{suffix}", r.gguf), r.role, None)));
+    }
+    let rest = base.strip_prefix("model.layers.").ok_or_else(unmapped)?;
+    let (layer, part) = rest.split_once('.').ok_or_else(unmapped)?;
+    let layer: usize = layer
+        .parse()
+        .map_err(|_| format!("cannot map `{name}`: bad layer index"))?;
+    let r = table
+        .iter()
+        .find(|r| r.per_layer && r.hf == part)
+        .ok_or_else(unmapped)?;
+    Ok(Some((
+        format!("blk.{layer}.{}.{suffix}", r.gguf),
+        r.role,
+        Some(layer),
+    )))
+}
+
+/// The Hugging Face name a GGUF name comes from under `table` (the inverse
+/// of [`map_hf_name`]).
+pub fn hf_name(table: &[TensorRow], gguf: &str) -> Option<String> {
+    let (base, suffix) = gguf.rsplit_once('.')?;
+    if let Some(r) = table.iter().find(|r| !r.per_layer && r.gguf == base) {
+        return Some(format!("{}.{suffix}", r.hf));
+    }
+    let (layer, part) = base.strip_prefix("blk.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let r = table.iter().find(|r| r.per_layer && r.gguf == part)?;
+    Some(format!("model.layers.{layer}.{}.{suffix}", r.hf))
+}
+
+/// A tensor known only by name and shape (no data): `source.dtype` is what
+/// `convert_hf_to_gguf.py` writes (f32 for 1-D tensors, norms and the MoE
+/// router, f16 for the rest).
+fn synthetic(name: String, shape: Vec<usize>, role: Role, layer: Option<usize>) -> TensorNode {
+    let dtype = if shape.len() < 2 || matches!(role, Role::Norm | Role::FfnGateInp) {
+        SourceDType::F32
+    } else {
+        SourceDType::F16
+    };
+    TensorNode {
+        source_name: name.clone(),
+        name,
+        shape,
+        role,
+        layer,
+        source: Source {
+            file: 0,
+            dtype,
+            offset: 0,
+            len: 0,
+        },
+        transform: None,
+        encoding: None,
+        notes: Vec::new(),
+    }
+}
+
+/// The tensors (GGUF names, shapes, roles) a checkpoint of `arch` has, from
+/// its facts alone (for `kiln estimate` of a config.json): its family's
+/// table, or llama's for other families; MoE layers get a router and merged
+/// experts (and shared experts when `shared_ffn` is set) in place of the
+/// dense FFN; the output projection is absent when embeddings are tied.
+pub fn synthesize(arch: &Arch) -> Vec<TensorNode> {
+    let spec = spec_for_gguf(&arch.family);
+    let table = spec.map_or(llama::SPEC.tensors, |s| s.tensors);
+    let biases = spec.map_or(&[][..], |s| s.biases);
+    let dims = |r: &TensorRow| r.shape.iter().map(|d| d.of(arch)).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    for r in table.iter().filter(|r| !r.per_layer) {
+        if r.role == Role::Output && arch.tied_embeddings {
+            continue;
+        }
+        out.push(synthetic(
+            format!("{}.weight", r.gguf),
+            dims(r),
+            r.role,
+            None,
+        ));
+    }
+    let h = arch.hidden;
+    for i in 0..arch.n_layer {
+        let l = Some(i);
+        let node = |part: &str, shape: Vec<usize>, role: Role| {
+            synthetic(format!("blk.{i}.{part}.weight"), shape, role, l)
+        };
+        for r in table.iter().filter(|r| r.per_layer) {
+            let dense_ffn = matches!(r.role, Role::FfnGate | Role::FfnUp | Role::FfnDown);
+            if dense_ffn && arch.moe_layer(i) {
+                if r.role == Role::FfnGate {
+                    let (e, f) = (arch.n_expert, arch.expert_ffn());
+                    out.push(node("ffn_gate_inp", vec![e, h], Role::FfnGateInp));
+                    out.push(node("ffn_gate_exps", vec![e, f, h], Role::FfnGateExps));
+                    out.push(node("ffn_up_exps", vec![e, f, h], Role::FfnUpExps));
+                    out.push(node("ffn_down_exps", vec![e, h, f], Role::FfnDownExps));
+                    if arch.shared_ffn > 0 {
+                        let s = arch.shared_ffn;
+                        out.push(node("ffn_gate_shexp", vec![s, h], Role::FfnGateShexp));
+                        out.push(node("ffn_up_shexp", vec![s, h], Role::FfnUpShexp));
+                        out.push(node("ffn_down_shexp", vec![h, s], Role::FfnDownShexp));
+                    }
+                }
+                continue;
+            }
+            let shape = dims(r);
+            let rows = shape[0];
+            out.push(node(r.gguf, shape, r.role));
+            if biases.contains(&r.role) {
+                let name = format!("blk.{i}.{}.bias", r.gguf);
+                out.push(synthetic(name, vec![rows], r.role, l));
+            }
+        }
+    }
+    out
+}
+
+/// What is wrong with a config.json.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config.json has no integer `{0}`")]
+    Missing(&'static str),
+    #[error("hidden_size and num_attention_heads must be positive")]
+    NotPositive,
+    #[error("architecture `{class}` is not supported (supported: {supported})")]
+    Unsupported { class: String, supported: String },
+    #[error("`{field}` ({value}) is not supported for {class} yet")]
+    Refused {
+        field: &'static str,
+        value: String,
+        class: String,
+    },
+}
+
+/// Multimodal configs nest the language model under `text_config`.
+fn text_config(config: &Value) -> &Value {
+    match config.get("text_config") {
+        Some(t) if config.get("num_hidden_layers").is_none() => t,
+        _ => config,
+    }
+}
+
+fn hf_class(config: &Value) -> Option<String> {
+    config
+        .get("architectures")?
+        .as_array()?
+        .first()?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// [`Arch`] from a parsed config.json, for any architecture whose fields
+/// follow the usual transformers names; `family` is the GGUF architecture
+/// for supported classes and the `model_type` otherwise. Reads
+/// `num_hidden_layers`, `hidden_size`, `num_attention_heads`,
+/// `num_key_value_heads`, `head_dim`, `intermediate_size`, `vocab_size`,
+/// `max_position_embeddings`, `rope_theta`, `rms_norm_eps`,
+/// `tie_word_embeddings`, and for MoE models the expert counts and sizes.
+/// Nothing is refused here (estimates cost any config); conversions call
+/// [`check_convertible`].
+pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
+    let c = text_config(config);
+    let int = |key: &str| c.get(key).and_then(Value::as_u64).map(|v| v as usize);
+    let need = |key: &'static str| int(key).ok_or(ConfigError::Missing(key));
+    let hf_architecture = hf_class(config);
+    let family = hf_architecture
+        .as_deref()
+        .and_then(spec_for_hf_class)
+        .map(|s| s.gguf.to_string())
+        .or_else(|| {
+            c.get("model_type")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let n_layer = need("num_hidden_layers")?;
+    let hidden = need("hidden_size")?;
+    let n_head = need("num_attention_heads")?;
+    if n_head == 0 || hidden == 0 {
+        return Err(ConfigError::NotPositive);
+    }
+    let n_head_kv = int("num_key_value_heads").unwrap_or(n_head);
+    let head_dim = int("head_dim").unwrap_or(hidden / n_head);
+    let n_expert = int("num_local_experts")
+        .or(int("num_experts"))
+        .or(int("n_routed_experts"))
+        .unwrap_or(0);
+    let mut arch = Arch {
+        family,
+        hf_architecture,
+        n_layer,
+        hidden,
+        n_head,
+        n_head_kv,
+        head_dim,
+        ffn: need("intermediate_size")?,
+        vocab: need("vocab_size")?,
+        context_length: int("max_position_embeddings").unwrap_or(2048),
+        rope_theta: c
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0) as f32,
+        rms_eps: c
+            .get("rms_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-6) as f32,
+        tied_embeddings: config
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        n_expert,
+        n_expert_used: if n_expert > 0 {
+            int("num_experts_per_tok").unwrap_or(0)
+        } else {
+            0
+        },
+        ..Arch::default()
+    };
+    if arch.is_moe() {
+        arch.expert_ffn = int("moe_intermediate_size");
+        arch.shared_ffn = int("shared_expert_intermediate_size")
+            .or_else(|| int("n_shared_experts").map(|n| n * arch.expert_ffn()))
+            .unwrap_or(0);
+        arch.n_dense_layers = int("first_k_dense_replace").map_or(0, |k| k.min(n_layer));
+    }
+    Ok(arch)
+}
+
+/// Refuse a config kiln cannot convert: a class no spec names, or a field
+/// its spec refuses (see [`Refuse`]).
+pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigError> {
+    let class = hf_class(config).unwrap_or_else(|| "(none)".into());
+    let spec = spec_for_hf_class(&class).ok_or_else(|| ConfigError::Unsupported {
+        class: class.clone(),
+        supported: supported_list(),
+    })?;
+    let c = text_config(config);
+    let refused = |field: &'static str, value: String| ConfigError::Refused {
+        field,
+        value,
+        class: class.clone(),
+    };
+    for rule in spec.refused {
+        match *rule {
+            Refuse::NonNull(field) => match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(v) => {
+                    let kind = v
+                        .get("rope_type")
+                        .or_else(|| v.get("type"))
+                        .and_then(Value::as_str);
+                    return Err(refused(
+                        field,
+                        kind.map_or_else(|| v.to_string(), |k| format!("type {k}")),
+                    ));
+                }
+            },
+            Refuse::Unless(field, default) => match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(v) if v.as_str() == Some(default) => {}
+                Some(v) => return Err(refused(field, format!("{v}; kiln carries {default}"))),
+            },
+            Refuse::True(field) => {
+                if c.get(field).and_then(Value::as_bool) == Some(true) {
+                    return Err(refused(field, "true".into()));
+                }
+            }
+            Refuse::WindowBelowContext(field) => {
+                let context = c.get("max_position_embeddings").and_then(Value::as_u64);
+                if let (Some(w), Some(ctx)) = (c.get(field).and_then(Value::as_u64), context) {
+                    if w < ctx {
+                        return Err(refused(field, format!("{w}, below the context of {ctx}")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// The GGUF keys llama.cpp reads for a llama-like architecture: block count,
+/// context, sizes, heads, RoPE base and dimension, norm epsilon, vocabulary;
+/// key/value lengths only when the head dimension is not `hidden / n_head`.
+pub fn llama_cpp_metadata(arch: &Arch, name: &str) -> Metadata {
+    let f = &arch.family;
+    let mut md = Metadata::default();
+    md.set("general.architecture", MetaValue::String(f.clone()));
+    md.set("general.name", MetaValue::String(name.to_string()));
+    let u = |v: usize| MetaValue::U32(v as u32);
+    md.set(&format!("{f}.block_count"), u(arch.n_layer));
+    md.set(&format!("{f}.context_length"), u(arch.context_length));
+    md.set(&format!("{f}.embedding_length"), u(arch.hidden));
+    md.set(&format!("{f}.feed_forward_length"), u(arch.ffn));
+    md.set(&format!("{f}.attention.head_count"), u(arch.n_head));
+    md.set(&format!("{f}.attention.head_count_kv"), u(arch.n_head_kv));
+    md.set(
+        &format!("{f}.rope.freq_base"),
+        MetaValue::F32(arch.rope_theta),
+    );
+    md.set(
+        &format!("{f}.attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(arch.rms_eps),
+    );
+    if arch.head_dim * arch.n_head != arch.hidden {
+        md.set(&format!("{f}.attention.key_length"), u(arch.head_dim));
+        md.set(&format!("{f}.attention.value_length"), u(arch.head_dim));
+    }
+    md.set(&format!("{f}.rope.dimension_count"), u(arch.head_dim));
+    md.set(&format!("{f}.vocab_size"), u(arch.vocab));
+    md
+}
+
+#[cfg(test)]
+mod tests;

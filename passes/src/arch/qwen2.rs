@@ -1,0 +1,29 @@
+//! The `qwen2` family: `Qwen2ForCausalLM`.
+//!
+//! What must stay true: llama's tensor names, plus q/k/v biases; no value
+//! transform (llama.cpp runs qwen2 with NEOX RoPE on the checkpoint's own
+//! rotate-half layout, so the forward pass uses [`RopeStyle::Neox`]); RoPE
+//! scaling, another activation than silu, and sliding-window attention are
+//! refused (kiln carries none of them yet).
+
+use super::{ArchSpec, Refuse, RopeStyle};
+use crate::ir::{Arch, Role, Transform};
+
+pub static SPEC: ArchSpec = ArchSpec {
+    gguf: "qwen2",
+    hf_classes: &["Qwen2ForCausalLM"],
+    tensors: super::llama::TENSORS,
+    biases: &[Role::AttnQ, Role::AttnK, Role::AttnV],
+    refused: &[
+        Refuse::NonNull("rope_scaling"),
+        Refuse::Unless("hidden_act", "silu"),
+        Refuse::True("use_sliding_window"),
+    ],
+    rope: RopeStyle::Neox,
+    transform: no_transform,
+    gguf_metadata: super::llama_cpp_metadata,
+};
+
+fn no_transform(_: &Arch, _: Role, _: &[usize]) -> Result<Option<Transform>, String> {
+    Ok(None)
+}

@@ -1,0 +1,357 @@
+//! Tests of the family specs: tensor tables (round trip, roles agreeing with
+//! `naming`), refusals, metadata keys for the fixtures' configs, and the
+//! synthesized tensor list against the fixtures' checkpoints.
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::naming;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
+}
+
+fn fixture_config(name: &str) -> Value {
+    let text = std::fs::read(fixture(name).join("config.json")).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// (name, shape) of every tensor in a fixture's safetensors header.
+fn fixture_tensors(name: &str) -> Vec<(String, Vec<usize>)> {
+    let bytes = std::fs::read(fixture(name).join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            (k.clone(), shape)
+        })
+        .collect()
+}
+
+#[test]
+fn registry_finds_specs_by_class_and_gguf_name() {
+    assert_eq!(
+        spec_for_hf_class("MistralForCausalLM").unwrap().gguf,
+        "llama"
+    );
+    assert_eq!(spec_for_hf_class("Qwen2ForCausalLM").unwrap().gguf, "qwen2");
+    assert!(spec_for_hf_class("GPT2LMHeadModel").is_none());
+    assert_eq!(spec_for_gguf("qwen2").unwrap().rope, RopeStyle::Neox);
+    assert_eq!(spec_for_gguf("llama").unwrap().rope, RopeStyle::Interleaved);
+    assert!(spec_for_gguf("mistral").is_none());
+    assert_eq!(
+        supported_list(),
+        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+    );
+    assert_eq!(gguf_list(), "llama and qwen2");
+}
+
+#[test]
+fn maps_llama_names() {
+    let t = llama::SPEC.tensors;
+    let m = |n: &str| map_hf_name(t, n).unwrap().unwrap();
+    assert_eq!(m("model.embed_tokens.weight").0, "token_embd.weight");
+    assert_eq!(m("lm_head.weight").0, "output.weight");
+    assert_eq!(
+        m("model.layers.3.self_attn.o_proj.weight"),
+        ("blk.3.attn_output.weight".into(), Role::AttnOutput, Some(3))
+    );
+    assert_eq!(
+        m("model.layers.0.self_attn.q_proj.bias").0,
+        "blk.0.attn_q.bias"
+    );
+    assert_eq!(m("model.layers.1.mlp.down_proj.weight").1, Role::FfnDown);
+    assert!(
+        map_hf_name(t, "model.layers.0.self_attn.rotary_emb.inv_freq")
+            .unwrap()
+            .is_none()
+    );
+    assert!(map_hf_name(t, "transformer.h.0.attn.c_attn.weight").is_err());
+    assert!(map_hf_name(t, "model.layers.x.mlp.up_proj.weight")
+        .unwrap_err()
+        .contains("bad layer index"));
+}
+
+#[test]
+fn tensor_tables_round_trip_and_agree_with_naming() {
+    for spec in SPECS {
+        for r in spec.tensors {
+            for suffix in ["weight", "bias"] {
+                let hf = if r.per_layer {
+                    format!("model.layers.7.{}.{suffix}", r.hf)
+                } else {
+                    format!("{}.{suffix}", r.hf)
+                };
+                let (gguf, role, layer) = map_hf_name(spec.tensors, &hf).unwrap().unwrap();
+                assert_eq!(role, r.role, "{hf}");
+                assert_eq!(layer, r.per_layer.then_some(7), "{hf}");
+                assert_eq!(naming::role_and_layer(&gguf), (role, layer), "{gguf}");
+                assert_eq!(hf_name(spec.tensors, &gguf).as_deref(), Some(hf.as_str()));
+            }
+        }
+    }
+}
+
+#[test]
+fn llama_permutes_q_and_k_and_qwen2_transforms_nothing() {
+    let arch = Arch {
+        n_head: 4,
+        n_head_kv: 2,
+        ..Arch::default()
+    };
+    let t = |s: &ArchSpec, role, shape: &[usize]| (s.transform)(&arch, role, shape);
+    assert_eq!(
+        t(&llama::SPEC, Role::AttnQ, &[256, 256]),
+        Ok(Some(Transform::RopePermute { n_head: 4 }))
+    );
+    assert_eq!(
+        t(&llama::SPEC, Role::AttnK, &[128, 256]),
+        Ok(Some(Transform::RopePermute { n_head: 2 }))
+    );
+    assert_eq!(t(&llama::SPEC, Role::AttnV, &[128, 256]), Ok(None));
+    assert!(t(&llama::SPEC, Role::AttnQ, &[256])
+        .unwrap_err()
+        .contains("biases"));
+    assert!(t(&llama::SPEC, Role::AttnK, &[6, 256])
+        .unwrap_err()
+        .contains("cannot be split into 2 heads"));
+    assert_eq!(t(&qwen2::SPEC, Role::AttnQ, &[256, 256]), Ok(None));
+    assert_eq!(t(&qwen2::SPEC, Role::AttnQ, &[256]), Ok(None));
+}
+
+fn with(mut config: Value, key: &str, value: Value) -> Value {
+    config[key] = value;
+    config
+}
+
+#[test]
+fn fixtures_configs_are_convertible() {
+    for (fx, gguf) in [
+        ("tiny-llama", "llama"),
+        ("tiny-qwen2", "qwen2"),
+        ("tiny-llama-spm", "llama"),
+    ] {
+        assert_eq!(check_convertible(&fixture_config(fx)).unwrap().gguf, gguf);
+    }
+}
+
+#[test]
+fn refuses_rope_scaling_by_name() {
+    let c = with(
+        fixture_config("tiny-llama"),
+        "rope_scaling",
+        json!({"rope_type": "llama3", "factor": 8.0}),
+    );
+    assert_eq!(
+        check_convertible(&c).unwrap_err().to_string(),
+        "`rope_scaling` (type llama3) is not supported for LlamaForCausalLM yet"
+    );
+    let c = with(
+        fixture_config("tiny-qwen2"),
+        "rope_scaling",
+        json!({"type": "yarn", "factor": 4.0}),
+    );
+    assert_eq!(
+        check_convertible(&c).unwrap_err().to_string(),
+        "`rope_scaling` (type yarn) is not supported for Qwen2ForCausalLM yet"
+    );
+}
+
+#[test]
+fn refuses_other_math_changing_fields() {
+    let llama = fixture_config("tiny-llama");
+    let err = |c: &Value| check_convertible(c).unwrap_err().to_string();
+    assert_eq!(
+        err(&with(llama.clone(), "hidden_act", json!("gelu"))),
+        "`hidden_act` (\"gelu\"; kiln carries silu) is not supported for LlamaForCausalLM yet"
+    );
+    let mut mistral = with(
+        llama.clone(),
+        "architectures",
+        json!(["MistralForCausalLM"]),
+    );
+    assert!(check_convertible(&with(mistral.clone(), "sliding_window", Value::Null)).is_ok());
+    // A window as long as the context changes nothing.
+    assert!(check_convertible(&with(mistral.clone(), "sliding_window", json!(512))).is_ok());
+    mistral = with(mistral, "sliding_window", json!(128));
+    assert_eq!(
+        err(&mistral),
+        "`sliding_window` (128, below the context of 512) is not supported for MistralForCausalLM yet"
+    );
+    let qwen = with(
+        fixture_config("tiny-qwen2"),
+        "use_sliding_window",
+        json!(true),
+    );
+    assert_eq!(
+        err(&qwen),
+        "`use_sliding_window` (true) is not supported for Qwen2ForCausalLM yet"
+    );
+    let gpt2 = with(llama, "architectures", json!(["GPT2LMHeadModel"]));
+    assert_eq!(
+        err(&gpt2),
+        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
+    );
+}
+
+#[test]
+fn reads_config_fields_and_moe_sizes() {
+    let a = from_hf_config(&fixture_config("tiny-qwen2")).unwrap();
+    assert_eq!((a.family.as_str(), a.n_layer, a.hidden), ("qwen2", 2, 128));
+    assert_eq!((a.n_head, a.n_head_kv, a.head_dim, a.ffn), (4, 2, 32, 352));
+    assert!(a.tied_embeddings && !a.is_moe());
+    assert_eq!(
+        from_hf_config(&json!({"hidden_size": 8})),
+        Err(ConfigError::Missing("num_hidden_layers"))
+    );
+    let moe = json!({
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+        "num_hidden_layers": 4, "hidden_size": 64, "num_attention_heads": 4,
+        "intermediate_size": 256, "vocab_size": 100, "n_routed_experts": 8,
+        "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_shared_experts": 2,
+        "first_k_dense_replace": 9
+    });
+    let a = from_hf_config(&moe).unwrap();
+    assert_eq!(a.family, "deepseek_v3");
+    assert_eq!(
+        (a.expert_ffn(), a.shared_ffn, a.n_dense_layers),
+        (32, 64, 4)
+    );
+    assert!(!counts_exactly("deepseek_v3") && counts_exactly("mixtral"));
+}
+
+#[test]
+fn metadata_keys_for_the_fixtures_configs() {
+    for (fx, f) in [("tiny-llama", "llama"), ("tiny-qwen2", "qwen2")] {
+        let arch = from_hf_config(&fixture_config(fx)).unwrap();
+        let spec = spec_for_gguf(&arch.family).unwrap();
+        let md = (spec.gguf_metadata)(&arch, "m");
+        let keys: Vec<String> =
+            md.0.iter()
+                .map(|(k, v)| {
+                    let ty = match v {
+                        MetaValue::U32(_) => "u32",
+                        MetaValue::F32(_) => "f32",
+                        MetaValue::String(_) => "str",
+                        _ => "other",
+                    };
+                    format!("{k}:{ty}")
+                })
+                .collect();
+        let expect: Vec<String> = [
+            "general.architecture:str",
+            "general.name:str",
+            "{f}.block_count:u32",
+            "{f}.context_length:u32",
+            "{f}.embedding_length:u32",
+            "{f}.feed_forward_length:u32",
+            "{f}.attention.head_count:u32",
+            "{f}.attention.head_count_kv:u32",
+            "{f}.rope.freq_base:f32",
+            "{f}.attention.layer_norm_rms_epsilon:f32",
+            "{f}.rope.dimension_count:u32",
+            "{f}.vocab_size:u32",
+        ]
+        .iter()
+        .map(|k| k.replace("{f}", f))
+        .collect();
+        assert_eq!(keys, expect, "{fx}");
+        assert_eq!(
+            md.get(&format!("{f}.block_count")),
+            Some(&MetaValue::U32(2))
+        );
+    }
+    // A head dimension other than hidden / heads adds key and value lengths.
+    let arch = Arch {
+        family: "llama".into(),
+        hidden: 256,
+        n_head: 4,
+        head_dim: 32,
+        ..Arch::default()
+    };
+    let md = llama_cpp_metadata(&arch, "m");
+    assert_eq!(
+        md.get("llama.attention.key_length"),
+        Some(&MetaValue::U32(32))
+    );
+    assert_eq!(
+        md.get("llama.attention.value_length"),
+        Some(&MetaValue::U32(32))
+    );
+}
+
+#[test]
+fn synthesized_tensors_match_the_fixtures_checkpoints() {
+    for fx in ["tiny-llama", "tiny-qwen2"] {
+        let arch = from_hf_config(&fixture_config(fx)).unwrap();
+        let table = table_for(Some(&arch));
+        let mut loaded: Vec<(String, Vec<usize>, Role)> = fixture_tensors(fx)
+            .into_iter()
+            .filter_map(|(n, shape)| {
+                map_hf_name(table, &n)
+                    .unwrap()
+                    .map(|(g, role, _)| (g, shape, role))
+            })
+            .collect();
+        let mut synth: Vec<(String, Vec<usize>, Role)> = synthesize(&arch)
+            .into_iter()
+            .map(|t| (t.name, t.shape, t.role))
+            .collect();
+        loaded.sort();
+        synth.sort();
+        assert_eq!(synth, loaded, "{fx}");
+    }
+}
+
+#[test]
+fn synthesizes_moe_layers_with_router_and_experts() {
+    let arch = Arch {
+        family: "mixtral".into(),
+        n_layer: 2,
+        hidden: 8,
+        n_head: 2,
+        n_head_kv: 1,
+        head_dim: 4,
+        ffn: 16,
+        vocab: 10,
+        n_expert: 4,
+        n_expert_used: 2,
+        shared_ffn: 6,
+        n_dense_layers: 1,
+        ..Arch::default()
+    };
+    let names: Vec<(String, Vec<usize>)> = synthesize(&arch)
+        .into_iter()
+        .filter(|t| t.layer == Some(1) && t.name.contains("ffn_") && !t.name.contains("norm"))
+        .map(|t| (t.name, t.shape))
+        .collect();
+    let n = |s: &str| format!("blk.1.{s}.weight");
+    assert_eq!(
+        names,
+        vec![
+            (n("ffn_gate_inp"), vec![4, 8]),
+            (n("ffn_gate_exps"), vec![4, 16, 8]),
+            (n("ffn_up_exps"), vec![4, 16, 8]),
+            (n("ffn_down_exps"), vec![4, 8, 16]),
+            (n("ffn_gate_shexp"), vec![6, 8]),
+            (n("ffn_up_shexp"), vec![6, 8]),
+            (n("ffn_down_shexp"), vec![8, 6]),
+        ]
+    );
+    let all = synthesize(&arch);
+    assert!(all.iter().any(|t| t.name == "blk.0.ffn_gate.weight"));
+    let router = all.iter().find(|t| t.role == Role::FfnGateInp).unwrap();
+    assert_eq!(router.source.dtype, SourceDType::F32);
+}
