@@ -12,91 +12,20 @@ use super::{ArchSpec, Dim, Refuse, RopeStyle, TensorRow};
 use crate::ir::{Arch, Role, Transform};
 
 /// llama's Hugging Face layout, in the order `kiln estimate` lists tensors.
+#[rustfmt::skip]
 pub const TENSORS: &[TensorRow] = &[
-    row(
-        "model.embed_tokens",
-        "token_embd",
-        Role::Embedding,
-        false,
-        &[Dim::Vocab, Dim::Hidden],
-    ),
-    row(
-        "model.norm",
-        "output_norm",
-        Role::Norm,
-        false,
-        &[Dim::Hidden],
-    ),
-    row(
-        "lm_head",
-        "output",
-        Role::Output,
-        false,
-        &[Dim::Vocab, Dim::Hidden],
-    ),
-    row(
-        "input_layernorm",
-        "attn_norm",
-        Role::Norm,
-        true,
-        &[Dim::Hidden],
-    ),
-    row(
-        "self_attn.q_proj",
-        "attn_q",
-        Role::AttnQ,
-        true,
-        &[Dim::Q, Dim::Hidden],
-    ),
-    row(
-        "self_attn.k_proj",
-        "attn_k",
-        Role::AttnK,
-        true,
-        &[Dim::Kv, Dim::Hidden],
-    ),
-    row(
-        "self_attn.v_proj",
-        "attn_v",
-        Role::AttnV,
-        true,
-        &[Dim::Kv, Dim::Hidden],
-    ),
-    row(
-        "self_attn.o_proj",
-        "attn_output",
-        Role::AttnOutput,
-        true,
-        &[Dim::Hidden, Dim::Q],
-    ),
-    row(
-        "post_attention_layernorm",
-        "ffn_norm",
-        Role::Norm,
-        true,
-        &[Dim::Hidden],
-    ),
-    row(
-        "mlp.gate_proj",
-        "ffn_gate",
-        Role::FfnGate,
-        true,
-        &[Dim::Ffn, Dim::Hidden],
-    ),
-    row(
-        "mlp.up_proj",
-        "ffn_up",
-        Role::FfnUp,
-        true,
-        &[Dim::Ffn, Dim::Hidden],
-    ),
-    row(
-        "mlp.down_proj",
-        "ffn_down",
-        Role::FfnDown,
-        true,
-        &[Dim::Hidden, Dim::Ffn],
-    ),
+    row("model.embed_tokens", "token_embd", Role::Embedding, false, &[Dim::Vocab, Dim::Hidden]),
+    row("model.norm", "output_norm", Role::Norm, false, &[Dim::Hidden]),
+    row("lm_head", "output", Role::Output, false, &[Dim::Vocab, Dim::Hidden]),
+    row("input_layernorm", "attn_norm", Role::Norm, true, &[Dim::Hidden]),
+    row("self_attn.q_proj", "attn_q", Role::AttnQ, true, &[Dim::Q, Dim::Hidden]),
+    row("self_attn.k_proj", "attn_k", Role::AttnK, true, &[Dim::Kv, Dim::Hidden]),
+    row("self_attn.v_proj", "attn_v", Role::AttnV, true, &[Dim::Kv, Dim::Hidden]),
+    row("self_attn.o_proj", "attn_output", Role::AttnOutput, true, &[Dim::Hidden, Dim::Q]),
+    row("post_attention_layernorm", "ffn_norm", Role::Norm, true, &[Dim::Hidden]),
+    row("mlp.gate_proj", "ffn_gate", Role::FfnGate, true, &[Dim::Ffn, Dim::Hidden]),
+    row("mlp.up_proj", "ffn_up", Role::FfnUp, true, &[Dim::Ffn, Dim::Hidden]),
+    row("mlp.down_proj", "ffn_down", Role::FfnDown, true, &[Dim::Hidden, Dim::Ffn]),
 ];
 
 const fn row(

@@ -193,19 +193,6 @@ pub fn map_hf_name(
     )))
 }
 
-/// The Hugging Face name a GGUF name comes from under `table` (the inverse
-/// of [`map_hf_name`]).
-pub fn hf_name(table: &[TensorRow], gguf: &str) -> Option<String> {
-    let (base, suffix) = gguf.rsplit_once('.')?;
-    if let Some(r) = table.iter().find(|r| !r.per_layer && r.gguf == base) {
-        return Some(format!("{}.{suffix}", r.hf));
-    }
-    let (layer, part) = base.strip_prefix("blk.")?.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let r = table.iter().find(|r| r.per_layer && r.gguf == part)?;
-    Some(format!("model.layers.{layer}.{}.{suffix}", r.hf))
-}
-
 /// A tensor known only by name and shape (no data): `source.dtype` is what
 /// `convert_hf_to_gguf.py` writes (f32 for 1-D tensors, norms and the MoE
 /// router, f16 for the rest).

@@ -40,6 +40,19 @@ fn fixture_tensors(name: &str) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
+/// The Hugging Face name a GGUF name comes from under `table` (the inverse
+/// of [`map_hf_name`]).
+fn hf_name(table: &[TensorRow], gguf: &str) -> Option<String> {
+    let (base, suffix) = gguf.rsplit_once('.')?;
+    if let Some(r) = table.iter().find(|r| !r.per_layer && r.gguf == base) {
+        return Some(format!("{}.{suffix}", r.hf));
+    }
+    let (layer, part) = base.strip_prefix("blk.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let r = table.iter().find(|r| r.per_layer && r.gguf == part)?;
+    Some(format!("model.layers.{layer}.{}.{suffix}", r.hf))
+}
+
 #[test]
 fn registry_finds_specs_by_class_and_gguf_name() {
     assert_eq!(
