@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use passes::ir::ModelInfo;
 use passes::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode};
 use quant::GgmlType;
 
@@ -32,7 +33,8 @@ pub struct Loaded {
     pub model: Model,
     pub maps: Vec<MappedFile>,
     /// For GGUF inputs, the parsed file (for inspection); its metadata is
-    /// moved into `model.metadata` (one copy: a tokenizer can be 100k strings).
+    /// moved into `model.metadata` (one copy: a tokenizer can be 100k
+    /// strings), carried through to a GGUF output as it is.
     pub gguf: Option<GgufFile>,
     /// For safetensors inputs, every header (for inspection), by file.
     pub safetensors: Vec<StHeader>,
@@ -116,10 +118,8 @@ fn load_safetensors_file(path: &Path, map: MappedFile) -> Result<Loaded> {
         kind: InputKind::Safetensors,
         model: Model {
             files: vec![path.to_path_buf()],
-            arch: None,
             tensors,
-            metadata: Metadata::default(),
-            notes: Vec::new(),
+            ..Model::default()
         },
         maps: vec![map],
         gguf: None,
@@ -183,17 +183,21 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    let mut metadata = hf::arch_metadata(&arch, &name);
-    let tok = tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
-    metadata.0.extend(tok.0);
+    let (tokenizer, chat_templates) =
+        tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
     Ok(Loaded {
         kind: InputKind::HfDir,
         model: Model {
             files,
             arch: Some(arch),
             tensors,
-            metadata,
-            notes: Vec::new(),
+            info: ModelInfo {
+                name: Some(name),
+                tokenizer: Some(tokenizer),
+                chat_templates,
+                in_metadata: false,
+            },
+            ..Model::default()
         },
         maps,
         gguf: None,
@@ -275,8 +279,12 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
             files: vec![path.to_path_buf()],
             arch,
             tensors,
+            info: ModelInfo {
+                in_metadata: true,
+                ..ModelInfo::default()
+            },
             metadata: std::mem::take(&mut g.metadata),
-            notes: Vec::new(),
+            ..Model::default()
         },
         maps: vec![map],
         gguf: Some(g),

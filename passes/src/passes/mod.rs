@@ -8,6 +8,7 @@ use crate::error::PassError;
 use crate::ir::Model;
 
 pub mod assign;
+pub mod layout;
 pub mod normalize;
 pub mod recipe;
 pub mod verify;

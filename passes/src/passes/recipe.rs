@@ -1020,7 +1020,7 @@ mod tests {
             arch: Some(a),
             tensors,
             metadata,
-            notes: vec![],
+            ..Model::default()
         }
     }
 
@@ -1616,8 +1616,7 @@ mod tests {
                 files: vec![],
                 arch: Some(a),
                 tensors,
-                metadata: Metadata::default(),
-                notes: vec![],
+                ..Model::default()
             };
             let o = &g["options"];
             let opt_ty = |k: &str| o[k].as_str().map(|s| s.parse::<GgmlType>().unwrap());
