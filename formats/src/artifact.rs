@@ -94,6 +94,11 @@ impl Staging {
         })
     }
 
+    /// The staging directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Where a file named `name` is staged.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

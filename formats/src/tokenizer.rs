@@ -18,7 +18,10 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::hf::read_json;
 
-use TokenType::{Byte as BYTE, Control as CONTROL, Normal as NORMAL, Unknown as UNKNOWN, Unused as UNUSED, UserDefined as USER_DEFINED};
+use TokenType::{
+    Byte as BYTE, Control as CONTROL, Normal as NORMAL, Unknown as UNKNOWN, Unused as UNUSED,
+    UserDefined as USER_DEFINED,
+};
 
 /// Pre-tokenizer regexes of `tokenizer.json` files and llama.cpp's name for each.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

@@ -300,7 +300,15 @@ mod tests {
             let cancel = AtomicBool::new(false);
             let opts = WriteOptions::default();
             let written = crate::write::engine::write_with(
-                &model, &maps, &gguf, &files, dir.path(), opts, &|_| {}, &cancel, direct,
+                &model,
+                &maps,
+                &gguf,
+                &files,
+                dir.path(),
+                opts,
+                &|_| {},
+                &cancel,
+                direct,
             )
             .unwrap();
             assert_eq!(written.len(), 1);
@@ -335,5 +343,82 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("in.bin")]);
+    }
+
+    #[test]
+    fn split_names_follow_llama_cpp() {
+        assert_eq!(split_name("m", 0, 3), "m-00001-of-00003.gguf");
+        assert_eq!(split_name("m", 2, 3), "m-00003-of-00003.gguf");
+    }
+
+    /// Shards become gguf-split files: all metadata in the first, the split
+    /// keys (u16, u16, i32) last in every one, each file's own tensors; and
+    /// together the same tensor bytes as the single file.
+    #[test]
+    fn shards_are_written_in_the_split_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut model, _) = model(
+            dir.path(),
+            &[
+                ("a.weight", &[4, 64], GgmlType::Q8_0),
+                ("b.weight", &[3, 32], GgmlType::F32),
+                ("c.weight", &[2, 256], GgmlType::Q4K),
+            ],
+        );
+        model.metadata.set("split.count", MetaValue::U16(9));
+        let maps = [MappedFile::open(&model.files[0]).unwrap()];
+        let single = Gguf::new("m.gguf").layout(&model).unwrap();
+        model.shards = vec![0..1, 1..3];
+        let gguf = Gguf::new("m.gguf");
+        let files = gguf.layout(&model).unwrap();
+        let cancel = AtomicBool::new(false);
+        let opts = WriteOptions::default();
+        let written = write(
+            &model,
+            &maps,
+            &gguf,
+            &files,
+            dir.path(),
+            opts,
+            &|_| {},
+            &cancel,
+        )
+        .unwrap();
+        let names: Vec<&str> = written.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]);
+        let mut tensors = Vec::new();
+        for (i, w) in written.iter().enumerate() {
+            let path = dir.path().join(&w.name);
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len() as u64, w.bytes);
+            let g = crate::gguf::read::parse(&path, &bytes).unwrap();
+            let keys: Vec<&str> = g.metadata.0.iter().map(|(k, _)| k.as_str()).collect();
+            let first: &[&str] = if i == 0 { &["general.name"] } else { &[] };
+            assert_eq!(&keys[..keys.len() - 3], first);
+            assert_eq!(&keys[keys.len() - 3..], SPLIT_KEYS);
+            assert_eq!(g.metadata.get("split.no"), Some(&MetaValue::U16(i as u16)));
+            assert_eq!(g.metadata.get("split.count"), Some(&MetaValue::U16(2)));
+            assert_eq!(
+                g.metadata.get("split.tensors.count"),
+                Some(&MetaValue::I32(3))
+            );
+            for t in &g.tensors {
+                let at = t.offset as usize;
+                tensors.push((t.name.clone(), bytes[at..at + t.bytes as usize].to_vec()));
+            }
+        }
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.weight", "b.weight", "c.weight"]);
+        let sizes: Vec<u64> = tensors.iter().map(|(_, b)| b.len() as u64).collect();
+        let want: Vec<u64> = single[0]
+            .placements
+            .iter()
+            .map(|p| p.bytes(&model.tensors[p.tensor]))
+            .collect();
+        assert_eq!(sizes, want);
+
+        model.shards = vec![0..2, 1..3];
+        let e = gguf.layout(&model).unwrap_err().to_string();
+        assert!(e.contains("contiguous"), "{e}");
     }
 }

@@ -60,7 +60,8 @@ fn special_key(s: SpecialToken) -> &'static str {
 /// and `add_space_prefix` first, as llama.cpp's vocab writer puts them),
 /// then the special ids and the add-BOS/EOS flags.
 fn tokenizer_keys(md: &mut Metadata, tok: &Tokenizer) {
-    let strings = |v: &[String]| MetaValue::Array(v.iter().cloned().map(MetaValue::String).collect());
+    let strings =
+        |v: &[String]| MetaValue::Array(v.iter().cloned().map(MetaValue::String).collect());
     let types = MetaValue::Array(
         tok.token_types
             .iter()
@@ -107,5 +108,101 @@ fn tokenizer_keys(md: &mut Metadata, tok: &Tokenizer) {
         if let Some(b) = flag {
             md.set(key, MetaValue::Bool(b));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use passes::ir::{ChatTemplate, ModelInfo, TokenType};
+
+    fn keys(md: &Metadata) -> Vec<&str> {
+        md.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    /// SentencePiece as llama.cpp's converter orders it: the ids the model
+    /// file declares and add_space_prefix, then the configs' specials (a
+    /// declared one keeps its place, a new one is appended), the flags, the
+    /// templates, then the stamped GGUF keys.
+    #[test]
+    fn sentencepiece_keys_in_converter_order() {
+        let tok = Tokenizer {
+            kind: TokenizerKind::SentencePiece {
+                scores: vec![0.0, -1.0],
+                add_space_prefix: true,
+                declared: vec![(SpecialToken::Unknown, 0), (SpecialToken::Eos, 1)],
+            },
+            pre: "default".into(),
+            tokens: vec!["<unk>".into(), "</s>".into()],
+            token_types: vec![TokenType::Unknown, TokenType::Control],
+            special: vec![
+                (SpecialToken::Bos, 1),
+                (SpecialToken::Eos, 1),
+                (SpecialToken::Unknown, 0),
+            ],
+            add_bos: Some(true),
+            add_eos: None,
+        };
+        let mut model = Model {
+            arch: Some(Arch {
+                family: "llama".into(),
+                n_head: 1,
+                head_dim: 8,
+                hidden: 8,
+                ..Arch::default()
+            }),
+            info: ModelInfo {
+                name: Some("m".into()),
+                tokenizer: Some(tok),
+                chat_templates: vec![ChatTemplate {
+                    name: "tool_use".into(),
+                    template: "t".into(),
+                }],
+                in_metadata: false,
+            },
+            ..Model::default()
+        };
+        model.metadata.set("general.file_type", MetaValue::U32(7));
+        let md = key_values(&model);
+        let k = keys(&md);
+        let at = k.iter().position(|&k| k == "tokenizer.ggml.model").unwrap();
+        assert_eq!(&k[..2], ["general.architecture", "general.name"]);
+        assert_eq!(
+            &k[at..],
+            [
+                "tokenizer.ggml.model",
+                "tokenizer.ggml.pre",
+                "tokenizer.ggml.tokens",
+                "tokenizer.ggml.scores",
+                "tokenizer.ggml.token_type",
+                "tokenizer.ggml.unknown_token_id",
+                "tokenizer.ggml.eos_token_id",
+                "tokenizer.ggml.add_space_prefix",
+                "tokenizer.ggml.bos_token_id",
+                "tokenizer.ggml.add_bos_token",
+                "tokenizer.chat_template.tool_use",
+                "general.file_type",
+            ]
+        );
+        assert_eq!(
+            md.get("tokenizer.ggml.token_type"),
+            Some(&MetaValue::Array(vec![
+                MetaValue::I32(2),
+                MetaValue::I32(3)
+            ]))
+        );
+    }
+
+    /// A GGUF input's keys are written as they are, whatever the neutral fields say.
+    #[test]
+    fn carried_keys_are_written_as_they_are() {
+        let mut model = Model::default();
+        model.metadata.set("z", MetaValue::U8(1));
+        model
+            .metadata
+            .set("general.architecture", MetaValue::String("llama".into()));
+        model.info.in_metadata = true;
+        model.info.name = Some("ignored".into());
+        assert_eq!(key_values(&model), model.metadata);
     }
 }

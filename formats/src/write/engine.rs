@@ -175,12 +175,22 @@ fn encode_file(ctx: &Ctx<'_>, layout: &FileLayout, out: &Path, sink: &mut Sink<'
     let mut pos = layout.header.len() as u64;
     for p in &layout.placements {
         let t = ctx.model.tensors.get(p.tensor).ok_or_else(|| {
-            Error::output(out, format!("placement of tensor #{}, past the model's {} tensors", p.tensor, ctx.model.tensors.len()))
+            Error::output(
+                out,
+                format!(
+                    "placement of tensor #{}, past the model's {} tensors",
+                    p.tensor,
+                    ctx.model.tensors.len()
+                ),
+            )
         })?;
         if p.offset != pos {
             return Err(Error::output(
                 out,
-                format!("tensor `{}` placed at {}, but its bytes start at {pos}", t.name, p.offset),
+                format!(
+                    "tensor `{}` placed at {}, but its bytes start at {pos}",
+                    t.name, p.offset
+                ),
             ));
         }
         write_piece(ctx, sink, p)?;
@@ -579,7 +589,6 @@ fn set_direct(_file: &File, on: bool) -> io::Result<()> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,7 +657,11 @@ mod tests {
             }
         }
 
-        fn side_files(&self, model: &Model, files: &[FileLayout]) -> Result<Vec<(String, Vec<u8>)>> {
+        fn side_files(
+            &self,
+            model: &Model,
+            files: &[FileLayout],
+        ) -> Result<Vec<(String, Vec<u8>)>> {
             let index: Vec<String> = files
                 .iter()
                 .zip(&model.tensors)
@@ -742,14 +755,17 @@ mod tests {
             let input: u64 = model.tensors.iter().map(|t| t.source.len).sum();
             assert_eq!(consumed.load(Ordering::Relaxed), input);
             for ((f, t), v) in files.iter().zip(&model.tensors).zip(&data) {
+                let scaled: Vec<u8> = v.iter().flat_map(|x| (x * 2.0).to_le_bytes()).collect();
+                let negatives: Vec<u8> = v
+                    .chunks(t.row_len())
+                    .map(|r| r.iter().filter(|x| **x < 0.0).count() as u8)
+                    .collect();
                 let mut want = f.header.clone();
-                want.extend(v.iter().flat_map(|x| (x * 2.0).to_le_bytes()));
-                want.resize(want.len().next_multiple_of(8), 0);
-                want.extend(
-                    v.chunks(t.row_len())
-                        .map(|r| r.iter().filter(|x| **x < 0.0).count() as u8),
-                );
-                want.resize(want.len().next_multiple_of(8), 0);
+                for piece in [scaled, negatives] {
+                    let n = piece.len();
+                    want.extend(piece);
+                    want.resize(want.len() + n.next_multiple_of(8) - n, 0);
+                }
                 let got = std::fs::read(out.join(&f.name)).unwrap();
                 assert_eq!(got.len() as u64, f.total_bytes);
                 assert!(got == want, "{}: direct {direct}: bytes differ", f.name);
@@ -796,5 +812,4 @@ mod tests {
         v[6] = f32::MIN_POSITIVE / 2.0;
         assert_eq!(count_nonfinite(&v), 3);
     }
-
 }

@@ -214,11 +214,21 @@ mod tests {
             tensors: vec![node("a", 10), node("b", 10), node("c", 10), node("d", 10)],
             ..Model::default()
         };
-        Shard { devices: 2, cap: 680 }.run(&mut m).unwrap();
+        Shard {
+            devices: 2,
+            cap: 680,
+        }
+        .run(&mut m)
+        .unwrap();
         assert_eq!(m.shards, vec![0..2, 2..4]);
         Shard { devices: 1, cap: 0 }.run(&mut m).unwrap();
         assert!(m.shards.is_empty());
-        let e = Shard { devices: 2, cap: 600 }.run(&mut m).unwrap_err();
+        let e = Shard {
+            devices: 2,
+            cap: 600,
+        }
+        .run(&mut m)
+        .unwrap_err();
         assert!(e.to_string().contains("cannot be cut"), "{e}");
     }
 }
