@@ -153,7 +153,8 @@ pub fn check_supported(path: &Path, arch: &Arch) -> Result<()> {
     }
 }
 
-/// The GGUF architecture keys llama.cpp reads for `arch`.
+/// The GGUF architecture keys llama.cpp reads for `arch` (used by the GGUF
+/// lowering, `crate::gguf::metadata`, only).
 pub fn arch_metadata(arch: &Arch, name: &str) -> Metadata {
     let f = &arch.family;
     let mut md = Metadata::default();

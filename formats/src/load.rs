@@ -1,6 +1,10 @@
 //! Loading any input into a [`Model`] of lazy [`Source`] views: a Hugging Face
 //! checkpoint directory, a bare `.safetensors` file, or a GGUF file.
 //!
+//! A checkpoint's metadata is read into the neutral fields (`Model::arch`,
+//! `Model::info`: name, tokenizer, chat templates); a GGUF's key/values are
+//! carried as they are in `Model::metadata` (`ModelInfo::in_metadata`).
+//!
 //! What must stay true: files are memory-mapped and never copied whole; every
 //! header is validated before a tensor is listed; tensor order is
 //! deterministic (file order, then offset order).

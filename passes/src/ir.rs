@@ -6,7 +6,11 @@
 //! - a `Source` is a lazy view into an input file: nothing is read until the
 //!   emitter asks for it;
 //! - an encoding, once chosen, can encode the tensor's row length (shape
-//!   fallbacks are applied by the pass that chooses, and recorded as notes).
+//!   fallbacks are applied by the pass that chooses, and recorded as notes);
+//! - metadata is neutral (`Arch`, `ModelInfo`); GGUF key/values live apart in
+//!   `Model::metadata` and are written only by the GGUF lowering;
+//! - `Model::shards`, when set (by the layout pass), cuts the tensor table
+//!   into contiguous, non-empty ranges covering it, in order.
 
 use quant::GgmlType;
 use serde::Serialize;
