@@ -20,8 +20,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use formats::artifact::{self, Staging};
 use formats::chart::{self, Chart, Point, PointKind};
-use formats::emit::{self, EmitOptions};
+use formats::gguf::Gguf;
+use formats::write::{self, Container, WriteOptions};
 use passes::cost::{Estimate, Target};
+use passes::passes::layout::Shard;
 use quant::GgmlType;
 use serde_json::{json, Value};
 
@@ -156,7 +158,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         .types(&setup.options)
         .map(|(n, t)| (n.to_string(), t))
         .collect();
-    let planned = planner::assigned(&setup, &types, args.plan.allow_requantize)?;
+    let mut planned = planner::assigned(&setup, &types, args.plan.allow_requantize)?;
     let devices = chosen.budget.devices;
     let est = planner::cost(&planned, &setup.arch, &target, engine, &workload, devices)?;
 
@@ -175,46 +177,37 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
             importance.insert(name.clone(), v.clone());
         }
     }
-    let parts: Vec<(String, passes::Model)> = if devices > 1 {
-        let sizes = planner::sizes_of(&setup, &chosen.allocation);
-        let ranges = artifact::cut(&sizes, devices, chosen.budget.tensor_bytes / devices as u64)
-            .context(
-                "the plan's tensors cannot be cut into one file per device within the budget",
-            )?;
-        artifact::split_models(&planned, &ranges)
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| (artifact::split_name(&stem, i, devices), m))
-            .collect()
-    } else {
-        vec![(format!("{stem}.gguf"), planned)]
+    // One file per device (the layout pass), laid out by the container.
+    let shard = Shard {
+        devices,
+        cap: chosen.budget.tensor_bytes / devices as u64,
     };
-    let mut predicted_file_bytes = 0u64;
-    let mut files = Vec::new();
+    passes::passes::Pipeline::layout(shard)
+        .run(&mut planned, &passes::passes::Context::default())
+        .context("the plan's tensors cannot be cut into one file per device within the budget")?;
+    let gguf = Gguf::new(&format!("{stem}.gguf"));
+    let layouts = gguf.layout(&planned)?;
+    let predicted_file_bytes: u64 = layouts.iter().map(|f| f.total_bytes).sum();
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "writing");
-    for (name, part) in &parts {
-        let layout = emit::plan(part);
-        predicted_file_bytes += layout.total_bytes;
-        let path = staging.path(name);
-        let opts = EmitOptions {
-            importance: (!importance.is_empty()).then_some(&importance),
-            allow_nonfinite: false,
-        };
-        let progress = |n: u64| bar.inc(n);
-        emit::write_gguf(
-            part,
-            &setup.opened.loaded.maps,
-            &layout,
-            &path,
-            opts,
-            &progress,
-            &cancel,
-        )
-        .with_context(|| format!("writing {name}"))?;
-        files.push(name.clone());
-    }
+    let opts = WriteOptions {
+        importance: (!importance.is_empty()).then_some(&importance),
+        allow_nonfinite: false,
+    };
+    let progress = |n: u64| bar.inc(n);
+    let written = write::write(
+        &planned,
+        &setup.opened.loaded.maps,
+        &gguf,
+        &layouts,
+        staging.dir(),
+        opts,
+        &progress,
+        &cancel,
+    )
+    .with_context(|| format!("writing {}", gguf.file_name))?;
     bar.finish_and_clear();
+    let mut files: Vec<String> = written.iter().map(|w| w.name.clone()).collect();
     // A collected imatrix is written beside the model (llama-quantize can reuse it).
     if let (planner::ImportanceSource::Text(_), Some((_, im))) =
         (&setup.importance_source, &setup.imatrix)
@@ -252,15 +245,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
             .len();
         file_entries.push(json!({"path": f, "sha256": artifact::sha256_file(&p)?, "bytes": bytes}));
     }
-    let actual_bytes: u64 = file_entries
-        .iter()
-        .filter(|e| {
-            e["path"]
-                .as_str()
-                .is_some_and(|p| p.ends_with(".gguf") && p != "imatrix.gguf")
-        })
-        .map(|e| e["bytes"].as_u64().unwrap_or(0))
-        .sum();
+    let actual_bytes: u64 = written.iter().filter(|w| w.tensors).map(|w| w.bytes).sum();
     let source_files: Vec<Value> = source_paths(&args.model, &model.files)?
         .iter()
         .map(|f| -> Result<Value> {
@@ -327,7 +312,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         "wrote {} ({} in {} file(s)) in {:.1}s",
         args.output.display(),
         human_bytes(actual_bytes),
-        parts.len(),
+        written.len(),
         t0.elapsed().as_secs_f64()
     ));
     Ok(())

@@ -10,8 +10,9 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use formats::data::Rows;
-use formats::emit::{self, EmitOptions};
+use formats::gguf::{self, Gguf};
 use formats::tokenizer::TokenizerOptions;
+use formats::write::{self, Container, FileLayout, WriteOptions};
 use formats::LoadOptions;
 use passes::passes::importance::AttachImportance;
 use passes::passes::recipe::{self, ApplyRecipe, Recipe, RecipeOptions};
@@ -96,7 +97,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         );
     }
     if let Some(out) = &args.output {
-        emit::check_output(out, &loaded.model.files)?;
+        write::check_output(out, &loaded.model.files)?;
     }
     let mut model = loaded.model;
     let imatrix = match &args.imatrix {
@@ -133,10 +134,13 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
                 .extend(formats::imatrix::quantize_metadata(&arg, m));
         }
     }
-    let layout = emit::plan(&model);
+    let file_name = args.output.as_ref().and_then(|o| o.file_name());
+    let gguf = Gguf::new(&file_name.map_or("model.gguf".into(), |n| n.to_string_lossy()));
+    let layout = gguf.layout(&model)?.remove(0);
     // The metadata now lives serialized in the header; free its strings (a
     // tokenizer is ~100k of them) before streaming, to keep the peak low.
     model.metadata.0.clear();
+    model.info.tokenizer = None;
     let notes: Vec<String> = model
         .tensors
         .iter()
@@ -170,12 +174,23 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     }
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "converting");
-    let opts = EmitOptions {
+    let opts = WriteOptions {
         importance: model.importance.as_ref().map(|i| &i.vectors),
         allow_nonfinite: args.allow_nonfinite,
     };
     let progress = |n: u64| bar.inc(n);
-    let result = emit::write_gguf(&model, &loaded.maps, &layout, out, opts, &progress, &cancel);
+    let dir = formats::atomic::parent_dir(out);
+    let files = std::slice::from_ref(&layout);
+    let result = write::write(
+        &model,
+        &loaded.maps,
+        &gguf,
+        files,
+        &dir,
+        opts,
+        &progress,
+        &cancel,
+    );
     bar.finish_and_clear();
     result?;
     let secs = t0.elapsed().as_secs_f64();
@@ -197,7 +212,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
 fn plan_json(
     args: &ConvertArgs,
     model: &passes::Model,
-    layout: &formats::gguf::Layout,
+    layout: &FileLayout,
     notes: &[String],
     written: bool,
 ) -> serde_json::Value {
@@ -208,17 +223,17 @@ fn plan_json(
         "written": written,
         "bytes": layout.total_bytes,
         "parameters": model.n_params(),
-        "tensors": model.tensors.iter().zip(&layout.tensors).map(|(t, &(offset, bytes))| json!({
+        "tensors": model.tensors.iter().zip(&layout.placements).map(|(t, p)| json!({
             "name": t.name,
             "source_name": t.source_name,
             "shape": t.shape,
             "source_dtype": t.source.dtype.name(),
             "type": t.encoding.map(|e| e.to_string()),
-            "offset": offset,
-            "bytes": bytes,
+            "offset": p.offset,
+            "bytes": p.bytes(t),
             "notes": t.notes,
         })).collect::<Vec<_>>(),
-        "by_type": emit::bytes_by_type(model, layout).iter().map(|(t, b, n)| (t.name().to_string(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
+        "by_type": gguf::container::bytes_by_type(model, std::slice::from_ref(layout)).iter().map(|(t, b, n)| (t.name().to_string(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "notes": notes,
     })
 }
@@ -226,7 +241,7 @@ fn plan_json(
 fn plan_text(
     args: &ConvertArgs,
     model: &passes::Model,
-    layout: &formats::gguf::Layout,
+    layout: &FileLayout,
     notes: &[String],
 ) -> String {
     let mut s = format!(
@@ -249,7 +264,8 @@ fn plan_text(
         "{:<w$}  {:<14} {:<6} {:<6} {:>12}\n",
         "name", "shape", "source", "type", "bytes"
     );
-    for (t, &(_, bytes)) in model.tensors.iter().zip(&layout.tensors) {
+    for (t, p) in model.tensors.iter().zip(&layout.placements) {
+        let bytes = p.bytes(t);
         let ty = t.encoding.map_or("-".to_string(), |e| e.to_string());
         let flag = if t.notes.is_empty() { "" } else { "  *" };
         s += &format!(
@@ -262,7 +278,7 @@ fn plan_text(
         );
     }
     s += "\nby type:\n";
-    for (t, b, n) in emit::bytes_by_type(model, layout) {
+    for (t, b, n) in gguf::container::bytes_by_type(model, std::slice::from_ref(layout)) {
         s += &format!("  {:<6} {n:>5} tensors {:>12}\n", t.name(), human_bytes(b));
     }
     s += &format!(

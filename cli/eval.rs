@@ -216,7 +216,7 @@ fn evaluate_text(
 ) -> Result<TextReport> {
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
-    let tok = Tokenizer::from_metadata(&original.loaded.model.metadata)
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&original.loaded.model))
         .map_err(lift)
         .with_context(|| original.name())?;
     let t0 = Instant::now();
@@ -314,8 +314,12 @@ fn evaluate_text(
 /// The candidate is fed the original's token ids, so both must have the same
 /// token list (when both carry one).
 fn check_same_vocabulary(original: &Opened, candidate: &Opened) -> Result<()> {
-    let tokens = |m: &Opened| match m.loaded.model.metadata.get("tokenizer.ggml.tokens") {
-        Some(passes::MetaValue::Array(a)) => Some(a.clone()),
+    let tokens = |m: &Opened| match formats::gguf::key_values(&m.loaded.model)
+        .0
+        .into_iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+    {
+        Some((_, passes::MetaValue::Array(a))) => Some(a),
         _ => None,
     };
     if let (Some(a), Some(b)) = (tokens(original), tokens(candidate)) {

@@ -49,10 +49,10 @@ pub struct ImatrixArgs {
 pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
     let model = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
-    formats::emit::check_output(&args.output, &model.loaded.model.files)?;
+    formats::write::check_output(&args.output, &model.loaded.model.files)?;
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("{}: cannot read the text", args.text.display()))?;
-    let tok = Tokenizer::from_metadata(&model.loaded.model.metadata)
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&model.loaded.model))
         .map_err(lift)
         .with_context(|| model.name())?;
     let mut ids = Vec::new();

@@ -87,7 +87,7 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
         .iter()
         .flat_map(|h| h.metadata.clone())
         .collect();
-    let metadata = &loaded.model.metadata;
+    let metadata = &formats::gguf::key_values(&loaded.model);
 
     if args.json {
         let md: serde_json::Map<String, Value> = if format == "safetensors" {

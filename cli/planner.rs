@@ -269,7 +269,7 @@ pub fn check_args(args: &PlanArgs) -> Result<()> {
 fn tokenize(opened: &Opened, path: &Path, ctx: usize) -> Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read the text", path.display()))?;
-    let tok = Tokenizer::from_metadata(&opened.loaded.model.metadata)
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
         .map_err(lift)
         .with_context(|| opened.name())?;
     let mut ids = Vec::new();
@@ -661,9 +661,15 @@ pub fn setup(
         for t in &mut m.tensors {
             t.encoding = Some(types[&t.name].into());
         }
-        let layout = formats::emit::plan(&m);
-        let tensors: u64 = layout.tensors.iter().map(|&(_, b)| b).sum();
-        layout.total_bytes - tensors + formats::emit::ALIGNMENT * m.tensors.len() as u64
+        let layout =
+            formats::write::Container::layout(&formats::gguf::Gguf::new("model.gguf"), &m)?
+                .remove(0);
+        let tensors: u64 = layout
+            .placements
+            .iter()
+            .map(|p| p.bytes(&m.tensors[p.tensor]))
+            .sum();
+        layout.total_bytes - tensors + formats::gguf::ALIGNMENT * m.tensors.len() as u64
     };
     Ok(Setup {
         opened,
@@ -705,9 +711,7 @@ fn bare(m: &Model) -> Model {
         files: m.files.clone(),
         arch: m.arch.clone(),
         tensors: m.tensors.clone(),
-        metadata: passes::Metadata::default(),
-        notes: Vec::new(),
-        importance: None,
+        ..Model::default()
     }
 }
 
@@ -887,14 +891,14 @@ pub fn solve(
             let mut total = b.tensor_bytes;
             for _ in 0..32 {
                 let Some(x) = &a else { break };
-                if formats::artifact::cut(&sizes_of(setup, x), n, cap).is_some() {
+                if passes::passes::layout::cut(&sizes_of(setup, x), n, cap).is_some() {
                     break;
                 }
                 total -= (total / 64).max(1);
                 a = solve_at(total);
             }
             if a.as_ref()
-                .is_some_and(|x| formats::artifact::cut(&sizes_of(setup, x), n, cap).is_none())
+                .is_some_and(|x| passes::passes::layout::cut(&sizes_of(setup, x), n, cap).is_none())
             {
                 a = None;
             }

@@ -1,13 +1,13 @@
 //! `formats`: bytes in, bytes out. Memory-mapped readers for safetensors,
-//! Hugging Face checkpoint directories and GGUF; tokenizer conversion; the
-//! streaming, atomic GGUF emitter. Knows nothing about policy: which encoding
-//! each tensor gets is decided by `passes`.
+//! Hugging Face checkpoint directories and GGUF; tokenizer reading; the
+//! streaming, atomic writer (`write`) and the containers it writes (`gguf`).
+//! Knows nothing about policy: which encoding each tensor gets, and which
+//! file it goes into, is decided by `passes`.
 
 pub mod artifact;
 pub mod atomic;
 pub mod chart;
 pub mod data;
-pub mod emit;
 pub mod error;
 pub mod gguf;
 pub mod hf;
@@ -16,6 +16,7 @@ pub mod load;
 mod mmap;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod write;
 
 pub use error::{Error, Result};
 pub use load::{load, InputKind, LoadOptions, Loaded};

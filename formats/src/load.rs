@@ -1,12 +1,17 @@
 //! Loading any input into a [`Model`] of lazy [`Source`] views: a Hugging Face
 //! checkpoint directory, a bare `.safetensors` file, or a GGUF file.
 //!
+//! A checkpoint's metadata is read into the neutral fields (`Model::arch`,
+//! `Model::info`: name, tokenizer, chat templates); a GGUF's key/values are
+//! carried as they are in `Model::metadata` (`ModelInfo::in_metadata`).
+//!
 //! What must stay true: files are memory-mapped and never copied whole; every
 //! header is validated before a tensor is listed; tensor order is
 //! deterministic (file order, then offset order).
 
 use std::path::{Path, PathBuf};
 
+use passes::ir::ModelInfo;
 use passes::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode};
 use quant::GgmlType;
 
@@ -32,7 +37,8 @@ pub struct Loaded {
     pub model: Model,
     pub maps: Vec<MappedFile>,
     /// For GGUF inputs, the parsed file (for inspection); its metadata is
-    /// moved into `model.metadata` (one copy: a tokenizer can be 100k strings).
+    /// moved into `model.metadata` (one copy: a tokenizer can be 100k
+    /// strings), carried through to a GGUF output as it is.
     pub gguf: Option<GgufFile>,
     /// For safetensors inputs, every header (for inspection), by file.
     pub safetensors: Vec<StHeader>,
@@ -116,11 +122,8 @@ fn load_safetensors_file(path: &Path, map: MappedFile) -> Result<Loaded> {
         kind: InputKind::Safetensors,
         model: Model {
             files: vec![path.to_path_buf()],
-            arch: None,
             tensors,
-            metadata: Metadata::default(),
-            notes: Vec::new(),
-            importance: None,
+            ..Model::default()
         },
         maps: vec![map],
         gguf: None,
@@ -139,7 +142,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     }
     let config = hf::read_json(&config_path)?;
     let arch = hf::parse_config(&config_path, &config)?;
-    let spec = hf::check_convertible(&config_path, &config)?;
+    hf::check_convertible(&config_path, &config)?;
 
     let mut files: Vec<PathBuf> = Vec::new();
     let mut maps = Vec::new();
@@ -184,18 +187,21 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    let mut metadata = (spec.gguf_metadata)(&arch, &name);
-    let tok = tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
-    metadata.0.extend(tok.0);
+    let (tokenizer, chat_templates) =
+        tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
     Ok(Loaded {
         kind: InputKind::HfDir,
         model: Model {
             files,
             arch: Some(arch),
             tensors,
-            metadata,
-            notes: Vec::new(),
-            importance: None,
+            info: ModelInfo {
+                name: Some(name),
+                tokenizer: Some(tokenizer),
+                chat_templates,
+                in_metadata: false,
+            },
+            ..Model::default()
         },
         maps,
         gguf: None,
@@ -278,9 +284,12 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
             files: vec![path.to_path_buf()],
             arch,
             tensors,
+            info: ModelInfo {
+                in_metadata: true,
+                ..ModelInfo::default()
+            },
             metadata: std::mem::take(&mut g.metadata),
-            notes: Vec::new(),
-            importance: None,
+            ..Model::default()
         },
         maps: vec![map],
         gguf: Some(g),

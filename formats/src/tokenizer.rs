@@ -1,29 +1,27 @@
-//! Tokenizer conversion to GGUF `tokenizer.ggml.*` metadata, as llama.cpp's
-//! `convert_hf_to_gguf.py` does it: byte-level BPE (`tokenizer.json`) becomes
-//! `gpt2` with merges and a pre-tokenizer name; SentencePiece
-//! (`tokenizer.model`) becomes `llama` with scores; special token ids, the
-//! add-BOS/EOS flags and the chat template come from `tokenizer_config.json`
-//! (falling back to `config.json` and `generation_config.json`).
+//! A checkpoint's tokenizer read into the neutral [`Tokenizer`] and its chat
+//! templates, as llama.cpp's `convert_hf_to_gguf.py` reads them: byte-level
+//! BPE (`tokenizer.json`) with merges and a pre-tokenizer name; SentencePiece
+//! (`tokenizer.model`) with scores; special token ids, the add-BOS/EOS flags
+//! and the chat template from `tokenizer_config.json` (falling back to
+//! `config.json` and `generation_config.json`). The GGUF keys are built from
+//! these when lowering to GGUF (`crate::gguf::metadata`).
 //!
-//! What must stay true: token i of the GGUF list is the token with id i, the
-//! list is as long as the model's vocabulary (holes padded with `[PAD{i}]`,
-//! type UNUSED), and a pre-tokenizer kiln cannot name is refused, not guessed.
+//! What must stay true: token i of the list is the token with id i, the list
+//! is as long as the model's vocabulary (holes padded with `[PAD{i}]`, type
+//! UNUSED), and a pre-tokenizer kiln cannot name is refused, not guessed.
 
 use std::path::Path;
 
-use passes::{MetaValue, Metadata};
+use passes::ir::{ChatTemplate, SpecialToken, TokenType, Tokenizer, TokenizerKind};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::hf::read_json;
 
-// llama.cpp token types (`llama_token_type`).
-const NORMAL: i32 = 1;
-const UNKNOWN: i32 = 2;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
-const BYTE: i32 = 6;
+use TokenType::{
+    Byte as BYTE, Control as CONTROL, Normal as NORMAL, Unknown as UNKNOWN, Unused as UNUSED,
+    UserDefined as USER_DEFINED,
+};
 
 /// Pre-tokenizer regexes of `tokenizer.json` files and llama.cpp's name for each.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -36,13 +34,13 @@ pub struct TokenizerOptions {
     pub pre_tokenizer: Option<String>,
 }
 
-/// Build the tokenizer metadata of a checkpoint directory.
+/// Read the tokenizer and chat templates of a checkpoint directory.
 pub fn convert(
     dir: &Path,
     config: &Value,
     vocab_size: usize,
     opts: &TokenizerOptions,
-) -> Result<Metadata> {
+) -> Result<(Tokenizer, Vec<ChatTemplate>)> {
     let tok_json = dir.join("tokenizer.json");
     let tok_model = dir.join("tokenizer.model");
     let tok_config_path = dir.join("tokenizer_config.json");
@@ -52,8 +50,7 @@ pub fn convert(
         None
     };
 
-    let mut md = Metadata::default();
-    let (tokens, added) = if tok_json.exists() && !tok_model.exists() {
+    let (kind, pre, tokens, token_types, added) = if tok_json.exists() && !tok_model.exists() {
         let json = read_json(&tok_json)?;
         let model = json
             .get("model")
@@ -81,21 +78,7 @@ pub fn convert(
         };
         let (tokens, types, added) = bpe_vocab(&tok_json, &json, vocab_size)?;
         let merges = bpe_merges(&tok_json, model)?;
-        md.set("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
-        md.set("tokenizer.ggml.pre", MetaValue::String(pre));
-        md.set(
-            "tokenizer.ggml.tokens",
-            MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()),
-        );
-        md.set(
-            "tokenizer.ggml.token_type",
-            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
-        );
-        md.set(
-            "tokenizer.ggml.merges",
-            MetaValue::Array(merges.into_iter().map(MetaValue::String).collect()),
-        );
-        (tokens, added)
+        (TokenizerKind::Bpe { merges }, pre, tokens, types, added)
     } else if tok_model.exists() {
         let bytes = std::fs::read(&tok_model).map_err(|e| Error::io(&tok_model, e))?;
         let spm = parse_sentencepiece(&tok_model, &bytes)?;
@@ -153,37 +136,20 @@ pub fn convert(
                 scores[id] = -1000.0;
             }
         }
-        md.set("tokenizer.ggml.model", MetaValue::String("llama".into()));
-        md.set("tokenizer.ggml.pre", MetaValue::String("default".into()));
-        md.set(
-            "tokenizer.ggml.tokens",
-            MetaValue::Array(tokens.iter().cloned().map(MetaValue::String).collect()),
-        );
-        md.set(
-            "tokenizer.ggml.scores",
-            MetaValue::Array(scores.into_iter().map(MetaValue::F32).collect()),
-        );
-        md.set(
-            "tokenizer.ggml.token_type",
-            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
-        );
-        for (key, id) in [
-            ("unknown", spm.unk_id),
-            ("bos", spm.bos_id),
-            ("eos", spm.eos_id),
-        ] {
-            if let Some(id) = id.filter(|&i| i >= 0) {
-                md.set(
-                    &format!("tokenizer.ggml.{key}_token_id"),
-                    MetaValue::U32(id as u32),
-                );
-            }
-        }
-        md.set(
-            "tokenizer.ggml.add_space_prefix",
-            MetaValue::Bool(spm.add_dummy_prefix),
-        );
-        (tokens, added)
+        let declared = [
+            (SpecialToken::Unknown, spm.unk_id),
+            (SpecialToken::Bos, spm.bos_id),
+            (SpecialToken::Eos, spm.eos_id),
+        ]
+        .into_iter()
+        .filter_map(|(kind, id)| Some((kind, id.filter(|&i| i >= 0)? as u32)))
+        .collect();
+        let kind = TokenizerKind::SentencePiece {
+            scores,
+            add_space_prefix: spm.add_dummy_prefix,
+            declared,
+        };
+        (kind, "default".to_string(), tokens, types, added)
     } else {
         return Err(Error::malformed(
             dir,
@@ -192,16 +158,33 @@ pub fn convert(
         ));
     };
 
-    special_tokens(&mut md, &tokens, &added, tok_config.as_ref(), config, dir);
-    if let Some(tc) = &tok_config {
-        for flag in ["add_bos_token", "add_eos_token"] {
-            if let Some(b) = tc.get(flag).and_then(Value::as_bool) {
-                md.set(&format!("tokenizer.ggml.{flag}"), MetaValue::Bool(b));
+    let mut special = special_tokens(&tokens, &added, tok_config.as_ref(), config, dir);
+    // The ids a SentencePiece model declares hold unless the configs name others.
+    if let TokenizerKind::SentencePiece { declared, .. } = &kind {
+        for &(k, id) in declared {
+            if !special.iter().any(|&(s, _)| s == k) {
+                special.push((k, id));
             }
         }
+        special.sort_by_key(|&(k, _)| SpecialToken::ALL.iter().position(|&a| a == k));
     }
-    chat_template(&mut md, dir, tok_config.as_ref())?;
-    Ok(md)
+    let flag = |name: &str| {
+        tok_config
+            .as_ref()
+            .and_then(|tc| tc.get(name))
+            .and_then(Value::as_bool)
+    };
+    let tokenizer = Tokenizer {
+        kind,
+        pre,
+        tokens,
+        token_types,
+        special,
+        add_bos: flag("add_bos_token"),
+        add_eos: flag("add_eos_token"),
+    };
+    let templates = chat_templates(dir, tok_config.as_ref())?;
+    Ok((tokenizer, templates))
 }
 
 /// llama.cpp's pre-tokenizer name for a `tokenizer.json`, judged from its
@@ -260,7 +243,7 @@ fn pre_tokenizer_name(json: &Value) -> Option<String> {
     }
 }
 
-type BpeVocab = (Vec<String>, Vec<i32>, Vec<(String, usize)>);
+type BpeVocab = (Vec<String>, Vec<TokenType>, Vec<(String, usize)>);
 
 fn bpe_vocab(path: &Path, json: &Value, vocab_size: usize) -> Result<BpeVocab> {
     let vocab = json
@@ -359,20 +342,25 @@ fn bpe_merges(path: &Path, model: &Value) -> Result<Vec<String>> {
         .collect()
 }
 
+/// The special token ids the configs name, in [`SpecialToken::ALL`] order.
 fn special_tokens(
-    md: &mut Metadata,
     tokens: &[String],
     added: &[(String, usize)],
     tok_config: Option<&Value>,
     config: &Value,
     dir: &Path,
-) {
+) -> Vec<(SpecialToken, u32)> {
     let generation = read_json(&dir.join("generation_config.json")).ok();
-    for kind in ["bos", "eos", "unk", "pad", "sep", "cls", "mask"] {
-        let key = match kind {
-            "unk" => "tokenizer.ggml.unknown_token_id".to_string(),
-            "sep" => "tokenizer.ggml.seperator_token_id".to_string(),
-            k => format!("tokenizer.ggml.{k}_token_id"),
+    let mut found = Vec::new();
+    for special in SpecialToken::ALL {
+        let kind = match special {
+            SpecialToken::Bos => "bos",
+            SpecialToken::Eos => "eos",
+            SpecialToken::Unknown => "unk",
+            SpecialToken::Pad => "pad",
+            SpecialToken::Separator => "sep",
+            SpecialToken::Cls => "cls",
+            SpecialToken::Mask => "mask",
         };
         // tokenizer_config.json names the token (a string or an AddedToken object).
         let named = tok_config
@@ -405,39 +393,37 @@ fn special_tokens(
                 )
             });
         if let Some(id) = id.filter(|&i| (i as usize) < tokens.len()) {
-            md.set(&key, MetaValue::U32(id as u32));
+            found.push((special, id as u32));
         }
     }
+    found
 }
 
-fn chat_template(md: &mut Metadata, dir: &Path, tok_config: Option<&Value>) -> Result<()> {
+/// The chat templates: `chat_template.jinja`, else `tokenizer_config.json`'s
+/// (one string, or a list of named ones), in file order.
+fn chat_templates(dir: &Path, tok_config: Option<&Value>) -> Result<Vec<ChatTemplate>> {
+    let default = |template: String| ChatTemplate {
+        name: "default".into(),
+        template,
+    };
     let jinja = dir.join("chat_template.jinja");
     if jinja.exists() {
         let t = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
-        md.set("tokenizer.chat_template", MetaValue::String(t));
-        return Ok(());
+        return Ok(vec![default(t)]);
     }
-    match tok_config.and_then(|tc| tc.get("chat_template")) {
-        Some(Value::String(t)) => md.set("tokenizer.chat_template", MetaValue::String(t.clone())),
-        Some(Value::Array(list)) => {
-            for item in list {
-                let (Some(name), Some(t)) = (
-                    item.get("name").and_then(Value::as_str),
-                    item.get("template").and_then(Value::as_str),
-                ) else {
-                    continue;
-                };
-                let key = if name == "default" {
-                    "tokenizer.chat_template".to_string()
-                } else {
-                    format!("tokenizer.chat_template.{name}")
-                };
-                md.set(&key, MetaValue::String(t.to_string()));
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+    Ok(match tok_config.and_then(|tc| tc.get("chat_template")) {
+        Some(Value::String(t)) => vec![default(t.clone())],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|item| {
+                Some(ChatTemplate {
+                    name: item.get("name")?.as_str()?.to_string(),
+                    template: item.get("template")?.as_str()?.to_string(),
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// One piece of a SentencePiece model.

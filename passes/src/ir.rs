@@ -10,7 +10,11 @@
 //! - encodings are format-neutral ([`Encoding`]); a container lowers them and
 //!   refuses by name what it cannot hold;
 //! - what a pass could not do is a [`Note`]: a kind with fields that code
-//!   reads, and the sentence users read.
+//!   reads, and the sentence users read;
+//! - metadata is neutral (`Arch`, `ModelInfo`); GGUF key/values live apart in
+//!   `Model::metadata` and are written only by the GGUF lowering;
+//! - `Model::shards`, when set (by the layout pass), cuts the tensor table
+//!   into contiguous, non-empty ranges covering it, in order.
 
 use quant::GgmlType;
 use serde::Serialize;
@@ -398,6 +402,95 @@ impl Metadata {
     }
 }
 
+/// A tokenizer's kind, with the facts only that kind has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum TokenizerKind {
+    /// Byte-level BPE (`tokenizer.json`): merges in rank order, each "a b".
+    Bpe { merges: Vec<String> },
+    /// SentencePiece (`tokenizer.model`): a score per token, whether a space
+    /// is prefixed to the text, and the special ids the model file itself
+    /// declares (unknown, bos, eos: non-negative ones, in that order; the
+    /// final ids are [`Tokenizer::special`]).
+    SentencePiece {
+        scores: Vec<f32>,
+        add_space_prefix: bool,
+        declared: Vec<(SpecialToken, u32)>,
+    },
+}
+
+/// What a token is (llama.cpp's `llama_token_type`, numbered as there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TokenType {
+    Normal = 1,
+    Unknown = 2,
+    Control = 3,
+    UserDefined = 4,
+    Unused = 5,
+    Byte = 6,
+}
+
+/// A special token's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SpecialToken {
+    Bos,
+    Eos,
+    Unknown,
+    Pad,
+    Separator,
+    Cls,
+    Mask,
+}
+
+impl SpecialToken {
+    /// Every kind, in the order converters look them up.
+    pub const ALL: [SpecialToken; 7] = [
+        SpecialToken::Bos,
+        SpecialToken::Eos,
+        SpecialToken::Unknown,
+        SpecialToken::Pad,
+        SpecialToken::Separator,
+        SpecialToken::Cls,
+        SpecialToken::Mask,
+    ];
+}
+
+/// A tokenizer, format-neutral: token i is the token with id i, and the list
+/// is as long as the model's vocabulary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tokenizer {
+    pub kind: TokenizerKind,
+    /// The pre-tokenizer's name, as llama.cpp names it (`llama-bpe`,
+    /// `qwen2`, `smollm`; `default` for SentencePiece).
+    pub pre: String,
+    pub tokens: Vec<String>,
+    pub token_types: Vec<TokenType>,
+    /// Special token ids, in [`SpecialToken::ALL`] order, those known.
+    pub special: Vec<(SpecialToken, u32)>,
+    pub add_bos: Option<bool>,
+    pub add_eos: Option<bool>,
+}
+
+/// A chat template: `name` is `default` for the main one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatTemplate {
+    pub name: String,
+    pub template: String,
+}
+
+/// The model's neutral metadata beyond [`Arch`]: what any container needs
+/// to describe it (name, tokenizer, chat templates).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModelInfo {
+    pub name: Option<String>,
+    pub tokenizer: Option<Tokenizer>,
+    pub chat_templates: Vec<ChatTemplate>,
+    /// True for a GGUF input: the fields above are not parsed out of it but
+    /// carried, with its other keys, in [`Model::metadata`], which the GGUF
+    /// lowering then writes as it is (requantizing a GGUF keeps its keys
+    /// byte for byte).
+    pub in_metadata: bool,
+}
+
 /// The whole model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Model {
@@ -405,8 +498,19 @@ pub struct Model {
     pub files: Vec<std::path::PathBuf>,
     pub arch: Option<Arch>,
     pub tensors: Vec<TensorNode>,
-    /// Output metadata (GGUF keys), built by the loader and the passes.
+    /// Neutral metadata: name, tokenizer, chat templates.
+    pub info: ModelInfo,
+    /// GGUF-specific key/values, written only by the GGUF lowering
+    /// (`formats::gguf::key_values`), after the keys it builds from `arch`
+    /// and `info`: a GGUF input's own keys (pass-through, see
+    /// [`ModelInfo::in_metadata`]), then what passes stamp for llama.cpp
+    /// (`general.quantization_version`, `general.file_type`,
+    /// `quantize.imatrix.*`). Other containers ignore it.
     pub metadata: Metadata,
+    /// How the tensors are cut into output files, one per device (the
+    /// layout pass): contiguous ranges of `tensors`, in order, covering them
+    /// all. Empty: one file.
+    pub shards: Vec<std::ops::Range<usize>>,
     /// Model-wide notes (fallbacks, conversions done, things skipped).
     pub notes: Vec<Note>,
     /// Importance vectors, attached by the `importance` pass.

@@ -20,6 +20,7 @@ use crate::ir::{Model, TensorNode};
 
 pub mod assign;
 pub mod importance;
+pub mod layout;
 pub mod normalize;
 pub mod pipeline;
 pub mod recipe;
@@ -40,6 +41,10 @@ pub const REGISTRY: &[(&str, &str)] = &[
     (
         "assign",
         "a per-tensor type table (kiln's plan), stamped as llama-quantize stamps a file",
+    ),
+    (
+        "layout",
+        "which output file (device shard) each tensor goes into, under a per-file byte cap",
     ),
     (
         "importance",

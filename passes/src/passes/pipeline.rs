@@ -5,6 +5,8 @@
 //! - `open`: a loaded model in GGUF naming and layout (evaluation, planning);
 //! - `convert`: llama-quantize's job (normalize, recipe, importance);
 //! - `assign`: a plan's type table on an opened model (then its importance);
+//! - `layout`: which output file each tensor of a planned model goes into
+//!   (one per device);
 //! - `size`: a recipe on a model synthesized from a config (the cost model
 //!   sizes recipes this way: there is no data, so no data-dependent pass).
 //!
@@ -20,6 +22,7 @@ use crate::ir::Model;
 
 use super::assign::AssignTypes;
 use super::importance::AttachImportance;
+use super::layout::Shard;
 use super::normalize::Normalize;
 use super::recipe::ApplyRecipe;
 use super::{run_one, Context, Pass};
@@ -75,6 +78,11 @@ impl Pipeline {
         Pipeline::of("assign", passes)
     }
 
+    /// One output file per device for a planned model.
+    pub fn layout(shard: Shard) -> Pipeline {
+        Pipeline::of("layout", vec![Box::new(shard)])
+    }
+
     /// A recipe on an opened model or one synthesized from a config.
     pub fn size(recipe: ApplyRecipe) -> Pipeline {
         Pipeline::of("size", vec![Box::new(recipe)])
@@ -110,6 +118,7 @@ mod tests {
             Pipeline::convert(recipe().unwrap(), Some(AttachImportance::default())),
             Pipeline::assign(AssignTypes::default(), Some(AttachImportance::default())),
             Pipeline::size(recipe().unwrap()),
+            Pipeline::layout(Shard { devices: 2, cap: 1 }),
         ];
         for p in &pipelines {
             for name in p.pass_names() {

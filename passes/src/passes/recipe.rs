@@ -951,8 +951,7 @@ mod tests {
             arch: Some(a),
             tensors,
             metadata,
-            importance: None,
-            notes: vec![],
+            ..Model::default()
         }
     }
 
@@ -1537,7 +1536,6 @@ mod tests {
                 files: vec![],
                 arch: Some(a),
                 tensors,
-                metadata: Metadata::default(),
                 ..Model::default()
             };
             let o = &g["options"];

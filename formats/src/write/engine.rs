@@ -1,35 +1,37 @@
-//! The streaming GGUF emitter.
+//! The streaming engine: writes laid-out files ([`FileLayout`]) of a
+//! planned model, whatever the container.
 //!
 //! What must stay true:
-//! - the layout (every offset, the exact file size) is fixed before any tensor
-//!   is read; the header is written first, then each tensor is read from the
-//!   mmap, encoded (rows in parallel), written and dropped, a bounded chunk of
-//!   rows at a time, so peak memory is a few chunks whatever the model size;
-//! - the bytes depend only on the model and the plan, never on the thread
-//!   count (rows are encoded independently and written in order);
-//! - the output appears complete or not at all: a temp file in the target
-//!   directory, fsynced, then renamed; on any error or interruption the temp
-//!   file is removed and nothing is left at the output path;
+//! - the layout is fixed before any tensor is read; each file's header is
+//!   written first, then each placed piece is read from the mmap, encoded
+//!   (rows in parallel, by the container), written and dropped, a bounded
+//!   chunk of rows at a time, so peak memory is a few chunks whatever the
+//!   model size;
+//! - the bytes depend only on the model, the layout and the container,
+//!   never on the thread count (rows are encoded independently and written
+//!   in order);
+//! - the outputs appear complete or not at all: every file goes to a temp
+//!   file in the output directory, fsynced, and all are renamed only once
+//!   every one is written; on any error or interruption the temp files are
+//!   removed and nothing is left at the output paths;
 //! - a writer thread puts the bytes at increasing offsets in aligned blocks,
 //!   with direct I/O where the file system takes it (Linux `O_DIRECT`: no
 //!   copy into the page cache, the disk works while rows are encoded, so the
 //!   final fsync has little left), else buffered with a periodic
 //!   `fdatasync`; both give the same bytes.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use passes::{Model, TensorNode};
-use quant::GgmlType;
+use passes::Model;
 use rayon::prelude::*;
 
+use super::{check_output, Container, FileLayout, Placement, WriteOptions, Written};
 use crate::data::{read_row, row_bytes, source_row_bytes};
 use crate::error::{Error, Result};
-use crate::gguf::{layout, Layout, OutTensor};
 use crate::mmap::MappedFile;
 
 /// Rows are encoded in chunks of about this many bytes of f32.
@@ -48,119 +50,116 @@ const MAX_IN_PLACE: usize = WRITE_BLOCK - DIO_ALIGN;
 /// Alignment of direct-I/O buffers, file offsets and lengths: a multiple of
 /// the logical block sizes in use (512 B, 4 KiB).
 const DIO_ALIGN: usize = 4096;
-/// Output alignment (GGUF default).
-pub const ALIGNMENT: u64 = 32;
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EmitOptions<'a> {
-    /// Write NaN/Inf weights instead of refusing them.
-    pub allow_nonfinite: bool,
-    /// Importance vectors by tensor name (from an imatrix), already checked
-    /// against the tensors' shapes with [`crate::imatrix::for_tensor`]: one
-    /// weight per column, `experts x row_len` long for 3-D expert tensors.
-    pub importance: Option<&'a BTreeMap<String, Vec<f32>>>,
-}
-
-/// The output tensors of a planned model (every tensor must have an encoding).
-pub fn out_tensors(model: &Model) -> Vec<OutTensor> {
-    model
-        .tensors
-        .iter()
-        .map(|t| OutTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            ty: t
-                .ggml_type()
-                .expect("the encoding pass chooses a ggml type before the GGUF emitter"),
-        })
-        .collect()
-}
-
-/// Fix the layout of the output file.
-pub fn plan(model: &Model) -> Layout {
-    layout(&model.metadata, &out_tensors(model), ALIGNMENT)
-}
-
-/// Refuse an output path that cannot be written or would clobber an input.
-pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
-    let file_name = out
-        .file_name()
-        .ok_or_else(|| Error::output(out, "output path has no file name"))?;
-    let parent = crate::atomic::parent_dir(out);
-    if !parent.is_dir() {
-        return Err(Error::output(
-            out,
-            format!("output directory {} does not exist", parent.display()),
-        ));
-    }
-    if out.is_dir() {
-        return Err(Error::output(
-            out,
-            "output path is a directory; give a file name such as model.gguf",
-        ));
-    }
-    let resolved = parent
-        .canonicalize()
-        .map_err(|e| Error::io(&parent, e))?
-        .join(file_name);
-    for input in inputs {
-        if input.canonicalize().is_ok_and(|i| i == resolved) {
-            return Err(Error::output(
-                out,
-                "output path is the input file; choose another path",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Stream `model` into a GGUF at `out`. `progress` is called with the number
-/// of input bytes consumed since the last call; `cancel` is polled between
-/// chunks.
-pub fn write_gguf(
+/// Stream `model` into `files` (laid out by `container`) in `dir`, then the
+/// container's side files; returns every file written. `progress` is called
+/// with the number of input bytes consumed since the last call; `cancel` is
+/// polled between chunks.
+#[allow(clippy::too_many_arguments)]
+pub fn write(
     model: &Model,
     maps: &[MappedFile],
-    layout: &Layout,
-    out: &Path,
-    opts: EmitOptions<'_>,
+    container: &dyn Container,
+    files: &[FileLayout],
+    dir: &Path,
+    opts: WriteOptions<'_>,
     progress: &(dyn Fn(u64) + Sync),
     cancel: &AtomicBool,
-) -> Result<()> {
-    emit(model, maps, layout, out, opts, progress, cancel, true)
+) -> Result<Vec<Written>> {
+    write_with(
+        model, maps, container, files, dir, opts, progress, cancel, true,
+    )
 }
 
-/// [`write_gguf`], with direct I/O tried (`direct`) or not.
+/// [`write`], with direct I/O tried (`direct`) or not.
 #[allow(clippy::too_many_arguments)]
-fn emit(
+pub(crate) fn write_with(
     model: &Model,
     maps: &[MappedFile],
-    layout: &Layout,
-    out: &Path,
-    opts: EmitOptions<'_>,
+    container: &dyn Container,
+    files: &[FileLayout],
+    dir: &Path,
+    opts: WriteOptions<'_>,
     progress: &(dyn Fn(u64) + Sync),
     cancel: &AtomicBool,
     direct: bool,
+) -> Result<Vec<Written>> {
+    let side = container.side_files(model, files)?;
+    let mut staged = Vec::with_capacity(files.len() + side.len());
+    let mut written = Vec::with_capacity(files.len() + side.len());
+    for file in files {
+        let out = dir.join(&file.name);
+        check_output(&out, &model.files)?;
+        let tmp = crate::atomic::temp_beside(&out)?;
+        let ctx = Ctx {
+            model,
+            maps,
+            container,
+            opts,
+            progress,
+            cancel,
+        };
+        stream(&ctx, file, &out, tmp.as_file(), tmp.path(), direct)?;
+        staged.push((tmp, out));
+        written.push(Written {
+            name: file.name.clone(),
+            bytes: file.total_bytes,
+            tensors: true,
+        });
+    }
+    for (name, bytes) in &side {
+        let out = dir.join(name);
+        check_output(&out, &model.files)?;
+        let mut tmp = crate::atomic::temp_beside(&out)?;
+        tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
+        staged.push((tmp, out));
+        written.push(Written {
+            name: name.clone(),
+            bytes: bytes.len() as u64,
+            tensors: false,
+        });
+    }
+    // Every file is complete: only now does any appear.
+    for (tmp, out) in staged {
+        crate::atomic::commit(tmp, &out)?;
+    }
+    Ok(written)
+}
+
+/// What every piece of a write needs.
+struct Ctx<'a> {
+    model: &'a Model,
+    maps: &'a [MappedFile],
+    container: &'a dyn Container,
+    opts: WriteOptions<'a>,
+    progress: &'a (dyn Fn(u64) + Sync),
+    cancel: &'a AtomicBool,
+}
+
+/// Write one laid-out file into `file` (a temp file at `tmp_path`).
+fn stream(
+    ctx: &Ctx<'_>,
+    layout: &FileLayout,
+    out: &Path,
+    file: &File,
+    tmp_path: &Path,
+    direct: bool,
 ) -> Result<()> {
-    check_output(out, &model.files)?;
-    let tmp = crate::atomic::temp_beside(out)?;
-    let tmp_path = tmp.path().to_path_buf();
-    let io = |e| Error::io(&tmp_path, e);
+    let io = |e| Error::io(tmp_path, e);
     // Encoding and writing overlap: rows are encoded straight into aligned
     // blocks (BLOCKS of them, so memory stays bounded), which go to a writer
     // thread that keeps the disk busy meanwhile and hands them back.
     std::thread::scope(|scope| -> Result<()> {
         let (full_tx, full_rx) = sync_channel::<AlignedBlock>(BLOCKS);
         let (empty_tx, empty_rx) = sync_channel::<AlignedBlock>(BLOCKS);
-        let file = tmp.as_file();
         let writer = scope.spawn(move || write_blocks(file, direct, full_rx, empty_tx));
         let mut sink = Sink {
             block: AlignedBlock::new(WRITE_BLOCK),
             made: 1,
             full: full_tx,
             empty: empty_rx,
-            tmp_path: &tmp_path,
+            tmp_path,
         };
-        let encoded = encode_all(model, maps, layout, out, opts, progress, cancel, &mut sink);
+        let encoded = encode_file(ctx, layout, out, &mut sink);
         // Hand over the last block and close the channel, also after an
         // error, so the writer thread ends.
         let encoded = encoded.and(sink.finish());
@@ -168,71 +167,68 @@ fn emit(
         // A write error is the cause of any send failure: report it first.
         written.map_err(io)?;
         encoded
-    })?;
-    crate::atomic::commit(tmp, out)
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn encode_all(
-    model: &Model,
-    maps: &[MappedFile],
-    layout: &Layout,
-    out: &Path,
-    opts: EmitOptions<'_>,
-    progress: &(dyn Fn(u64) + Sync),
-    cancel: &AtomicBool,
-    sink: &mut Sink<'_>,
-) -> Result<()> {
+fn encode_file(ctx: &Ctx<'_>, layout: &FileLayout, out: &Path, sink: &mut Sink<'_>) -> Result<()> {
     sink.put(&layout.header)?;
     let mut pos = layout.header.len() as u64;
-    for (t, &(offset, bytes)) in model.tensors.iter().zip(&layout.tensors) {
-        debug_assert_eq!(pos, offset);
-        let written = write_tensor(sink, t, maps, opts, progress, cancel)?;
-        if written != bytes {
+    for p in &layout.placements {
+        let t = ctx.model.tensors.get(p.tensor).ok_or_else(|| {
+            Error::output(
+                out,
+                format!(
+                    "placement of tensor #{}, past the model's {} tensors",
+                    p.tensor,
+                    ctx.model.tensors.len()
+                ),
+            )
+        })?;
+        if p.offset != pos {
             return Err(Error::output(
                 out,
                 format!(
-                    "tensor `{}`: wrote {written} bytes, planned {bytes}",
-                    t.name
+                    "tensor `{}` placed at {}, but its bytes start at {pos}",
+                    t.name, p.offset
                 ),
             ));
         }
-        let padded = bytes.div_ceil(layout.alignment) * layout.alignment;
-        sink.put_zeros((padded - bytes) as usize)?;
-        pos += padded;
+        write_piece(ctx, sink, p)?;
+        sink.put_zeros(p.padding as usize)?;
+        pos += p.bytes(t) + p.padding;
     }
-    debug_assert_eq!(pos, layout.total_bytes);
+    if pos != layout.total_bytes {
+        return Err(Error::output(
+            out,
+            format!("wrote {pos} bytes, laid out {}", layout.total_bytes),
+        ));
+    }
     Ok(())
 }
 
-fn write_tensor(
-    sink: &mut Sink<'_>,
-    t: &TensorNode,
-    maps: &[MappedFile],
-    opts: EmitOptions<'_>,
-    progress: &(dyn Fn(u64) + Sync),
-    cancel: &AtomicBool,
-) -> Result<u64> {
-    let ty = t.ggml_type().expect("planned");
+fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> {
+    let (maps, opts) = (ctx.maps, ctx.opts);
+    let t = &ctx.model.tensors[p.tensor];
     let row_len = t.row_len();
     let n_rows = t.n_rows();
-    let out_row = ty.row_bytes(row_len).expect("encoding fits the row length");
+    let out_row = p.row_bytes;
     let src_row = source_row_bytes(t);
-    let copy = ty == t.source.dtype.ggml();
+    let copy = ctx.container.copies_source(t, p.piece);
     let importance = opts
         .importance
         .and_then(|m| m.get(&t.name))
         .map(Vec::as_slice);
+    // Input bytes are counted once per tensor, with its first piece.
+    let counted = p.piece == 0;
     let rows_per_chunk = (CHUNK_F32_BYTES / (row_len.max(1) * 4)).max(1);
     // Rows are encoded in place in the output block when one fits; a longer
     // row goes through a buffer of its own.
     let in_place = out_row <= MAX_IN_PLACE;
     let mut spill = Vec::new();
-    let mut written = 0u64;
     let mut nonfinite = 0u64;
     let mut r0 = 0;
     while r0 < n_rows {
-        if cancel.load(Ordering::Relaxed) {
+        if ctx.cancel.load(Ordering::Relaxed) {
             return Err(Error::Interrupted);
         }
         let (r1, dst) = if in_place {
@@ -273,7 +269,7 @@ fn write_tensor(
                         // leaves alone (cheap: the row is about to be
                         // written, so it is in cache).
                         dst.fill(0);
-                        quant::quantize_rows(ty, scratch, dst, row_len, imp);
+                        ctx.container.encode_row(t, p.piece, scratch, dst, imp);
                     }
                     if check {
                         count_nonfinite(scratch)
@@ -283,7 +279,6 @@ fn write_tensor(
                 },
             )
             .sum::<u64>();
-        written += ((r1 - r0) * out_row) as u64;
         if !in_place {
             sink.put(&spill)?;
         }
@@ -291,7 +286,9 @@ fn write_tensor(
             let start = t.source.offset as usize + r0 * src_row;
             maps[t.source.file].release(start, (r1 - r0) * src_row);
         }
-        progress(((r1 - r0) * src_row) as u64);
+        if counted {
+            (ctx.progress)(((r1 - r0) * src_row) as u64);
+        }
         r0 = r1;
     }
     if t.transform.is_some() {
@@ -308,7 +305,7 @@ fn write_tensor(
             count: nonfinite,
         });
     }
-    Ok(written)
+    Ok(())
 }
 
 /// How many of `v` are NaN or infinite (exponent bits all set). Counted in
@@ -592,59 +589,107 @@ fn set_direct(_file: &File, on: bool) -> io::Result<()> {
     }
 }
 
-/// Total encoded bytes per output type, for summaries.
-pub fn bytes_by_type(model: &Model, layout: &Layout) -> Vec<(GgmlType, u64, usize)> {
-    let mut v: Vec<(GgmlType, u64, usize)> = Vec::new();
-    for (t, &(_, b)) in model.tensors.iter().zip(&layout.tensors) {
-        let ty = t.ggml_type().expect("planned");
-        match v.iter_mut().find(|(x, _, _)| *x == ty) {
-            Some(e) => {
-                e.1 += b;
-                e.2 += 1;
-            }
-            None => v.push((ty, b, 1)),
-        }
-    }
-    v.sort_by_key(|e| std::cmp::Reverse(e.1));
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use passes::{Metadata, Role, Source, SourceDType};
+    use passes::{Role, Source, SourceDType, TensorNode};
 
-    /// Seeded values in about [-2, 2), a few exactly zero.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if i % 97 == 0 {
-                    0.0
-                } else {
-                    (x >> 40) as f32 / (1u64 << 22) as f32 - 2.0
+    /// A container that is not GGUF: a text header listing the tensors,
+    /// then per tensor two pieces (each row's values as f32 scaled by 2, and
+    /// one byte per row: its count of negative values), 8-byte aligned; one
+    /// file per tensor, and an index beside them.
+    struct Toy;
+
+    impl Container for Toy {
+        fn layout(&self, model: &Model) -> Result<Vec<FileLayout>> {
+            Ok(model
+                .tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let header = format!("toy {} {:?}\n", t.name, t.shape).into_bytes();
+                    let mut offset = header.len() as u64;
+                    let placements = [t.row_len() * 4, 1]
+                        .into_iter()
+                        .enumerate()
+                        .map(|(piece, row_bytes)| {
+                            let bytes = (row_bytes * t.n_rows()) as u64;
+                            let p = Placement {
+                                tensor: i,
+                                piece,
+                                offset,
+                                row_bytes,
+                                padding: bytes.next_multiple_of(8) - bytes,
+                            };
+                            offset += bytes + p.padding;
+                            p
+                        })
+                        .collect();
+                    FileLayout {
+                        name: format!("{}.toy", t.name),
+                        header,
+                        placements,
+                        total_bytes: offset,
+                    }
+                })
+                .collect())
+        }
+
+        fn copies_source(&self, _t: &TensorNode, _piece: usize) -> bool {
+            false
+        }
+
+        fn encode_row(
+            &self,
+            _t: &TensorNode,
+            piece: usize,
+            values: &[f32],
+            dst: &mut [u8],
+            _importance: Option<&[f32]>,
+        ) {
+            match piece {
+                0 => {
+                    for (d, v) in dst.chunks_exact_mut(4).zip(values) {
+                        d.copy_from_slice(&(v * 2.0).to_le_bytes());
+                    }
                 }
-            })
+                _ => dst[0] = values.iter().filter(|v| **v < 0.0).count() as u8,
+            }
+        }
+
+        fn side_files(
+            &self,
+            model: &Model,
+            files: &[FileLayout],
+        ) -> Result<Vec<(String, Vec<u8>)>> {
+            let index: Vec<String> = files
+                .iter()
+                .zip(&model.tensors)
+                .map(|(f, t)| format!("{} {}", t.name, f.name))
+                .collect();
+            Ok(vec![("index.txt".into(), index.join("\n").into_bytes())])
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i * 7 + seed) % 23) as f32 - 11.0)
             .collect()
     }
 
-    /// An F32 input file holding `shapes`' tensors back to back, the model
-    /// reading it with the given encodings, and each tensor's values.
-    fn model(dir: &Path, tensors: &[(&str, &[usize], GgmlType)]) -> (Model, Vec<Vec<f32>>) {
-        let input = dir.join("in.bin");
+    /// Two F32 tensors (one of rows longer than a write block) in one input file.
+    fn model(dir: &Path) -> (Model, Vec<Vec<f32>>) {
+        let shapes: [&[usize]; 2] = [&[5, 3], &[2, 600_000]];
         let mut bytes = Vec::new();
-        let mut nodes = Vec::new();
+        let mut tensors = Vec::new();
         let mut data = Vec::new();
-        for (i, &(name, shape, ty)) in tensors.iter().enumerate() {
-            let v = values(shape.iter().product(), i as u64 + 1);
+        for (i, shape) in shapes.iter().enumerate() {
+            let v = values(shape.iter().product(), i as u32);
             let offset = bytes.len() as u64;
             bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-            nodes.push(TensorNode {
-                name: name.to_string(),
-                source_name: name.to_string(),
+            tensors.push(TensorNode {
+                name: format!("t{i}"),
+                source_name: format!("t{i}"),
                 shape: shape.to_vec(),
                 role: Role::Other,
                 layer: None,
@@ -655,72 +700,105 @@ mod tests {
                     len: bytes.len() as u64 - offset,
                 },
                 transform: None,
-                encoding: Some(ty.into()),
+                encoding: None,
                 notes: Vec::new(),
             });
             data.push(v);
         }
+        let input = dir.join("in.bin");
         std::fs::write(&input, &bytes).unwrap();
         let model = Model {
             files: vec![input],
-            tensors: nodes,
-            metadata: Metadata(vec![(
-                "general.name".into(),
-                passes::MetaValue::String("emit-test".into()),
-            )]),
+            tensors,
             ..Model::default()
         };
         (model, data)
     }
 
-    /// What the file must hold: the header, then each tensor encoded whole
-    /// into a fresh buffer, padded.
-    fn expected(model: &Model, data: &[Vec<f32>], layout: &Layout) -> Vec<u8> {
-        let mut want = layout.header.clone();
-        for (t, v) in model.tensors.iter().zip(data) {
-            let ty = t.ggml_type().unwrap();
-            let mut enc = vec![0u8; ty.row_bytes(t.row_len()).unwrap() * t.n_rows()];
-            quant::quantize_rows(ty, v, &mut enc, t.row_len(), None);
-            want.extend_from_slice(&enc);
-            want.resize(
-                want.len().div_ceil(ALIGNMENT as usize) * ALIGNMENT as usize,
-                0,
+    /// The engine writes whatever a container lays out: several files,
+    /// several pieces per tensor, padding, side files; with direct I/O and
+    /// without, and counts each tensor's input bytes once.
+    #[test]
+    fn writes_a_toy_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, data) = model(dir.path());
+        let maps = [MappedFile::open(&model.files[0]).unwrap()];
+        let files = Toy.layout(&model).unwrap();
+        for direct in [true, false] {
+            let out = dir.path().join(format!("out-{direct}"));
+            std::fs::create_dir(&out).unwrap();
+            let consumed = std::sync::atomic::AtomicU64::new(0);
+            let progress = |n: u64| {
+                consumed.fetch_add(n, Ordering::Relaxed);
+            };
+            let cancel = AtomicBool::new(false);
+            let written = write_with(
+                &model,
+                &maps,
+                &Toy,
+                &files,
+                &out,
+                WriteOptions::default(),
+                &progress,
+                &cancel,
+                direct,
+            )
+            .unwrap();
+            let names: Vec<(&str, bool)> = written
+                .iter()
+                .map(|w| (w.name.as_str(), w.tensors))
+                .collect();
+            assert_eq!(
+                names,
+                [("t0.toy", true), ("t1.toy", true), ("index.txt", false)]
             );
+            let input: u64 = model.tensors.iter().map(|t| t.source.len).sum();
+            assert_eq!(consumed.load(Ordering::Relaxed), input);
+            for ((f, t), v) in files.iter().zip(&model.tensors).zip(&data) {
+                let scaled: Vec<u8> = v.iter().flat_map(|x| (x * 2.0).to_le_bytes()).collect();
+                let negatives: Vec<u8> = v
+                    .chunks(t.row_len())
+                    .map(|r| r.iter().filter(|x| **x < 0.0).count() as u8)
+                    .collect();
+                let mut want = f.header.clone();
+                for piece in [scaled, negatives] {
+                    let n = piece.len();
+                    want.extend(piece);
+                    want.resize(want.len() + n.next_multiple_of(8) - n, 0);
+                }
+                let got = std::fs::read(out.join(&f.name)).unwrap();
+                assert_eq!(got.len() as u64, f.total_bytes);
+                assert!(got == want, "{}: direct {direct}: bytes differ", f.name);
+            }
+            let index = std::fs::read_to_string(out.join("index.txt")).unwrap();
+            assert_eq!(index, "t0 t0.toy\nt1 t1.toy");
         }
-        want
     }
 
-    /// Rows encoded in place that do not fill blocks evenly, one row too
-    /// long for a block (encoded aside, then copied), a plain copy of long
-    /// rows, and padding: the same bytes as encoding each tensor whole, with
-    /// direct I/O and without.
+    /// A layout that does not add up is refused, and nothing is left.
     #[test]
-    fn streams_the_bytes_of_whole_tensor_encoding() {
+    fn a_bad_layout_is_refused_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (model, data) = model(
-            dir.path(),
-            &[
-                ("blk.0.attn_q.weight", &[600, 4128], GgmlType::Q8_0),
-                ("output_norm.weight", &[33], GgmlType::F32),
-                ("blk.0.attn_k.weight", &[7, 4128], GgmlType::Q4_0),
-                ("blk.0.ffn_down.weight", &[1, 2_000_000], GgmlType::Q8_0),
-                ("token_embd.weight", &[3, 600_000], GgmlType::F32),
-                ("blk.0.attn_v.weight", &[64, 512], GgmlType::Q4K),
-            ],
-        );
-        assert!(GgmlType::Q8_0.row_bytes(2_000_000).unwrap() > MAX_IN_PLACE);
+        let (model, _) = model(dir.path());
         let maps = [MappedFile::open(&model.files[0]).unwrap()];
-        let layout = plan(&model);
-        let want = expected(&model, &data, &layout);
-        for direct in [true, false] {
-            let out = dir.path().join(format!("out-{direct}.gguf"));
-            let cancel = AtomicBool::new(false);
-            let opts = EmitOptions::default();
-            emit(&model, &maps, &layout, &out, opts, &|_| {}, &cancel, direct).unwrap();
-            let got = std::fs::read(&out).unwrap();
-            assert_eq!(got.len() as u64, layout.total_bytes, "direct: {direct}");
-            assert!(got == want, "direct: {direct}: bytes differ");
-        }
+        let mut files = Toy.layout(&model).unwrap();
+        files[1].placements[1].offset += 8;
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let cancel = AtomicBool::new(false);
+        let r = write(
+            &model,
+            &maps,
+            &Toy,
+            &files,
+            &out,
+            WriteOptions::default(),
+            &|_| {},
+            &cancel,
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("placed at"), "{e}");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
     }
 
     #[test]
@@ -733,30 +811,5 @@ mod tests {
         v[5] = f32::MAX;
         v[6] = f32::MIN_POSITIVE / 2.0;
         assert_eq!(count_nonfinite(&v), 3);
-    }
-
-    #[test]
-    fn cancel_is_interrupted_and_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (model, _) = model(dir.path(), &[("a.weight", &[64, 4096], GgmlType::Q8_0)]);
-        let maps = [MappedFile::open(&model.files[0]).unwrap()];
-        let layout = plan(&model);
-        let out = dir.path().join("out.gguf");
-        let cancel = AtomicBool::new(true);
-        let r = write_gguf(
-            &model,
-            &maps,
-            &layout,
-            &out,
-            EmitOptions::default(),
-            &|_| {},
-            &cancel,
-        );
-        assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
-        let left: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("in.bin")]);
     }
 }
