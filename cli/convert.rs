@@ -18,7 +18,7 @@ use passes::passes::recipe::{self, ApplyRecipe, Recipe, RecipeOptions};
 use quant::GgmlType;
 use serde_json::json;
 
-use crate::util::{human_bytes, shape};
+use crate::common::{human_bytes, shape};
 use crate::Printer;
 
 #[derive(Args, Debug)]

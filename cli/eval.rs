@@ -11,8 +11,7 @@
 //!   the measured value.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -20,11 +19,9 @@ use clap::Args;
 use eval::text::{TextReport, Windows};
 use eval::weights::{Importance, Metrics, WeightReport};
 use eval::{Opened, Tokenizer, Transformer};
-use formats::tokenizer::TokenizerOptions;
-use formats::LoadOptions;
 use serde_json::{json, Value};
 
-use crate::util::shape;
+use crate::common::{cancel_flag, lift, load_options, shape};
 use crate::{CheckFailed, Printer};
 
 /// Windows evaluated when `--chunks` is not given: enough for KLD and top-1 to
@@ -73,31 +70,6 @@ pub struct EvalArgs {
     /// llama.cpp pre-tokenizer name, for a Hugging Face original whose tokenizer kiln cannot name.
     #[arg(long, value_name = "NAME")]
     pub pre_tokenizer: Option<String>,
-}
-
-/// An `eval::Error` as an anyhow error, with a `formats::Error` kept as the
-/// cause itself so that exit codes (bad input 2, interrupted 130) survive.
-pub fn lift(e: eval::Error) -> anyhow::Error {
-    match e {
-        eval::Error::Formats(f) => f.into(),
-        other => other.into(),
-    }
-}
-
-pub fn load_options(pre_tokenizer: &Option<String>) -> LoadOptions {
-    LoadOptions {
-        tokenizer: TokenizerOptions {
-            pre_tokenizer: pre_tokenizer.clone(),
-        },
-    }
-}
-
-/// A Ctrl-C flag (the first Ctrl-C sets it; work stops at the next window or block).
-pub fn cancel_flag() -> Arc<AtomicBool> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let c = cancel.clone();
-    let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
-    cancel
 }
 
 pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
