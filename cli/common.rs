@@ -139,7 +139,7 @@ pub fn lift(e: eval::Error) -> anyhow::Error {
 pub fn lift_plan(e: planner::Error) -> anyhow::Error {
     match e {
         planner::Error::Formats(f) => f.into(),
-        planner::Error::Eval(e) => lift(e),
+        planner::Error::Eval(e) => lift(*e),
         other => other.into(),
     }
 }

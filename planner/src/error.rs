@@ -10,8 +10,9 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Formats(#[from] formats::Error),
+    /// Boxed: the evaluator's errors are large.
     #[error(transparent)]
-    Eval(#[from] eval::Error),
+    Eval(Box<eval::Error>),
     #[error(transparent)]
     Pass(#[from] passes::PassError),
     #[error(transparent)]
@@ -31,12 +32,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A target profile file that cannot be read.
+    #[error("cannot read target file {}", path.display())]
+    ReadTarget {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// An evaluator error on a named model or file.
     #[error("{what}")]
     Within {
         what: String,
         #[source]
-        source: eval::Error,
+        source: Box<eval::Error>,
     },
     /// Writing one output file failed.
     #[error("writing {name}")]
@@ -48,6 +56,12 @@ pub enum Error {
     /// No allocation fits on any device count tried.
     #[error("no plan fits: {0}")]
     NoPlan(String),
+}
+
+impl From<eval::Error> for Error {
+    fn from(e: eval::Error) -> Error {
+        Error::Eval(Box::new(e))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,6 +17,7 @@ pub mod accuracy;
 pub mod build;
 pub mod compare;
 pub mod error;
+pub mod estimate;
 pub mod layout;
 pub mod manifest;
 pub mod options;
@@ -26,6 +27,7 @@ pub mod sensitivity;
 pub mod serving;
 pub mod setup;
 pub mod solve;
+pub mod targets;
 
 #[cfg(test)]
 mod tests;

@@ -129,7 +129,7 @@ fn tokenize(opened: &Opened, path: &Path, ctx: usize) -> Result<Vec<Vec<u32>>> {
     let tok = Tokenizer::from_metadata(&opened.loaded.model.metadata).map_err(|source| {
         Error::Within {
             what: opened.name(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let mut ids = Vec::new();
@@ -147,7 +147,7 @@ fn tokenize(opened: &Opened, path: &Path, ctx: usize) -> Result<Vec<Vec<u32>>> {
     )
     .map_err(|source| Error::Within {
         what: path.display().to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
