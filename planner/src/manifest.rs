@@ -6,7 +6,8 @@
 //! under this schema (field order, number formatting, `null` for what was not
 //! measured or is not finite), so a field is only ever added at a new schema
 //! version; every file listed carries its sha256 and size; a manifest read
-//! back is equal to the one written.
+//! back is equal to the one written (floats to their last bit or so:
+//! `serde_json`'s default parser may round a long decimal's last digit).
 
 use std::collections::BTreeMap;
 
