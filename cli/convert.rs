@@ -20,7 +20,7 @@ use passes::passes::{Context, Pipeline};
 use quant::GgmlType;
 use serde_json::json;
 
-use crate::util::{human_bytes, shape};
+use crate::common::{human_bytes, shape};
 use crate::Printer;
 
 #[derive(Args, Debug)]

@@ -11,20 +11,18 @@
 //!   the measured value.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use eval::report::{check_same_vocabulary, failed_gates, text_text, weights_text, Gates};
 use eval::text::{TextReport, Windows};
-use eval::weights::{Importance, Metrics, WeightReport};
+use eval::weights::Importance;
 use eval::{Opened, Tokenizer, Transformer};
-use formats::tokenizer::TokenizerOptions;
-use formats::LoadOptions;
 use serde_json::{json, Value};
 
-use crate::util::shape;
+use crate::common::{cancel_flag, lift, load_options};
 use crate::{CheckFailed, Printer};
 
 /// Windows evaluated when `--chunks` is not given: enough for KLD and top-1 to
@@ -73,31 +71,6 @@ pub struct EvalArgs {
     /// llama.cpp pre-tokenizer name, for a Hugging Face original whose tokenizer kiln cannot name.
     #[arg(long, value_name = "NAME")]
     pub pre_tokenizer: Option<String>,
-}
-
-/// An `eval::Error` as an anyhow error, with a `formats::Error` kept as the
-/// cause itself so that exit codes (bad input 2, interrupted 130) survive.
-pub fn lift(e: eval::Error) -> anyhow::Error {
-    match e {
-        eval::Error::Formats(f) => f.into(),
-        other => other.into(),
-    }
-}
-
-pub fn load_options(pre_tokenizer: &Option<String>) -> LoadOptions {
-    LoadOptions {
-        tokenizer: TokenizerOptions {
-            pre_tokenizer: pre_tokenizer.clone(),
-        },
-    }
-}
-
-/// A Ctrl-C flag (the first Ctrl-C sets it; work stops at the next window or block).
-pub fn cancel_flag() -> Arc<AtomicBool> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let c = cancel.clone();
-    let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
-    cancel
 }
 
 pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
@@ -193,7 +166,16 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
         printer.data(text_out.trim_end());
     }
     if let Some(r) = &gate_report {
-        check_gates(args, r)?;
+        let gates = Gates {
+            max_kld: args.max_kld,
+            max_ppl_ratio: args.max_ppl_ratio,
+            min_top1: args.min_top1,
+        };
+        let failed = failed_gates(&gates, r);
+        if !failed.is_empty() {
+            let msg = format!("accuracy gate failed: {}", failed.join("; "));
+            return Err(CheckFailed(msg).into());
+        }
     }
     Ok(())
 }
@@ -216,7 +198,7 @@ fn evaluate_text(
 ) -> Result<TextReport> {
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
-    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&original.loaded.model))
+    let tok = Tokenizer::from_metadata(&original.loaded.model.metadata)
         .map_err(lift)
         .with_context(|| original.name())?;
     let t0 = Instant::now();
@@ -243,7 +225,7 @@ fn evaluate_text(
     let tokenize_secs = t0.elapsed().as_secs_f64();
 
     if let Some(c) = candidate {
-        check_same_vocabulary(original, c)?;
+        check_same_vocabulary(original, c).map_err(lift)?;
     }
     let t0 = Instant::now();
     let orig_model = Transformer::new(original).map_err(lift)?;
@@ -309,172 +291,4 @@ fn evaluate_text(
     out.insert("seconds".into(), json!(secs));
     out.insert("tokens_per_second".into(), json!(tps));
     Ok(report)
-}
-
-/// The candidate is fed the original's token ids, so both must have the same
-/// token list (when both carry one).
-fn check_same_vocabulary(original: &Opened, candidate: &Opened) -> Result<()> {
-    let tokens = |m: &Opened| match formats::gguf::key_values(&m.loaded.model)
-        .0
-        .into_iter()
-        .find(|(k, _)| k == "tokenizer.ggml.tokens")
-    {
-        Some((_, passes::MetaValue::Array(a))) => Some(a),
-        _ => None,
-    };
-    if let (Some(a), Some(b)) = (tokens(original), tokens(candidate)) {
-        if a != b {
-            let at = a
-                .iter()
-                .zip(&b)
-                .position(|(x, y)| x != y)
-                .unwrap_or(a.len().min(b.len()));
-            bail!(
-                "{} and {} have different vocabularies ({} and {} tokens, first difference at id {at}): the candidate must share the original's tokenizer",
-                original.name(),
-                candidate.name(),
-                a.len(),
-                b.len()
-            );
-        }
-    }
-    Ok(())
-}
-
-fn check_gates(args: &EvalArgs, r: &TextReport) -> Result<()> {
-    let mut failed = Vec::new();
-    if let (Some(max), Some(k)) = (args.max_kld, r.kld) {
-        if k.mean.is_nan() || k.mean > max {
-            failed.push(format!(
-                "--max-kld {max}: mean KL divergence is {:.6}",
-                k.mean
-            ));
-        }
-    }
-    if let (Some(max), Some(ratio)) = (args.max_ppl_ratio, r.ppl_ratio) {
-        if ratio.is_nan() || ratio > max {
-            failed.push(format!(
-                "--max-ppl-ratio {max}: perplexity ratio is {ratio:.4} ({:.4} / {:.4})",
-                r.candidate.map(|c| c.perplexity).unwrap_or(f64::NAN),
-                r.original.perplexity
-            ));
-        }
-    }
-    if let (Some(min), Some(top1)) = (args.min_top1, r.top1_agreement) {
-        if top1.is_nan() || top1 < min {
-            failed.push(format!("--min-top1 {min}: top-1 agreement is {top1:.4}"));
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(CheckFailed(format!("accuracy gate failed: {}", failed.join("; "))).into())
-    }
-}
-
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    v.map(|v| format!("{v:.prec$}"))
-        .unwrap_or_else(|| "-".into())
-}
-
-fn metrics_cols(m: &Metrics) -> String {
-    format!(
-        "{:>11.3e} {:>10} {:>8} {:>10} {:>10.3e} {:>10}",
-        m.rmse,
-        fmt_opt(m.rel_frobenius, 6),
-        m.snr_db
-            .map(|s| format!("{s:.2}"))
-            .unwrap_or_else(|| "inf".into()),
-        fmt_opt(m.cosine, 6),
-        m.max_abs,
-        fmt_opt(m.weighted_rel_err, 6),
-    )
-}
-
-const METRIC_HEADER: &str = "       rmse    rel_err  snr_dB     cosine    max_abs    imp_err";
-
-fn weights_text(r: &WeightReport, all: bool) -> String {
-    let mut s = String::from("weight error (candidate vs original)\n\n");
-    s += &format!("{:<14} {:>7} {METRIC_HEADER}\n", "role", "tensors");
-    for g in r.roles.iter().chain(std::iter::once(&r.total)) {
-        s += &format!(
-            "{:<14} {:>7} {}\n",
-            g.role,
-            g.tensors,
-            metrics_cols(&g.metrics)
-        );
-    }
-    let mut order: Vec<&eval::weights::TensorError> = r.tensors.iter().collect();
-    if !all {
-        order.sort_by(|a, b| {
-            b.metrics
-                .rel_frobenius
-                .unwrap_or(0.0)
-                .total_cmp(&a.metrics.rel_frobenius.unwrap_or(0.0))
-        });
-        order.truncate(10);
-    }
-    let w = order.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    s += &format!(
-        "\n{} tensors{}:\n{:<w$} {:<11} {:<6} {:<6} {METRIC_HEADER}\n",
-        if all { "all" } else { "the 10 worst" },
-        if all {
-            ""
-        } else {
-            " by relative error (--all for every one)"
-        },
-        "name",
-        "shape",
-        "orig",
-        "cand"
-    );
-    for t in order {
-        s += &format!(
-            "{:<w$} {:<11} {:<6} {:<6} {}\n",
-            t.name,
-            shape(&t.shape),
-            t.original_type,
-            t.candidate_type,
-            metrics_cols(&t.metrics)
-        );
-    }
-    if !r.notes.is_empty() {
-        s += "\nnot compared:\n";
-        for n in &r.notes {
-            s += &format!("  {n}\n");
-        }
-    }
-    s + "\n"
-}
-
-fn text_text(r: &TextReport, path: &Path) -> String {
-    let mut s = format!(
-        "text: {} ({} windows of {} tokens, {} positions scored)\n",
-        path.display(),
-        r.chunks,
-        r.ctx,
-        r.scored
-    );
-    s += &format!(
-        "  original  perplexity {:.4} ± {:.4}\n",
-        r.original.perplexity, r.original.perplexity_stderr
-    );
-    if let Some(c) = r.candidate {
-        s += &format!(
-            "  candidate perplexity {:.4} ± {:.4}  (ratio {:.4})\n",
-            c.perplexity,
-            c.perplexity_stderr,
-            r.ppl_ratio.unwrap_or(f64::NAN)
-        );
-    }
-    if let Some(k) = r.kld {
-        s += &format!(
-            "  KL divergence  mean {:.6} ± {:.6}, median {:.6}, p99 {:.6}, max {:.6}\n",
-            k.mean, k.mean_stderr, k.median, k.p99, k.max
-        );
-    }
-    if let Some(t) = r.top1_agreement {
-        s += &format!("  top-1 agreement {:.2}%\n", 100.0 * t);
-    }
-    s
 }

@@ -9,7 +9,7 @@
 //! position of every window is accumulated; only `blk.*` weights unless
 //! `--process-output`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -17,9 +17,8 @@ use clap::Args;
 use eval::imatrix::Collector;
 use eval::text::Windows;
 use eval::{Tokenizer, Transformer};
-use formats::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
 
-use crate::eval::{cancel_flag, lift, load_options};
+use crate::common::{cancel_flag, lift, lift_plan, load_options};
 use crate::Printer;
 
 #[derive(Args, Debug)]
@@ -95,7 +94,9 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
     r.map_err(lift)?;
 
     let dataset = args.text.display().to_string();
-    write(&args.output, &collector, &dataset, windows.len(), args.ctx)?;
+    let im =
+        planner::to_imatrix(&collector, &dataset, windows.len(), args.ctx).map_err(lift_plan)?;
+    formats::imatrix::write_gguf(&args.output, &im)?;
     printer.info(&format!(
         "wrote {} ({} weights, {} windows of {}) in {:.2}s",
         args.output.display(),
@@ -105,48 +106,4 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
-}
-
-/// Write the collected matrix in llama.cpp's GGUF imatrix layout (through
-/// `formats::imatrix`, atomically).
-fn write(
-    path: &Path,
-    c: &Collector,
-    dataset: &str,
-    chunks: usize,
-    chunk_size: usize,
-) -> Result<()> {
-    formats::imatrix::write_gguf(path, &to_imatrix(c, dataset, chunks, chunk_size)?)?;
-    Ok(())
-}
-
-/// The collected matrix as llama.cpp's GGUF imatrix holds it.
-pub fn to_imatrix(
-    c: &Collector,
-    dataset: &str,
-    chunks: usize,
-    chunk_size: usize,
-) -> Result<Imatrix> {
-    let entries = c
-        .entries
-        .iter()
-        .map(|e| {
-            let sums = e.sum2.iter().map(|&s| s as f32).collect();
-            (
-                e.name.clone(),
-                ImatrixEntry {
-                    sums,
-                    counts: vec![e.count as i64],
-                },
-            )
-        })
-        .collect();
-    let im = Imatrix {
-        format: ImatrixFormat::Gguf,
-        entries,
-        datasets: vec![dataset.to_string()],
-        chunk_count: i32::try_from(chunks).context("too many chunks")?,
-        chunk_size: u32::try_from(chunk_size).context("--ctx too large")?,
-    };
-    Ok(im)
 }

@@ -8,7 +8,7 @@ use formats::{InputKind, LoadOptions};
 use passes::{Arch, MetaValue, Metadata};
 use serde_json::{json, Value};
 
-use crate::util::{human_bytes, human_count, shape};
+use crate::common::{human_bytes, human_count, shape};
 use crate::Printer;
 
 #[derive(Args, Debug)]

@@ -1,20 +1,20 @@
 //! kiln's command line: argument parsing, printing, progress and exit codes.
-//! Glue only: the work is in the `formats`, `passes` and `quant` crates.
+//! Glue only: the work is in the `planner`, `eval`, `formats`, `passes` and
+//! `quant` crates.
 //!
 //! Exit codes are decided in one place, [`exit_code`]: 0 success, 1 a check
 //! failed, 2 bad input or usage, 130 interrupted.
 
 mod build;
+mod common;
 mod convert;
 mod estimate;
 mod eval;
 mod imatrix;
 mod inspect;
 mod plan;
-mod planner;
 mod printer;
 mod targets;
-mod util;
 
 use std::process::ExitCode;
 

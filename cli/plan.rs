@@ -4,22 +4,21 @@
 //! devices, predicted decode speed and $ per million tokens, the predicted
 //! KL divergence from the measured per-tensor errors, and (with `--text` or
 //! `--eval-text`) the KL divergence, perplexity ratio and top-1 agreement
-//! measured on held-out text.
+//! measured on held-out text. The work is `planner::plan_targets`; this
+//! command parses, calls and prints (a table, or JSON).
 //!
 //! What must stay true: the model is measured once and every target and
 //! every option is scored with the same measurements; nothing is written.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use quant::GgmlType;
+use planner::Row;
 use serde_json::{json, Value};
 
-use crate::build::{comparison, Row};
-use crate::eval::{cancel_flag, lift};
-use crate::planner::{self, Objective, PlanArgs};
+use crate::common::{cancel_flag, lift_plan, Objective, PlanArgs};
+use crate::printer::Bars;
 use crate::Printer;
 
 #[derive(Args, Debug)]
@@ -46,11 +45,13 @@ pub struct PlanCmdArgs {
     pub plan: PlanArgs,
 }
 
+fn finite(v: Option<f64>) -> Value {
+    v.filter(|x| x.is_finite())
+        .map_or(Value::Null, |x| json!(x))
+}
+
 fn row_json(r: &Row, params: u64) -> Value {
-    let f = |v: Option<f64>| {
-        v.filter(|x| x.is_finite())
-            .map_or(Value::Null, |x| json!(x))
-    };
+    let f = finite;
     json!({
         "name": r.name,
         "tensor_bytes": r.bytes,
@@ -72,10 +73,38 @@ fn row_json(r: &Row, params: u64) -> Value {
     })
 }
 
+fn row_text(r: &Row, params: u64) -> String {
+    let m = r.text.as_ref();
+    let f = |v: Option<f64>, p: usize| {
+        v.filter(|x| x.is_finite())
+            .map_or("-".to_string(), |x| format!("{x:.p$}"))
+    };
+    format!(
+        "  {:<10} {:>12} {:>6.3} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
+        r.name,
+        r.bytes,
+        r.bytes as f64 * 8.0 / params.max(1) as f64,
+        match r.fits {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        },
+        r.devices.map_or("-".into(), |d| d.to_string()),
+        f(r.tokens_per_second, 1),
+        f(r.usd_per_mtok, 4),
+        r.weight_nsr.map_or("-".into(), |e| format!("{e:.3e}")),
+        r.error.map_or("-".into(), |e| format!("{e:.3e}")),
+        m.map_or("-".into(), |t| format!("{:.3e}", t.kld)),
+        f(m.map(|t| t.ppl / t.ppl_original), 4),
+        m.map_or("-".into(), |t| format!("{:.1}%", t.top1 * 100.0)),
+    )
+}
+
 pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
-    planner::check_args(&args.plan)?;
-    let engine = planner::engine(&args.plan)?;
-    let workload = planner::workload(&args.plan)?;
+    let options = args.plan.options();
+    planner::options::check(&options).map_err(lift_plan)?;
+    let engine = planner::options::engine(&options).map_err(lift_plan)?;
+    let workload = planner::options::workload(&options).map_err(lift_plan)?;
     let mut targets = Vec::new();
     for id in &args.targets {
         targets.push(crate::targets::resolve(
@@ -86,94 +115,27 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
         )?);
     }
     let cancel = cancel_flag();
-    let setup = planner::setup(&args.model, &args.plan, printer, &cancel)?;
-    let params = setup.opened.loaded.model.n_params();
+    let bars = Bars::new(printer);
+    let setup = planner::setup(&args.model, &options, &bars, &cancel).map_err(lift_plan)?;
+    let params = setup.params();
     let measure = !setup.eval_windows.is_empty();
-    let (original, mut candidate) = if measure {
-        (
-            Some(eval::Transformer::new(&setup.opened).map_err(lift)?),
-            Some(eval::Transformer::new(&setup.opened).map_err(lift)?),
-        )
-    } else {
-        (None, None)
-    };
-    // Measured accuracy depends only on the types: measure each table once.
-    let mut cache: BTreeMap<Vec<GgmlType>, planner::TextAccuracy> = BTreeMap::new();
-    let mut measure_types =
-        |types: &BTreeMap<String, GgmlType>| -> Result<Option<planner::TextAccuracy>> {
-            let (Some(o), Some(c)) = (original.as_ref(), candidate.as_mut()) else {
-                return Ok(None);
-            };
-            let key: Vec<GgmlType> = types.values().copied().collect();
-            if let Some(t) = cache.get(&key) {
-                return Ok(Some(t.clone()));
-            }
-            let t = planner::measure_text(&setup, types, o, c, &cancel)?;
-            cache.insert(key, t.clone());
-            Ok(Some(t))
-        };
+    let plans = planner::plan_targets(
+        &setup,
+        &targets,
+        &options,
+        engine,
+        &workload,
+        args.objective.into(),
+        args.max_error,
+        &bars,
+        &cancel,
+    )
+    .map_err(lift_plan)?;
 
     let mut out = Vec::new();
     let mut text = String::new();
-    for target in &targets {
-        let chosen = planner::solve(
-            &setup,
-            &args.plan,
-            args.objective,
-            args.max_error,
-            target,
-            engine,
-            &workload,
-        );
-        let mut rows = comparison(&setup, &args.plan, target, engine, &workload)?;
-        let budget_note = match chosen {
-            Ok(chosen) => {
-                let types: BTreeMap<String, GgmlType> = chosen
-                    .allocation
-                    .types(&setup.options)
-                    .map(|(n, t)| (n.to_string(), t))
-                    .collect();
-                let planned = planner::typed(&setup, &types)?;
-                let est = planner::cost(
-                    &planned,
-                    &setup.arch,
-                    target,
-                    engine,
-                    &workload,
-                    chosen.budget.devices,
-                )?;
-                rows.insert(
-                    0,
-                    Row {
-                        name: "kiln plan".into(),
-                        bytes: chosen.allocation.bytes,
-                        error: Some(chosen.allocation.error),
-                        fits: est.fits,
-                        devices: Some(chosen.budget.devices),
-                        tokens_per_second: est.decode_tokens_per_second.central,
-                        usd_per_mtok: est.usd_per_million_tokens.central,
-                        text: None,
-                        weight_nsr: Some(crate::build::weighted_nsr(&setup, &types)),
-                        types,
-                    },
-                );
-                format!(
-                    "budget {:.3} GB of model file ({})",
-                    chosen.budget.file_bytes as f64 / 1e9,
-                    chosen.budget.from
-                )
-            }
-            Err(e) => format!("no kiln plan: {e}"),
-        };
-        if measure {
-            let bar = printer.count_bar(rows.len() as u64, &format!("{}: measuring", target.id));
-            for r in rows.iter_mut() {
-                r.text = measure_types(&r.types)?;
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
-        }
-        text += &format!("{} ({}): {budget_note}\n", target.id, target.name);
+    for (target, p) in targets.iter().zip(&plans) {
+        text += &format!("{} ({}): {}\n", target.id, target.name, p.budget_note);
         text += &format!(
             "  {:<10} {:>12} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
             "option",
@@ -189,38 +151,15 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
             "PPL ratio",
             "top-1"
         );
-        for r in &rows {
-            let m = r.text.as_ref();
-            let f = |v: Option<f64>, p: usize| {
-                v.filter(|x| x.is_finite())
-                    .map_or("-".to_string(), |x| format!("{x:.p$}"))
-            };
-            text += &format!(
-                "  {:<10} {:>12} {:>6.3} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
-                r.name,
-                r.bytes,
-                r.bytes as f64 * 8.0 / params.max(1) as f64,
-                match r.fits {
-                    Some(true) => "yes",
-                    Some(false) => "no",
-                    None => "?",
-                },
-                r.devices.map_or("-".into(), |d| d.to_string()),
-                f(r.tokens_per_second, 1),
-                f(r.usd_per_mtok, 4),
-                r.weight_nsr.map_or("-".into(), |e| format!("{e:.3e}")),
-                r.error.map_or("-".into(), |e| format!("{e:.3e}")),
-                m.map_or("-".into(), |t| format!("{:.3e}", t.kld)),
-                f(m.map(|t| t.ppl / t.ppl_original), 4),
-                m.map_or("-".into(), |t| format!("{:.1}%", t.top1 * 100.0)),
-            );
+        for r in &p.rows {
+            text += &row_text(r, params);
         }
         text += "\n";
         out.push(json!({
             "target": target.id,
             "name": target.name,
-            "budget": budget_note,
-            "options": rows.iter().map(|r| row_json(r, params)).collect::<Vec<_>>(),
+            "budget": p.budget_note,
+            "options": p.rows.iter().map(|r| row_json(r, params)).collect::<Vec<_>>(),
         }));
     }
     if args.json {

@@ -2,9 +2,11 @@
 //!
 //! Data goes to stdout, everything else (messages, warnings, progress) to
 //! stderr. Progress bars are hidden when stderr is not a terminal, when
-//! `NO_COLOR` is set, or with `--quiet`.
+//! `NO_COLOR` is set, or with `--quiet`. [`Bars`] draws the library's
+//! [`planner::Progress`] stages with these bars.
 
 use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -74,5 +76,55 @@ impl Printer {
         );
         bar.set_message(msg.to_string());
         bar
+    }
+}
+
+/// The planner's progress as bars and status lines of a [`Printer`].
+pub struct Bars {
+    printer: Printer,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new(printer: &Printer) -> Bars {
+        Bars {
+            printer: *printer,
+            bar: Mutex::new(None),
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Option<ProgressBar>)) {
+        let mut bar = self.bar.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut bar)
+    }
+}
+
+impl planner::Progress for Bars {
+    fn start(&self, stage: &str, len: u64, unit: planner::Unit) {
+        let bar = match unit {
+            planner::Unit::Items => self.printer.count_bar(len, stage),
+            planner::Unit::Bytes => self.printer.bytes_bar(len, stage),
+        };
+        self.with(|b| *b = Some(bar));
+    }
+
+    fn advance(&self, n: u64) {
+        self.with(|b| {
+            if let Some(b) = b {
+                b.inc(n)
+            }
+        });
+    }
+
+    fn finish(&self) {
+        self.with(|b| {
+            if let Some(b) = b.take() {
+                b.finish_and_clear()
+            }
+        });
+    }
+
+    fn status(&self, text: &str) {
+        self.printer.info(text);
     }
 }

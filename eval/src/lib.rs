@@ -13,6 +13,7 @@ pub mod forward;
 pub mod imatrix;
 pub mod model;
 pub mod planning;
+pub mod report;
 pub mod text;
 pub mod tokenize;
 pub mod weights;

@@ -5,6 +5,7 @@
 //! - `open`: a loaded model in GGUF naming and layout (evaluation, planning);
 //! - `convert`: llama-quantize's job (normalize, recipe, importance);
 //! - `assign`: a plan's type table on an opened model (then its importance);
+//! - `importance`: importance vectors attached before any decision (planning);
 //! - `layout`: which output file each tensor of a planned model goes into
 //!   (one per device);
 //! - `size`: a recipe on a model synthesized from a config (the cost model
@@ -78,6 +79,12 @@ impl Pipeline {
         Pipeline::of("assign", passes)
     }
 
+    /// Importance vectors alone (the planner attaches them before any
+    /// encoding is decided: every tensor with an entry gets its vector).
+    pub fn importance(attach: AttachImportance) -> Pipeline {
+        Pipeline::of("importance", vec![Box::new(attach)])
+    }
+
     /// One output file per device for a planned model.
     pub fn layout(shard: Shard) -> Pipeline {
         Pipeline::of("layout", vec![Box::new(shard)])
@@ -118,6 +125,7 @@ mod tests {
             Pipeline::convert(recipe().unwrap(), Some(AttachImportance::default())),
             Pipeline::assign(AssignTypes::default(), Some(AttachImportance::default())),
             Pipeline::size(recipe().unwrap()),
+            Pipeline::importance(AttachImportance::default()),
             Pipeline::layout(Shard { devices: 2, cap: 1 }),
         ];
         for p in &pipelines {

@@ -1,0 +1,174 @@
+//! What the commands share: the planning argument group (converted into
+//! [`planner::PlanOptions`]), the Ctrl-C flag, turning library errors into
+//! anyhow errors that keep their exit code, and small formatters.
+//!
+//! What must stay true: a `formats::Error` inside a library error stays a
+//! cause of its own in the chain, so `main`'s exit code (2 bad input, 130
+//! interrupted) is decided from it as before.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Args;
+use quant::GgmlType;
+
+pub use planner::report::human_bytes;
+pub use planner::setup::load_options;
+
+/// Options shared by `build` and `plan`.
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// Serving engine. kiln writes GGUF, which llama.cpp serves.
+    #[arg(long, default_value = "llama.cpp")]
+    pub engine: String,
+    /// KV cache slots reserved per sequence.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub context: usize,
+    /// Sequences served at once (each with --context KV slots).
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    pub concurrency: usize,
+    /// KV cache type: f16, bf16, q8_0 or q4_0.
+    #[arg(long, default_value = "f16", value_name = "T")]
+    pub kv_type: String,
+    /// Bytes of model file per device, in GB (10^9), instead of the target's memory minus KV cache and overhead.
+    #[arg(long, value_name = "X", conflicts_with = "bpw")]
+    pub budget_gb: Option<f64>,
+    /// Bits per weight over all parameters (file size = X * params / 8), instead of the target's memory.
+    #[arg(long, value_name = "X")]
+    pub bpw: Option<f64>,
+    /// Below this average bits per weight on one device, shard across more devices instead (0: never).
+    #[arg(long, default_value_t = 3.0, value_name = "X")]
+    pub min_bpw: f64,
+    /// Importance matrix (GGUF or legacy .dat from llama-imatrix or kiln imatrix): weights the
+    /// measured errors and the quantizers.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Calibration text: collect an importance matrix (unless --imatrix) and probe each tensor
+    /// group's sensitivity; its last quarter is held out to measure the result (unless --eval-text).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Use --text only to probe sensitivities and measure: no importance matrix is collected, and
+    /// tensors are quantized without one (as llama-quantize without --imatrix).
+    #[arg(long, conflicts_with = "imatrix")]
+    pub no_imatrix: bool,
+    /// Text to measure perplexity / KL divergence / top-1 of the result on (not used for calibration).
+    #[arg(long, value_name = "FILE")]
+    pub eval_text: Option<PathBuf>,
+    /// Tokens per text window.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub ctx: usize,
+    /// Calibration windows used at most (imatrix collection).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub chunks: usize,
+    /// Calibration windows used to probe sensitivities.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub probe_chunks: usize,
+    /// Held-out windows used to measure accuracy.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub eval_chunks: usize,
+    /// Values measured per tensor at most (larger tensors are measured on evenly strided rows).
+    #[arg(long, default_value_t = 4 << 20, value_name = "N")]
+    pub sample: usize,
+    /// Leave this type out of the candidates (repeatable), e.g. a type the runtime lacks.
+    #[arg(long, value_name = "TYPE")]
+    pub exclude_type: Vec<GgmlType>,
+    /// Dequantize and requantize tensors already quantized in a GGUF input.
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// llama.cpp pre-tokenizer name, for a Hugging Face model whose tokenizer kiln cannot name.
+    #[arg(long, value_name = "NAME")]
+    pub pre_tokenizer: Option<String>,
+}
+
+impl PlanArgs {
+    /// The library's options.
+    pub fn options(&self) -> planner::PlanOptions {
+        planner::PlanOptions {
+            engine: self.engine.clone(),
+            context: self.context,
+            concurrency: self.concurrency,
+            kv_type: self.kv_type.clone(),
+            budget_gb: self.budget_gb,
+            bpw: self.bpw,
+            min_bpw: self.min_bpw,
+            imatrix: self.imatrix.clone(),
+            text: self.text.clone(),
+            no_imatrix: self.no_imatrix,
+            eval_text: self.eval_text.clone(),
+            ctx: self.ctx,
+            chunks: self.chunks,
+            probe_chunks: self.probe_chunks,
+            eval_chunks: self.eval_chunks,
+            sample: self.sample,
+            exclude_type: self.exclude_type.clone(),
+            allow_requantize: self.allow_requantize,
+            pre_tokenizer: self.pre_tokenizer.clone(),
+        }
+    }
+}
+
+/// Objective of the allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Objective {
+    /// Least predicted accuracy loss that fits the budget.
+    Accuracy,
+    /// Fewest bytes (cheapest to serve) no worse than --max-error, or than llama.cpp's Q4_K_M.
+    Cost,
+}
+
+impl From<Objective> for planner::Objective {
+    fn from(o: Objective) -> planner::Objective {
+        match o {
+            Objective::Accuracy => planner::Objective::Accuracy,
+            Objective::Cost => planner::Objective::Cost,
+        }
+    }
+}
+
+/// An `eval::Error` as an anyhow error, with a `formats::Error` kept as the
+/// cause itself so that exit codes (bad input 2, interrupted 130) survive.
+pub fn lift(e: eval::Error) -> anyhow::Error {
+    match e {
+        eval::Error::Formats(f) => f.into(),
+        other => other.into(),
+    }
+}
+
+/// A `planner::Error` as an anyhow error, keeping exit codes as [`lift`].
+pub fn lift_plan(e: planner::Error) -> anyhow::Error {
+    match e {
+        planner::Error::Formats(f) => f.into(),
+        planner::Error::Eval(e) => lift(*e),
+        other => other.into(),
+    }
+}
+
+/// A Ctrl-C flag (the first Ctrl-C sets it; work stops at the next window or block).
+pub fn cancel_flag() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
+    cancel
+}
+
+/// `134515008` -> `134.5M`.
+pub fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// `[2048, 576]` -> `2048x576`.
+pub fn shape(s: &[usize]) -> String {
+    if s.is_empty() {
+        return "scalar".into();
+    }
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}

@@ -1,0 +1,54 @@
+//! How the planner reports progress without printing: a stage starts with a
+//! length and a unit, advances, and finishes; a status line says what was
+//! done. The CLI draws bars and prints status lines through its `Printer`;
+//! tests and other callers can pass [`Silent`].
+//!
+//! What must stay true: the planner never writes to stdout or stderr itself;
+//! warnings are data (`Setup::warnings`, the manifest), not progress.
+
+use std::cell::Cell;
+
+/// What a stage counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Windows, tensors, groups, options.
+    Items,
+    /// Bytes of input.
+    Bytes,
+}
+
+/// Progress of the planner's long stages. One stage runs at a time.
+pub trait Progress: Sync {
+    /// A stage (`"measuring"`, `"probing"`, ...) of `len` units begins.
+    fn start(&self, stage: &str, len: u64, unit: Unit);
+    /// The current stage advanced by `n` units.
+    fn advance(&self, n: u64);
+    /// The current stage ended (successfully or not).
+    fn finish(&self);
+    /// A one-line status message (what was done, and how long it took).
+    fn status(&self, text: &str);
+}
+
+/// No progress shown.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: &str, _: u64, _: Unit) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+    fn status(&self, _: &str) {}
+}
+
+/// Turn a callback that reports an absolute position (the evaluator's
+/// `progress(n)`) into [`Progress::advance`] steps.
+pub(crate) fn positions(progress: &dyn Progress) -> impl Fn(usize) + '_ {
+    let last = Cell::new(0u64);
+    move |n: usize| {
+        let n = n as u64;
+        if n > last.get() {
+            progress.advance(n - last.get());
+            last.set(n);
+        }
+    }
+}

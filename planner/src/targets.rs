@@ -1,0 +1,299 @@
+//! The accelerator profiles kiln knows: the built-ins, the `cpu` profile
+//! of this host (its memory bandwidth measured on request), and profile
+//! files; resolving a `--target` id; and the profiles as text.
+//!
+//! What must stay true: the list is the built-in profiles, then `cpu`, then
+//! any file (which replaces a built-in of the same id, with a warning); a
+//! figure that is unknown prints as `?`, never as a number.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use passes::cost::host::{cpu_target, parse_host};
+use passes::cost::target::{trim_float, FIGURES};
+use passes::cost::{builtin, Figure, Origin, Precision, Target};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// Read a user's profile file.
+pub fn load_file(path: &Path) -> Result<Target> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadTarget {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let what = path.display().to_string();
+    Ok(Target::from_toml(&text, &what, Origin::File(what.clone()))?)
+}
+
+/// Time parallel copies of a 512 MiB buffer (memcpy, fast in any build
+/// profile), counting bytes read plus written; the best of four.
+fn measure_bandwidth() -> (f64, String) {
+    const BYTES: usize = 512 << 20;
+    const CHUNK: usize = 1 << 20;
+    let src: Vec<u8> = (0..BYTES).map(|i| i as u8).collect();
+    let mut dst = vec![0u8; BYTES];
+    let threads = rayon::current_num_threads();
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = Instant::now();
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    let gbps = (2 * BYTES) as f64 / best / 1e9;
+    let gbps = (gbps * 10.0).round() / 10.0;
+    (gbps, format!("best of 4 parallel copies of 512 MiB on {threads} threads, bytes read + written ({gbps} GB/s)"))
+}
+
+/// The `cpu` profile of this machine.
+pub fn host_target(measure: bool, progress: &dyn Progress) -> Target {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let info = parse_host(&cpuinfo, &meminfo);
+    let measured = if measure {
+        progress.status("measuring memory read bandwidth...");
+        Some(measure_bandwidth())
+    } else {
+        None
+    };
+    cpu_target(&info, measured)
+}
+
+/// Every profile: built-ins, `cpu`, then files (replacing built-ins of the
+/// same id, with a warning each).
+pub fn all_targets(
+    files: &[PathBuf],
+    measure: bool,
+    progress: &dyn Progress,
+) -> Result<(Vec<Target>, Vec<String>)> {
+    let mut all = builtin()?;
+    let mut warnings = Vec::new();
+    all.push(host_target(measure, progress));
+    for f in files {
+        let t = load_file(f)?;
+        if let Some(slot) = all.iter_mut().find(|x| x.id == t.id) {
+            warnings.push(format!(
+                "{} replaces the built-in profile `{}`",
+                f.display(),
+                t.id
+            ));
+            *slot = t;
+        } else {
+            all.push(t);
+        }
+    }
+    Ok((all, warnings))
+}
+
+/// The profile `id`, from the files, the built-ins or the host.
+pub fn resolve(
+    id: &str,
+    files: &[PathBuf],
+    measure: bool,
+    progress: &dyn Progress,
+) -> Result<Target> {
+    let lower = id.to_ascii_lowercase();
+    let mut from_files = Vec::new();
+    for f in files {
+        from_files.push(load_file(f)?);
+    }
+    if let Some(t) = from_files.into_iter().find(|t| t.id == lower) {
+        return Ok(t);
+    }
+    if lower == "cpu" {
+        return Ok(host_target(measure, progress));
+    }
+    Ok(passes::cost::find_builtin(&lower)?)
+}
+
+fn cell(f: Option<Figure>, uncertain: bool) -> String {
+    match f {
+        None => "-".into(),
+        Some(Figure::Unknown) => "?".into(),
+        Some(Figure::Known(v)) => {
+            let s = if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                trim_float((v * 100.0).round() / 100.0)
+            };
+            if uncertain {
+                format!("{s}~")
+            } else {
+                s
+            }
+        }
+    }
+}
+
+fn sixteen_bit(t: &Target) -> (Option<Figure>, bool) {
+    let f = t.peak(Precision::Fp16).or_else(|| t.peak(Precision::Bf16));
+    let p = if t.peak(Precision::Fp16).is_some() {
+        "peak_tflops.fp16"
+    } else {
+        "peak_tflops.bf16"
+    };
+    (f, t.is_uncertain(p))
+}
+
+/// The profiles as a table.
+pub fn list_text(all: &[Target]) -> String {
+    let header = [
+        "id", "name", "class", "mem GB", "GB/s", "fp16", "fp8", "int8", "fp4", "W", "$/h",
+    ];
+    let rows: Vec<[String; 11]> = all
+        .iter()
+        .map(|t| {
+            let (f16, u16) = sixteen_bit(t);
+            let p = |x: Precision| {
+                cell(
+                    t.peak(x),
+                    t.is_uncertain(&format!("peak_tflops.{}", x.name())),
+                )
+            };
+            [
+                t.id.clone(),
+                t.name.clone(),
+                t.class.name().to_string(),
+                cell(Some(t.memory_gb), t.is_uncertain("memory_gb")),
+                cell(
+                    Some(t.memory_bandwidth_gbps),
+                    t.is_uncertain("memory_bandwidth_gbps"),
+                ),
+                cell(f16, u16),
+                p(Precision::Fp8),
+                p(Precision::Int8),
+                p(Precision::Fp4),
+                cell(Some(t.tdp_w), t.is_uncertain("tdp_w")),
+                cell(
+                    Some(t.price_per_hour_usd),
+                    t.is_uncertain("price_per_hour_usd"),
+                ),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            let pad = w - c.chars().count();
+            if i < 3 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+            s.push_str("  ");
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|s| s.to_string()).collect(), &mut out);
+    for r in rows {
+        line(r.to_vec(), &mut out);
+    }
+    out.push_str(&format!(
+        "\n{} targets. Peaks are dense TFLOPS (TOPS for int8) of native formats; `-` not native, `?` not published, `~` uncertain.\n`kiln targets ID` shows one with its sources.\n",
+        all.len()
+    ));
+    out
+}
+
+/// One profile with the source of every figure.
+pub fn detail_text(t: &Target) -> String {
+    let origin = match &t.origin {
+        Origin::Builtin => format!("built-in, targets/{}.toml", t.id),
+        Origin::File(p) => format!("from {p}"),
+        Origin::Host => "this host".into(),
+    };
+    let mut out = format!(
+        "{}  {}\n  vendor {}, class {}, {}\n\n",
+        t.id,
+        t.name,
+        t.vendor,
+        t.class.name(),
+        origin
+    );
+    let label = |k: &str| match k {
+        "memory_gb" => ("memory", "GB"),
+        "memory_bandwidth_gbps" => ("memory bandwidth", "GB/s"),
+        "onchip_mb" => ("on-chip memory", "MB"),
+        "tdp_w" => ("power (TDP)", "W"),
+        "interconnect_gbps" => ("interconnect", "GB/s per direction"),
+        _ => ("price", "$ per device-hour"),
+    };
+    for key in FIGURES {
+        let f = t.figure(key).expect("schema figure");
+        let (name, unit) = label(key);
+        let value = match f {
+            Figure::Known(v) => format!(
+                "{} {unit}{}",
+                trim_float(v),
+                if t.is_uncertain(key) {
+                    " (uncertain)"
+                } else {
+                    ""
+                }
+            ),
+            Figure::Unknown => "unknown (not published, or not found)".to_string(),
+        };
+        out.push_str(&format!("  {name:<18} {value}\n"));
+        let src = if *key == "price_per_hour_usd" {
+            t.price_source.clone()
+        } else {
+            t.sources.get(*key).cloned()
+        };
+        if let (Figure::Known(_), Some(s)) = (f, src) {
+            out.push_str(&format!("  {:<18} source: {s}\n", ""));
+        }
+    }
+    out.push_str("\n  dense peak (TFLOPS; TOPS for integers), native formats:\n");
+    if t.peak_tflops.is_empty() {
+        out.push_str("    none published\n");
+    }
+    for (p, f) in &t.peak_tflops {
+        let u = if t.is_uncertain(&format!("peak_tflops.{}", p.name())) {
+            " (uncertain)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "    {:<6} {}{u}\n",
+            p.name(),
+            match f {
+                Figure::Known(v) => trim_float(*v),
+                Figure::Unknown => "unknown (native, not published)".into(),
+            }
+        ));
+    }
+    if let Some(s) = t.sources.get("peak_tflops") {
+        out.push_str(&format!("    source: {s}\n"));
+    }
+    out.push_str("\n  runtimes (weight formats accepted):\n");
+    if t.runtimes.is_empty() {
+        out.push_str("    none listed\n");
+    }
+    for (r, f) in &t.runtimes {
+        out.push_str(&format!("    {r:<10} {}\n", f.join(", ")));
+    }
+    if let Some(s) = t.sources.get("runtimes") {
+        out.push_str(&format!("    source: {s}\n"));
+    }
+    if !t.notes.is_empty() {
+        out.push_str("\n  notes:\n");
+        for n in &t.notes {
+            out.push_str(&format!("    - {n}\n"));
+        }
+    }
+    out
+}
