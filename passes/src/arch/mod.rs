@@ -87,6 +87,9 @@ pub enum Refuse {
     WindowBelowContext(&'static str),
 }
 
+/// A family's value transform for a tensor with this role and shape.
+pub type TransformFn = fn(&Arch, Role, &[usize]) -> Result<Option<Transform>, String>;
+
 /// Everything kiln knows about one architecture family.
 #[derive(Debug)]
 pub struct ArchSpec {
@@ -104,7 +107,7 @@ pub struct ArchSpec {
     pub rope: RopeStyle,
     /// The value transform of a tensor with this role and shape (`Err`: the
     /// tensor cannot be converted, and why).
-    pub transform: fn(&Arch, Role, &[usize]) -> Result<Option<Transform>, String>,
+    pub transform: TransformFn,
     /// The GGUF architecture keys llama.cpp reads, for a model named `name`.
     pub gguf_metadata: fn(&Arch, &str) -> Metadata,
 }
