@@ -198,7 +198,7 @@ fn evaluate_text(
 ) -> Result<TextReport> {
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
-    let tok = Tokenizer::from_metadata(&original.loaded.model.metadata)
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&original.loaded.model))
         .map_err(lift)
         .with_context(|| original.name())?;
     let t0 = Instant::now();

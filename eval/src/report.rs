@@ -26,8 +26,12 @@ fn shape(s: &[usize]) -> String {
 /// The candidate is fed the original's token ids, so both must have the same
 /// token list (when both carry one).
 pub fn check_same_vocabulary(original: &Opened, candidate: &Opened) -> Result<()> {
-    let tokens = |m: &Opened| match m.loaded.model.metadata.get("tokenizer.ggml.tokens") {
-        Some(passes::MetaValue::Array(a)) => Some(a.clone()),
+    let tokens = |m: &Opened| match formats::gguf::key_values(&m.loaded.model)
+        .0
+        .into_iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+    {
+        Some((_, passes::MetaValue::Array(a))) => Some(a),
         _ => None,
     };
     if let (Some(a), Some(b)) = (tokens(original), tokens(candidate)) {

@@ -129,12 +129,12 @@ fn tokenize(opened: &Opened, path: &Path, ctx: usize) -> Result<Vec<Vec<u32>>> {
         path: path.to_path_buf(),
         source,
     })?;
-    let tok = Tokenizer::from_metadata(&opened.loaded.model.metadata).map_err(|source| {
-        Error::Within {
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model)).map_err(
+        |source| Error::Within {
             what: opened.name(),
             source: Box::new(source),
-        }
-    })?;
+        },
+    )?;
     let mut ids = Vec::new();
     if tok.add_bos {
         ids.extend(tok.bos);
