@@ -16,6 +16,8 @@ pub mod target;
 pub mod weights;
 
 #[cfg(test)]
+mod crossval;
+#[cfg(test)]
 mod fit;
 #[cfg(test)]
 mod tests;
