@@ -96,6 +96,12 @@ pub struct Factors {
     pub bandwidth_efficiency: f64,
     /// Achieved fraction of the reference compute peak (see `estimate`).
     pub compute_efficiency: f64,
+    /// Work done on the SIMT (FP32) cores per matmul FLOP, on top of the
+    /// matmul itself (llama.cpp dequantizes weights and quantizes activations
+    /// there while the tensor cores multiply): a prefill FLOP costs
+    /// `1 / (compute_efficiency x reference peak) + simt_cost / fp32 peak`.
+    /// 0 for engines whose kernels fuse it (the server class).
+    pub simt_cost: f64,
     /// Fixed time per layer per forward pass (kernel launches, sync), in µs.
     pub layer_overhead_us: f64,
     /// 10th and 90th percentiles of measured / predicted rate on the fit rows:
@@ -138,6 +144,8 @@ struct RawFactor {
     device: String,
     bandwidth_efficiency: f64,
     compute_efficiency: f64,
+    #[serde(default)]
+    simt_cost: f64,
     layer_overhead_us: f64,
     band_low: f64,
     band_high: f64,
@@ -160,9 +168,9 @@ impl Calibration {
                 f.band_low,
                 f.band_high,
             ];
+            let non_negative = [f.layer_overhead_us, f.simt_cost];
             if positive.iter().any(|v| !v.is_finite() || *v <= 0.0)
-                || f.layer_overhead_us.is_nan()
-                || f.layer_overhead_us < 0.0
+                || non_negative.iter().any(|v| !v.is_finite() || *v < 0.0)
             {
                 return Err(bad(format!(
                     "factors for {}/{} must be positive",
@@ -174,6 +182,7 @@ impl Calibration {
                 Factors {
                     bandwidth_efficiency: f.bandwidth_efficiency,
                     compute_efficiency: f.compute_efficiency,
+                    simt_cost: f.simt_cost,
                     layer_overhead_us: f.layer_overhead_us,
                     band_low: f.band_low,
                     band_high: f.band_high,
@@ -245,6 +254,7 @@ impl Calibration {
                 "compute_efficiency = {}\n",
                 round6(f.compute_efficiency)
             ));
+            s.push_str(&format!("simt_cost = {}\n", round6(f.simt_cost)));
             s.push_str(&format!(
                 "layer_overhead_us = {}\n",
                 round6(f.layer_overhead_us)

@@ -532,6 +532,7 @@ enum Param {
     Allreduce,
     Bw(EngineClass, DeviceClass),
     Compute(EngineClass, DeviceClass),
+    Simt(EngineClass, DeviceClass),
     Layer(EngineClass, DeviceClass),
 }
 
@@ -540,6 +541,7 @@ fn get(cal: &Calibration, p: Param) -> f64 {
         Param::Allreduce => cal.allreduce_latency_us,
         Param::Bw(e, d) => cal.factors[&(e, d)].bandwidth_efficiency,
         Param::Compute(e, d) => cal.factors[&(e, d)].compute_efficiency,
+        Param::Simt(e, d) => cal.factors[&(e, d)].simt_cost,
         Param::Layer(e, d) => cal.factors[&(e, d)].layer_overhead_us,
     }
 }
@@ -549,6 +551,7 @@ fn set(cal: &mut Calibration, p: Param, v: f64) {
         Param::Allreduce => cal.allreduce_latency_us = v,
         Param::Bw(e, d) => cal.factors.get_mut(&(e, d)).unwrap().bandwidth_efficiency = v,
         Param::Compute(e, d) => cal.factors.get_mut(&(e, d)).unwrap().compute_efficiency = v,
+        Param::Simt(e, d) => cal.factors.get_mut(&(e, d)).unwrap().simt_cost = v,
         Param::Layer(e, d) => cal.factors.get_mut(&(e, d)).unwrap().layer_overhead_us = v,
     }
 }
@@ -558,6 +561,7 @@ fn bounds(p: Param) -> (f64, f64) {
         Param::Allreduce => (0.0, 300.0),
         Param::Bw(..) => (0.2, 1.0),
         Param::Compute(..) => (0.02, 4.0),
+        Param::Simt(..) => (0.0, 2.0),
         Param::Layer(..) => (0.0, 500.0),
     }
 }
@@ -591,6 +595,7 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
             .or_insert(Factors {
                 bandwidth_efficiency: 0.8,
                 compute_efficiency: 0.5,
+                simt_cost: 0.0,
                 layer_overhead_us: 50.0,
                 band_low: 1.0,
                 band_high: 1.0,
@@ -601,6 +606,9 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
     let mut params = vec![Param::Allreduce];
     for &(e, d) in cal.factors.keys() {
         params.extend([Param::Bw(e, d), Param::Compute(e, d), Param::Layer(e, d)]);
+        if e == EngineClass::LlamaCpp {
+            params.push(Param::Simt(e, d));
+        }
     }
     for _sweep in 0..5 {
         for &p in &params {
@@ -755,16 +763,17 @@ fn report(
         "APE is |predicted - measured| / measured for each row, with the shipped factors.\n\n",
     );
     s.push_str("## Fitted factors\n\n");
-    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | overhead per layer (µs) | band (held-out measured/predicted, p10-p90) |\n|---|---|---:|---:|---:|---:|---|\n");
+    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | band (held-out measured/predicted, p10-p90) |\n|---|---|---:|---:|---:|---:|---:|---|\n");
     for ((e, d), f) in &cal.factors {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.3} | {:.1} | {:.2} - {:.2} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} - {:.2} |",
             e.name(),
             d.name(),
             f.rows,
             f.bandwidth_efficiency,
             f.compute_efficiency,
+            f.simt_cost,
             f.layer_overhead_us,
             f.band_low,
             f.band_high
@@ -775,7 +784,7 @@ fn report(
         "\nAll-reduce latency (tensor parallel, per all-reduce, two per layer): {} µs.\n",
         round6(cal.allreduce_latency_us)
     );
-    s.push_str("Compute efficiency is relative to the FP32 peak for llama.cpp (its prefill tracks the SIMT rate, not tensor-core peaks, so it can exceed 1) and to the peak of the weight format (fp8, fp4) or of fp16 for server engines.\n\n");
+    s.push_str("Compute efficiency is relative to the fp16 peak for llama.cpp (tensor cores where the device has them), plus `SIMT cost` FP32 FLOPs per matmul FLOP at the FP32 peak (dequantization and activation quantization on the SIMT cores), and to the peak of the weight format (fp8, fp4) or of fp16 for server engines.\n\n");
     s.push_str("## Cross-validated error\n\nEach group of rows (one hardware model; one source) predicted by a fit on the other rows; the band of a held-out row is the 10th-90th percentile of measured/predicted over the other hardware's held-out rows of its class. `borrowed`: rows whose class had no rows left in the fold (predicted with another class's factors and a widened band, as `kiln estimate` does).\n\n");
     s.push_str(cv);
     s.push_str("\n## In-sample error per metric group\n\n");
