@@ -80,7 +80,7 @@ impl EngineClass {
         }
     }
 
-    fn parse(s: &str) -> Option<EngineClass> {
+    pub fn parse(s: &str) -> Option<EngineClass> {
         match s {
             "llama.cpp" => Some(EngineClass::LlamaCpp),
             "server" => Some(EngineClass::Server),
@@ -112,12 +112,25 @@ pub struct Factors {
     pub rows: usize,
 }
 
+/// Which figures of one target were checked against measurements: `rows`
+/// calibration rows of `engine` on target `target` for headline `metric`
+/// (`decode`, `prefill` or `throughput`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Validated {
+    pub target: String,
+    pub engine: EngineClass,
+    pub metric: String,
+    pub rows: usize,
+}
+
 /// All fitted factors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     /// Fixed latency of one tensor-parallel all-reduce, in µs.
     pub allreduce_latency_us: f64,
     pub factors: BTreeMap<(EngineClass, DeviceClass), Factors>,
+    /// The (target, engine, metric) triples with calibration rows, sorted.
+    pub validated: Vec<Validated>,
 }
 
 /// Factors chosen for an estimate, and whether they were borrowed.
@@ -135,6 +148,17 @@ pub struct Chosen {
 struct RawCalibration {
     allreduce_latency_us: f64,
     factor: Vec<RawFactor>,
+    #[serde(default)]
+    validated: Vec<RawValidated>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidated {
+    target: String,
+    engine: String,
+    metric: String,
+    rows: usize,
 }
 
 #[derive(Deserialize)]
@@ -193,9 +217,22 @@ impl Calibration {
         if raw.allreduce_latency_us.is_nan() || raw.allreduce_latency_us < 0.0 {
             return Err(bad("allreduce_latency_us must be >= 0".into()));
         }
+        let mut validated = Vec::new();
+        for v in raw.validated {
+            let engine = EngineClass::parse(&v.engine)
+                .ok_or_else(|| bad(format!("unknown engine class `{}`", v.engine)))?;
+            validated.push(Validated {
+                target: v.target,
+                engine,
+                metric: v.metric,
+                rows: v.rows,
+            });
+        }
+        validated.sort();
         Ok(Calibration {
             allreduce_latency_us: raw.allreduce_latency_us,
             factors,
+            validated,
         })
     }
 
@@ -262,6 +299,13 @@ impl Calibration {
             s.push_str(&format!("band_low = {}\n", round6(f.band_low)));
             s.push_str(&format!("band_high = {}\n", round6(f.band_high)));
             s.push_str(&format!("rows = {}\n", f.rows));
+        }
+        for v in &self.validated {
+            s.push_str("\n[[validated]]\n");
+            s.push_str(&format!("target = \"{}\"\n", v.target));
+            s.push_str(&format!("engine = \"{}\"\n", v.engine.name()));
+            s.push_str(&format!("metric = \"{}\"\n", v.metric));
+            s.push_str(&format!("rows = {}\n", v.rows));
         }
         s
     }

@@ -307,7 +307,11 @@ fn cross_validated_error_has_not_regressed() {
     let hardware = held_out(&all, Scheme::Hardware);
     let source = held_out(&all, Scheme::Source);
     let bad = regressions(&hardware, &source);
-    assert!(bad.is_empty(), "cross-validation regressed:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "cross-validation regressed:\n{}",
+        bad.join("\n")
+    );
     // A fold must predict every row it holds out.
     let missing: Vec<&str> = hardware
         .iter()
@@ -315,5 +319,8 @@ fn cross_validated_error_has_not_regressed() {
         .filter(|h| h.ape.is_none())
         .map(|h| h.case.id.as_str())
         .collect();
-    assert!(missing.is_empty(), "held-out rows without a prediction: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "held-out rows without a prediction: {missing:?}"
+    );
 }

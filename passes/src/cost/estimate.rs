@@ -333,7 +333,11 @@ impl Machine<'_> {
         let tokens = batch * prompt;
         let bytes = self.read_bytes(tokens) + tokens * self.kv_per_token;
         let t_mem = bytes / (self.tp * e.bw * self.bw);
-        let t_comp = self.compute_time(tokens * self.flops_per_token(prompt / 2.0), self.peak(e)?, e);
+        let t_comp = self.compute_time(
+            tokens * self.flops_per_token(prompt / 2.0),
+            self.peak(e)?,
+            e,
+        );
         Some(t_mem.max(t_comp) + self.overhead(e) + self.allreduce(tokens, e))
     }
 

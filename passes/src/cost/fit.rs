@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::calibration::{round6, Calibration, Engine, EngineClass, Factors};
+use super::calibration::{round6, Calibration, Engine, EngineClass, Factors, Validated};
 use super::crossval::{self, apply_bands, held_out, Scheme};
 use super::estimate::{estimate, Batch, Estimate, KvType, ModelCost, Workload};
 use super::shape::Shape;
@@ -588,6 +588,7 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
     let mut cal = Calibration {
         allreduce_latency_us: 50.0,
         factors: BTreeMap::new(),
+        validated: Vec::new(),
     };
     for c in cases.iter().filter(|c| c.fit) {
         cal.factors
@@ -636,6 +637,23 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
         }
     }
     cal
+}
+
+/// The (target, engine class, headline metric) triples the fitted rows measure.
+fn validated(cases: &[Case]) -> Vec<Validated> {
+    let mut n: BTreeMap<(String, EngineClass, &str), usize> = BTreeMap::new();
+    for c in cases.iter().filter(|c| c.fit) {
+        *n.entry((c.target.id.clone(), c.engine.class(), headline(&c.metric)))
+            .or_default() += 1;
+    }
+    n.into_iter()
+        .map(|((target, engine, metric), rows)| Validated {
+            target,
+            engine,
+            metric: metric.to_string(),
+            rows,
+        })
+        .collect()
 }
 
 struct Scored<'a> {
@@ -863,6 +881,7 @@ fn shipped_calibration_is_the_fit_of_the_data() {
     let hardware = held_out(&cases, Scheme::Hardware);
     let source = held_out(&cases, Scheme::Source);
     apply_bands(&mut cal, &hardware);
+    cal.validated = validated(&cases);
     let scored = score(&cases, &cal);
     let in_sample: BTreeMap<String, f64> = scored
         .iter()
@@ -878,7 +897,10 @@ fn shipped_calibration_is_the_fit_of_the_data() {
         &splice(
             &section,
             "calibration-table",
-            &format!("{cv}\nIn-sample, with the shipped factors, per metric and hardware class:\n\n{}", readme_table(&scored)),
+            &format!(
+                "{cv}\nIn-sample, with the shipped factors, per metric and hardware class:\n\n{}",
+                readme_table(&scored)
+            ),
         ),
         "recipe-table",
         &recipe_table(),

@@ -9,6 +9,7 @@
 //! `bench/calibration/measured-calibration.csv`, checked by tests.
 
 pub mod calibration;
+pub mod coverage;
 pub mod estimate;
 pub mod host;
 pub mod shape;
@@ -22,7 +23,7 @@ mod fit;
 #[cfg(test)]
 mod tests;
 
-pub use calibration::{Calibration, Engine, EngineClass, Factors};
+pub use calibration::{Calibration, Engine, EngineClass, Factors, Validated};
 pub use estimate::{
     estimate, weight_budget, Band, Batch, Estimate, KvType, MemoryBudget, ModelCost, Workload,
 };
