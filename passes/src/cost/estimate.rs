@@ -8,11 +8,13 @@
 //! same FLOPs for every prompt token. The roofline bound is the larger of
 //! bytes / peak bandwidth and FLOPs / peak compute. The central estimate
 //! divides those by fitted efficiencies (achieved fraction of bandwidth and
-//! of a reference compute peak, per engine class and device class), adds a
-//! fixed time per layer per forward pass, and, across tensor-parallel
-//! devices, an all-reduce cost per layer (fitted latency plus bytes over the
+//! of a reference compute peak, per engine class and device class; llama.cpp
+//! adds its SIMT-side dequantization work at the FP32 peak), adds a fixed
+//! time per layer per forward pass, and, across tensor-parallel devices, an
+//! all-reduce cost per layer (fitted latency plus bytes over the
 //! interconnect). Bands are the 10th/90th percentiles of measured/predicted
-//! on the calibration rows.
+//! over cross-validated (held-out hardware) predictions of the calibration
+//! rows.
 //!
 //! What must stay true: memory arithmetic is exact from tensor shapes and
 //! needs no calibration; an unknown figure yields `None` and a note, never a
