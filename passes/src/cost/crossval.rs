@@ -189,7 +189,9 @@ pub(super) struct Cell {
 /// Cells per (headline metric, hardware class); class `all` aggregates.
 pub(super) fn cells(held: &[HeldOut<'_>]) -> BTreeMap<(String, String), Cell> {
     let cov = covered(held);
-    let mut acc: BTreeMap<(String, String), (Vec<f64>, usize, usize, usize)> = BTreeMap::new();
+    // Per cell: APEs, rows with a band, rows inside it, rows with borrowed factors.
+    type Acc = (Vec<f64>, usize, usize, usize);
+    let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
     for (h, c) in held.iter().zip(&cov) {
         let metric = headline(&h.case.metric).to_string();
         for class in [h.case.hw_class().to_string(), "all".to_string()] {
@@ -283,7 +285,7 @@ pub(super) fn regressions(hardware: &[HeldOut<'_>], source: &[HeldOut<'_>]) -> V
             bad.push(format!("{}: no {metric} rows", scheme.name()));
             continue;
         };
-        if !(c.mdape <= *max_ape) {
+        if c.mdape.is_nan() || c.mdape > *max_ape {
             bad.push(format!(
                 "{}: {metric} median APE {:.1}% above its limit {max_ape}%",
                 scheme.name(),
