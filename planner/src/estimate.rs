@@ -215,6 +215,7 @@ pub fn json(e: &Estimate, model: &str, counted_from: &str) -> Value {
                 "rows": c.factors.rows,
                 "bandwidth_efficiency": c.factors.bandwidth_efficiency,
                 "compute_efficiency": c.factors.compute_efficiency,
+                "simt_cost": c.factors.simt_cost,
                 "layer_overhead_us": c.factors.layer_overhead_us,
             }),
             None => Value::Null,

@@ -9,9 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use passes::cost::coverage::{coverage_code, coverage_text, CODE_LEGEND};
 use passes::cost::host::{cpu_target, parse_host};
 use passes::cost::target::{trim_float, FIGURES};
-use passes::cost::{builtin, Figure, Origin, Precision, Target};
+use passes::cost::{builtin, Calibration, Figure, Origin, Precision, Target};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -143,8 +144,10 @@ fn sixteen_bit(t: &Target) -> (Option<Figure>, bool) {
 pub fn list_text(all: &[Target]) -> String {
     let header = [
         "id", "name", "class", "mem GB", "GB/s", "fp16", "fp8", "int8", "fp4", "W", "$/h",
+        "measured",
     ];
-    let rows: Vec<[String; 11]> = all
+    let cal = Calibration::shipped().ok();
+    let rows: Vec<[String; 12]> = all
         .iter()
         .map(|t| {
             let (f16, u16) = sixteen_bit(t);
@@ -172,6 +175,7 @@ pub fn list_text(all: &[Target]) -> String {
                     Some(t.price_per_hour_usd),
                     t.is_uncertain("price_per_hour_usd"),
                 ),
+                cal.as_ref().map_or("-".into(), |c| coverage_code(c, t)),
             ]
         })
         .collect();
@@ -186,7 +190,7 @@ pub fn list_text(all: &[Target]) -> String {
         let mut s = String::new();
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
             let pad = w - c.chars().count();
-            if i < 3 {
+            if i < 3 || i == 11 {
                 s.push_str(c);
                 s.push_str(&" ".repeat(pad));
             } else {
@@ -203,7 +207,7 @@ pub fn list_text(all: &[Target]) -> String {
         line(r.to_vec(), &mut out);
     }
     out.push_str(&format!(
-        "\n{} targets. Peaks are dense TFLOPS (TOPS for int8) of native formats; `-` not native, `?` not published, `~` uncertain.\n`kiln targets ID` shows one with its sources.\n",
+        "\n{} targets. Peaks are dense TFLOPS (TOPS for int8) of native formats; `-` not native, `?` not published, `~` uncertain.\n`kiln targets ID` shows one with its sources.\n{CODE_LEGEND}\n",
         all.len()
     ));
     out
@@ -288,6 +292,9 @@ pub fn detail_text(t: &Target) -> String {
     }
     if let Some(s) = t.sources.get("runtimes") {
         out.push_str(&format!("    source: {s}\n"));
+    }
+    if let Ok(cal) = Calibration::shipped() {
+        out.push_str(&coverage_text(&cal, t));
     }
     if !t.notes.is_empty() {
         out.push_str("\n  notes:\n");

@@ -80,7 +80,7 @@ impl EngineClass {
         }
     }
 
-    fn parse(s: &str) -> Option<EngineClass> {
+    pub fn parse(s: &str) -> Option<EngineClass> {
         match s {
             "llama.cpp" => Some(EngineClass::LlamaCpp),
             "server" => Some(EngineClass::Server),
@@ -96,6 +96,12 @@ pub struct Factors {
     pub bandwidth_efficiency: f64,
     /// Achieved fraction of the reference compute peak (see `estimate`).
     pub compute_efficiency: f64,
+    /// Work done on the SIMT (FP32) cores per matmul FLOP, on top of the
+    /// matmul itself (llama.cpp dequantizes weights and quantizes activations
+    /// there while the tensor cores multiply): a prefill FLOP costs
+    /// `1 / (compute_efficiency x reference peak) + simt_cost / fp32 peak`.
+    /// 0 for engines whose kernels fuse it (the server class).
+    pub simt_cost: f64,
     /// Fixed time per layer per forward pass (kernel launches, sync), in µs.
     pub layer_overhead_us: f64,
     /// 10th and 90th percentiles of measured / predicted rate on the fit rows:
@@ -106,12 +112,25 @@ pub struct Factors {
     pub rows: usize,
 }
 
+/// Which figures of one target were checked against measurements: `rows`
+/// calibration rows of `engine` on target `target` for headline `metric`
+/// (`decode`, `prefill` or `throughput`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Validated {
+    pub target: String,
+    pub engine: EngineClass,
+    pub metric: String,
+    pub rows: usize,
+}
+
 /// All fitted factors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     /// Fixed latency of one tensor-parallel all-reduce, in µs.
     pub allreduce_latency_us: f64,
     pub factors: BTreeMap<(EngineClass, DeviceClass), Factors>,
+    /// The (target, engine, metric) triples with calibration rows, sorted.
+    pub validated: Vec<Validated>,
 }
 
 /// Factors chosen for an estimate, and whether they were borrowed.
@@ -129,6 +148,17 @@ pub struct Chosen {
 struct RawCalibration {
     allreduce_latency_us: f64,
     factor: Vec<RawFactor>,
+    #[serde(default)]
+    validated: Vec<RawValidated>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidated {
+    target: String,
+    engine: String,
+    metric: String,
+    rows: usize,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +168,8 @@ struct RawFactor {
     device: String,
     bandwidth_efficiency: f64,
     compute_efficiency: f64,
+    #[serde(default)]
+    simt_cost: f64,
     layer_overhead_us: f64,
     band_low: f64,
     band_high: f64,
@@ -160,9 +192,9 @@ impl Calibration {
                 f.band_low,
                 f.band_high,
             ];
+            let non_negative = [f.layer_overhead_us, f.simt_cost];
             if positive.iter().any(|v| !v.is_finite() || *v <= 0.0)
-                || f.layer_overhead_us.is_nan()
-                || f.layer_overhead_us < 0.0
+                || non_negative.iter().any(|v| !v.is_finite() || *v < 0.0)
             {
                 return Err(bad(format!(
                     "factors for {}/{} must be positive",
@@ -174,6 +206,7 @@ impl Calibration {
                 Factors {
                     bandwidth_efficiency: f.bandwidth_efficiency,
                     compute_efficiency: f.compute_efficiency,
+                    simt_cost: f.simt_cost,
                     layer_overhead_us: f.layer_overhead_us,
                     band_low: f.band_low,
                     band_high: f.band_high,
@@ -184,9 +217,22 @@ impl Calibration {
         if raw.allreduce_latency_us.is_nan() || raw.allreduce_latency_us < 0.0 {
             return Err(bad("allreduce_latency_us must be >= 0".into()));
         }
+        let mut validated = Vec::new();
+        for v in raw.validated {
+            let engine = EngineClass::parse(&v.engine)
+                .ok_or_else(|| bad(format!("unknown engine class `{}`", v.engine)))?;
+            validated.push(Validated {
+                target: v.target,
+                engine,
+                metric: v.metric,
+                rows: v.rows,
+            });
+        }
+        validated.sort();
         Ok(Calibration {
             allreduce_latency_us: raw.allreduce_latency_us,
             factors,
+            validated,
         })
     }
 
@@ -245,6 +291,7 @@ impl Calibration {
                 "compute_efficiency = {}\n",
                 round6(f.compute_efficiency)
             ));
+            s.push_str(&format!("simt_cost = {}\n", round6(f.simt_cost)));
             s.push_str(&format!(
                 "layer_overhead_us = {}\n",
                 round6(f.layer_overhead_us)
@@ -252,6 +299,13 @@ impl Calibration {
             s.push_str(&format!("band_low = {}\n", round6(f.band_low)));
             s.push_str(&format!("band_high = {}\n", round6(f.band_high)));
             s.push_str(&format!("rows = {}\n", f.rows));
+        }
+        for v in &self.validated {
+            s.push_str("\n[[validated]]\n");
+            s.push_str(&format!("target = \"{}\"\n", v.target));
+            s.push_str(&format!("engine = \"{}\"\n", v.engine.name()));
+            s.push_str(&format!("metric = \"{}\"\n", v.metric));
+            s.push_str(&format!("rows = {}\n", v.rows));
         }
         s
     }

@@ -8,11 +8,13 @@
 //! same FLOPs for every prompt token. The roofline bound is the larger of
 //! bytes / peak bandwidth and FLOPs / peak compute. The central estimate
 //! divides those by fitted efficiencies (achieved fraction of bandwidth and
-//! of a reference compute peak, per engine class and device class), adds a
-//! fixed time per layer per forward pass, and, across tensor-parallel
-//! devices, an all-reduce cost per layer (fitted latency plus bytes over the
+//! of a reference compute peak, per engine class and device class; llama.cpp
+//! adds its SIMT-side dequantization work at the FP32 peak), adds a fixed
+//! time per layer per forward pass, and, across tensor-parallel devices, an
+//! all-reduce cost per layer (fitted latency plus bytes over the
 //! interconnect). Bands are the 10th/90th percentiles of measured/predicted
-//! on the calibration rows.
+//! over cross-validated (held-out hardware) predictions of the calibration
+//! rows.
 //!
 //! What must stay true: memory arithmetic is exact from tensor shapes and
 //! needs no calibration; an unknown figure yields `None` and a note, never a
@@ -255,6 +257,8 @@ struct Machine<'a> {
     /// Central compute reference (FLOP/s) and the roofline peak.
     peak_ref: Option<f64>,
     peak_bound: Option<f64>,
+    /// FP32 (SIMT) peak, FLOP/s, for the engine's SIMT-side work.
+    peak_simt: Option<f64>,
     ic: Option<f64>,
     /// Devices one step's work is divided over (1 under llama.cpp's layer split).
     tp: f64,
@@ -268,6 +272,8 @@ struct Eff {
     ideal: bool,
     bw: f64,
     compute: f64,
+    /// SIMT FLOPs per matmul FLOP (see [`super::Factors::simt_cost`]).
+    simt: f64,
     layer_s: f64,
     allreduce_s: f64,
 }
@@ -314,7 +320,7 @@ impl Machine<'_> {
         let bytes = self.read_bytes(batch) + batch * ctx * self.kv_per_token;
         let t_mem = bytes / (self.tp * e.bw * self.bw);
         let t_comp = match self.peak(e) {
-            Some(p) => batch * self.flops_per_token(ctx) / (self.tp * e.compute * p),
+            Some(p) => self.compute_time(batch * self.flops_per_token(ctx), p, e),
             None if need_compute => return None,
             None => 0.0,
         };
@@ -329,9 +335,22 @@ impl Machine<'_> {
         let tokens = batch * prompt;
         let bytes = self.read_bytes(tokens) + tokens * self.kv_per_token;
         let t_mem = bytes / (self.tp * e.bw * self.bw);
-        let t_comp =
-            tokens * self.flops_per_token(prompt / 2.0) / (self.tp * e.compute * self.peak(e)?);
+        let t_comp = self.compute_time(
+            tokens * self.flops_per_token(prompt / 2.0),
+            self.peak(e)?,
+            e,
+        );
         Some(t_mem.max(t_comp) + self.overhead(e) + self.allreduce(tokens, e))
+    }
+
+    /// `flops` at a fraction of `peak` across the group, plus the engine's
+    /// SIMT-side work at the FP32 peak (none when that peak is unknown).
+    fn compute_time(&self, flops: f64, peak: f64, e: &Eff) -> f64 {
+        let simt = match self.peak_simt {
+            Some(p) if e.simt > 0.0 => flops * e.simt / (self.tp * p),
+            _ => 0.0,
+        };
+        flops / (self.tp * e.compute * peak) + simt
     }
 
     fn peak(&self, e: &Eff) -> Option<f64> {
@@ -579,8 +598,9 @@ pub fn estimate(
         }
     }
     let ref_order: &[Precision] = match engine.class() {
-        // llama.cpp's prefill tracks the SIMT (FP32) rate, not tensor peaks (see CALIBRATION.md).
-        EngineClass::LlamaCpp => &[Precision::Fp32, Precision::Fp16, Precision::Bf16],
+        // llama.cpp multiplies on the tensor cores (fp16 rate) and dequantizes on
+        // the SIMT cores (fp32 rate, `simt_cost`): see CALIBRATION.md.
+        EngineClass::LlamaCpp => &[Precision::Fp16, Precision::Bf16, Precision::Fp32],
         EngineClass::Server => model.format.server_compute(),
     };
     let bound_order: Vec<Precision> = match engine.class() {
@@ -675,6 +695,7 @@ pub fn estimate(
         bw: bw.unwrap_or(0.0),
         peak_ref: peak_ref.map(|(_, v)| v),
         peak_bound,
+        peak_simt: known_peak(target, &[Precision::Fp32]).map(|(_, v)| v),
         ic,
         tp: if layer_split { 1.0 } else { tp as f64 },
         kv_per_token,
@@ -688,6 +709,7 @@ pub fn estimate(
         ideal: false,
         bw: chosen.factors.bandwidth_efficiency,
         compute: chosen.factors.compute_efficiency,
+        simt: chosen.factors.simt_cost,
         layer_s: chosen.factors.layer_overhead_us * 1e-6,
         allreduce_s: cal.allreduce_latency_us * 1e-6,
     };
@@ -695,6 +717,7 @@ pub fn estimate(
         ideal: true,
         bw: 1.0,
         compute: 1.0,
+        simt: 0.0,
         layer_s: 0.0,
         allreduce_s: 0.0,
     };

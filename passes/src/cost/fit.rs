@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::calibration::{round6, Calibration, Engine, EngineClass, Factors};
+use super::calibration::{round6, Calibration, Engine, EngineClass, Factors, Validated};
+use super::crossval::{self, apply_bands, held_out, Scheme};
 use super::estimate::{estimate, Batch, Estimate, KvType, ModelCost, Workload};
 use super::target::{find_builtin, DeviceClass, Target};
 use super::weights::{weight_bytes, Recipe, WeightBytes, WeightFormat, FORMAT_TABLE};
@@ -296,6 +297,18 @@ fn group(metric: &str) -> &'static str {
     }
 }
 
+/// The headline metric a row scores: batch-1 `decode`, `prefill` (prompt
+/// processing, prefill latency and time to first token), high-batch
+/// `throughput` (batched decode and MLPerf Offline), or `energy`.
+pub(super) fn headline(metric: &str) -> &'static str {
+    match group(metric) {
+        "decode" => "decode",
+        "prefill" | "ttft" => "prefill",
+        "batched decode" | "MLPerf throughput" => "throughput",
+        _ => "energy",
+    }
+}
+
 /// Is the metric a time or energy (lower is better) rather than a rate?
 fn lower_is_better(metric: &str) -> bool {
     matches!(
@@ -309,11 +322,11 @@ fn lower_is_better(metric: &str) -> bool {
 }
 
 /// A row turned into an estimate request.
-struct Case {
+pub(super) struct Case {
     row: Row,
-    id: String,
-    metric: String,
-    measured: f64,
+    pub(super) id: String,
+    pub(super) metric: String,
+    pub(super) measured: f64,
     arch: Arch,
     weights: WeightBytes,
     format: WeightFormat,
@@ -323,17 +336,40 @@ struct Case {
     /// An MLPerf Offline row: the best tensor-parallel layout is searched.
     mlperf: bool,
     /// Used in the fit (energy rows are only evaluated).
-    fit: bool,
+    pub(super) fit: bool,
 }
 
-struct Excluded {
+impl Case {
+    /// The factor set this row is predicted with.
+    pub(super) fn key(&self) -> (EngineClass, DeviceClass) {
+        (self.engine.class(), self.target.class)
+    }
+
+    /// The hardware model measured (the kiln profile it maps to): the group
+    /// left out together in leave-one-hardware-out cross-validation.
+    pub(super) fn hardware(&self) -> &str {
+        &self.target.id
+    }
+
+    /// Where the figure was published: the group of leave-one-source-out.
+    pub(super) fn source(&self) -> &str {
+        self.row.get("source_url")
+    }
+
+    /// The CSV's hardware class (Apple Silicon GPU, NVIDIA GPU, ...).
+    pub(super) fn hw_class(&self) -> &str {
+        self.row.get("hw_class")
+    }
+}
+
+pub(super) struct Excluded {
     id: String,
     hardware: String,
     metric: String,
     reason: String,
 }
 
-fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
+pub(super) fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
     let mut cases = Vec::new();
     let mut excluded = Vec::new();
     let mut mapping_notes = BTreeMap::new();
@@ -423,7 +459,7 @@ fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
 }
 
 /// The model's prediction for a case, in the row's unit.
-fn predict(c: &Case, cal: &Calibration) -> Option<f64> {
+pub(super) fn predict(c: &Case, cal: &Calibration) -> Option<f64> {
     let model = ModelCost {
         arch: &c.arch,
         weights: &c.weights,
@@ -471,7 +507,7 @@ fn predict(c: &Case, cal: &Calibration) -> Option<f64> {
 }
 
 /// measured / predicted as a rate (> 1: the hardware did better than predicted).
-fn rate_ratio(c: &Case, predicted: f64) -> f64 {
+pub(super) fn rate_ratio(c: &Case, predicted: f64) -> f64 {
     if lower_is_better(&c.metric) {
         predicted / c.measured
     } else {
@@ -479,7 +515,7 @@ fn rate_ratio(c: &Case, predicted: f64) -> f64 {
     }
 }
 
-fn loss(cases: &[Case], cal: &Calibration) -> f64 {
+fn loss(cases: &[&Case], cal: &Calibration) -> f64 {
     cases
         .iter()
         .filter(|c| c.fit)
@@ -495,6 +531,7 @@ enum Param {
     Allreduce,
     Bw(EngineClass, DeviceClass),
     Compute(EngineClass, DeviceClass),
+    Simt(EngineClass, DeviceClass),
     Layer(EngineClass, DeviceClass),
 }
 
@@ -503,6 +540,7 @@ fn get(cal: &Calibration, p: Param) -> f64 {
         Param::Allreduce => cal.allreduce_latency_us,
         Param::Bw(e, d) => cal.factors[&(e, d)].bandwidth_efficiency,
         Param::Compute(e, d) => cal.factors[&(e, d)].compute_efficiency,
+        Param::Simt(e, d) => cal.factors[&(e, d)].simt_cost,
         Param::Layer(e, d) => cal.factors[&(e, d)].layer_overhead_us,
     }
 }
@@ -512,6 +550,7 @@ fn set(cal: &mut Calibration, p: Param, v: f64) {
         Param::Allreduce => cal.allreduce_latency_us = v,
         Param::Bw(e, d) => cal.factors.get_mut(&(e, d)).unwrap().bandwidth_efficiency = v,
         Param::Compute(e, d) => cal.factors.get_mut(&(e, d)).unwrap().compute_efficiency = v,
+        Param::Simt(e, d) => cal.factors.get_mut(&(e, d)).unwrap().simt_cost = v,
         Param::Layer(e, d) => cal.factors.get_mut(&(e, d)).unwrap().layer_overhead_us = v,
     }
 }
@@ -521,11 +560,12 @@ fn bounds(p: Param) -> (f64, f64) {
         Param::Allreduce => (0.0, 300.0),
         Param::Bw(..) => (0.2, 1.0),
         Param::Compute(..) => (0.02, 4.0),
+        Param::Simt(..) => (0.0, 2.0),
         Param::Layer(..) => (0.0, 500.0),
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -538,28 +578,37 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
-/// Fit the factors: coordinate descent over a grid then a finer grid, a fixed
-/// number of sweeps (deterministic), starting from round values.
-fn fit(cases: &[Case]) -> Calibration {
+/// Fit the factors of every (engine class, device class) pair with rows in
+/// `cases`: coordinate descent over a grid then a finer grid, a fixed number
+/// of sweeps (deterministic), starting from round values. Bands are left at
+/// 1.0: they come from the cross-validation ([`super::crossval`]), never
+/// from the residuals of the rows fitted.
+pub(super) fn fit(cases: &[&Case]) -> Calibration {
     let mut cal = Calibration {
         allreduce_latency_us: 50.0,
         factors: BTreeMap::new(),
+        validated: Vec::new(),
     };
     for c in cases.iter().filter(|c| c.fit) {
         cal.factors
-            .entry((c.engine.class(), c.target.class))
+            .entry(c.key())
             .or_insert(Factors {
                 bandwidth_efficiency: 0.8,
                 compute_efficiency: 0.5,
+                simt_cost: 0.0,
                 layer_overhead_us: 50.0,
                 band_low: 1.0,
                 band_high: 1.0,
                 rows: 0,
-            });
+            })
+            .rows += 1;
     }
     let mut params = vec![Param::Allreduce];
     for &(e, d) in cal.factors.keys() {
         params.extend([Param::Bw(e, d), Param::Compute(e, d), Param::Layer(e, d)]);
+        if e == EngineClass::LlamaCpp {
+            params.push(Param::Simt(e, d));
+        }
     }
     for _sweep in 0..5 {
         for &p in &params {
@@ -586,21 +635,24 @@ fn fit(cases: &[Case]) -> Calibration {
             set(&mut cal, p, (best.1 * 1e6).round() / 1e6);
         }
     }
-    // Bands and row counts from the fitted residuals.
-    let keys: Vec<_> = cal.factors.keys().copied().collect();
-    for key in keys {
-        let mut ratios: Vec<f64> = cases
-            .iter()
-            .filter(|c| c.fit && (c.engine.class(), c.target.class) == key)
-            .filter_map(|c| predict(c, &cal).map(|p| rate_ratio(c, p)))
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        let f = cal.factors.get_mut(&key).unwrap();
-        f.rows = ratios.len();
-        f.band_low = (percentile(&ratios, 0.1).min(1.0) * 1e6).round() / 1e6;
-        f.band_high = (percentile(&ratios, 0.9).max(1.0) * 1e6).round() / 1e6;
-    }
     cal
+}
+
+/// The (target, engine class, headline metric) triples the fitted rows measure.
+fn validated(cases: &[Case]) -> Vec<Validated> {
+    let mut n: BTreeMap<(String, EngineClass, &str), usize> = BTreeMap::new();
+    for c in cases.iter().filter(|c| c.fit) {
+        *n.entry((c.target.id.clone(), c.engine.class(), headline(&c.metric)))
+            .or_default() += 1;
+    }
+    n.into_iter()
+        .map(|((target, engine, metric), rows)| Validated {
+            target,
+            engine,
+            metric: metric.to_string(),
+            rows,
+        })
+        .collect()
 }
 
 struct Scored<'a> {
@@ -624,7 +676,7 @@ fn score<'a>(cases: &'a [Case], cal: &Calibration) -> Vec<Scored<'a>> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     percentile(&v, 0.5)
 }
@@ -717,6 +769,7 @@ fn recipe_table() -> String {
 fn report(
     cal: &Calibration,
     scored: &[Scored<'_>],
+    cv: &str,
     excluded: &[Excluded],
     notes: &[String],
 ) -> String {
@@ -727,16 +780,17 @@ fn report(
         "APE is |predicted - measured| / measured for each row, with the shipped factors.\n\n",
     );
     s.push_str("## Fitted factors\n\n");
-    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | overhead per layer (µs) | band (measured/predicted, p10-p90) |\n|---|---|---:|---:|---:|---:|---|\n");
+    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | band (held-out measured/predicted, p10-p90) |\n|---|---|---:|---:|---:|---:|---:|---|\n");
     for ((e, d), f) in &cal.factors {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.3} | {:.1} | {:.2} - {:.2} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} - {:.2} |",
             e.name(),
             d.name(),
             f.rows,
             f.bandwidth_efficiency,
             f.compute_efficiency,
+            f.simt_cost,
             f.layer_overhead_us,
             f.band_low,
             f.band_high
@@ -747,8 +801,10 @@ fn report(
         "\nAll-reduce latency (tensor parallel, per all-reduce, two per layer): {} µs.\n",
         round6(cal.allreduce_latency_us)
     );
-    s.push_str("Compute efficiency is relative to the FP32 peak for llama.cpp (its prefill tracks the SIMT rate, not tensor-core peaks, so it can exceed 1) and to the peak of the weight format (fp8, fp4) or of fp16 for server engines.\n\n");
-    s.push_str("## Error per metric group\n\n");
+    s.push_str("Compute efficiency is relative to the fp16 peak for llama.cpp (tensor cores where the device has them), plus `SIMT cost` FP32 FLOPs per matmul FLOP at the FP32 peak (dequantization and activation quantization on the SIMT cores), and to the peak of the weight format (fp8, fp4) or of fp16 for server engines.\n\n");
+    s.push_str("## Cross-validated error\n\nEach group of rows (one hardware model; one source) predicted by a fit on the other rows; the band of a held-out row is the 10th-90th percentile of measured/predicted over the other hardware's held-out rows of its class. `borrowed`: rows whose class had no rows left in the fold (predicted with another class's factors and a widened band, as `kiln estimate` does).\n\n");
+    s.push_str(cv);
+    s.push_str("\n## In-sample error per metric group\n\n");
     s.push_str(&md_table(
         "group",
         &table_by(scored, |s| group(&s.case.metric).to_string()),
@@ -814,17 +870,37 @@ from bench/calibration/measured-calibration.csv; do not edit by hand
 (see CALIBRATION.md for the error of this fit).";
 
 /// Fit, then either write the shipped files (`KILN_BLESS=1`) or check them.
+/// Fit, cross-validate, set the bands from the held-out predictions, then
+/// either write the shipped files (`KILN_BLESS=1`) or check them. Prints the
+/// cross-validation table (`-- --nocapture`).
 #[test]
 fn shipped_calibration_is_the_fit_of_the_data() {
     let (cases, excluded, notes) = cases();
-    let cal = fit(&cases);
+    let mut cal = fit(&cases.iter().collect::<Vec<_>>());
+    let hardware = held_out(&cases, Scheme::Hardware);
+    let source = held_out(&cases, Scheme::Source);
+    apply_bands(&mut cal, &hardware);
+    cal.validated = validated(&cases);
     let scored = score(&cases, &cal);
+    let in_sample: BTreeMap<String, f64> = scored
+        .iter()
+        .filter_map(|s| s.ape.map(|a| (s.case.id.clone(), a)))
+        .collect();
+    let cv = crossval::table(&hardware, &source, &in_sample);
+    println!("{cv}");
     let toml = cal.to_toml(HEADER);
-    let md = report(&cal, &scored, &excluded, &notes);
+    let md = report(&cal, &scored, &cv, &excluded, &notes);
     let section_path = manifest("../README.md");
     let section = std::fs::read_to_string(&section_path).expect("README.md");
     let new_section = splice(
-        &splice(&section, "calibration-table", &readme_table(&scored)),
+        &splice(
+            &section,
+            "calibration-table",
+            &format!(
+                "{cv}\nIn-sample, with the shipped factors, per metric and hardware class:\n\n{}",
+                readme_table(&scored)
+            ),
+        ),
         "recipe-table",
         &recipe_table(),
     );

@@ -9,17 +9,20 @@
 //! `bench/calibration/measured-calibration.csv`, checked by tests.
 
 pub mod calibration;
+pub mod coverage;
 pub mod estimate;
 pub mod host;
 pub mod target;
 pub mod weights;
 
 #[cfg(test)]
+mod crossval;
+#[cfg(test)]
 mod fit;
 #[cfg(test)]
 mod tests;
 
-pub use calibration::{Calibration, Engine, EngineClass, Factors};
+pub use calibration::{Calibration, Engine, EngineClass, Factors, Validated};
 pub use estimate::{
     estimate, weight_budget, Band, Batch, Estimate, KvType, MemoryBudget, ModelCost, Workload,
 };
