@@ -78,6 +78,12 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     } else {
         printer.data(built.report.trim_end());
     }
+    let passes: Vec<String> = built
+        .passes
+        .iter()
+        .map(|p| format!("{} {:.1} ms", p.pass, p.seconds * 1e3))
+        .collect();
+    printer.info(&format!("passes: {}", passes.join(", ")));
     printer.info(&format!(
         "wrote {} ({} in {} file(s)) in {:.1}s",
         args.output.display(),

@@ -328,6 +328,7 @@ fn report_snapshot() {
     );
     let mut settings = insta::Settings::clone_current();
     settings.add_filter(r"\b\d+\.\d+s\b", "[TIME]");
+    settings.add_filter(r"\b\d+\.\d+ ms\b", "[MS]");
     settings.add_filter(&regex_escape(s(root.path())), "[TMP]");
     settings.add_filter(&regex_escape(&repo().display().to_string()), "[REPO]");
     settings.add_filter(r"kiln(\.exe)? \d+\.\d+\.\d+", "kiln [VERSION]");

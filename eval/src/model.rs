@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 pub struct Opened {
     pub path: PathBuf,
     pub loaded: Loaded,
+    /// The `open` pipeline's pass timings.
+    pub passes: Vec<passes::passes::PassTiming>,
 }
 
 /// Load `path` and normalize it.
@@ -34,10 +36,12 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<Opened> {
             });
         }
     }
-    passes::passes::Pipeline::open().run(&mut loaded.model, &passes::passes::Context::default())?;
+    let passes = passes::passes::Pipeline::open()
+        .run(&mut loaded.model, &passes::passes::Context::default())?;
     Ok(Opened {
         path: path.to_path_buf(),
         loaded,
+        passes,
     })
 }
 

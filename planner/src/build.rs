@@ -16,6 +16,8 @@ use std::sync::atomic::AtomicBool;
 use formats::artifact::{self, Staging};
 use passes::cost::{Estimate, Target};
 
+use passes::passes::PassTiming;
+
 use crate::accuracy::Measurer;
 use crate::compare::{comparison, plan_row, Row};
 use crate::error::{Error, Result};
@@ -54,6 +56,9 @@ pub struct Built {
     pub model_files: usize,
     /// Bytes of the model files.
     pub actual_bytes: u64,
+    /// Every pass that ran, in order, with its time (shown, never written:
+    /// the artifact's files do not depend on timing).
+    pub passes: Vec<PassTiming>,
 }
 
 /// Refuse an output, name or ceiling the build cannot use, before any work.
@@ -154,7 +159,7 @@ pub fn build(
     let model = &setup.opened.loaded.model;
     let chosen = solve::solve(setup, s, b.objective, b.max_error)?;
     let types = solve::types_of_allocation(setup, &chosen.allocation);
-    let mut planned = solve::assigned(setup, &types, s.options.allow_requantize)?;
+    let (mut planned, assign_times) = solve::assigned(setup, &types, s.options.allow_requantize)?;
     let devices = chosen.budget.devices;
     let est = serving::cost(
         &planned,
@@ -180,7 +185,7 @@ pub fn build(
         .filter(|(name, _)| types.contains_key(*name))
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
-    let written = layout::write_model(
+    let (written, layout_times) = layout::write_model(
         &mut planned,
         &setup.opened.loaded.maps,
         devices,
@@ -269,6 +274,14 @@ pub fn build(
         report,
         model_files,
         actual_bytes,
+        passes: setup
+            .opened
+            .passes
+            .iter()
+            .chain(&assign_times)
+            .chain(&layout_times)
+            .cloned()
+            .collect(),
     })
 }
 

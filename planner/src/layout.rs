@@ -15,7 +15,7 @@ use formats::gguf::{Gguf, ALIGNMENT};
 use formats::write::{self, Container, WriteOptions};
 use formats::MappedFile;
 use passes::passes::layout::Shard;
-use passes::passes::{Context, Pipeline};
+use passes::passes::{Context, PassTiming, Pipeline};
 use passes::plan::Options;
 use passes::Model;
 use quant::GgmlType;
@@ -63,7 +63,8 @@ pub struct Written {
 
 /// Write `planned` into `dir` as `{stem}.gguf`, or, on several devices, as
 /// llama.cpp's split files of at most `cap` bytes of tensors each (the
-/// `layout` pass cuts them).
+/// `layout` pass cuts them); returns the files and the `layout` pipeline's
+/// pass timings.
 #[allow(clippy::too_many_arguments)]
 pub fn write_model(
     planned: &mut Model,
@@ -75,8 +76,8 @@ pub fn write_model(
     importance: &BTreeMap<String, Vec<f32>>,
     progress: &dyn Progress,
     cancel: &AtomicBool,
-) -> Result<Vec<Written>> {
-    Pipeline::layout(Shard { devices, cap })
+) -> Result<(Vec<Written>, Vec<PassTiming>)> {
+    let times = Pipeline::layout(Shard { devices, cap })
         .run(planned, &Context::default())
         .map_err(|_| {
             Error::Input(
@@ -108,7 +109,7 @@ pub fn write_model(
     );
     progress.finish();
     let written = r.map_err(writing)?;
-    Ok(written
+    let written = written
         .into_iter()
         .filter(|w| w.tensors)
         .zip(&layouts)
@@ -116,5 +117,6 @@ pub fn write_model(
             name: w.name,
             predicted_bytes: l.total_bytes,
         })
-        .collect())
+        .collect();
+    Ok((written, times))
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use passes::cost::{Engine, MemoryBudget, Target, Workload};
 use passes::passes::assign::AssignTypes;
 use passes::passes::recipe::{self, ApplyRecipe, RecipeOptions};
-use passes::passes::{Context, Pipeline};
+use passes::passes::{Context, PassTiming, Pipeline};
 use passes::plan::{self, Allocation};
 use passes::{Model, TensorNode};
 use quant::GgmlType;
@@ -309,18 +309,19 @@ pub fn typed(setup: &Setup, types: &BTreeMap<String, GgmlType>) -> Result<Model>
     Ok(m)
 }
 
-/// The model with these types assigned (and the imatrix keys when one was used).
+/// The model with these types assigned (and the imatrix keys when one was
+/// used), and the `assign` pipeline's pass timings.
 pub fn assigned(
     setup: &Setup,
     types: &BTreeMap<String, GgmlType>,
     allow_requantize: bool,
-) -> Result<Model> {
+) -> Result<(Model, Vec<PassTiming>)> {
     let mut m = setup.opened.loaded.model.clone();
     let pass = AssignTypes {
         types: types.clone(),
         allow_requantize,
     };
-    Pipeline::assign(pass, None).run(&mut m, &Context::default())?;
+    let times = Pipeline::assign(pass, None).run(&mut m, &Context::default())?;
     if let Some((arg, im)) = &setup.imatrix {
         if !im.entries.is_empty() {
             m.metadata
@@ -328,5 +329,5 @@ pub fn assigned(
                 .extend(formats::imatrix::quantize_metadata(arg, im));
         }
     }
-    Ok(m)
+    Ok((m, times))
 }
