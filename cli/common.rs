@@ -163,12 +163,4 @@ pub fn human_count(n: u64) -> String {
 }
 
 /// `[2048, 576]` -> `2048x576`.
-pub fn shape(s: &[usize]) -> String {
-    if s.is_empty() {
-        return "scalar".into();
-    }
-    s.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("x")
-}
+pub use eval::report::shape;

@@ -13,7 +13,7 @@ use crate::text::TextReport;
 use crate::weights::{Metrics, TensorError, WeightReport};
 
 /// `[2048, 576]` -> `2048x576`.
-fn shape(s: &[usize]) -> String {
+pub fn shape(s: &[usize]) -> String {
     if s.is_empty() {
         return "scalar".into();
     }

@@ -1,5 +1,5 @@
-//! The planner's one door to the cost model: the architecture's shape, the
-//! memory budget on a target, and the serving estimate of a planned model.
+//! The planner's one door to the cost model's estimates: the serving
+//! estimate of a planned model (budgets call `passes::cost::weight_budget`).
 //!
 //! It also reads `kiln estimate`'s input (a config alone, a checkpoint, a
 //! GGUF) into the cost model's tensor list, and costs it.
@@ -13,25 +13,13 @@
 use std::path::Path;
 
 use passes::cost::{
-    estimate, weight_budget, weight_bytes, Calibration, Engine, Estimate, MemoryBudget, ModelCost,
-    Target, WeightFormat, Workload,
+    estimate, weight_bytes, Calibration, Engine, Estimate, ModelCost, Target, WeightFormat,
+    Workload,
 };
 use passes::{Arch, Model, TensorNode};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-
-/// Memory left for weights on `devices` devices of `target` (None when the
-/// target's memory is not published).
-pub fn memory_budget(
-    arch: &Arch,
-    target: &Target,
-    engine: Engine,
-    w: &Workload,
-    devices: usize,
-) -> Option<MemoryBudget> {
-    weight_budget(arch, target, engine, w, devices)
-}
 
 /// Serving estimate of a planned model on `devices` devices.
 pub fn cost(

@@ -22,7 +22,6 @@ use quant::GgmlType;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::options::{Objective, PlanOptions};
-use crate::serving;
 use crate::setup::Setup;
 
 /// Exact bytes of a tensor in a type (0 when the type does not divide its rows).
@@ -135,7 +134,7 @@ pub fn budget(setup: &Setup, s: &Sizing, devices: usize) -> Result<Budget> {
             None,
         )
     } else {
-        let mb = serving::memory_budget(&setup.arch, s.target, s.engine, s.workload, devices)
+        let mb = passes::cost::weight_budget(&setup.arch, s.target, s.engine, s.workload, devices)
             .ok_or_else(|| {
                 Error::Options(format!(
                     "the memory of `{}` is unknown: give --budget-gb or --bpw",
