@@ -136,6 +136,8 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     }
     let file_name = args.output.as_ref().and_then(|o| o.file_name());
     let gguf = Gguf::new(&file_name.map_or("model.gguf".into(), |n| n.to_string_lossy()));
+    // One copy of the key/values (borrowed by the layout), not two.
+    gguf::lower_in_place(&mut model);
     let layout = gguf.layout(&model)?.remove(0);
     // The metadata now lives serialized in the header; free its strings (a
     // tokenizer is ~100k of them) before streaming, to keep the peak low.

@@ -27,6 +27,7 @@ pub fn shape(s: &[usize]) -> String {
 /// token list (when both carry one).
 pub fn check_same_vocabulary(original: &Opened, candidate: &Opened) -> Result<()> {
     let tokens = |m: &Opened| match formats::gguf::key_values(&m.loaded.model)
+        .into_owned()
         .0
         .into_iter()
         .find(|(k, _)| k == "tokenizer.ggml.tokens")

@@ -90,6 +90,7 @@ pub fn write_model(
         name: gguf.file_name.clone(),
         source,
     };
+    formats::gguf::lower_in_place(planned);
     let layouts = gguf.layout(planned).map_err(writing)?;
     let input_bytes: u64 = planned.tensors.iter().map(|t| t.source.len).sum();
     progress.start("writing", input_bytes, Unit::Bytes);

@@ -12,6 +12,7 @@
 //! - a row is encoded by `quant` as the tensor's ggml type, or copied when
 //!   that is the source's own type.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::Path;
 
@@ -86,7 +87,7 @@ impl Container for Gguf {
             .enumerate()
             .map(|(i, r)| {
                 // The first split holds all metadata, the others the split keys only.
-                let mut md = kv.take().unwrap_or_default();
+                let mut md = kv.take().map(Cow::into_owned).unwrap_or_default();
                 for key in SPLIT_KEYS {
                     md.remove(key);
                 }

@@ -10,12 +10,16 @@
 //! GGUF keeps them byte for byte.
 
 use passes::ir::{SpecialToken, Tokenizer, TokenizerKind};
+use std::borrow::Cow;
+
 use passes::{Arch, MetaValue, Metadata, Model};
 
-/// The GGUF key/values of `model`, in the order they are written.
-pub fn key_values(model: &Model) -> Metadata {
+/// The GGUF key/values of `model`, in the order they are written (borrowed
+/// when the model already holds them: a GGUF input, or a model lowered in
+/// place by [`lower_in_place`]).
+pub fn key_values(model: &Model) -> Cow<'_, Metadata> {
     if model.info.in_metadata {
-        return model.metadata.clone();
+        return Cow::Borrowed(&model.metadata);
     }
     let mut md = match &model.arch {
         Some(arch) => arch_keys(arch, model.info.name.as_deref().unwrap_or("model")),
@@ -33,7 +37,20 @@ pub fn key_values(model: &Model) -> Metadata {
         md.set(&key, MetaValue::String(t.template.clone()));
     }
     md.0.extend(model.metadata.0.iter().cloned());
-    md
+    Cow::Owned(md)
+}
+
+/// Replace the model's neutral metadata by its GGUF key/values, so a writer
+/// that lays the model out borrows them instead of holding a second copy (a
+/// tokenizer is ~100k strings); what is written is unchanged.
+pub fn lower_in_place(model: &mut Model) {
+    if model.info.in_metadata {
+        return;
+    }
+    model.metadata = key_values(model).into_owned();
+    model.info.tokenizer = None;
+    model.info.chat_templates.clear();
+    model.info.in_metadata = true;
 }
 
 /// The architecture keys llama.cpp reads, from the family's spec
@@ -208,6 +225,6 @@ mod tests {
             .set("general.architecture", MetaValue::String("llama".into()));
         model.info.in_metadata = true;
         model.info.name = Some("ignored".into());
-        assert_eq!(key_values(&model), model.metadata);
+        assert_eq!(*key_values(&model), model.metadata);
     }
 }

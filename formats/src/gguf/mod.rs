@@ -9,6 +9,6 @@ pub mod types;
 pub mod write;
 
 pub use container::{split_name, Gguf, ALIGNMENT};
-pub use metadata::key_values;
+pub use metadata::{key_values, lower_in_place};
 pub use read::{parse, GgufFile, GgufTensor};
 pub use write::{layout, Layout, OutTensor};
