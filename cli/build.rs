@@ -81,7 +81,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let passes: Vec<String> = built
         .passes
         .iter()
-        .map(|p| format!("{} {:.1} ms", p.pass, p.seconds * 1e3))
+        .map(|p| format!("{} {:.3} ms", p.pass, p.seconds * 1e3))
         .collect();
     printer.info(&format!("passes: {}", passes.join(", ")));
     printer.info(&format!(
