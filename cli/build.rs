@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
-use crate::common::{cancel_flag, human_bytes, lift_plan, Objective, PlanArgs};
+use crate::common::{cancel_flag, clean_stale, human_bytes, lift_plan, Objective, PlanArgs};
 use crate::printer::Bars;
 use crate::Printer;
 
@@ -27,9 +27,14 @@ pub struct BuildArgs {
     /// A profile file (the schema of targets/*.toml) whose id --target may name; may be repeated.
     #[arg(long, value_name = "FILE.toml")]
     pub target_file: Vec<PathBuf>,
-    /// Output directory (written atomically; replaces a previous kiln build there).
+    /// Output directory (written atomically; replaces a previous kiln build there, refusing if it
+    /// holds files that build's manifest does not list).
     #[arg(long, short, value_name = "OUTDIR")]
     pub output: PathBuf,
+    /// Replace the previous build in OUTDIR even if it holds files its manifest does not list
+    /// (they are deleted). A directory that is not a kiln build is never replaced.
+    #[arg(long)]
+    pub force: bool,
     /// accuracy: least predicted loss that fits; cost: fewest bytes within --max-error (default:
     /// no worse than llama.cpp's Q4_K_M).
     #[arg(long, value_enum, default_value = "accuracy")]
@@ -49,6 +54,7 @@ pub struct BuildArgs {
 
 pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
+    clean_stale(&args.output, printer);
     let options = args.plan.options();
     planner::options::check(&options).map_err(lift_plan)?;
     let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
@@ -57,6 +63,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let build = planner::BuildOptions {
         model: args.model.clone(),
         output: args.output.clone(),
+        force: args.force,
         name: args.name.clone(),
         objective: args.objective.into(),
         max_error: args.max_error,

@@ -6,9 +6,9 @@
 //! cause of its own in the chain, so `main`'s exit code (2 bad input, 130
 //! interrupted) is decided from it as before.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use clap::Args;
 use quant::GgmlType;
@@ -144,12 +144,47 @@ pub fn lift_plan(e: planner::Error) -> anyhow::Error {
     }
 }
 
-/// A Ctrl-C flag (the first Ctrl-C sets it; work stops at the next window or block).
+/// The signals that cancel a run as Ctrl-C does: work stops at the next
+/// window or block, temp files are removed, the exit code is 128 + N.
+#[cfg(unix)]
+const CANCEL_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+#[cfg(not(unix))]
+const CANCEL_SIGNALS: [i32; 2] = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+
+/// The number of the signal that cancelled the run (0: none yet).
+static SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+
+/// A cancel flag set by the first SIGINT (Ctrl-C), SIGTERM or SIGHUP; a
+/// second one while cleaning up takes the signal's default action.
 pub fn cancel_flag() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
-    let c = cancel.clone();
-    let _ = ctrlc::set_handler(move || c.store(true, Ordering::Relaxed));
+    let signal = SIGNAL.get_or_init(|| Arc::new(AtomicUsize::new(0)));
+    for sig in CANCEL_SIGNALS {
+        // Handlers run in registration order: the default action only once
+        // the flag is already set, then the number is recorded, then the flag.
+        let _ = signal_hook::flag::register_conditional_default(sig, cancel.clone());
+        let _ = signal_hook::flag::register_usize(sig, signal.clone(), sig as usize);
+        let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
     cancel
+}
+
+/// The signal that cancelled the run, if one did.
+pub fn cancel_signal() -> Option<i32> {
+    let n = SIGNAL.get()?.load(Ordering::Relaxed);
+    (n != 0).then_some(n as i32)
+}
+
+/// Remove what killed kiln runs left in the directory `out` is written in
+/// (`formats::atomic::clean_stale`), saying what was done.
+pub fn clean_stale(out: &Path, printer: &crate::Printer) {
+    for line in formats::atomic::clean_stale(&formats::atomic::parent_dir(out)) {
+        printer.info(&format!("note: {line}"));
+    }
 }
 
 /// `134515008` -> `134.5M`.

@@ -3,8 +3,6 @@
 //! importance matrices, streamed into one GGUF.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
@@ -20,7 +18,7 @@ use passes::passes::{Context, Pipeline};
 use quant::GgmlType;
 use serde_json::json;
 
-use crate::common::{human_bytes, shape};
+use crate::common::{cancel_flag, clean_stale, human_bytes, shape};
 use crate::Printer;
 
 #[derive(Args, Debug)]
@@ -76,6 +74,9 @@ pub struct ConvertArgs {
 
 pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
+    if let Some(out) = &args.output {
+        clean_stale(out, printer);
+    }
     let opts = LoadOptions {
         tokenizer: TokenizerOptions {
             pre_tokenizer: args.pre_tokenizer.clone(),
@@ -168,12 +169,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         printer.info(&format!("note: {n}"));
     }
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // A second Ctrl-C while cleaning up falls through to the default handler.
-        let _ = ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed));
-    }
+    let cancel = cancel_flag();
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "converting");
     let opts = WriteOptions {

@@ -18,7 +18,7 @@ use eval::imatrix::Collector;
 use eval::text::Windows;
 use eval::{Tokenizer, Transformer};
 
-use crate::common::{cancel_flag, lift, lift_plan, load_options};
+use crate::common::{cancel_flag, clean_stale, lift, lift_plan, load_options};
 use crate::Printer;
 
 #[derive(Args, Debug)]
@@ -47,6 +47,7 @@ pub struct ImatrixArgs {
 
 pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
+    clean_stale(&args.output, printer);
     let model = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
     formats::write::check_output(&args.output, &model.loaded.model.files)?;
     let text = std::fs::read_to_string(&args.text)
@@ -96,7 +97,9 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
     let dataset = args.text.display().to_string();
     let im =
         planner::to_imatrix(&collector, &dataset, windows.len(), args.ctx).map_err(lift_plan)?;
+    let parents = formats::atomic::Parents::create(&formats::atomic::parent_dir(&args.output))?;
     formats::imatrix::write_gguf(&args.output, &im)?;
+    parents.keep();
     printer.info(&format!(
         "wrote {} ({} weights, {} windows of {}) in {:.2}s",
         args.output.display(),

@@ -3,7 +3,8 @@
 //! `quant` crates.
 //!
 //! Exit codes are decided in one place, [`exit_code`]: 0 success, 1 a check
-//! failed, 2 bad input or usage, 130 interrupted.
+//! failed, 2 bad input or usage, 128 + N stopped by signal N (130 Ctrl-C,
+//! 143 SIGTERM, 129 SIGHUP).
 
 mod build;
 mod common;
@@ -27,7 +28,7 @@ Exit codes:
   0    success
   1    a check failed (an accuracy or cost gate, a verification)
   2    bad input or usage (unreadable or malformed model, unknown option, refused output path)
-  130  interrupted (no output file is left behind)";
+  130  interrupted (no output file is left behind); 143 on SIGTERM, 129 on SIGHUP";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,14 +87,15 @@ impl std::fmt::Display for CheckFailed {
 impl std::error::Error for CheckFailed {}
 
 /// Map an error chain to an exit code: a [`CheckFailed`] anywhere means 1,
-/// an interruption 130, everything else is bad input (2).
+/// an interruption 128 + the signal's number (130 for Ctrl-C), everything
+/// else is bad input (2).
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.downcast_ref::<CheckFailed>().is_some() {
             return 1;
         }
         if let Some(formats::Error::Interrupted) = cause.downcast_ref::<formats::Error>() {
-            return 130;
+            return 128 + common::cancel_signal().unwrap_or(2) as u8;
         }
     }
     2

@@ -8,5 +8,7 @@ mod convert;
 mod estimate;
 mod eval;
 mod hostile;
+#[cfg(unix)]
+mod safety;
 mod snapshots;
 mod tidy;

@@ -70,8 +70,10 @@ fn inspect_json_is_machine_readable() {
 fn error_lines() {
     assert_cli_snapshot!("error_missing_model", &["inspect", "/no/such/model"]);
     let fx = fixture("tiny-llama");
+    // Missing directories are created; a path under a file is refused.
+    let under_a_file = fx.join("config.json/x.gguf");
     assert_cli_snapshot!(
-        "error_output_dir_missing",
-        &["convert", s(&fx), "-t", "q8_0", "-o", "/no/such/dir/x.gguf"]
+        "error_output_under_a_file",
+        &["convert", s(&fx), "-t", "q8_0", "-o", s(&under_a_file)]
     );
 }

@@ -37,6 +37,9 @@ pub struct BuildOptions {
     pub model: PathBuf,
     /// The output directory (replaced whole).
     pub output: PathBuf,
+    /// Replace a previous artifact even if it holds files its manifest does
+    /// not list (they are deleted with it).
+    pub force: bool,
     /// Model file name without `.gguf` (default: the input's name).
     pub name: Option<String>,
     pub objective: Objective,
@@ -63,7 +66,7 @@ pub struct Built {
 
 /// Refuse an output, name or ceiling the build cannot use, before any work.
 pub fn check(b: &BuildOptions) -> Result<()> {
-    artifact::check_outdir(&b.output)?;
+    artifact::check_outdir(&b.output, b.force)?;
     // OUTDIR is replaced whole at the end: the input must not live in it.
     if let (Ok(out), Ok(model)) = (b.output.canonicalize(), b.model.canonicalize()) {
         if model.starts_with(&out) {
@@ -171,7 +174,7 @@ pub fn build(
     )?;
 
     // Write the model file(s) into the staging directory.
-    let staging = Staging::new(&b.output)?;
+    let staging = Staging::new(&b.output, b.force)?;
     let stem = match &b.name {
         Some(n) => n.clone(),
         None => match model_stem(&b.model) {

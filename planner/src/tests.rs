@@ -196,6 +196,7 @@ fn manifest_round_trips_and_names_its_schema() {
     let b = BuildOptions {
         model: fixture(),
         output: PathBuf::from("out"),
+        force: false,
         name: None,
         objective: Objective::Accuracy,
         max_error: None,

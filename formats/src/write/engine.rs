@@ -13,7 +13,8 @@
 //! - the outputs appear complete or not at all: every file goes to a temp
 //!   file in the output directory, fsynced, and all are renamed only once
 //!   every one is written; on any error or interruption the temp files are
-//!   removed and nothing is left at the output paths;
+//!   removed and nothing is left at the output paths (nor the directories
+//!   created for them);
 //! - a writer thread puts the bytes at increasing offsets in aligned blocks,
 //!   with direct I/O where the file system takes it (Linux `O_DIRECT`: no
 //!   copy into the page cache, the disk works while rows are encoded, so the
@@ -84,6 +85,8 @@ pub(crate) fn write_with(
     direct: bool,
 ) -> Result<Vec<Written>> {
     let side = container.side_files(model, files)?;
+    // Missing directories are created now, and removed again on failure.
+    let parents = crate::atomic::Parents::create(dir)?;
     let mut staged = Vec::with_capacity(files.len() + side.len());
     let mut written = Vec::with_capacity(files.len() + side.len());
     for file in files {
@@ -122,6 +125,7 @@ pub(crate) fn write_with(
     for (tmp, out) in staged {
         crate::atomic::commit(tmp, &out)?;
     }
+    parents.keep();
     Ok(written)
 }
 

@@ -113,23 +113,19 @@ pub struct WriteOptions<'a> {
     pub importance: Option<&'a BTreeMap<String, Vec<f32>>>,
 }
 
-/// Refuse an output path that cannot be written or would clobber an input.
+/// Refuse an output path that cannot be written or would clobber an input:
+/// it must be a regular file or not exist, under a directory (missing
+/// directories are created when writing starts, [`crate::atomic::Parents`]).
 pub fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<()> {
     let file_name = out
         .file_name()
         .ok_or_else(|| Error::output(out, "output path has no file name"))?;
+    crate::atomic::check_parent(out)?;
+    crate::atomic::check_regular(out)?;
     let parent = crate::atomic::parent_dir(out);
     if !parent.is_dir() {
-        return Err(Error::output(
-            out,
-            format!("output directory {} does not exist", parent.display()),
-        ));
-    }
-    if out.is_dir() {
-        return Err(Error::output(
-            out,
-            "output path is a directory; give a file name such as model.gguf",
-        ));
+        // Created when writing starts: no input can be there yet.
+        return Ok(());
     }
     let resolved = parent
         .canonicalize()
