@@ -96,7 +96,7 @@ campaign() {
     [[ "$sa" != "$sb" ]] || fail "$name: A and B write the same output"
     [[ -z "$(leftovers "$dir")" ]] || fail "$name: a complete run left $(leftovers "$dir")"
 
-    local i cmd new old pid st delay span got left n_old=0 n_new=0 n_left=0 n_done=0
+    local i r cmd new old pid st delay span got left n_old=0 n_new=0 n_left=0 n_done=0
     for ((i = 1; i <= KILLS; i++)); do
         if ((i % 2)); then
             cmd=("${a[@]}")
@@ -109,8 +109,15 @@ campaign() {
             old=$sa
             span=$tb
         fi
-        # A delay anywhere from the start to a little past the usual end.
-        delay=$(((RANDOM * 32768 + RANDOM) % (span * 11 / 10 + 1)))
+        # A delay anywhere from the start to a little past the usual end, or
+        # (every other draw) near the end, where the output is renamed into
+        # place; the usual end is the last uninterrupted run of the command.
+        r=$((RANDOM * 32768 + RANDOM))
+        if ((RANDOM % 2)); then
+            delay=$((r % (span * 12 / 10 + 1)))
+        else
+            delay=$((span * 85 / 100 + r % (span * 30 / 100 + 1)))
+        fi
         "${cmd[@]}" >/dev/null 2>&1 &
         pid=$!
         sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
@@ -129,13 +136,15 @@ campaign() {
         fi
         ((left == 0)) || n_left=$((n_left + 1))
         # The next run, not killed: complete new output, nothing left over.
+        t0=$(now_ms)
         "${cmd[@]}" >/dev/null 2>"$WORK/next.err" || fail "$name kill $i: the next run failed: $(cat "$WORK/next.err")"
+        if ((i % 2)); then ta=$(($(now_ms) - t0)); else tb=$(($(now_ms) - t0)); fi
         [[ $($sum "$out") == "$new" ]] || fail "$name kill $i: the next run's output is not the known-good one"
         [[ -z "$(leftovers "$dir")" ]] || fail "$name kill $i: after the next run: $(leftovers "$dir" | tr '\n' ' ')"
         printf '%s kill %2d at %5d ms: %s output, %d leftover(s), cleaned by the next run\n' \
             "$name" "$i" "$delay" "$([[ "$got" == "$old" ]] && echo old || echo new)" "$left"
     done
-    SUMMARY+="$name: $KILLS kills (run ${ta}/${tb} ms): $n_old left the old output, $n_new the new one ($n_done had finished), $n_left left temp files, all removed by the next run; "
+    SUMMARY+="$name: $KILLS kills (runs of ${ta}/${tb} ms): $n_old left the old output, $n_new the new one ($n_done had finished), $n_left left temp files, all removed by the next run; "
 }
 
 SUMMARY=""
