@@ -583,7 +583,7 @@ impl CompressedTensors {
                 symmetric,
                 packed,
             } => {
-                let groups = if group == 0 { 1 } else { cols / group };
+                let groups = cols.checked_div(group).unwrap_or(1);
                 let mut v = Vec::new();
                 if packed {
                     let words = q::packed_words(cols, bits);
