@@ -30,9 +30,30 @@ pub struct ConvertArgs {
     /// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, F16, BF16, or F32.
     /// Recipes choose each tensor's type as llama.cpp does (e.g. Q4_0 keeps
     /// output.weight in Q6_K); add --pure for one type everywhere.
-    #[arg(long = "type", short = 't', value_parser = recipe::parse_recipe, value_name = "TYPE")]
-    pub ty: Recipe,
-    /// Output GGUF path (written atomically: complete or not at all).
+    #[arg(long = "type", short = 't', value_parser = recipe::parse_recipe, value_name = "TYPE",
+          required_unless_present = "scheme")]
+    pub ty: Option<Recipe>,
+    /// Output format: `gguf` (llama.cpp, ollama; -o names a file) or
+    /// `compressed-tensors` (Hugging Face safetensors with a
+    /// quantization_config, as vLLM's llm-compressor writes them, for vLLM,
+    /// TensorRT-LLM, TPU, Gaudi and Qualcomm runtimes; -o names a directory).
+    #[arg(long, value_enum, default_value = "gguf")]
+    pub format: OutFormat,
+    /// compressed-tensors scheme, as llm-compressor's presets name them:
+    /// W4A16, W4A16_ASYM, W8A16 (int, group 128), W8A8 (int8 per channel,
+    /// dynamic int8 activations), FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, MXFP4A16.
+    #[arg(long, value_name = "SCHEME", conflicts_with = "ty")]
+    pub scheme: Option<String>,
+    /// Group size of the integer schemes: 32, 64, 128 (default) or 0 for per channel.
+    #[arg(long, value_name = "N", requires = "scheme")]
+    pub group_size: Option<u32>,
+    /// Keep this Linear unquantized (compressed-tensors): a module name such
+    /// as `model.layers.0.mlp.down_proj`, or `re:` and a regular expression.
+    /// Repeatable. `lm_head` is always kept.
+    #[arg(long, value_name = "MODULE", requires = "scheme")]
+    pub ignore: Vec<String>,
+    /// Output GGUF path (written atomically: complete or not at all), or the
+    /// output directory for compressed-tensors.
     #[arg(long, short, required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
     /// Print the per-tensor plan and the exact output size; write nothing.
@@ -72,7 +93,25 @@ pub struct ConvertArgs {
     pub pre_tokenizer: Option<String>,
 }
 
+/// The output formats of `convert`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutFormat {
+    Gguf,
+    CompressedTensors,
+}
+
+impl ConvertArgs {
+    fn recipe(&self) -> &Recipe {
+        self.ty
+            .as_ref()
+            .expect("clap requires --type without --scheme")
+    }
+}
+
 pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
+    if args.format == OutFormat::CompressedTensors || args.scheme.is_some() {
+        return crate::convert_ct::run(args, printer);
+    }
     let t0 = Instant::now();
     if let Some(out) = &args.output {
         clean_stale(out, printer);
@@ -115,7 +154,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         imatrix_present: imatrix.as_ref().is_some_and(|(_, m)| !m.entries.is_empty()),
         dry_run: args.dry_run,
     };
-    let apply = ApplyRecipe::new(args.ty, options).map_err(anyhow::Error::msg)?;
+    let apply = ApplyRecipe::new(*args.recipe(), options).map_err(anyhow::Error::msg)?;
     let importance = match &imatrix {
         Some((path, m)) => Some(AttachImportance {
             vectors: m.importance(path)?,
@@ -217,7 +256,7 @@ fn plan_json(
     json!({
         "input": args.model,
         "output": args.output,
-        "type": args.ty.name,
+        "type": args.recipe().name,
         "written": written,
         "bytes": layout.total_bytes,
         "parameters": model.n_params(),
@@ -249,7 +288,7 @@ fn plan_text(
             .as_ref()
             .map(|o| o.display().to_string())
             .unwrap_or_else(|| "(dry run)".into()),
-        args.ty.name
+        args.recipe().name
     );
     let w = model
         .tensors

@@ -9,6 +9,7 @@
 mod build;
 mod common;
 mod convert;
+mod convert_ct;
 mod estimate;
 mod eval;
 mod imatrix;

@@ -7,6 +7,7 @@
 pub mod artifact;
 pub mod atomic;
 pub mod chart;
+pub mod ct;
 pub mod data;
 pub mod error;
 pub mod gguf;

@@ -172,8 +172,14 @@ impl Encoding {
                 let scales = match s.scales {
                     Fp8Scales::Tensor => 1,
                     Fp8Scales::Channel => r,
-                    Fp8Scales::Block { rows: br, cols: bc } if br > 0 && bc > 0 => {
-                        r.div_ceil(br as u64) * n.div_ceil(bc as u64)
+                    // Activations are quantized in groups of `cols` inputs
+                    // (FP8_BLOCK's dynamic per-group activations), so the
+                    // input width must be a multiple; output rows may leave a
+                    // partial tile.
+                    Fp8Scales::Block { rows: br, cols: bc }
+                        if br > 0 && bc > 0 && n % bc as u64 == 0 =>
+                    {
+                        r.div_ceil(br as u64) * n / bc as u64
                     }
                     Fp8Scales::Block { .. } => return None,
                 };

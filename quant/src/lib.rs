@@ -45,6 +45,7 @@
 //! every [`GgmlType`], and all three check lengths before touching data and
 //! never allocate.
 
+pub mod ct;
 mod encoding;
 mod float;
 mod iq4;

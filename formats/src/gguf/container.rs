@@ -22,7 +22,7 @@ use quant::GgmlType;
 use super::metadata::key_values;
 use super::write::{layout, OutTensor};
 use crate::error::{Error, Result};
-use crate::write::{Container, FileLayout, Placement};
+use crate::write::{Container, FileLayout, Placement, Unit};
 
 /// Output alignment (GGUF default).
 pub const ALIGNMENT: u64 = 32;
@@ -163,6 +163,7 @@ fn file_layout(
             piece: 0,
             offset,
             row_bytes,
+            unit: Unit::ROW,
             padding: bytes.div_ceil(ALIGNMENT) * ALIGNMENT - bytes,
         })
         .collect();

@@ -30,7 +30,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use passes::Model;
 use rayon::prelude::*;
 
-use super::{check_output, Container, FileLayout, Placement, WriteOptions, Written};
+use super::{check_output, Container, FileLayout, Placement, Unit, WriteOptions, Written};
 use crate::data::{read_row, row_bytes, source_row_bytes};
 use crate::error::{Error, Result};
 use crate::mmap::MappedFile;
@@ -211,6 +211,9 @@ fn encode_file(ctx: &Ctx<'_>, layout: &FileLayout, out: &Path, sink: &mut Sink<'
 }
 
 fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> {
+    if p.unit != Unit::ROW {
+        return write_units(ctx, sink, p);
+    }
     let (maps, opts) = (ctx.maps, ctx.opts);
     let t = &ctx.model.tensors[p.tensor];
     let row_len = t.row_len();
@@ -295,9 +298,97 @@ fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
         }
         r0 = r1;
     }
-    if t.transform.is_some() {
-        maps[t.source.file].release(t.source.offset as usize, t.source.len as usize);
+    release_transformed(ctx, p)?;
+    nonfinite_error(sink, p, t, nonfinite)
+}
+
+/// A piece encoded a unit of several rows at a time ([`Placement::unit`]):
+/// units in parallel, each from its rows decoded into one buffer, a bounded
+/// number of units per chunk. Bytes depend only on the unit boundaries,
+/// which are fixed by the layout, so they do not depend on the thread count.
+fn write_units(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> {
+    let maps = ctx.maps;
+    let t = &ctx.model.tensors[p.tensor];
+    if p.unit == Unit::CONST {
+        let mut dst = vec![0u8; p.row_bytes];
+        ctx.container.encode_unit(t, p.piece, 0, &[], &mut dst);
+        return sink.put(&dst);
     }
+    let row_len = t.row_len();
+    let n_rows = t.n_rows();
+    let unit_rows = p.unit.rows.max(1);
+    let unit_out = if p.unit.per_row {
+        p.row_bytes * unit_rows
+    } else {
+        p.row_bytes
+    };
+    let src_row = source_row_bytes(t);
+    let counted = p.piece == 0;
+    let units_per_chunk = (CHUNK_F32_BYTES / (row_len.max(1) * 4 * unit_rows)).max(1);
+    let check = !ctx.opts.allow_nonfinite;
+    let mut buf = Vec::new();
+    let mut nonfinite = 0u64;
+    let mut r0 = 0;
+    while r0 < n_rows {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        let r1 = (r0 + units_per_chunk * unit_rows).min(n_rows);
+        let rows = r1 - r0;
+        let out_len = if p.unit.per_row {
+            rows * p.row_bytes
+        } else {
+            rows.div_ceil(unit_rows) * p.row_bytes
+        };
+        buf.clear();
+        buf.resize(out_len, 0);
+        nonfinite += buf
+            .par_chunks_mut(unit_out)
+            .enumerate()
+            .map_init(Vec::new, |scratch: &mut Vec<f32>, (u, dst)| {
+                let first = r0 + u * unit_rows;
+                let k = unit_rows.min(r1 - first);
+                scratch.resize(k * row_len, 0.0);
+                for (i, v) in scratch.chunks_exact_mut(row_len.max(1)).enumerate() {
+                    read_row(maps, t, first + i, v);
+                }
+                ctx.container
+                    .encode_unit(t, p.piece, first, &scratch[..k * row_len], dst);
+                if check {
+                    count_nonfinite(scratch)
+                } else {
+                    0
+                }
+            })
+            .sum::<u64>();
+        sink.put(&buf)?;
+        if t.transform.is_none() {
+            let start = t.source.offset as usize + r0 * src_row;
+            maps[t.source.file].release(start, rows * src_row);
+        }
+        if counted {
+            (ctx.progress)((rows * src_row) as u64);
+        }
+        r0 = r1;
+    }
+    release_transformed(ctx, p)?;
+    nonfinite_error(sink, p, t, nonfinite)
+}
+
+fn release_transformed(ctx: &Ctx<'_>, p: &Placement) -> Result<()> {
+    let t = &ctx.model.tensors[p.tensor];
+    if t.transform.is_some() {
+        ctx.maps[t.source.file].release(t.source.offset as usize, t.source.len as usize);
+    }
+    Ok(())
+}
+
+fn nonfinite_error(
+    sink: &Sink<'_>,
+    _p: &Placement,
+    t: &passes::TensorNode,
+    nonfinite: u64,
+) -> Result<()> {
     if nonfinite > 0 {
         return Err(Error::NonFinite {
             path: sink
@@ -623,6 +714,7 @@ mod tests {
                                 piece,
                                 offset,
                                 row_bytes,
+                                unit: super::super::Unit::ROW,
                                 padding: bytes.next_multiple_of(8) - bytes,
                             };
                             offset += bytes + p.padding;

@@ -35,16 +35,61 @@ pub struct Placement {
     /// Absolute byte offset in the file.
     pub offset: u64,
     /// Encoded bytes of one row of the tensor (the piece is this times the
-    /// tensor's row count).
+    /// tensor's row count), or of one unit for a piece that is not
+    /// [`Unit::per_row`].
     pub row_bytes: usize,
+    /// How rows are grouped for encoding: one at a time for most pieces.
+    pub unit: Unit,
     /// Zero bytes after the piece (alignment).
     pub padding: u64,
+}
+
+/// Rows encoded together. Most pieces are encoded row by row (`Unit::ROW`);
+/// some need several source rows at once: FP8 values whose scale belongs to
+/// a 128 x 128 tile (128 rows in, 128 rows out), or zero points packed along
+/// the output dimension (8 rows in, one packed row out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    /// Source rows per unit (the last unit of a tensor may have fewer).
+    pub rows: usize,
+    /// Whether a unit's output is `row_bytes` per source row (true) or
+    /// `row_bytes` whatever the rows it was made from (false).
+    pub per_row: bool,
+}
+
+impl Unit {
+    /// One row in, `row_bytes` out.
+    pub const ROW: Unit = Unit {
+        rows: 1,
+        per_row: true,
+    };
+
+    /// Encoded once from no rows: a constant (a shape) or a value from
+    /// per-tensor statistics gathered before writing (a global scale).
+    pub const CONST: Unit = Unit {
+        rows: 0,
+        per_row: false,
+    };
+
+    /// Units of a tensor of `n_rows` rows.
+    pub fn count(self, n_rows: usize) -> usize {
+        if self.rows == 0 {
+            1
+        } else {
+            n_rows.div_ceil(self.rows)
+        }
+    }
 }
 
 impl Placement {
     /// Encoded bytes of the piece, without padding.
     pub fn bytes(&self, t: &TensorNode) -> u64 {
-        self.row_bytes as u64 * t.n_rows() as u64
+        let n = if self.unit.per_row {
+            t.n_rows()
+        } else {
+            self.unit.count(t.n_rows())
+        };
+        self.row_bytes as u64 * n as u64
     }
 }
 
@@ -93,6 +138,28 @@ pub trait Container: Sync {
         dst: &mut [u8],
         importance: Option<&[f32]>,
     );
+
+    /// Encode the unit of rows starting at `first_row` of `piece` of `t`
+    /// (a piece whose [`Placement::unit`] is not [`Unit::ROW`]): `values`
+    /// holds the unit's rows, decoded, back to back; `dst` is the unit's
+    /// output, zeroed. The default encodes row by row with
+    /// [`Container::encode_row`], which is all a row-wise piece needs.
+    fn encode_unit(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        first_row: usize,
+        values: &[f32],
+        dst: &mut [u8],
+    ) {
+        let row_len = t.row_len();
+        let rows = values.len() / row_len.max(1);
+        let out = dst.len() / rows.max(1);
+        let _ = first_row;
+        for (v, d) in values.chunks_exact(row_len).zip(dst.chunks_exact_mut(out)) {
+            self.encode_row(t, piece, v, d, None);
+        }
+    }
 
     /// Small files beside the tensor files, built once those are laid out
     /// (a safetensors index naming the shard of each tensor, a `config.json`

@@ -1,0 +1,235 @@
+//! `kiln convert MODEL --format compressed-tensors --scheme S -o OUTDIR`:
+//! one of llm-compressor's data-free presets, written as it writes them
+//! (`formats::ct`), streamed into a staged directory that replaces OUTDIR
+//! only once complete.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use formats::artifact::Staging;
+use formats::ct::{self, CompressedTensors, Scheme};
+use formats::data::Rows;
+use formats::write::{self, Container, FileLayout, WriteOptions};
+use passes::passes::{Context, Pipeline};
+use passes::{Encoding, Model};
+use serde_json::json;
+
+use crate::common::{human_bytes, shape};
+use crate::convert::ConvertArgs;
+use crate::Printer;
+
+pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
+    let t0 = Instant::now();
+    let Some(name) = &args.scheme else {
+        anyhow::bail!(
+            "--format compressed-tensors needs --scheme (one of {})",
+            Scheme::NAMES.join(", ")
+        );
+    };
+    let scheme = Scheme::parse(name, args.group_size).map_err(anyhow::Error::msg)?;
+    // GGUF-only options, refused by name rather than ignored.
+    let gguf_only = [
+        ("--imatrix", args.imatrix.is_some()),
+        ("--tensor-type", !args.tensor_type.is_empty()),
+        ("--output-tensor-type", args.output_tensor_type.is_some()),
+        (
+            "--token-embedding-type",
+            args.token_embedding_type.is_some(),
+        ),
+        ("--leave-output-tensor", args.leave_output_tensor),
+        ("--pure", args.pure),
+        ("--pre-tokenizer", args.pre_tokenizer.is_some()),
+        ("--allow-requantize", args.allow_requantize),
+    ];
+    if let Some((flag, _)) = gguf_only.iter().find(|(_, set)| *set) {
+        anyhow::bail!("{flag} applies to GGUF output, not --format compressed-tensors");
+    }
+    if !args.model.is_dir() {
+        anyhow::bail!(
+            "{}: compressed-tensors is written from a Hugging Face checkpoint directory (config.json and safetensors)",
+            args.model.display()
+        );
+    }
+    let loaded = formats::load(&args.model, &Default::default())?;
+    if loaded.model.arch.is_none() {
+        anyhow::bail!("{}: no architecture in config.json", args.model.display());
+    }
+    let mut model = loaded.model;
+    Pipeline::open()
+        .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
+        .with_context(|| args.model.display().to_string())?;
+    ct::assign(&mut model, scheme, &args.ignore)?;
+    let container = CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?;
+    let files = container.layout(&model)?;
+    let notes: Vec<String> = model
+        .tensors
+        .iter()
+        .flat_map(|t| {
+            t.notes
+                .iter()
+                .map(move |n| format!("{}: {n}", t.source_name))
+        })
+        .collect();
+    if args.dry_run {
+        if args.json {
+            printer.data(&serde_json::to_string_pretty(&plan_json(
+                args, name, &model, &files, &notes, false,
+            ))?);
+        } else {
+            printer.data(&plan_text(args, name, &model, &files, &notes));
+        }
+        return Ok(());
+    }
+    let out = args
+        .output
+        .as_ref()
+        .expect("clap requires -o without --dry-run");
+    for n in &notes {
+        printer.info(&format!("note: {n}"));
+    }
+    let staging = Staging::new(out)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        let _ = ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed));
+    }
+    let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
+    let bar = printer.bytes_bar(input_bytes, "converting");
+    let progress = |n: u64| bar.inc(n);
+    let opts = WriteOptions {
+        allow_nonfinite: args.allow_nonfinite,
+        importance: None,
+    };
+    let result = write::write(
+        &model,
+        &loaded.maps,
+        &container,
+        &files,
+        staging.dir(),
+        opts,
+        &progress,
+        &cancel,
+    );
+    bar.finish_and_clear();
+    result?;
+    staging.commit()?;
+    let secs = t0.elapsed().as_secs_f64();
+    if args.json {
+        let mut j = plan_json(args, name, &model, &files, &notes, true);
+        j["seconds"] = json!(secs);
+        printer.data(&serde_json::to_string_pretty(&j)?);
+    }
+    let bytes: u64 = files.iter().map(|f| f.total_bytes).sum();
+    printer.info(&format!(
+        "wrote {} ({} {}, {} of tensors) in {secs:.2}s",
+        out.display(),
+        scheme_label(name),
+        ct::CT_VERSION,
+        human_bytes(bytes)
+    ));
+    Ok(())
+}
+
+fn scheme_label(name: &str) -> String {
+    format!("compressed-tensors {}", name.to_ascii_uppercase())
+}
+
+/// Per source tensor: the stored tensors' total bytes.
+fn tensor_bytes(model: &Model, files: &[FileLayout]) -> Vec<u64> {
+    let mut b = vec![0u64; model.tensors.len()];
+    for f in files {
+        for p in &f.placements {
+            b[p.tensor] += p.bytes(&model.tensors[p.tensor]);
+        }
+    }
+    b
+}
+
+fn plan_json(
+    args: &ConvertArgs,
+    name: &str,
+    model: &Model,
+    files: &[FileLayout],
+    notes: &[String],
+    written: bool,
+) -> serde_json::Value {
+    let bytes = tensor_bytes(model, files);
+    json!({
+        "input": args.model,
+        "output": args.output,
+        "format": "compressed-tensors",
+        "scheme": name.to_ascii_uppercase(),
+        "written": written,
+        "bytes": files.iter().map(|f| f.total_bytes).sum::<u64>(),
+        "parameters": model.n_params(),
+        "tensors": model.tensors.iter().zip(&bytes).map(|(t, b)| json!({
+            "name": t.source_name,
+            "shape": t.shape,
+            "source_dtype": t.source.dtype.name(),
+            "encoding": t.encoding.map(|e| e.to_string()),
+            "bytes": b,
+            "notes": t.notes,
+        })).collect::<Vec<_>>(),
+        "notes": notes,
+    })
+}
+
+fn plan_text(
+    args: &ConvertArgs,
+    name: &str,
+    model: &Model,
+    files: &[FileLayout],
+    notes: &[String],
+) -> String {
+    let bytes = tensor_bytes(model, files);
+    let dest = args
+        .output
+        .as_deref()
+        .map_or("(dry run)".to_string(), |o: &Path| o.display().to_string());
+    let mut s = format!(
+        "plan: {} -> {dest} as {}\n\n",
+        args.model.display(),
+        scheme_label(name)
+    );
+    let w = model
+        .tensors
+        .iter()
+        .map(|t| t.source_name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    s += &format!(
+        "{:<w$}  {:<14} {:<6} {:<14} {:>12}\n",
+        "name", "shape", "source", "encoding", "bytes"
+    );
+    for (t, b) in model.tensors.iter().zip(&bytes) {
+        let enc = match t.encoding {
+            Some(Encoding::Keep) | None => "keep".to_string(),
+            Some(e) => e.to_string(),
+        };
+        let flag = if t.notes.is_empty() { "" } else { "  *" };
+        s += &format!(
+            "{:<w$}  {:<14} {:<6} {:<14} {:>12}{flag}\n",
+            t.source_name,
+            shape(&t.shape),
+            t.source.dtype.name(),
+            enc,
+            b
+        );
+    }
+    let total: u64 = files.iter().map(|f| f.total_bytes).sum();
+    s += &format!(
+        "\noutput size: {total} bytes ({}) of tensors, exact\n",
+        human_bytes(total)
+    );
+    if !notes.is_empty() {
+        s += "\nnotes (*):\n";
+        for n in notes {
+            s += &format!("  {n}\n");
+        }
+    }
+    s
+}

@@ -1,0 +1,942 @@
+//! The compressed-tensors container: Hugging Face safetensors with a
+//! `quantization_config`, as vLLM's llm-compressor writes them (the layout
+//! vLLM, TensorRT-LLM, tpu-inference, vllm-gaudi and QEfficient load).
+//!
+//! A [`Scheme`] is one of llm-compressor's data-free presets; [`assign`]
+//! gives every Linear weight the scheme's encoding (or keeps it in the source
+//! dtype, listed in `ignore`, where the scheme cannot hold it, with a note
+//! saying why, as llm-compressor refuses those layers); [`CompressedTensors`]
+//! lays out the safetensors file(s) with every stored tensor of every
+//! encoding (`weight_packed`, `weight_scale`, `weight_zero_point`,
+//! `weight_shape`, `weight_global_scale`) under its Hugging Face name, and
+//! writes `config.json` with the `quantization_config` block and the
+//! tokenizer files beside them. Values come from [`quant::ct`], bit-exact
+//! with llm-compressor (`fixtures/compressed_tensors/`).
+//!
+//! What must stay true: tensors keep their Hugging Face names and layout (no
+//! GGUF row permutation: the caller clears transforms, and a GGUF input is
+//! refused by name until its layout can be inverted); every piece is encoded
+//! from rows or units of rows of one tensor, so the streaming engine's bounds
+//! hold; a scheme's per-tensor constants (NVFP4's global scale, shared across
+//! q/k/v and gate/up) come from [`scan_amax`] before anything is written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use passes::{Model, Role, SourceDType, TensorNode};
+use quant::ct::{self as q, Dtype, Fp8Grain, Weights};
+use quant::{Encoding, Fp4Kind, Fp8Range, Fp8Scales, Fp8Spec, Group, IntSpec};
+use serde_json::{json, Map, Value};
+
+use crate::data::read_row;
+use crate::error::{Error, Result};
+use crate::mmap::MappedFile;
+use crate::write::{Container, FileLayout, Placement, Unit};
+
+/// The compressed-tensors version whose layout and config block kiln writes.
+pub const CT_VERSION: &str = "0.19.0";
+
+/// llm-compressor's data-free presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// int4 symmetric, group 128 (or the group given), `pack-quantized`.
+    W4A16 { group: u32 },
+    /// int4 asymmetric, group 128 (zero points packed along the output dimension).
+    W4A16Asym { group: u32 },
+    /// int8 symmetric, group 128, `pack-quantized`.
+    W8A16 { group: u32 },
+    /// int8 per channel with dynamic per-token int8 activations, `int-quantized`.
+    W8A8,
+    /// E4M3 per channel with dynamic per-token FP8 activations.
+    Fp8Dynamic,
+    /// E4M3 per 128 x 128 tile with dynamic per-group FP8 activations.
+    Fp8Block,
+    /// NVFP4 weights, 16-bit activations.
+    Nvfp4A16,
+    /// MXFP4 weights, 16-bit activations.
+    Mxfp4A16,
+}
+
+impl Scheme {
+    /// Every preset name, as `--scheme` takes them.
+    pub const NAMES: &'static [&'static str] = &[
+        "W4A16",
+        "W4A16_ASYM",
+        "W8A16",
+        "W8A8",
+        "FP8_DYNAMIC",
+        "FP8_BLOCK",
+        "NVFP4A16",
+        "MXFP4A16",
+    ];
+
+    /// A preset by llm-compressor's name (case-insensitive), with the group
+    /// size for the integer schemes (`None`: 128).
+    pub fn parse(name: &str, group: Option<u32>) -> std::result::Result<Scheme, String> {
+        let g = group.unwrap_or(128);
+        let s = match name.to_ascii_uppercase().as_str() {
+            "W4A16" => Scheme::W4A16 { group: g },
+            "W4A16_ASYM" => Scheme::W4A16Asym { group: g },
+            "W8A16" => Scheme::W8A16 { group: g },
+            "W8A8" | "INT8_W8A8" => Scheme::W8A8,
+            "FP8_DYNAMIC" => Scheme::Fp8Dynamic,
+            "FP8_BLOCK" => Scheme::Fp8Block,
+            "NVFP4A16" => Scheme::Nvfp4A16,
+            "MXFP4A16" | "MXFP4" => Scheme::Mxfp4A16,
+            "FP8" | "NVFP4" => {
+                return Err(format!(
+                    "scheme `{name}` quantizes activations with static scales, which need calibration activations; \
+                     kiln writes the data-free presets: {}",
+                    Scheme::NAMES.join(", ")
+                ))
+            }
+            _ => return Err(format!("unknown scheme `{name}`; kiln writes {}", Scheme::NAMES.join(", "))),
+        };
+        if group.is_some()
+            && !matches!(
+                s,
+                Scheme::W4A16 { .. } | Scheme::W4A16Asym { .. } | Scheme::W8A16 { .. }
+            )
+        {
+            return Err(format!("`--group-size` applies to the integer schemes W4A16, W4A16_ASYM and W8A16, not `{name}`"));
+        }
+        if ![0, 32, 64, 128].contains(&g) {
+            return Err(format!(
+                "group size {g}: the runtimes take 32, 64 or 128 (or 0 for per channel)"
+            ));
+        }
+        Ok(s)
+    }
+
+    /// The weights' encoding.
+    pub fn encoding(self) -> Encoding {
+        let group = |g: u32| {
+            if g == 0 {
+                Group::Channel
+            } else {
+                Group::Size(g)
+            }
+        };
+        match self {
+            Scheme::W4A16 { group: g } => Encoding::Int(IntSpec {
+                bits: 4,
+                group: group(g),
+                zero_point: false,
+            }),
+            Scheme::W4A16Asym { group: g } => Encoding::Int(IntSpec {
+                bits: 4,
+                group: group(g),
+                zero_point: true,
+            }),
+            Scheme::W8A16 { group: g } => Encoding::Int(IntSpec {
+                bits: 8,
+                group: group(g),
+                zero_point: false,
+            }),
+            Scheme::W8A8 => Encoding::Int(IntSpec {
+                bits: 8,
+                group: Group::Channel,
+                zero_point: false,
+            }),
+            Scheme::Fp8Dynamic => Encoding::Fp8(Fp8Spec {
+                scales: Fp8Scales::Channel,
+                range: Fp8Range::Fn448,
+            }),
+            Scheme::Fp8Block => Encoding::Fp8(Fp8Spec {
+                scales: Fp8Scales::Block {
+                    rows: 128,
+                    cols: 128,
+                },
+                range: Fp8Range::Fn448,
+            }),
+            Scheme::Nvfp4A16 => Encoding::Fp4(Fp4Kind::Nv),
+            Scheme::Mxfp4A16 => Encoding::Fp4(Fp4Kind::Mx),
+        }
+    }
+
+    /// Whether 8-bit integer weights are stored plain (`int-quantized`,
+    /// with quantized activations) rather than packed.
+    fn int_quantized(self) -> bool {
+        self == Scheme::W8A8
+    }
+
+    fn format(self) -> &'static str {
+        match self {
+            Scheme::W4A16 { .. } | Scheme::W4A16Asym { .. } | Scheme::W8A16 { .. } => {
+                "pack-quantized"
+            }
+            Scheme::W8A8 => "int-quantized",
+            Scheme::Fp8Dynamic | Scheme::Fp8Block => "float-quantized",
+            Scheme::Nvfp4A16 => "nvfp4-pack-quantized",
+            Scheme::Mxfp4A16 => "mxfp4-pack-quantized",
+        }
+    }
+
+    /// The config group's `weights` and `input_activations`, fields in
+    /// compressed-tensors' (sorted) order; `scale_dtype`/`zp_dtype` only
+    /// where the scheme needs them (loaders before compressed-tensors 0.13
+    /// reject the keys).
+    fn group_config(self) -> Value {
+        let args = |bits: u32,
+                    ty: &str,
+                    strategy: &str,
+                    group: Value,
+                    symmetric: bool,
+                    dynamic: bool,
+                    observer: Value| {
+            let mut m = Map::new();
+            m.insert("actorder".into(), Value::Null);
+            m.insert("block_structure".into(), Value::Null);
+            m.insert("dynamic".into(), json!(dynamic));
+            m.insert("group_size".into(), group);
+            m.insert("num_bits".into(), json!(bits));
+            m.insert("observer".into(), observer);
+            m.insert("observer_kwargs".into(), json!({}));
+            m.insert("strategy".into(), json!(strategy));
+            m.insert("symmetric".into(), json!(symmetric));
+            m.insert("type".into(), json!(ty));
+            m
+        };
+        let minmax = json!("memoryless_minmax");
+        let int_group = |bits, g: u32, symmetric| {
+            if g == 0 {
+                args(
+                    bits,
+                    "int",
+                    "channel",
+                    Value::Null,
+                    symmetric,
+                    false,
+                    minmax.clone(),
+                )
+            } else {
+                args(
+                    bits,
+                    "int",
+                    "group",
+                    json!(g),
+                    symmetric,
+                    false,
+                    minmax.clone(),
+                )
+            }
+        };
+        let (weights, acts) = match self {
+            Scheme::W4A16 { group } => (int_group(4, group, true), None),
+            Scheme::W4A16Asym { group } => {
+                let mut w = int_group(4, group, false);
+                w.insert("zp_dtype".into(), json!("torch.int8"));
+                (w, None)
+            }
+            Scheme::W8A16 { group } => (int_group(8, group, true), None),
+            Scheme::W8A8 => (
+                args(
+                    8,
+                    "int",
+                    "channel",
+                    Value::Null,
+                    true,
+                    false,
+                    minmax.clone(),
+                ),
+                Some(args(
+                    8,
+                    "int",
+                    "token",
+                    Value::Null,
+                    true,
+                    true,
+                    Value::Null,
+                )),
+            ),
+            Scheme::Fp8Dynamic => (
+                args(
+                    8,
+                    "float",
+                    "channel",
+                    Value::Null,
+                    true,
+                    false,
+                    minmax.clone(),
+                ),
+                Some(args(
+                    8,
+                    "float",
+                    "token",
+                    Value::Null,
+                    true,
+                    true,
+                    Value::Null,
+                )),
+            ),
+            Scheme::Fp8Block => {
+                let mut w = args(
+                    8,
+                    "float",
+                    "block",
+                    Value::Null,
+                    true,
+                    false,
+                    minmax.clone(),
+                );
+                w.insert("block_structure".into(), json!([128, 128]));
+                (
+                    w,
+                    Some(args(
+                        8,
+                        "float",
+                        "group",
+                        json!(128),
+                        true,
+                        true,
+                        Value::Null,
+                    )),
+                )
+            }
+            Scheme::Nvfp4A16 => {
+                let mut w = args(
+                    4,
+                    "float",
+                    "tensor_group",
+                    json!(16),
+                    true,
+                    false,
+                    minmax.clone(),
+                );
+                w.insert("scale_dtype".into(), json!("torch.float8_e4m3fn"));
+                (w, None)
+            }
+            Scheme::Mxfp4A16 => {
+                let mut w = args(4, "float", "group", json!(32), true, false, minmax.clone());
+                w.insert("scale_dtype".into(), json!("torch.uint8"));
+                (w, None)
+            }
+        };
+        let sorted = |m: Map<String, Value>| {
+            Value::Object(
+                m.into_iter()
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        json!({
+            "format": self.format(),
+            "input_activations": acts.map_or(Value::Null, sorted),
+            "output_activations": null,
+            "targets": ["Linear"],
+            "weights": sorted(weights),
+        })
+    }
+}
+
+/// Whether a tensor is the weight of a Linear layer that compressed-tensors
+/// quantizes (`targets: ["Linear"]`); `lm_head` and MoE routers are left
+/// out, as llm-compressor's recipes ignore them.
+pub fn is_target(t: &TensorNode) -> bool {
+    t.shape.len() == 2
+        && t.source_name.ends_with(".weight")
+        && matches!(
+            t.role,
+            Role::AttnQ
+                | Role::AttnK
+                | Role::AttnV
+                | Role::AttnOutput
+                | Role::FfnGate
+                | Role::FfnUp
+                | Role::FfnDown
+        )
+}
+
+/// Give every target Linear the scheme's encoding, or keep it (in the
+/// source dtype, listed in `ignore`) where its input width cannot take the
+/// scheme, with a note naming the width and the reason; everything else is
+/// kept. Refuses inputs whose tensors are not plain floats (a GGUF's ggml
+/// blocks) and clears the GGUF row permutation (outputs keep HF layout).
+/// `ignore` takes llm-compressor's forms: a module name
+/// (`model.layers.0.mlp.down_proj`) or `re:` and a regular expression matched
+/// at the start of the module name; matched Linears are kept.
+pub fn assign(model: &mut Model, scheme: Scheme, ignore: &[String]) -> Result<()> {
+    let enc = scheme.encoding();
+    let mut patterns = Vec::with_capacity(ignore.len());
+    for i in ignore {
+        match i.strip_prefix("re:") {
+            Some(re) => patterns.push(Ignore::Re(
+                regex::Regex::new(&format!("^(?:{re})")).map_err(|e| Error::Unsupported {
+                    path: Default::default(),
+                    tensor: None,
+                    reason: format!("--ignore `{i}`: {e}"),
+                })?,
+            )),
+            None => patterns.push(Ignore::Name(i.clone())),
+        }
+    }
+    for t in &mut model.tensors {
+        if matches!(t.source.dtype, SourceDType::Ggml(_)) {
+            let path = model.files.get(t.source.file).cloned().unwrap_or_default();
+            return Err(Error::unsupported(
+                &path,
+                Some(&t.source_name),
+                format!(
+                    "stored as {}: kiln writes compressed-tensors from Hugging Face checkpoints \
+                     (safetensors in F32/F16/BF16), not from GGUF",
+                    t.source.dtype.name()
+                ),
+            ));
+        }
+        t.transform = None;
+        t.encoding = Some(Encoding::Keep);
+        if !is_target(t) {
+            continue;
+        }
+        let module = t.source_name.trim_end_matches(".weight");
+        if patterns.iter().any(|p| match p {
+            Ignore::Name(n) => n == module,
+            Ignore::Re(r) => r.is_match(module),
+        }) {
+            continue;
+        }
+        if enc.fits(t.row_len()) {
+            t.encoding = Some(enc);
+        } else {
+            t.notes.push(passes::Note::new(
+                passes::NoteKind::Fallback { wanted: enc, used: Encoding::Keep, row_len: t.row_len() },
+                format!(
+                    "row length {} does not take {enc} (llm-compressor refuses the layer): kept in {}, listed in `ignore`",
+                    t.row_len(),
+                    t.source.dtype.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+enum Ignore {
+    Name(String),
+    Re(regex::Regex),
+}
+
+fn dtype_of(t: &TensorNode) -> Dtype {
+    match t.source.dtype {
+        SourceDType::BF16 => Dtype::Bf16,
+        SourceDType::F16 => Dtype::F16,
+        _ => Dtype::F32,
+    }
+}
+
+/// The fused group a Linear's NVFP4 global scale is shared with: q/k/v of a
+/// layer, gate/up of a layer (vLLM loads each group as one matrix).
+fn fused_group(t: &TensorNode) -> (Option<usize>, u8) {
+    let g = match t.role {
+        Role::AttnQ | Role::AttnK | Role::AttnV => 0,
+        Role::FfnGate | Role::FfnUp => 1,
+        _ => return (None, 2 + (t.role as u8)),
+    };
+    (t.layer, g)
+}
+
+/// Largest magnitude of every tensor that needs one before encoding (NVFP4's
+/// global scale), taken over its fused group, by tensor index: one streaming
+/// pass over those tensors.
+pub fn scan_amax(model: &Model, maps: &[MappedFile]) -> BTreeMap<String, f32> {
+    let mut by_group: BTreeMap<(Option<usize>, u8, usize), f32> = BTreeMap::new();
+    let mut members = Vec::new();
+    for (i, t) in model.tensors.iter().enumerate() {
+        if t.encoding != Some(Encoding::Fp4(Fp4Kind::Nv)) {
+            continue;
+        }
+        let mut row = vec![0f32; t.row_len()];
+        let mut a = 0f32;
+        for r in 0..t.n_rows() {
+            read_row(maps, t, r, &mut row);
+            a = a.max(q::amax(&row));
+        }
+        let (layer, g) = fused_group(t);
+        // Unfused tensors get a group of their own.
+        let key = (layer, g, if g >= 2 { i } else { 0 });
+        let e = by_group.entry(key).or_insert(0.0);
+        *e = e.max(a);
+        members.push((i, key));
+    }
+    members
+        .into_iter()
+        .map(|(i, k)| (model.tensors[i].name.clone(), by_group[&k]))
+        .collect()
+}
+
+/// One stored tensor of a source tensor's encoding.
+#[derive(Debug, Clone)]
+struct Piece {
+    suffix: &'static str,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    row_bytes: usize,
+    unit: Unit,
+}
+
+const CONST: Unit = Unit::CONST;
+
+/// The compressed-tensors container for one scheme.
+pub struct CompressedTensors {
+    scheme: Scheme,
+    /// NVFP4 fused largest magnitudes by tensor name ([`scan_amax`]).
+    amax: BTreeMap<String, f32>,
+    /// Source `config.json` (the output's, with `quantization_config` added).
+    config: Map<String, Value>,
+    /// Files copied from the source directory (tokenizer, generation config).
+    copied: Vec<(String, Vec<u8>)>,
+}
+
+impl CompressedTensors {
+    /// For a model assigned with [`assign`], loaded from the directory `src`.
+    pub fn new(
+        scheme: Scheme,
+        model: &Model,
+        maps: &[MappedFile],
+        src: &Path,
+    ) -> Result<CompressedTensors> {
+        let cfg_path = src.join("config.json");
+        let text = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config: Map<String, Value> = serde_json::from_slice(&text)
+            .map_err(|e| Error::malformed(&cfg_path, None, format!("not a JSON object: {e}")))?;
+        let mut copied = Vec::new();
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "tokenizer.model",
+            "special_tokens_map.json",
+            "generation_config.json",
+            "chat_template.jinja",
+        ] {
+            let p = src.join(name);
+            if p.is_file() {
+                copied.push((
+                    name.to_string(),
+                    std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+                ));
+            }
+        }
+        Ok(CompressedTensors {
+            scheme,
+            amax: scan_amax(model, maps),
+            config,
+            copied,
+        })
+    }
+
+    fn weights(&self, enc: Encoding) -> Option<Weights> {
+        Some(match enc {
+            Encoding::Int(s) => Weights::Int {
+                bits: s.bits,
+                group: match s.group {
+                    Group::Channel => 0,
+                    Group::Size(g) => g as usize,
+                },
+                symmetric: !s.zero_point,
+                packed: !self.scheme.int_quantized(),
+            },
+            Encoding::Fp8(s) => Weights::Fp8 {
+                scales: match s.scales {
+                    Fp8Scales::Tensor => Fp8Grain::Tensor,
+                    Fp8Scales::Channel => Fp8Grain::Channel,
+                    Fp8Scales::Block { rows, .. } => Fp8Grain::Block(rows as usize),
+                },
+                max_240: s.range == Fp8Range::Clamp240,
+            },
+            Encoding::Fp4(Fp4Kind::Nv) => Weights::Nvfp4,
+            Encoding::Fp4(Fp4Kind::Mx) => Weights::Mxfp4,
+            Encoding::Keep | Encoding::Ggml(_) => return None,
+        })
+    }
+
+    /// The stored tensors of `t`, in writing order.
+    fn pieces(&self, t: &TensorNode) -> Vec<Piece> {
+        let (rows, cols) = (t.n_rows(), t.row_len());
+        let d = dtype_of(t);
+        let enc = t.encoding.unwrap_or(Encoding::Keep);
+        let Some(w) = self.weights(enc) else {
+            let dtype = t.source.dtype.name();
+            let bytes = match t.source.dtype {
+                SourceDType::F32 => 4,
+                _ => 2,
+            };
+            return vec![Piece {
+                suffix: "",
+                dtype,
+                shape: t.shape.clone(),
+                row_bytes: cols * bytes,
+                unit: Unit::ROW,
+            }];
+        };
+        let row = |suffix, dtype, shape: Vec<usize>, row_bytes| Piece {
+            suffix,
+            dtype,
+            shape,
+            row_bytes,
+            unit: Unit::ROW,
+        };
+        match w {
+            Weights::Int {
+                bits,
+                group,
+                symmetric,
+                packed,
+            } => {
+                let groups = cols.checked_div(group).unwrap_or(1);
+                let mut v = Vec::new();
+                if packed {
+                    let words = q::packed_words(cols, bits);
+                    v.push(row("weight_packed", "I32", vec![rows, words], words * 4));
+                } else {
+                    v.push(row("weight", "I8", vec![rows, cols], cols));
+                }
+                v.push(row(
+                    "weight_scale",
+                    d.name(),
+                    vec![rows, groups],
+                    groups * d.bytes(),
+                ));
+                if packed {
+                    v.push(Piece {
+                        suffix: "weight_shape",
+                        dtype: "I64",
+                        shape: vec![2],
+                        row_bytes: 16,
+                        unit: CONST,
+                    });
+                }
+                if !symmetric {
+                    let words = q::packed_words(rows, bits);
+                    v.push(Piece {
+                        suffix: "weight_zero_point",
+                        dtype: "I32",
+                        shape: vec![words, groups],
+                        row_bytes: groups * 4,
+                        unit: Unit {
+                            rows: 32 / bits as usize,
+                            per_row: false,
+                        },
+                    });
+                }
+                v
+            }
+            Weights::Fp8 { scales, .. } => match scales {
+                Fp8Grain::Channel => vec![
+                    row("weight", "F8_E4M3", vec![rows, cols], cols),
+                    row("weight_scale", d.name(), vec![rows, 1], d.bytes()),
+                ],
+                Fp8Grain::Block(b) => {
+                    let unit = |per_row| Unit { rows: b, per_row };
+                    vec![
+                        Piece {
+                            suffix: "weight",
+                            dtype: "F8_E4M3",
+                            shape: vec![rows, cols],
+                            row_bytes: cols,
+                            unit: unit(true),
+                        },
+                        Piece {
+                            suffix: "weight_scale",
+                            dtype: d.name(),
+                            shape: vec![rows.div_ceil(b), cols.div_ceil(b)],
+                            row_bytes: cols.div_ceil(b) * d.bytes(),
+                            unit: unit(false),
+                        },
+                    ]
+                }
+                // Per-tensor FP8 is the static-activation preset, refused by Scheme::parse.
+                Fp8Grain::Tensor => unreachable!("per-tensor FP8 is not a data-free scheme"),
+            },
+            Weights::Nvfp4 => vec![
+                row("weight_packed", "U8", vec![rows, cols / 2], cols / 2),
+                row("weight_scale", "F8_E4M3", vec![rows, cols / 16], cols / 16),
+                Piece {
+                    suffix: "weight_global_scale",
+                    dtype: "F32",
+                    shape: vec![1],
+                    row_bytes: 4,
+                    unit: CONST,
+                },
+            ],
+            Weights::Mxfp4 => vec![
+                row("weight_packed", "U8", vec![rows, cols / 2], cols / 2),
+                row("weight_scale", "U8", vec![rows, cols / 32], cols / 32),
+            ],
+        }
+    }
+
+    fn stored_name(t: &TensorNode, p: &Piece) -> String {
+        if p.suffix.is_empty() {
+            t.source_name.clone()
+        } else {
+            format!("{}.{}", t.source_name.trim_end_matches(".weight"), p.suffix)
+        }
+    }
+
+    fn global(&self, t: &TensorNode) -> f32 {
+        q::nvfp4_global_scale(self.amax.get(&t.name).copied().unwrap_or(0.0), dtype_of(t))
+    }
+
+    /// The `quantization_config` block.
+    fn quantization_config(&self, model: &Model) -> Value {
+        // Kept Linears in module order, then `lm_head`, which llm-compressor
+        // lists even when it is tied to the embeddings (the module exists).
+        let mut ignore: Vec<Value> = model
+            .tensors
+            .iter()
+            .filter(|t| is_target(t) && t.encoding == Some(Encoding::Keep))
+            .map(|t| json!(t.source_name.trim_end_matches(".weight")))
+            .collect();
+        ignore.push(json!("lm_head"));
+        json!({
+            "config_groups": {"group_0": self.scheme.group_config()},
+            "format": self.scheme.format(),
+            "global_compression_ratio": null,
+            "ignore": ignore,
+            "kv_cache_scheme": null,
+            "quant_method": "compressed-tensors",
+            "quantization_status": "compressed",
+            "sparsity_config": {},
+            "transform_config": {},
+            "version": CT_VERSION,
+        })
+    }
+}
+
+impl Container for CompressedTensors {
+    fn layout(&self, model: &Model) -> Result<Vec<FileLayout>> {
+        // Stored tensors sorted by name, as safetensors orders them.
+        let mut all: Vec<(String, usize, usize, Piece)> = Vec::new();
+        for (i, t) in model.tensors.iter().enumerate() {
+            for (k, p) in self.pieces(t).into_iter().enumerate() {
+                all.push((Self::stored_name(t, &p), i, k, p));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut header = Map::new();
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut offset = 0u64;
+        let mut spans = Vec::with_capacity(all.len());
+        for (name, i, _, p) in &all {
+            let t = &model.tensors[*i];
+            let bytes = if p.unit.per_row {
+                (p.row_bytes * t.n_rows()) as u64
+            } else {
+                (p.row_bytes * p.unit.count(t.n_rows())) as u64
+            };
+            header.insert(
+                name.clone(),
+                json!({"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            spans.push((offset, bytes));
+            offset += bytes;
+        }
+        let mut text = serde_json::to_vec(&Value::Object(header)).expect("a JSON map serializes");
+        // The data starts 8-aligned: pad the header with spaces, as safetensors does.
+        while (8 + text.len()) % 8 != 0 {
+            text.push(b' ');
+        }
+        let mut head = (text.len() as u64).to_le_bytes().to_vec();
+        head.extend_from_slice(&text);
+        let base = head.len() as u64;
+        let placements = all
+            .iter()
+            .zip(&spans)
+            .map(|((_, i, k, p), &(off, _))| Placement {
+                tensor: *i,
+                piece: *k,
+                offset: base + off,
+                row_bytes: p.row_bytes,
+                unit: p.unit,
+                padding: 0,
+            })
+            .collect();
+        Ok(vec![FileLayout {
+            name: "model.safetensors".into(),
+            header: head,
+            placements,
+            total_bytes: base + offset,
+        }])
+    }
+
+    fn copies_source(&self, t: &TensorNode, _piece: usize) -> bool {
+        self.weights(t.encoding.unwrap_or(Encoding::Keep)).is_none()
+    }
+
+    fn encode_row(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        values: &[f32],
+        dst: &mut [u8],
+        _importance: Option<&[f32]>,
+    ) {
+        let d = dtype_of(t);
+        let Some(w) = self.weights(t.encoding.unwrap_or(Encoding::Keep)) else {
+            unreachable!("kept tensors are copied")
+        };
+        match (w, piece) {
+            (
+                Weights::Int {
+                    bits,
+                    group,
+                    symmetric,
+                    packed,
+                },
+                0 | 1,
+            ) => {
+                let g = if group == 0 { values.len() } else { group };
+                let mut qv = vec![0i8; values.len()];
+                for (k, chunk) in values.chunks_exact(g).enumerate() {
+                    let (lo, hi) = q::min_max(chunk);
+                    let p = q::int_params(lo, hi, bits, symmetric, d);
+                    if piece == 1 {
+                        d.put(p.scale, &mut dst[k * d.bytes()..(k + 1) * d.bytes()]);
+                        continue;
+                    }
+                    for (o, &x) in qv[k * g..(k + 1) * g].iter_mut().zip(chunk) {
+                        *o = q::int_quantize(x, p, bits, d);
+                    }
+                }
+                if piece == 0 {
+                    if packed {
+                        q::pack_int32(&qv, bits, dst);
+                    } else {
+                        for (o, v) in dst.iter_mut().zip(qv) {
+                            *o = v as u8;
+                        }
+                    }
+                }
+            }
+            (Weights::Fp8 { max_240, .. }, _) => {
+                let max = if max_240 { 240.0 } else { 448.0 };
+                let s = q::fp8_scale(q::amax(values), max, d);
+                if piece == 1 {
+                    d.put(s, dst);
+                } else {
+                    for (o, &x) in dst.iter_mut().zip(values) {
+                        *o = q::fp8_quantize(x, s, max, d);
+                    }
+                }
+            }
+            (Weights::Nvfp4, _) => {
+                let global = self.global(t);
+                for (k, chunk) in values.chunks_exact(16).enumerate() {
+                    let s = q::nvfp4_group_scale(q::amax(chunk), global, d);
+                    if piece == 1 {
+                        dst[k] = s;
+                    } else {
+                        let codes: Vec<u8> =
+                            chunk.iter().map(|&x| q::nvfp4_code(x, s, global)).collect();
+                        q::pack_fp4(&codes, &mut dst[k * 8..(k + 1) * 8]);
+                    }
+                }
+            }
+            (Weights::Mxfp4, _) => {
+                for (k, chunk) in values.chunks_exact(32).enumerate() {
+                    let s = q::mx_scale(q::amax(chunk), d);
+                    if piece == 1 {
+                        dst[k] = s;
+                    } else {
+                        let codes: Vec<u8> = chunk.iter().map(|&x| q::mx_code(x, s, d)).collect();
+                        q::pack_fp4(&codes, &mut dst[k * 16..(k + 1) * 16]);
+                    }
+                }
+            }
+            (w, p) => unreachable!("piece {p} of {w:?} is not row-wise"),
+        }
+    }
+
+    fn encode_unit(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        _first_row: usize,
+        values: &[f32],
+        dst: &mut [u8],
+    ) {
+        let d = dtype_of(t);
+        let cols = t.row_len();
+        match self.weights(t.encoding.unwrap_or(Encoding::Keep)) {
+            Some(Weights::Int { .. }) if piece == 2 => {
+                dst.copy_from_slice(
+                    &[
+                        (t.n_rows() as i64).to_le_bytes(),
+                        (cols as i64).to_le_bytes(),
+                    ]
+                    .concat(),
+                );
+            }
+            Some(Weights::Int {
+                bits,
+                group,
+                symmetric: false,
+                ..
+            }) => {
+                // Zero points of this unit's rows, packed along the output
+                // dimension: one int32 word per group.
+                let g = if group == 0 { cols } else { group };
+                let groups = cols / g;
+                for k in 0..groups {
+                    let zps: Vec<i8> = values
+                        .chunks_exact(cols)
+                        .map(|r| {
+                            let (lo, hi) = q::min_max(&r[k * g..(k + 1) * g]);
+                            q::int_params(lo, hi, bits, false, d).zero_point
+                        })
+                        .collect();
+                    let mut word = [0u8; 4];
+                    q::pack_int32(
+                        &zps,
+                        bits,
+                        &mut word[..4 * q::packed_words(zps.len(), bits)],
+                    );
+                    dst[k * 4..(k + 1) * 4].copy_from_slice(&word);
+                }
+            }
+            Some(Weights::Fp8 {
+                scales: Fp8Grain::Block(b),
+                max_240,
+            }) => {
+                let max = if max_240 { 240.0 } else { 448.0 };
+                let nc = cols.div_ceil(b);
+                let scales: Vec<f32> = (0..nc)
+                    .map(|j| {
+                        let a = values
+                            .chunks_exact(cols)
+                            .map(|r| q::amax(&r[j * b..((j + 1) * b).min(cols)]))
+                            .fold(0f32, f32::max);
+                        q::fp8_scale(a, max, d)
+                    })
+                    .collect();
+                if piece == 1 {
+                    for (s, o) in scales.iter().zip(dst.chunks_exact_mut(d.bytes())) {
+                        d.put(*s, o);
+                    }
+                } else {
+                    for (i, (o, &x)) in dst.iter_mut().zip(values).enumerate() {
+                        *o = q::fp8_quantize(x, scales[(i % cols) / b], max, d);
+                    }
+                }
+            }
+            Some(Weights::Nvfp4) => {
+                dst.copy_from_slice(&self.global(t).to_le_bytes());
+            }
+            other => unreachable!("piece {piece} of {other:?} is row-wise"),
+        }
+    }
+
+    fn side_files(&self, model: &Model, _files: &[FileLayout]) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut config = self.config.clone();
+        config.insert(
+            "quantization_config".into(),
+            self.quantization_config(model),
+        );
+        let mut text = serde_json::to_vec_pretty(&Value::Object(config)).expect("JSON serializes");
+        text.push(b'\n');
+        let mut out = vec![("config.json".to_string(), text)];
+        out.extend(self.copied.iter().cloned());
+        Ok(out)
+    }
+}
