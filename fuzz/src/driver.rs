@@ -149,6 +149,8 @@ pub fn worker(
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for i in from..to {
+        // Generated outside catch_unwind: a mutator that panics kills the
+        // worker, and the run reports it (as an abort), never hides it.
         let c = case(&corpus, kind, seed, i);
         ws.prepare(&c)?;
         let (class, us, msg) = run_one(&ws, &c, slow_ms);
@@ -373,7 +375,9 @@ fn spawn(
 
 /// Write the reproducer of case `index` of `kind` into `dir`.
 fn write_reproducer(corpus: &Corpus, opts: &RunOptions, f: &Finding, dir: &Path) -> Result<()> {
-    let c = case(corpus, f.kind, opts.seed, f.index);
+    // A mutator that panics is a harness bug: report it, keep running.
+    let c = panic::catch_unwind(AssertUnwindSafe(|| case(corpus, f.kind, opts.seed, f.index)))
+        .map_err(|_| anyhow::anyhow!("the case generator panicked (a harness bug)"))?;
     std::fs::create_dir_all(dir)?;
     let (input, model) = if f.kind.in_checkpoint() {
         let model = dir.join("model");

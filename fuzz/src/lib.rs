@@ -211,6 +211,16 @@ mod tests {
     }
 
     #[test]
+    fn the_mutators_never_panic() {
+        let (_d, c) = corpus();
+        for k in Kind::ALL {
+            for i in 0..3000 {
+                std::hint::black_box(case(&c, k, 11, i));
+            }
+        }
+    }
+
+    #[test]
     fn mutators_take_garbage_and_reach_past_the_first_check() {
         let (_d, c) = corpus();
         let mut rng = Rng(SplitMix64::new(3));

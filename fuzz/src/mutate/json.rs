@@ -293,7 +293,13 @@ fn tokenizer(doc: &mut Value, rng: &mut Rng) {
                 let i = rng.below(added.len());
                 let field = *rng.pick(&["id", "content", "special"]);
                 let like = added[i][field].clone();
-                added[i][field] = scalar(rng, &like);
+                let v = scalar(rng, &like);
+                match added[i].as_object_mut() {
+                    Some(o) => {
+                        o.insert(field.into(), v);
+                    }
+                    None => added[i] = v,
+                }
             }
         }
         _ => {

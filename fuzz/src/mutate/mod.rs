@@ -192,8 +192,9 @@ pub fn bytes(b: &mut Vec<u8>, rng: &mut Rng) {
         7 if n > 0 => {
             // Random bytes over a short run.
             let i = rng.below(n);
-            for j in i..(i + rng.count(16)).min(n) {
-                b[j] = rng.u64() as u8;
+            let end = (i + rng.count(16)).min(n);
+            for x in &mut b[i..end] {
+                *x = rng.u64() as u8;
             }
         }
         _ => b.extend((0..rng.count(32)).map(|_| rng.u64() as u8)),
