@@ -294,6 +294,9 @@ struct Running {
     last: Instant,
     killed_for_hang: bool,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The thread reading stderr: joined before the tail is read, so a
+    /// dying worker's last words are in it.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 fn spawn(
@@ -347,7 +350,7 @@ fn spawn(
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let mut pipe = child.stderr.take().context("worker stderr")?;
     let keep = stderr.clone();
-    std::thread::spawn(move || {
+    let stderr_reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = pipe.read(&mut buf) {
             if n == 0 {
@@ -370,6 +373,7 @@ fn spawn(
         last: Instant::now(),
         killed_for_hang: false,
         stderr,
+        stderr_reader: Some(stderr_reader),
     })
 }
 
@@ -557,6 +561,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary> {
                     continue;
                 };
                 let status = w.child.wait()?;
+                if let Some(h) = w.stderr_reader.take() {
+                    let _ = h.join();
+                }
                 std::fs::remove_dir_all(opts.scratch.join(format!("w{}", w.child.id()))).ok();
                 if w.next < w.to {
                     // The case w.next killed the worker.
