@@ -380,8 +380,10 @@ fn spawn(
 /// Write the reproducer of case `index` of `kind` into `dir`.
 fn write_reproducer(corpus: &Corpus, opts: &RunOptions, f: &Finding, dir: &Path) -> Result<()> {
     // A mutator that panics is a harness bug: report it, keep running.
-    let c = panic::catch_unwind(AssertUnwindSafe(|| case(corpus, f.kind, opts.seed, f.index)))
-        .map_err(|_| anyhow::anyhow!("the case generator panicked (a harness bug)"))?;
+    let c = panic::catch_unwind(AssertUnwindSafe(|| {
+        case(corpus, f.kind, opts.seed, f.index)
+    }))
+    .map_err(|_| anyhow::anyhow!("the case generator panicked (a harness bug)"))?;
     std::fs::create_dir_all(dir)?;
     let (input, model) = if f.kind.in_checkpoint() {
         let model = dir.join("model");
