@@ -3,7 +3,8 @@
 //! error message; and the harness must tell each of those apart (a
 //! self-test kind produces one of each), so a clean run means something.
 //!
-//! `KILN_FUZZ_CASES` overrides the case count for a quick local run.
+//! `KILN_FUZZ_CASES` overrides the case count for a quick local run. The
+//! fixed-seed run's summary and reproducers stay in `target/tmp/fuzz-ci/`.
 
 use std::path::Path;
 use std::process::Command;
@@ -97,9 +98,11 @@ fn every_class_of_finding_is_told_apart() {
 #[test]
 fn fixed_seed_run_finds_nothing() {
     let cases = std::env::var("KILN_FUZZ_CASES").unwrap_or_else(|_| "20000".into());
-    let out = tempfile::tempdir().unwrap();
+    // Kept after the test (under target/tmp), so a failure's reproducers can be read.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-ci");
+    let _ = std::fs::remove_dir_all(&out);
     let (code, stdout, s) = run(
-        out.path(),
+        &out,
         &[
             "--cases", &cases, "--seed", "1", "--jobs", "2", "--keep", "3",
         ],
