@@ -97,6 +97,7 @@ fn the_walk_sees_every_crate() {
         "quant/",
         "eval/",
         "fixtures/",
+        "fuzz/",
         "tests/",
     ] {
         assert!(
