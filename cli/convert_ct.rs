@@ -4,12 +4,10 @@
 //! only once complete.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use formats::artifact::Staging;
+use formats::artifact::{sha256_file, Staging};
 use formats::ct::{self, CompressedTensors, Scheme};
 use formats::data::Rows;
 use formats::write::{self, Container, FileLayout, WriteOptions};
@@ -17,7 +15,7 @@ use passes::passes::{Context, Pipeline};
 use passes::{Encoding, Model};
 use serde_json::json;
 
-use crate::common::{human_bytes, shape};
+use crate::common::{cancel_flag, clean_stale, human_bytes, shape};
 use crate::convert::ConvertArgs;
 use crate::Printer;
 
@@ -90,12 +88,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     for n in &notes {
         printer.info(&format!("note: {n}"));
     }
-    let staging = Staging::new(out)?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        let _ = ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed));
-    }
+    clean_stale(out, printer);
+    let staging = Staging::new(out, false)?;
+    let cancel = cancel_flag();
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "converting");
     let progress = |n: u64| bar.inc(n);
@@ -114,7 +109,26 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         &cancel,
     );
     bar.finish_and_clear();
-    result?;
+    let written = result?;
+    // A manifest listing every file with its size and hash, so a later run
+    // may replace this directory (and nothing a user added to it).
+    let mut listed = Vec::with_capacity(written.len());
+    for w in &written {
+        listed.push(json!({
+            "path": w.name,
+            "bytes": w.bytes,
+            "sha256": sha256_file(&staging.path(&w.name))?,
+        }));
+    }
+    let manifest = json!({
+        "schema": "kiln.artifact/convert-1",
+        "input": args.model,
+        "format": "compressed-tensors",
+        "compressed_tensors_version": ct::CT_VERSION,
+        "scheme": name.to_ascii_uppercase(),
+        "files": listed,
+    });
+    staging.write("manifest.json", &serde_json::to_vec_pretty(&manifest)?)?;
     staging.commit()?;
     let secs = t0.elapsed().as_secs_f64();
     if args.json {
