@@ -90,6 +90,13 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
             );
         }
     }
+    if loaded.model.arch.is_none() && loaded.gguf.is_some() {
+        anyhow::bail!(
+            "{}: {}",
+            args.model.display(),
+            formats::load::gguf_arch_missing(&loaded.model.metadata)
+        );
+    }
     if loaded.model.arch.is_none() {
         anyhow::bail!(
             "{}: no architecture: a bare .safetensors file has no config.json; convert the checkpoint directory instead",

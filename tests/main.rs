@@ -8,5 +8,6 @@ mod convert;
 mod estimate;
 mod eval;
 mod hostile;
+mod limits;
 mod snapshots;
 mod tidy;

@@ -295,11 +295,13 @@ fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
         maps[t.source.file].release(t.source.offset as usize, t.source.len as usize);
     }
     if nonfinite > 0 {
+        // The file the weights came from (the user's to fix), not the output.
         return Err(Error::NonFinite {
-            path: sink
-                .tmp_path
-                .parent()
-                .map(Path::to_path_buf)
+            path: ctx
+                .model
+                .files
+                .get(t.source.file)
+                .cloned()
                 .unwrap_or_default(),
             tensor: t.source_name.clone(),
             count: nonfinite,
