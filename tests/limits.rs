@@ -93,13 +93,22 @@ fn huge_head_counts_and_vocab_sizes_are_refused_by_name_not_a_panic() {
 
 #[test]
 fn vocab_size_is_checked_against_the_embedding_before_allocating() {
-    // 512,001,536 tokens used to abort on a 12 GB allocation.
+    // 512,001,536 tokens used to abort on a 12 GB allocation: above the cap.
     let d = mini_config_with(|c| c["vocab_size"] = json!(512_001_536));
     refuse_convert(
         d.path(),
         &[
             "config.json",
-            "`vocab_size` is 512001536 but tensor `model.embed_tokens.weight` (shape [8, 32]) has 8",
+            "`vocab_size` is 512001536, above kiln's cap of 16777216 (MAX_VOCAB)",
+        ],
+    );
+    // Under the cap, the embedding's rows decide (a million [PADn] tokens were written).
+    let d = mini_config_with(|c| c["vocab_size"] = json!(1_000_000));
+    refuse_convert(
+        d.path(),
+        &[
+            "config.json",
+            "`vocab_size` is 1000000 but tensor `model.embed_tokens.weight` (shape [8, 32]) has 8",
         ],
     );
 }
