@@ -130,6 +130,13 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
             );
         }
     }
+    if loaded.model.arch.is_none() && loaded.gguf.is_some() {
+        anyhow::bail!(
+            "{}: {}",
+            args.model.display(),
+            formats::load::gguf_arch_missing(&loaded.model.metadata)
+        );
+    }
     if loaded.model.arch.is_none() {
         anyhow::bail!(
             "{}: no architecture: a bare .safetensors file has no config.json; convert the checkpoint directory instead",
@@ -186,8 +193,17 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let notes: Vec<String> = model
         .tensors
         .iter()
-        .flat_map(|t| t.notes.iter().map(move |n| format!("{}: {n}", t.name)))
-        .chain(model.notes.iter().map(|n| n.text.clone()))
+        .flat_map(|t| {
+            t.notes
+                .iter()
+                .map(move |n| passes::printable(&format!("{}: {n}", t.name)).into_owned())
+        })
+        .chain(
+            model
+                .notes
+                .iter()
+                .map(|n| passes::printable(&n.text).into_owned()),
+        )
         .collect();
 
     if args.dry_run {
@@ -293,7 +309,7 @@ fn plan_text(
     let w = model
         .tensors
         .iter()
-        .map(|t| t.name.len())
+        .map(|t| passes::printable(&t.name).len())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -307,7 +323,7 @@ fn plan_text(
         let flag = if t.notes.is_empty() { "" } else { "  *" };
         s += &format!(
             "{:<w$}  {:<14} {:<6} {:<6} {:>12}{flag}\n",
-            t.name,
+            passes::printable(&t.name),
             shape(&t.shape),
             t.source.dtype.name(),
             ty,

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use passes::arch::limits::MAX_CONTEXT;
 use planner::estimate::{self, EstimateOptions};
 
 use crate::common::lift_plan;
@@ -73,7 +74,29 @@ pub struct EstimateArgs {
     pub request_rate: Option<f64>,
 }
 
+/// Refuse token counts past [`MAX_CONTEXT`]: the cost model multiplies them
+/// (prompt + gen, batch x context x KV bytes), and no engine indexes more
+/// positions than a u32 holds.
+fn check_tokens(args: &EstimateArgs) -> Result<()> {
+    let mut counts = vec![("--prompt", args.prompt), ("--gen", args.gen)];
+    counts.extend(args.context.map(|c| ("--context", c)));
+    for (flag, n) in counts {
+        if n > MAX_CONTEXT {
+            anyhow::bail!("{flag} {n} is above kiln's cap of {MAX_CONTEXT} tokens (MAX_CONTEXT)");
+        }
+    }
+    if args.context.is_none() && args.prompt + args.gen > MAX_CONTEXT {
+        anyhow::bail!(
+            "--prompt {} + --gen {} is above kiln's cap of {MAX_CONTEXT} tokens of context (MAX_CONTEXT)",
+            args.prompt,
+            args.gen
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &EstimateArgs, printer: &Printer) -> Result<()> {
+    check_tokens(args)?;
     let target = crate::targets::resolve(&args.target, &args.target_file, args.measure, printer)?;
     let o = EstimateOptions {
         model: args.model.clone(),

@@ -117,7 +117,13 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
     if args.weights {
         let cand = candidate.as_ref().expect("checked above");
         let importance = match &args.imatrix {
-            Some(p) => Some(read_importance(p)?),
+            Some(p) => {
+                let m = read_importance(p)?;
+                eval::weights::check_importance(&original, &m)
+                    .map_err(lift)
+                    .with_context(|| p.display().to_string())?;
+                Some(m)
+            }
             None => None,
         };
         let t0 = Instant::now();

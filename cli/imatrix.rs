@@ -92,7 +92,7 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
         &cancel,
     );
     bar.finish_and_clear();
-    r.map_err(lift)?;
+    r.map_err(lift).with_context(|| model.name())?;
 
     let dataset = args.text.display().to_string();
     let im =

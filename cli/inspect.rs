@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use formats::{InputKind, LoadOptions};
-use passes::{Arch, MetaValue, Metadata};
+use passes::{printable, Arch, MetaValue, Metadata};
 use serde_json::{json, Value};
 
 use crate::common::{human_bytes, human_count, shape};
@@ -127,7 +127,10 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
         InputKind::Safetensors => "safetensors file".to_string(),
         InputKind::Gguf { version } => format!("GGUF v{version}"),
     };
-    s += &format!("model: {} ({kind})\n", args.model.display());
+    s += &format!(
+        "model: {} ({kind})\n",
+        printable(&args.model.display().to_string())
+    );
     if let Some(a) = &loaded.model.arch {
         s += &format!("architecture: {}\n", arch_line(a));
     }
@@ -140,15 +143,17 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
     for (d, n, b) in &by_dtype {
         s += &format!("  {d:<8} {n:>5} tensors  {:>12}\n", human_bytes(*b));
     }
-    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    // Names are data from the file: printed with control characters escaped.
+    let names: Vec<_> = rows.iter().map(|r| printable(&r.name)).collect();
+    let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
     s += &format!(
         "\n{:<w$}  {:<16} {:<8} {:>12}\n",
         "name", "shape", "dtype", "bytes"
     );
-    for r in &rows {
+    for (r, name) in rows.iter().zip(&names) {
         s += &format!(
             "{:<w$}  {:<16} {:<8} {:>12}\n",
-            r.name,
+            name,
             shape(&r.shape),
             r.dtype,
             r.bytes
@@ -157,7 +162,7 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
     if format == "safetensors" && !st_metadata.is_empty() {
         s += "\nmetadata:\n";
         for (k, v) in &st_metadata {
-            s += &format!("  {k} = {v:?}\n");
+            s += &format!("  {} = {v:?}\n", printable(k));
         }
     } else if !metadata.0.is_empty() {
         s += if format == "hf" {
@@ -174,8 +179,8 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
 fn arch_line(a: &Arch) -> String {
     format!(
         "{} ({}): {} layers, hidden {}, {} heads ({} KV, head dim {}), FFN {}, vocab {}, context {}, {} embeddings{}",
-        a.hf_architecture.as_deref().unwrap_or(&a.family),
-        a.family,
+        printable(a.hf_architecture.as_deref().unwrap_or(&a.family)),
+        printable(&a.family),
         a.n_layer,
         a.hidden,
         a.n_head,
@@ -217,7 +222,7 @@ fn metadata_text(md: &Metadata, full: bool) -> String {
             ),
             other => scalar_text(other),
         };
-        s += &format!("  {k} = {shown}\n");
+        s += &format!("  {} = {shown}\n", printable(k));
     }
     s
 }

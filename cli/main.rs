@@ -120,7 +120,8 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line: the chain joined, outermost first.
             let msg: Vec<String> = err.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", msg.join(": "));
+            // Names from input files are data: escaped, so the line stays one line.
+            eprintln!("error: {}", passes::printable(&msg.join(": ")));
             ExitCode::from(exit_code(&err))
         }
     }

@@ -8,6 +8,7 @@ mod convert;
 mod estimate;
 mod eval;
 mod hostile;
+mod limits;
 #[cfg(unix)]
 mod safety;
 mod snapshots;

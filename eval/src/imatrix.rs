@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::error::{OpContext, Result};
+use crate::error::{Error, OpContext, Result};
 use crate::forward::Observer;
 
 /// Accumulated statistics of one weight's input.
@@ -64,6 +64,14 @@ impl Observer for Collector {
             .and_then(|x| x.sum(0))
             .and_then(|x| x.to_vec1::<f64>())
             .op(|| format!("{weight}: squared input"))?;
+        // A NaN or Inf here would be written into the imatrix, which every
+        // consumer then refuses: refuse it where it arises.
+        if let Some(j) = sq.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Input(format!(
+                "tensor `{}`: non-finite input activation (NaN or Inf) in column {j}: the model's weights or the text overflow; no importance matrix can be collected",
+                passes::printable(weight)
+            )));
+        }
         let e = match self.entries.iter().position(|e| e.name == weight) {
             Some(i) => &mut self.entries[i],
             None => {

@@ -53,7 +53,10 @@ impl Opened {
     pub fn arch(&self) -> Result<&Arch> {
         self.loaded.model.arch.as_ref().ok_or_else(|| Error::Model {
             model: self.name(),
-            reason: "no architecture (a bare .safetensors file has no config.json; evaluate the checkpoint directory)".into(),
+            reason: match &self.loaded.gguf {
+                Some(_) => formats::load::gguf_arch_missing(&self.loaded.model.metadata),
+                None => "no architecture (a bare .safetensors file has no config.json; evaluate the checkpoint directory)".into(),
+            },
         })
     }
 

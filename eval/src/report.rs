@@ -7,6 +7,8 @@
 
 use std::path::Path;
 
+use passes::printable;
+
 use crate::error::{Error, Result};
 use crate::model::Opened;
 use crate::text::TextReport;
@@ -137,7 +139,9 @@ pub fn weights_text(r: &WeightReport, all: bool) -> String {
         });
         order.truncate(10);
     }
-    let w = order.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    // Names are data from the files: printed with control characters escaped.
+    let names: Vec<_> = order.iter().map(|t| printable(&t.name)).collect();
+    let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
     s += &format!(
         "\n{} tensors{}:\n{:<w$} {:<11} {:<6} {:<6} {METRIC_HEADER}\n",
         if all { "all" } else { "the 10 worst" },
@@ -151,10 +155,10 @@ pub fn weights_text(r: &WeightReport, all: bool) -> String {
         "orig",
         "cand"
     );
-    for t in order {
+    for (t, name) in order.iter().zip(&names) {
         s += &format!(
             "{:<w$} {:<11} {:<6} {:<6} {}\n",
-            t.name,
+            name,
             shape(&t.shape),
             t.original_type,
             t.candidate_type,
@@ -164,7 +168,7 @@ pub fn weights_text(r: &WeightReport, all: bool) -> String {
     if !r.notes.is_empty() {
         s += "\nnot compared:\n";
         for n in &r.notes {
-            s += &format!("  {n}\n");
+            s += &format!("  {}\n", printable(n));
         }
     }
     s + "\n"
@@ -174,7 +178,7 @@ pub fn weights_text(r: &WeightReport, all: bool) -> String {
 pub fn text_text(r: &TextReport, path: &Path) -> String {
     let mut s = format!(
         "text: {} ({} windows of {} tokens, {} positions scored)\n",
-        path.display(),
+        printable(&path.display().to_string()),
         r.chunks,
         r.ctx,
         r.scored

@@ -145,6 +145,25 @@ pub struct WeightReport {
 /// Importance per input column (mean squared activation), by tensor name.
 pub type Importance = HashMap<String, Vec<f32>>;
 
+/// Refuse an importance matrix whose entry for a tensor of `model` holds
+/// another number of values than the tensor has columns (the entry then
+/// belongs to another model): the message names the tensor and both numbers.
+pub fn check_importance(model: &Opened, importance: &Importance) -> Result<()> {
+    for t in &model.loaded.model.tensors {
+        if let Some(w) = importance.get(&t.name) {
+            if w.len() != t.row_len() {
+                return Err(Error::Input(format!(
+                    "tensor `{}`: the importance matrix has {} values for it, the tensor has {} columns",
+                    passes::printable(&t.name),
+                    w.len(),
+                    t.row_len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rows per unit of parallel work: about a million elements.
 fn rows_per_job(row_len: usize) -> usize {
     (1usize << 20).div_ceil(row_len.max(1)).max(1)
@@ -175,6 +194,16 @@ pub fn compare(
         if original.tensor(&b.name).is_none() {
             notes.push(format!("`{}`: not in the original", b.name));
         }
+    }
+    if pairs.is_empty() {
+        // Nothing compared is not a perfect match (it printed `snr_dB inf`).
+        return Err(Error::Input(format!(
+            "{} and {}: no tensor of the same name and shape in both ({} and {} tensors): nothing to compare",
+            original.name(),
+            candidate.name(),
+            original.loaded.model.tensors.len(),
+            candidate.loaded.model.tensors.len()
+        )));
     }
     let mut weights: Vec<Option<&[f32]>> = Vec::with_capacity(pairs.len());
     for (a, _) in &pairs {

@@ -5,34 +5,36 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use passes::printable;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O error (its message is part of this one, so the chain prints it once).
-    #[error("{}: {err}", path.display())]
+    #[error("{}: {err}", Shown(path))]
     Io { path: PathBuf, err: std::io::Error },
     /// The file is not what it claims to be (bad header, offsets, sizes).
-    #[error("{}: {}{reason}", path.display(), TensorPrefix(tensor))]
+    #[error("{}: {}{reason}", Shown(path), TensorPrefix(tensor))]
     Malformed {
         path: PathBuf,
         tensor: Option<String>,
         reason: String,
     },
     /// The file is well formed but kiln cannot handle what it asks for.
-    #[error("{}: {}{reason}", path.display(), TensorPrefix(tensor))]
+    #[error("{}: {}{reason}", Shown(path), TensorPrefix(tensor))]
     Unsupported {
         path: PathBuf,
         tensor: Option<String>,
         reason: String,
     },
     /// NaN or infinite weights, refused unless the user allows them.
-    #[error("{}: tensor `{tensor}`: {count} non-finite value(s) (NaN or Inf); pass --allow-nonfinite to convert anyway", path.display())]
+    #[error("{}: tensor `{}`: {count} non-finite value(s) (NaN or Inf); pass --allow-nonfinite to convert anyway", Shown(path), printable(tensor))]
     NonFinite {
         path: PathBuf,
         tensor: String,
         count: u64,
     },
     /// The output path is unusable.
-    #[error("{}: {reason}", path.display())]
+    #[error("{}: {reason}", Shown(path))]
     Output { path: PathBuf, reason: String },
     /// The run was cancelled (Ctrl-C); nothing was left at the output path.
     #[error("interrupted; no output file was written")]
@@ -44,9 +46,18 @@ struct TensorPrefix<'a>(&'a Option<String>);
 impl fmt::Display for TensorPrefix<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(t) => write!(f, "tensor `{t}`: "),
+            Some(t) => write!(f, "tensor `{}`: ", printable(t)),
             None => Ok(()),
         }
+    }
+}
+
+/// A path as printed: control characters escaped (`passes::printable`).
+struct Shown<'a>(&'a Path);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&printable(&self.0.display().to_string()))
     }
 }
 

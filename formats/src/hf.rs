@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 
 /// Read a JSON file, naming it in errors.
 pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read(path)?;
     serde_json::from_slice(&text)
         .map_err(|e| Error::malformed(path, None, format!("invalid JSON: {e}")))
 }
@@ -51,6 +51,25 @@ pub fn parse_config(path: &Path, config: &Value) -> Result<Arch> {
 /// field its spec refuses (see [`arch::check_convertible`]).
 pub fn check_convertible(path: &Path, config: &Value) -> Result<&'static ArchSpec> {
     arch::check_convertible(config).map_err(|e| Error::unsupported(path, None, e.to_string()))
+}
+
+/// Refuse a config whose values kiln cannot convert (a size of 0, KV heads
+/// that do not divide the heads, a non-positive RoPE base or epsilon; see
+/// [`arch::limits::check_values`]), naming config.json and the field.
+pub fn check_values(path: &Path, arch: &Arch) -> Result<()> {
+    arch::limits::check_values(arch).map_err(|e| Error::malformed(path, None, e.to_string()))
+}
+
+/// Check every dimension config.json states against the checkpoint's
+/// tensors (see [`arch::limits::check_tensors`]), naming config.json, the
+/// field, the tensor and both values.
+pub fn check_tensor_dims<'a>(
+    path: &Path,
+    arch: &Arch,
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+) -> Result<()> {
+    arch::limits::check_tensors(arch, arch::table_for(Some(arch)), tensors)
+        .map_err(|e| Error::malformed(path, None, e.to_string()))
 }
 
 /// The safetensors files of a checkpoint directory, in index order, with the

@@ -77,7 +77,7 @@ pub struct Imatrix {
 
 /// Read an imatrix file in either form (GGUF if it starts with `GGUF`).
 pub fn read(path: &Path) -> Result<Imatrix> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::input::read(path)?;
     parse(path, &bytes)
 }
 
@@ -173,6 +173,15 @@ fn parse_legacy(path: &Path, bytes: &[u8]) -> Result<Imatrix> {
             move || format!("entry `{name}` {w}")
         };
         let ncall = r.i32(&what("ncall"))?;
+        if ncall < 1 {
+            // llama-imatrix writes an entry only once it has seen a call; a
+            // count of 0 or less would leave the sums undivided.
+            return Err(Error::malformed(
+                path,
+                Some(&name),
+                format!("imatrix entry has a call count of {ncall}; it must be at least 1"),
+            ));
+        }
         let nval = r.i32(&what("value count"))?;
         if nval < 1 {
             return Err(Error::malformed(
@@ -302,6 +311,9 @@ fn parse_gguf(path: &Path, bytes: &[u8]) -> Result<Imatrix> {
         }
         let sums = f32s(sums);
         let counts: Vec<i64> = f32s(counts).into_iter().map(lround).collect();
+        if let Some(c) = counts.iter().find(|&&c| c < 0) {
+            return Err(bad(Some(&name), format!("imatrix count {c} is negative")));
+        }
         if sums.is_empty() || counts.is_empty() || sums.len() % counts.len() != 0 {
             return Err(bad(
                 Some(&name),
@@ -602,7 +614,7 @@ mod tests {
         let b = legacy(
             &[
                 ("blk.0.attn_q.weight", 3, &[3.0, 6.0, 0.3]),
-                ("a.weight", 0, &[2.0]),
+                ("a.weight", 1, &[2.0]),
             ],
             Some((10, "wiki.train.raw")),
         );
@@ -611,9 +623,14 @@ mod tests {
         assert_eq!(im.chunk_count, 10);
         assert_eq!(im.datasets, vec!["wiki.train.raw"]);
         let imp = im.importance(path()).unwrap();
-        // value / ncall as f32; ncall 0 keeps the values.
+        // value / ncall as f32.
         assert_eq!(imp["blk.0.attn_q.weight"], vec![1.0, 2.0, 0.3f32 / 3.0]);
         assert_eq!(imp["a.weight"], vec![2.0]);
+        // A call count below 1 (llama.cpp would keep the sums undivided) is refused.
+        for ncall in [0, -1] {
+            let e = err(parse(path(), &legacy(&[("a.weight", ncall, &[2.0])], None)));
+            assert!(e.contains(&format!("call count of {ncall}")), "{e}");
+        }
         assert_eq!(
             imp.keys().collect::<Vec<_>>(),
             vec!["a.weight", "blk.0.attn_q.weight"]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
+pub mod input;
 pub mod load;
 mod mmap;
 pub mod safetensors;

@@ -143,6 +143,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let config = hf::read_json(&config_path)?;
     let arch = hf::parse_config(&config_path, &config)?;
     hf::check_convertible(&config_path, &config)?;
+    hf::check_values(&config_path, &arch)?;
 
     let mut files: Vec<PathBuf> = Vec::new();
     let mut maps = Vec::new();
@@ -182,6 +183,15 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         headers.push(header);
     }
 
+    // Before the tokenizer is padded to vocab_size (and anything else is
+    // sized from the config): every dimension it states against the tensors.
+    hf::check_tensor_dims(
+        &config_path,
+        &arch,
+        tensors
+            .iter()
+            .map(|t| (t.source_name.as_str(), t.shape.as_slice())),
+    )?;
     let name = dir
         .canonicalize()
         .ok()
@@ -277,6 +287,23 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
     let mut arch = arch_from_gguf(&g.metadata);
     if let Some(a) = &mut arch {
         a.tied_embeddings = !g.tensors.iter().any(|t| t.name == "output.weight");
+        // Every consumer (estimate, eval, the emitter's u32 keys) sizes from these.
+        if let Err(e) = passes::arch::limits::check_caps(a) {
+            let reason = match e {
+                passes::arch::limits::LimitError::OverCap {
+                    field,
+                    value,
+                    cap,
+                    name,
+                } => format!(
+                    "key `{}.{}` is {value}, above kiln's cap of {cap} ({name})",
+                    a.family,
+                    field.gguf()
+                ),
+                other => other.to_string(),
+            };
+            return Err(Error::malformed(path, None, reason));
+        }
     }
     Ok(Loaded {
         kind: InputKind::Gguf { version: g.version },
@@ -295,6 +322,18 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
         gguf: Some(g),
         safetensors: Vec::new(),
     })
+}
+
+/// Why a GGUF's metadata gives no architecture (see [`arch_from_gguf`]), for
+/// messages.
+pub fn gguf_arch_missing(md: &Metadata) -> String {
+    match md.get("general.architecture") {
+        None => "no architecture: the GGUF has no `general.architecture` key".into(),
+        Some(MetaValue::String(a)) => format!(
+            "no architecture: `general.architecture` is `{a}` but `{a}.block_count`, `{a}.embedding_length` or a non-zero `{a}.attention.head_count` is missing"
+        ),
+        Some(v) => format!("no architecture: `general.architecture` is {v:?}, not a string"),
+    }
 }
 
 /// The first tensor of a GGUF that kiln cannot decode, with its type name.

@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use passes::ir::{ChatTemplate, SpecialToken, TokenType, Tokenizer, TokenizerKind};
+use passes::printable;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -80,7 +81,7 @@ pub fn convert(
         let merges = bpe_merges(&tok_json, model)?;
         (TokenizerKind::Bpe { merges }, pre, tokens, types, added)
     } else if tok_model.exists() {
-        let bytes = std::fs::read(&tok_model).map_err(|e| Error::io(&tok_model, e))?;
+        let bytes = crate::input::read(&tok_model)?;
         let spm = parse_sentencepiece(&tok_model, &bytes)?;
         if spm.pieces.len() > vocab_size {
             return Err(Error::malformed(
@@ -251,26 +252,56 @@ fn bpe_vocab(path: &Path, json: &Value, vocab_size: usize) -> Result<BpeVocab> {
         .and_then(|m| m.get("vocab"))
         .and_then(Value::as_object)
         .ok_or_else(|| Error::malformed(path, None, "BPE model has no `vocab` object"))?;
+    if vocab.is_empty() {
+        return Err(Error::malformed(
+            path,
+            None,
+            "BPE model has 0 tokens in its `vocab`",
+        ));
+    }
     let mut by_id: Vec<Option<String>> = Vec::new();
-    let mut put = |id: usize, tok: &str| -> Result<()> {
-        if id >= vocab_size {
+    // `replace`: an added token may restate a vocab entry (same id, same
+    // text); two different tokens for one id are a broken file.
+    let mut put = |id: u64, tok: &str, replace: bool| -> Result<()> {
+        if id >= vocab_size as u64 {
             return Err(Error::malformed(
                 path,
                 None,
-                format!("token `{tok}` has id {id}, past the model's vocab_size {vocab_size}"),
+                format!(
+                    "token `{}` has id {id}, past the model's vocab_size {vocab_size}",
+                    printable(tok)
+                ),
             ));
         }
+        let id = id as usize;
         if by_id.len() <= id {
             by_id.resize(id + 1, None);
         }
-        by_id[id] = Some(tok.to_string());
+        match &by_id[id] {
+            Some(old) if old != tok && !replace => {
+                return Err(Error::malformed(
+                    path,
+                    None,
+                    format!(
+                        "duplicate token id {id}: `{}` and `{}`",
+                        printable(old),
+                        printable(tok)
+                    ),
+                ));
+            }
+            _ => by_id[id] = Some(tok.to_string()),
+        }
         Ok(())
     };
     for (tok, id) in vocab {
         let id = id.as_u64().ok_or_else(|| {
-            Error::malformed(path, None, format!("token `{tok}` has a non-integer id"))
+            Error::malformed(
+                path,
+                None,
+                format!("token `{}` has a non-integer id", printable(tok)),
+            )
         })?;
-        put(id as usize, tok)?;
+        put(id, tok, false)?;
     }
     let mut added = Vec::new();
     let mut special_ids = Vec::new();
@@ -282,7 +313,7 @@ fn bpe_vocab(path: &Path, json: &Value, vocab_size: usize) -> Result<BpeVocab> {
             ) else {
                 continue;
             };
-            put(id as usize, content)?;
+            put(id, content, true)?;
             let special = t.get("special").and_then(Value::as_bool).unwrap_or(false);
             added.push((content.to_string(), id as usize));
             special_ids.push((id as usize, special || looks_special(content)));
@@ -324,7 +355,12 @@ fn bpe_merges(path: &Path, model: &Value) -> Result<Vec<String>> {
     merges
         .iter()
         .map(|m| match m {
-            Value::String(s) => Ok(s.clone()),
+            // Two non-empty tokens joined by one space, as llama.cpp splits it.
+            Value::String(s)
+                if s.split(' ').count() == 2 && s.split(' ').all(|p| !p.is_empty()) =>
+            {
+                Ok(s.clone())
+            }
             Value::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
                 (Some(a), Some(b)) => Ok(format!("{a} {b}")),
                 _ => Err(Error::malformed(
@@ -336,7 +372,7 @@ fn bpe_merges(path: &Path, model: &Value) -> Result<Vec<String>> {
             _ => Err(Error::malformed(
                 path,
                 None,
-                format!("merge {m} is neither \"a b\" nor [a, b]"),
+                format!("merge {m} is neither \"a b\" (two tokens, one space) nor [a, b]"),
             )),
         })
         .collect()
@@ -408,7 +444,8 @@ fn chat_templates(dir: &Path, tok_config: Option<&Value>) -> Result<Vec<ChatTemp
     };
     let jinja = dir.join("chat_template.jinja");
     if jinja.exists() {
-        let t = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+        let t = String::from_utf8(crate::input::read(&jinja)?)
+            .map_err(|_| Error::malformed(&jinja, None, "not UTF-8"))?;
         return Ok(vec![default(t)]);
     }
     Ok(match tok_config.and_then(|tc| tc.get("chat_template")) {
@@ -585,6 +622,24 @@ pub fn parse_sentencepiece(path: &Path, bytes: &[u8]) -> Result<SentencePiece> {
                 }
             }
             _ => {}
+        }
+    }
+    for (i, p) in spm.pieces.iter().enumerate() {
+        let bad = |reason: String| {
+            Error::malformed(
+                path,
+                None,
+                format!("piece {i} (`{}`): {reason}", printable(&p.piece)),
+            )
+        };
+        if !(1..=6).contains(&p.kind) {
+            return Err(bad(format!(
+                "type {} is not a SentencePiece piece type (1 to 6)",
+                p.kind
+            )));
+        }
+        if !p.score.is_finite() {
+            return Err(bad(format!("score {} is not finite", p.score)));
         }
     }
     if spm.pieces.is_empty() {

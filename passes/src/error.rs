@@ -1,7 +1,7 @@
 //! Errors of the passes: which pass, which tensor, and why.
 
 #[derive(Debug, thiserror::Error)]
-#[error("{pass}: {}{reason}", tensor.as_ref().map(|t| format!("tensor `{t}`: ")).unwrap_or_default())]
+#[error("{pass}: {}{reason}", tensor.as_ref().map(|t| format!("tensor `{}`: ", crate::printable(t))).unwrap_or_default())]
 pub struct PassError {
     pub pass: &'static str,
     pub tensor: Option<String>,

@@ -5,12 +5,14 @@
 pub mod arch;
 pub mod cost;
 pub mod error;
+pub mod escape;
 pub mod ir;
 pub mod naming;
 pub mod passes;
 pub mod plan;
 
 pub use error::PassError;
+pub use escape::printable;
 pub use ir::{
     Arch, Encoding, MetaValue, Metadata, Model, Note, NoteKind, Role, Source, SourceDType,
     TensorNode, Transform,

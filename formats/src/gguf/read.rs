@@ -6,8 +6,10 @@
 //! errors name the file, the key or tensor, and the numbers. See ggml
 //! `docs/gguf.md` and `src/gguf.cpp` for the format.
 
+use std::collections::HashSet;
 use std::path::Path;
 
+use passes::printable;
 use passes::{MetaValue, Metadata};
 
 use super::types::{type_info, TypeInfo};
@@ -21,6 +23,12 @@ pub const MAX_DIMS: u32 = 4;
 pub const MAX_NAME: usize = 64;
 /// Nesting depth of arrays accepted in metadata.
 const MAX_ARRAY_DEPTH: usize = 2;
+/// Most metadata array elements a file may hold, all arrays together. Each
+/// is held as a `MetaValue` (32 bytes whatever its GGUF type), so this caps
+/// the metadata's memory at about 128 MiB plus its strings' bytes (which
+/// the file holds); a 262144-token vocabulary with scores, types and merges
+/// is about 1.3 million.
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 22;
 
 /// One tensor info of a GGUF file.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +62,8 @@ struct Cursor<'a> {
     path: &'a Path,
     bytes: &'a [u8],
     pos: usize,
+    /// Metadata array elements read so far (see [`MAX_METADATA_ELEMENTS`]).
+    elements: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -66,7 +76,8 @@ impl<'a> Cursor<'a> {
             self.path,
             None,
             format!(
-                "truncated GGUF: {what} at byte {} runs past the end ({} bytes)",
+                "truncated GGUF: {} at byte {} runs past the end ({} bytes)",
+                printable(what),
                 self.pos,
                 self.bytes.len()
             ),
@@ -108,7 +119,8 @@ impl<'a> Cursor<'a> {
                 self.path,
                 None,
                 format!(
-                    "{what}: string length {n} at byte {} exceeds the {} bytes left",
+                    "{}: string length {n} at byte {} exceeds the {} bytes left",
+                    printable(what),
                     self.pos - 8,
                     self.left()
                 ),
@@ -134,7 +146,10 @@ impl<'a> Cursor<'a> {
                     return Err(Error::malformed(
                         self.path,
                         None,
-                        format!("key `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+                        format!(
+                            "key `{}`: arrays nested deeper than {MAX_ARRAY_DEPTH}",
+                            printable(key)
+                        ),
                     ));
                 }
                 let elem = self.u32(key)?;
@@ -143,14 +158,35 @@ impl<'a> Cursor<'a> {
                     Error::malformed(
                         self.path,
                         None,
-                        format!("key `{key}`: unknown array element type {elem}"),
+                        format!(
+                            "key `{}`: unknown array element type {elem}",
+                            printable(key)
+                        ),
                     )
                 })?;
                 if count.saturating_mul(min) > self.left() as u64 {
                     return Err(Error::malformed(
                         self.path,
                         None,
-                        format!("key `{key}`: array of {count} elements cannot fit in the {} bytes left", self.left()),
+                        format!(
+                            "key `{}`: metadata array of {count} elements needs at least {} bytes, more than the {} bytes left of the {}-byte file",
+                            printable(key),
+                            count.saturating_mul(min),
+                            self.left(),
+                            self.bytes.len()
+                        ),
+                    ));
+                }
+                self.elements = self.elements.saturating_add(count);
+                if self.elements > MAX_METADATA_ELEMENTS {
+                    return Err(Error::malformed(
+                        self.path,
+                        None,
+                        format!(
+                            "key `{}`: metadata array of {count} elements brings the file's array elements to {}, above kiln's cap of {MAX_METADATA_ELEMENTS} (MAX_METADATA_ELEMENTS)",
+                            printable(key),
+                            self.elements
+                        ),
                     ));
                 }
                 let mut items = Vec::with_capacity(count as usize);
@@ -166,7 +202,7 @@ impl<'a> Cursor<'a> {
                 return Err(Error::malformed(
                     self.path,
                     None,
-                    format!("key `{key}`: unknown value type {other}"),
+                    format!("key `{}`: unknown value type {other}", printable(key)),
                 ));
             }
         })
@@ -192,6 +228,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
         path,
         bytes,
         pos: 0,
+        elements: 0,
     };
     let magic = c.take(4, "magic").map_err(|_| {
         Error::malformed(
@@ -241,19 +278,22 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
     }
 
     let mut metadata = Metadata::default();
+    // Hashed: a linear scan per key is quadratic (200k keys took 69 s).
+    let mut keys: HashSet<String> = HashSet::new();
     for _ in 0..n_kv {
         let key = c.string("metadata key")?;
         let ty = c.u32(&key)?;
         let value = c.value(ty, &key, 0)?;
-        if metadata.get(&key).is_some() {
+        if !keys.insert(key.clone()) {
             return Err(Error::malformed(
                 path,
                 None,
-                format!("duplicate metadata key `{key}`"),
+                format!("duplicate metadata key `{}`", printable(&key)),
             ));
         }
         metadata.0.push((key, value));
     }
+    drop(keys);
 
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
@@ -301,6 +341,8 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
     let data_len = (bytes.len() as u64).saturating_sub(data_start);
 
     let mut tensors: Vec<GgufTensor> = Vec::with_capacity(infos.len());
+    // Hashed: a linear scan per tensor is quadratic (200k tensors took 98 s).
+    let mut names: HashSet<String> = HashSet::with_capacity(infos.len());
     for (name, ne, type_id, offset) in infos {
         let bad = |reason: String| Error::malformed(path, Some(&name), reason);
         let ty = type_info(type_id).ok_or_else(|| bad(format!("unknown tensor type {type_id}")))?;
@@ -331,7 +373,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufFile> {
                 "needs {size} bytes at data offset {offset}, but the data section has {data_len} bytes"
             )));
         }
-        if tensors.iter().any(|t| t.name == name) {
+        if !names.insert(name.clone()) {
             return Err(bad("duplicate tensor name".into()));
         }
         tensors.push(GgufTensor {

@@ -390,11 +390,13 @@ fn nonfinite_error(
     nonfinite: u64,
 ) -> Result<()> {
     if nonfinite > 0 {
+        // The file the weights came from (the user's to fix), not the output.
         return Err(Error::NonFinite {
-            path: sink
-                .tmp_path
-                .parent()
-                .map(Path::to_path_buf)
+            path: ctx
+                .model
+                .files
+                .get(t.source.file)
+                .cloned()
                 .unwrap_or_default(),
             tensor: t.source_name.clone(),
             count: nonfinite,

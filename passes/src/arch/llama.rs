@@ -70,7 +70,10 @@ fn rope_permute(arch: &Arch, role: Role, shape: &[usize]) -> Result<Option<Trans
         return Err("q/k biases of a llama model are not supported (the RoPE permutation is defined for 2-D weights here)".into());
     }
     let rows = shape[0];
-    if n_head == 0 || rows % (2 * n_head) != 0 {
+    if n_head
+        .checked_mul(2)
+        .is_none_or(|halves| halves == 0 || rows % halves != 0)
+    {
         return Err(format!(
             "{rows} rows cannot be split into {n_head} heads of two RoPE halves"
         ));

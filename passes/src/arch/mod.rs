@@ -18,6 +18,7 @@
 //!   a supported family has after normalize, in the order `kiln estimate`
 //!   has always counted them (tested against the fixtures in `formats`).
 
+pub mod limits;
 pub mod llama;
 pub mod qwen2;
 
@@ -288,6 +289,10 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("hidden_size and num_attention_heads must be positive")]
     NotPositive,
+    #[error("`{0}` is not a non-negative integer")]
+    NotInteger(&'static str),
+    #[error(transparent)]
+    Limit(#[from] limits::LimitError),
     #[error("architecture `{class}` is not supported (supported: {supported})")]
     Unsupported { class: String, supported: String },
     #[error("`{field}` ({value}) is not supported for {class} yet")]
@@ -327,7 +332,13 @@ fn hf_class(config: &Value) -> Option<String> {
 pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
     let c = text_config(config);
     let int = |key: &str| c.get(key).and_then(Value::as_u64).map(|v| v as usize);
-    let need = |key: &'static str| int(key).ok_or(ConfigError::Missing(key));
+    let need = |key: &'static str| match c.get(key) {
+        None | Some(Value::Null) => Err(ConfigError::Missing(key)),
+        Some(v) => v
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or(ConfigError::NotInteger(key)),
+    };
     let hf_architecture = hf_class(config);
     let family = hf_architecture
         .as_deref()
@@ -346,7 +357,11 @@ pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
         return Err(ConfigError::NotPositive);
     }
     let n_head_kv = int("num_key_value_heads").unwrap_or(n_head);
-    let head_dim = int("head_dim").unwrap_or(hidden / n_head);
+    let head_dim = match c.get("head_dim") {
+        // Some configs write `"head_dim": null` for the default.
+        None | Some(Value::Null) => hidden / n_head,
+        Some(_) => need("head_dim")?,
+    };
     let n_expert = int("num_local_experts")
         .or(int("num_experts"))
         .or(int("n_routed_experts"))
@@ -385,10 +400,11 @@ pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
     if arch.is_moe() {
         arch.expert_ffn = int("moe_intermediate_size");
         arch.shared_ffn = int("shared_expert_intermediate_size")
-            .or_else(|| int("n_shared_experts").map(|n| n * arch.expert_ffn()))
+            .or_else(|| int("n_shared_experts").map(|n| n.saturating_mul(arch.expert_ffn())))
             .unwrap_or(0);
         arch.n_dense_layers = int("first_k_dense_replace").map_or(0, |k| k.min(n_layer));
     }
+    limits::check_caps(&arch)?;
     Ok(arch)
 }
 

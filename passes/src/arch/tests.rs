@@ -368,3 +368,73 @@ fn synthesizes_moe_layers_with_router_and_experts() {
     let router = all.iter().find(|t| t.role == Role::FfnGateInp).unwrap();
     assert_eq!(router.source.dtype, SourceDType::F32);
 }
+
+/// A head count of 2^63 made `2 * n_head` wrap to 0 and the remainder panic.
+#[test]
+fn rope_permute_refuses_head_counts_whose_double_overflows() {
+    let arch = Arch {
+        n_head: 1 << 63,
+        n_head_kv: usize::MAX,
+        ..Arch::default()
+    };
+    for role in [Role::AttnQ, Role::AttnK] {
+        let e = (llama::SPEC.transform)(&arch, role, &[8, 8]).unwrap_err();
+        assert!(e.contains("cannot be split"), "{e}");
+    }
+}
+
+/// The caps and value checks of `limits`, and the tensor check against the
+/// table, with the numbers in the messages.
+#[test]
+fn limits_hold_config_values_to_caps_and_tensors() {
+    let c = fixture_config("tiny-llama");
+    let err = |c: &Value| from_hf_config(c).unwrap_err().to_string();
+    assert_eq!(
+        err(&with(c.clone(), "num_attention_heads", json!(1u64 << 63))),
+        "`num_attention_heads` is 9223372036854775808, above kiln's cap of 16384 (MAX_HEADS)"
+    );
+    assert_eq!(
+        err(&with(c.clone(), "vocab_size", json!(u64::MAX))),
+        "`vocab_size` is 18446744073709551615, above kiln's cap of 16777216 (MAX_VOCAB)"
+    );
+    assert_eq!(
+        err(&with(c.clone(), "num_hidden_layers", json!(-2))),
+        "`num_hidden_layers` is not a non-negative integer"
+    );
+    let a = from_hf_config(&c).unwrap();
+    assert_eq!(limits::check_values(&a), Ok(()));
+    let bad = |f: fn(&mut Arch)| {
+        let mut b = a.clone();
+        f(&mut b);
+        limits::check_values(&b).unwrap_err().to_string()
+    };
+    assert!(bad(|b| b.n_head_kv = 3).contains("must divide `num_attention_heads` (4)"));
+    assert!(bad(|b| b.rope_theta = f32::NAN).starts_with("`rope_theta` is NaN"));
+    assert!(bad(|b| b.rms_eps = -1e-6).starts_with("`rms_norm_eps` is -0.000001"));
+    assert!(bad(|b| b.ffn = 0).starts_with("`intermediate_size` is 0"));
+
+    let tensors = fixture_tensors("tiny-llama");
+    fn view(t: &[(String, Vec<usize>)]) -> Vec<(&str, &[usize])> {
+        t.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect()
+    }
+    let table = table_for(Some(&a));
+    assert_eq!(limits::check_tensors(&a, table, view(&tensors)), Ok(()));
+    let mut big_vocab = a.clone();
+    big_vocab.vocab = 512_001_536;
+    let e = limits::check_tensors(&big_vocab, table, view(&tensors))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("`vocab_size` is 512001536 but tensor `"),
+        "{e}"
+    );
+    let mut fewer = a.clone();
+    fewer.n_layer -= 1;
+    let e = limits::check_tensors(&fewer, table, view(&tensors))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("`num_hidden_layers` is 1 but tensor `model.layers.1."),
+        "{e}"
+    );
+}
