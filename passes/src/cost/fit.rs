@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::calibration::{round6, Calibration, Engine, EngineClass, Factors, Validated};
+use super::calibration::{
+    round6, Calibration, Engine, EngineClass, EngineVersion, Factors, Validated,
+};
 use super::crossval::{self, apply_bands, held_out, Scheme};
 use super::estimate::{estimate, Batch, Estimate, KvType, ModelCost, Workload};
 use super::target::{find_builtin, DeviceClass, Target};
@@ -191,6 +193,12 @@ const HARDWARE: &[(&str, &str, &str)] = &[
     ("AMD Instinct MI300X 192GB", "mi300x", ""),
     ("NVIDIA H100 PCIe 80GB", "h100-pcie", ""),
     ("NVIDIA H100 NVL 94GB", "h100-nvl", ""),
+    ("NVIDIA GeForce RTX 3090", "rtx-3090", ""),
+    ("NVIDIA GeForce RTX 4090", "rtx-4090", ""),
+    ("NVIDIA A100 SXM4 80GB", "a100-80g-sxm", ""),
+    ("Apple M1 Max 32-core GPU 64GB", "m1-max", ""),
+    ("Apple M2 Ultra 76-core GPU 192GB", "m2-ultra", ""),
+    ("Apple M3 Max 40-core GPU 64GB", "m3-max", ""),
 ];
 
 fn arch(
@@ -232,6 +240,16 @@ fn model_arch(name: &str) -> Option<(Arch, &'static str)> {
             },
             "Mixtral-8x7B config",
         )
+    } else if name.starts_with("Llama 3 70B") {
+        (
+            arch(80, 8192, 64, 8, 28672, 128256),
+            "Llama-3-70B config (GQA, 8 KV heads, 128k vocabulary)",
+        )
+    } else if name.starts_with("Llama 3 8B") {
+        (
+            arch(32, 4096, 32, 8, 14336, 128256),
+            "Llama-3-8B config (GQA, 8 KV heads, 128k vocabulary)",
+        )
     } else if name.contains("70B") {
         (
             arch(80, 8192, 64, 8, 28672, 32000),
@@ -258,6 +276,8 @@ fn row_format(p: &str) -> Option<WeightFormat> {
     let p = p.to_ascii_lowercase();
     Some(if p.starts_with("q4_0") {
         WeightFormat::Recipe(Recipe::Q4_0)
+    } else if p.starts_with("q4_k_m") {
+        WeightFormat::Recipe(Recipe::Q4_K_M)
     } else if p.starts_with("q8_0") {
         WeightFormat::Recipe(Recipe::Q8_0)
     } else if p.starts_with("fp8") {
@@ -280,6 +300,22 @@ fn row_engine(e: &str) -> Engine {
         // lmdeploy TurboMind, TensorRT(-LLM), FasterTransformer: NVIDIA's batched engines.
         Engine::TrtLlm
     }
+}
+
+/// The llama.cpp generation of a row: `build N` in its engine column (the
+/// llama-bench build number) placed by [`EngineVersion::from_build`]; rows
+/// without a build (the 2025 scoreboards, which keep each device's latest
+/// figure) are the current generation.
+fn row_version(engine: &str) -> EngineVersion {
+    engine
+        .split("build ")
+        .nth(1)
+        .and_then(|t| {
+            t.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .map_or(EngineVersion::Current, EngineVersion::from_build)
 }
 
 /// Which headline group a metric belongs to.
@@ -389,6 +425,13 @@ pub(super) fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
             mapping_notes.insert(format!("{hw} -> `{target_id}`: {note}"), ());
         }
         let batch_text = row.get("batch");
+        if let Some(why) = row.get("notes").strip_prefix("outlier: ") {
+            excluded.push(ex(&format!(
+                "outlier: {}",
+                why.split(';').next().unwrap_or(why)
+            )));
+            continue;
+        }
         if batch_text.contains("Server") {
             excluded.push(ex("MLPerf Server scenario: throughput under a latency-bounded arrival process (queueing), which the model does not cover"));
             continue;
@@ -429,6 +472,7 @@ pub(super) fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
             kv_type,
             devices: Some(n),
             tensor_parallel: Some(n),
+            engine_version: row_version(row.get("engine")),
         };
         let weights = weight_bytes(&crate::arch::synthesize(&arch), &arch, format);
         let mlperf = batch_text.starts_with("max");
@@ -533,6 +577,10 @@ enum Param {
     Compute(EngineClass, DeviceClass),
     Simt(EngineClass, DeviceClass),
     Layer(EngineClass, DeviceClass),
+    Float(EngineClass, DeviceClass),
+    ByteCost(EngineClass, DeviceClass),
+    Gen2024Bw(EngineClass, DeviceClass),
+    Gen2024Compute(EngineClass, DeviceClass),
 }
 
 fn get(cal: &Calibration, p: Param) -> f64 {
@@ -542,6 +590,10 @@ fn get(cal: &Calibration, p: Param) -> f64 {
         Param::Compute(e, d) => cal.factors[&(e, d)].compute_efficiency,
         Param::Simt(e, d) => cal.factors[&(e, d)].simt_cost,
         Param::Layer(e, d) => cal.factors[&(e, d)].layer_overhead_us,
+        Param::Float(e, d) => cal.factors[&(e, d)].float_bandwidth,
+        Param::ByteCost(e, d) => cal.factors[&(e, d)].byte_cost_ps,
+        Param::Gen2024Bw(e, d) => cal.factors[&(e, d)].gen2024_bandwidth,
+        Param::Gen2024Compute(e, d) => cal.factors[&(e, d)].gen2024_compute,
     }
 }
 
@@ -552,6 +604,10 @@ fn set(cal: &mut Calibration, p: Param, v: f64) {
         Param::Compute(e, d) => cal.factors.get_mut(&(e, d)).unwrap().compute_efficiency = v,
         Param::Simt(e, d) => cal.factors.get_mut(&(e, d)).unwrap().simt_cost = v,
         Param::Layer(e, d) => cal.factors.get_mut(&(e, d)).unwrap().layer_overhead_us = v,
+        Param::Float(e, d) => cal.factors.get_mut(&(e, d)).unwrap().float_bandwidth = v,
+        Param::ByteCost(e, d) => cal.factors.get_mut(&(e, d)).unwrap().byte_cost_ps = v,
+        Param::Gen2024Bw(e, d) => cal.factors.get_mut(&(e, d)).unwrap().gen2024_bandwidth = v,
+        Param::Gen2024Compute(e, d) => cal.factors.get_mut(&(e, d)).unwrap().gen2024_compute = v,
     }
 }
 
@@ -562,6 +618,8 @@ fn bounds(p: Param) -> (f64, f64) {
         Param::Compute(..) => (0.02, 4.0),
         Param::Simt(..) => (0.0, 2.0),
         Param::Layer(..) => (0.0, 500.0),
+        Param::ByteCost(..) => (0.0, 2.0),
+        Param::Float(..) | Param::Gen2024Bw(..) | Param::Gen2024Compute(..) => (0.4, 2.0),
     }
 }
 
@@ -597,8 +655,14 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
                 compute_efficiency: 0.5,
                 simt_cost: 0.0,
                 layer_overhead_us: 50.0,
+                float_bandwidth: 1.0,
+                byte_cost_ps: 0.0,
+                gen2024_bandwidth: 1.0,
+                gen2024_compute: 1.0,
                 band_low: 1.0,
                 band_high: 1.0,
+                prefill_band_low: 1.0,
+                prefill_band_high: 1.0,
                 rows: 0,
             })
             .rows += 1;
@@ -607,7 +671,21 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
     for &(e, d) in cal.factors.keys() {
         params.extend([Param::Bw(e, d), Param::Compute(e, d), Param::Layer(e, d)]);
         if e == EngineClass::LlamaCpp {
-            params.push(Param::Simt(e, d));
+            let rows = || cases.iter().filter(|c| c.fit && c.key() == (e, d));
+            params.extend([Param::Simt(e, d), Param::ByteCost(e, d)]);
+            // The kernel path and the build generation: fitted only where the
+            // rows tell them apart (float and quantized rows; 2024 and current
+            // builds), else they stay 1.
+            let float = rows().filter(|c| c.weights.float_share() > 0.5).count();
+            if float > 0 && float < rows().count() {
+                params.push(Param::Float(e, d));
+            }
+            let old = rows()
+                .filter(|c| c.workload.engine_version == EngineVersion::Llama2024)
+                .count();
+            if old > 0 && old < rows().count() {
+                params.extend([Param::Gen2024Bw(e, d), Param::Gen2024Compute(e, d)]);
+            }
         }
     }
     for _sweep in 0..5 {
@@ -780,11 +858,11 @@ fn report(
         "APE is |predicted - measured| / measured for each row, with the shipped factors.\n\n",
     );
     s.push_str("## Fitted factors\n\n");
-    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | band (held-out measured/predicted, p10-p90) |\n|---|---|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | time per byte (ps) | float weights: bandwidth x | 2024 builds: bandwidth x | 2024 builds: compute x | band (held-out measured/predicted, p10-p90): decode, throughput | band: prefill, TTFT |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     for ((e, d), f) in &cal.factors {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} - {:.2} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} - {:.2} | {:.2} - {:.2} |",
             e.name(),
             d.name(),
             f.rows,
@@ -792,8 +870,14 @@ fn report(
             f.compute_efficiency,
             f.simt_cost,
             f.layer_overhead_us,
+            f.byte_cost_ps,
+            f.float_bandwidth,
+            f.gen2024_bandwidth,
+            f.gen2024_compute,
             f.band_low,
-            f.band_high
+            f.band_high,
+            f.prefill_band_low,
+            f.prefill_band_high
         );
     }
     let _ = writeln!(

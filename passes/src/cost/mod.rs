@@ -22,7 +22,7 @@ mod fit;
 #[cfg(test)]
 mod tests;
 
-pub use calibration::{Calibration, Engine, EngineClass, Factors, Validated};
+pub use calibration::{Calibration, Engine, EngineClass, EngineVersion, Factors, Validated};
 pub use estimate::{
     estimate, weight_budget, Band, Batch, Estimate, KvType, MemoryBudget, ModelCost, Workload,
 };
