@@ -58,8 +58,10 @@ pub fn run(args: &TargetsArgs, printer: &Printer) -> Result<()> {
         bail!("no targets");
     }
     if args.json {
-        let all: Vec<serde_json::Value> =
-            all.iter().map(target_json).collect::<serde_json::Result<_>>()?;
+        let all: Vec<serde_json::Value> = all
+            .iter()
+            .map(target_json)
+            .collect::<serde_json::Result<_>>()?;
         printer.data(&serde_json::to_string_pretty(&all)?);
     } else {
         printer.data(&list_text(&all));

@@ -349,3 +349,38 @@ pub fn detail_text(t: &Target) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kiln targets --json` carries, per engine class and figure, whether a
+    /// measurement of that very target validates it (the text output's
+    /// `measured` column), from the shipped calibration.
+    #[test]
+    fn json_carries_the_cost_coverage() {
+        let cal = Calibration::shipped().unwrap();
+        for id in ["h100-pcie", "tpu-v5e", "m3-max"] {
+            let t = passes::cost::find_builtin(id).unwrap();
+            let v = target_json(&t).unwrap();
+            assert_eq!(v["id"], id);
+            let cov = v["cost_coverage"].as_array().unwrap();
+            assert_eq!(cov.len(), 6, "{id}: 2 engine classes x 3 figures");
+            let want = coverage(&cal, &t);
+            for (j, c) in cov.iter().zip(&want) {
+                assert_eq!(j["engine_class"], c.engine.name());
+                assert_eq!(j["metric"], c.metric);
+                let validated = matches!(c.status, Status::Measured { .. });
+                assert_eq!(j["validated"], validated, "{id} {}", c.metric);
+            }
+        }
+        let h100 = target_json(&passes::cost::find_builtin("h100-pcie").unwrap()).unwrap();
+        let decode = &h100["cost_coverage"][0];
+        assert_eq!(decode["engine_class"], "llama.cpp");
+        assert_eq!(decode["status"], "validated");
+        assert!(decode["rows"].as_u64().unwrap() >= 1);
+        let tpu = target_json(&passes::cost::find_builtin("tpu-v5e").unwrap()).unwrap();
+        assert_eq!(tpu["cost_coverage"][0]["status"], "borrowed");
+        assert_eq!(tpu["cost_coverage"][0]["validated"], false);
+    }
+}

@@ -59,14 +59,16 @@ impl Scheme {
 /// Lower the error (raise the coverage) when the model improves; loosening
 /// one needs a reason in the commit.
 const CV_LIMITS: &[(Scheme, &str, f64, f64)] = &[
-    (Scheme::Hardware, "decode", 6.0, 75.0),
-    (Scheme::Hardware, "prefill", 10.0, 60.0),
-    (Scheme::Hardware, "throughput", 22.0, 70.0),
-    // Leaving out the Apple scoreboard leaves llama.cpp on Metal no rows: it
-    // is then predicted with borrowed CUDA factors (see the table).
-    (Scheme::Source, "decode", 10.0, 30.0),
-    (Scheme::Source, "prefill", 18.0, 40.0),
-    (Scheme::Source, "throughput", 18.0, 65.0),
+    (Scheme::Hardware, "decode", 10.0, 78.0),
+    (Scheme::Hardware, "prefill", 16.0, 78.0),
+    (Scheme::Hardware, "throughput", 22.0, 80.0),
+    // Leaving out the Apple scoreboard leaves llama.cpp on Metal few rows, and
+    // leaving out the Llama 3 benchmark source removes every 2024-build row,
+    // so the generation factors cannot be fitted in that fold: the
+    // leave-one-source-out error is high, and said so in the README.
+    (Scheme::Source, "decode", 17.0, 15.0),
+    (Scheme::Source, "prefill", 19.0, 25.0),
+    (Scheme::Source, "throughput", 18.0, 80.0),
 ];
 
 /// One row predicted by a fold that did not see it.

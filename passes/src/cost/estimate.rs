@@ -338,8 +338,8 @@ impl Machine<'_> {
     /// One decode step of `batch` sequences at context `ctx`; `None` when a needed figure is unknown.
     fn step(&self, batch: f64, ctx: f64, e: &Eff, need_compute: bool) -> Option<f64> {
         let bytes = self.weighted_read(batch, e) + batch * ctx * self.kv_per_token;
-        let t_mem = bytes / (self.tp * e.bw * self.bw)
-            + self.read_bytes(batch) * e.byte_s / self.tp;
+        let t_mem =
+            bytes / (self.tp * e.bw * self.bw) + self.read_bytes(batch) * e.byte_s / self.tp;
         let t_comp = match self.peak(e) {
             Some(p) => self.compute_time(batch * self.flops_per_token(ctx), p, e),
             None if need_compute => return None,
@@ -654,8 +654,7 @@ pub fn estimate(
         // or on the INT8 tensor cores (MMQ): its rate is the full-rate FP16
         // one, half the INT8 peak, where that is known. GeForce cards publish
         // their FP16 peak with FP32 accumulation, half that rate.
-        if let (Some((p, v)), Some((_, i8))) = (peak_ref, known_peak(target, &[Precision::Int8]))
-        {
+        if let (Some((p, v)), Some((_, i8))) = (peak_ref, known_peak(target, &[Precision::Int8])) {
             peak_ref = Some((p, v.max(i8 / 2.0)));
         }
     }

@@ -30,13 +30,16 @@ use crate::ir::Arch;
 /// shipped factors; the test fails above these. Lower them when the model
 /// improves; raising one needs a reason in the commit.
 const LIMITS: &[(&str, f64)] = &[
-    ("prefill", 7.0),
-    ("decode", 5.0),
+    // Raised from 7 / 5 / 8 when the Llama 3 rows of 2024 builds (148 rows, 7
+    // NVIDIA GPUs and 3 Macs, long prompts, multi-GPU) joined the data: the
+    // error is now measured over much more varied hardware and workloads.
+    ("prefill", 10.0),
+    ("decode", 8.0),
     ("ttft", 22.0),
     ("batched decode", 15.0),
     ("MLPerf throughput", 36.0),
     ("energy", 52.0),
-    ("all", 8.0),
+    ("all", 9.0),
 ];
 
 /// Prompt length assumed for MLPerf llama2-70b rows (the CSV gives only the
@@ -953,86 +956,91 @@ KILN_BLESS=1 cargo test -p passes --lib cost::fit
 from bench/calibration/measured-calibration.csv; do not edit by hand
 (see CALIBRATION.md for the error of this fit).";
 
-/// Fit, then either write the shipped files (`KILN_BLESS=1`) or check them.
-/// Fit, cross-validate, set the bands from the held-out predictions, then
-/// either write the shipped files (`KILN_BLESS=1`) or check them. Prints the
-/// cross-validation table (`-- --nocapture`).
-#[test]
-fn shipped_calibration_is_the_fit_of_the_data() {
-    let (cases, excluded, notes) = cases();
-    let mut cal = fit(&cases.iter().collect::<Vec<_>>());
-    let hardware = held_out(&cases, Scheme::Hardware);
-    let source = held_out(&cases, Scheme::Source);
-    apply_bands(&mut cal, &hardware);
-    cal.validated = validated(&cases);
-    let scored = score(&cases, &cal);
-    let in_sample: BTreeMap<String, f64> = scored
-        .iter()
-        .filter_map(|s| s.ape.map(|a| (s.case.id.clone(), a)))
-        .collect();
-    let cv = crossval::table(&hardware, &source, &in_sample);
-    println!("{cv}");
-    let toml = cal.to_toml(HEADER);
-    let md = report(&cal, &scored, &cv, &excluded, &notes);
-    let section_path = manifest("../README.md");
-    let section = std::fs::read_to_string(&section_path).expect("README.md");
-    let new_section = splice(
-        &splice(
-            &section,
-            "calibration-table",
-            &format!(
-                "{cv}\nIn-sample, with the shipped factors, per metric and hardware class:\n\n{}",
-                readme_table(&scored)
+#[cfg(test)]
+mod checks {
+    use super::*;
+
+    /// Fit, then either write the shipped files (`KILN_BLESS=1`) or check them.
+    /// Fit, cross-validate, set the bands from the held-out predictions, then
+    /// either write the shipped files (`KILN_BLESS=1`) or check them. Prints the
+    /// cross-validation table (`-- --nocapture`).
+    #[test]
+    fn shipped_calibration_is_the_fit_of_the_data() {
+        let (cases, excluded, notes) = cases();
+        let mut cal = fit(&cases.iter().collect::<Vec<_>>());
+        let hardware = held_out(&cases, Scheme::Hardware);
+        let source = held_out(&cases, Scheme::Source);
+        apply_bands(&mut cal, &hardware);
+        cal.validated = validated(&cases);
+        let scored = score(&cases, &cal);
+        let in_sample: BTreeMap<String, f64> = scored
+            .iter()
+            .filter_map(|s| s.ape.map(|a| (s.case.id.clone(), a)))
+            .collect();
+        let cv = crossval::table(&hardware, &source, &in_sample);
+        println!("{cv}");
+        let toml = cal.to_toml(HEADER);
+        let md = report(&cal, &scored, &cv, &excluded, &notes);
+        let section_path = manifest("../README.md");
+        let section = std::fs::read_to_string(&section_path).expect("README.md");
+        let new_section = splice(
+            &splice(
+                &section,
+                "calibration-table",
+                &format!(
+                    "{cv}\nIn-sample, with the shipped factors, per metric and hardware class:\n\n{}",
+                    readme_table(&scored)
+                ),
             ),
-        ),
-        "recipe-table",
-        &recipe_table(),
-    );
-    let files = [
-        (manifest("src/cost/calibration.toml"), toml),
-        (manifest("src/cost/CALIBRATION.md"), md),
-        (section_path, new_section),
-    ];
-    if std::env::var_os("KILN_BLESS").is_some() {
-        for (path, text) in &files {
-            std::fs::write(path, text).unwrap();
+            "recipe-table",
+            &recipe_table(),
+        );
+        let files = [
+            (manifest("src/cost/calibration.toml"), toml),
+            (manifest("src/cost/CALIBRATION.md"), md),
+            (section_path, new_section),
+        ];
+        if std::env::var_os("KILN_BLESS").is_some() {
+            for (path, text) in &files {
+                std::fs::write(path, text).unwrap();
+            }
+            return;
         }
-        return;
+        for (path, text) in &files {
+            let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(
+                on_disk == *text,
+                "{} is not what the fit produces: run `KILN_BLESS=1 cargo test -p passes --lib cost::fit` and review the diff",
+                path.display()
+            );
+        }
     }
-    for (path, text) in &files {
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            on_disk == *text,
-            "{} is not what the fit produces: run `KILN_BLESS=1 cargo test -p passes --lib cost::fit` and review the diff",
-            path.display()
-        );
-    }
-}
 
-#[test]
-fn fit_error_has_not_regressed() {
-    let (cases, _, _) = cases();
-    let cal = Calibration::shipped().unwrap();
-    let scored = score(&cases, &cal);
-    let got = group_mdape(&scored);
-    for (g, limit) in LIMITS {
-        let m = got.get(*g).copied().unwrap_or(f64::NAN);
-        assert!(
-            m <= *limit,
-            "median APE for {g} is {m:.1}%, above its limit {limit}%"
-        );
+    #[test]
+    fn fit_error_has_not_regressed() {
+        let (cases, _, _) = cases();
+        let cal = Calibration::shipped().unwrap();
+        let scored = score(&cases, &cal);
+        let got = group_mdape(&scored);
+        for (g, limit) in LIMITS {
+            let m = got.get(*g).copied().unwrap_or(f64::NAN);
+            assert!(
+                m <= *limit,
+                "median APE for {g} is {m:.1}%, above its limit {limit}%"
+            );
+        }
+        // Every mapped row must yield a prediction.
+        let missing: Vec<&str> = scored
+            .iter()
+            .filter(|s| s.predicted.is_none())
+            .map(|s| s.case.id.as_str())
+            .collect();
+        assert!(missing.is_empty(), "rows without a prediction: {missing:?}");
     }
-    // Every mapped row must yield a prediction.
-    let missing: Vec<&str> = scored
-        .iter()
-        .filter(|s| s.predicted.is_none())
-        .map(|s| s.case.id.as_str())
-        .collect();
-    assert!(missing.is_empty(), "rows without a prediction: {missing:?}");
-}
 
-#[test]
-fn csv_parser_handles_quotes() {
-    let rows = parse_csv("a,b,c\n1,\"x, y\",\"say \"\"hi\"\"\"\n");
-    assert_eq!(rows[1], vec!["1", "x, y", "say \"hi\""]);
+    #[test]
+    fn csv_parser_handles_quotes() {
+        let rows = parse_csv("a,b,c\n1,\"x, y\",\"say \"\"hi\"\"\"\n");
+        assert_eq!(rows[1], vec!["1", "x, y", "say \"hi\""]);
+    }
 }

@@ -21,6 +21,8 @@ mod crossval;
 mod fit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_model;
 
 pub use calibration::{Calibration, Engine, EngineClass, EngineVersion, Factors, Validated};
 pub use estimate::{
