@@ -63,11 +63,11 @@ impl fmt::Display for Engine {
 }
 
 /// The llama.cpp build generation an estimate models. Its CUDA and Metal
-/// kernels changed enough between the builds of 2024 and those of 2025 (the
-/// matrix-vector kernels, flash attention on by default, graph capture) that
-/// the same card decodes up to 1.5x faster; the calibration rows carry their
-/// build, and the factors of the older generation are fitted as multipliers
-/// on the current ones. Server engines have one generation.
+/// kernels changed between the builds of 2024 and those of 2025 (INT8
+/// tensor-core MMQ for prompt processing, reworked matrix-vector kernels,
+/// flash attention on by default); the calibration rows carry their build,
+/// and the older generation is fitted as two multipliers (bandwidth,
+/// compute) on the current factors. Server engines have one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum EngineVersion {
     /// llama.cpp builds before b4000 (2024 and earlier).
