@@ -35,6 +35,10 @@ pub struct EstimateArgs {
     /// (or what the target lists)].
     #[arg(long)]
     pub engine: Option<String>,
+    /// llama.cpp build generation the speed is modelled for: 2024, 2025, or a build number
+    /// such as b2843 (builds before b4000 are 2024) [default: 2025].
+    #[arg(long, value_name = "VERSION")]
+    pub engine_version: Option<String>,
     /// Weight type: a llama.cpp recipe (Q4_K_M, Q8_0, Q2_K, ...) or a serving format (f16, bf16,
     /// fp8, int8, int4, fp4) [default: the model's own types or dtype].
     #[arg(long = "type", short = 't', value_name = "TYPE")]
@@ -101,6 +105,7 @@ pub fn run(args: &EstimateArgs, printer: &Printer) -> Result<()> {
     let o = EstimateOptions {
         model: args.model.clone(),
         engine: args.engine.clone(),
+        engine_version: args.engine_version.clone(),
         ty: args.ty.clone(),
         batch: args.batch.clone(),
         context: args.context,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use passes::cost::Target;
-use planner::targets::{all_targets, detail_text, list_text};
+use planner::targets::{all_targets, detail_text, list_text, target_json};
 
 use crate::common::lift_plan;
 use crate::printer::Bars;
@@ -43,7 +43,7 @@ pub fn run(args: &TargetsArgs, printer: &Printer) -> Result<()> {
     if let Some(id) = &args.id {
         let t = resolve(id, &args.target_file, args.measure, printer)?;
         if args.json {
-            printer.data(&serde_json::to_string_pretty(&t)?);
+            printer.data(&serde_json::to_string_pretty(&target_json(&t)?)?);
         } else {
             printer.data(&detail_text(&t));
         }
@@ -58,6 +58,10 @@ pub fn run(args: &TargetsArgs, printer: &Printer) -> Result<()> {
         bail!("no targets");
     }
     if args.json {
+        let all: Vec<serde_json::Value> = all
+            .iter()
+            .map(target_json)
+            .collect::<serde_json::Result<_>>()?;
         printer.data(&serde_json::to_string_pretty(&all)?);
     } else {
         printer.data(&list_text(&all));

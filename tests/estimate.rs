@@ -81,6 +81,79 @@ fn targets_json_lists_every_profile_with_sources() {
     assert_eq!(one["peak_tflops"]["fp8"], 2614.9);
 }
 
+/// `kiln targets --json` says, like the text, which estimate figures a
+/// measurement of the target validates and which are extrapolated.
+#[test]
+fn targets_json_carries_cost_coverage() {
+    let r = run(&["targets", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    for t in v.as_array().unwrap() {
+        let cov = t["cost_coverage"].as_array().expect("cost_coverage");
+        assert_eq!(cov.len(), 6, "{}", t["id"]);
+        for c in cov {
+            assert!(c["validated"].is_boolean());
+            assert!(["validated", "extrapolated", "borrowed", "none"]
+                .contains(&c["status"].as_str().unwrap()));
+        }
+    }
+    let one: Value = serde_json::from_str(&run(&["targets", "rtx-4090", "--json"]).stdout).unwrap();
+    let decode = one["cost_coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["engine_class"] == "llama.cpp" && c["metric"] == "decode")
+        .unwrap()
+        .clone();
+    assert_eq!(decode["validated"], true);
+    assert!(decode["rows"].as_u64().unwrap() >= 2);
+}
+
+/// `--engine-version` picks the llama.cpp generation; the output says which.
+#[test]
+fn engine_version_is_chosen_and_stated() {
+    let m = data("llama-3-8b");
+    let now = estimate_json(&[&m, "-T", "h100-pcie", "-t", "Q4_K_M"]);
+    let old = estimate_json(&[
+        &m,
+        "-T",
+        "h100-pcie",
+        "-t",
+        "Q4_K_M",
+        "--engine-version",
+        "b2843",
+    ]);
+    assert_eq!(now["calibration"]["engine_version"], "2025");
+    assert_eq!(old["calibration"]["engine_version"], "2024");
+    let pre = |v: &Value| v["prefill_seconds"].as_f64().unwrap();
+    assert_ne!(pre(&now), pre(&old));
+    let says = |v: &Value, what: &str| {
+        v["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains(what))
+    };
+    assert!(says(&now, "--engine-version 2025"));
+    assert!(says(&old, "--engine-version 2024"));
+    let vllm = estimate_json(&[&m, "-T", "h100-pcie", "-t", "bf16", "--engine", "vllm"]);
+    assert!(vllm["calibration"]["engine_version"].is_null());
+    let r = run(&[
+        "estimate",
+        &m,
+        "-T",
+        "h100-pcie",
+        "--engine-version",
+        "next-year",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--engine-version `next-year`"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn llama3_8b_fp16_and_q4_k_m_at_8k_by_hand() {
     let m = data("llama-3-8b");

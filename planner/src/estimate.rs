@@ -9,7 +9,9 @@
 
 use std::path::PathBuf;
 
-use passes::cost::{Band, Batch, Engine, Estimate, KvType, Target, WeightFormat, Workload};
+use passes::cost::{
+    Band, Batch, Engine, EngineVersion, Estimate, KvType, Target, WeightFormat, Workload,
+};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
@@ -21,6 +23,9 @@ pub struct EstimateOptions {
     pub model: PathBuf,
     /// Serving engine name [default: by format and target].
     pub engine: Option<String>,
+    /// llama.cpp build generation: `2024`, `2025` or a build number such as
+    /// `b2843` [default: the current generation].
+    pub engine_version: Option<String>,
     /// Weight type: a recipe or a serving format [default: the model's own].
     pub ty: Option<String>,
     /// Sequences served together, or `max`.
@@ -93,6 +98,14 @@ pub fn estimate(o: &EstimateOptions, target: &Target) -> Result<Estimated> {
             o.kv_type
         ))
     })?;
+    let engine_version = match &o.engine_version {
+        Some(v) => EngineVersion::parse(v).ok_or_else(|| {
+            Error::Options(format!(
+                "--engine-version `{v}`: give 2024, 2025 or a llama.cpp build number such as b2843"
+            ))
+        })?,
+        None => EngineVersion::Current,
+    };
     let workload = Workload {
         batch: parse_batch(&o.batch)?,
         context: o.context,
@@ -101,6 +114,7 @@ pub fn estimate(o: &EstimateOptions, target: &Target) -> Result<Estimated> {
         kv_type,
         devices: o.devices,
         tensor_parallel: o.tp,
+        engine_version,
     };
     let mut warnings = Vec::new();
     if workload.context.is_some_and(|c| c < o.prompt + o.gen) {
@@ -217,6 +231,11 @@ pub fn json(e: &Estimate, model: &str, counted_from: &str) -> Value {
                 "compute_efficiency": c.factors.compute_efficiency,
                 "simt_cost": c.factors.simt_cost,
                 "layer_overhead_us": c.factors.layer_overhead_us,
+                "float_bandwidth": c.factors.float_bandwidth,
+                "engine_version": (e.engine.class() == passes::cost::EngineClass::LlamaCpp)
+                    .then(|| e.engine_version.name()),
+                "gen2024_bandwidth": c.factors.gen2024_bandwidth,
+                "gen2024_compute": c.factors.gen2024_compute,
             }),
             None => Value::Null,
         },

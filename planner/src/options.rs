@@ -166,6 +166,7 @@ pub fn workload(o: &PlanOptions) -> Result<Workload> {
         kv_type,
         devices: None,
         tensor_parallel: None,
+        engine_version: Default::default(),
     })
 }
 

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use passes::cost::coverage::{coverage_code, coverage_text, CODE_LEGEND};
+use passes::cost::coverage::{coverage, coverage_code, coverage_text, Status, CODE_LEGEND};
 use passes::cost::host::{cpu_target, parse_host};
 use passes::cost::target::{trim_float, FIGURES};
 use passes::cost::{builtin, Calibration, Figure, Origin, Precision, Target};
@@ -138,6 +138,51 @@ fn sixteen_bit(t: &Target) -> (Option<Figure>, bool) {
         "peak_tflops.bf16"
     };
     (f, t.is_uncertain(p))
+}
+
+/// A profile as JSON: its figures (the profile's own serialization) and
+/// `cost_coverage`, one entry per engine class and headline figure of
+/// `kiln estimate` (`decode`, `prefill`, `throughput`): `validated` (true when
+/// at least one calibration measurement of this very target backs it),
+/// `status` (`validated`, `extrapolated` from other hardware of the class,
+/// `borrowed` from another class with a widened band, or `none`), `rows`
+/// (the measurements behind it: of this target when validated, of its class
+/// when extrapolated) and, when borrowed, where from.
+pub fn target_json(t: &Target) -> serde_json::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(t)?;
+    let cov: Vec<serde_json::Value> = match Calibration::shipped() {
+        Ok(cal) => coverage(&cal, t)
+            .into_iter()
+            .map(|c| {
+                let (status, rows, from) = match c.status {
+                    Status::Measured { rows } => ("validated", Some(rows), None),
+                    Status::Extrapolated { rows } => ("extrapolated", Some(rows), None),
+                    Status::Borrowed { engine, device } => (
+                        "borrowed",
+                        None,
+                        Some(serde_json::json!({
+                            "engine_class": engine.name(),
+                            "device_class": device.name(),
+                        })),
+                    ),
+                    Status::Unknown => ("none", None, None),
+                };
+                serde_json::json!({
+                    "engine_class": c.engine.name(),
+                    "metric": c.metric,
+                    "validated": status == "validated",
+                    "status": status,
+                    "rows": rows,
+                    "borrowed_from": from,
+                })
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("cost_coverage".into(), serde_json::Value::Array(cov));
+    }
+    Ok(v)
 }
 
 /// The profiles as a table.
@@ -303,4 +348,39 @@ pub fn detail_text(t: &Target) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kiln targets --json` carries, per engine class and figure, whether a
+    /// measurement of that very target validates it (the text output's
+    /// `measured` column), from the shipped calibration.
+    #[test]
+    fn json_carries_the_cost_coverage() {
+        let cal = Calibration::shipped().unwrap();
+        for id in ["h100-pcie", "tpu-v5e", "m3-max"] {
+            let t = passes::cost::find_builtin(id).unwrap();
+            let v = target_json(&t).unwrap();
+            assert_eq!(v["id"], id);
+            let cov = v["cost_coverage"].as_array().unwrap();
+            assert_eq!(cov.len(), 6, "{id}: 2 engine classes x 3 figures");
+            let want = coverage(&cal, &t);
+            for (j, c) in cov.iter().zip(&want) {
+                assert_eq!(j["engine_class"], c.engine.name());
+                assert_eq!(j["metric"], c.metric);
+                let validated = matches!(c.status, Status::Measured { .. });
+                assert_eq!(j["validated"], validated, "{id} {}", c.metric);
+            }
+        }
+        let h100 = target_json(&passes::cost::find_builtin("h100-pcie").unwrap()).unwrap();
+        let decode = &h100["cost_coverage"][0];
+        assert_eq!(decode["engine_class"], "llama.cpp");
+        assert_eq!(decode["status"], "validated");
+        assert!(decode["rows"].as_u64().unwrap() >= 1);
+        let tpu = target_json(&passes::cost::find_builtin("tpu-v5e").unwrap()).unwrap();
+        assert_eq!(tpu["cost_coverage"][0]["status"], "borrowed");
+        assert_eq!(tpu["cost_coverage"][0]["validated"], false);
+    }
 }

@@ -62,6 +62,67 @@ impl fmt::Display for Engine {
     }
 }
 
+/// The llama.cpp build generation an estimate models. Its CUDA and Metal
+/// kernels changed between the builds of 2024 and those of 2025 (INT8
+/// tensor-core MMQ for prompt processing, reworked matrix-vector kernels,
+/// flash attention on by default); the calibration rows carry their build,
+/// and the older generation is fitted as two multipliers (bandwidth,
+/// compute) on the current factors. Server engines have one generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EngineVersion {
+    /// llama.cpp builds before b4000 (2024 and earlier).
+    Llama2024,
+    /// llama.cpp builds from b4000 (late 2024) on: the default.
+    #[default]
+    Current,
+}
+
+impl EngineVersion {
+    /// The first build number of the current generation.
+    pub const CURRENT_FROM_BUILD: u32 = 4000;
+
+    /// `2024` or `llama.cpp:2024`, `2025`/`current`, or a build number
+    /// (`b2843`, `2843`) placed by [`Self::CURRENT_FROM_BUILD`].
+    pub fn parse(s: &str) -> Option<EngineVersion> {
+        let lower = s.trim().to_ascii_lowercase();
+        let v = lower
+            .strip_prefix("llama.cpp:")
+            .or_else(|| lower.strip_prefix("llama.cpp-"))
+            .unwrap_or(&lower);
+        match v {
+            "2024" => Some(EngineVersion::Llama2024),
+            "2025" | "2026" | "current" | "latest" => Some(EngineVersion::Current),
+            _ => {
+                let n: u32 = v.strip_prefix('b').unwrap_or(v).parse().ok()?;
+                Some(EngineVersion::from_build(n))
+            }
+        }
+    }
+
+    pub fn from_build(build: u32) -> EngineVersion {
+        if build < Self::CURRENT_FROM_BUILD {
+            EngineVersion::Llama2024
+        } else {
+            EngineVersion::Current
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineVersion::Llama2024 => "2024",
+            EngineVersion::Current => "2025",
+        }
+    }
+
+    /// In words, for the estimate's notes.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EngineVersion::Llama2024 => "llama.cpp builds of 2024 (before b4000)",
+            EngineVersion::Current => "llama.cpp builds from b4000 (late 2024) on",
+        }
+    }
+}
+
 /// Engines that share efficiency factors. `server` covers vLLM, TensorRT-LLM
 /// and, for calibration, lmdeploy TurboMind, FasterTransformer and TensorRT
 /// (batched CUDA-graph engines with fused kernels); `llama.cpp` is the ggml
@@ -104,10 +165,31 @@ pub struct Factors {
     pub simt_cost: f64,
     /// Fixed time per layer per forward pass (kernel launches, sync), in µs.
     pub layer_overhead_us: f64,
-    /// 10th and 90th percentiles of measured / predicted rate on the fit rows:
-    /// the band around a central estimate.
+    /// The kernel path by weight type: 16- and 32-bit float weights stream at
+    /// `bandwidth_efficiency x float_bandwidth` (llama.cpp reads them with
+    /// cuBLAS/Metal GEMV rather than its quantized dot-product kernels) and
+    /// need no SIMT-side dequantization in prefill. 1 for server engines.
+    pub float_bandwidth: f64,
+    /// A device-independent time per weight byte a decode step streams, in
+    /// picoseconds (1 ps/byte caps the achieved rate at 1 TB/s): the
+    /// kernels' own issue cost, which bounds the fastest cards (HBM
+    /// datacenter GPUs reach a smaller fraction of their peak than GDDR
+    /// cards). 0 for server engines.
+    pub byte_cost_ps: f64,
+    /// The 2024 llama.cpp generation ([`EngineVersion::Llama2024`]): its
+    /// achieved bandwidth and compute as multiples of the current ones. 1
+    /// for server engines.
+    pub gen2024_bandwidth: f64,
+    pub gen2024_compute: f64,
+    /// 10th and 90th percentiles of measured / predicted rate over the
+    /// cross-validated predictions of the decode and throughput rows: the
+    /// band around a decode, throughput or end-to-end estimate.
     pub band_low: f64,
     pub band_high: f64,
+    /// The same over the prefill and time-to-first-token rows: the band of
+    /// prefill time and TTFT (prompt processing is less predictable).
+    pub prefill_band_low: f64,
+    pub prefill_band_high: f64,
     /// Calibration rows behind these factors.
     pub rows: usize,
 }
@@ -171,9 +253,25 @@ struct RawFactor {
     #[serde(default)]
     simt_cost: f64,
     layer_overhead_us: f64,
+    #[serde(default = "one")]
+    float_bandwidth: f64,
+    #[serde(default)]
+    byte_cost_ps: f64,
+    #[serde(default = "one")]
+    gen2024_bandwidth: f64,
+    #[serde(default = "one")]
+    gen2024_compute: f64,
     band_low: f64,
     band_high: f64,
+    #[serde(default)]
+    prefill_band_low: Option<f64>,
+    #[serde(default)]
+    prefill_band_high: Option<f64>,
     rows: usize,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Calibration {
@@ -189,10 +287,15 @@ impl Calibration {
             let positive = [
                 f.bandwidth_efficiency,
                 f.compute_efficiency,
+                f.float_bandwidth,
+                f.gen2024_bandwidth,
+                f.gen2024_compute,
                 f.band_low,
                 f.band_high,
+                f.prefill_band_low.unwrap_or(1.0),
+                f.prefill_band_high.unwrap_or(1.0),
             ];
-            let non_negative = [f.layer_overhead_us, f.simt_cost];
+            let non_negative = [f.layer_overhead_us, f.simt_cost, f.byte_cost_ps];
             if positive.iter().any(|v| !v.is_finite() || *v <= 0.0)
                 || non_negative.iter().any(|v| !v.is_finite() || *v < 0.0)
             {
@@ -208,8 +311,14 @@ impl Calibration {
                     compute_efficiency: f.compute_efficiency,
                     simt_cost: f.simt_cost,
                     layer_overhead_us: f.layer_overhead_us,
+                    float_bandwidth: f.float_bandwidth,
+                    byte_cost_ps: f.byte_cost_ps,
+                    gen2024_bandwidth: f.gen2024_bandwidth,
+                    gen2024_compute: f.gen2024_compute,
                     band_low: f.band_low,
                     band_high: f.band_high,
+                    prefill_band_low: f.prefill_band_low.unwrap_or(f.band_low),
+                    prefill_band_high: f.prefill_band_high.unwrap_or(f.band_high),
                     rows: f.rows,
                 },
             );
@@ -259,6 +368,8 @@ impl Calibration {
         let mut widened = *f;
         widened.band_low *= 0.5;
         widened.band_high *= 1.5;
+        widened.prefill_band_low *= 0.5;
+        widened.prefill_band_high *= 1.5;
         Some(Chosen {
             factors: widened,
             engine: key.0,
@@ -296,8 +407,29 @@ impl Calibration {
                 "layer_overhead_us = {}\n",
                 round6(f.layer_overhead_us)
             ));
+            s.push_str(&format!(
+                "float_bandwidth = {}\n",
+                round6(f.float_bandwidth)
+            ));
+            s.push_str(&format!("byte_cost_ps = {}\n", round6(f.byte_cost_ps)));
+            s.push_str(&format!(
+                "gen2024_bandwidth = {}\n",
+                round6(f.gen2024_bandwidth)
+            ));
+            s.push_str(&format!(
+                "gen2024_compute = {}\n",
+                round6(f.gen2024_compute)
+            ));
             s.push_str(&format!("band_low = {}\n", round6(f.band_low)));
             s.push_str(&format!("band_high = {}\n", round6(f.band_high)));
+            s.push_str(&format!(
+                "prefill_band_low = {}\n",
+                round6(f.prefill_band_low)
+            ));
+            s.push_str(&format!(
+                "prefill_band_high = {}\n",
+                round6(f.prefill_band_high)
+            ));
             s.push_str(&format!("rows = {}\n", f.rows));
         }
         for v in &self.validated {

@@ -8,10 +8,12 @@
 //! headline metric (batch-1 decode, prefill, high-batch throughput) and per
 //! hardware class, beside the in-sample error, never instead of it.
 //!
-//! The shipped band of each (engine class, device class) is the 10th-90th
-//! percentile of measured / predicted over the leave-one-hardware-out
-//! predictions of that class; its coverage is measured the same way, each
-//! held-out row against a band built without its own hardware's rows.
+//! The shipped bands of each (engine class, device class) are the
+//! 5th-95th percentile of measured / predicted over the leave-one-hardware-out
+//! predictions of that class, one for prefill (prompt processing, TTFT) and
+//! one for the rest (decode, throughput); their coverage is measured the same
+//! way, each held-out row against a band built without its own hardware's
+//! rows.
 //!
 //! What must stay true: a fold never sees a row of the group it predicts
 //! (refitting only the factor sets its rows use is exact, since the factors
@@ -57,14 +59,16 @@ impl Scheme {
 /// Lower the error (raise the coverage) when the model improves; loosening
 /// one needs a reason in the commit.
 const CV_LIMITS: &[(Scheme, &str, f64, f64)] = &[
-    (Scheme::Hardware, "decode", 6.0, 75.0),
-    (Scheme::Hardware, "prefill", 10.0, 60.0),
-    (Scheme::Hardware, "throughput", 22.0, 70.0),
-    // Leaving out the Apple scoreboard leaves llama.cpp on Metal no rows: it
-    // is then predicted with borrowed CUDA factors (see the table).
-    (Scheme::Source, "decode", 10.0, 30.0),
-    (Scheme::Source, "prefill", 18.0, 40.0),
-    (Scheme::Source, "throughput", 18.0, 65.0),
+    (Scheme::Hardware, "decode", 10.0, 78.0),
+    (Scheme::Hardware, "prefill", 16.0, 78.0),
+    (Scheme::Hardware, "throughput", 22.0, 80.0),
+    // Leaving out the Apple scoreboard leaves llama.cpp on Metal few rows, and
+    // leaving out the Llama 3 benchmark source removes every 2024-build row,
+    // so the generation factors cannot be fitted in that fold: the
+    // leave-one-source-out error is high, and said so in the README.
+    (Scheme::Source, "decode", 17.0, 15.0),
+    (Scheme::Source, "prefill", 19.0, 25.0),
+    (Scheme::Source, "throughput", 18.0, 80.0),
 ];
 
 /// One row predicted by a fold that did not see it.
@@ -118,7 +122,13 @@ pub(super) fn held_out(cases: &[Case], scheme: Scheme) -> Vec<HeldOut<'_>> {
     out
 }
 
-/// 10th and 90th percentiles of `ratios` (sorted here), widened to include 1.
+/// The band's percentiles of the held-out ratios: 5th and 95th. A 10th-90th
+/// band covered only 68-77% of held-out rows (errors of one hardware model
+/// move together, so a band built without it is too narrow); 5th-95th brings
+/// the held-out coverage near the 80% the band is meant to have.
+const BAND_Q: f64 = 0.05;
+
+/// [`BAND_Q`] and `1 - BAND_Q` percentiles of `ratios` (sorted here), widened to include 1.
 fn band_of(mut ratios: Vec<f64>) -> Option<(f64, f64)> {
     if ratios.is_empty() {
         return None;
@@ -126,17 +136,26 @@ fn band_of(mut ratios: Vec<f64>) -> Option<(f64, f64)> {
     ratios.sort_by(f64::total_cmp);
     let r = |v: f64| (v * 1e6).round() / 1e6;
     Some((
-        r(percentile(&ratios, 0.1).min(1.0)),
-        r(percentile(&ratios, 0.9).max(1.0)),
+        r(percentile(&ratios, BAND_Q).min(1.0)),
+        r(percentile(&ratios, 1.0 - BAND_Q).max(1.0)),
     ))
 }
 
-/// The shipped bands: per class, from the fitted rows' held-out ratios.
-pub(super) fn bands(held: &[HeldOut<'_>]) -> BTreeMap<Key, (f64, f64)> {
-    let mut by: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+/// Which band a row is scored against: prefill (prompt processing, TTFT)
+/// or the rest (decode, throughput).
+fn is_prefill(c: &Case) -> bool {
+    headline(&c.metric) == "prefill"
+}
+
+/// The shipped bands: per class and band kind (`true`: prefill), from the
+/// fitted rows' held-out ratios.
+pub(super) fn bands(held: &[HeldOut<'_>]) -> BTreeMap<(Key, bool), (f64, f64)> {
+    let mut by: BTreeMap<(Key, bool), Vec<f64>> = BTreeMap::new();
     for h in held.iter().filter(|h| h.case.fit && !h.borrowed) {
         if let Some(r) = h.ratio {
-            by.entry(h.case.key()).or_default().push(r);
+            by.entry((h.case.key(), is_prefill(h.case)))
+                .or_default()
+                .push(r);
         }
     }
     by.into_iter()
@@ -144,28 +163,41 @@ pub(super) fn bands(held: &[HeldOut<'_>]) -> BTreeMap<Key, (f64, f64)> {
         .collect()
 }
 
-/// Set the bands of `cal` from the leave-one-hardware-out predictions.
+/// Set the bands of `cal` from the leave-one-hardware-out predictions; a
+/// class without rows of one kind takes the other kind's band.
 pub(super) fn apply_bands(cal: &mut Calibration, held: &[HeldOut<'_>]) {
-    for (k, (lo, hi)) in bands(held) {
-        if let Some(f) = cal.factors.get_mut(&k) {
+    let b = bands(held);
+    for (k, f) in cal.factors.iter_mut() {
+        let rest = b.get(&(*k, false)).copied();
+        let pre = b.get(&(*k, true)).copied();
+        if let Some((lo, hi)) = rest.or(pre) {
             f.band_low = lo;
             f.band_high = hi;
+        }
+        if let Some((lo, hi)) = pre.or(rest) {
+            f.prefill_band_low = lo;
+            f.prefill_band_high = hi;
         }
     }
 }
 
 /// Is each held-out row inside a band built from the other groups' held-out
-/// rows of its class? `None` where no such row exists.
+/// rows of its class and band kind? `None` where no such row exists.
 fn covered(held: &[HeldOut<'_>]) -> Vec<Option<bool>> {
     held.iter()
         .map(|h| {
-            let others: Vec<f64> = held
-                .iter()
-                .filter(|o| o.case.fit && !o.borrowed && o.group != h.group)
-                .filter(|o| o.case.key() == h.case.key())
-                .filter_map(|o| o.ratio)
-                .collect();
-            let (lo, hi) = band_of(others)?;
+            let others = |kind: bool| -> Vec<f64> {
+                held.iter()
+                    .filter(|o| o.case.fit && !o.borrowed && o.group != h.group)
+                    .filter(|o| o.case.key() == h.case.key() && is_prefill(o.case) == kind)
+                    .filter_map(|o| o.ratio)
+                    .collect()
+            };
+            let mut pool = others(is_prefill(h.case));
+            if pool.is_empty() {
+                pool = others(!is_prefill(h.case));
+            }
+            let (lo, hi) = band_of(pool)?;
             let (lo, hi) = if h.borrowed {
                 (lo * 0.5, hi * 1.5)
             } else {

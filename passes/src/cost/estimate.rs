@@ -21,7 +21,7 @@
 //! guessed number; every assumption the user cannot see in the inputs is
 //! named in [`Estimate::notes`].
 
-use super::calibration::{Calibration, Chosen, Engine, EngineClass};
+use super::calibration::{Calibration, Chosen, Engine, EngineClass, EngineVersion};
 use super::target::{DeviceClass, Figure, Precision, Target};
 use super::weights::{WeightBytes, WeightFormat};
 use super::CostError;
@@ -94,6 +94,8 @@ pub struct Workload {
     pub devices: Option<usize>,
     /// Tensor-parallel degree; `None`: all `devices` (or the fewest that fit).
     pub tensor_parallel: Option<usize>,
+    /// The llama.cpp build generation modelled (ignored by server engines).
+    pub engine_version: EngineVersion,
 }
 
 impl Default for Workload {
@@ -106,6 +108,7 @@ impl Default for Workload {
             kv_type: KvType::F16,
             devices: None,
             tensor_parallel: None,
+            engine_version: EngineVersion::Current,
         }
     }
 }
@@ -133,24 +136,25 @@ impl Band {
         Band::default()
     }
 
-    /// A rate (higher is better): band = central x [band_low, band_high], capped at the bound.
-    fn rate(central: f64, bound: f64, f: &Chosen) -> Band {
+    /// A rate (higher is better): band = central x [lo, hi] (measured /
+    /// predicted rate), capped at the bound.
+    fn rate(central: f64, bound: f64, (lo, hi): (f64, f64)) -> Band {
         let cap = |v: f64| if bound.is_finite() { v.min(bound) } else { v };
         Band {
             central: Some(central),
-            low: Some(cap(central * f.factors.band_low)),
-            high: Some(cap(central * f.factors.band_high)),
+            low: Some(cap(central * lo)),
+            high: Some(cap(central * hi)),
             bound: Some(bound),
         }
     }
 
-    /// A time (lower is better): band = central / [band_high, band_low], floored at the bound.
-    fn time(central: f64, bound: f64, f: &Chosen) -> Band {
+    /// A time (lower is better): band = central / [hi, lo], floored at the bound.
+    fn time(central: f64, bound: f64, (lo, hi): (f64, f64)) -> Band {
         let floor = |v: f64| v.max(bound);
         Band {
             central: Some(central),
-            low: Some(floor(central / f.factors.band_high)),
-            high: Some(floor(central / f.factors.band_low)),
+            low: Some(floor(central / hi)),
+            high: Some(floor(central / lo)),
             bound: Some(bound),
         }
     }
@@ -172,6 +176,8 @@ impl Band {
 pub struct Estimate {
     pub target: String,
     pub engine: Engine,
+    /// The llama.cpp generation modelled (meaningless for server engines).
+    pub engine_version: EngineVersion,
     pub format: String,
     pub kv_type: KvType,
     pub batch: usize,
@@ -264,6 +270,8 @@ struct Machine<'a> {
     tp: f64,
     kv_per_token: f64,
     embedding_read: bool,
+    /// Share of the weight bytes in 16/32-bit floats (see [`WeightBytes::float_share`]).
+    float_share: f64,
 }
 
 /// Efficiency and overhead for one evaluation (fitted, or ideal for the bound).
@@ -274,6 +282,10 @@ struct Eff {
     compute: f64,
     /// SIMT FLOPs per matmul FLOP (see [`super::Factors::simt_cost`]).
     simt: f64,
+    /// Bandwidth multiplier for float weights (see [`super::Factors::float_bandwidth`]).
+    float_bw: f64,
+    /// Device-independent time per weight byte, s (see [`super::Factors::byte_cost_ps`]).
+    byte_s: f64,
     layer_s: f64,
     allreduce_s: f64,
 }
@@ -286,6 +298,14 @@ impl Machine<'_> {
             0.0
         };
         self.w.dense as f64 + emb + self.w.experts as f64 * expert_fraction(self.arch, tokens)
+    }
+
+    /// Weight bytes of a step as time at the quantized kernels' efficiency:
+    /// float weights count `1 / float_bw` times (their kernel path streams
+    /// at a different fraction of the bandwidth).
+    fn weighted_read(&self, tokens: f64, e: &Eff) -> f64 {
+        let fs = self.float_share;
+        self.read_bytes(tokens) * (1.0 - fs + fs / e.float_bw)
     }
 
     fn active_matmul(&self) -> f64 {
@@ -317,8 +337,9 @@ impl Machine<'_> {
 
     /// One decode step of `batch` sequences at context `ctx`; `None` when a needed figure is unknown.
     fn step(&self, batch: f64, ctx: f64, e: &Eff, need_compute: bool) -> Option<f64> {
-        let bytes = self.read_bytes(batch) + batch * ctx * self.kv_per_token;
-        let t_mem = bytes / (self.tp * e.bw * self.bw);
+        let bytes = self.weighted_read(batch, e) + batch * ctx * self.kv_per_token;
+        let t_mem =
+            bytes / (self.tp * e.bw * self.bw) + self.read_bytes(batch) * e.byte_s / self.tp;
         let t_comp = match self.peak(e) {
             Some(p) => self.compute_time(batch * self.flops_per_token(ctx), p, e),
             None if need_compute => return None,
@@ -333,7 +354,7 @@ impl Machine<'_> {
             return Some(0.0);
         }
         let tokens = batch * prompt;
-        let bytes = self.read_bytes(tokens) + tokens * self.kv_per_token;
+        let bytes = self.weighted_read(tokens, e) + tokens * self.kv_per_token;
         let t_mem = bytes / (self.tp * e.bw * self.bw);
         let t_comp = self.compute_time(
             tokens * self.flops_per_token(prompt / 2.0),
@@ -344,10 +365,11 @@ impl Machine<'_> {
     }
 
     /// `flops` at a fraction of `peak` across the group, plus the engine's
-    /// SIMT-side work at the FP32 peak (none when that peak is unknown).
+    /// SIMT-side dequantization of the quantized weights at the FP32 peak
+    /// (none when that peak is unknown, or for float weights).
     fn compute_time(&self, flops: f64, peak: f64, e: &Eff) -> f64 {
         let simt = match self.peak_simt {
-            Some(p) if e.simt > 0.0 => flops * e.simt / (self.tp * p),
+            Some(p) if e.simt > 0.0 => flops * (1.0 - self.float_share) * e.simt / (self.tp * p),
             _ => 0.0,
         };
         flops / (self.tp * e.compute * peak) + simt
@@ -597,6 +619,20 @@ pub fn estimate(
             ));
         }
     }
+    if let (EngineClass::LlamaCpp, Some(c)) = (engine.class(), &chosen) {
+        notes.push(match w.engine_version {
+            EngineVersion::Current => format!(
+                "Speed modelled for {} (--engine-version 2025); for 2024 builds give --engine-version 2024 (fitted: x{:.2} bandwidth, x{:.2} compute).",
+                w.engine_version.describe(),
+                c.factors.gen2024_bandwidth,
+                c.factors.gen2024_compute
+            ),
+            EngineVersion::Llama2024 => format!(
+                "Speed modelled for {} (--engine-version 2024); current builds are faster.",
+                w.engine_version.describe()
+            ),
+        });
+    }
     let ref_order: &[Precision] = match engine.class() {
         // llama.cpp multiplies on the tensor cores (fp16 rate) and dequantizes on
         // the SIMT cores (fp32 rate, `simt_cost`): see CALIBRATION.md.
@@ -612,7 +648,16 @@ pub fn estimate(
         ],
         EngineClass::Server => model.format.server_compute().to_vec(),
     };
-    let peak_ref = known_peak(target, ref_order);
+    let mut peak_ref = known_peak(target, ref_order);
+    if engine.class() == EngineClass::LlamaCpp {
+        // llama.cpp multiplies with 16-bit accumulation (cuBLAS COMPUTE_16F)
+        // or on the INT8 tensor cores (MMQ): its rate is the full-rate FP16
+        // one, half the INT8 peak, where that is known. GeForce cards publish
+        // their FP16 peak with FP32 accumulation, half that rate.
+        if let (Some((p, v)), Some((_, i8))) = (peak_ref, known_peak(target, &[Precision::Int8])) {
+            peak_ref = Some((p, v.max(i8 / 2.0)));
+        }
+    }
     let peak_bound = bound_order
         .iter()
         .filter_map(|p| known_peak(target, std::slice::from_ref(p)))
@@ -658,6 +703,7 @@ pub fn estimate(
     let mut est = Estimate {
         target: target.id.clone(),
         engine,
+        engine_version: w.engine_version,
         format: model.format.name().to_string(),
         kv_type: w.kv_type,
         batch,
@@ -700,16 +746,26 @@ pub fn estimate(
         tp: if layer_split { 1.0 } else { tp as f64 },
         kv_per_token,
         embedding_read: wb.embedding_is_output,
+        float_share: wb.float_share(),
     };
     est.active_params = m.active_matmul().round() as u64;
     let (Some(chosen), Some(_)) = (chosen, bw) else {
         return Ok(est);
     };
+    let f = &chosen.factors;
+    let (gen_bw, gen_compute) = match (engine.class(), w.engine_version) {
+        (EngineClass::LlamaCpp, EngineVersion::Llama2024) => {
+            (f.gen2024_bandwidth, f.gen2024_compute)
+        }
+        _ => (1.0, 1.0),
+    };
     let fitted = Eff {
         ideal: false,
-        bw: chosen.factors.bandwidth_efficiency,
-        compute: chosen.factors.compute_efficiency,
-        simt: chosen.factors.simt_cost,
+        bw: f.bandwidth_efficiency * gen_bw,
+        compute: f.compute_efficiency * gen_compute,
+        simt: f.simt_cost,
+        float_bw: f.float_bandwidth,
+        byte_s: f.byte_cost_ps * 1e-12,
         layer_s: chosen.factors.layer_overhead_us * 1e-6,
         allreduce_s: cal.allreduce_latency_us * 1e-6,
     };
@@ -718,9 +774,15 @@ pub fn estimate(
         bw: 1.0,
         compute: 1.0,
         simt: 0.0,
+        float_bw: 1.0,
+        byte_s: 0.0,
         layer_s: 0.0,
         allreduce_s: 0.0,
     };
+    // Decode, throughput and end-to-end time take the band of the decode and
+    // throughput rows; prefill and time to first token that of the prefill rows.
+    let band = (f.band_low, f.band_high);
+    let prefill_band = (f.prefill_band_low, f.prefill_band_high);
     let b = batch as f64;
     let (p, g) = (w.prompt as f64, w.gen as f64);
     let mid = p + g / 2.0;
@@ -740,23 +802,23 @@ pub fn estimate(
         m.step(b, 0.0, &ideal, false)
     };
     if let (Some(c), Some(bd)) = (pre_c, pre_b) {
-        est.prefill_seconds = Band::time(c, bd, &chosen);
+        est.prefill_seconds = Band::time(c, bd, prefill_band);
     }
     if let (Some(c), Some(bd)) = (first_c, first_b) {
-        est.ttft_seconds = Band::time(c, bd, &chosen);
+        est.ttft_seconds = Band::time(c, bd, prefill_band);
     }
     if let (Some(c), Some(bd)) = (step_c, step_b) {
-        est.decode_tokens_per_second = Band::rate(1.0 / c, 1.0 / bd, &chosen);
+        est.decode_tokens_per_second = Band::rate(1.0 / c, 1.0 / bd, band);
     }
     let extra = (g - 1.0).max(0.0);
     if let (Some(fc), Some(fb), Some(sc), Some(sb)) = (first_c, first_b, step_c, step_b) {
         let e2e_c = fc + extra * sc;
         let e2e_b = fb + extra * sb;
-        est.e2e_seconds = Band::time(e2e_c, e2e_b, &chosen);
+        est.e2e_seconds = Band::time(e2e_c, e2e_b, band);
         if g > 0.0 {
             let r = replicas as f64;
             est.throughput_tokens_per_second =
-                Band::rate(r * b * g / e2e_c, r * b * g / e2e_b, &chosen);
+                Band::rate(r * b * g / e2e_c, r * b * g / e2e_b, band);
         } else {
             est.notes.push(
                 "--gen 0: no output tokens, so no throughput, cost or energy per token.".into(),

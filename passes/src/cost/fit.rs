@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::calibration::{round6, Calibration, Engine, EngineClass, Factors, Validated};
+use super::calibration::{
+    round6, Calibration, Engine, EngineClass, EngineVersion, Factors, Validated,
+};
 use super::crossval::{self, apply_bands, held_out, Scheme};
 use super::estimate::{estimate, Batch, Estimate, KvType, ModelCost, Workload};
 use super::target::{find_builtin, DeviceClass, Target};
@@ -28,13 +30,16 @@ use crate::ir::Arch;
 /// shipped factors; the test fails above these. Lower them when the model
 /// improves; raising one needs a reason in the commit.
 const LIMITS: &[(&str, f64)] = &[
-    ("prefill", 7.0),
-    ("decode", 5.0),
+    // Raised from 7 / 5 / 8 when the Llama 3 rows of 2024 builds (148 rows, 7
+    // NVIDIA GPUs and 3 Macs, long prompts, multi-GPU) joined the data: the
+    // error is now measured over much more varied hardware and workloads.
+    ("prefill", 10.0),
+    ("decode", 8.0),
     ("ttft", 22.0),
     ("batched decode", 15.0),
     ("MLPerf throughput", 36.0),
     ("energy", 52.0),
-    ("all", 8.0),
+    ("all", 9.0),
 ];
 
 /// Prompt length assumed for MLPerf llama2-70b rows (the CSV gives only the
@@ -191,6 +196,12 @@ const HARDWARE: &[(&str, &str, &str)] = &[
     ("AMD Instinct MI300X 192GB", "mi300x", ""),
     ("NVIDIA H100 PCIe 80GB", "h100-pcie", ""),
     ("NVIDIA H100 NVL 94GB", "h100-nvl", ""),
+    ("NVIDIA GeForce RTX 3090", "rtx-3090", ""),
+    ("NVIDIA GeForce RTX 4090", "rtx-4090", ""),
+    ("NVIDIA A100 SXM4 80GB", "a100-80g-sxm", ""),
+    ("Apple M1 Max 32-core GPU 64GB", "m1-max", ""),
+    ("Apple M2 Ultra 76-core GPU 192GB", "m2-ultra", ""),
+    ("Apple M3 Max 40-core GPU 64GB", "m3-max", ""),
 ];
 
 fn arch(
@@ -232,6 +243,16 @@ fn model_arch(name: &str) -> Option<(Arch, &'static str)> {
             },
             "Mixtral-8x7B config",
         )
+    } else if name.starts_with("Llama 3 70B") {
+        (
+            arch(80, 8192, 64, 8, 28672, 128256),
+            "Llama-3-70B config (GQA, 8 KV heads, 128k vocabulary)",
+        )
+    } else if name.starts_with("Llama 3 8B") {
+        (
+            arch(32, 4096, 32, 8, 14336, 128256),
+            "Llama-3-8B config (GQA, 8 KV heads, 128k vocabulary)",
+        )
     } else if name.contains("70B") {
         (
             arch(80, 8192, 64, 8, 28672, 32000),
@@ -258,6 +279,8 @@ fn row_format(p: &str) -> Option<WeightFormat> {
     let p = p.to_ascii_lowercase();
     Some(if p.starts_with("q4_0") {
         WeightFormat::Recipe(Recipe::Q4_0)
+    } else if p.starts_with("q4_k_m") {
+        WeightFormat::Recipe(Recipe::Q4_K_M)
     } else if p.starts_with("q8_0") {
         WeightFormat::Recipe(Recipe::Q8_0)
     } else if p.starts_with("fp8") {
@@ -280,6 +303,22 @@ fn row_engine(e: &str) -> Engine {
         // lmdeploy TurboMind, TensorRT(-LLM), FasterTransformer: NVIDIA's batched engines.
         Engine::TrtLlm
     }
+}
+
+/// The llama.cpp generation of a row: `build N` in its engine column (the
+/// llama-bench build number) placed by [`EngineVersion::from_build`]; rows
+/// without a build (the 2025 scoreboards, which keep each device's latest
+/// figure) are the current generation.
+fn row_version(engine: &str) -> EngineVersion {
+    engine
+        .split("build ")
+        .nth(1)
+        .and_then(|t| {
+            t.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .map_or(EngineVersion::Current, EngineVersion::from_build)
 }
 
 /// Which headline group a metric belongs to.
@@ -389,6 +428,13 @@ pub(super) fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
             mapping_notes.insert(format!("{hw} -> `{target_id}`: {note}"), ());
         }
         let batch_text = row.get("batch");
+        if let Some(why) = row.get("notes").strip_prefix("outlier: ") {
+            excluded.push(ex(&format!(
+                "outlier: {}",
+                why.split(';').next().unwrap_or(why)
+            )));
+            continue;
+        }
         if batch_text.contains("Server") {
             excluded.push(ex("MLPerf Server scenario: throughput under a latency-bounded arrival process (queueing), which the model does not cover"));
             continue;
@@ -429,6 +475,7 @@ pub(super) fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
             kv_type,
             devices: Some(n),
             tensor_parallel: Some(n),
+            engine_version: row_version(row.get("engine")),
         };
         let weights = weight_bytes(&crate::arch::synthesize(&arch), &arch, format);
         let mlperf = batch_text.starts_with("max");
@@ -533,6 +580,10 @@ enum Param {
     Compute(EngineClass, DeviceClass),
     Simt(EngineClass, DeviceClass),
     Layer(EngineClass, DeviceClass),
+    Float(EngineClass, DeviceClass),
+    ByteCost(EngineClass, DeviceClass),
+    Gen2024Bw(EngineClass, DeviceClass),
+    Gen2024Compute(EngineClass, DeviceClass),
 }
 
 fn get(cal: &Calibration, p: Param) -> f64 {
@@ -542,6 +593,10 @@ fn get(cal: &Calibration, p: Param) -> f64 {
         Param::Compute(e, d) => cal.factors[&(e, d)].compute_efficiency,
         Param::Simt(e, d) => cal.factors[&(e, d)].simt_cost,
         Param::Layer(e, d) => cal.factors[&(e, d)].layer_overhead_us,
+        Param::Float(e, d) => cal.factors[&(e, d)].float_bandwidth,
+        Param::ByteCost(e, d) => cal.factors[&(e, d)].byte_cost_ps,
+        Param::Gen2024Bw(e, d) => cal.factors[&(e, d)].gen2024_bandwidth,
+        Param::Gen2024Compute(e, d) => cal.factors[&(e, d)].gen2024_compute,
     }
 }
 
@@ -552,6 +607,10 @@ fn set(cal: &mut Calibration, p: Param, v: f64) {
         Param::Compute(e, d) => cal.factors.get_mut(&(e, d)).unwrap().compute_efficiency = v,
         Param::Simt(e, d) => cal.factors.get_mut(&(e, d)).unwrap().simt_cost = v,
         Param::Layer(e, d) => cal.factors.get_mut(&(e, d)).unwrap().layer_overhead_us = v,
+        Param::Float(e, d) => cal.factors.get_mut(&(e, d)).unwrap().float_bandwidth = v,
+        Param::ByteCost(e, d) => cal.factors.get_mut(&(e, d)).unwrap().byte_cost_ps = v,
+        Param::Gen2024Bw(e, d) => cal.factors.get_mut(&(e, d)).unwrap().gen2024_bandwidth = v,
+        Param::Gen2024Compute(e, d) => cal.factors.get_mut(&(e, d)).unwrap().gen2024_compute = v,
     }
 }
 
@@ -562,6 +621,8 @@ fn bounds(p: Param) -> (f64, f64) {
         Param::Compute(..) => (0.02, 4.0),
         Param::Simt(..) => (0.0, 2.0),
         Param::Layer(..) => (0.0, 500.0),
+        Param::ByteCost(..) => (0.0, 2.0),
+        Param::Float(..) | Param::Gen2024Bw(..) | Param::Gen2024Compute(..) => (0.4, 2.0),
     }
 }
 
@@ -597,8 +658,14 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
                 compute_efficiency: 0.5,
                 simt_cost: 0.0,
                 layer_overhead_us: 50.0,
+                float_bandwidth: 1.0,
+                byte_cost_ps: 0.0,
+                gen2024_bandwidth: 1.0,
+                gen2024_compute: 1.0,
                 band_low: 1.0,
                 band_high: 1.0,
+                prefill_band_low: 1.0,
+                prefill_band_high: 1.0,
                 rows: 0,
             })
             .rows += 1;
@@ -607,7 +674,21 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
     for &(e, d) in cal.factors.keys() {
         params.extend([Param::Bw(e, d), Param::Compute(e, d), Param::Layer(e, d)]);
         if e == EngineClass::LlamaCpp {
-            params.push(Param::Simt(e, d));
+            let rows = || cases.iter().filter(|c| c.fit && c.key() == (e, d));
+            params.extend([Param::Simt(e, d), Param::ByteCost(e, d)]);
+            // The kernel path and the build generation: fitted only where the
+            // rows tell them apart (float and quantized rows; 2024 and current
+            // builds), else they stay 1.
+            let float = rows().filter(|c| c.weights.float_share() > 0.5).count();
+            if float > 0 && float < rows().count() {
+                params.push(Param::Float(e, d));
+            }
+            let old = rows()
+                .filter(|c| c.workload.engine_version == EngineVersion::Llama2024)
+                .count();
+            if old > 0 && old < rows().count() {
+                params.extend([Param::Gen2024Bw(e, d), Param::Gen2024Compute(e, d)]);
+            }
         }
     }
     for _sweep in 0..5 {
@@ -780,11 +861,11 @@ fn report(
         "APE is |predicted - measured| / measured for each row, with the shipped factors.\n\n",
     );
     s.push_str("## Fitted factors\n\n");
-    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | band (held-out measured/predicted, p10-p90) |\n|---|---|---:|---:|---:|---:|---:|---|\n");
+    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | time per byte (ps) | float weights: bandwidth x | 2024 builds: bandwidth x | 2024 builds: compute x | band (held-out measured/predicted, p10-p90): decode, throughput | band: prefill, TTFT |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     for ((e, d), f) in &cal.factors {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} - {:.2} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} - {:.2} | {:.2} - {:.2} |",
             e.name(),
             d.name(),
             f.rows,
@@ -792,8 +873,14 @@ fn report(
             f.compute_efficiency,
             f.simt_cost,
             f.layer_overhead_us,
+            f.byte_cost_ps,
+            f.float_bandwidth,
+            f.gen2024_bandwidth,
+            f.gen2024_compute,
             f.band_low,
-            f.band_high
+            f.band_high,
+            f.prefill_band_low,
+            f.prefill_band_high
         );
     }
     let _ = writeln!(
@@ -869,86 +956,91 @@ KILN_BLESS=1 cargo test -p passes --lib cost::fit
 from bench/calibration/measured-calibration.csv; do not edit by hand
 (see CALIBRATION.md for the error of this fit).";
 
-/// Fit, then either write the shipped files (`KILN_BLESS=1`) or check them.
-/// Fit, cross-validate, set the bands from the held-out predictions, then
-/// either write the shipped files (`KILN_BLESS=1`) or check them. Prints the
-/// cross-validation table (`-- --nocapture`).
-#[test]
-fn shipped_calibration_is_the_fit_of_the_data() {
-    let (cases, excluded, notes) = cases();
-    let mut cal = fit(&cases.iter().collect::<Vec<_>>());
-    let hardware = held_out(&cases, Scheme::Hardware);
-    let source = held_out(&cases, Scheme::Source);
-    apply_bands(&mut cal, &hardware);
-    cal.validated = validated(&cases);
-    let scored = score(&cases, &cal);
-    let in_sample: BTreeMap<String, f64> = scored
-        .iter()
-        .filter_map(|s| s.ape.map(|a| (s.case.id.clone(), a)))
-        .collect();
-    let cv = crossval::table(&hardware, &source, &in_sample);
-    println!("{cv}");
-    let toml = cal.to_toml(HEADER);
-    let md = report(&cal, &scored, &cv, &excluded, &notes);
-    let section_path = manifest("../README.md");
-    let section = std::fs::read_to_string(&section_path).expect("README.md");
-    let new_section = splice(
-        &splice(
-            &section,
-            "calibration-table",
-            &format!(
-                "{cv}\nIn-sample, with the shipped factors, per metric and hardware class:\n\n{}",
-                readme_table(&scored)
+#[cfg(test)]
+mod checks {
+    use super::*;
+
+    /// Fit, then either write the shipped files (`KILN_BLESS=1`) or check them.
+    /// Fit, cross-validate, set the bands from the held-out predictions, then
+    /// either write the shipped files (`KILN_BLESS=1`) or check them. Prints the
+    /// cross-validation table (`-- --nocapture`).
+    #[test]
+    fn shipped_calibration_is_the_fit_of_the_data() {
+        let (cases, excluded, notes) = cases();
+        let mut cal = fit(&cases.iter().collect::<Vec<_>>());
+        let hardware = held_out(&cases, Scheme::Hardware);
+        let source = held_out(&cases, Scheme::Source);
+        apply_bands(&mut cal, &hardware);
+        cal.validated = validated(&cases);
+        let scored = score(&cases, &cal);
+        let in_sample: BTreeMap<String, f64> = scored
+            .iter()
+            .filter_map(|s| s.ape.map(|a| (s.case.id.clone(), a)))
+            .collect();
+        let cv = crossval::table(&hardware, &source, &in_sample);
+        println!("{cv}");
+        let toml = cal.to_toml(HEADER);
+        let md = report(&cal, &scored, &cv, &excluded, &notes);
+        let section_path = manifest("../README.md");
+        let section = std::fs::read_to_string(&section_path).expect("README.md");
+        let new_section = splice(
+            &splice(
+                &section,
+                "calibration-table",
+                &format!(
+                    "{cv}\nIn-sample, with the shipped factors, per metric and hardware class:\n\n{}",
+                    readme_table(&scored)
+                ),
             ),
-        ),
-        "recipe-table",
-        &recipe_table(),
-    );
-    let files = [
-        (manifest("src/cost/calibration.toml"), toml),
-        (manifest("src/cost/CALIBRATION.md"), md),
-        (section_path, new_section),
-    ];
-    if std::env::var_os("KILN_BLESS").is_some() {
-        for (path, text) in &files {
-            std::fs::write(path, text).unwrap();
+            "recipe-table",
+            &recipe_table(),
+        );
+        let files = [
+            (manifest("src/cost/calibration.toml"), toml),
+            (manifest("src/cost/CALIBRATION.md"), md),
+            (section_path, new_section),
+        ];
+        if std::env::var_os("KILN_BLESS").is_some() {
+            for (path, text) in &files {
+                std::fs::write(path, text).unwrap();
+            }
+            return;
         }
-        return;
+        for (path, text) in &files {
+            let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(
+                on_disk == *text,
+                "{} is not what the fit produces: run `KILN_BLESS=1 cargo test -p passes --lib cost::fit` and review the diff",
+                path.display()
+            );
+        }
     }
-    for (path, text) in &files {
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            on_disk == *text,
-            "{} is not what the fit produces: run `KILN_BLESS=1 cargo test -p passes --lib cost::fit` and review the diff",
-            path.display()
-        );
-    }
-}
 
-#[test]
-fn fit_error_has_not_regressed() {
-    let (cases, _, _) = cases();
-    let cal = Calibration::shipped().unwrap();
-    let scored = score(&cases, &cal);
-    let got = group_mdape(&scored);
-    for (g, limit) in LIMITS {
-        let m = got.get(*g).copied().unwrap_or(f64::NAN);
-        assert!(
-            m <= *limit,
-            "median APE for {g} is {m:.1}%, above its limit {limit}%"
-        );
+    #[test]
+    fn fit_error_has_not_regressed() {
+        let (cases, _, _) = cases();
+        let cal = Calibration::shipped().unwrap();
+        let scored = score(&cases, &cal);
+        let got = group_mdape(&scored);
+        for (g, limit) in LIMITS {
+            let m = got.get(*g).copied().unwrap_or(f64::NAN);
+            assert!(
+                m <= *limit,
+                "median APE for {g} is {m:.1}%, above its limit {limit}%"
+            );
+        }
+        // Every mapped row must yield a prediction.
+        let missing: Vec<&str> = scored
+            .iter()
+            .filter(|s| s.predicted.is_none())
+            .map(|s| s.case.id.as_str())
+            .collect();
+        assert!(missing.is_empty(), "rows without a prediction: {missing:?}");
     }
-    // Every mapped row must yield a prediction.
-    let missing: Vec<&str> = scored
-        .iter()
-        .filter(|s| s.predicted.is_none())
-        .map(|s| s.case.id.as_str())
-        .collect();
-    assert!(missing.is_empty(), "rows without a prediction: {missing:?}");
-}
 
-#[test]
-fn csv_parser_handles_quotes() {
-    let rows = parse_csv("a,b,c\n1,\"x, y\",\"say \"\"hi\"\"\"\n");
-    assert_eq!(rows[1], vec!["1", "x, y", "say \"hi\""]);
+    #[test]
+    fn csv_parser_handles_quotes() {
+        let rows = parse_csv("a,b,c\n1,\"x, y\",\"say \"\"hi\"\"\"\n");
+        assert_eq!(rows[1], vec!["1", "x, y", "say \"hi\""]);
+    }
 }

@@ -21,8 +21,10 @@ mod crossval;
 mod fit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_model;
 
-pub use calibration::{Calibration, Engine, EngineClass, Factors, Validated};
+pub use calibration::{Calibration, Engine, EngineClass, EngineVersion, Factors, Validated};
 pub use estimate::{
     estimate, weight_budget, Band, Batch, Estimate, KvType, MemoryBudget, ModelCost, Workload,
 };

@@ -235,6 +235,7 @@ fn workload_8k() -> Workload {
         kv_type: KvType::F16,
         devices: None,
         tensor_parallel: None,
+        engine_version: Default::default(),
     }
 }
 

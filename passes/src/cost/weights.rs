@@ -331,6 +331,19 @@ pub struct WeightBytes {
 }
 
 impl WeightBytes {
+    /// The share of the weight bytes stored as 16- or 32-bit floats (which
+    /// llama.cpp multiplies without dequantizing).
+    pub fn float_share(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let float: u64 = ["f16", "bf16", "f32"]
+            .iter()
+            .filter_map(|t| self.by_type.get(*t))
+            .sum();
+        float as f64 / self.total as f64
+    }
+
     /// Effective bits per weight over all parameters.
     pub fn bits_per_weight(&self) -> f64 {
         if self.params == 0 {
