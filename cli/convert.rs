@@ -34,8 +34,13 @@ pub struct ConvertArgs {
     /// output.weight in Q6_K); add --pure for one type everywhere.
     #[arg(long = "type", short = 't', value_parser = recipe::parse_recipe, value_name = "TYPE")]
     pub ty: Recipe,
-    /// Output GGUF path (written atomically: complete or not at all).
-    #[arg(long, short, required_unless_present = "dry_run")]
+    /// Output GGUF path, required unless --dry-run (written atomically: complete or not at all).
+    #[arg(
+        long,
+        short,
+        required_unless_present = "dry_run",
+        value_name = "OUT.gguf"
+    )]
     pub output: Option<PathBuf>,
     /// Print the per-tensor plan and the exact output size; write nothing.
     #[arg(long)]

@@ -154,7 +154,7 @@ fn build_writes_a_complete_consistent_artifact() {
     assert_eq!(listing(root.path()), names(&["out"]), "no staging left");
 
     let m = manifest(&out);
-    assert_eq!(m["schema"], "kiln.artifact/1");
+    assert_eq!(m["schema"], "kiln.artifact/2");
     assert_eq!(m["target"]["id"], "m2");
     assert_eq!(m["serving"]["devices"], 1);
     assert_eq!(m["source"]["parameters"], PARAMS);
@@ -329,13 +329,32 @@ fn report_snapshot() {
     let mut settings = insta::Settings::clone_current();
     settings.add_filter(r"\b\d+\.\d+s\b", "[TIME]");
     settings.add_filter(r"\b\d+\.\d+ ms\b", "[MS]");
+    settings.add_filter(r"\b(\d+ (h|min) )?\d+(\.\d+)? (min|s)\b", "[TIME]");
     settings.add_filter(&regex_escape(s(root.path())), "[TMP]");
     settings.add_filter(&regex_escape(&repo().display().to_string()), "[REPO]");
     settings.add_filter(r"kiln(\.exe)? \d+\.\d+\.\d+", "kiln [VERSION]");
+    settings.add_filter(
+        r#""kiln_version": "[^"]+""#,
+        r#""kiln_version": "[VERSION]""#,
+    );
+    let chart = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     settings.bind(|| {
         insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_report", report);
         insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_cli", shown);
+        insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_chart", chart);
+        insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_manifest", manifest);
     });
+    // The chart's labels do not overlap (their boxes as the chart placed them).
+    let m: Value = serde_json::from_str(&manifest).unwrap();
+    assert!(
+        m["target"]["memory_bytes"].is_u64(),
+        "byte counts are integers"
+    );
+    let input = &m["inputs"][0];
+    assert_eq!(input["role"], "calibration_text");
+    assert_eq!(input["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(m["accuracy"]["text_file"], *input);
 }
 
 /// `--budget-gb 0.0005`: 500 kB per device. The fixture needs 3 bpw x 1.74 M / 8 =

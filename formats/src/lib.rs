@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod human;
 pub mod imatrix;
 pub mod load;
 mod mmap;
