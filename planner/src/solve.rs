@@ -236,8 +236,12 @@ pub fn solve(
     let mut n = 1;
     while n <= max_devices {
         let b = budget(setup, s, n)?;
+        // The default ceiling (no --max-error) is a target, not a demand: a
+        // budget that cannot reach it gets the least error that fits.
         let solve_at = |bytes: u64| match &ceiling {
             None => plan::allocate(&setup.options, bytes),
+            Some((e, _)) if max_error.is_none() => plan::cheapest_within(&setup.options, *e, bytes)
+                .or_else(|| plan::allocate(&setup.options, bytes)),
             Some((e, _)) => plan::cheapest_within(&setup.options, *e, bytes),
         };
         let mut a = solve_at(b.tensor_bytes);
@@ -270,6 +274,13 @@ pub fn solve(
             }
             // --bpw is an explicit size: take it even below --min-bpw.
             Some(a) if a.bytes as f64 * 8.0 / params as f64 >= o.min_bpw || o.bpw.is_some() => {
+                let ceiling = ceiling.map(|(e, what)| {
+                    if a.error > e {
+                        (e, format!("{what}; not reachable within the budget, so the least predicted error that fits"))
+                    } else {
+                        (e, what)
+                    }
+                });
                 return Ok(Chosen {
                     allocation: a,
                     budget: b,
