@@ -386,7 +386,15 @@ fn min_bpw_decides_between_one_device_and_two() {
             .count(),
         1
     );
-    assert!(arr(&m["warnings"]).is_empty(), "{}", m["warnings"]);
+    // No sharding warning (the fixture, trained for 512 tokens, is served at
+    // the default 4,096: that warning is expected).
+    assert!(
+        arr(&m["warnings"])
+            .iter()
+            .all(|w| w.as_str().unwrap().starts_with("--context 4,096 is above")),
+        "{}",
+        m["warnings"]
+    );
 
     // Asking for at least 4 bits per weight: two devices.
     let two = root.path().join("two");

@@ -201,6 +201,9 @@ fn every_reference_a_user_can_follow_exists() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let rel = f.strip_prefix(ROOT).unwrap().display().to_string();
+        if rel == "tests/tidy.rs" {
+            continue; // this check's own examples
+        }
         // `reference/NAME.md` / `.csv`: a file in the repository.
         for (i, _) in text.match_indices("reference/") {
             let before = &text[..i];
