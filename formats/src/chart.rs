@@ -511,6 +511,31 @@ fn draw_points(
                 b.inside(PLOT_LEFT + 2.0, PLOT_TOP, PLOT_RIGHT, PLOT_BOTTOM - 2.0)
                     && !taken.iter().any(|t| t.overlaps(b))
             });
+        // The chosen point's label matters most: further rows up and down.
+        let far = || {
+            (2..10)
+                .flat_map(|k| [k as f64, -(k as f64)])
+                .flat_map(|k| {
+                    [
+                        (px + gap, py + 4.0 + k * h),
+                        (px - gap - w, py + 4.0 + k * h),
+                    ]
+                })
+                .map(|(x0, base)| Box2 {
+                    x0,
+                    y0: base - ASCENT,
+                    x1: x0 + w,
+                    y1: base + DESCENT,
+                })
+                .find(|b| {
+                    b.inside(PLOT_LEFT + 2.0, PLOT_TOP, PLOT_RIGHT, PLOT_BOTTOM - 2.0)
+                        && !taken.iter().any(|t| t.overlaps(b))
+                })
+        };
+        let free = match free {
+            None if p.kind == PointKind::Chosen => far(),
+            f => f,
+        };
         let Some(b) = free else {
             unlabelled += 1;
             continue;
