@@ -39,6 +39,10 @@
 //!   labels contain;
 //! - no input makes it panic: no points, one point, equal bytes, zero or
 //!   negative errors and extreme magnitudes all give a drawable chart.
+//!
+//! Long file: one dependency-free renderer (axes, ticks, label placement and
+//! the platform-independent arithmetic they share) kept in one module so
+//! that its byte-identity rules above hold and are checked in one place.
 
 use std::f64::consts::{LN_10, LN_2, SQRT_2};
 use std::fmt::{self, Write as _};
