@@ -35,11 +35,13 @@ pub struct BuildArgs {
     /// (they are deleted). A directory that is not a kiln build is never replaced.
     #[arg(long)]
     pub force: bool,
-    /// accuracy: least predicted loss that fits; cost: fewest bytes within --max-error (default:
-    /// no worse than llama.cpp's Q4_K_M).
-    #[arg(long, value_enum, default_value = "accuracy")]
+    /// cost (the default): the cheapest artifact that is still good enough, i.e. the fewest bytes
+    /// whose predicted KL divergence is at most --max-error (default: that of llama.cpp's Q4_K_M
+    /// on this model); accuracy: the least predicted loss that fits the budget.
+    #[arg(long, value_enum, default_value = "cost")]
     pub objective: Objective,
-    /// Error ceiling for --objective cost, in predicted KL divergence (nats).
+    /// Error ceiling of the cost objective, in predicted KL divergence (nats) [default: the
+    /// predicted KL divergence of llama.cpp's Q4_K_M on this model].
     #[arg(long, value_name = "X")]
     pub max_error: Option<f64>,
     /// Model file name (without .gguf) [default: the input's name].
@@ -73,6 +75,9 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let cancel = cancel_flag();
     let bars = Bars::new(printer);
     let setup = planner::setup(&args.model, &options, &bars, &cancel).map_err(lift_plan)?;
+    for w in &setup.warnings {
+        printer.warn(w);
+    }
     let sizing = planner::Sizing {
         options: &options,
         target: &target,

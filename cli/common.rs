@@ -67,8 +67,9 @@ pub struct PlanArgs {
     /// Held-out windows used to measure accuracy.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub eval_chunks: usize,
-    /// Values measured per tensor at most (larger tensors are measured on evenly strided rows).
-    #[arg(long, default_value_t = 4 << 20, value_name = "N")]
+    /// Values measured per tensor at most (larger tensors are measured on evenly strided rows;
+    /// see README, "How kiln plans", for what sampling costs in accuracy).
+    #[arg(long, default_value_t = planner::options::DEFAULT_SAMPLE, value_name = "N")]
     pub sample: usize,
     /// Leave this type out of the candidates (repeatable), e.g. a type the runtime lacks.
     #[arg(long, value_name = "TYPE")]
@@ -113,7 +114,8 @@ impl PlanArgs {
 pub enum Objective {
     /// Least predicted accuracy loss that fits the budget.
     Accuracy,
-    /// Fewest bytes (cheapest to serve) no worse than --max-error, or than llama.cpp's Q4_K_M.
+    /// Fewest bytes (cheapest to serve) no worse than --max-error, or than llama.cpp's Q4_K_M
+    /// (the default).
     Cost,
 }
 
@@ -187,15 +189,8 @@ pub fn clean_stale(out: &Path, printer: &crate::Printer) {
     }
 }
 
-/// `134515008` -> `134.5M`.
-pub fn human_count(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
-        n => n.to_string(),
-    }
-}
+/// `134515008` -> `135M` (the one formatter, `formats::human`).
+pub use formats::human::params as human_count;
 
 /// `[2048, 576]` -> `2048x576`.
 pub use eval::report::shape;

@@ -52,9 +52,14 @@ pub struct ConvertArgs {
     /// Repeatable. `lm_head` is always kept.
     #[arg(long, value_name = "MODULE", requires = "scheme")]
     pub ignore: Vec<String>,
-    /// Output GGUF path (written atomically: complete or not at all), or the
-    /// output directory for compressed-tensors.
-    #[arg(long, short, required_unless_present = "dry_run")]
+    /// Output GGUF path, or the output directory for compressed-tensors;
+    /// required unless --dry-run (written atomically: complete or not at all).
+    #[arg(
+        long,
+        short,
+        required_unless_present = "dry_run",
+        value_name = "OUT.gguf|OUTDIR"
+    )]
     pub output: Option<PathBuf>,
     /// Print the per-tensor plan and the exact output size; write nothing.
     #[arg(long)]

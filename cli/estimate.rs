@@ -40,7 +40,7 @@ pub struct EstimateArgs {
     #[arg(long, value_name = "VERSION")]
     pub engine_version: Option<String>,
     /// Weight type: a llama.cpp recipe (Q4_K_M, Q8_0, Q2_K, ...) or a serving format (f16, bf16,
-    /// fp8, int8, int4, fp4) [default: the model's own types or dtype].
+    /// fp8, int8, int4, fp4, mxfp4) [default: the model's own types or dtype].
     #[arg(long = "type", short = 't', value_name = "TYPE")]
     pub ty: Option<String>,
     /// Sequences served together, or `max` for the largest batch that fits.

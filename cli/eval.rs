@@ -258,7 +258,7 @@ fn evaluate_text(
     ));
 
     let t0 = Instant::now();
-    let bar = printer.count_bar(windows.len() as u64, "evaluating");
+    let bar = printer.count_bar(windows.len() as u64, "evaluating", "windows");
     let progress = |n: usize| bar.set_position(n as u64);
     let report = eval::text::evaluate(
         &orig_model,

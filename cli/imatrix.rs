@@ -81,7 +81,7 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
 
     let cancel = cancel_flag();
     let mut collector = Collector::new(args.process_output);
-    let bar = printer.count_bar(windows.len() as u64, "collecting");
+    let bar = printer.count_bar(windows.len() as u64, "collecting", "windows");
     let progress = |n: usize| bar.set_position(n as u64);
     let r = eval::text::observe(
         &net,

@@ -20,7 +20,7 @@ mod targets;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub use printer::Printer;
 
@@ -60,7 +60,10 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Inspect(inspect::InspectArgs),
     /// Convert a model to a GGUF file of one type (streaming, atomic, deterministic).
-    #[command(after_help = EXIT_CODES)]
+    #[command(
+        after_help = EXIT_CODES,
+        override_usage = "kiln convert <MODEL> --type <TYPE> -o <OUT.gguf> [OPTIONS]\n       kiln convert <MODEL> --type <TYPE> --dry-run [OPTIONS]"
+    )]
     Convert(convert::ConvertArgs),
     /// List the accelerator profiles (memory, bandwidth, peaks, power, price), or show one with its sources.
     #[command(after_help = EXIT_CODES)]
@@ -102,8 +105,44 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     2
 }
 
+/// A usage error as one line: clap's message without its usage block and
+/// hint, the required arguments it lists joined, and where help is.
+fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    let msg = parts.join(" ");
+    // `kiln build --help` when the first word names a command, else `kiln --help`.
+    let cmd = std::env::args()
+        .nth(1)
+        .filter(|c| Cli::command().find_subcommand(c).is_some())
+        .map_or(String::new(), |c| format!("{c} "));
+    format!("{msg} (see `kiln {cmd}--help`)")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            eprintln!("error: {}", usage_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     let printer = Printer::new(cli.quiet);
     let result = match &cli.command {
         Command::Build(args) => build::run(args, &printer),

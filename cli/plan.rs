@@ -17,6 +17,8 @@ use clap::Args;
 use planner::Row;
 use serde_json::{json, Value};
 
+use formats::human;
+
 use crate::common::{cancel_flag, lift_plan, Objective, PlanArgs};
 use crate::printer::Bars;
 use crate::Printer;
@@ -31,11 +33,13 @@ pub struct PlanCmdArgs {
     /// A profile file (the schema of targets/*.toml) a target id may name; may be repeated.
     #[arg(long, value_name = "FILE.toml")]
     pub target_file: Vec<PathBuf>,
-    /// accuracy: least predicted loss that fits; cost: fewest bytes within --max-error (default:
-    /// no worse than llama.cpp's Q4_K_M).
-    #[arg(long, value_enum, default_value = "accuracy")]
+    /// cost (the default): the cheapest artifact that is still good enough, i.e. the fewest bytes
+    /// whose predicted KL divergence is at most --max-error (default: that of llama.cpp's Q4_K_M
+    /// on this model); accuracy: the least predicted loss that fits the budget.
+    #[arg(long, value_enum, default_value = "cost")]
     pub objective: Objective,
-    /// Error ceiling for --objective cost, in predicted KL divergence (nats).
+    /// Error ceiling of the cost objective, in predicted KL divergence (nats) [default: the
+    /// predicted KL divergence of llama.cpp's Q4_K_M on this model].
     #[arg(long, value_name = "X")]
     pub max_error: Option<f64>,
     /// Print JSON to stdout instead of tables.
@@ -75,29 +79,45 @@ fn row_json(r: &Row, params: u64) -> Value {
 
 fn row_text(r: &Row, params: u64) -> String {
     let m = r.text.as_ref();
-    let f = |v: Option<f64>, p: usize| {
-        v.filter(|x| x.is_finite())
-            .map_or("-".to_string(), |x| format!("{x:.p$}"))
-    };
+    let n = |v: Option<f64>| v.map_or("-".to_string(), human::num);
     format!(
-        "  {:<10} {:>12} {:>6.3} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
+        "  {:<24} {:>10} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
         r.name,
-        r.bytes,
-        r.bytes as f64 * 8.0 / params.max(1) as f64,
+        human::bytes(r.bytes),
+        human::sig(r.bytes as f64 * 8.0 / params.max(1) as f64, 3),
         match r.fits {
             Some(true) => "yes",
             Some(false) => "no",
             None => "?",
         },
         r.devices.map_or("-".into(), |d| d.to_string()),
-        f(r.tokens_per_second, 1),
-        f(r.usd_per_mtok, 4),
-        r.weight_nsr.map_or("-".into(), |e| format!("{e:.3e}")),
-        r.error.map_or("-".into(), |e| format!("{e:.3e}")),
-        m.map_or("-".into(), |t| format!("{:.3e}", t.kld)),
-        f(m.map(|t| t.ppl / t.ppl_original), 4),
-        m.map_or("-".into(), |t| format!("{:.1}%", t.top1 * 100.0)),
+        n(r.tokens_per_second),
+        n(r.usd_per_mtok),
+        n(r.weight_nsr),
+        n(r.error),
+        n(m.map(|t| t.kld)),
+        n(m.map(|t| t.ppl / t.ppl_original)),
+        m.map_or("-".into(), |t| format!(
+            "{}%",
+            human::sig(t.top1 * 100.0, 3)
+        )),
     )
+}
+
+/// The budget as numbers with their units in the key names, and what set it.
+fn budget_json(b: &planner::Budget, o: &planner::PlanOptions) -> Value {
+    json!({
+        "source": b.source,
+        "file_bytes": b.file_bytes,
+        "tensor_bytes": b.tensor_bytes,
+        "devices": b.devices,
+        "bpw": if b.source == "bpw" { json!(o.bpw) } else { Value::Null },
+        "budget_gb": if b.source == "budget_gb" { json!(o.budget_gb) } else { Value::Null },
+        "usable_bytes_per_device": b.memory.as_ref().map(|m| m.usable_per_device),
+        "kv_cache_bytes_per_device": b.memory.as_ref().map(|m| m.kv_per_device),
+        "overhead_bytes_per_device": b.memory.as_ref().map(|m| m.overhead_per_device),
+        "description": b.from,
+    })
 }
 
 pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
@@ -117,6 +137,9 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     let cancel = cancel_flag();
     let bars = Bars::new(printer);
     let setup = planner::setup(&args.model, &options, &bars, &cancel).map_err(lift_plan)?;
+    for w in &setup.warnings {
+        printer.warn(w);
+    }
     let params = setup.params();
     let measure = !setup.eval_windows.is_empty();
     let plans = planner::plan_targets(
@@ -135,11 +158,19 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     let mut out = Vec::new();
     let mut text = String::new();
     for (target, p) in targets.iter().zip(&plans) {
-        text += &format!("{} ({}): {}\n", target.id, target.name, p.budget_note);
+        let note = match &p.budget {
+            Ok(b) => format!(
+                "budget {} of model file ({})",
+                human::bytes(b.file_bytes),
+                b.from
+            ),
+            Err(why) => why.clone(),
+        };
+        text += &format!("{} ({}): {note}\n", target.id, target.name);
         text += &format!(
-            "  {:<10} {:>12} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
+            "  {:<24} {:>10} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
             "option",
-            "bytes",
+            "size",
             "bpw",
             "fits",
             "devices",
@@ -158,7 +189,8 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
         out.push(json!({
             "target": target.id,
             "name": target.name,
-            "budget": p.budget_note,
+            "budget": p.budget.as_ref().ok().map(|b| budget_json(b, &options)),
+            "no_plan": p.budget.as_ref().err(),
             "options": p.rows.iter().map(|r| row_json(r, params)).collect::<Vec<_>>(),
         }));
     }

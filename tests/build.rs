@@ -154,7 +154,7 @@ fn build_writes_a_complete_consistent_artifact() {
     assert_eq!(listing(root.path()), names(&["out"]), "no staging left");
 
     let m = manifest(&out);
-    assert_eq!(m["schema"], "kiln.artifact/1");
+    assert_eq!(m["schema"], "kiln.artifact/2");
     assert_eq!(m["target"]["id"], "m2");
     assert_eq!(m["serving"]["devices"], 1);
     assert_eq!(m["source"]["parameters"], PARAMS);
@@ -329,13 +329,31 @@ fn report_snapshot() {
     let mut settings = insta::Settings::clone_current();
     settings.add_filter(r"\b\d+\.\d+s\b", "[TIME]");
     settings.add_filter(r"\b\d+\.\d+ ms\b", "[MS]");
+    settings.add_filter(r"\b(\d+ (h|min) )?\d+(\.\d+)? (min|s)\b", "[TIME]");
     settings.add_filter(&regex_escape(s(root.path())), "[TMP]");
     settings.add_filter(&regex_escape(&repo().display().to_string()), "[REPO]");
     settings.add_filter(r"kiln(\.exe)? \d+\.\d+\.\d+", "kiln [VERSION]");
+    settings.add_filter(
+        r#""kiln_version": "[^"]+""#,
+        r#""kiln_version": "[VERSION]""#,
+    );
+    let chart = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     settings.bind(|| {
         insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_report", report);
         insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_cli", shown);
+        insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_chart", chart);
+        insta::assert_snapshot!("build_tiny_llama_m2_bpw_4_5_manifest", manifest);
     });
+    let m: Value = serde_json::from_str(&manifest).unwrap();
+    assert!(
+        m["target"]["memory_bytes"].is_u64(),
+        "byte counts are integers"
+    );
+    // No text, no imatrix: no other inputs (a text is listed with its hash:
+    // `build_with_text_hashes_its_inputs`).
+    assert_eq!(m["inputs"], serde_json::json!([]));
+    assert_eq!(m["accuracy"]["text_file"], Value::Null);
 }
 
 /// `--budget-gb 0.0005`: 500 kB per device. The fixture needs 3 bpw x 1.74 M / 8 =
@@ -368,7 +386,15 @@ fn min_bpw_decides_between_one_device_and_two() {
             .count(),
         1
     );
-    assert!(arr(&m["warnings"]).is_empty(), "{}", m["warnings"]);
+    // No sharding warning (the fixture, trained for 512 tokens, is served at
+    // the default 4,096: that warning is expected).
+    assert!(
+        arr(&m["warnings"])
+            .iter()
+            .all(|w| w.as_str().unwrap().starts_with("--context 4,096 is above")),
+        "{}",
+        m["warnings"]
+    );
 
     // Asking for at least 4 bits per weight: two devices.
     let two = root.path().join("two");

@@ -160,3 +160,88 @@ fn no_file_over_a_thousand_lines_without_a_reason() {
         "files over {MAX_LINES} non-test lines without a `//! Long file:` reason: {bad:?}"
     );
 }
+
+/// Every text file a user may follow a reference from: the sources, the
+/// target profiles, the README and the docs beside the code.
+fn referring_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() {
+            if !matches!(
+                name.as_str(),
+                "target" | "node_modules" | ".git" | ".venv" | "out" | "reference"
+            ) && !name.starts_with('.')
+            {
+                referring_files(&p, out);
+            }
+        } else if [".rs", ".toml", ".md"].iter().any(|e| name.ends_with(e)) {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_reference_a_user_can_follow_exists() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let sections: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| {
+            l.trim_start_matches('#')
+                .strip_prefix(' ')
+                .filter(|_| l.starts_with('#'))
+        })
+        .collect();
+    let mut files = Vec::new();
+    referring_files(Path::new(ROOT), &mut files);
+    let mut missing = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let rel = f.strip_prefix(ROOT).unwrap().display().to_string();
+        if rel == "tests/tidy.rs" {
+            continue; // this check's own examples
+        }
+        // `reference/NAME.md` / `.csv`: a file in the repository.
+        for (i, _) in text.match_indices("reference/") {
+            let before = &text[..i];
+            if before.ends_with('/') || before.ends_with(|c: char| c.is_alphanumeric() || c == '_')
+            {
+                continue; // part of a longer path (`fixtures/reference/...`) or word
+            }
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || "/_-.".contains(*c))
+                .collect();
+            let name = name.trim_end_matches('.');
+            if (name.ends_with(".md") || name.ends_with(".csv"))
+                && !Path::new(ROOT).join(name).is_file()
+            {
+                missing.push(format!("{rel}: {name}"));
+            }
+        }
+        // `README, "Section"` and `README's "Section"`: a heading of the README.
+        for pat in [
+            "README, \\\"",
+            "README, \"",
+            "README's section \\\"",
+            "README's section \"",
+        ] {
+            for (i, _) in text.match_indices(pat) {
+                let rest = &text[i + pat.len()..];
+                let end = rest.find(['"', '\\']).unwrap_or(rest.len());
+                let title = &rest[..end];
+                if title.is_empty() || !sections.iter().any(|s| s.trim().starts_with(title)) {
+                    missing.push(format!("{rel}: README section \"{title}\""));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "references that lead nowhere: {missing:#?}"
+    );
+}

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use passes::printable;
+use formats::human::{num, sig};
 
 use crate::error::{Error, Result};
 use crate::model::Opened;
@@ -73,8 +74,8 @@ pub fn failed_gates(gates: &Gates, r: &TextReport) -> Vec<String> {
     if let (Some(max), Some(k)) = (gates.max_kld, r.kld) {
         if k.mean.is_nan() || k.mean > max {
             failed.push(format!(
-                "--max-kld {max}: mean KL divergence is {:.6}",
-                k.mean
+                "--max-kld {max}: mean KL divergence is {}",
+                num(k.mean)
             ));
         }
     }
@@ -197,12 +198,16 @@ pub fn text_text(r: &TextReport, path: &Path) -> String {
     }
     if let Some(k) = r.kld {
         s += &format!(
-            "  KL divergence  mean {:.6} ± {:.6}, median {:.6}, p99 {:.6}, max {:.6}\n",
-            k.mean, k.mean_stderr, k.median, k.p99, k.max
+            "  KL divergence  mean {} ± {}, median {}, p99 {}, max {}\n",
+            num(k.mean),
+            num(k.mean_stderr),
+            num(k.median),
+            num(k.p99),
+            num(k.max)
         );
     }
     if let Some(t) = r.top1_agreement {
-        s += &format!("  top-1 agreement {:.2}%\n", 100.0 * t);
+        s += &format!("  top-1 agreement {}%\n", sig(100.0 * t, 4));
     }
     s
 }

@@ -5,15 +5,25 @@
 //! joined in order of bytes (the trade-off curve; labelled only when there are
 //! at most eight, and not when also drawn as the chosen point), the chosen
 //! point is a larger red dot labelled `chosen: <label>`, and an optional
-//! budget is a dashed vertical line with its label on top. The x
-//! axis is bytes from 0, in decimal units (B, KB, MB, GB by the axis maximum,
-//! one decimal). The y axis is the error: linear from 0 (or from the most
-//! negative error), switching to log10 when the largest positive error is more
-//! than 20 times the smallest; on a log axis errors `<= 0` are clamped to the
-//! bottom of the axis (the smallest positive value shown). Points whose error
-//! is NaN or infinite are skipped and counted in an SVG comment. Ticks are
-//! 1/2/5 x 10^k steps, usually five or six of them (four to eight where no
-//! 1/2/5 step gives five or six).
+//! budget is a dashed vertical line labelled just under the top of the plot.
+//! The legend is one row between the title and the plot, so neither the data
+//! nor the budget line crosses it. Labels are placed, chosen first, then
+//! recipes, then plans, at the first of twelve places around their point
+//! whose box (an estimated width per character) overlaps no point, no label
+//! placed before it, the legend, the budget line or its label, and stays in
+//! the plot; a
+//! label with no free place is left out (and counted in an SVG comment);
+//! [`label_boxes`] returns the boxes for tests. The x axis is bytes from 0
+//! in the binary unit of the axis maximum (B, KiB, MiB, GiB: the report's
+//! units), ticks at 1/2/5 steps of it. The y axis is the error: linear from
+//! 0 (or from the most negative error), switching to log10 when the largest
+//! positive error is more than 20 times the smallest; a log axis spans the
+//! data's decades, at most six below the largest error, its ticks all
+//! written as `1e-3`, `2e-3`; errors below the axis (and `<= 0`) are
+//! drawn on its bottom edge. Points whose error is NaN or infinite are
+//! skipped and counted in an SVG comment. Ticks are 1/2/5 x 10^k steps,
+//! usually five or six of them (four to eight where no 1/2/5 step gives five
+//! or six).
 //!
 //! What must stay true:
 //! - the output depends only on the [`Chart`]: no clock, no locale, no
@@ -29,6 +39,10 @@
 //!   labels contain;
 //! - no input makes it panic: no points, one point, equal bytes, zero or
 //!   negative errors and extreme magnitudes all give a drawable chart.
+//!
+//! Long file: one dependency-free renderer (axes, ticks, label placement and
+//! the platform-independent arithmetic they share) kept in one module so
+//! that its byte-identity rules above hold and are checked in one place.
 
 use std::f64::consts::{LN_10, LN_2, SQRT_2};
 use std::fmt::{self, Write as _};
@@ -68,12 +82,21 @@ const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 440.0;
 const PLOT_LEFT: f64 = 84.0;
 const PLOT_RIGHT: f64 = 696.0;
-const PLOT_TOP: f64 = 64.0;
+const PLOT_TOP: f64 = 72.0;
 const PLOT_BOTTOM: f64 = 376.0;
 /// Labels of points closer than this to the right edge go on their left.
-const LABEL_FLIP: f64 = 130.0;
 /// Plan points are labelled only up to this many.
 const MAX_PLAN_LABELS: usize = 8;
+/// A log y axis spans at most this many decades below the largest error;
+/// smaller errors are drawn on its bottom edge.
+const MAX_DECADES: i32 = 6;
+/// Estimated advance of one character of the 11 px sans-serif labels (bold: +10%).
+const CHAR_W: f64 = 6.4;
+/// Height of a label box above and below its baseline.
+const ASCENT: f64 = 9.0;
+const DESCENT: f64 = 3.0;
+/// Baseline of the legend row, between the title and the plot.
+const LEGEND_Y: f64 = 50.0;
 /// Largest/smallest positive error above which the y axis is logarithmic.
 const LOG_RATIO: f64 = 20.0;
 /// Values are clamped to this magnitude so that powers of ten stay finite.
@@ -98,7 +121,9 @@ pub fn size_error_svg(chart: &Chart) -> String {
     out
 }
 
-fn render(chart: &Chart, out: &mut String) -> fmt::Result {
+/// Write the SVG; returns every label's text and box (points' labels, the
+/// legend, the budget's label).
+fn render(chart: &Chart, out: &mut String) -> Result<Vec<(String, Box2)>, fmt::Error> {
     let points: Vec<&Point> = chart
         .points
         .iter()
@@ -147,9 +172,28 @@ fn render(chart: &Chart, out: &mut String) -> fmt::Result {
             C((PLOT_TOP + PLOT_BOTTOM) / 2.0)
         )?;
     }
-    draw_points(out, &x, &y, &points)?;
-    legend(out, &points, chart.budget.is_some())?;
-    writeln!(out, "</svg>")
+    let mut fixed: Vec<(String, Box2)> = legend(out, &points, chart.budget.is_some())?
+        .into_iter()
+        .map(|b| ("legend".to_string(), b))
+        .collect();
+    if let Some((bytes, label)) = &chart.budget {
+        fixed.push((label.clone(), budget_label_box(&x, *bytes, label)));
+    }
+    let mut taken: Vec<Box2> = fixed.iter().map(|(_, b)| *b).collect();
+    // The budget line itself: labels do not cross it.
+    if let Some((bytes, _)) = &chart.budget {
+        let px = x_px(&x, *bytes as f64);
+        taken.push(Box2 {
+            x0: px - 1.5,
+            y0: PLOT_TOP,
+            x1: px + 1.5,
+            y1: PLOT_BOTTOM,
+        });
+    }
+    let placed = draw_points(out, &x, &y, &points, &mut taken)?;
+    writeln!(out, "</svg>")?;
+    fixed.extend(placed);
+    Ok(fixed)
 }
 
 fn axes(out: &mut String, x: &Axis, y: &Axis, chart: &Chart) -> fmt::Result {
@@ -274,24 +318,86 @@ fn budget_line(out: &mut String, x: &Axis, bytes: u64, label: &str) -> fmt::Resu
         C(PLOT_TOP),
         C(PLOT_BOTTOM)
     )?;
-    let anchor = if px > PLOT_RIGHT - 60.0 {
-        "end"
-    } else if px < PLOT_LEFT + 60.0 {
-        "start"
-    } else {
-        "middle"
-    };
+    let b = budget_label_box(x, bytes, label);
     writeln!(
         out,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"{anchor}\" fill=\"{INK}\">{}</text>",
-        C(px),
-        C(PLOT_TOP - 6.0),
+        "<text class=\"budget-label\" x=\"{}\" y=\"{}\" text-anchor=\"start\" fill=\"{INK}\">{}</text>",
+        C(b.x0),
+        C(b.y1 - DESCENT),
         Esc(label)
     )
 }
 
-fn draw_points(out: &mut String, x: &Axis, y: &Axis, points: &[&Point]) -> fmt::Result {
+/// Where the budget's label goes: just under the top of the plot, on the
+/// line's left when it is near the right edge, else on its right.
+fn budget_label_box(x: &Axis, bytes: u64, label: &str) -> Box2 {
+    let px = x_px(x, bytes as f64);
+    let w = text_width(label, false);
+    let x0 = if px + 4.0 + w > PLOT_RIGHT {
+        px - 4.0 - w
+    } else {
+        px + 4.0
+    };
+    let base = PLOT_TOP + 14.0;
+    Box2 {
+        x0,
+        y0: base - ASCENT,
+        x1: x0 + w,
+        y1: base + DESCENT,
+    }
+}
+
+/// An axis-aligned box in pixels (a label's or a point's extent).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Box2 {
+    pub x0: f64,
+    pub y0: f64,
+    pub x1: f64,
+    pub y1: f64,
+}
+
+impl Box2 {
+    fn overlaps(&self, o: &Box2) -> bool {
+        self.x0 < o.x1 && o.x0 < self.x1 && self.y0 < o.y1 && o.y0 < self.y1
+    }
+
+    fn inside(&self, x0: f64, y0: f64, x1: f64, y1: f64) -> bool {
+        self.x0 >= x0 && self.x1 <= x1 && self.y0 >= y0 && self.y1 <= y1
+    }
+}
+
+/// Estimated width of a label (no font metrics in a dependency-free SVG:
+/// a generous average advance, so that real fonts fit inside the box).
+fn text_width(text: &str, bold: bool) -> f64 {
+    let w = text.chars().count() as f64 * CHAR_W;
+    if bold {
+        w * 1.1
+    } else {
+        w
+    }
+}
+
+/// Where each point label was placed (its text and box), and the boxes of
+/// the legend and the budget label: what the no-overlap checks test.
+pub fn label_boxes(chart: &Chart) -> Vec<(String, Box2)> {
+    let mut scratch = String::new();
+    render(chart, &mut scratch).expect("writing to a String cannot fail")
+}
+
+fn draw_points(
+    out: &mut String,
+    x: &Axis,
+    y: &Axis,
+    points: &[&Point],
+    taken: &mut Vec<Box2>,
+) -> Result<Vec<(String, Box2)>, fmt::Error> {
+    let mut placed = Vec::new();
     let pos = |p: &Point| (x_px(x, p.bytes as f64), y_px(y, p.error));
+    let radius = |k: PointKind| match k {
+        PointKind::Recipe => 4.5,
+        PointKind::Plan => 3.0,
+        PointKind::Chosen => 6.0,
+    };
 
     let mut plans: Vec<&Point> = points
         .iter()
@@ -320,21 +426,31 @@ fn draw_points(out: &mut String, x: &Axis, y: &Axis, points: &[&Point]) -> fmt::
             .iter()
             .any(|c| c.kind == PointKind::Chosen && c.bytes == p.bytes && c.error == p.error)
     };
+    // Every point's disc is an obstacle for every label.
+    for p in points {
+        let (px, py) = pos(p);
+        let r = radius(p.kind) + 1.0;
+        taken.push(Box2 {
+            x0: px - r,
+            y0: py - r,
+            x1: px + r,
+            y1: py + r,
+        });
+    }
 
     // Drawn in layers (recipes, plans, chosen), each in input order.
     for kind in [PointKind::Recipe, PointKind::Plan, PointKind::Chosen] {
         for p in points.iter().filter(|p| p.kind == kind) {
             let (px, py) = pos(p);
-            let (class, r, style) = match kind {
+            let r = radius(kind);
+            let (class, style) = match kind {
                 PointKind::Recipe => (
                     "recipe",
-                    4.5,
                     format!("fill=\"none\" stroke=\"{GREY}\" stroke-width=\"1.5\""),
                 ),
-                PointKind::Plan => ("plan", 3.0, format!("fill=\"{BLUE}\"")),
+                PointKind::Plan => ("plan", format!("fill=\"{BLUE}\"")),
                 PointKind::Chosen => (
                     "chosen",
-                    6.0,
                     format!("fill=\"{RED}\" stroke=\"#ffffff\" stroke-width=\"1\""),
                 ),
             };
@@ -349,42 +465,118 @@ fn draw_points(out: &mut String, x: &Axis, y: &Axis, points: &[&Point]) -> fmt::
                 p.bytes,
                 Sci(p.error)
             )?;
-            let (text, fill, dy, weight) = match kind {
-                PointKind::Recipe => (p.label.clone(), "#555555", 4.0, ""),
-                PointKind::Plan if label_plans && !is_chosen(p) => {
-                    (p.label.clone(), BLUE, -6.0, "")
-                }
-                PointKind::Plan => continue,
-                PointKind::Chosen => (
-                    format!("chosen: {}", p.label),
-                    RED,
-                    -9.0,
-                    " font-weight=\"bold\"",
-                ),
-            };
-            let (tx, anchor) = if px > PLOT_RIGHT - LABEL_FLIP {
-                (px - r - 4.0, "end")
-            } else {
-                (px + r + 4.0, "start")
-            };
-            writeln!(
-                out,
-                "<text class=\"{class}-label\" x=\"{}\" y=\"{}\" text-anchor=\"{anchor}\" \
-                 fill=\"{fill}\"{weight}>{}</text>",
-                C(tx),
-                C(py + dy),
-                Esc(&text)
-            )?;
         }
     }
-    Ok(())
+    // Labels, most important first (chosen, recipes, plans), each at the
+    // first place around its point that collides with nothing drawn or
+    // labelled so far and stays inside the plot; a label with no free
+    // place is left out (the point keeps its tooltip, the report its row).
+    let mut order: Vec<&Point> = Vec::new();
+    for kind in [PointKind::Chosen, PointKind::Recipe, PointKind::Plan] {
+        order.extend(points.iter().copied().filter(|p| p.kind == kind));
+    }
+    let mut unlabelled = 0usize;
+    for p in order {
+        let (px, py) = pos(p);
+        let r = radius(p.kind);
+        let (text, fill, bold) = match p.kind {
+            PointKind::Recipe => (p.label.clone(), "#555555", false),
+            PointKind::Plan if label_plans && !is_chosen(p) => (p.label.clone(), BLUE, false),
+            PointKind::Plan => continue,
+            PointKind::Chosen => (format!("chosen: {}", p.label), RED, true),
+        };
+        let w = text_width(&text, bold);
+        let h = ASCENT + DESCENT;
+        // (left x of the box, baseline y): right, left, above, below, and the four diagonals.
+        let gap = r + 3.0;
+        let spots = [
+            (px + gap, py + 4.0),
+            (px - gap - w, py + 4.0),
+            (px - w / 2.0, py - gap - DESCENT),
+            (px - w / 2.0, py + gap + ASCENT),
+            (px + gap, py - gap - DESCENT),
+            (px + gap, py + gap + ASCENT),
+            (px - gap - w, py - gap - DESCENT),
+            (px - gap - w, py + gap + ASCENT),
+            (px + gap, py - gap - DESCENT - h),
+            (px - gap - w, py - gap - DESCENT - h),
+            (px + gap, py + gap + ASCENT + h),
+            (px - gap - w, py + gap + ASCENT + h),
+        ];
+        let free = spots
+            .iter()
+            .map(|&(x0, base)| Box2 {
+                x0,
+                y0: base - ASCENT,
+                x1: x0 + w,
+                y1: base + DESCENT,
+            })
+            .find(|b| {
+                b.inside(PLOT_LEFT + 2.0, PLOT_TOP, PLOT_RIGHT, PLOT_BOTTOM - 2.0)
+                    && !taken.iter().any(|t| t.overlaps(b))
+            });
+        // The chosen point's label matters most: further rows up and down.
+        let far = || {
+            (2..10)
+                .flat_map(|k| [k as f64, -(k as f64)])
+                .flat_map(|k| {
+                    [
+                        (px + gap, py + 4.0 + k * h),
+                        (px - gap - w, py + 4.0 + k * h),
+                    ]
+                })
+                .map(|(x0, base)| Box2 {
+                    x0,
+                    y0: base - ASCENT,
+                    x1: x0 + w,
+                    y1: base + DESCENT,
+                })
+                .find(|b| {
+                    b.inside(PLOT_LEFT + 2.0, PLOT_TOP, PLOT_RIGHT, PLOT_BOTTOM - 2.0)
+                        && !taken.iter().any(|t| t.overlaps(b))
+                })
+        };
+        let free = match free {
+            None if p.kind == PointKind::Chosen => far(),
+            f => f,
+        };
+        let Some(b) = free else {
+            unlabelled += 1;
+            continue;
+        };
+        taken.push(b);
+        let class = match p.kind {
+            PointKind::Recipe => "recipe",
+            PointKind::Plan => "plan",
+            PointKind::Chosen => "chosen",
+        };
+        let weight = if bold { " font-weight=\"bold\"" } else { "" };
+        placed.push((text.clone(), b));
+        writeln!(
+            out,
+            "<text class=\"{class}-label\" x=\"{}\" y=\"{}\" text-anchor=\"start\" \
+             fill=\"{fill}\"{weight}>{}</text>",
+            C(b.x0),
+            C(b.y1 - DESCENT),
+            Esc(&text)
+        )?;
+    }
+    if unlabelled > 0 {
+        writeln!(
+            out,
+            "<!-- {unlabelled} label(s) left out: no free place near the point -->"
+        )?;
+    }
+    Ok(placed)
 }
 
-fn legend(out: &mut String, points: &[&Point], budget: bool) -> fmt::Result {
+/// The legend: one row between the title and the plot (never over the
+/// data or the budget line). Returns its box.
+fn legend(out: &mut String, points: &[&Point], budget: bool) -> Result<Vec<Box2>, fmt::Error> {
     let has = |k: PointKind| points.iter().any(|p| p.kind == k);
     let entries: Vec<&str> = [
-        (has(PointKind::Recipe), "recipe"),
-        (has(PointKind::Plan), "plan"),
+        (has(PointKind::Recipe), "llama.cpp recipe"),
+        (has(PointKind::Plan), "kiln trade-off"),
         (has(PointKind::Chosen), "chosen"),
         (budget, "budget"),
     ]
@@ -392,32 +584,21 @@ fn legend(out: &mut String, points: &[&Point], budget: bool) -> fmt::Result {
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
     if entries.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let (w, row) = (92.0, 16.0);
-    let (left, top) = (PLOT_RIGHT - w - 6.0, PLOT_TOP + 6.0);
+    let cy = LEGEND_Y - 4.0;
+    let mut cx = PLOT_LEFT + 10.0;
     writeln!(out, "<g class=\"legend\">")?;
-    writeln!(
-        out,
-        "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#ffffff\" \
-         fill-opacity=\"0.9\" stroke=\"#cccccc\"/>",
-        C(left),
-        C(top),
-        C(w),
-        C(8.0 + row * entries.len() as f64)
-    )?;
-    for (i, name) in entries.iter().enumerate() {
-        let cy = top + 12.0 + row * i as f64;
-        let cx = left + 14.0;
+    for name in &entries {
         match *name {
-            "recipe" => writeln!(
+            "llama.cpp recipe" => writeln!(
                 out,
                 "<circle cx=\"{}\" cy=\"{}\" r=\"4.5\" fill=\"none\" stroke=\"{GREY}\" \
                  stroke-width=\"1.5\"/>",
                 C(cx),
                 C(cy)
             )?,
-            "plan" => {
+            "kiln trade-off" => {
                 writeln!(
                     out,
                     "<line x1=\"{}\" y1=\"{2}\" x2=\"{1}\" y2=\"{2}\" stroke=\"{BLUE}\" \
@@ -451,11 +632,18 @@ fn legend(out: &mut String, points: &[&Point], budget: bool) -> fmt::Result {
         writeln!(
             out,
             "<text x=\"{}\" y=\"{}\" fill=\"{INK}\">{name}</text>",
-            C(cx + 14.0),
-            C(cy + 4.0)
+            C(cx + 12.0),
+            C(LEGEND_Y)
         )?;
+        cx += 12.0 + text_width(name, false) + 22.0;
     }
-    writeln!(out, "</g>")
+    writeln!(out, "</g>")?;
+    Ok(vec![Box2 {
+        x0: PLOT_LEFT,
+        y0: LEGEND_Y - ASCENT - 4.0,
+        x1: cx,
+        y1: LEGEND_Y + DESCENT,
+    }])
 }
 
 // ---------------------------------------------------------------------------
@@ -503,7 +691,9 @@ fn y_px(y: &Axis, v: f64) -> f64 {
     PLOT_BOTTOM - y.frac(v) * (PLOT_BOTTOM - PLOT_TOP)
 }
 
-/// Bytes from 0 to the largest point or budget, in the unit of the axis max.
+/// Bytes from 0 to the largest point or budget, in the binary unit of the
+/// axis max (B, KiB, MiB, GiB, TiB: the report's units), ticks at 1/2/5
+/// steps of that unit.
 fn x_axis(points: &[&Point], budget: Option<u64>) -> Axis {
     let max = points
         .iter()
@@ -511,24 +701,16 @@ fn x_axis(points: &[&Point], budget: Option<u64>) -> Axis {
         .chain(budget)
         .max()
         .map_or(EMPTY_X_MAX, |b| b as f64);
-    let step = nice_step(0.0, max.max(1.0), 0);
-    let top = step.value(step.i_hi);
-    let (unit, name) = if top >= 1e9 {
-        (1e9, "GB")
-    } else if top >= 1e6 {
-        (1e6, "MB")
-    } else if top >= 1e3 {
-        (1e3, "KB")
-    } else {
-        (1.0, "B")
-    };
+    let (unit, name) = crate::human::byte_unit(max.max(1.0));
+    let step = nice_step(0.0, (max / unit).max(1.0), 0);
+    let top = step.value(step.i_hi) * unit;
     let ticks = (step.i_lo..=step.i_hi)
         .map(|i| {
-            let value = step.value(i);
-            let label = if unit == 1.0 {
-                format!("{} B", C0(value))
+            let value = step.value(i) * unit;
+            let label = if i == 0 {
+                "0".to_string()
             } else {
-                format!("{} {name}", C(value / unit))
+                format!("{} {name}", decimal_label(i * step.m, step.k))
             };
             Tick { value, label }
         })
@@ -551,7 +733,8 @@ fn y_axis(points: &[&Point]) -> Axis {
     let min_pos = positive.clone().fold(f64::INFINITY, f64::min);
     let max_pos = positive.fold(0.0, f64::max);
     if min_pos.is_finite() && max_pos / min_pos > LOG_RATIO {
-        return log_axis(min_pos, max_pos);
+        // The range the data needs, at most MAX_DECADES below the largest.
+        return log_axis(min_pos.max(scale10(max_pos, -MAX_DECADES)), max_pos);
     }
     let lo = errors.clone().fold(0.0, f64::min);
     let mut hi = errors.fold(0.0, f64::max);
@@ -669,7 +852,8 @@ fn log_axis(min: f64, max: f64) -> Axis {
         .iter()
         .map(|&(m, k)| Tick {
             value: scale10(m as f64, k),
-            label: decimal_label(m, k),
+            // One style on a log axis: `1e-3`, `2e-3`, `1e0`.
+            label: format!("{m}e{k}"),
         })
         .collect();
     let lo = ticks.first().map_or(min, |t| t.value);
@@ -794,20 +978,6 @@ impl fmt::Display for C {
             self.0
         };
         write!(f, "{v:.1}")
-    }
-}
-
-/// A whole number with no decimals, never `-0`.
-struct C0(f64);
-
-impl fmt::Display for C0 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = if self.0.abs() < 0.5 || !self.0.is_finite() {
-            0.0
-        } else {
-            self.0
-        };
-        write!(f, "{v:.0}")
     }
 }
 
@@ -1091,7 +1261,7 @@ mod tests {
         let refs: Vec<&Point> = c.points.iter().collect();
         let y = y_axis(&refs);
         assert!(y.log);
-        assert_eq!(tick_labels(&y), ["0.001", "0.01", "0.1", "1"]);
+        assert_eq!(tick_labels(&y), ["1e-3", "1e-2", "1e-1", "1e0"]);
         // The zero error is clamped to the bottom of the axis.
         let plan = circles(&a, "plan");
         assert_eq!(plan[0].1, PLOT_BOTTOM);
@@ -1127,17 +1297,17 @@ mod tests {
     fn log_axis_ticks() {
         // Under a decade and a half: 1/2/5 ticks.
         let y = log_axis(1.0, 30.0);
-        assert_eq!(tick_labels(&y), ["1", "2", "5", "10", "20", "50"]);
+        assert_eq!(tick_labels(&y), ["1e0", "2e0", "5e0", "1e1", "2e1", "5e1"]);
         let y = log_axis(0.003, 0.09);
         assert_eq!(
             tick_labels(&y),
-            ["0.002", "0.005", "0.01", "0.02", "0.05", "0.1"]
+            ["2e-3", "5e-3", "1e-2", "2e-2", "5e-2", "1e-1"]
         );
         // Many decades: every second or fifth decade.
         let y = log_axis(1e-9, 0.5);
         assert_eq!(y.ticks.len(), 6, "{:?}", tick_labels(&y));
         assert_eq!(tick_labels(&y)[0], "1e-10");
-        assert_eq!(tick_labels(&y)[5], "1");
+        assert_eq!(tick_labels(&y)[5], "1e0");
         let y = log_axis(1e-300, 1e300);
         assert!(y.ticks.len() <= 8, "{:?}", tick_labels(&y));
         assert!(y.lo > 0.0 && y.hi.is_finite());
@@ -1171,31 +1341,31 @@ mod tests {
     }
 
     #[test]
-    fn x_axis_uses_decimal_units_from_the_axis_max() {
+    fn x_axis_uses_binary_units_from_the_axis_max() {
         let x = |bytes: u64| {
             let p = pt("p", bytes, 1.0, PointKind::Plan);
             x_axis(&[&p], None)
         };
         assert_eq!(
             tick_labels(&x(8_540_000_000)),
-            ["0.0 GB", "2.0 GB", "4.0 GB", "6.0 GB", "8.0 GB", "10.0 GB"]
+            ["0", "2 GiB", "4 GiB", "6 GiB", "8 GiB"]
         );
         assert_eq!(
             tick_labels(&x(950_000_000)),
-            ["0.0 GB", "0.2 GB", "0.4 GB", "0.6 GB", "0.8 GB", "1.0 GB"]
+            ["0", "200 MiB", "400 MiB", "600 MiB", "800 MiB", "1000 MiB"]
         );
         assert_eq!(
-            tick_labels(&x(420_000)),
-            ["0.0 KB", "100.0 KB", "200.0 KB", "300.0 KB", "400.0 KB", "500.0 KB"]
+            tick_labels(&x(977_120)),
+            ["0", "200 KiB", "400 KiB", "600 KiB", "800 KiB", "1000 KiB"]
         );
-        assert_eq!(tick_labels(&x(3)), ["0 B", "1 B", "2 B", "3 B"]);
-        assert_eq!(tick_labels(&x(0)), ["0 B", "1 B"]);
+        assert_eq!(tick_labels(&x(3)), ["0", "1 B", "2 B", "3 B"]);
+        assert_eq!(tick_labels(&x(0)), ["0", "1 B"]);
         assert_eq!(x(u64::MAX).ticks.len(), 5);
         // The budget widens the axis.
         let p = pt("p", 1_000_000, 1.0, PointKind::Plan);
-        let a = x_axis(&[&p], Some(3_000_000));
-        assert_eq!(a.hi, 3e6);
-        assert_eq!(tick_values(&a)[1], 5e5);
+        let a = x_axis(&[&p], Some(3 << 20));
+        assert_eq!(a.hi, (3 << 20) as f64);
+        assert_eq!(tick_values(&a)[1], (1 << 20) as f64);
     }
 
     #[test]
@@ -1203,7 +1373,7 @@ mod tests {
         let a = size_error_svg(&chart(vec![]));
         assert_well_formed(&a);
         assert!(a.contains(">no data</text>"));
-        assert!(a.contains(">1.0 GB</text>"));
+        assert!(a.contains(">1000 MiB</text>"));
         assert!(!a.contains("<circle"));
         assert!(!a.contains("<polyline"));
         assert!(!a.contains("class=\"legend\""));
@@ -1295,20 +1465,104 @@ mod tests {
     }
 
     #[test]
-    fn labels_near_the_right_edge_flip_left() {
+    fn labels_near_the_right_edge_go_left() {
         let c = chart(vec![
             pt("small", 1_000, 0.1, PointKind::Recipe),
-            pt("big", 10_000, 0.2, PointKind::Recipe),
+            pt("big", 10_240, 0.2, PointKind::Recipe),
         ]);
-        let a = size_error_svg(&c);
-        let line = |name: &str| {
-            a.lines()
-                .find(|l| l.contains("recipe-label") && l.ends_with(&format!(">{name}</text>")))
+        let boxes = label_boxes(&c);
+        let b = |name: &str| boxes.iter().find(|(n, _)| n == name).unwrap().1;
+        let cx = |name: &str| {
+            circles(&size_error_svg(&c), "recipe")
+                .into_iter()
+                .find(|(_, _, l)| l.starts_with(&format!("{name}:")))
                 .unwrap()
-                .to_string()
+                .0
         };
-        assert!(line("small").contains("text-anchor=\"start\""));
-        assert!(line("big").contains("text-anchor=\"end\""));
+        assert!(b("small").x0 > cx("small"));
+        assert!(b("big").x1 < cx("big"));
+        assert!(b("big").x1 <= PLOT_RIGHT);
+    }
+
+    /// No two labels (points', legend, budget) overlap, and every label
+    /// is inside the picture.
+    fn assert_no_overlap(c: &Chart) {
+        let boxes = label_boxes(c);
+        for (i, (a, ba)) in boxes.iter().enumerate() {
+            assert!(ba.inside(0.0, 0.0, WIDTH, HEIGHT), "{a} outside: {ba:?}");
+            for (b, bb) in &boxes[i + 1..] {
+                assert!(!ba.overlaps(bb), "{a} {ba:?} overlaps {b} {bb:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn labels_never_overlap_and_the_budget_line_misses_the_legend() {
+        assert_no_overlap(&sample());
+        // Recipes piled up as on the tiny fixture: nine recipes within a few
+        // percent of each other in size, a curve of 16 plans, the chosen one
+        // on a recipe.
+        let mut pts: Vec<Point> = [
+            ("Q2_K", 600_000, 2.3e-3),
+            ("Q3_K_M", 760_000, 1.1e-3),
+            ("Q4_0", 880_000, 4.0e-4),
+            ("Q4_K_S", 884_000, 2.4e-4),
+            ("Q4_K_M", 930_000, 2.3e-4),
+            ("Q5_K_S", 1_060_000, 6.0e-5),
+            ("Q5_K_M", 1_080_000, 5.4e-5),
+            ("Q6_K", 1_250_000, 1.6e-5),
+            ("Q8_0", 1_620_000, 2.0e-6),
+            ("accuracy objective", 977_000, 6.3e-6),
+        ]
+        .iter()
+        .map(|&(l, b, e)| pt(l, b, e, PointKind::Recipe))
+        .collect();
+        for i in 0..16u64 {
+            pts.push(pt(
+                &format!("{i} bpw"),
+                560_000 + i * 70_000,
+                3e-3 / (1.0 + i as f64 * i as f64),
+                PointKind::Plan,
+            ));
+        }
+        pts.push(pt("4.44 bpw", 930_000, 2.2e-4, PointKind::Chosen));
+        let mut c = chart(pts);
+        c.budget = Some((977_000, "budget".into()));
+        assert_no_overlap(&c);
+        let boxes = label_boxes(&c);
+        assert!(boxes.iter().any(|(n, _)| n == "chosen: 4.44 bpw"));
+        // No point label crosses the budget line.
+        let refs: Vec<&Point> = c.points.iter().collect();
+        let bx = x_px(&x_axis(&refs, Some(977_000)), 977_000.0);
+        for (n, b) in boxes.iter().filter(|(n, _)| n != "budget" && n != "legend") {
+            assert!(
+                b.x1 <= bx - 1.5 || b.x0 >= bx + 1.5,
+                "{n} crosses the budget line"
+            );
+        }
+        // The legend sits above the plot, where the budget line does not go.
+        let legend = boxes.iter().find(|(n, _)| n == "legend").unwrap().1;
+        assert!(legend.y1 <= PLOT_TOP);
+        // Most recipes keep a label despite the pile-up.
+        let recipes = boxes.iter().filter(|(n, _)| n.starts_with('Q')).count();
+        assert!(recipes >= 6, "{boxes:?}");
+    }
+
+    #[test]
+    fn a_log_axis_spans_at_most_six_decades_below_the_largest_error() {
+        let p = [
+            pt("f16", 3_000, 3.7e-15, PointKind::Chosen),
+            pt("q2", 600, 0.7, PointKind::Recipe),
+        ];
+        let refs: Vec<&Point> = p.iter().collect();
+        let y = y_axis(&refs);
+        assert!(y.log);
+        // Six decades below 0.7, down to the tick stride's decade.
+        assert!(y.lo >= 1e-8 && y.hi <= 1.0, "{y:?}");
+        assert_eq!(tick_labels(&y)[tick_labels(&y).len() - 1], "1e0");
+        // The tiny error is drawn on the bottom edge.
+        let a = size_error_svg(&chart(p.to_vec()));
+        assert_eq!(circles(&a, "chosen")[0].1, PLOT_BOTTOM);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod human;
 pub mod imatrix;
 pub mod input;
 pub mod load;

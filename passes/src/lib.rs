@@ -10,6 +10,7 @@ pub mod ir;
 pub mod naming;
 pub mod passes;
 pub mod plan;
+pub mod suggest;
 
 pub use error::PassError;
 pub use escape::printable;

@@ -33,6 +33,7 @@ pub fn measure_text(
     types: &BTreeMap<String, GgmlType>,
     original: &Transformer,
     candidate: &mut Transformer,
+    on_window: &dyn Fn(usize),
     cancel: &AtomicBool,
 ) -> Result<TextAccuracy> {
     let m = &setup.opened;
@@ -51,7 +52,7 @@ pub fn measure_text(
         original,
         Some(candidate),
         &setup.eval_windows,
-        &|_| {},
+        on_window,
         cancel,
     )?;
     let kld = r
@@ -98,10 +99,12 @@ impl<'a> Measurer<'a> {
         self.nets.is_some()
     }
 
-    /// The accuracy of `types`, or `None` without held-out text.
+    /// The accuracy of `types`, or `None` without held-out text;
+    /// `on_window(n)` after the n-th window.
     pub fn measure(
         &mut self,
         types: &BTreeMap<String, GgmlType>,
+        on_window: &dyn Fn(usize),
         cancel: &AtomicBool,
     ) -> Result<Option<TextAccuracy>> {
         let Some((original, candidate)) = self.nets.as_mut() else {
@@ -111,7 +114,7 @@ impl<'a> Measurer<'a> {
         if let Some(t) = self.cache.get(&key) {
             return Ok(Some(t.clone()));
         }
-        let t = measure_text(self.setup, types, original, candidate, cancel)?;
+        let t = measure_text(self.setup, types, original, candidate, on_window, cancel)?;
         self.cache.insert(key, t.clone());
         Ok(Some(t))
     }

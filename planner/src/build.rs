@@ -19,12 +19,12 @@ use passes::cost::{Estimate, Target};
 use passes::passes::PassTiming;
 
 use crate::accuracy::Measurer;
-use crate::compare::{comparison, plan_row, Row};
+use crate::compare::{comparison, objective_row, plan_row, Row};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::manifest::{self, Manifest};
 use crate::options::Objective;
-use crate::progress::Progress;
+use crate::progress::{positions, Progress, Unit};
 use crate::report;
 use crate::serving;
 use crate::setup::{ImportanceSource, Setup, CANDIDATES};
@@ -151,6 +151,27 @@ fn hashed(path: &Path, name: Option<String>) -> Result<manifest::File> {
     })
 }
 
+/// Every input file other than the model, with its path as given and its hash.
+pub fn inputs(o: &crate::PlanOptions) -> Result<Vec<manifest::Input>> {
+    [
+        ("calibration_text", &o.text),
+        ("evaluation_text", &o.eval_text),
+        ("imatrix", &o.imatrix),
+    ]
+    .into_iter()
+    .filter_map(|(role, p)| p.as_ref().map(|p| (role, p)))
+    .map(|(role, p)| {
+        let f = hashed(p, None)?;
+        Ok(manifest::Input {
+            role: role.into(),
+            path: p.display().to_string(),
+            sha256: f.sha256,
+            bytes: f.bytes,
+        })
+    })
+    .collect()
+}
+
 /// Build: solve, write, measure, compare, and commit OUTDIR.
 pub fn build(
     setup: &Setup,
@@ -214,11 +235,15 @@ pub fn build(
     let text = if setup.eval_windows.is_empty() {
         None
     } else {
-        progress.status(&format!(
-            "measuring accuracy on {} held-out window(s)",
-            setup.eval_windows.len()
-        ));
-        Measurer::new(setup)?.measure(&types, cancel)?
+        let mut measurer = Measurer::new(setup)?;
+        progress.start(
+            "accuracy",
+            setup.eval_windows.len() as u64,
+            Unit::Items("held-out windows"),
+        );
+        let r = measurer.measure(&types, &positions(progress), cancel);
+        progress.finish();
+        r?
     };
 
     // Hashes.
@@ -240,6 +265,10 @@ pub fn build(
             .as_bytes(),
     );
     rows.insert(0, plan_row(setup, &chosen, &est, text));
+    // What the other objective would give on the same budget, one flag away.
+    if let Some(alt) = objective_row(setup, s, b.objective.other(), b.max_error)? {
+        rows.insert(1, alt);
+    }
 
     let manifest = manifest_of(
         setup,
@@ -263,6 +292,7 @@ pub fn build(
             predicted_bytes: predicted_file_bytes,
             actual_bytes,
         },
+        inputs(s.options)?,
     );
     let report = report::report(&manifest, &rows);
     let svg = formats::chart::size_error_svg(&report::chart(setup, &chosen, &rows, &stem));
@@ -300,6 +330,7 @@ pub fn manifest_of(
     source: manifest::Source,
     files: Vec<manifest::File>,
     size: manifest::Size,
+    inputs: Vec<manifest::Input>,
 ) -> Manifest {
     let model = &setup.opened.loaded.model;
     let target: &Target = s.target;
@@ -349,10 +380,11 @@ pub fn manifest_of(
         schema: manifest::SCHEMA_VERSION.into(),
         kiln_version: b.kiln_version.clone(),
         source,
+        inputs: inputs.clone(),
         target: manifest::TargetInfo {
             id: target.id.clone(),
             name: target.name.clone(),
-            memory_bytes: target.memory_bytes(),
+            memory_bytes: target.memory_bytes().map(|b| b.round() as u64),
         },
         serving: manifest::Serving {
             engine: est.engine.name().to_string(),
@@ -388,6 +420,7 @@ pub fn manifest_of(
             sensitivity: setup.sensitivity_source.clone(),
             sensitivity_groups: setup.groups.clone(),
             candidates: CANDIDATES.iter().map(|t| t.name().to_string()).collect(),
+            sample_values_per_tensor: s.options.sample,
             tensor_bytes: chosen.allocation.bytes,
             bits_per_weight: setup.bpw(chosen.allocation.bytes),
             predicted_kld: chosen.allocation.error,
@@ -416,8 +449,11 @@ pub fn manifest_of(
                 .eval_text
                 .as_ref()
                 .filter(|_| plan.text.is_some())
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned()),
+                .and_then(|p| {
+                    let p = p.display().to_string();
+                    inputs.iter().find(|i| i.path == p && i.role != "imatrix")
+                })
+                .cloned(),
         },
         comparison: rows.iter().map(manifest::Compared::of).collect(),
         warnings,

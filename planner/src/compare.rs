@@ -96,6 +96,38 @@ pub fn comparison(setup: &Setup, s: &Sizing) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The plan the other objective would choose on the same budget, as a row
+/// named `kiln, <objective> objective` (`None` when it has no plan): what
+/// the report offers as the alternative, one flag away.
+pub fn objective_row(
+    setup: &Setup,
+    s: &Sizing,
+    objective: Objective,
+    max_error: Option<f64>,
+) -> Result<Option<Row>> {
+    let Ok(chosen) = solve::solve(setup, s, objective, max_error) else {
+        return Ok(None);
+    };
+    let types = solve::types_of_allocation(setup, &chosen.allocation);
+    let planned = solve::typed(setup, &types)?;
+    let est = serving::cost(
+        &planned,
+        &setup.arch,
+        s.target,
+        s.engine,
+        s.workload,
+        chosen.budget.devices,
+    )?;
+    let mut row = plan_row(setup, &chosen, &est, None);
+    row.name = alternative_name(objective);
+    Ok(Some(row))
+}
+
+/// The comparison row name of a kiln plan made with `objective`.
+pub fn alternative_name(objective: Objective) -> String {
+    format!("kiln, {} objective", objective.name())
+}
+
 /// The row of kiln's chosen plan, with its serving estimate `est`.
 pub fn plan_row(
     setup: &Setup,
@@ -121,7 +153,8 @@ pub fn plan_row(
 /// One target of `kiln plan`: what the budget was (or why no plan fits), and
 /// the rows, kiln's plan first when there is one.
 pub struct TargetPlan {
-    pub budget_note: String,
+    /// The budget kiln's plan was sized by, or why no plan fits.
+    pub budget: std::result::Result<solve::Budget, String>,
     pub rows: Vec<Row>,
 }
 
@@ -138,7 +171,7 @@ pub fn plan_target(
 ) -> Result<TargetPlan> {
     let chosen = solve::solve(setup, s, objective, max_error);
     let mut rows = comparison(setup, s)?;
-    let budget_note = match chosen {
+    let budget = match chosen {
         Ok(chosen) => {
             let types = solve::types_of_allocation(setup, &chosen.allocation);
             let planned = solve::typed(setup, &types)?;
@@ -151,29 +184,28 @@ pub fn plan_target(
                 chosen.budget.devices,
             )?;
             rows.insert(0, plan_row(setup, &chosen, &est, None));
-            format!(
-                "budget {:.3} GB of model file ({})",
-                chosen.budget.file_bytes as f64 / 1e9,
-                chosen.budget.from
-            )
+            if let Some(alt) = objective_row(setup, s, objective.other(), max_error)? {
+                rows.insert(1, alt);
+            }
+            Ok(chosen.budget)
         }
-        Err(e) => format!("no kiln plan: {e}"),
+        Err(e) => Err(format!("no kiln plan: {e}")),
     };
     if measurer.active() {
         progress.start(
             &format!("{}: measuring", s.target.id),
             rows.len() as u64,
-            Unit::Items,
+            Unit::Items("options"),
         );
         let r: Result<()> = rows.iter_mut().try_for_each(|r| {
-            r.text = measurer.measure(&r.types, cancel)?;
+            r.text = measurer.measure(&r.types, &|_| {}, cancel)?;
             progress.advance(1);
             Ok(())
         });
         progress.finish();
         r?;
     }
-    Ok(TargetPlan { budget_note, rows })
+    Ok(TargetPlan { budget, rows })
 }
 
 /// `kiln plan`: kiln's plan and the recipes on each target, in order, all

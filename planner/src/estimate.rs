@@ -244,13 +244,14 @@ pub fn json(e: &Estimate, model: &str, counted_from: &str) -> Value {
     Value::Object(m)
 }
 
+/// Bytes in binary units, as everywhere else (`formats::human`).
 fn gb(b: u64) -> String {
-    format!("{:.2} GB", b as f64 / 1e9)
+    formats::human::bytes(b)
 }
 
 /// `12.3 (9.8 - 14.1; bound 20.5)`, or `unknown`.
-fn show(b: &Band, digits: usize, unit: &str) -> String {
-    let f = |v: f64| format!("{v:.digits$}");
+fn show(b: &Band, unit: &str) -> String {
+    let f = |v: f64| formats::human::sig(v, 4);
     match (b.central, b.low, b.high) {
         (Some(c), Some(lo), Some(hi)) => {
             let bound = b
@@ -281,14 +282,14 @@ pub fn text(e: &Estimate, model: &str, counted_from: &str) -> String {
     s.push_str(&format!("  weights counted from {counted_from}\n\n"));
     s.push_str("memory\n");
     s.push_str(&format!(
-        "  parameters          {:.2}B total, {:.2}B active per token\n",
-        e.params as f64 / 1e9,
-        e.active_params as f64 / 1e9
+        "  parameters          {} total, {} active per token\n",
+        formats::human::params(e.params),
+        formats::human::params(e.active_params)
     ));
     s.push_str(&format!("  weights             {}\n", gb(e.weights_bytes)));
     s.push_str(&format!(
-        "  KV cache            {} bytes per token; {} for {} x {} tokens\n",
-        e.kv_bytes_per_token,
+        "  KV cache            {} per token; {} for {} x {} tokens\n",
+        formats::human::bytes(e.kv_bytes_per_token),
         gb(e.kv_bytes),
         e.batch,
         e.context
@@ -316,32 +317,32 @@ pub fn text(e: &Estimate, model: &str, counted_from: &str) -> String {
     s.push_str("time (central  (band; roofline bound))\n");
     s.push_str(&format!(
         "  prefill             {}\n",
-        show(&e.prefill_seconds, 4, "s")
+        show(&e.prefill_seconds, "s")
     ));
     s.push_str(&format!(
         "  time to first token {}\n",
-        show(&e.ttft_seconds, 4, "s")
+        show(&e.ttft_seconds, "s")
     ));
     s.push_str(&format!(
         "  decode per sequence {}\n",
-        show(&e.decode_tokens_per_second, 1, "tok/s")
+        show(&e.decode_tokens_per_second, "tok/s")
     ));
     s.push_str(&format!(
         "  throughput          {}\n",
-        show(&e.throughput_tokens_per_second, 1, "tok/s")
+        show(&e.throughput_tokens_per_second, "tok/s")
     ));
     s.push_str(&format!(
         "  end to end          {}\n\n",
-        show(&e.e2e_seconds, 3, "s")
+        show(&e.e2e_seconds, "s")
     ));
     s.push_str("cost\n");
     s.push_str(&format!(
         "  $ per 1M tokens     {}\n",
-        show(&e.usd_per_million_tokens, 3, "$")
+        show(&e.usd_per_million_tokens, "$")
     ));
     s.push_str(&format!(
         "  joules per token    {}\n",
-        show(&e.joules_per_token, 3, "J")
+        show(&e.joules_per_token, "J")
     ));
     if let Some(c) = &e.calibration {
         s.push_str(&format!(

@@ -19,7 +19,14 @@ use crate::error::{Error, Result};
 use crate::sensitivity::GroupSensitivity;
 
 /// The schema this crate writes and reads.
-pub const SCHEMA_VERSION: &str = "kiln.artifact/1";
+///
+/// Version 2 (from 1): byte counts are all integers (`target.memory_bytes`);
+/// every input file the result depends on is identified by path and sha256
+/// (`inputs`: calibration and evaluation texts, the imatrix file;
+/// `accuracy.text_file` is such a file, not a bare name); the plan records
+/// the values measured per tensor (`sample_values_per_tensor`); and the
+/// comparison holds the other objective's plan (`kiln, <objective> objective`).
+pub const SCHEMA_VERSION: &str = "kiln.artifact/2";
 
 /// The manifest of one build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +34,8 @@ pub struct Manifest {
     pub schema: String,
     pub kiln_version: String,
     pub source: Source,
+    /// Every other input file the result depends on, with its hash.
+    pub inputs: Vec<Input>,
     pub target: TargetInfo,
     pub serving: Serving,
     pub plan: Plan,
@@ -49,6 +58,16 @@ pub struct File {
     pub bytes: u64,
 }
 
+/// An input file other than the model, identified by its path (as given) and hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    /// `calibration_text`, `evaluation_text` or `imatrix`.
+    pub role: String,
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
 /// The model built from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
@@ -65,7 +84,7 @@ pub struct Source {
 pub struct TargetInfo {
     pub id: String,
     pub name: String,
-    pub memory_bytes: Option<f64>,
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +131,8 @@ pub struct Plan {
     pub sensitivity: String,
     pub sensitivity_groups: Vec<GroupSensitivity>,
     pub candidates: Vec<String>,
+    /// Values measured per tensor at most (`--sample`).
+    pub sample_values_per_tensor: usize,
     pub tensor_bytes: u64,
     pub bits_per_weight: f64,
     pub predicted_kld: f64,
@@ -184,7 +205,8 @@ pub struct Accuracy {
     pub predicted_kld: f64,
     pub weight_nsr: Option<f64>,
     pub text: Option<Text>,
-    pub text_file: Option<String>,
+    /// The text measured on, as listed in `inputs`.
+    pub text_file: Option<Input>,
 }
 
 /// One row of the comparison with llama.cpp's recipes.

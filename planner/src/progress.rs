@@ -11,8 +11,8 @@ use std::cell::Cell;
 /// What a stage counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
-    /// Windows, tensors, groups, options.
-    Items,
+    /// Counted things, named in the plural (`"windows"`, `"groups"`, `"values"`).
+    Items(&'static str),
     /// Bytes of input.
     Bytes,
 }

@@ -13,34 +13,47 @@ use crate::manifest::Manifest;
 use crate::setup::Setup;
 use crate::solve::Chosen;
 
-/// `1234567` -> `1.18 MiB`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
+/// `1234567` -> `1.18 MiB` (the one formatter, `formats::human`).
+pub use formats::human::bytes as human_bytes;
+use formats::human::{bytes, count, num, sig};
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or("-".into(), num)
+}
+
+/// The objective in words, with its bound.
+fn objective_line(m: &Manifest) -> String {
+    match &m.plan.error_ceiling {
+        Some(c) => format!(
+            "{}: the fewest bytes whose predicted KL divergence is at most {} nats ({}), within the budget",
+            m.plan.objective,
+            num(c.predicted_kld),
+            c.from
+        ),
+        None => format!(
+            "{}: the least predicted KL divergence that fits the budget",
+            m.plan.objective
+        ),
     }
 }
 
-fn cell(v: Option<f64>, prec: usize) -> String {
-    v.filter(|x| x.is_finite())
-        .map_or("-".into(), |x| format!("{x:.prec$}"))
-}
-
-/// A KL divergence: fixed point, or scientific when small.
-fn kld(v: f64) -> String {
-    if v != 0.0 && v.abs() < 1e-3 {
-        format!("{v:.3e}")
+/// What the other objective gives on the same budget, from its comparison row.
+fn alternative_line(m: &Manifest, rows: &[Row]) -> Option<String> {
+    let other = if m.plan.objective == "cost" {
+        "accuracy"
     } else {
-        format!("{v:.5}")
-    }
+        "cost"
+    };
+    let r = rows
+        .iter()
+        .find(|r| r.name == format!("kiln, {other} objective"))?;
+    Some(format!(
+        "`--objective {other}` would give {} ({} bits per weight), predicted KL divergence {} nats, {} tokens/s",
+        bytes(r.bytes),
+        sig(r.bytes as f64 * 8.0 / m.source.parameters.max(1) as f64, 3),
+        cell(r.error),
+        cell(r.tokens_per_second)
+    ))
 }
 
 /// The markdown report of a build: `m` as written, `rows` its comparison
@@ -56,39 +69,52 @@ pub fn report(m: &Manifest, rows: &[Row]) -> String {
         m.target.name
     );
     s += &format!(
-        "- kiln {}; source sha256 `{}`; {} parameters\n",
-        m.kiln_version, m.source.sha256, params
+        "- kiln {}; source sha256 `{}`; {} parameters ({})\n",
+        m.kiln_version,
+        m.source.sha256,
+        formats::human::params(params),
+        count(params)
     );
     s += &format!(
         "- serving: {} on {} device(s), context {} x {} sequence(s), KV cache {}\n",
         m.serving.engine,
         m.serving.devices,
-        m.serving.context,
+        count(m.serving.context as u64),
         m.serving.concurrency,
         m.serving.kv_type
     );
     s += &format!(
         "- budget: {} of model file ({})\n",
-        human_bytes(m.plan.budget_bytes),
+        bytes(m.plan.budget_bytes),
         m.plan.budget_from
     );
-    s += &format!(
-        "- objective: {}{}\n",
-        m.plan.objective,
-        m.plan
-            .error_ceiling
-            .as_ref()
-            .map(|c| format!(" (error ceiling {:.5}: {})", c.predicted_kld, c.from))
-            .unwrap_or_default()
-    );
+    s += &format!("- objective: {}\n", objective_line(m));
+    if let Some(alt) = alternative_line(m, rows) {
+        s += &format!("- alternative: {alt}\n");
+    }
     s += &format!("- importance: {}\n", m.plan.importance);
-    s += &format!("- sensitivity: {}\n\n", m.plan.sensitivity);
-
-    s += "## Result\n\n";
+    s += &format!(
+        "- measured: each tensor in every candidate on at most {} values (evenly strided rows)\n",
+        count(m.plan.sample_values_per_tensor as u64)
+    );
+    s += &format!("- sensitivity: {}\n", m.plan.sensitivity);
+    for i in &m.inputs {
+        s += &format!(
+            "- input: {} `{}` ({}, sha256 `{}`)\n",
+            i.role.replace('_', " "),
+            i.path,
+            bytes(i.bytes),
+            i.sha256
+        );
+    }
+    s += "\n## Result\n\n";
     s += "| | |\n|---|---|\n";
     s += &format!(
-        "| size | {} predicted, {} written ({:.3} bits per weight over tensors) |\n",
-        m.size.predicted_bytes, m.size.actual_bytes, m.plan.bits_per_weight
+        "| size | {} predicted, {} written ({} bytes; {} bits per weight over tensors) |\n",
+        bytes(m.size.predicted_bytes),
+        bytes(m.size.actual_bytes),
+        count(m.size.actual_bytes),
+        sig(m.plan.bits_per_weight, 4)
     );
     s += &format!(
         "| fits | {} |\n",
@@ -100,79 +126,81 @@ pub fn report(m: &Manifest, rows: &[Row]) -> String {
     );
     s += &format!(
         "| decode | {} tokens/s per sequence (calibrated estimate) |\n",
-        cell(m.cost.decode_tokens_per_second, 1)
+        cell(m.cost.decode_tokens_per_second)
     );
     s += &format!(
         "| $ per million tokens | {} |\n",
-        cell(m.cost.usd_per_million_tokens, 4)
+        cell(m.cost.usd_per_million_tokens)
     );
-    s += &format!(
-        "| joules per token | {} |\n",
-        cell(m.cost.joules_per_token, 4)
-    );
+    s += &format!("| joules per token | {} |\n", cell(m.cost.joules_per_token));
     s += &format!(
         "| predicted KL divergence | {} nats |\n",
-        kld(m.plan.predicted_kld)
+        num(m.plan.predicted_kld)
     );
     s += &format!(
-        "| weight noise-to-signal | {:.6} (size-weighted mean) |\n",
-        rows[0].weight_nsr.unwrap_or(0.0)
+        "| weight noise-to-signal | {} (size-weighted mean) |\n",
+        cell(rows[0].weight_nsr)
     );
     match &rows[0].text {
         Some(t) => {
             s += &format!(
-                "| measured on {} held-out window(s) | PPL {:.4} (original {:.4}, ratio {:.4}), KLD {} (p99 {}), top-1 {:.2}% |\n",
+                "| measured on {} held-out window(s) | PPL {} (original {}, ratio {}), KLD {} (p99 {}), top-1 {}% |\n",
                 t.windows,
-                t.ppl,
-                t.ppl_original,
-                t.ppl / t.ppl_original,
-                kld(t.kld),
-                kld(t.kld_p99),
-                t.top1 * 100.0
+                num(t.ppl),
+                num(t.ppl_original),
+                num(t.ppl / t.ppl_original),
+                num(t.kld),
+                num(t.kld_p99),
+                sig(t.top1 * 100.0, 4)
             );
         }
         None => s += "| measured on text | not measured: give --text or --eval-text |\n",
     }
-    s += "\n## Files\n\n| file | bytes | sha256 |\n|---|---:|---|\n";
+    s += "\n## Files\n\n| file | size | bytes | sha256 |\n|---|---:|---:|---|\n";
     for f in &m.files {
         s += &format!(
-            "| {} | {} | `{}` |\n",
+            "| {} | {} | {} | `{}` |\n",
             f.path.as_deref().unwrap_or(""),
-            f.bytes,
+            bytes(f.bytes),
+            count(f.bytes),
             f.sha256
         );
     }
-    s += "\n## Encodings\n\n| type | tensors | bytes |\n|---|---:|---:|\n";
+    s += "\n## Encodings\n\n| type | tensors | size |\n|---|---:|---:|\n";
     for t in &m.plan.by_type {
-        s += &format!("| {} | {} | {} |\n", t.ty, t.tensors, t.bytes);
+        s += &format!("| {} | {} | {} |\n", t.ty, t.tensors, bytes(t.bytes));
     }
     s += "\n## Compared with llama.cpp's recipes\n\n";
     s += "Same measurements for every row: predicted KL divergence is the sum over tensors of sensitivity x noise-to-signal ratio; speed and $ are the calibrated estimate on the fewest devices that fit.\n\n";
-    s += "| option | tensor bytes | bpw | weight NSR | predicted KLD | fits | devices | tokens/s | $/Mtok |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n";
+    s += "| option | tensor size | bpw | weight NSR | predicted KLD | fits | devices | tokens/s | $/Mtok |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n";
     for r in rows {
         s += &format!(
-            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
-            r.bytes,
-            bpw(r.bytes),
-            r.weight_nsr.map_or("-".into(), |v| format!("{v:.3e}")),
-            r.error.map_or("-".into(), kld),
+            bytes(r.bytes),
+            sig(bpw(r.bytes), 3),
+            cell(r.weight_nsr),
+            cell(r.error),
             match r.fits {
                 Some(true) => "yes",
                 Some(false) => "no",
                 None => "?",
             },
             r.devices.map_or("-".into(), |d| d.to_string()),
-            cell(r.tokens_per_second, 1),
-            cell(r.usd_per_mtok, 4)
+            cell(r.tokens_per_second),
+            cell(r.usd_per_mtok)
         );
     }
     if !m.plan.sensitivity_groups.is_empty() {
         s += "\n## Sensitivities (probed)\n\n| group | tensors | KLD at ~4.5 bpw | sum NSR | KLD per NSR |\n|---|---:|---:|---:|---:|\n";
         for g in &m.plan.sensitivity_groups {
             s += &format!(
-                "| {} | {} | {:.6} | {:.6} | {:.4} |\n",
-                g.label, g.tensors, g.kld, g.nsr, g.sensitivity
+                "| {} | {} | {} | {} | {} |\n",
+                g.label,
+                g.tensors,
+                num(g.kld),
+                num(g.nsr),
+                num(g.sensitivity)
             );
         }
     }
@@ -188,7 +216,7 @@ pub fn report(m: &Manifest, rows: &[Row]) -> String {
             s += &format!("- {n}\n");
         }
     }
-    s += "\nChart: `chart.svg` (tensor bytes against predicted KL divergence; kiln's trade-off curve, the recipes, the chosen plan). Manifest: `manifest.json`.\n";
+    s += "\nChart: `chart.svg` (tensor size against predicted KL divergence; kiln's trade-off curve, the recipes, the other objective's plan, the chosen plan). Manifest: `manifest.json`. How kiln plans: the README's section \"How kiln plans\".\n";
     s
 }
 
@@ -198,7 +226,7 @@ pub fn chart(setup: &Setup, chosen: &Chosen, rows: &[Row], stem: &str) -> Chart 
     let mut points: Vec<Point> = passes::plan::frontier(&setup.options, 16)
         .into_iter()
         .map(|a| Point {
-            label: format!("{:.2} bpw", setup.bpw(a.bytes)),
+            label: format!("{} bpw", sig(setup.bpw(a.bytes), 3)),
             bytes: a.bytes,
             error: a.error,
             kind: PointKind::Plan,
@@ -207,7 +235,7 @@ pub fn chart(setup: &Setup, chosen: &Chosen, rows: &[Row], stem: &str) -> Chart 
     for r in rows.iter().skip(1) {
         if let Some(e) = r.error {
             points.push(Point {
-                label: r.name.clone(),
+                label: r.name.strip_prefix("kiln, ").unwrap_or(&r.name).to_string(),
                 bytes: r.bytes,
                 error: e,
                 kind: PointKind::Recipe,
@@ -215,14 +243,14 @@ pub fn chart(setup: &Setup, chosen: &Chosen, rows: &[Row], stem: &str) -> Chart 
         }
     }
     points.push(Point {
-        label: format!("{:.2} bpw", setup.bpw(chosen.allocation.bytes)),
+        label: format!("{} bpw", sig(setup.bpw(chosen.allocation.bytes), 3)),
         bytes: chosen.allocation.bytes,
         error: chosen.allocation.error,
         kind: PointKind::Chosen,
     });
     Chart {
-        title: format!("{stem}: tensor bytes against predicted KL divergence"),
-        x_label: "tensor bytes".into(),
+        title: format!("{stem}: tensor size against predicted KL divergence"),
+        x_label: "tensor size".into(),
         y_label: "predicted KL divergence (nats)".into(),
         points,
         budget: Some((chosen.budget.tensor_bytes, "budget".into())),

@@ -24,9 +24,9 @@ use crate::progress::{positions, Progress, Unit};
 /// Default sensitivity of a role when no text is given to probe with: the
 /// predicted KL divergence (nats) per unit of noise-to-signal ratio in all
 /// of the role's tensors together (split evenly among them). Measured by
-/// `kiln build`'s probes on SmolLM2-135M over Pride and Prejudice (the
-/// probe table in the README, "How kiln plans": per-tensor sensitivity
-/// times the 30 layers, averaged over the four layer quarters, rounded);
+/// `kiln build`'s probes on SmolLM2-135M over Pride and Prejudice
+/// (per-tensor sensitivity times the 30 layers, averaged over the four
+/// layer quarters, rounded; listed in the README, "How kiln plans");
 /// the untied input embedding, which SmolLM2 lacks, is the residual stream's
 /// whole input (its noise-to-signal ratio is the stream's at layer 0), so it
 /// is weighed like a full role rather than one layer (2, between the
@@ -150,7 +150,7 @@ pub fn probed(
     let groups = groups(&opened.loaded.model, measured);
     let t0 = Instant::now();
     let reference = Reference::new(net, windows, cancel)?;
-    progress.start("probing", groups.len() as u64, Unit::Items);
+    progress.start("probing", groups.len() as u64, Unit::Items("groups"));
     let kld = planning::probe(
         opened,
         net,

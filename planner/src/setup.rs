@@ -276,7 +276,7 @@ fn importance_matrix(
         (None, Some(t)) if !o.no_imatrix => {
             let net = net.expect("a text was given");
             let mut collector = eval::imatrix::Collector::new(false);
-            progress.start("imatrix", calib.len() as u64, Unit::Items);
+            progress.start("imatrix", calib.len() as u64, Unit::Items("windows"));
             let t0 = Instant::now();
             let r = eval::text::observe(
                 net,
@@ -319,8 +319,20 @@ fn measure_all(
         .iter()
         .filter(|t| is_quantizable(model, &t.name, &t.shape))
         .collect();
-    let total: u64 = quantizable.iter().map(|t| t.n_elements() as u64).sum();
-    progress.start("measuring", total, Unit::Items);
+    let candidates = |t: &passes::TensorNode| -> Vec<GgmlType> {
+        CANDIDATES
+            .iter()
+            .copied()
+            .filter(|ty| ty.row_bytes(t.row_len()).is_some())
+            .collect()
+    };
+    // The work: every sampled value encoded once per candidate, known up
+    // front so that the bar's ETA follows the work, not the tensor count.
+    let work = |t: &passes::TensorNode| -> u64 {
+        (planning::sampled_rows(t, o.sample).len() * t.row_len() * candidates(t).len()) as u64
+    };
+    let total: u64 = quantizable.iter().map(|t| work(t)).sum();
+    progress.start("measuring", total, Unit::Items("values"));
     let t0 = Instant::now();
     let mut measured = Vec::with_capacity(quantizable.len());
     let r: Result<()> = (|| {
@@ -328,11 +340,7 @@ fn measure_all(
             if cancel.load(Ordering::Relaxed) {
                 return Err(formats::Error::Interrupted.into());
             }
-            let types: Vec<GgmlType> = CANDIDATES
-                .iter()
-                .copied()
-                .filter(|ty| ty.row_bytes(t.row_len()).is_some())
-                .collect();
+            let types = candidates(t);
             if types.is_empty() {
                 return Err(Error::Input(format!(
                     "{}: tensor `{}`: no GGUF type divides rows of {}",
@@ -349,7 +357,7 @@ fn measure_all(
                 o.sample,
             )?;
             measured.push(m);
-            progress.advance(t.n_elements() as u64);
+            progress.advance(work(t));
         }
         Ok(())
     })();
@@ -417,6 +425,89 @@ pub fn problem(
     Ok(options)
 }
 
+/// The smallest model file kiln can write for `model` (every quantizable
+/// tensor in its smallest allowed candidate, the rest as kept, plus the
+/// header): known from the shapes alone, before anything is measured.
+pub fn min_file_bytes(model: &passes::Model, exclude: &[GgmlType]) -> Result<u64> {
+    let options: Vec<Options> = model
+        .tensors
+        .iter()
+        .map(|t| {
+            let choices: Vec<Choice> = if is_quantizable(model, &t.name, &t.shape) {
+                CANDIDATES
+                    .iter()
+                    .filter(|ty| !exclude.contains(ty) && ty.row_bytes(t.row_len()).is_some())
+                    .map(|&ty| Choice {
+                        ty,
+                        bytes: tensor_bytes(ty, t),
+                        error: 0.0,
+                    })
+                    .min_by_key(|c| c.bytes)
+                    .into_iter()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let choices = if choices.is_empty() {
+                let ty = kept_type(t);
+                vec![Choice {
+                    ty,
+                    bytes: tensor_bytes(ty, t),
+                    error: 0.0,
+                }]
+            } else {
+                choices
+            };
+            Options {
+                name: t.name.clone(),
+                choices,
+            }
+        })
+        .collect();
+    let tensors: u64 = options.iter().map(|o| o.choices[0].bytes).sum();
+    Ok(tensors + crate::layout::overhead_bytes(model, &options)?)
+}
+
+/// Refuse a `--bpw` below the smallest file kiln can write, before any
+/// text is read or tensor measured, naming the smallest `--bpw` that works.
+fn check_bpw(path: &Path, model: &passes::Model, o: &PlanOptions) -> Result<()> {
+    let Some(bpw) = o.bpw else {
+        return Ok(());
+    };
+    let params = model.n_params().max(1);
+    let budget = (bpw * params as f64 / 8.0) as u64;
+    let min = min_file_bytes(model, &o.exclude_type)?;
+    if budget >= min {
+        return Ok(());
+    }
+    // The smallest --bpw with 3 decimals whose budget holds `min` bytes.
+    let mut least = (min as f64 * 8.0 / params as f64 * 1000.0).ceil() / 1000.0;
+    while ((least * params as f64 / 8.0) as u64) < min {
+        least += 0.001;
+    }
+    Err(Error::NoPlan(format!(
+        "{}: --bpw {bpw}: {} for {} parameters, but the smallest file kiln can write for this model is {} ({} bytes, every tensor in its smallest type): give --bpw {least:.3} or more",
+        path.display(),
+        formats::human::bytes(budget),
+        formats::human::count(params),
+        formats::human::bytes(min),
+        formats::human::count(min)
+    )))
+}
+
+/// A warning when `--context` exceeds what the model was trained for.
+fn context_warning(arch: &Arch, o: &PlanOptions) -> Option<String> {
+    (arch.context_length > 0 && o.context > arch.context_length).then(|| {
+        format!(
+            "--context {} is above the {} tokens the model was trained for (its max_position_embeddings): the KV cache is sized for {}, but quality past {} tokens is not what was measured",
+            formats::human::count(o.context as u64),
+            formats::human::count(arch.context_length as u64),
+            formats::human::count(o.context as u64),
+            formats::human::count(arch.context_length as u64)
+        )
+    })
+}
+
 /// Open, weigh, measure and probe.
 pub fn setup(
     model_path: &Path,
@@ -425,7 +516,8 @@ pub fn setup(
     cancel: &AtomicBool,
 ) -> Result<Setup> {
     let (mut opened, arch) = open(model_path, o)?;
-    let mut warnings = Vec::new();
+    check_bpw(model_path, &opened.loaded.model, o)?;
+    let mut warnings: Vec<String> = context_warning(&arch, o).into_iter().collect();
     let Texts {
         calib,
         eval_windows,

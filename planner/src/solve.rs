@@ -101,7 +101,10 @@ pub struct Budget {
     pub file_bytes: u64,
     /// Bytes left for tensor data after the header and padding.
     pub tensor_bytes: u64,
+    /// How it was set, in words.
     pub from: String,
+    /// What set it: `budget_gb`, `bpw` or `target_memory`.
+    pub source: &'static str,
     pub memory: Option<MemoryBudget>,
 }
 
@@ -117,7 +120,8 @@ pub struct Sizing<'a> {
 pub fn budget(setup: &Setup, s: &Sizing, devices: usize) -> Result<Budget> {
     let o = s.options;
     let params = setup.params();
-    let (file_bytes, from, memory) = if let Some(gb) = o.budget_gb {
+    use formats::human::{bytes, count};
+    let (file_bytes, from, source, memory) = if let Some(gb) = o.budget_gb {
         (
             (gb * 1e9 * devices as f64) as u64,
             if devices > 1 {
@@ -125,12 +129,14 @@ pub fn budget(setup: &Setup, s: &Sizing, devices: usize) -> Result<Budget> {
             } else {
                 format!("--budget-gb {gb}")
             },
+            "budget_gb",
             None,
         )
     } else if let Some(b) = o.bpw {
         (
             (b * params as f64 / 8.0) as u64,
-            format!("--bpw {b} ({params} parameters)"),
+            format!("--bpw {b} x {} parameters", count(params)),
+            "bpw",
             None,
         )
     } else {
@@ -144,16 +150,17 @@ pub fn budget(setup: &Setup, s: &Sizing, devices: usize) -> Result<Budget> {
         (
             mb.weights,
             format!(
-                "{} x {}: usable {:.2} GB each, minus KV cache {:.2} GB ({} x {} tokens, {}) and overhead {:.2} GB",
+                "{} x {}: usable {} each, minus KV cache {} ({} x {} tokens, {}) and overhead {}",
                 devices,
                 s.target.id,
-                mb.usable_per_device as f64 / 1e9,
-                mb.kv_per_device as f64 / 1e9,
+                bytes(mb.usable_per_device),
+                bytes(mb.kv_per_device),
                 o.concurrency,
-                o.context,
+                count(o.context as u64),
                 s.workload.kv_type.name(),
-                mb.overhead_per_device as f64 / 1e9
+                bytes(mb.overhead_per_device)
             ),
+            "target_memory",
             Some(mb),
         )
     };
@@ -163,6 +170,7 @@ pub fn budget(setup: &Setup, s: &Sizing, devices: usize) -> Result<Budget> {
         file_bytes,
         tensor_bytes: file_bytes.saturating_sub(overhead),
         from,
+        source,
         memory,
     })
 }
@@ -219,6 +227,7 @@ pub fn solve(
     objective: Objective,
     max_error: Option<f64>,
 ) -> Result<Chosen> {
+    use formats::human::bytes;
     let o = s.options;
     let params = setup.params().max(1);
     let ceiling = ceiling(setup, o, objective, max_error)?;
@@ -227,8 +236,12 @@ pub fn solve(
     let mut n = 1;
     while n <= max_devices {
         let b = budget(setup, s, n)?;
+        // The default ceiling (no --max-error) is a target, not a demand: a
+        // budget that cannot reach it gets the least error that fits.
         let solve_at = |bytes: u64| match &ceiling {
             None => plan::allocate(&setup.options, bytes),
+            Some((e, _)) if max_error.is_none() => plan::cheapest_within(&setup.options, *e, bytes)
+                .or_else(|| plan::allocate(&setup.options, bytes)),
             Some((e, _)) => plan::cheapest_within(&setup.options, *e, bytes),
         };
         let mut a = solve_at(b.tensor_bytes);
@@ -261,6 +274,13 @@ pub fn solve(
             }
             // --bpw is an explicit size: take it even below --min-bpw.
             Some(a) if a.bytes as f64 * 8.0 / params as f64 >= o.min_bpw || o.bpw.is_some() => {
+                let ceiling = ceiling.map(|(e, what)| {
+                    if a.error > e {
+                        (e, format!("{what}; not reachable within the budget, so the least predicted error that fits"))
+                    } else {
+                        (e, what)
+                    }
+                });
                 return Ok(Chosen {
                     allocation: a,
                     budget: b,
@@ -278,15 +298,16 @@ pub fn solve(
             None => {
                 last_err = match &ceiling {
                     Some((e, what)) if plan::min_bytes(&setup.options) <= b.tensor_bytes => format!(
-                        "{} device(s): no allocation within {} bytes reaches the error ceiling {e:.4} ({what})",
+                        "{} device(s): no allocation within {} reaches the error ceiling {} ({what})",
                         n,
-                        b.tensor_bytes
+                        bytes(b.tensor_bytes),
+                        formats::human::num(*e)
                     ),
                     _ => format!(
-                        "{} device(s): {} bytes of budget for tensors (after headers), the smallest allocation needs {} bytes{}",
+                        "{} device(s): {} of budget for tensors (after headers), the smallest allocation needs {}{}",
                         n,
-                        b.tensor_bytes,
-                        plan::min_bytes(&setup.options),
+                        bytes(b.tensor_bytes),
+                        bytes(plan::min_bytes(&setup.options)),
                         if n > 1 { " cut into whole tensors per device" } else { "" }
                     ),
                 }

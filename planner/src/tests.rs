@@ -174,7 +174,7 @@ fn comparison_rows_are_the_recipes_in_order_scored_alike() {
 
 #[test]
 fn manifest_round_trips_and_names_its_schema() {
-    assert_eq!(SCHEMA_VERSION, "kiln.artifact/1");
+    assert_eq!(SCHEMA_VERSION, "kiln.artifact/2");
     let o = opts(|o| o.bpw = Some(4.5));
     let s = measured(&o);
     let e = env("m2", &o);
@@ -226,12 +226,13 @@ fn manifest_round_trips_and_names_its_schema() {
             predicted_bytes: 1,
             actual_bytes: 1,
         },
+        Vec::new(),
     );
     assert_eq!(m.schema, SCHEMA_VERSION);
     assert_eq!(m.tensors.len(), s.options.len());
     assert_eq!(m.comparison.len(), rows.len());
     let text = m.to_json().unwrap();
-    assert!(text.starts_with("{\n  \"schema\": \"kiln.artifact/1\",\n  \"kiln_version\""));
+    assert!(text.starts_with("{\n  \"schema\": \"kiln.artifact/2\",\n  \"kiln_version\""));
     // null for what was not measured.
     assert!(text.contains("\"text\": null"));
     let back = Manifest::from_json(&text).unwrap();
@@ -242,7 +243,7 @@ fn manifest_round_trips_and_names_its_schema() {
         &serde_json::to_value(&m).unwrap(),
         "",
     );
-    let other = text.replace("kiln.artifact/1", "kiln.artifact/2");
+    let other = text.replace("kiln.artifact/2", "kiln.artifact/1");
     assert!(Manifest::from_json(&other).is_err());
     // The report is made from the manifest and the rows.
     let report = crate::report::report(&m, &rows);

@@ -299,7 +299,7 @@ fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
         r0 = r1;
     }
     release_transformed(ctx, p)?;
-    nonfinite_error(sink, p, t, nonfinite)
+    nonfinite_error(ctx, t, nonfinite)
 }
 
 /// A piece encoded a unit of several rows at a time ([`Placement::unit`]):
@@ -372,7 +372,7 @@ fn write_units(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
         r0 = r1;
     }
     release_transformed(ctx, p)?;
-    nonfinite_error(sink, p, t, nonfinite)
+    nonfinite_error(ctx, t, nonfinite)
 }
 
 fn release_transformed(ctx: &Ctx<'_>, p: &Placement) -> Result<()> {
@@ -383,12 +383,7 @@ fn release_transformed(ctx: &Ctx<'_>, p: &Placement) -> Result<()> {
     Ok(())
 }
 
-fn nonfinite_error(
-    sink: &Sink<'_>,
-    _p: &Placement,
-    t: &passes::TensorNode,
-    nonfinite: u64,
-) -> Result<()> {
+fn nonfinite_error(ctx: &Ctx<'_>, t: &passes::TensorNode, nonfinite: u64) -> Result<()> {
     if nonfinite > 0 {
         // The file the weights came from (the user's to fix), not the output.
         return Err(Error::NonFinite {

@@ -277,7 +277,8 @@ fn one() -> f64 {
 impl Calibration {
     pub fn parse(text: &str) -> Result<Calibration, CostError> {
         let bad = |msg: String| CostError::BadCalibration(msg);
-        let raw: RawCalibration = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        let raw: RawCalibration =
+            toml::from_str(text).map_err(|e| bad(crate::suggest::toml_error(text, &e)))?;
         let mut factors = BTreeMap::new();
         for f in raw.factor {
             let e = EngineClass::parse(&f.engine)

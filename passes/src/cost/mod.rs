@@ -36,10 +36,20 @@ pub use weights::{weight_bytes, Recipe, ServingFormat, WeightBytes, WeightFormat
 pub enum CostError {
     #[error("target profile {what}: {msg}")]
     BadTarget { what: String, msg: String },
-    #[error("unknown target `{id}` (known: {known}, cpu)")]
-    UnknownTarget { id: String, known: String },
-    #[error("unknown weight type `{name}` (known: {known})")]
-    UnknownType { name: String, known: String },
+    /// `hint` is a "did you mean" or empty.
+    #[error("unknown target `{id}`{hint}: `kiln targets` lists the {count} known ids")]
+    UnknownTarget {
+        id: String,
+        hint: String,
+        count: usize,
+    },
+    /// `known` is the short list of accepted names.
+    #[error("unknown weight type `{name}`{hint} (known: {known})")]
+    UnknownType {
+        name: String,
+        hint: String,
+        known: String,
+    },
     #[error("calibration: {0}")]
     BadCalibration(String),
     #[error("{0}")]

@@ -263,7 +263,8 @@ impl Target {
             what: what.to_string(),
             msg,
         };
-        let raw: RawTarget = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        let raw: RawTarget =
+            toml::from_str(text).map_err(|e| bad(crate::suggest::toml_error(text, &e)))?;
         if !valid_id(&raw.id) {
             return Err(bad(format!(
                 "id `{}` must be lowercase words joined by dashes (like `h100-sxm`)",
@@ -533,11 +534,11 @@ pub fn find_builtin(id: &str) -> Result<Target, CostError> {
         Some(t) => Ok(t),
         None => Err(CostError::UnknownTarget {
             id: id.to_string(),
-            known: BUILTIN_FILES
-                .iter()
-                .map(|(i, _)| *i)
-                .collect::<Vec<_>>()
-                .join(", "),
+            hint: crate::suggest::did_you_mean(
+                id,
+                BUILTIN_FILES.iter().map(|(i, _)| *i).chain(["cpu"]),
+            ),
+            count: BUILTIN_FILES.len() + 1,
         }),
     }
 }

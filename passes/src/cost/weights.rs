@@ -206,9 +206,11 @@ impl WeightFormat {
         {
             return Ok(WeightFormat::Recipe(*r));
         }
+        let known = known_type_names();
         Err(CostError::UnknownType {
             name: s.to_string(),
-            known: known_type_names().join(", "),
+            hint: crate::suggest::did_you_mean(s, known.iter().copied()),
+            known: known.join(", "),
         })
     }
 

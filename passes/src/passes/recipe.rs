@@ -220,7 +220,8 @@ pub fn parse_recipe(name: &str) -> Result<Recipe, String> {
     }
     let known: Vec<&str> = NAMES.iter().map(|(n, _)| *n).collect();
     Err(format!(
-        "unknown llama.cpp recipe `{name}` (known: {})",
+        "unknown llama.cpp recipe `{name}`{} (known: {})",
+        crate::suggest::did_you_mean(name, known.iter().copied()),
         known.join(", ")
     ))
 }
