@@ -1,5 +1,5 @@
-//! The user's files and interrupted runs (README, "Guarantees: your files
-//! and interrupted runs"): `kiln build -o` replaces only a kiln artifact and
+//! The user's files and interrupted runs (README section
+//! "Guarantees: your files and interrupted runs"): `kiln build -o` replaces only a kiln artifact and
 //! names what a rebuild would delete; `-o` must be a regular file or absent
 //! (never a FIFO, device node or link); a directory swap killed half-way is
 //! undone by the next run; what a killed run left is removed by the next one

@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use passes::printable;
 use formats::human::{num, sig};
+use passes::printable;
 
 use crate::error::{Error, Result};
 use crate::model::Opened;

@@ -170,7 +170,7 @@ fn parse_legacy(path: &Path, bytes: &[u8]) -> Result<Imatrix> {
             c_string(raw).ok_or_else(|| bad(format!("entry {}: name is not UTF-8", i + 1)))?;
         let what = |w: &'static str| {
             let name = name.clone();
-            move || format!("entry `{name}` {w}")
+            move || format!("entry `{}` {w}", passes::printable(&name))
         };
         let ncall = r.i32(&what("ncall"))?;
         if ncall < 1 {
@@ -483,7 +483,8 @@ pub fn to_gguf_bytes(imatrix: &Imatrix) -> std::result::Result<Vec<u8>, String> 
         let nmat = e.counts.len();
         if e.sums.is_empty() || nmat == 0 || e.sums.len() % nmat != 0 {
             return Err(format!(
-                "entry `{name}`: {} values cannot be split over {nmat} expert count(s)",
+                "entry `{}`: {} values cannot be split over {nmat} expert count(s)",
+                passes::printable(&name),
                 e.sums.len()
             ));
         }

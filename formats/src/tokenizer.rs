@@ -61,7 +61,7 @@ pub fn convert(
             return Err(Error::unsupported(
                 &tok_json,
                 None,
-                format!("tokenizer model `{kind}` is not supported (kiln converts byte-level BPE tokenizer.json and SentencePiece tokenizer.model)"),
+                format!("tokenizer model `{}` is not supported (kiln converts byte-level BPE tokenizer.json and SentencePiece tokenizer.model)", passes::printable(kind)),
             ));
         }
         let pre = match &opts.pre_tokenizer {

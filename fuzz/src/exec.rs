@@ -131,6 +131,7 @@ pub fn estimate(model: &Path, target: &Target, batch: &str) -> Result<()> {
         tp: None,
         speculative: false,
         request_rate: None,
+        engine_version: None,
     };
     let e = estimate::estimate(&o, target)?;
     // The reports are what the user sees: render them too.

@@ -66,9 +66,9 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {msg}")
+            format!("line {line}, column {column}: {}", crate::printable(&msg))
         }
-        None => msg,
+        None => crate::printable(&msg).into_owned(),
     }
 }
 

@@ -25,10 +25,10 @@ pub const MAX_NAME: usize = 64;
 const MAX_ARRAY_DEPTH: usize = 2;
 /// Most metadata array elements a file may hold, all arrays together. Each
 /// is held as a `MetaValue` (32 bytes whatever its GGUF type), so this caps
-/// the metadata's memory at about 128 MiB plus its strings' bytes (which
+/// the metadata's memory at about 64 MiB plus its strings' bytes (which
 /// the file holds); a 262144-token vocabulary with scores, types and merges
 /// is about 1.3 million.
-pub const MAX_METADATA_ELEMENTS: u64 = 1 << 22;
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 21;
 
 /// One tensor info of a GGUF file.
 #[derive(Debug, Clone, PartialEq)]

@@ -173,7 +173,7 @@ pub fn map_hf_name(
     if name.ends_with("rotary_emb.inv_freq") {
         return Ok(None);
     }
-    let unmapped = || format!("cannot map `{name}` to a GGUF name");
+    let unmapped = || format!("cannot map `{}` to a GGUF name", crate::printable(name));
     let (base, suffix) = match name.rsplit_once('.') {
         Some((b, s @ ("weight" | "bias"))) => (b, s),
         _ => return Err(unmapped()),
@@ -185,7 +185,7 @@ pub fn map_hf_name(
     let (layer, part) = rest.split_once('.').ok_or_else(unmapped)?;
     let layer: usize = layer
         .parse()
-        .map_err(|_| format!("cannot map `{name}`: bad layer index"))?;
+        .map_err(|_| format!("cannot map `{}`: bad layer index", crate::printable(name)))?;
     let r = table
         .iter()
         .find(|r| r.per_layer && r.hf == part)
@@ -293,7 +293,10 @@ pub enum ConfigError {
     NotInteger(&'static str),
     #[error(transparent)]
     Limit(#[from] limits::LimitError),
-    #[error("architecture `{class}` is not supported (supported: {supported})")]
+    #[error(
+        "architecture `{}` is not supported (supported: {supported})",
+        crate::printable(class)
+    )]
     Unsupported { class: String, supported: String },
     #[error("`{field}` ({value}) is not supported for {class} yet")]
     Refused {

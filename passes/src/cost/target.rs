@@ -81,7 +81,8 @@ impl<'de> Deserialize<'de> for Figure {
             Raw::Float(v) => Ok(Figure::Known(v)),
             Raw::Text(t) if t == "unknown" => Ok(Figure::Unknown),
             Raw::Text(t) => Err(serde::de::Error::custom(format!(
-                "expected a number or \"unknown\", found \"{t}\""
+                "expected a number or \"unknown\", found \"{}\"",
+                crate::printable(&t)
             ))),
         }
     }
@@ -268,7 +269,7 @@ impl Target {
         if !valid_id(&raw.id) {
             return Err(bad(format!(
                 "id `{}` must be lowercase words joined by dashes (like `h100-sxm`)",
-                raw.id
+                crate::printable(&raw.id)
             )));
         }
         if raw.name.trim().is_empty() || raw.vendor.trim().is_empty() {
@@ -277,7 +278,7 @@ impl Target {
         let class = DeviceClass::parse(&raw.class).ok_or_else(|| {
             bad(format!(
                 "class `{}` is not one of gpu, apple, tpu, npu, lpu, cpu",
-                raw.class
+                crate::printable(&raw.class)
             ))
         })?;
         let need = |v: Option<Figure>, key: &str| {
