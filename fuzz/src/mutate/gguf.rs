@@ -30,6 +30,17 @@ enum Val {
     Bytes(Vec<u8>),
 }
 
+/// Bytes a repeated array element may add to a case in all.
+const REPEAT_BUDGET: usize = 16 << 20;
+
+/// About how many bytes a value holds in memory.
+fn held_bytes(v: &Val) -> usize {
+    match v {
+        Val::Scalar(_, b) | Val::Str(b) | Val::Bytes(b) => 32 + b.len(),
+        Val::Arr(_, items) => 32 + items.iter().map(held_bytes).sum::<usize>(),
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Tensor {
     name: Vec<u8>,
@@ -89,6 +100,11 @@ impl Reader<'_> {
                 let n = self.u64()?;
                 if n > self.b.len() as u64 {
                     return None;
+                }
+                if ety == T_U8 {
+                    // Held as bytes, as written: a million-element u8 array
+                    // must not become a million values in the harness.
+                    return Some(Val::Bytes(self.take(n as usize)?.to_vec()));
                 }
                 let items = (0..n)
                     .map(|_| self.value(ety, depth + 1))
@@ -322,7 +338,10 @@ fn edit_value(v: &mut Val, rng: &mut Rng) {
             1 => items.truncate(rng.below(items.len() + 1)),
             2 if !items.is_empty() => {
                 let x = items[rng.below(items.len())].clone();
-                let n = rng.count(5000);
+                // Repeat within a budget: an element may itself be a
+                // multi-megabyte array, and 5000 copies of it would exhaust
+                // the worker's memory in the harness, not in kiln.
+                let n = rng.count(5000).min(REPEAT_BUDGET / held_bytes(&x).max(1));
                 items.extend(std::iter::repeat_n(x, n));
             }
             _ if !items.is_empty() => {

@@ -298,7 +298,10 @@ pub enum ConfigError {
         crate::printable(class)
     )]
     Unsupported { class: String, supported: String },
-    #[error("`{field}` ({value}) is not supported for {class} yet")]
+    #[error(
+        "`{field}` ({}) is not supported for {class} yet",
+        crate::printable(value)
+    )]
     Refused {
         field: &'static str,
         value: String,
