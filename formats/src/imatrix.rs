@@ -484,7 +484,7 @@ pub fn to_gguf_bytes(imatrix: &Imatrix) -> std::result::Result<Vec<u8>, String> 
         if e.sums.is_empty() || nmat == 0 || e.sums.len() % nmat != 0 {
             return Err(format!(
                 "entry `{}`: {} values cannot be split over {nmat} expert count(s)",
-                passes::printable(&name),
+                passes::printable(name),
                 e.sums.len()
             ));
         }
