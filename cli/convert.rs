@@ -127,6 +127,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         },
     };
     let loaded = formats::load(&args.model, &opts)?;
+    for w in &loaded.warnings {
+        printer.warn(w);
+    }
     if let Some(g) = &loaded.gguf {
         if let Some((name, ty)) = formats::load::undecodable(g) {
             anyhow::bail!(

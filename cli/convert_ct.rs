@@ -52,6 +52,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         );
     }
     let loaded = formats::load(&args.model, &Default::default())?;
+    for w in &loaded.warnings {
+        printer.warn(w);
+    }
     if loaded.model.arch.is_none() {
         anyhow::bail!("{}: no architecture in config.json", args.model.display());
     }

@@ -1,4 +1,10 @@
 //! `kiln inspect MODEL [--json]`: what is in a model file or directory.
+//!
+//! What must stay true: any checkpoint whose files can be read is shown
+//! (tensors, shapes, dtypes, config.json), also when kiln cannot convert its
+//! architecture; then one line says so and why (the refusal `convert` would
+//! print), and no GGUF metadata is claimed for it. Names and values from the
+//! files are printed escaped.
 
 use std::path::PathBuf;
 
@@ -31,7 +37,28 @@ struct Row {
 }
 
 pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
-    let loaded = formats::load(&args.model, &LoadOptions::default())?;
+    // What `convert` would refuse is shown, with the refusal, not refused.
+    let (loaded, refusal) = match formats::load(&args.model, &LoadOptions::default()) {
+        Ok(l) => (l, None),
+        Err(e) if args.model.is_dir() => match formats::load::load_hf_dir_as_is(&args.model) {
+            Ok(l) => (l, Some(e.to_string())),
+            Err(_) => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let refusal = refusal.or_else(|| match loaded.kind {
+        InputKind::Safetensors => Some(
+            "a bare .safetensors file has no config.json; convert its checkpoint directory"
+                .to_string(),
+        ),
+        _ => None,
+    });
+    let config: Option<Value> = match loaded.kind {
+        InputKind::HfDir => std::fs::read(args.model.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()),
+        _ => None,
+    };
     let rows: Vec<Row> = match &loaded.kind {
         InputKind::Gguf { .. } => loaded
             .gguf
@@ -87,7 +114,11 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
         .iter()
         .flat_map(|h| h.metadata.clone())
         .collect();
-    let metadata = &formats::gguf::key_values(&loaded.model);
+    let metadata = &if refusal.is_some() && format == "hf" {
+        std::borrow::Cow::Owned(Metadata::default())
+    } else {
+        formats::gguf::key_values(&loaded.model)
+    };
 
     if args.json {
         let md: serde_json::Map<String, Value> = if format == "safetensors" {
@@ -108,6 +139,9 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
             "gguf_version": version,
             "files": loaded.model.files,
             "architecture": loaded.model.arch,
+            "convertible": refusal.is_none(),
+            "not_convertible_because": refusal,
+            "config": config,
             "parameters": params,
             "total_bytes": total,
             "by_dtype": by_dtype.iter().map(|(d, n, b)| (d.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
@@ -134,6 +168,9 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
     if let Some(a) = &loaded.model.arch {
         s += &format!("architecture: {}\n", arch_line(a));
     }
+    if let Some(why) = &refusal {
+        s += &format!("kiln cannot convert this: {}\n", printable(why));
+    }
     s += &format!("parameters: {} ({params})\n", human_count(params));
     s += &format!(
         "tensors: {}, {} ({total} bytes)\n",
@@ -159,6 +196,12 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
             r.bytes
         );
     }
+    if let Some(Value::Object(c)) = &config {
+        s += "\nconfig.json:\n";
+        for (k, v) in c {
+            s += &format!("  {} = {}\n", printable(k), printable(&short_json(v)));
+        }
+    }
     if format == "safetensors" && !st_metadata.is_empty() {
         s += "\nmetadata:\n";
         for (k, v) in &st_metadata {
@@ -174,6 +217,16 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
     }
     printer.data(&s);
     Ok(())
+}
+
+/// A config value as compact JSON, cut to 80 characters.
+fn short_json(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        s.chars().take(77).collect::<String>() + "..."
+    } else {
+        s
+    }
 }
 
 fn arch_line(a: &Arch) -> String {

@@ -191,6 +191,11 @@ pub fn write_mini(dir: &Path, tensors: &[StTensor], header_fix: impl Fn(&mut ser
     )
     .unwrap();
     std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"bos_token_id": 0, "eos_token_id": 0}"#,
+    )
+    .unwrap();
+    std::fs::write(
         dir.join("model.safetensors"),
         safetensors_bytes(tensors, header_fix),
     )

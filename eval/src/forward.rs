@@ -1,4 +1,4 @@
-//! The llama-family forward pass (llama, mistral-as-llama, qwen2) on CPU with
+//! The llama-family forward pass (llama, mistral-as-llama, qwen2, qwen3) on CPU with
 //! candle, written so that every linear layer's input can be observed (the
 //! importance matrix needs them).
 //!
@@ -7,7 +7,9 @@
 //!   are in ggml's interleaved RoPE order, so llama uses interleaved RoPE
 //!   (ggml's "normal" mode) and qwen2 uses NEOX RoPE, exactly as llama.cpp does
 //!   (the style is the family spec's, `passes::arch`; the architecture facts
-//!   are the model's `Arch`, not a copy);
+//!   are the model's `Arch`, not a copy); per-head q/k RMS norms
+//!   (`attn_q_norm` / `attn_k_norm`, qwen3) are applied before RoPE whenever
+//!   the model has them, as llama.cpp's graph does;
 //! - every weight is dequantized to f32 once, at construction; arithmetic is
 //!   f32 (the numpy reference in tests/python checks it in f64);
 //! - [`Observer::linear_input`] sees the exact f32 input of each linear weight,
@@ -78,6 +80,10 @@ struct Layer {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Per-head RMS norms of q and k before RoPE (`attn_q_norm` /
+    /// `attn_k_norm`, `[head_dim]`; qwen3), when the model has them.
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     ffn_norm: Tensor,
     gate: Linear,
     up: Linear,
@@ -189,6 +195,8 @@ impl Transformer {
                 k: linear(p("attn_k.weight"), nkv * hd, h)?,
                 v: linear(p("attn_v.weight"), nkv * hd, h)?,
                 o: linear(p("attn_output.weight"), h, nh * hd)?,
+                q_norm: opt(&p("attn_q_norm.weight"), &[hd])?,
+                k_norm: opt(&p("attn_k_norm.weight"), &[hd])?,
                 ffn_norm: load(&p("ffn_norm.weight"), &[h])?,
                 gate: linear(p("ffn_gate.weight"), ffn, h)?,
                 up: linear(p("ffn_up.weight"), ffn, h)?,
@@ -352,11 +360,18 @@ impl Transformer {
                     .and_then(|y| y.contiguous())
                     .op(|| ctx(what))
             };
-            let (q, k, v) = (
+            let (mut q, mut k, v) = (
                 heads(q, nh, "q heads")?,
                 heads(k, nkv, "k heads")?,
                 heads(v, nkv, "v heads")?,
             );
+            // qwen3: each head of q and k RMS-normalized over head_dim, before RoPE.
+            if let Some(w) = &l.q_norm {
+                q = rms_norm(&q, w, c.rms_eps).op(|| ctx("attn_q_norm"))?;
+            }
+            if let Some(w) = &l.k_norm {
+                k = rms_norm(&k, w, c.rms_eps).op(|| ctx("attn_k_norm"))?;
+            }
             let (q, k) = match self.cfg.spec.rope {
                 RopeStyle::Interleaved => (rope_i(&q, &cos, &sin), rope_i(&k, &cos, &sin)),
                 RopeStyle::Neox => (rope(&q, &cos, &sin), rope(&k, &cos, &sin)),

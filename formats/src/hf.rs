@@ -72,6 +72,47 @@ pub fn check_tensor_dims<'a>(
         .map_err(|e| Error::malformed(path, None, e.to_string()))
 }
 
+/// What a convertible checkpoint directory lacks, or holds that kiln cannot
+/// account for, as warnings: a missing `tokenizer_config.json` (chat
+/// template, special tokens) or `generation_config.json` (generation
+/// defaults, end-of-sequence ids), and the config.json fields its family
+/// neither reads, refuses nor knows to be inert (see
+/// [`arch::fields::unknown_fields`]).
+pub fn warnings(dir: &Path, spec: &ArchSpec, config: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if !dir.join("tokenizer_config.json").exists() {
+        let template = if dir.join("chat_template.jinja").exists() {
+            ""
+        } else {
+            "no chat template, "
+        };
+        out.push(format!(
+            "{}: no tokenizer_config.json: the output has {template}no special-token names or add-bos/eos flags from it (only the ids config.json and the tokenizer files state)",
+            dir.display()
+        ));
+    }
+    if !dir.join("generation_config.json").exists() {
+        out.push(format!(
+            "{}: no generation_config.json: the output lacks the checkpoint's generation defaults (its end-of-sequence ids come from config.json and tokenizer_config.json only)",
+            dir.display()
+        ));
+    }
+    let unknown = arch::fields::unknown_fields(spec, config);
+    if !unknown.is_empty() {
+        out.push(format!(
+            "{}: config.json field(s) {} are unknown to kiln for {}: if they change the computation, the output does not carry that",
+            dir.join("config.json").display(),
+            unknown
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            spec.hf_classes.join("/")
+        ));
+    }
+    out
+}
+
 /// The safetensors files of a checkpoint directory, in index order, with the
 /// tensor names each must contain (`None`: take every tensor of a single file).
 pub fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<Vec<String>>)>> {

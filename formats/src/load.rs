@@ -42,6 +42,9 @@ pub struct Loaded {
     pub gguf: Option<GgufFile>,
     /// For safetensors inputs, every header (for inspection), by file.
     pub safetensors: Vec<StHeader>,
+    /// What the input lacks or what kiln cannot account for, for the user
+    /// (a missing `tokenizer_config.json`, a config field no spec knows).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -128,6 +131,7 @@ fn load_safetensors_file(path: &Path, map: MappedFile) -> Result<Loaded> {
         maps: vec![map],
         gguf: None,
         safetensors: vec![header],
+        warnings: Vec::new(),
     })
 }
 
@@ -142,7 +146,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     }
     let config = hf::read_json(&config_path)?;
     let arch = hf::parse_config(&config_path, &config)?;
-    hf::check_convertible(&config_path, &config)?;
+    let spec = hf::check_convertible(&config_path, &config)?;
     hf::check_values(&config_path, &arch)?;
 
     let mut files: Vec<PathBuf> = Vec::new();
@@ -199,6 +203,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         .unwrap_or_else(|| "model".into());
     let (tokenizer, chat_templates) =
         tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
+    let warnings = hf::warnings(dir, spec, &config);
     Ok(Loaded {
         kind: InputKind::HfDir,
         model: Model {
@@ -216,6 +221,39 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         maps,
         gguf: None,
         safetensors: headers,
+        warnings,
+    })
+}
+
+/// A checkpoint directory as it stands, for `kiln inspect` of what kiln
+/// cannot convert: every safetensors header (tensors of any name and dtype)
+/// and the config's architecture facts when they parse; nothing is checked
+/// beyond what reading the files needs (no tensors are listed as sources,
+/// no tokenizer is converted). Only unreadable files are refused.
+pub fn load_hf_dir_as_is(dir: &Path) -> Result<Loaded> {
+    let arch = hf::read_json(&dir.join("config.json"))
+        .ok()
+        .and_then(|c| passes::arch::from_hf_config(&c).ok());
+    let mut files = Vec::new();
+    let mut maps = Vec::new();
+    let mut headers = Vec::new();
+    for (path, _) in hf::weight_files(dir)? {
+        let map = MappedFile::open(&path)?;
+        headers.push(st::parse(&path, map.bytes())?);
+        files.push(path);
+        maps.push(map);
+    }
+    Ok(Loaded {
+        kind: InputKind::HfDir,
+        model: Model {
+            files,
+            arch,
+            ..Model::default()
+        },
+        maps,
+        gguf: None,
+        safetensors: headers,
+        warnings: Vec::new(),
     })
 }
 
@@ -321,6 +359,7 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
         maps: vec![map],
         gguf: Some(g),
         safetensors: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

@@ -517,7 +517,8 @@ pub fn setup(
 ) -> Result<Setup> {
     let (mut opened, arch) = open(model_path, o)?;
     check_bpw(model_path, &opened.loaded.model, o)?;
-    let mut warnings: Vec<String> = context_warning(&arch, o).into_iter().collect();
+    let mut warnings: Vec<String> = opened.loaded.warnings.clone();
+    warnings.extend(context_warning(&arch, o));
     let Texts {
         calib,
         eval_windows,

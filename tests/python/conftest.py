@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
-FIXTURES = ["tiny-llama", "tiny-qwen2", "tiny-llama-spm"]
+FIXTURES = ["tiny-llama", "tiny-qwen2", "tiny-llama-spm", "tiny-qwen3"]
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 
 

@@ -27,6 +27,7 @@ ARCHS = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
 }
 
 FILE_TYPES = {
@@ -62,6 +63,8 @@ def gguf_name(hf: str) -> str:
         "self_attn.k_proj": "attn_k",
         "self_attn.v_proj": "attn_v",
         "self_attn.o_proj": "attn_output",
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
         "mlp.gate_proj": "ffn_gate",
         "mlp.up_proj": "ffn_up",
         "mlp.down_proj": "ffn_down",
@@ -298,6 +301,9 @@ def convert(model_dir: Path, out: Path, qtype: str = "F32") -> Path:
     w.add_head_count(n_head)
     w.add_head_count_kv(cfg.get("num_key_value_heads", n_head))
     w.add_rope_dimension_count(cfg.get("head_dim") or hidden // n_head)
+    if cfg.get("head_dim") is not None:  # as convert_hf_to_gguf: whenever the config states it
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
     w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     w.add_file_type(FILE_TYPES[qtype])

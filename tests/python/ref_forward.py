@@ -1,14 +1,17 @@
 """ref_forward: an independent numpy reference of the llama-family forward pass.
 
 Written from the Hugging Face modeling code's definitions (LlamaForCausalLM,
-MistralForCausalLM, Qwen2ForCausalLM), not from kiln or llama.cpp, so that it can
-judge both. What must stay true:
+MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), not from kiln or
+llama.cpp, so that it can judge both. What must stay true:
 
 - It reads Hugging Face checkpoints itself (safetensors parsed here, BF16/F16/F32
   widened exactly), so a bug in kiln's loader cannot hide in the reference.
 - RoPE is the HF rotate-half form applied to the HF (unpermuted) q/k weights;
   ggml's interleaved form is only ever reached through kiln's permutation, which is
   what the tests check.
+- Qwen3 (modeling_qwen3.py's Qwen3Attention): q and k are RMS-normalized per
+  head over head_dim (`q_norm` / `k_norm`, eps `rms_norm_eps`) after the
+  projection and before RoPE; head_dim is the config's own.
 - All arithmetic is float64: the reference is the truth the runtime's float32 is
   compared with, at positions where the top-1/top-2 margin is clear.
 - GGUF inputs (`load_gguf`) are dequantized with gguf-py and the q/k rows are
@@ -118,6 +121,8 @@ class Layer:
     bq: np.ndarray | None = None
     bk: np.ndarray | None = None
     bv: np.ndarray | None = None
+    q_norm: np.ndarray | None = None  # [head_dim] (qwen3)
+    k_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -176,8 +181,13 @@ class RefModel:
                 q = q + layer.bq
                 k = k + layer.bk
                 v = v + layer.bv
-            q = self._rope(q.reshape(t, self.n_head, self.head_dim), pos)
-            k = self._rope(k.reshape(t, self.n_kv_head, self.head_dim), pos)
+            q = q.reshape(t, self.n_head, self.head_dim)
+            k = k.reshape(t, self.n_kv_head, self.head_dim)
+            if layer.q_norm is not None:  # Qwen3RMSNorm over each head
+                q = self._rms(q, layer.q_norm)
+                k = self._rms(k, layer.k_norm)
+            q = self._rope(q, pos)
+            k = self._rope(k, pos)
             v = v.reshape(t, self.n_kv_head, self.head_dim)
             k = np.repeat(k, group, axis=1)
             v = np.repeat(v, group, axis=1)
@@ -218,11 +228,11 @@ def _f64(a: np.ndarray) -> np.ndarray:
 
 
 def load_hf(model_dir: Path) -> RefModel:
-    """A RefModel from a Hugging Face llama/mistral/qwen2 checkpoint directory."""
+    """A RefModel from a Hugging Face llama/mistral/qwen2/qwen3 checkpoint directory."""
     model_dir = Path(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     archs = cfg.get("architectures") or []
-    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
     if not archs or archs[0] not in supported:
         raise ValueError(f"{model_dir}: architecture {archs} not in {sorted(supported)}")
     if cfg.get("rope_scaling"):
@@ -250,6 +260,9 @@ def load_hf(model_dir: Path) -> RefModel:
             layer.bq = _f64(w[p + "self_attn.q_proj.bias"])
             layer.bk = _f64(w[p + "self_attn.k_proj.bias"])
             layer.bv = _f64(w[p + "self_attn.v_proj.bias"])
+        if p + "self_attn.q_norm.weight" in w:
+            layer.q_norm = _f64(w[p + "self_attn.q_norm.weight"])
+            layer.k_norm = _f64(w[p + "self_attn.k_norm.weight"])
         layers.append(layer)
     embed = _f64(w["model.embed_tokens.weight"])
     tied = "lm_head.weight" not in w
@@ -291,11 +304,11 @@ def _field(reader, key, default=None):
 
 
 def load_gguf(path: Path) -> RefModel:
-    """A RefModel from a llama or qwen2 GGUF file (dequantized; llama q/k un-permuted)."""
+    """A RefModel from a llama, qwen2 or qwen3 GGUF file (dequantized; llama q/k un-permuted)."""
     reader, w = gguf_tensors_f32(path)
     arch = _field(reader, "general.architecture")
-    if arch not in ("llama", "qwen2"):
-        raise ValueError(f"{path}: architecture {arch!r} not in ['llama', 'qwen2']")
+    if arch not in ("llama", "qwen2", "qwen3"):
+        raise ValueError(f"{path}: architecture {arch!r} not in ['llama', 'qwen2', 'qwen3']")
     n_head = int(_field(reader, f"{arch}.attention.head_count"))
     n_kv = int(_field(reader, f"{arch}.attention.head_count_kv", n_head))
     hidden = int(_field(reader, f"{arch}.embedding_length"))
@@ -325,6 +338,9 @@ def load_gguf(path: Path) -> RefModel:
             if arch == "llama":
                 bq, bk = unpermute_qk(bq, n_head), unpermute_qk(bk, n_kv)
             layer.bq, layer.bk, layer.bv = _f64(bq), _f64(bk), _f64(w[p + "attn_v.bias"])
+        if p + "attn_q_norm.weight" in w:
+            layer.q_norm = _f64(w[p + "attn_q_norm.weight"])
+            layer.k_norm = _f64(w[p + "attn_k_norm.weight"])
         layers.append(layer)
     embed = _f64(w["token_embd.weight"])
     tied = "output.weight" not in w

@@ -63,7 +63,7 @@ def reference_scores(model: ref_forward.RefModel, windows: list[list[int]]):
     return out
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-llama-spm"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-llama-spm", "tiny-qwen3"])
 def test_forward_matches_numpy_reference(kiln, tmp_path, name):
     fx = fixture_path(name)
     report, per = kiln_eval(kiln, tmp_path, fx)

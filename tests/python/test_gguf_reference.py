@@ -134,6 +134,9 @@ def test_structure_and_metadata(fx_name, qtype, convert, hf_arrays):
         f"{arch}.attention.head_count_kv": cfg.get("num_key_value_heads", n_head),
         f"{arch}.rope.dimension_count": head_dim,
     }
+    if arch == "qwen3":  # head_dim is independent of hidden / heads: llama.cpp needs both lengths
+        want_kv[f"{arch}.attention.key_length"] = cfg["head_dim"]
+        want_kv[f"{arch}.attention.value_length"] = cfg["head_dim"]
     for key, val in want_kv.items():
         got = field(r, key)
         check(got is not None, f"metadata {key} missing")

@@ -249,6 +249,7 @@ fn dim_field(d: super::Dim) -> &'static str {
         Dim::Q => "num_attention_heads x head_dim",
         Dim::Kv => "num_key_value_heads x head_dim",
         Dim::Ffn => "intermediate_size",
+        Dim::HeadDim => "head_dim",
     }
 }
 
@@ -266,7 +267,7 @@ pub fn check_tensors<'a>(
 ) -> Result<(), LimitError> {
     let mut layers = 0usize;
     for (name, shape) in tensors {
-        let Ok(Some((_, role, layer))) = super::map_hf_name(table, name) else {
+        let Ok(Some((gguf, _, layer))) = super::map_hf_name(table, name) else {
             continue;
         };
         if let Some(i) = layer {
@@ -281,9 +282,15 @@ pub fn check_tensors<'a>(
             }
             layers = layers.max(i + 1);
         }
+        // The row by its GGUF name (several rows share a role, e.g. the norms).
+        let base = gguf.rsplit_once('.').map_or(gguf.as_str(), |(b, _)| b);
+        let part = match layer {
+            Some(i) => base.strip_prefix(&format!("blk.{i}.")).unwrap_or(base),
+            None => base,
+        };
         let Some(row) = table
             .iter()
-            .find(|r| r.role == role && r.per_layer == layer.is_some())
+            .find(|r| r.gguf == part && r.per_layer == layer.is_some())
         else {
             continue;
         };

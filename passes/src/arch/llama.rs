@@ -5,8 +5,9 @@
 //! rotate-half RoPE layout to ggml's interleaved one (so the forward pass
 //! uses [`RopeStyle::Interleaved`]), and a q/k tensor the permutation is not
 //! defined for (a bias, rows not divisible into heads of two halves) is
-//! refused; RoPE scaling, another activation than silu, and a sliding window
-//! shorter than the context are refused (kiln carries none of them yet).
+//! refused; RoPE scaling, another activation than silu, a sliding window
+//! shorter than the context, and attention or MLP biases are refused (kiln
+//! carries none of them yet).
 
 use super::{ArchSpec, Dim, Refuse, RopeStyle, TensorRow};
 use crate::ir::{Arch, Role, Transform};
@@ -53,10 +54,14 @@ pub static SPEC: ArchSpec = ArchSpec {
         Refuse::NonNull("rope_scaling"),
         Refuse::Unless("hidden_act", "silu"),
         Refuse::WindowBelowContext("sliding_window"),
+        Refuse::True("attention_bias"),
+        Refuse::True("mlp_bias"),
     ],
     rope: RopeStyle::Interleaved,
     transform: rope_permute,
     gguf_metadata: super::llama_cpp_metadata,
+    reads: &[],
+    inert: &["pretraining_tp"],
 };
 
 /// q/k weights: HF's rotate-half layout to ggml's interleaved one.

@@ -18,9 +18,11 @@
 //!   a supported family has after normalize, in the order `kiln estimate`
 //!   has always counted them (tested against the fixtures in `formats`).
 
+pub mod fields;
 pub mod limits;
 pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
 
 use serde_json::Value;
 
@@ -46,6 +48,8 @@ pub enum Dim {
     /// `n_head_kv * head_dim`.
     Kv,
     Ffn,
+    /// `head_dim` (per-head q/k norms).
+    HeadDim,
 }
 
 impl Dim {
@@ -56,6 +60,7 @@ impl Dim {
             Dim::Q => a.n_head * a.head_dim,
             Dim::Kv => a.n_head_kv.max(1) * a.head_dim,
             Dim::Ffn => a.ffn,
+            Dim::HeadDim => a.head_dim,
         }
     }
 }
@@ -111,16 +116,22 @@ pub struct ArchSpec {
     pub transform: TransformFn,
     /// The GGUF architecture keys llama.cpp reads, for a model named `name`.
     pub gguf_metadata: fn(&Arch, &str) -> Metadata,
+    /// config.json fields this family carries beyond [`fields::COMMON`]
+    /// (into [`Arch`], its metadata or its tensors).
+    pub reads: &'static [&'static str],
+    /// Fields of this family's transformers config that do not change the
+    /// computation (beyond [`fields::INERT`]); any field neither read,
+    /// refused nor inert is warned about by name.
+    pub inert: &'static [&'static str],
 }
 
 /// Every family kiln converts, in the order errors list them.
-pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC];
+pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC];
 
 /// Model types whose checkpoints have llama's tensor layout (attention, gated
 /// FFN, optionally routed experts), so that [`synthesize`] counts their
 /// weights from config.json, though kiln does not convert them.
-const LLAMA_LAYOUT_MODEL_TYPES: &[&str] =
-    &["mistral", "mixtral", "qwen2_moe", "qwen3", "qwen3_moe"];
+const LLAMA_LAYOUT_MODEL_TYPES: &[&str] = &["mistral", "mixtral", "qwen2_moe", "qwen3_moe"];
 
 pub fn spec_for_hf_class(class: &str) -> Option<&'static ArchSpec> {
     SPECS

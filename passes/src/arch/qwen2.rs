@@ -22,6 +22,9 @@ pub static SPEC: ArchSpec = ArchSpec {
     rope: RopeStyle::Neox,
     transform: no_transform,
     gguf_metadata: super::llama_cpp_metadata,
+    reads: &[],
+    // Only with `use_sliding_window` (refused) do these change attention.
+    inert: &["layer_types", "max_window_layers", "sliding_window"],
 };
 
 fn no_transform(_: &Arch, _: Role, _: &[usize]) -> Result<Option<Transform>, String> {
