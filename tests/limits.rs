@@ -204,7 +204,7 @@ fn every_dimension_the_config_states_is_checked_against_the_tensors() {
         (
             "num_key_value_heads",
             json!(2),
-            "`num_key_value_heads x head_dim` is 32 but tensor `model.layers.0.self_attn.k_proj.weight` (shape [16, 32]) has 16",
+            "`num_key_value_heads x head_dim (2 x 16)` is 32 but tensor `model.layers.0.self_attn.k_proj.weight` (shape [16, 32]) has 16",
         ),
     ] {
         let d = mini_config_with(|c| c[field] = value.clone());

@@ -7,6 +7,7 @@ mod common;
 mod convert;
 mod estimate;
 mod eval;
+mod fidelity;
 mod hostile;
 mod limits;
 #[cfg(unix)]

@@ -203,3 +203,80 @@ fn a_finished_stage_prints_one_line_when_stderr_is_not_a_terminal() {
         .unwrap_or_else(|| panic!("{}", r.stderr));
     assert!(line.contains(" values in "), "{line}");
 }
+
+/// A checkpoint directory of an architecture kiln cannot convert.
+fn write_unsupported(dir: &std::path::Path, config: &str, names: &[&str]) {
+    let tensors: Vec<StTensor> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| f32_tensor(n, &[2 + i, 4], |j| j as f32))
+        .collect();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors_bytes(&tensors, |_| {}),
+    )
+    .unwrap();
+}
+
+/// Issue 15: inspect shows what kiln cannot convert, and says why in one line.
+#[test]
+fn inspect_an_unsupported_architecture() {
+    let d = tempfile::tempdir().unwrap();
+    write_unsupported(
+        d.path(),
+        r#"{"architectures": ["FalconForCausalLM"], "model_type": "falcon", "hidden_size": 4,
+            "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 2, "alibi": false,
+            "new_decoder_architecture": true, "parallel_attn": true}"#,
+        &[
+            "transformer.word_embeddings.weight",
+            "transformer.h.0.self_attention.query_key_value.weight",
+            "transformer.h.0.mlp.dense_h_to_4h.weight",
+        ],
+    );
+    assert_cli_snapshot!("inspect_falcon", &["inspect", s(d.path())]);
+    let r = run(&["inspect", s(d.path()), "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["convertible"], false);
+    assert!(v["not_convertible_because"]
+        .as_str()
+        .unwrap()
+        .contains("architecture `FalconForCausalLM` is not supported"));
+    assert_eq!(v["config"]["model_type"], "falcon");
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 3);
+    assert_eq!(v["tensors"][1]["shape"], serde_json::json!([3, 4]));
+    assert_eq!(v["metadata"], serde_json::json!({}));
+    // A convertible one says so too.
+    let r = run(&["inspect", s(&fixture("tiny-qwen3")), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["convertible"], true);
+    assert_eq!(v["architecture"]["head_dim"], 64);
+}
+
+/// Broken JSON, control characters in tensor names and config values: shown
+/// escaped, exit 0; an unreadable safetensors header is still an error.
+#[test]
+fn inspect_a_hostile_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    write_unsupported(
+        d.path(),
+        "{\"architectures\": [\"Evil\\u001b[2J\"], \"model_type\": \"x\\u0007\", \"hidden_size\": -1}",
+        &["w\u{1b}[31m.weight", "model.layers.99999999999999999999.mlp.up_proj.weight"],
+    );
+    assert_cli_snapshot!("inspect_hostile", &["inspect", s(d.path())]);
+    std::fs::write(d.path().join("config.json"), "{not json").unwrap();
+    let r = run(&["inspect", s(d.path())]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("kiln cannot convert this: "),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("invalid JSON"), "{}", r.stdout);
+    assert!(r.stdout.contains("w\\u{1b}[31m.weight"), "{}", r.stdout);
+    std::fs::write(d.path().join("model.safetensors"), b"\x08\0\0\0\0\0\0\0{}").unwrap();
+    let r = run(&["inspect", s(d.path())]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+}

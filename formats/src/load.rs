@@ -145,8 +145,10 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         ));
     }
     let config = hf::read_json(&config_path)?;
-    let arch = hf::parse_config(&config_path, &config)?;
+    // The class first: an architecture kiln cannot convert is named as
+    // such, not by the first field its config lacks.
     let spec = hf::check_convertible(&config_path, &config)?;
+    let arch = hf::parse_config(&config_path, &config)?;
     hf::check_values(&config_path, &arch)?;
 
     let mut files: Vec<PathBuf> = Vec::new();

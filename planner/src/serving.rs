@@ -122,11 +122,16 @@ fn from_config(config_path: &Path, what: &str) -> Result<Input> {
             arch.family
         ));
     }
+    // A family's own tensor list (q/k norms, tied head), else llama's.
+    let counted_from = match passes::arch::spec_for_gguf(&arch.family) {
+        Some(spec) => format!("{what} ({} tensors from config.json)", spec.gguf),
+        None => format!("{what} (llama-layout tensors from config.json)"),
+    };
     Ok(Input {
         tensors: passes::arch::synthesize(&arch),
         arch,
         default_format,
-        counted_from: format!("{what} (llama-layout tensors from config.json)"),
+        counted_from,
         notes,
     })
 }

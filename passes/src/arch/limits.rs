@@ -240,16 +240,24 @@ pub fn check_values(a: &Arch) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// The config field a table dimension comes from, for messages.
-fn dim_field(d: super::Dim) -> &'static str {
+/// The config field(s) a table dimension comes from, for messages (with
+/// the factors of a product: `num_key_value_heads x head_dim (4 x 64)`).
+fn dim_field(d: super::Dim, a: &Arch) -> String {
     use super::Dim;
     match d {
-        Dim::Vocab => "vocab_size",
-        Dim::Hidden => "hidden_size",
-        Dim::Q => "num_attention_heads x head_dim",
-        Dim::Kv => "num_key_value_heads x head_dim",
-        Dim::Ffn => "intermediate_size",
-        Dim::HeadDim => "head_dim",
+        Dim::Vocab => "vocab_size".into(),
+        Dim::Hidden => "hidden_size".into(),
+        Dim::Q => format!(
+            "num_attention_heads x head_dim ({} x {})",
+            a.n_head, a.head_dim
+        ),
+        Dim::Kv => format!(
+            "num_key_value_heads x head_dim ({} x {})",
+            a.n_head_kv.max(1),
+            a.head_dim
+        ),
+        Dim::Ffn => "intermediate_size".into(),
+        Dim::HeadDim => "head_dim".into(),
     }
 }
 
@@ -311,7 +319,7 @@ pub fn check_tensors<'a>(
             let want = d.of(a);
             if want != got {
                 return Err(LimitError::Tensor {
-                    field: dim_field(d).into(),
+                    field: dim_field(d, a),
                     stated: want,
                     tensor: name.into(),
                     shape: shape.to_vec(),

@@ -153,13 +153,13 @@ pub fn supported_list() -> String {
         .join(", ")
 }
 
-/// The GGUF architectures kiln runs, for messages (`llama and qwen2`).
+/// The GGUF architectures kiln runs, for messages (`llama, qwen2 and qwen3`).
 pub fn gguf_list() -> String {
-    SPECS
-        .iter()
-        .map(|s| s.gguf)
-        .collect::<Vec<_>>()
-        .join(" and ")
+    let names: Vec<&str> = SPECS.iter().map(|s| s.gguf).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
 }
 
 /// Whether [`synthesize`] counts a family's weights exactly (a supported

@@ -64,11 +64,13 @@ fn registry_finds_specs_by_class_and_gguf_name() {
     assert_eq!(spec_for_gguf("qwen2").unwrap().rope, RopeStyle::Neox);
     assert_eq!(spec_for_gguf("llama").unwrap().rope, RopeStyle::Interleaved);
     assert!(spec_for_gguf("mistral").is_none());
+    assert_eq!(spec_for_hf_class("Qwen3ForCausalLM").unwrap().gguf, "qwen3");
+    assert_eq!(spec_for_gguf("qwen3").unwrap().rope, RopeStyle::Neox);
     assert_eq!(
         supported_list(),
-        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
     );
-    assert_eq!(gguf_list(), "llama and qwen2");
+    assert_eq!(gguf_list(), "llama, qwen2 and qwen3");
 }
 
 #[test]
@@ -155,6 +157,7 @@ fn fixtures_configs_are_convertible() {
         ("tiny-llama", "llama"),
         ("tiny-qwen2", "qwen2"),
         ("tiny-llama-spm", "llama"),
+        ("tiny-qwen3", "qwen3"),
     ] {
         assert_eq!(check_convertible(&fixture_config(fx)).unwrap().gguf, gguf);
     }
@@ -215,7 +218,7 @@ fn refuses_other_math_changing_fields() {
     let gpt2 = with(llama, "architectures", json!(["GPT2LMHeadModel"]));
     assert_eq!(
         err(&gpt2),
-        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
+        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)"
     );
 }
 
@@ -307,7 +310,7 @@ fn metadata_keys_for_the_fixtures_configs() {
 
 #[test]
 fn synthesized_tensors_match_the_fixtures_checkpoints() {
-    for fx in ["tiny-llama", "tiny-qwen2"] {
+    for fx in ["tiny-llama", "tiny-qwen2", "tiny-qwen3"] {
         let arch = from_hf_config(&fixture_config(fx)).unwrap();
         let table = table_for(Some(&arch));
         let mut loaded: Vec<(String, Vec<usize>, Role)> = fixture_tensors(fx)
@@ -437,4 +440,204 @@ fn limits_hold_config_values_to_caps_and_tensors() {
         e.starts_with("`num_hidden_layers` is 1 but tensor `model.layers.1."),
         "{e}"
     );
+}
+
+#[test]
+fn qwen3_maps_q_k_norms_and_writes_head_dim_lengths() {
+    let t = qwen3::SPEC.tensors;
+    let m = |n: &str| map_hf_name(t, n).unwrap().unwrap();
+    assert_eq!(
+        m("model.layers.1.self_attn.q_norm.weight"),
+        ("blk.1.attn_q_norm.weight".into(), Role::Norm, Some(1))
+    );
+    assert_eq!(
+        m("model.layers.0.self_attn.k_norm.weight").0,
+        "blk.0.attn_k_norm.weight"
+    );
+    // llama and qwen2 have no such tensors: refused by name there.
+    assert!(map_hf_name(
+        llama::SPEC.tensors,
+        "model.layers.0.self_attn.q_norm.weight"
+    )
+    .is_err());
+    let arch = from_hf_config(&fixture_config("tiny-qwen3")).unwrap();
+    assert_eq!((arch.hidden, arch.n_head, arch.head_dim), (128, 4, 64));
+    let md = (qwen3::SPEC.gguf_metadata)(&arch, "m");
+    let keys: Vec<&str> = md.0.iter().map(|(k, _)| k.as_str()).collect();
+    let at = |k: &str| keys.iter().position(|x| *x == k).unwrap();
+    assert_eq!(
+        md.get("qwen3.attention.key_length"),
+        Some(&MetaValue::U32(64))
+    );
+    assert_eq!(
+        md.get("qwen3.attention.value_length"),
+        Some(&MetaValue::U32(64))
+    );
+    assert_eq!(
+        at("qwen3.attention.value_length") + 1,
+        at("qwen3.rope.dimension_count")
+    );
+    // Written even when head_dim happens to equal hidden / heads (as llama.cpp does).
+    let same = Arch {
+        head_dim: 32,
+        ..arch.clone()
+    };
+    let md = (qwen3::SPEC.gguf_metadata)(&same, "m");
+    assert_eq!(
+        md.get("qwen3.attention.key_length"),
+        Some(&MetaValue::U32(32))
+    );
+    assert_eq!(
+        md.0.iter()
+            .filter(|(k, _)| k == "qwen3.attention.key_length")
+            .count(),
+        1
+    );
+    let c = with(fixture_config("tiny-qwen3"), "attention_bias", json!(true));
+    assert_eq!(
+        check_convertible(&c).unwrap_err().to_string(),
+        "`attention_bias` (true) is not supported for Qwen3ForCausalLM yet"
+    );
+}
+
+/// The committed fixtures whose config.json names one of `spec`'s classes.
+fn fixtures_of(spec: &ArchSpec) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let dir = fixture("");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let Ok(text) = std::fs::read(dir.join(&name).join("config.json")) else {
+            continue;
+        };
+        let c: Value = serde_json::from_slice(&text).unwrap();
+        let class = c["architectures"][0].as_str().unwrap_or("").to_string();
+        if spec.hf_classes.contains(&class.as_str()) {
+            out.push((name, c));
+        }
+    }
+    out
+}
+
+/// A value for `field` other than `current`: what each field a family reads
+/// or refuses is tested with. A field added to [`fields::COMMON`], a spec's
+/// `reads` or its `refused` rules without a case here fails
+/// [`every_config_field_a_family_reads_or_refuses_is_tested`].
+fn field_case(field: &str, current: Option<&Value>) -> Option<Value> {
+    let int = |v: u64| current.and_then(Value::as_u64).map_or(v, |c| c + v);
+    Some(match field {
+        // Carried: each must change what kiln writes.
+        "num_hidden_layers" => json!(int(1)),
+        "hidden_size" => json!(int(64)),
+        "num_attention_heads" => json!(int(4)),
+        "num_key_value_heads" => json!(int(1)),
+        "head_dim" => json!(int(16)),
+        "intermediate_size" => json!(int(32)),
+        "vocab_size" => json!(int(8)),
+        "max_position_embeddings" => json!(int(1024)),
+        "rope_theta" => json!(12345.0),
+        "rms_norm_eps" => json!(0.001),
+        "tie_word_embeddings" => json!(!current.and_then(Value::as_bool).unwrap_or(false)),
+        // Refused: each must be refused by name when set.
+        "rope_scaling" => json!({"rope_type": "yarn", "factor": 4.0}),
+        "hidden_act" => json!("gelu"),
+        "use_sliding_window" | "attention_bias" | "mlp_bias" => json!(true),
+        "sliding_window" => json!(16),
+        _ => return None,
+    })
+}
+
+/// What kiln makes of a config: the architecture facts, the GGUF keys and
+/// the tensor list an estimate counts.
+fn outcome(spec: &ArchSpec, c: &Value) -> String {
+    let arch = from_hf_config(c).unwrap();
+    let md = (spec.gguf_metadata)(&arch, "m");
+    let shapes: Vec<(String, Vec<usize>)> = synthesize(&arch)
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    format!("{arch:?}\n{md:?}\n{shapes:?}")
+}
+
+/// Issue 15: no config field that changes the math is dropped silently.
+/// Every field each family reads must change the output when changed, and
+/// every field it refuses must be refused by name; the lists are the
+/// specs' own, so a field added to a spec without a case here fails.
+#[test]
+fn every_config_field_a_family_reads_or_refuses_is_tested() {
+    for spec in SPECS {
+        let fxs = fixtures_of(spec);
+        assert!(
+            !fxs.is_empty(),
+            "{}: no committed fixture to test its config fields on",
+            spec.gguf
+        );
+        for (fx, base) in &fxs {
+            let base_out = outcome(spec, base);
+            let read = fields::COMMON.iter().chain(spec.reads);
+            for field in read {
+                let v = field_case(field, base.get(*field)).unwrap_or_else(|| {
+                    panic!(
+                        "{}: field `{field}` is read but has no case in field_case",
+                        spec.gguf
+                    )
+                });
+                let changed = with(base.clone(), field, v.clone());
+                assert!(
+                    check_convertible(&changed).is_ok(),
+                    "{fx}: `{field}` = {v} is refused, but {} reads it",
+                    spec.gguf
+                );
+                assert_ne!(
+                    outcome(spec, &changed),
+                    base_out,
+                    "{fx}: `{field}` = {v} changes nothing kiln writes, yet {} reads it",
+                    spec.gguf
+                );
+            }
+            for rule in spec.refused {
+                let field = rule.field();
+                let v = field_case(field, base.get(field)).unwrap_or_else(|| {
+                    panic!(
+                        "{}: field `{field}` is refused but has no case in field_case",
+                        spec.gguf
+                    )
+                });
+                let e = check_convertible(&with(base.clone(), field, v.clone()))
+                    .expect_err(&format!("{fx}: `{field}` = {v} is not refused"));
+                assert!(
+                    e.to_string().starts_with(&format!("`{field}` (")),
+                    "{fx}: {e}"
+                );
+            }
+            // The fixture's own fields are all accounted for (no warning).
+            assert_eq!(
+                fields::unknown_fields(spec, base),
+                Vec::<String>::new(),
+                "{fx}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_config_fields_are_listed_for_a_warning() {
+    let mut c = fixture_config("tiny-qwen3");
+    c["rope_parameters"] = json!({"rope_theta": 5e5});
+    c["zz\u{1b}[31m"] = json!(1);
+    assert_eq!(
+        fields::unknown_fields(&qwen3::SPEC, &c),
+        vec!["rope_parameters".to_string(), "zz\\u{1b}[31m".to_string()]
+    );
+    // Every refused field is known; so is every field of `COMMON`.
+    for spec in SPECS {
+        for r in spec.refused {
+            assert!(fields::known(spec, r.field()));
+        }
+        assert!(fields::COMMON.iter().all(|f| fields::known(spec, f)));
+    }
 }
