@@ -2,7 +2,7 @@
 
 fixtures/llama_cpp/goldens/ holds what llama-quantize (llama.cpp 0c1e570, via
 llama-cpp-python 0.3.36, baseline x86-64; see fixtures/llama_cpp/README.md)
-wrote for the tiny-llama fixture and for SmolLM2-135M, in every recipe, with
+wrote for the tiny-llama and tiny-qwen3 fixtures and for SmolLM2-135M, in every recipe, with
 and without an importance matrix, and with the type-changing options. Here
 kiln quantizes the same F32 input with the same recipe and options, and the
 whole output file must hash to the golden's sha256 (header, metadata, tensor
@@ -39,7 +39,9 @@ def f32_inputs(kiln, smollm2, tmp_path_factory):
     run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-llama", "--type", "f32", "-o", tiny, "--quiet")
     smol = d / "smollm2-f32.gguf"
     run_kiln(kiln, "convert", smollm2, "--type", "f32", "--allow-requantize", "-o", smol, "--quiet")
-    return {"tiny-llama-f32.gguf": tiny, "smollm2-f32.gguf": smol}
+    qwen3 = d / "tiny-qwen3-f32.gguf"
+    run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-qwen3", "--type", "f32", "-o", qwen3, "--quiet")
+    return {"tiny-llama-f32.gguf": tiny, "smollm2-f32.gguf": smol, "tiny-qwen3-f32.gguf": qwen3}
 
 
 def kiln_args(golden: dict) -> list[str]:
@@ -67,7 +69,7 @@ def kiln_args(golden: dict) -> list[str]:
 def test_goldens_are_present():
     assert len(GOLDENS) >= 100, f"expected the committed llama.cpp goldens, found {len(GOLDENS)}"
     names = {g.name for g in GOLDENS}
-    for model in ("tiny-llama", "smollm2"):
+    for model in ("tiny-llama", "smollm2", "tiny-qwen3"):
         for recipe in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
                        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16"):
             assert f"{model}.{recipe}.json" in names
