@@ -901,7 +901,7 @@ fn build_with_text_hashes_its_inputs() {
         text_sha.clone(),
         text_len,
     );
-    assert_eq!(listed_inputs(&m["inputs"]), [calib.clone()]);
+    assert_eq!(listed_inputs(&m["inputs"]), std::slice::from_ref(&calib));
     assert_eq!(m["accuracy"]["text_file"]["sha256"], text_sha.as_str());
     assert_eq!(m["accuracy"]["text_file"]["path"], "calib.txt");
 

@@ -107,7 +107,7 @@ fn ink(base: &tiny_skia::Pixmap, with: &tiny_skia::Pixmap) -> Option<Box2> {
             y1 = y1.max(y + 1);
         }
     }
-    (x1 > 0).then(|| Box2 {
+    (x1 > 0).then_some(Box2 {
         x0: x0 as f64,
         y0: y0 as f64,
         x1: x1 as f64,
