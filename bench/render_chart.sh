@@ -2,8 +2,9 @@
 # bench/render_chart.sh OUTDIR [PNG]: render a build's chart.svg to PNG with
 # rsvg-convert (librsvg; Debian: apt-get install librsvg2-bin) to look at it,
 # and check that it renders at the size the SVG declares (720 x 440).
-# The no-overlap check of the labels runs in `cargo test` (formats::chart,
-# from the label boxes the chart code places); this script is for eyes.
+# The checks run in `cargo test`: tests/chart_png.rs renders chart.svg with
+# resvg and checks the size and that no two texts' inked pixels overlap;
+# this script is for eyes (with the system's fonts).
 set -euo pipefail
 out="${1:?usage: bench/render_chart.sh OUTDIR [PNG]}"
 png="${2:-$out/chart.png}"

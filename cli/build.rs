@@ -61,7 +61,8 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     planner::options::check(&options).map_err(lift_plan)?;
     let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
     let engine = planner::options::engine(&options).map_err(lift_plan)?;
-    let workload = planner::options::workload(&options).map_err(lift_plan)?;
+    // Checked now, sized once the model's trained context is known.
+    planner::options::workload(&options, 0).map_err(lift_plan)?;
     let build = planner::BuildOptions {
         model: args.model.clone(),
         output: args.output.clone(),
@@ -74,10 +75,10 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     planner::build::check(&build).map_err(lift_plan)?;
     let cancel = cancel_flag();
     let bars = Bars::new(printer);
+    // Its warnings were printed as they were found, before measuring.
     let setup = planner::setup(&args.model, &options, &bars, &cancel).map_err(lift_plan)?;
-    for w in &setup.warnings {
-        printer.warn(w);
-    }
+    let workload =
+        planner::options::workload(&options, setup.arch.context_length).map_err(lift_plan)?;
     let sizing = planner::Sizing {
         options: &options,
         target: &target,

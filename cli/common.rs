@@ -22,9 +22,10 @@ pub struct PlanArgs {
     /// Serving engine. kiln writes GGUF, which llama.cpp serves.
     #[arg(long, default_value = "llama.cpp")]
     pub engine: String,
-    /// KV cache slots reserved per sequence.
-    #[arg(long, default_value_t = 4096, value_name = "N")]
-    pub context: usize,
+    /// KV cache slots reserved per sequence [default: the model's trained context
+    /// (max_position_embeddings), at most 4096].
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
     /// Sequences served at once (each with --context KV slots).
     #[arg(long, default_value_t = 1, value_name = "B")]
     pub concurrency: usize,

@@ -22,7 +22,7 @@ use eval::weights::Importance;
 use eval::{Opened, Tokenizer, Transformer};
 use serde_json::{json, Value};
 
-use crate::common::{cancel_flag, lift, load_options};
+use crate::common::{cancel_flag, lift, lift_plan, load_options};
 use crate::{CheckFailed, Printer};
 
 /// Windows evaluated when `--chunks` is not given: enough for KLD and top-1 to
@@ -112,6 +112,14 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
         "models".into(),
         json!({"original": args.original, "candidate": args.candidate}),
     );
+    // Every file the figures depend on besides the models, by path (as
+    // given) and sha256.
+    let inputs = [("evaluation_text", &args.text), ("imatrix", &args.imatrix)]
+        .into_iter()
+        .filter_map(|(role, p)| p.as_ref().map(|p| planner::build::input(role, p)))
+        .collect::<planner::Result<Vec<_>>>()
+        .map_err(lift_plan)?;
+    out.insert("inputs".into(), serde_json::to_value(&inputs)?);
     let mut text_out = String::new();
 
     if args.weights {

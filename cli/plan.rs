@@ -124,7 +124,8 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     let options = args.plan.options();
     planner::options::check(&options).map_err(lift_plan)?;
     let engine = planner::options::engine(&options).map_err(lift_plan)?;
-    let workload = planner::options::workload(&options).map_err(lift_plan)?;
+    // Checked now, sized once the model's trained context is known.
+    planner::options::workload(&options, 0).map_err(lift_plan)?;
     let mut targets = Vec::new();
     for id in &args.targets {
         targets.push(crate::targets::resolve(
@@ -136,10 +137,10 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     }
     let cancel = cancel_flag();
     let bars = Bars::new(printer);
+    // Its warnings were printed as they were found, before measuring.
     let setup = planner::setup(&args.model, &options, &bars, &cancel).map_err(lift_plan)?;
-    for w in &setup.warnings {
-        printer.warn(w);
-    }
+    let workload =
+        planner::options::workload(&options, setup.arch.context_length).map_err(lift_plan)?;
     let params = setup.params();
     let measure = !setup.eval_windows.is_empty();
     let plans = planner::plan_targets(
@@ -201,6 +202,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
             "importance": setup.importance_source.describe(),
             "sensitivity": setup.sensitivity_source,
             "measured_on": setup.eval_text.as_ref().filter(|_| measure),
+            "inputs": planner::build::inputs(&options).map_err(lift_plan)?,
             "targets": out,
         }))?);
     } else {

@@ -3,12 +3,15 @@
 //! Data goes to stdout, everything else (messages, warnings, progress) to
 //! stderr. Progress bars are drawn when stderr is a terminal and `--quiet`
 //! is not given (`NO_COLOR` only removes colour, and the bars have none);
-//! when stderr is not a terminal, each finished planner stage prints one
-//! line with its amount of work and its time instead. Bars show units
+//! each finished planner stage leaves one line with its amount of work and
+//! its time (in place of its bar on a terminal, as the only sign of progress
+//! when stderr is not one). Bars show units
 //! (bytes in KiB/MiB/GiB, rates in MiB/s, counts with thousands
 //! separators) and an ETA from the work done so far over the whole time
 //! elapsed (the total work is known up front), not from the last seconds'
-//! speed. [`Bars`] draws the library's [`planner::Progress`] stages.
+//! speed. [`Bars`] draws the library's [`planner::Progress`] stages and
+//! prints its warnings the moment they are known. Every message and warning
+//! is escaped (`passes::printable`), as errors are.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -90,21 +93,18 @@ impl Printer {
         let _ = out.flush();
     }
 
-    /// A status message, to stderr; silenced by `--quiet`.
+    /// A status message, to stderr; silenced by `--quiet`. Escaped like an
+    /// error (`passes::printable`): file, tensor and target names in it are
+    /// the user's or an attacker's, and one line stays one line.
     pub fn info(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{text}");
+            eprintln!("{}", passes::printable(text));
         }
     }
 
-    /// A warning, to stderr; printed even with `--quiet`.
+    /// A warning, to stderr; printed even with `--quiet`; escaped as `info`.
     pub fn warn(&self, text: &str) {
-        eprintln!("warning: {text}");
-    }
-
-    /// Whether bars are drawn (stderr is a terminal, no `--quiet`).
-    fn bars(&self) -> bool {
-        self.progress
+        eprintln!("warning: {}", passes::printable(text));
     }
 
     /// A progress bar counting `unit`s (windows, tensors), or a hidden one.
@@ -196,20 +196,26 @@ impl planner::Progress for Bars {
         self.with(|s| {
             if let Some(s) = s.take() {
                 s.bar.finish_and_clear();
-                if !printer.bars() {
-                    printer.info(&stage_line(
-                        &s.name,
-                        s.len,
-                        s.unit,
-                        s.t0.elapsed().as_secs_f64(),
-                    ));
-                }
+                printer.info(&stage_line(
+                    &s.name,
+                    s.len,
+                    s.unit,
+                    s.t0.elapsed().as_secs_f64(),
+                ));
             }
         });
     }
 
     fn status(&self, text: &str) {
         self.printer.info(text);
+    }
+
+    fn warn(&self, text: &str) {
+        let printer = self.printer;
+        self.with(|s| match s {
+            Some(s) => s.bar.suspend(|| printer.warn(text)),
+            None => printer.warn(text),
+        });
     }
 }
 

@@ -838,3 +838,117 @@ fn an_input_inside_the_output_directory_is_refused() {
     assert!(line.contains("inside the output directory"), "{line}");
     assert_eq!(std::fs::read(&input).unwrap(), before);
 }
+
+/// sha256 of a file by coreutils' `sha256sum` (not kiln's hashing).
+fn sha256sum(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// The `inputs` a result lists, as (role, path, sha256, bytes).
+fn listed_inputs(v: &Value) -> Vec<(String, String, String, u64)> {
+    arr(v)
+        .iter()
+        .map(|i| {
+            (
+                i["role"].as_str().unwrap().to_string(),
+                i["path"].as_str().unwrap().to_string(),
+                i["sha256"].as_str().unwrap().to_string(),
+                u(&i["bytes"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn build_with_text_hashes_its_inputs() {
+    // Relative paths, run from the directory holding them: each input is
+    // listed with the path as the user gave it and its sha256.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    std::fs::copy(text(), dir.join("calib.txt")).unwrap();
+    let at = |args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(QUICK_TEXT);
+        let r = run_cmd(kiln().current_dir(dir).args(&a));
+        assert_eq!(r.code, 0, "kiln {args:?}: {}", r.stderr);
+        r
+    };
+    let model = fixture("tiny-llama");
+    let model = s(&model);
+    at(&[
+        "build",
+        model,
+        "--target",
+        "m2",
+        "--bpw",
+        "4.5",
+        "--text",
+        "calib.txt",
+        "-o",
+        "first",
+    ]);
+    let text_sha = sha256sum(&dir.join("calib.txt"));
+    let text_len = std::fs::metadata(dir.join("calib.txt")).unwrap().len();
+    let m = manifest(&dir.join("first"));
+    let calib = (
+        "calibration_text".to_string(),
+        "calib.txt".to_string(),
+        text_sha.clone(),
+        text_len,
+    );
+    assert_eq!(listed_inputs(&m["inputs"]), std::slice::from_ref(&calib));
+    assert_eq!(m["accuracy"]["text_file"]["sha256"], text_sha.as_str());
+    assert_eq!(m["accuracy"]["text_file"]["path"], "calib.txt");
+
+    // With the imatrix that build collected, given back as an input.
+    let im_path = "first/imatrix.gguf";
+    let im = (
+        "imatrix".to_string(),
+        im_path.to_string(),
+        sha256sum(&dir.join(im_path)),
+        std::fs::metadata(dir.join(im_path)).unwrap().len(),
+    );
+    let with_im = ["--bpw", "4.5", "--text", "calib.txt", "--imatrix", im_path];
+    let mut args = vec!["build", model, "--target", "m2", "-o", "second"];
+    args.extend(with_im);
+    at(&args);
+    let m = manifest(&dir.join("second"));
+    let want = [calib.clone(), im.clone()];
+    assert_eq!(listed_inputs(&m["inputs"]), want);
+
+    // `plan --json` lists the same inputs.
+    let mut args = vec!["plan", model, "--targets", "m2", "--json"];
+    args.extend(with_im);
+    let r = at(&args);
+    let plan: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(listed_inputs(&plan["inputs"]), want);
+
+    // `eval --json` lists the text it measured on and the imatrix it weighted with.
+    let r = run_cmd(kiln().current_dir(dir).args([
+        "eval",
+        model,
+        "second/tiny-llama.gguf",
+        "--text",
+        "calib.txt",
+        "--chunks",
+        "1",
+        "--weights",
+        "--imatrix",
+        im_path,
+        "--json",
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let e: Value = serde_json::from_str(&r.stdout).unwrap();
+    let eval_text = (
+        "evaluation_text".to_string(),
+        "calib.txt".to_string(),
+        text_sha,
+        text_len,
+    );
+    assert_eq!(listed_inputs(&e["inputs"]), [eval_text, im]);
+}

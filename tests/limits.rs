@@ -680,3 +680,150 @@ fn estimate_refuses_absurd_layers_and_token_counts() {
         &["--prompt 2147483648 + --gen 2147483648 is above kiln's cap"],
     );
 }
+
+/// The index of the first line of `stderr` that `pred` accepts.
+fn line_index(stderr: &str, pred: impl Fn(&str) -> bool) -> Option<usize> {
+    stderr.lines().position(pred)
+}
+
+#[test]
+fn a_context_past_the_trained_one_warns_before_measuring_and_past_the_cap_is_refused() {
+    // The fixture was trained for 512 tokens. stderr is not a terminal, so
+    // each finished stage prints a line ("measuring: ... in ..."), and
+    // status lines say what was done ("measured ... tensors").
+    let text = repo().join("fixtures/text/pride-and-prejudice-ch1-17.txt");
+    let model = fixture("tiny-llama");
+    let r = run(&[
+        "plan",
+        s(&model),
+        "--targets",
+        "m2",
+        "--context",
+        "100000000",
+        "--text",
+        s(&text),
+        "--chunks",
+        "1",
+        "--probe-chunks",
+        "1",
+        "--eval-chunks",
+        "1",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let warned = line_index(&r.stderr, |l| {
+        l.starts_with(
+            "warning: --context 100,000,000 is above the 512 tokens the model was trained for",
+        )
+    })
+    .unwrap_or_else(|| panic!("no warning: {}", r.stderr));
+    let first_stage = line_index(&r.stderr, |l| {
+        !l.starts_with("warning:") && l.contains(" in ")
+    })
+    .expect("stage lines");
+    assert!(
+        warned < first_stage,
+        "the warning comes after work was done:\n{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.matches("--context 100,000,000 is above").count(),
+        1,
+        "warned once: {}",
+        r.stderr
+    );
+
+    // Past what a GGUF can state (and what KV arithmetic is held to):
+    // refused before anything is opened or measured, for build and plan alike.
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("out");
+    for args in [
+        vec![
+            "plan",
+            s(&model),
+            "--targets",
+            "m2",
+            "--context",
+            "4294967296",
+        ],
+        vec![
+            "build",
+            s(&model),
+            "--target",
+            "m2",
+            "-o",
+            s(&target),
+            "--context",
+            "4294967296",
+        ],
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert_eq!(
+            r.stderr.trim_end(),
+            "error: --context 4294967296 is above kiln's cap of 4294967295 tokens (MAX_CONTEXT)"
+        );
+    }
+    let r = run(&[
+        "plan",
+        s(&model),
+        "--targets",
+        "m2",
+        "--context",
+        "3000000000",
+        "--concurrency",
+        "2",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--context 3000000000 x --concurrency 2 KV cache slots is above kiln's cap"),
+        "{}",
+        r.stderr
+    );
+    assert!(listing(out.path()).is_empty());
+}
+
+#[test]
+fn warnings_print_hostile_names_escaped() {
+    let evil = "x\u{1b}[31m\nerror: fake";
+    let d = tempfile::tempdir().unwrap();
+    // A text too short for two windows warns, naming the file.
+    let text = d.path().join(format!("{evil}.txt"));
+    std::fs::write(&text, "It is a truth universally acknowledged.\n").unwrap();
+    let plan = run(&[
+        "plan",
+        s(&fixture("tiny-llama")),
+        "--targets",
+        "m2",
+        "--text",
+        s(&text),
+        "--ctx",
+        "16",
+        "--chunks",
+        "1",
+        "--probe-chunks",
+        "1",
+    ]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let escaped = r"x\u{1b}[31m\nerror: fake.txt fills only one window of 16 tokens";
+    assert!(plan.stderr.contains(escaped), "{}", plan.stderr);
+    // A profile file that replaces a built-in one is named in a warning.
+    let toml = d.path().join(format!("{evil}.toml"));
+    std::fs::copy(repo().join("targets/m2.toml"), &toml).unwrap();
+    let r = run(&["targets", "--target-file", s(&toml)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(r"x\u{1b}[31m\nerror: fake.toml replaces the built-in profile `m2`"),
+        "{}",
+        r.stderr
+    );
+    for r in [&plan, &r] {
+        assert!(!r.stderr.contains('\u{1b}'), "{}", r.stderr);
+        assert!(
+            !r.stderr.lines().any(|l| l.starts_with("error: fake")),
+            "{}",
+            r.stderr
+        );
+    }
+}

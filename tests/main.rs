@@ -3,6 +3,7 @@
 //! stderr and the files left behind.
 
 mod build;
+mod chart_png;
 mod common;
 mod convert;
 mod estimate;

@@ -280,3 +280,28 @@ fn inspect_a_hostile_checkpoint() {
     assert_eq!(r.code, 2, "{}", r.stdout);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
 }
+
+#[test]
+fn what_a_new_user_tries_next() {
+    // The help of the main job, and `estimate` on a model small enough to
+    // need KiB and M (not `0.00 GB`, `0.00B`); a --context past the trained
+    // one warns here too.
+    let fx = fixture("tiny-llama");
+    assert_cli_snapshot!("build_help", &["build", "--help"]);
+    assert_cli_snapshot!("plan_help", &["plan", "--help"]);
+    assert_cli_snapshot!(
+        "estimate_tiny_llama_h100",
+        &["estimate", s(&fx), "--target", "h100-sxm"]
+    );
+    assert_cli_snapshot!(
+        "estimate_tiny_llama_h100_long_context",
+        &[
+            "estimate",
+            s(&fx),
+            "--target",
+            "h100-sxm",
+            "--context",
+            "100000000"
+        ]
+    );
+}

@@ -5,17 +5,21 @@
 //! joined in order of bytes (the trade-off curve; labelled only when there are
 //! at most eight, and not when also drawn as the chosen point), the chosen
 //! point is a larger red dot labelled `chosen: <label>`, and an optional
-//! budget is a dashed vertical line labelled just under the top of the plot.
+//! budget is a dashed vertical line labelled just under the top of the plot
+//! (or, when it is more than twice the largest point, a note in the plot's
+//! top-right corner, `budget: 21.7 GiB (off the scale)`, so that a small
+//! model on a large card is not squeezed against the y axis).
 //! The legend is one row between the title and the plot, so neither the data
 //! nor the budget line crosses it. Labels are placed, chosen first, then
 //! recipes, then plans, at the first of twelve places around their point
-//! whose box (an estimated width per character) overlaps no point, no label
-//! placed before it, the legend, the budget line or its label, and stays in
-//! the plot; a
+//! whose box (its width from DejaVu Sans's advances) overlaps no point, no label
+//! placed before it, the legend, the budget line or its label, is crossed by
+//! no segment of the plan curve, and stays in the plot; a
 //! label with no free place is left out (and counted in an SVG comment);
 //! [`label_boxes`] returns the boxes for tests. The x axis is bytes from 0
 //! in the binary unit of the axis maximum (B, KiB, MiB, GiB: the report's
-//! units), ticks at 1/2/5 steps of it. The y axis is the error: linear from
+//! units), ticks at 1/2/5 steps of it, spanning the points and a budget
+//! drawn to scale. The y axis is the error: linear from
 //! 0 (or from the most negative error), switching to log10 when the largest
 //! positive error is more than 20 times the smallest; a log axis spans the
 //! data's decades, at most six below the largest error, its ticks all
@@ -90,8 +94,33 @@ const MAX_PLAN_LABELS: usize = 8;
 /// A log y axis spans at most this many decades below the largest error;
 /// smaller errors are drawn on its bottom edge.
 const MAX_DECADES: i32 = 6;
-/// Estimated advance of one character of the 11 px sans-serif labels (bold: +10%).
-const CHAR_W: f64 = 6.4;
+/// A budget more than this many times the largest point is not drawn to
+/// scale (see `render`).
+const FAR_BUDGET: u64 = 2;
+/// Font size of the labels whose boxes are placed (points, legend, budget).
+const LABEL_PX: f64 = 11.0;
+/// Advance widths of printable ASCII (U+0020..U+007E) in DejaVu Sans, in
+/// 1/2048 em: one of the widest common sans-serif faces, so a label set in
+/// another (Helvetica, Arial, Liberation Sans) fits inside its box too.
+const ADVANCE: [u16; 95] = [
+    651, 821, 942, 1716, 1303, 1946, 1597, 563, 799, 799, 1024, 1716, 651, 739, 651, 690, 1303,
+    1303, 1303, 1303, 1303, 1303, 1303, 1303, 1303, 1303, 690, 690, 1716, 1716, 1716, 1087, 2048,
+    1401, 1405, 1430, 1577, 1294, 1178, 1587, 1540, 604, 604, 1343, 1141, 1767, 1532, 1612, 1235,
+    1612, 1423, 1300, 1251, 1499, 1401, 2025, 1403, 1251, 1403, 799, 690, 799, 1716, 1024, 1024,
+    1255, 1300, 1126, 1300, 1260, 721, 1300, 1298, 569, 569, 1186, 569, 1995, 1298, 1253, 1300,
+    1300, 842, 1067, 803, 1298, 1212, 1675, 1212, 1212, 1075, 1303, 690, 1303, 1716,
+];
+/// The same for DejaVu Sans Bold.
+const ADVANCE_BOLD: [u16; 95] = [
+    713, 934, 1067, 1716, 1425, 2052, 1786, 627, 936, 936, 1071, 1716, 778, 850, 778, 748, 1425,
+    1425, 1425, 1425, 1425, 1425, 1425, 1425, 1425, 1425, 819, 819, 1716, 1716, 1716, 1188, 2048,
+    1585, 1561, 1503, 1700, 1399, 1399, 1681, 1714, 762, 762, 1587, 1305, 2038, 1714, 1741, 1501,
+    1741, 1577, 1475, 1397, 1663, 1585, 2259, 1579, 1483, 1485, 936, 748, 936, 1716, 1024, 1024,
+    1382, 1466, 1214, 1466, 1389, 891, 1466, 1458, 702, 702, 1362, 702, 2134, 1458, 1407, 1466,
+    1466, 1010, 1219, 979, 1458, 1335, 1892, 1321, 1335, 1192, 1458, 748, 1458, 1716,
+];
+/// Advance of a character outside printable ASCII: a full em (generous).
+const ADVANCE_OTHER: u16 = 2048;
 /// Height of a label box above and below its baseline.
 const ASCENT: f64 = 9.0;
 const DESCENT: f64 = 3.0;
@@ -130,7 +159,17 @@ fn render(chart: &Chart, out: &mut String) -> Result<Vec<(String, Box2)>, fmt::E
         .filter(|p| p.error.is_finite())
         .collect();
     let skipped = chart.points.len() - points.len();
-    let x = x_axis(&points, chart.budget.as_ref().map(|b| b.0));
+    // A budget far right of the data (a small model on a large card) would
+    // squeeze every point against the y axis: past FAR_BUDGET times the
+    // largest point it is written in the plot's top-right corner instead of
+    // drawn as a line, and the x axis spans the data.
+    let largest = points.iter().map(|p| p.bytes).max();
+    let line_at = chart
+        .budget
+        .as_ref()
+        .map(|b| b.0)
+        .filter(|&b| largest.is_none_or(|m| b <= m.saturating_mul(FAR_BUDGET)));
+    let x = x_axis(&points, line_at);
     let y = y_axis(&points);
 
     writeln!(
@@ -160,8 +199,8 @@ fn render(chart: &Chart, out: &mut String) -> Result<Vec<(String, Box2)>, fmt::E
         Esc(&chart.title)
     )?;
     axes(out, &x, &y, chart)?;
-    if let Some((bytes, label)) = &chart.budget {
-        budget_line(out, &x, *bytes, label)?;
+    if let (Some(bytes), Some((_, label))) = (line_at, &chart.budget) {
+        budget_line(out, &x, bytes, label)?;
     }
     if points.is_empty() {
         writeln!(
@@ -172,17 +211,39 @@ fn render(chart: &Chart, out: &mut String) -> Result<Vec<(String, Box2)>, fmt::E
             C((PLOT_TOP + PLOT_BOTTOM) / 2.0)
         )?;
     }
-    let mut fixed: Vec<(String, Box2)> = legend(out, &points, chart.budget.is_some())?
+    let mut fixed: Vec<(String, Box2)> = legend(out, &points, line_at.is_some())?
         .into_iter()
         .map(|b| ("legend".to_string(), b))
         .collect();
-    if let Some((bytes, label)) = &chart.budget {
-        fixed.push((label.clone(), budget_label_box(&x, *bytes, label)));
+    match (&chart.budget, line_at) {
+        (Some((bytes, label)), Some(_)) => {
+            fixed.push((label.clone(), budget_label_box(&x, *bytes, label)))
+        }
+        (Some((bytes, label)), None) => {
+            let text = format!("{label}: {} (off the scale)", crate::human::bytes(*bytes));
+            let w = text_width(&text, false);
+            let base = PLOT_TOP + 14.0;
+            let b = Box2 {
+                x0: PLOT_RIGHT - 4.0 - w,
+                y0: base - ASCENT,
+                x1: PLOT_RIGHT - 4.0,
+                y1: base + DESCENT,
+            };
+            writeln!(
+                out,
+                "<text class=\"budget-label\" x=\"{}\" y=\"{}\" text-anchor=\"start\" fill=\"{INK}\">{}</text>",
+                C(b.x0),
+                C(base),
+                Esc(&text)
+            )?;
+            fixed.push((text, b));
+        }
+        (None, _) => {}
     }
     let mut taken: Vec<Box2> = fixed.iter().map(|(_, b)| *b).collect();
     // The budget line itself: labels do not cross it.
-    if let Some((bytes, _)) = &chart.budget {
-        let px = x_px(&x, *bytes as f64);
+    if let Some(bytes) = line_at {
+        let px = x_px(&x, bytes as f64);
         taken.push(Box2 {
             x0: px - 1.5,
             y0: PLOT_TOP,
@@ -347,6 +408,39 @@ fn budget_label_box(x: &Axis, bytes: u64, label: &str) -> Box2 {
     }
 }
 
+/// Whether the segment from `a` to `z` passes through `r` (Liang-Barsky
+/// clipping: only `+ - * /` and comparisons, as the module requires).
+fn crosses(a: (f64, f64), z: (f64, f64), r: &Box2) -> bool {
+    let (dx, dy) = (z.0 - a.0, z.1 - a.1);
+    let (mut t0, mut t1) = (0.0f64, 1.0f64);
+    for (p, q) in [
+        (-dx, a.0 - r.x0),
+        (dx, r.x1 - a.0),
+        (-dy, a.1 - r.y0),
+        (dy, r.y1 - a.1),
+    ] {
+        if p == 0.0 {
+            if q < 0.0 {
+                return false;
+            }
+        } else {
+            let t = q / p;
+            if p < 0.0 {
+                if t > t1 {
+                    return false;
+                }
+                t0 = t0.max(t);
+            } else {
+                if t < t0 {
+                    return false;
+                }
+                t1 = t1.min(t);
+            }
+        }
+    }
+    true
+}
+
 /// An axis-aligned box in pixels (a label's or a point's extent).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Box2 {
@@ -366,15 +460,18 @@ impl Box2 {
     }
 }
 
-/// Estimated width of a label (no font metrics in a dependency-free SVG:
-/// a generous average advance, so that real fonts fit inside the box).
+/// Width of a label at [`LABEL_PX`] from DejaVu Sans's advance widths (no
+/// font is read: the table is part of this file). Kerning only narrows.
 fn text_width(text: &str, bold: bool) -> f64 {
-    let w = text.chars().count() as f64 * CHAR_W;
-    if bold {
-        w * 1.1
-    } else {
-        w
-    }
+    let table = if bold { &ADVANCE_BOLD } else { &ADVANCE };
+    let units: u64 = text
+        .chars()
+        .map(|c| match c as u32 {
+            0x20..=0x7e => u64::from(table[(c as u32 - 0x20) as usize]),
+            _ => u64::from(ADVANCE_OTHER),
+        })
+        .sum();
+    units as f64 * LABEL_PX / 2048.0
 }
 
 /// Where each point label was placed (its text and box), and the boxes of
@@ -419,6 +516,14 @@ fn draw_points(
         }
         writeln!(out, "\"/>")?;
     }
+    // The curve's segments are obstacles too: no label is crossed by it.
+    let curve: Vec<((f64, f64), (f64, f64))> =
+        plans.windows(2).map(|w| (pos(w[0]), pos(w[1]))).collect();
+    let clear = |b: &Box2, taken: &[Box2]| {
+        b.inside(PLOT_LEFT + 2.0, PLOT_TOP, PLOT_RIGHT, PLOT_BOTTOM - 2.0)
+            && !taken.iter().any(|t| t.overlaps(b))
+            && !curve.iter().any(|&(a, z)| crosses(a, z, b))
+    };
     let label_plans = plans.len() <= MAX_PLAN_LABELS;
     // A plan drawn again as the chosen point gets only the "chosen:" label.
     let is_chosen = |p: &Point| {
@@ -511,10 +616,7 @@ fn draw_points(
                 x1: x0 + w,
                 y1: base + DESCENT,
             })
-            .find(|b| {
-                b.inside(PLOT_LEFT + 2.0, PLOT_TOP, PLOT_RIGHT, PLOT_BOTTOM - 2.0)
-                    && !taken.iter().any(|t| t.overlaps(b))
-            });
+            .find(|b| clear(b, taken));
         // The chosen point's label matters most: further rows up and down.
         let far = || {
             (2..10)
@@ -531,10 +633,7 @@ fn draw_points(
                     x1: x0 + w,
                     y1: base + DESCENT,
                 })
-                .find(|b| {
-                    b.inside(PLOT_LEFT + 2.0, PLOT_TOP, PLOT_RIGHT, PLOT_BOTTOM - 2.0)
-                        && !taken.iter().any(|t| t.overlaps(b))
-                })
+                .find(|b| clear(b, taken))
         };
         let free = match free {
             None if p.kind == PointKind::Chosen => far(),
@@ -1592,5 +1691,47 @@ mod tests {
         assert_eq!(C(-0.04).to_string(), "0.0");
         assert_eq!(C(12.25).to_string(), "12.2");
         assert_eq!(Sci(0.0123).to_string(), "1.230e-2");
+    }
+
+    #[test]
+    fn a_budget_far_right_of_the_data_is_a_note_not_a_line() {
+        let points = vec![
+            pt("a", 800 << 20, 0.05, PointKind::Plan),
+            pt("b", 1500 << 20, 0.001, PointKind::Plan),
+            pt("Q4_K_M", 860 << 20, 0.05, PointKind::Recipe),
+        ];
+        let mut c = chart(points);
+        c.budget = Some((21_700_000_000, "budget".into()));
+        let a = size_error_svg(&c);
+        assert_well_formed(&a);
+        assert!(!a.contains("class=\"budget\""), "no line");
+        assert!(
+            a.contains(">budget: 20.2 GiB (off the scale)</text>"),
+            "{a}"
+        );
+        assert!(a.contains(">2 GiB</text>"), "{a}");
+        assert!(!a.contains(">20 GiB</text>"), "the axis spans the data");
+        // Within twice the largest point: drawn to scale, as before.
+        c.budget = Some((3000 << 20, "budget".into()));
+        let a = size_error_svg(&c);
+        assert!(a.contains("class=\"budget\""));
+        assert!(a.contains(">budget</text>"));
+    }
+
+    #[test]
+    fn a_segment_crosses_a_box_only_where_it_passes_through() {
+        let b = Box2 {
+            x0: 10.0,
+            y0: 10.0,
+            x1: 20.0,
+            y1: 20.0,
+        };
+        assert!(crosses((0.0, 15.0), (30.0, 15.0), &b), "straight through");
+        assert!(crosses((15.0, 15.0), (15.0, 16.0), &b), "inside");
+        assert!(crosses((0.0, 0.0), (30.0, 30.0), &b), "diagonal");
+        assert!(!crosses((0.0, 0.0), (30.0, 0.0), &b), "above");
+        assert!(!crosses((0.0, 25.0), (25.0, 50.0), &b), "below the corner");
+        assert!(!crosses((0.0, 15.0), (9.0, 15.0), &b), "stops short");
+        assert!(!crosses((21.0, 0.0), (21.0, 30.0), &b), "beside, vertical");
     }
 }

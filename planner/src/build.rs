@@ -159,17 +159,20 @@ pub fn inputs(o: &crate::PlanOptions) -> Result<Vec<manifest::Input>> {
         ("imatrix", &o.imatrix),
     ]
     .into_iter()
-    .filter_map(|(role, p)| p.as_ref().map(|p| (role, p)))
-    .map(|(role, p)| {
-        let f = hashed(p, None)?;
-        Ok(manifest::Input {
-            role: role.into(),
-            path: p.display().to_string(),
-            sha256: f.sha256,
-            bytes: f.bytes,
-        })
-    })
+    .filter_map(|(role, p)| p.as_ref().map(|p| input(role, p)))
     .collect()
+}
+
+/// One input file in `role`, with its path as given and its hash (what
+/// `build`, `plan --json` and `eval --json` list).
+pub fn input(role: &str, path: &Path) -> Result<manifest::Input> {
+    let f = hashed(path, None)?;
+    Ok(manifest::Input {
+        role: role.into(),
+        path: path.display().to_string(),
+        sha256: f.sha256,
+        bytes: f.bytes,
+    })
 }
 
 /// Build: solve, write, measure, compare, and commit OUTDIR.
@@ -366,13 +369,13 @@ pub fn manifest_of(
     if !target.runtimes.contains_key("llama.cpp") {
         warnings.push(format!(
             "`{}` does not list llama.cpp among its runtimes: the GGUF may not be servable there",
-            target.id
+            passes::printable(&target.id)
         ));
     }
     if chosen.budget.devices > 1 {
         warnings.push(format!(
             "sharded across {} devices: the model does not fit one {} with at least {} bits per weight; files use llama.cpp's split layout (one per rank)",
-            chosen.budget.devices, target.id, s.options.min_bpw
+            chosen.budget.devices, passes::printable(&target.id), s.options.min_bpw
         ));
     }
     let finite = |v: Option<f64>| v.and_then(manifest::finite);
@@ -388,7 +391,7 @@ pub fn manifest_of(
         },
         serving: manifest::Serving {
             engine: est.engine.name().to_string(),
-            context: s.options.context,
+            context: s.workload.context.unwrap_or(0),
             concurrency: s.options.concurrency,
             kv_type: s.options.kv_type.clone(),
             devices: chosen.budget.devices,

@@ -124,6 +124,9 @@ pub fn estimate(o: &EstimateOptions, target: &Target) -> Result<Estimated> {
             o.prompt + o.gen
         ));
     }
+    if let Some(c) = o.context {
+        warnings.extend(crate::options::context_warning(c, input.trained_context()));
+    }
     let (mut est, mut fallbacks) =
         serving::estimate_input(&input, format, target, engine, &workload)?;
     let mut notes = input.notes.clone();
@@ -291,8 +294,8 @@ pub fn text(e: &Estimate, model: &str, counted_from: &str) -> String {
         "  KV cache            {} per token; {} for {} x {} tokens\n",
         formats::human::bytes(e.kv_bytes_per_token),
         gb(e.kv_bytes),
-        e.batch,
-        e.context
+        formats::human::count(e.batch as u64),
+        formats::human::count(e.context as u64)
     ));
     s.push_str(&format!(
         "  runtime overhead    {} per device\n",

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use passes::arch::limits::MAX_CONTEXT;
 use passes::cost::{Batch, Engine, KvType, Workload};
 use quant::GgmlType;
 
@@ -18,13 +19,19 @@ use crate::error::{Error, Result};
 /// measured in the README ("How kiln plans").
 pub const DEFAULT_SAMPLE: usize = 1 << 19;
 
+/// KV cache slots per sequence when `--context` is not given, or the
+/// model's trained context (`max_position_embeddings`) when that is shorter:
+/// a default should not size the cache past what the model was trained for.
+pub const DEFAULT_CONTEXT: usize = 4096;
+
 /// Options shared by `build` and `plan`: serving, budget, texts, measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanOptions {
     /// Serving engine name (kiln writes GGUF, which llama.cpp serves).
     pub engine: String,
-    /// KV cache slots reserved per sequence.
-    pub context: usize,
+    /// KV cache slots reserved per sequence; `None`: the model's trained
+    /// context, at most [`DEFAULT_CONTEXT`] (see [`workload`]).
+    pub context: Option<usize>,
     /// Sequences served at once.
     pub concurrency: usize,
     /// KV cache type name: f16, bf16, q8_0 or q4_0.
@@ -66,7 +73,7 @@ impl Default for PlanOptions {
     fn default() -> PlanOptions {
         PlanOptions {
             engine: "llama.cpp".into(),
-            context: 4096,
+            context: None,
             concurrency: 1,
             kv_type: "f16".into(),
             budget_gb: None,
@@ -142,7 +149,39 @@ pub fn check(o: &PlanOptions) -> Result<()> {
     if o.ctx < 8 {
         return bad("--ctx must be at least 8 tokens".into());
     }
+    // The KV cache is sized from context x concurrency slots: held to the
+    // longest context a GGUF can state, so no product of them overflows.
+    let context = o.context.unwrap_or(DEFAULT_CONTEXT);
+    if context > MAX_CONTEXT {
+        return bad(format!(
+            "--context {context} is above kiln's cap of {MAX_CONTEXT} tokens (MAX_CONTEXT)"
+        ));
+    }
+    if context
+        .checked_mul(o.concurrency)
+        .is_none_or(|n| n > MAX_CONTEXT)
+    {
+        return bad(format!(
+            "--context {context} x --concurrency {} KV cache slots is above kiln's cap of {MAX_CONTEXT} (MAX_CONTEXT)",
+            o.concurrency
+        ));
+    }
     Ok(())
+}
+
+/// The warning when `--context` exceeds what the model was trained for
+/// (`trained`: its `max_position_embeddings`, 0 when unknown).
+pub fn context_warning(context: usize, trained: usize) -> Option<String> {
+    use formats::human::count;
+    (trained > 0 && context > trained).then(|| {
+        format!(
+            "--context {} is above the {} tokens the model was trained for (its max_position_embeddings): the KV cache is sized for {}, but quality past {} tokens is not what was measured",
+            count(context as u64),
+            count(trained as u64),
+            count(context as u64),
+            count(trained as u64)
+        )
+    })
 }
 
 /// The serving engine: llama.cpp only, as kiln writes GGUF.
@@ -164,24 +203,30 @@ pub fn engine(o: &PlanOptions) -> Result<Engine> {
     Ok(e)
 }
 
-/// The serving workload the budget is sized for.
-pub fn workload(o: &PlanOptions) -> Result<Workload> {
+/// The serving workload the budget is sized for, on a model trained for
+/// `trained_context` tokens (0: unknown, or not read yet: the options are
+/// checked before the model is opened, and sized after).
+pub fn workload(o: &PlanOptions, trained_context: usize) -> Result<Workload> {
     let kv_type = KvType::parse(&o.kv_type).ok_or_else(|| {
         Error::Options(format!(
             "unknown KV type `{}` (known: f16, bf16, q8_0, q4_0)",
             o.kv_type
         ))
     })?;
-    if o.concurrency == 0 || o.context == 0 {
+    if o.concurrency == 0 || o.context == Some(0) {
         return Err(Error::Options(
             "--context and --concurrency must be at least 1".into(),
         ));
     }
+    let context = o.context.unwrap_or(match trained_context {
+        0 => DEFAULT_CONTEXT,
+        t => t.min(DEFAULT_CONTEXT),
+    });
     Ok(Workload {
         batch: Batch::Fixed(o.concurrency),
-        context: Some(o.context),
-        prompt: 512.min(o.context),
-        gen: 128.min(o.context),
+        context: Some(context),
+        prompt: 512.min(context),
+        gen: 128.min(context),
         kv_type,
         devices: None,
         tensor_parallel: None,
@@ -206,6 +251,31 @@ mod tests {
             ..PlanOptions::default()
         };
         assert!(check(&o).unwrap_err().to_string().contains("--ctx"));
+        for (context, concurrency, flag) in [
+            (MAX_CONTEXT + 1, 1, "--context 4294967296 is above"),
+            (1 << 31, 2, "--context 2147483648 x --concurrency 2"),
+            (
+                usize::MAX,
+                usize::MAX,
+                "--context 18446744073709551615 is above",
+            ),
+        ] {
+            let o = PlanOptions {
+                context: Some(context),
+                concurrency,
+                ..PlanOptions::default()
+            };
+            let e = check(&o).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        }
+        let o = PlanOptions {
+            context: Some(100_000_000),
+            ..PlanOptions::default()
+        };
+        assert!(
+            check(&o).is_ok(),
+            "long but representable: a warning, not a refusal"
+        );
         let o = PlanOptions {
             engine: "vllm".into(),
             ..PlanOptions::default()
@@ -218,6 +288,16 @@ mod tests {
             kv_type: "q3".into(),
             ..PlanOptions::default()
         };
-        assert!(workload(&o).is_err());
+        assert!(workload(&o, 0).is_err());
+        // Without --context: the trained context, at most 4,096.
+        let o = PlanOptions::default();
+        for (trained, want) in [(0, 4096), (512, 512), (2048, 2048), (131072, 4096)] {
+            assert_eq!(workload(&o, trained).unwrap().context, Some(want));
+        }
+        let o = PlanOptions {
+            context: Some(100_000),
+            ..PlanOptions::default()
+        };
+        assert_eq!(workload(&o, 512).unwrap().context, Some(100_000));
     }
 }

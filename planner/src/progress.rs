@@ -4,7 +4,9 @@
 //! tests and other callers can pass [`Silent`].
 //!
 //! What must stay true: the planner never writes to stdout or stderr itself;
-//! warnings are data (`Setup::warnings`, the manifest), not progress.
+//! warnings are data (`Setup::warnings`, the manifest), and each is also
+//! passed to [`Progress::warn`] as soon as it is known, before the long
+//! stages start, so a user can stop a run that will not give what they want.
 
 use std::cell::Cell;
 
@@ -27,6 +29,8 @@ pub trait Progress: Sync {
     fn finish(&self);
     /// A one-line status message (what was done, and how long it took).
     fn status(&self, text: &str);
+    /// A warning, the moment it is known (it is also in `Setup::warnings`).
+    fn warn(&self, _text: &str) {}
 }
 
 /// No progress shown.

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use eval::planning::{self, Group, Measured, Reference};
 use eval::{Opened, Transformer};
@@ -148,7 +147,6 @@ pub fn probed(
     cancel: &AtomicBool,
 ) -> Result<Sensitivities> {
     let groups = groups(&opened.loaded.model, measured);
-    let t0 = Instant::now();
     let reference = Reference::new(net, windows, cancel)?;
     progress.start("probing", groups.len() as u64, Unit::Items("groups"));
     let kld = planning::probe(
@@ -162,11 +160,6 @@ pub fn probed(
     );
     progress.finish();
     let kld = kld?;
-    progress.status(&format!(
-        "probed {} groups in {:.1}s",
-        groups.len(),
-        t0.elapsed().as_secs_f64()
-    ));
     let by_name: BTreeMap<&str, &Measured> =
         measured.iter().map(|m| (m.name.as_str(), m)).collect();
     let out = groups

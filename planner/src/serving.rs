@@ -138,6 +138,14 @@ fn from_config(config_path: &Path, what: &str) -> Result<Input> {
 
 /// Read MODEL for `kiln estimate`: a checkpoint directory or its
 /// config.json, a .safetensors file beside its config.json, or a GGUF.
+impl Input {
+    /// The context the model was trained for (`max_position_embeddings`;
+    /// 0 when the input does not say).
+    pub fn trained_context(&self) -> usize {
+        self.arch.context_length
+    }
+}
+
 pub fn read_input(path: &Path) -> Result<Input> {
     if path.is_dir() || path.extension().is_some_and(|e| e == "json") {
         let config = if path.is_dir() {

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use eval::planning::{self, Measured};
 use eval::text::Windows;
@@ -234,7 +233,7 @@ fn texts(opened: &Opened, o: &PlanOptions, warnings: &mut Vec<String>) -> Result
             if w.len() < 2 {
                 warnings.push(format!(
                     "{} fills only one window of {} tokens: it is used both to calibrate and to measure",
-                    t.display(),
+                    passes::printable(&t.display().to_string()),
                     o.ctx
                 ));
                 calib = w.clone();
@@ -277,7 +276,6 @@ fn importance_matrix(
             let net = net.expect("a text was given");
             let mut collector = eval::imatrix::Collector::new(false);
             progress.start("imatrix", calib.len() as u64, Unit::Items("windows"));
-            let t0 = Instant::now();
             let r = eval::text::observe(
                 net,
                 calib,
@@ -288,12 +286,6 @@ fn importance_matrix(
             );
             progress.finish();
             r?;
-            progress.status(&format!(
-                "importance matrix: {} window(s) of {} tokens in {:.1}s",
-                calib.len(),
-                o.ctx,
-                t0.elapsed().as_secs_f64()
-            ));
             let im = to_imatrix(&collector, &t.display().to_string(), calib.len(), o.ctx)?;
             (
                 Some(("imatrix.gguf".to_string(), im)),
@@ -333,7 +325,6 @@ fn measure_all(
     };
     let total: u64 = quantizable.iter().map(|t| work(t)).sum();
     progress.start("measuring", total, Unit::Items("values"));
-    let t0 = Instant::now();
     let mut measured = Vec::with_capacity(quantizable.len());
     let r: Result<()> = (|| {
         for t in &quantizable {
@@ -363,12 +354,6 @@ fn measure_all(
     })();
     progress.finish();
     r?;
-    progress.status(&format!(
-        "measured {} tensors in up to {} encodings in {:.1}s",
-        measured.len(),
-        CANDIDATES.len(),
-        t0.elapsed().as_secs_f64()
-    ));
     Ok(measured)
 }
 
@@ -495,19 +480,6 @@ fn check_bpw(path: &Path, model: &passes::Model, o: &PlanOptions) -> Result<()> 
     )))
 }
 
-/// A warning when `--context` exceeds what the model was trained for.
-fn context_warning(arch: &Arch, o: &PlanOptions) -> Option<String> {
-    (arch.context_length > 0 && o.context > arch.context_length).then(|| {
-        format!(
-            "--context {} is above the {} tokens the model was trained for (its max_position_embeddings): the KV cache is sized for {}, but quality past {} tokens is not what was measured",
-            formats::human::count(o.context as u64),
-            formats::human::count(arch.context_length as u64),
-            formats::human::count(o.context as u64),
-            formats::human::count(arch.context_length as u64)
-        )
-    })
-}
-
 /// Open, weigh, measure and probe.
 pub fn setup(
     model_path: &Path,
@@ -517,13 +489,25 @@ pub fn setup(
 ) -> Result<Setup> {
     let (mut opened, arch) = open(model_path, o)?;
     check_bpw(model_path, &opened.loaded.model, o)?;
+    // Warnings are shown before anything is measured (imatrix, probes,
+    // measuring): a run the user would not want can be stopped at once.
     let mut warnings: Vec<String> = opened.loaded.warnings.clone();
-    warnings.extend(context_warning(&arch, o));
+    warnings.extend(
+        o.context
+            .and_then(|c| crate::options::context_warning(c, arch.context_length)),
+    );
+    for w in &warnings {
+        progress.warn(w);
+    }
+    let shown = warnings.len();
     let Texts {
         calib,
         eval_windows,
         eval_text,
     } = texts(&opened, o, &mut warnings)?;
+    for w in &warnings[shown..] {
+        progress.warn(w);
+    }
     let mut net = if calib.is_empty() {
         None
     } else {

@@ -156,7 +156,7 @@ pub fn budget(setup: &Setup, s: &Sizing, devices: usize) -> Result<Budget> {
                 bytes(mb.usable_per_device),
                 bytes(mb.kv_per_device),
                 o.concurrency,
-                count(o.context as u64),
+                count(s.workload.context.unwrap_or(0) as u64),
                 s.workload.kv_type.name(),
                 bytes(mb.overhead_per_device)
             ),

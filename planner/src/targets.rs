@@ -79,8 +79,8 @@ pub fn all_targets(
         if let Some(slot) = all.iter_mut().find(|x| x.id == t.id) {
             warnings.push(format!(
                 "{} replaces the built-in profile `{}`",
-                f.display(),
-                t.id
+                passes::printable(&f.display().to_string()),
+                passes::printable(&t.id)
             ));
             *slot = t;
         } else {

@@ -42,7 +42,7 @@ struct Env {
 fn env(id: &str, o: &PlanOptions) -> Env {
     Env {
         target: find_builtin(id).unwrap(),
-        workload: options::workload(o).unwrap(),
+        workload: options::workload(o, 0).unwrap(),
     }
 }
 
