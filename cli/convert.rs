@@ -127,6 +127,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         },
     };
     let loaded = formats::load(&args.model, &opts)?;
+    loaded.refuse_compressed(&args.model)?;
     if let Some(g) = &loaded.gguf {
         if let Some((name, ty)) = formats::load::undecodable(g) {
             anyhow::bail!(

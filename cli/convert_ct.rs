@@ -52,6 +52,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         );
     }
     let loaded = formats::load(&args.model, &Default::default())?;
+    loaded.refuse_compressed(&args.model)?;
     if loaded.model.arch.is_none() {
         anyhow::bail!("{}: no architecture in config.json", args.model.display());
     }
