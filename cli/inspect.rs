@@ -220,7 +220,11 @@ fn ct_text(ct: &CtRead) -> String {
             .map_or(String::new(), |v| format!(" (version {})", printable(v)))
     );
     for g in &ct.config.groups {
-        let targets: Vec<_> = g.targets.iter().map(|t| printable(t).into_owned()).collect();
+        let targets: Vec<_> = g
+            .targets
+            .iter()
+            .map(|t| printable(t).into_owned())
+            .collect();
         s += &format!(
             "  {}: {} {}, targets {}{}\n",
             printable(&g.name),
@@ -233,11 +237,21 @@ fn ct_text(ct: &CtRead) -> String {
         );
     }
     if !ct.config.ignore.is_empty() {
-        let ignore: Vec<_> = ct.config.ignore.iter().map(|t| printable(t).into_owned()).collect();
+        let ignore: Vec<_> = ct
+            .config
+            .ignore
+            .iter()
+            .map(|t| printable(t).into_owned())
+            .collect();
         s += &format!("  ignore: {}\n", ignore.join(", "));
     }
     let rows: Vec<_> = ct.tensors().collect();
-    let w = rows.iter().map(|t| printable(&t.module).len()).max().unwrap_or(6).max(6);
+    let w = rows
+        .iter()
+        .map(|t| printable(&t.module).len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     s += &format!(
         "\n{:<w$}  {:<14} {:<16} {:>12}  decoded\n",
         "module", "weights", "shape", "bytes"

@@ -247,7 +247,10 @@ impl Config {
         }
         Ok(Some(Config {
             format: top_format,
-            version: qc.get("version").and_then(Value::as_str).map(str::to_string),
+            version: qc
+                .get("version")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             groups,
             ignore,
         }))
@@ -577,7 +580,9 @@ fn scale_dtype(s: &Stored) -> Result<Dtype> {
 fn read_f32(maps: &[MappedFile], p: &Part, d: Dtype, i: usize) -> f32 {
     let b = &maps[p.file].bytes()[p.start as usize..p.end as usize];
     match d {
-        Dtype::Bf16 => f32::from_bits(u32::from(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])) << 16),
+        Dtype::Bf16 => {
+            f32::from_bits(u32::from(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])) << 16)
+        }
         Dtype::F16 => half::f16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32(),
         Dtype::F32 => f32::from_le_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes")),
     }
@@ -631,10 +636,7 @@ impl CtRead {
                 // A plain module (norms, embeddings, ignored Linears): its
                 // tensors are read as they are; quantization parameters
                 // without a quantized weight are a broken checkpoint.
-                if let Some((s, st)) = parts
-                    .iter()
-                    .find(|(s, _)| s.starts_with("weight_"))
-                {
+                if let Some((s, st)) = parts.iter().find(|(s, _)| s.starts_with("weight_")) {
                     return Err(st.err(format!(
                         "a `{s}` without a quantized weight (`weight_packed`, or an I8 / F8_E4M3 `weight`) in module `{}`",
                         passes::printable(module)
@@ -735,24 +737,37 @@ fn check_module(
                 expected.extend(["weight_packed", "weight_shape"]);
                 let packed_t = need("weight_packed")?;
                 let shape_t = need("weight_shape")?;
-                if shape_t.entry.dtype != "I64" && shape_t.entry.dtype != "I32" || shape_t.entry.shape != [2] {
+                if shape_t.entry.dtype != "I64" && shape_t.entry.dtype != "I32"
+                    || shape_t.entry.shape != [2]
+                {
                     return Err(shape_t.err(format!(
                         "{} {:?}: `weight_shape` holds the two dimensions of the weight (I64 [2])",
                         passes::printable(&shape_t.entry.dtype),
                         shape_t.entry.shape
                     )));
                 }
-                let b = &maps[shape_t.file].bytes()[shape_t.entry.start as usize..shape_t.entry.end as usize];
+                let b = &maps[shape_t.file].bytes()
+                    [shape_t.entry.start as usize..shape_t.entry.end as usize];
                 let dims: Vec<i64> = if shape_t.entry.dtype == "I64" {
-                    b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect()
+                    b.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                        .collect()
                 } else {
-                    b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect()
+                    b.chunks_exact(4)
+                        .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                        .collect()
                 };
                 let (rows, cols) = match dims.as_slice() {
-                    [r, c] if *r > 0 && *c > 0 && *r <= u32::MAX as i64 && *c <= u32::MAX as i64 => {
+                    [r, c]
+                        if *r > 0 && *c > 0 && *r <= u32::MAX as i64 && *c <= u32::MAX as i64 =>
+                    {
                         (*r as usize, *c as usize)
                     }
-                    _ => return Err(shape_t.err(format!("values {dims:?} are not the dimensions of a weight"))),
+                    _ => {
+                        return Err(shape_t.err(format!(
+                            "values {dims:?} are not the dimensions of a weight"
+                        )))
+                    }
                 };
                 packed_t.expect(&["I32"], &[rows, q::packed_words(cols, bits)])?;
                 (rows, cols)
@@ -819,7 +834,9 @@ fn check_module(
             let cols = half * 2;
             let g = if nv { 16 } else { 32 };
             if cols % g != 0 {
-                return Err(p.err(format!("{cols} columns are not a multiple of the group size {g}")));
+                return Err(p.err(format!(
+                    "{cols} columns are not a multiple of the group size {g}"
+                )));
             }
             scale.expect(&[if nv { "F8_E4M3" } else { "U8" }], &[rows, cols / g])?;
             let global = if nv {
@@ -881,7 +898,11 @@ impl CtTensor {
                 let groups = cols / g;
                 let qv = if packed {
                     let words = q::packed_words(cols, bits);
-                    q::unpack_int32(&bytes(&self.main)[r * words * 4..(r + 1) * words * 4], bits, cols)
+                    q::unpack_int32(
+                        &bytes(&self.main)[r * words * 4..(r + 1) * words * 4],
+                        bits,
+                        cols,
+                    )
                 } else {
                     bytes(&self.main)[r * cols..(r + 1) * cols]
                         .iter()
@@ -897,7 +918,9 @@ impl CtTensor {
                             let bit = r * bits as usize;
                             let word = |j: usize| -> u64 {
                                 zb.get((j * groups + k) * 4..(j * groups + k) * 4 + 4)
-                                    .map_or(0, |w| u32::from_le_bytes(w.try_into().expect("4")) as u64)
+                                    .map_or(0, |w| {
+                                        u32::from_le_bytes(w.try_into().expect("4")) as u64
+                                    })
                             };
                             let v = ((word(bit / 32) | word(bit / 32 + 1) << 32) >> (bit % 32))
                                 & ((1u64 << bits) - 1);
@@ -937,7 +960,11 @@ impl CtTensor {
                 }
             }
             Weights::Nvfp4 | Weights::Mxfp4 => {
-                let g = if self.weights == Weights::Nvfp4 { 16 } else { 32 };
+                let g = if self.weights == Weights::Nvfp4 {
+                    16
+                } else {
+                    32
+                };
                 let packed = &bytes(&self.main)[r * cols / 2..(r + 1) * cols / 2];
                 let scales = &bytes(&self.scale)[r * cols / g..(r + 1) * cols / g];
                 let mut codes = vec![0u8; cols];

@@ -76,7 +76,10 @@ fn source_values(loaded: &formats::Loaded) -> BTreeMap<String, (Vec<usize>, Vec<
 
 /// The modules whose NVFP4 global scale is shared with `module`'s.
 fn fused(module: &str) -> Vec<String> {
-    for set in [["q_proj", "k_proj", "v_proj"].as_slice(), &["gate_proj", "up_proj"]] {
+    for set in [
+        ["q_proj", "k_proj", "v_proj"].as_slice(),
+        &["gate_proj", "up_proj"],
+    ] {
         if let Some(s) = set.iter().find(|s| module.ends_with(*s)) {
             let stem = module.trim_end_matches(s);
             return set.iter().map(|o| format!("{stem}{o}")).collect();
@@ -86,7 +89,14 @@ fn fused(module: &str) -> Vec<String> {
 }
 
 /// `dequant(quant(w))` for a whole `rows x cols` weight.
-fn reference(w: &[f32], rows: usize, cols: usize, how: Weights, d: Dtype, fused_amax: f32) -> Vec<f32> {
+fn reference(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    how: Weights,
+    d: Dtype,
+    fused_amax: f32,
+) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     match how {
         Weights::Int {
@@ -178,10 +188,21 @@ fn every_scheme_decodes_to_dequant_of_quant() {
                     continue;
                 };
                 quantized += 1;
-                assert_eq!(c.weights, formats::ct_read::Config::parse(
-                    Path::new("config.json"),
-                    &serde_json::from_slice(&std::fs::read(out.path().join("config.json")).unwrap()).unwrap(),
-                ).unwrap().unwrap().groups[0].weights, "{what}");
+                assert_eq!(
+                    c.weights,
+                    formats::ct_read::Config::parse(
+                        Path::new("config.json"),
+                        &serde_json::from_slice(
+                            &std::fs::read(out.path().join("config.json")).unwrap()
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap()
+                    .unwrap()
+                    .groups[0]
+                        .weights,
+                    "{what}"
+                );
                 let fused_amax = fused(&c.module)
                     .iter()
                     .map(|m| q::amax(&source[&format!("{m}.weight")].1))

@@ -651,9 +651,15 @@ pub fn encode_tensor(
         }
         Weights::Nvfp4 => {
             let global = nvfp4_global_scale(fused_amax.unwrap_or_else(|| amax(w)), d);
-            let mut out = encode_fp4(w, rows, cols, 16, "F8_E4M3", |a| {
-                nvfp4_group_scale(a, global, d)
-            }, |x, s| nvfp4_code(x, s, global));
+            let mut out = encode_fp4(
+                w,
+                rows,
+                cols,
+                16,
+                "F8_E4M3",
+                |a| nvfp4_group_scale(a, global, d),
+                |x, s| nvfp4_code(x, s, global),
+            );
             out.push(Stored {
                 suffix: "weight_global_scale",
                 dtype: "F32",
@@ -662,9 +668,15 @@ pub fn encode_tensor(
             });
             out
         }
-        Weights::Mxfp4 => encode_fp4(w, rows, cols, 32, "U8", |a| mx_scale(a, d), |x, s| {
-            mx_code(x, s, d)
-        }),
+        Weights::Mxfp4 => encode_fp4(
+            w,
+            rows,
+            cols,
+            32,
+            "U8",
+            |a| mx_scale(a, d),
+            |x, s| mx_code(x, s, d),
+        ),
     }
 }
 
