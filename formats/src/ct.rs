@@ -486,6 +486,42 @@ pub struct CompressedTensors {
     config: Map<String, Value>,
     /// Files copied from the source directory (tokenizer, generation config).
     copied: Vec<(String, Vec<u8>)>,
+    /// Largest shard, in tensor bytes ([`DEFAULT_MAX_SHARD`] unless set).
+    max_shard: u64,
+}
+
+/// The default shard size: 5 GB, as transformers 4 wrote checkpoints (5 writes 50 GB).
+pub const DEFAULT_MAX_SHARD: u64 = 5_000_000_000;
+
+/// A shard size as `--max-shard-size` takes it, in the forms transformers and
+/// huggingface_hub accept: a number of bytes, or a number and a unit, decimal
+/// (`KB`, `MB`, `GB`, `TB`) or binary (`KiB`, `MiB`, `GiB`, `TiB`), case-insensitive,
+/// fractions allowed (`1.5GB`).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let units: [(&str, f64); 8] = [
+        ("kib", 1024.0),
+        ("mib", 1024f64.powi(2)),
+        ("gib", 1024f64.powi(3)),
+        ("tib", 1024f64.powi(4)),
+        ("kb", 1e3),
+        ("mb", 1e6),
+        ("gb", 1e9),
+        ("tb", 1e12),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(u, m)| lower.strip_suffix(u).map(|n| (n.trim(), *m)))
+        .unwrap_or((lower.as_str(), 1.0));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{t}` is not a size (a number of bytes, or 500MB, 2GiB, 5GB)"))?;
+    let bytes = v * mult;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1e18) {
+        return Err(format!("`{t}`: a shard size is at least 1 byte"));
+    }
+    Ok(bytes as u64)
 }
 
 impl CompressedTensors {
@@ -522,7 +558,15 @@ impl CompressedTensors {
             amax: scan_amax(model, maps),
             config,
             copied,
+            max_shard: DEFAULT_MAX_SHARD,
         })
+    }
+
+    /// Split the tensors into shards of at most `bytes` (a tensor larger
+    /// than that gets a shard of its own), as `save_pretrained` does.
+    pub fn with_max_shard_size(mut self, bytes: u64) -> CompressedTensors {
+        self.max_shard = bytes.max(1);
+        self
     }
 
     fn weights(&self, enc: Encoding) -> Option<Weights> {
@@ -704,60 +748,130 @@ impl CompressedTensors {
     }
 }
 
-impl Container for CompressedTensors {
-    fn layout(&self, model: &Model) -> Result<Vec<FileLayout>> {
-        // Stored tensors sorted by name, as safetensors orders them.
-        let mut all: Vec<(String, usize, usize, Piece)> = Vec::new();
+impl CompressedTensors {
+    /// Every stored tensor with its source tensor, piece and size, split
+    /// into shards the way huggingface_hub's `split_state_dict_into_shards`
+    /// does: tensors in module order, a new shard when the next tensor would
+    /// push the current one past the limit, a tensor over the limit alone.
+    #[allow(clippy::type_complexity)]
+    fn shards(&self, model: &Model) -> Vec<Vec<(String, usize, usize, Piece, u64)>> {
+        let mut shards: Vec<Vec<(String, usize, usize, Piece, u64)>> = Vec::new();
+        let mut current = Vec::new();
+        let mut size = 0u64;
         for (i, t) in model.tensors.iter().enumerate() {
             for (k, p) in self.pieces(t).into_iter().enumerate() {
-                all.push((Self::stored_name(t, &p), i, k, p));
+                let bytes = if p.unit.per_row {
+                    (p.row_bytes * t.n_rows()) as u64
+                } else {
+                    (p.row_bytes * p.unit.count(t.n_rows())) as u64
+                };
+                let entry = (Self::stored_name(t, &p), i, k, p, bytes);
+                if bytes > self.max_shard {
+                    shards.push(vec![entry]);
+                    continue;
+                }
+                if size + bytes > self.max_shard && !current.is_empty() {
+                    shards.push(std::mem::take(&mut current));
+                    size = 0;
+                }
+                current.push(entry);
+                size += bytes;
             }
         }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut header = Map::new();
-        header.insert("__metadata__".into(), json!({"format": "pt"}));
-        let mut offset = 0u64;
-        let mut spans = Vec::with_capacity(all.len());
-        for (name, i, _, p) in &all {
-            let t = &model.tensors[*i];
-            let bytes = if p.unit.per_row {
-                (p.row_bytes * t.n_rows()) as u64
-            } else {
-                (p.row_bytes * p.unit.count(t.n_rows())) as u64
-            };
-            header.insert(
-                name.clone(),
-                json!({"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + bytes]}),
-            );
-            spans.push((offset, bytes));
-            offset += bytes;
+        if !current.is_empty() || shards.is_empty() {
+            shards.push(current);
         }
-        let mut text = serde_json::to_vec(&Value::Object(header)).expect("a JSON map serializes");
-        // The data starts 8-aligned: pad the header with spaces, as safetensors does.
-        while (8 + text.len()) % 8 != 0 {
-            text.push(b' ');
+        shards
+    }
+
+    /// `model.safetensors.index.json` as transformers writes it
+    /// (`json.dumps(index, indent=2, sort_keys=True)` and a newline):
+    /// `metadata.total_size`, the bytes of every stored tensor, and
+    /// `weight_map`, each stored tensor's shard.
+    fn index(&self, model: &Model, files: &[FileLayout]) -> Vec<u8> {
+        let mut map = BTreeMap::new();
+        let mut total = 0u64;
+        for f in files {
+            for p in &f.placements {
+                let t = &model.tensors[p.tensor];
+                // Names as the layout gave them: recomputed from the piece.
+                let piece = &self.pieces(t)[p.piece];
+                map.insert(Self::stored_name(t, piece), json!(f.name));
+                total += p.bytes(t);
+            }
         }
-        let mut head = (text.len() as u64).to_le_bytes().to_vec();
-        head.extend_from_slice(&text);
-        let base = head.len() as u64;
-        let placements = all
-            .iter()
-            .zip(&spans)
-            .map(|((_, i, k, p), &(off, _))| Placement {
-                tensor: *i,
-                piece: *k,
-                offset: base + off,
-                row_bytes: p.row_bytes,
-                unit: p.unit,
-                padding: 0,
-            })
-            .collect();
-        Ok(vec![FileLayout {
-            name: "model.safetensors".into(),
-            header: head,
-            placements,
-            total_bytes: base + offset,
-        }])
+        let index = json!({
+            "metadata": {"total_size": total},
+            "weight_map": map.into_iter().collect::<Map<_, _>>(),
+        });
+        let mut text = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"  ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut text, fmt);
+        serde::Serialize::serialize(&index, &mut ser).expect("JSON serializes");
+        text.push(b'\n');
+        text
+    }
+
+    /// The shard file names: `model.safetensors` alone, or
+    /// `model-0000i-of-0000N.safetensors`.
+    fn shard_name(i: usize, n: usize) -> String {
+        if n == 1 {
+            "model.safetensors".into()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        }
+    }
+}
+
+impl Container for CompressedTensors {
+    fn layout(&self, model: &Model) -> Result<Vec<FileLayout>> {
+        let shards = self.shards(model);
+        let n = shards.len();
+        let mut files = Vec::with_capacity(n);
+        for (si, mut all) in shards.into_iter().enumerate() {
+            // Stored tensors sorted by name within a file, as safetensors orders them.
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut header = Map::new();
+            header.insert("__metadata__".into(), json!({"format": "pt"}));
+            let mut offset = 0u64;
+            let mut spans = Vec::with_capacity(all.len());
+            for (name, _, _, p, bytes) in &all {
+                header.insert(
+                    name.clone(),
+                    json!({"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + bytes]}),
+                );
+                spans.push(offset);
+                offset += bytes;
+            }
+            let mut text =
+                serde_json::to_vec(&Value::Object(header)).expect("a JSON map serializes");
+            // The data starts 8-aligned: pad the header with spaces, as safetensors does.
+            while (8 + text.len()) % 8 != 0 {
+                text.push(b' ');
+            }
+            let mut head = (text.len() as u64).to_le_bytes().to_vec();
+            head.extend_from_slice(&text);
+            let base = head.len() as u64;
+            let placements = all
+                .iter()
+                .zip(&spans)
+                .map(|((_, i, k, p, _), &off)| Placement {
+                    tensor: *i,
+                    piece: *k,
+                    offset: base + off,
+                    row_bytes: p.row_bytes,
+                    unit: p.unit,
+                    padding: 0,
+                })
+                .collect();
+            files.push(FileLayout {
+                name: Self::shard_name(si, n),
+                header: head,
+                placements,
+                total_bytes: base + offset,
+            });
+        }
+        Ok(files)
     }
 
     fn copies_source(&self, t: &TensorNode, _piece: usize) -> bool {
@@ -927,7 +1041,7 @@ impl Container for CompressedTensors {
         }
     }
 
-    fn side_files(&self, model: &Model, _files: &[FileLayout]) -> Result<Vec<(String, Vec<u8>)>> {
+    fn side_files(&self, model: &Model, files: &[FileLayout]) -> Result<Vec<(String, Vec<u8>)>> {
         let mut config = self.config.clone();
         config.insert(
             "quantization_config".into(),
@@ -936,6 +1050,12 @@ impl Container for CompressedTensors {
         let mut text = serde_json::to_vec_pretty(&Value::Object(config)).expect("JSON serializes");
         text.push(b'\n');
         let mut out = vec![("config.json".to_string(), text)];
+        if files.len() > 1 {
+            out.push((
+                "model.safetensors.index.json".to_string(),
+                self.index(model, files),
+            ));
+        }
         out.extend(self.copied.iter().cloned());
         Ok(out)
     }
