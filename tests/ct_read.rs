@@ -377,3 +377,120 @@ fn missing_or_untargeted_quantized_tensors() {
         ],
     );
 }
+
+/// Tensor names and data bytes of one safetensors file's header.
+fn header_sizes(path: &Path) -> Vec<(String, u64)> {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    h.as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            (k.clone(), o[1].as_u64().unwrap() - o[0].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn shards_with_an_index_and_reads_them_back() {
+    let d = tempfile::tempdir().unwrap();
+    let src = fixture("tiny-llama");
+    let convert = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "convert",
+            s(&src),
+            "--format",
+            "compressed-tensors",
+            "--scheme",
+            "W4A16",
+            "-o",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        let r = run(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+    // Fits in one shard (the default 5GB, and 2GiB): one model.safetensors, no index.
+    let single = d.path().join("single");
+    convert(&single, &["--max-shard-size", "2GiB"]);
+    let files = listing(&single);
+    assert!(
+        files.contains(&"model.safetensors".to_string()),
+        "{files:?}"
+    );
+    assert!(!files
+        .iter()
+        .any(|f| f.contains("index") || f.contains("-of-")));
+
+    let sharded = d.path().join("sharded");
+    convert(&sharded, &["--max-shard-size", "500KB"]);
+    let files = listing(&sharded);
+    let shards: Vec<&String> = files.iter().filter(|f| f.contains("-of-")).collect();
+    assert_eq!(shards.len(), 6, "{files:?}");
+    for (i, f) in shards.iter().enumerate() {
+        assert_eq!(**f, format!("model-{:05}-of-00006.safetensors", i + 1));
+    }
+    assert!(!files.contains(&"model.safetensors".to_string()));
+    let text = std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap();
+    let index: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        text.ends_with("}\n") && text.starts_with("{\n  \"metadata\": {\n    \"total_size\": ")
+    );
+    let map = index["weight_map"].as_object().unwrap();
+    let mut total = 0;
+    let mut named = 0;
+    for f in &shards {
+        let sizes = header_sizes(&sharded.join(f));
+        // A shard holds at most 500 KB of tensors unless one tensor alone is larger.
+        let bytes: u64 = sizes.iter().map(|(_, b)| b).sum();
+        assert!(bytes <= 500_000 || sizes.len() == 1, "{f}: {bytes}");
+        for (name, b) in sizes {
+            assert_eq!(map[&name], json!(f), "{name}");
+            total += b;
+            named += 1;
+        }
+    }
+    assert_eq!(named, map.len());
+    assert_eq!(index["metadata"]["total_size"], json!(total));
+    // Read back through the index: the same measurements as the single file.
+    let eval = |dir: &Path| {
+        let mut j = json_of(&run(&[
+            "eval",
+            s(&fixture("tiny-llama")),
+            s(dir),
+            "--weights",
+            "--json",
+        ]));
+        j["weights"]["seconds"] = json!(0);
+        j["weights"].clone()
+    };
+    assert_eq!(eval(&single), eval(&sharded));
+    let j = json_of(&run(&["inspect", s(&sharded), "--json"]));
+    assert_eq!(j["files"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        j["compressed_tensors"]["quantized"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+
+    let r = run(&[
+        "convert",
+        s(&fixture("tiny-llama")),
+        "--format",
+        "compressed-tensors",
+        "--scheme",
+        "W4A16",
+        "--max-shard-size",
+        "5XB",
+        "-o",
+        s(&d.path().join("bad")),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("`5XB` is not a size"), "{}", r.stderr);
+    assert!(!d.path().join("bad").exists());
+}

@@ -383,3 +383,28 @@ def test_decoder(kiln, tmp_path, fixture, scheme):
     # Nothing stored beyond the source's tensors and the quantized modules' parameters.
     for k in stored:
         assert k in source or any(k.startswith(m) for m in {t.rsplit(".", 1)[0] for t in source}), k
+
+
+def test_sharded_index_is_what_transformers_writes(kiln, tmp_path):
+    """Shards and `model.safetensors.index.json` as transformers' save_pretrained writes
+    them (`json.dumps(index, indent=2, sort_keys=True) + "\\n"`, metadata.total_size the
+    tensor bytes), and the tensors read through the index decode as the single file's."""
+    src = ROOT / "fixtures" / "tiny-llama"
+    one, many = tmp_path / "one", tmp_path / "many"
+    run_kiln(kiln, "convert", src, "--format", "compressed-tensors", "--scheme", "W4A16", "-o", one)
+    run_kiln(kiln, "convert", src, "--format", "compressed-tensors", "--scheme", "W4A16", "--max-shard-size", "500KB", "-o", many)
+    text = (many / "model.safetensors.index.json").read_text()
+    index = json.loads(text)
+    assert text == json.dumps(index, indent=2, sort_keys=True) + "\n"
+    assert set(index) == {"metadata", "weight_map"}
+    shards = sorted({f for f in index["weight_map"].values()})
+    assert shards == [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    assert not (many / "model.safetensors").exists()
+    stored = {}
+    for f in shards:
+        part = read_safetensors(many / f)
+        assert all(index["weight_map"][k] == f for k in part)
+        stored.update(part)
+    assert set(stored) == set(index["weight_map"])
+    assert index["metadata"]["total_size"] == sum(len(raw) for _, _, raw in stored.values())
+    assert stored == read_safetensors(one / "model.safetensors")
