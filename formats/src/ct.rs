@@ -31,6 +31,8 @@ use serde_json::{json, Map, Value};
 use crate::data::read_row;
 use crate::error::{Error, Result};
 use crate::mmap::MappedFile;
+use crate::shards;
+pub use crate::shards::{parse_size, DEFAULT_MAX_SHARD};
 use crate::write::{Container, FileLayout, Placement, Unit};
 
 /// The compressed-tensors version whose layout and config block kiln writes.
@@ -490,40 +492,6 @@ pub struct CompressedTensors {
     max_shard: u64,
 }
 
-/// The default shard size: 5 GB, as transformers 4 wrote checkpoints (5 writes 50 GB).
-pub const DEFAULT_MAX_SHARD: u64 = 5_000_000_000;
-
-/// A shard size as `--max-shard-size` takes it, in the forms transformers and
-/// huggingface_hub accept: a number of bytes, or a number and a unit, decimal
-/// (`KB`, `MB`, `GB`, `TB`) or binary (`KiB`, `MiB`, `GiB`, `TiB`), case-insensitive,
-/// fractions allowed (`1.5GB`).
-pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let t = text.trim();
-    let lower = t.to_ascii_lowercase();
-    let units: [(&str, f64); 8] = [
-        ("kib", 1024.0),
-        ("mib", 1024f64.powi(2)),
-        ("gib", 1024f64.powi(3)),
-        ("tib", 1024f64.powi(4)),
-        ("kb", 1e3),
-        ("mb", 1e6),
-        ("gb", 1e9),
-        ("tb", 1e12),
-    ];
-    let (num, mult) = units
-        .iter()
-        .find_map(|(u, m)| lower.strip_suffix(u).map(|n| (n.trim(), *m)))
-        .unwrap_or((lower.as_str(), 1.0));
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("`{t}` is not a size (a number of bytes, or 500MB, 2GiB, 5GB)"))?;
-    let bytes = v * mult;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1e18) {
-        return Err(format!("`{t}`: a shard size is at least 1 byte"));
-    }
-    Ok(bytes as u64)
-}
-
 impl CompressedTensors {
     /// For a model assigned with [`assign`], loaded from the directory `src`.
     pub fn new(
@@ -755,9 +723,7 @@ impl CompressedTensors {
     /// push the current one past the limit, a tensor over the limit alone.
     #[allow(clippy::type_complexity)]
     fn shards(&self, model: &Model) -> Vec<Vec<(String, usize, usize, Piece, u64)>> {
-        let mut shards: Vec<Vec<(String, usize, usize, Piece, u64)>> = Vec::new();
-        let mut current = Vec::new();
-        let mut size = 0u64;
+        let mut all = Vec::new();
         for (i, t) in model.tensors.iter().enumerate() {
             for (k, p) in self.pieces(t).into_iter().enumerate() {
                 let bytes = if p.unit.per_row {
@@ -765,61 +731,16 @@ impl CompressedTensors {
                 } else {
                     (p.row_bytes * p.unit.count(t.n_rows())) as u64
                 };
-                let entry = (Self::stored_name(t, &p), i, k, p, bytes);
-                if bytes > self.max_shard {
-                    shards.push(vec![entry]);
-                    continue;
-                }
-                if size + bytes > self.max_shard && !current.is_empty() {
-                    shards.push(std::mem::take(&mut current));
-                    size = 0;
-                }
-                current.push(entry);
-                size += bytes;
+                all.push((Self::stored_name(t, &p), i, k, p, bytes));
             }
         }
-        if !current.is_empty() || shards.is_empty() {
-            shards.push(current);
+        let sizes: Vec<u64> = all.iter().map(|e| e.4).collect();
+        let (shard, n) = shards::split(&sizes, self.max_shard);
+        let mut out = vec![Vec::new(); n];
+        for (e, s) in all.into_iter().zip(shard) {
+            out[s].push(e);
         }
-        shards
-    }
-
-    /// `model.safetensors.index.json` as transformers writes it
-    /// (`json.dumps(index, indent=2, sort_keys=True)` and a newline):
-    /// `metadata.total_size`, the bytes of every stored tensor, and
-    /// `weight_map`, each stored tensor's shard.
-    fn index(&self, model: &Model, files: &[FileLayout]) -> Vec<u8> {
-        let mut map = BTreeMap::new();
-        let mut total = 0u64;
-        for f in files {
-            for p in &f.placements {
-                let t = &model.tensors[p.tensor];
-                // Names as the layout gave them: recomputed from the piece.
-                let piece = &self.pieces(t)[p.piece];
-                map.insert(Self::stored_name(t, piece), json!(f.name));
-                total += p.bytes(t);
-            }
-        }
-        let index = json!({
-            "metadata": {"total_size": total},
-            "weight_map": map.into_iter().collect::<Map<_, _>>(),
-        });
-        let mut text = Vec::new();
-        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"  ");
-        let mut ser = serde_json::Serializer::with_formatter(&mut text, fmt);
-        serde::Serialize::serialize(&index, &mut ser).expect("JSON serializes");
-        text.push(b'\n');
-        text
-    }
-
-    /// The shard file names: `model.safetensors` alone, or
-    /// `model-0000i-of-0000N.safetensors`.
-    fn shard_name(i: usize, n: usize) -> String {
-        if n == 1 {
-            "model.safetensors".into()
-        } else {
-            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
-        }
+        out
     }
 }
 
@@ -865,7 +786,7 @@ impl Container for CompressedTensors {
                 })
                 .collect();
             files.push(FileLayout {
-                name: Self::shard_name(si, n),
+                name: shards::file_name(si, n),
                 header: head,
                 placements,
                 total_bytes: base + offset,
@@ -1053,7 +974,13 @@ impl Container for CompressedTensors {
         if files.len() > 1 {
             out.push((
                 "model.safetensors.index.json".to_string(),
-                self.index(model, files),
+                shards::index(files.iter().map(|f| {
+                    let names = f.placements.iter().map(|p| {
+                        let t = &model.tensors[p.tensor];
+                        (Self::stored_name(t, &self.pieces(t)[p.piece]), p.bytes(t))
+                    });
+                    (f.name.as_str(), names.collect())
+                })),
             ));
         }
         out.extend(self.copied.iter().cloned());

@@ -19,6 +19,7 @@ pub mod input;
 pub mod load;
 mod mmap;
 pub mod safetensors;
+pub mod shards;
 pub mod tokenizer;
 pub mod write;
 
