@@ -8,12 +8,12 @@
 # MODEL_DIR defaults to a ~1 GB bf16 llama made by kiln-fixture (`large --params-gb 1`,
 # hidden 2048, FFN 5632, 8 layers). THREADS (default: all cores) is RAYON_NUM_THREADS
 # for kiln and OMP_NUM_THREADS / torch.set_num_threads for llm-compressor.
-# Needs a venv with llmcompressor (PY, default /work/ct-venv/bin/python; see
+# Needs a Python with llmcompressor (PY, default python3; see
 # fixtures/compressed_tensors/README.md) and `cargo build --release`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 KILN="${KILN:-$ROOT/target/release/kiln}"
-PY="${PY:-/work/ct-venv/bin/python}"
+PY="${PY:-python3}"
 THREADS="${2:-$(nproc)}"
 WORK="$(mktemp -d /tmp/ct-bench.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT

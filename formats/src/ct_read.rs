@@ -65,6 +65,10 @@ struct Part {
     end: u64,
 }
 
+/// A stored tensor that is not part of a quantized module (norms,
+/// embeddings, ignored Linears): its file index and header entry.
+pub type Plain = (usize, StEntry);
+
 /// One quantized Linear, decodable row by row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CtTensor {
@@ -600,7 +604,7 @@ impl CtRead {
         files: &[PathBuf],
         headers: &[Vec<StEntry>],
         maps: &[MappedFile],
-    ) -> Result<(CtRead, Vec<TensorNode>, Vec<(usize, StEntry)>)> {
+    ) -> Result<(CtRead, Vec<TensorNode>, Vec<Plain>)> {
         // Stored tensors by module and suffix.
         let mut modules: BTreeMap<String, BTreeMap<&'static str, Stored>> = BTreeMap::new();
         let mut plain = Vec::new();

@@ -40,7 +40,7 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         .parse()
         .map_err(|_| format!("`{t}` is not a size (a number of bytes, or 500MB, 2GiB, 5GB)"))?;
     let bytes = v * mult;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < 1e18) {
+    if !(1.0..1e18).contains(&bytes) {
         return Err(format!("`{t}`: a shard size is at least 1 byte"));
     }
     Ok(bytes as u64)
