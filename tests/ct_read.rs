@@ -494,3 +494,109 @@ fn shards_with_an_index_and_reads_them_back() {
     assert!(r.stderr.contains("`5XB` is not a size"), "{}", r.stderr);
     assert!(!d.path().join("bad").exists());
 }
+
+/// Every tensor of a safetensors file, with its bytes.
+fn tensors_of(path: &Path) -> Vec<StTensor> {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    h.as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            let (a, e) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            StTensor {
+                name: k.clone(),
+                dtype: v["dtype"].as_str().unwrap().to_string(),
+                shape: v["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as usize)
+                    .collect(),
+                data: b[8 + n + a..8 + n + e].to_vec(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn mixed_precision_config_groups() {
+    // Layer 0 from the W4A16 artifact, layer 1 from the FP8_DYNAMIC one, two
+    // config groups matched by `re:` patterns, top-level format mixed-precision.
+    let (_a, w4) = artifact("W4A16");
+    let (_b, fp8) = artifact("FP8_DYNAMIC");
+    let mut tensors: Vec<StTensor> = tensors_of(&w4.join("model.safetensors"))
+        .into_iter()
+        .filter(|t| !t.name.starts_with("model.layers.1."))
+        .collect();
+    tensors.extend(
+        tensors_of(&fp8.join("model.safetensors"))
+            .into_iter()
+            .filter(|t| t.name.starts_with("model.layers.1.")),
+    );
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let d = tempfile::tempdir().unwrap();
+    let mixed = d.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+        std::fs::copy(w4.join(f), mixed.join(f)).unwrap();
+    }
+    std::fs::write(
+        mixed.join("model.safetensors"),
+        safetensors_bytes(&tensors, |_| {}),
+    )
+    .unwrap();
+    let qc_of = |dir: &Path| {
+        let c: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        c["quantization_config"].clone()
+    };
+    let (q4, q8) = (qc_of(&w4), qc_of(&fp8));
+    edit_config(&mixed, |q| {
+        let mut g0 = q4["config_groups"]["group_0"].clone();
+        g0["targets"] = json!(["re:model\\.layers\\.0\\..*"]);
+        let mut g1 = q8["config_groups"]["group_0"].clone();
+        g1["targets"] = json!(["re:model\\.layers\\.1\\..*"]);
+        q["config_groups"] = json!({"group_0": g0, "group_1": g1});
+        q["format"] = json!("mixed-precision");
+        q["ignore"] = json!(["model.layers.0.mlp.down_proj", "lm_head"]);
+    });
+    let j = json_of(&run(&["inspect", s(&mixed), "--json"]));
+    let quantized = j["compressed_tensors"]["quantized"].as_array().unwrap();
+    assert_eq!(quantized.len(), 13, "{quantized:?}");
+    for t in quantized {
+        let layer0 = t["module"].as_str().unwrap().starts_with("model.layers.0.");
+        assert_eq!(
+            t["weights"],
+            if layer0 { "INT4_G128" } else { "FP8_CHANNEL" },
+            "{t}"
+        );
+        assert_eq!(t["group"], if layer0 { "group_0" } else { "group_1" });
+    }
+    // Each tensor measures as it does in its single-scheme artifact.
+    let weights = |dir: &Path| -> Vec<Value> {
+        json_of(&run(&[
+            "eval",
+            s(&fixture("tiny-llama")),
+            s(dir),
+            "--weights",
+            "--json",
+        ]))["weights"]["tensors"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let (m, a, b) = (weights(&mixed), weights(&w4), weights(&fp8));
+    for t in &m {
+        let name = t["name"].as_str().unwrap();
+        let from = if name.starts_with("blk.1.") { &b } else { &a };
+        let want = from.iter().find(|x| x["name"] == t["name"]).unwrap();
+        assert_eq!(t, want, "{name}");
+    }
+}
