@@ -52,6 +52,11 @@ pub struct ConvertArgs {
     /// Repeatable. `lm_head` is always kept.
     #[arg(long, value_name = "MODULE", requires = "scheme")]
     pub ignore: Vec<String>,
+    /// Largest compressed-tensors shard: bytes, or 500MB, 2GiB, 5GB (default 5GB).
+    /// One `model.safetensors` when everything fits, else
+    /// `model-0000i-of-0000N.safetensors` with `model.safetensors.index.json`.
+    #[arg(long, value_name = "SIZE", requires = "scheme", value_parser = formats::ct::parse_size)]
+    pub max_shard_size: Option<u64>,
     /// Output GGUF path, or the output directory for compressed-tensors;
     /// required unless --dry-run (written atomically: complete or not at all).
     #[arg(
@@ -130,6 +135,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     for w in &loaded.warnings {
         printer.warn(w);
     }
+    loaded.refuse_compressed(&args.model)?;
     if let Some(g) = &loaded.gguf {
         if let Some((name, ty)) = formats::load::undecodable(g) {
             anyhow::bail!(

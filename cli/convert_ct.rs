@@ -55,6 +55,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     for w in &loaded.warnings {
         printer.warn(w);
     }
+    loaded.refuse_compressed(&args.model)?;
     if loaded.model.arch.is_none() {
         anyhow::bail!("{}: no architecture in config.json", args.model.display());
     }
@@ -63,7 +64,8 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
         .with_context(|| args.model.display().to_string())?;
     ct::assign(&mut model, scheme, &args.ignore)?;
-    let container = CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?;
+    let container = CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?
+        .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
     let files = container.layout(&model)?;
     let notes: Vec<String> = model
         .tensors

@@ -106,6 +106,11 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
         Some(c) => Some(eval::open(c, &opts).map_err(lift)?),
         None => None,
     };
+    for m in std::iter::once(&original).chain(candidate.as_ref()) {
+        for n in activation_notes(m) {
+            printer.info(&format!("note: {n}"));
+        }
+    }
     let cancel = cancel_flag();
     let mut out = serde_json::Map::new();
     out.insert(
@@ -192,6 +197,28 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the measurement of a compressed-tensors model leaves out: its
+/// config groups that quantize activations at run time (vLLM does; kiln's
+/// forward pass runs the decoded weights on unquantized activations).
+fn activation_notes(m: &Opened) -> Vec<String> {
+    let Some(ct) = &m.loaded.ct else {
+        return Vec::new();
+    };
+    ct.config
+        .groups
+        .iter()
+        .filter_map(|g| {
+            g.activations.as_ref().map(|a| {
+                format!(
+                    "{}: config group `{}` quantizes input activations at run time ({a}); kiln decodes the weights and runs unquantized activations, so this measures the weights' quantization only",
+                    m.name(),
+                    passes::printable(&g.name)
+                )
+            })
+        })
+        .collect()
 }
 
 /// The importance per input column of each weight (mean squared activation,

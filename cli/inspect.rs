@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use formats::ct_read::{self, CtRead};
 use formats::{InputKind, LoadOptions};
 use passes::{printable, Arch, MetaValue, Metadata};
 use serde_json::{json, Value};
@@ -148,6 +149,10 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
             "tensors": rows.iter().map(|r| json!({"name": r.name, "shape": r.shape, "dtype": r.dtype, "bytes": r.bytes})).collect::<Vec<_>>(),
             "metadata": md,
         });
+        let mut out = out;
+        if let Some(ct) = &loaded.ct {
+            out["compressed_tensors"] = ct_json(ct);
+        }
         printer.data(&serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -202,6 +207,9 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
             s += &format!("  {} = {}\n", printable(k), printable(&short_json(v)));
         }
     }
+    if let Some(ct) = &loaded.ct {
+        s += &ct_text(ct);
+    }
     if format == "safetensors" && !st_metadata.is_empty() {
         s += "\nmetadata:\n";
         for (k, v) in &st_metadata {
@@ -227,6 +235,91 @@ fn short_json(v: &Value) -> String {
     } else {
         s
     }
+}
+
+/// The `quantization_config` as kiln reads it, and every quantized Linear
+/// with its layout and the tensors that store it.
+fn ct_json(ct: &CtRead) -> Value {
+    json!({
+        "format": ct.config.format,
+        "version": ct.config.version,
+        "groups": ct.config.groups.iter().map(|g| json!({
+            "name": g.name,
+            "format": g.format,
+            "targets": g.targets,
+            "weights": ct_read::label(g.weights),
+            "input_activations": g.activations,
+        })).collect::<Vec<_>>(),
+        "ignore": ct.config.ignore,
+        "quantized": ct.tensors().map(|t| json!({
+            "module": t.module,
+            "group": t.group,
+            "weights": ct_read::label(t.weights),
+            "shape": [t.rows, t.cols],
+            "decoded_dtype": t.dtype.name(),
+            "stored": t.stored,
+            "bytes": t.bytes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn ct_text(ct: &CtRead) -> String {
+    let mut s = format!(
+        "\ncompressed-tensors: format {}{}\n",
+        printable(&ct.config.format),
+        ct.config
+            .version
+            .as_deref()
+            .map_or(String::new(), |v| format!(" (version {})", printable(v)))
+    );
+    for g in &ct.config.groups {
+        let targets: Vec<_> = g
+            .targets
+            .iter()
+            .map(|t| printable(t).into_owned())
+            .collect();
+        s += &format!(
+            "  {}: {} {}, targets {}{}\n",
+            printable(&g.name),
+            printable(&g.format),
+            ct_read::label(g.weights),
+            targets.join(", "),
+            g.activations
+                .as_deref()
+                .map_or(String::new(), |a| format!(", activations {a}"))
+        );
+    }
+    if !ct.config.ignore.is_empty() {
+        let ignore: Vec<_> = ct
+            .config
+            .ignore
+            .iter()
+            .map(|t| printable(t).into_owned())
+            .collect();
+        s += &format!("  ignore: {}\n", ignore.join(", "));
+    }
+    let rows: Vec<_> = ct.tensors().collect();
+    let w = rows
+        .iter()
+        .map(|t| printable(&t.module).len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    s += &format!(
+        "\n{:<w$}  {:<14} {:<16} {:>12}  decoded\n",
+        "module", "weights", "shape", "bytes"
+    );
+    for t in rows {
+        s += &format!(
+            "{:<w$}  {:<14} {:<16} {:>12}  {}\n",
+            printable(&t.module),
+            ct_read::label(t.weights),
+            shape(&[t.rows, t.cols]),
+            t.bytes,
+            t.dtype.name()
+        );
+    }
+    s
 }
 
 fn arch_line(a: &Arch) -> String {

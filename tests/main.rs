@@ -6,6 +6,7 @@ mod build;
 mod chart_png;
 mod common;
 mod convert;
+mod ct_read;
 mod estimate;
 mod eval;
 mod fidelity;

@@ -81,7 +81,7 @@ impl Opened {
         }
         out.par_chunks_mut(row)
             .enumerate()
-            .for_each(|(r, dst)| formats::data::read_row(&self.loaded.maps, node, r, dst));
+            .for_each(|(r, dst)| self.loaded.read_row(node, r, dst));
         out
     }
 }

@@ -84,7 +84,7 @@ pub fn measure(
     let mut src = vec![0f32; rows.len() * row];
     src.par_chunks_mut(row.max(1))
         .zip(rows.par_iter())
-        .for_each(|(dst, &r)| formats::data::read_row(&m.loaded.maps, node, r, dst));
+        .for_each(|(dst, &r)| m.loaded.read_row(node, r, dst));
     if let Some((i, _)) = src.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(Error::Model {
             model: m.name(),

@@ -246,8 +246,8 @@ pub fn compare(
             let (mut ra, mut rb) = (vec![0f32; len], vec![0f32; len]);
             let mut s = Sums::default();
             for r in r0..r1 {
-                formats::data::read_row(&original.loaded.maps, a, r, &mut ra);
-                formats::data::read_row(&candidate.loaded.maps, b, r, &mut rb);
+                original.loaded.read_row(a, r, &mut ra);
+                candidate.loaded.read_row(b, r, &mut rb);
                 s.add_row(&ra, &rb, weights[i]);
             }
             let rows = a.n_rows().max(1) as u64;
@@ -267,8 +267,8 @@ pub fn compare(
             name: a.name.clone(),
             role: a.role.name(),
             shape: a.shape.clone(),
-            original_type: a.source.dtype.name().to_uppercase(),
-            candidate_type: b.source.dtype.name().to_uppercase(),
+            original_type: original.loaded.storage_name(a),
+            candidate_type: candidate.loaded.storage_name(b),
             metrics: s.metrics(),
             sums: *s,
         })

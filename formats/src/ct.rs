@@ -31,6 +31,8 @@ use serde_json::{json, Map, Value};
 use crate::data::read_row;
 use crate::error::{Error, Result};
 use crate::mmap::MappedFile;
+use crate::shards;
+pub use crate::shards::{parse_size, DEFAULT_MAX_SHARD};
 use crate::write::{Container, FileLayout, Placement, Unit};
 
 /// The compressed-tensors version whose layout and config block kiln writes.
@@ -486,6 +488,8 @@ pub struct CompressedTensors {
     config: Map<String, Value>,
     /// Files copied from the source directory (tokenizer, generation config).
     copied: Vec<(String, Vec<u8>)>,
+    /// Largest shard, in tensor bytes ([`DEFAULT_MAX_SHARD`] unless set).
+    max_shard: u64,
 }
 
 impl CompressedTensors {
@@ -522,7 +526,15 @@ impl CompressedTensors {
             amax: scan_amax(model, maps),
             config,
             copied,
+            max_shard: DEFAULT_MAX_SHARD,
         })
+    }
+
+    /// Split the tensors into shards of at most `bytes` (a tensor larger
+    /// than that gets a shard of its own), as `save_pretrained` does.
+    pub fn with_max_shard_size(mut self, bytes: u64) -> CompressedTensors {
+        self.max_shard = bytes.max(1);
+        self
     }
 
     fn weights(&self, enc: Encoding) -> Option<Weights> {
@@ -704,60 +716,83 @@ impl CompressedTensors {
     }
 }
 
-impl Container for CompressedTensors {
-    fn layout(&self, model: &Model) -> Result<Vec<FileLayout>> {
-        // Stored tensors sorted by name, as safetensors orders them.
-        let mut all: Vec<(String, usize, usize, Piece)> = Vec::new();
+impl CompressedTensors {
+    /// Every stored tensor with its source tensor, piece and size, split
+    /// into shards the way huggingface_hub's `split_state_dict_into_shards`
+    /// does: tensors in module order, a new shard when the next tensor would
+    /// push the current one past the limit, a tensor over the limit alone.
+    #[allow(clippy::type_complexity)]
+    fn shards(&self, model: &Model) -> Vec<Vec<(String, usize, usize, Piece, u64)>> {
+        let mut all = Vec::new();
         for (i, t) in model.tensors.iter().enumerate() {
             for (k, p) in self.pieces(t).into_iter().enumerate() {
-                all.push((Self::stored_name(t, &p), i, k, p));
+                let bytes = if p.unit.per_row {
+                    (p.row_bytes * t.n_rows()) as u64
+                } else {
+                    (p.row_bytes * p.unit.count(t.n_rows())) as u64
+                };
+                all.push((Self::stored_name(t, &p), i, k, p, bytes));
             }
         }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut header = Map::new();
-        header.insert("__metadata__".into(), json!({"format": "pt"}));
-        let mut offset = 0u64;
-        let mut spans = Vec::with_capacity(all.len());
-        for (name, i, _, p) in &all {
-            let t = &model.tensors[*i];
-            let bytes = if p.unit.per_row {
-                (p.row_bytes * t.n_rows()) as u64
-            } else {
-                (p.row_bytes * p.unit.count(t.n_rows())) as u64
-            };
-            header.insert(
-                name.clone(),
-                json!({"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + bytes]}),
-            );
-            spans.push((offset, bytes));
-            offset += bytes;
+        let sizes: Vec<u64> = all.iter().map(|e| e.4).collect();
+        let (shard, n) = shards::split(&sizes, self.max_shard);
+        let mut out = vec![Vec::new(); n];
+        for (e, s) in all.into_iter().zip(shard) {
+            out[s].push(e);
         }
-        let mut text = serde_json::to_vec(&Value::Object(header)).expect("a JSON map serializes");
-        // The data starts 8-aligned: pad the header with spaces, as safetensors does.
-        while (8 + text.len()) % 8 != 0 {
-            text.push(b' ');
+        out
+    }
+}
+
+impl Container for CompressedTensors {
+    fn layout(&self, model: &Model) -> Result<Vec<FileLayout>> {
+        let shards = self.shards(model);
+        let n = shards.len();
+        let mut files = Vec::with_capacity(n);
+        for (si, mut all) in shards.into_iter().enumerate() {
+            // Stored tensors sorted by name within a file, as safetensors orders them.
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut header = Map::new();
+            header.insert("__metadata__".into(), json!({"format": "pt"}));
+            let mut offset = 0u64;
+            let mut spans = Vec::with_capacity(all.len());
+            for (name, _, _, p, bytes) in &all {
+                header.insert(
+                    name.clone(),
+                    json!({"dtype": p.dtype, "shape": p.shape, "data_offsets": [offset, offset + bytes]}),
+                );
+                spans.push(offset);
+                offset += bytes;
+            }
+            let mut text =
+                serde_json::to_vec(&Value::Object(header)).expect("a JSON map serializes");
+            // The data starts 8-aligned: pad the header with spaces, as safetensors does.
+            while (8 + text.len()) % 8 != 0 {
+                text.push(b' ');
+            }
+            let mut head = (text.len() as u64).to_le_bytes().to_vec();
+            head.extend_from_slice(&text);
+            let base = head.len() as u64;
+            let placements = all
+                .iter()
+                .zip(&spans)
+                .map(|((_, i, k, p, _), &off)| Placement {
+                    tensor: *i,
+                    piece: *k,
+                    offset: base + off,
+                    row_bytes: p.row_bytes,
+                    unit: p.unit,
+                    padding: 0,
+                })
+                .collect();
+            files.push(FileLayout {
+                name: shards::file_name(si, n),
+                header: head,
+                placements,
+                total_bytes: base + offset,
+            });
         }
-        let mut head = (text.len() as u64).to_le_bytes().to_vec();
-        head.extend_from_slice(&text);
-        let base = head.len() as u64;
-        let placements = all
-            .iter()
-            .zip(&spans)
-            .map(|((_, i, k, p), &(off, _))| Placement {
-                tensor: *i,
-                piece: *k,
-                offset: base + off,
-                row_bytes: p.row_bytes,
-                unit: p.unit,
-                padding: 0,
-            })
-            .collect();
-        Ok(vec![FileLayout {
-            name: "model.safetensors".into(),
-            header: head,
-            placements,
-            total_bytes: base + offset,
-        }])
+        Ok(files)
     }
 
     fn copies_source(&self, t: &TensorNode, _piece: usize) -> bool {
@@ -927,7 +962,7 @@ impl Container for CompressedTensors {
         }
     }
 
-    fn side_files(&self, model: &Model, _files: &[FileLayout]) -> Result<Vec<(String, Vec<u8>)>> {
+    fn side_files(&self, model: &Model, files: &[FileLayout]) -> Result<Vec<(String, Vec<u8>)>> {
         let mut config = self.config.clone();
         config.insert(
             "quantization_config".into(),
@@ -936,6 +971,18 @@ impl Container for CompressedTensors {
         let mut text = serde_json::to_vec_pretty(&Value::Object(config)).expect("JSON serializes");
         text.push(b'\n');
         let mut out = vec![("config.json".to_string(), text)];
+        if files.len() > 1 {
+            out.push((
+                "model.safetensors.index.json".to_string(),
+                shards::index(files.iter().map(|f| {
+                    let names = f.placements.iter().map(|p| {
+                        let t = &model.tensors[p.tensor];
+                        (Self::stored_name(t, &self.pieces(t)[p.piece]), p.bytes(t))
+                    });
+                    (f.name.as_str(), names.collect())
+                })),
+            ));
+        }
         out.extend(self.copied.iter().cloned());
         Ok(out)
     }

@@ -142,6 +142,19 @@ pub fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<Vec<String>>)>> {
             }
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, names) in &files {
+            if !path.exists() {
+                let first = names.as_ref().and_then(|n| n.first()).map(String::as_str);
+                return Err(Error::malformed(
+                    &index,
+                    first,
+                    format!(
+                        "names shard `{}`, which does not exist",
+                        path.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                ));
+            }
+        }
         return Ok(files);
     }
     let single = dir.join("model.safetensors");

@@ -8,6 +8,7 @@ pub mod artifact;
 pub mod atomic;
 pub mod chart;
 pub mod ct;
+pub mod ct_read;
 pub mod data;
 pub mod error;
 pub mod gguf;
@@ -18,6 +19,7 @@ pub mod input;
 pub mod load;
 mod mmap;
 pub mod safetensors;
+pub mod shards;
 pub mod tokenizer;
 pub mod write;
 

@@ -15,6 +15,7 @@ use passes::ir::ModelInfo;
 use passes::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode};
 use quant::GgmlType;
 
+use crate::ct_read::{self, CtRead};
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgufFile};
 use crate::hf;
@@ -45,6 +46,55 @@ pub struct Loaded {
     /// What the input lacks or what kiln cannot account for, for the user
     /// (a missing `tokenizer_config.json`, a config field no spec knows).
     pub warnings: Vec<String>,
+    /// For compressed-tensors checkpoints, the config and the quantized
+    /// Linears: their tensors in `model` are the logical weights, decoded
+    /// by [`Loaded::read_row`].
+    pub ct: Option<CtRead>,
+}
+
+impl Loaded {
+    /// Decode output row `r` of `node` (its transform applied) to f32,
+    /// whatever its storage: compressed-tensors layouts through
+    /// [`CtRead`], everything else through [`crate::data::read_row`].
+    pub fn read_row(&self, node: &TensorNode, r: usize, out: &mut [f32]) {
+        match self.ct.as_ref().and_then(|c| c.tensor(node)) {
+            Some(t) => {
+                let src = match node.transform {
+                    Some(tr) => tr.source_row(r, node.n_rows()),
+                    None => r,
+                };
+                t.decode_row(&self.maps, src, out);
+            }
+            None => crate::data::read_row(&self.maps, node, r, out),
+        }
+    }
+
+    /// Refuse a compressed-tensors checkpoint as the input of a conversion
+    /// or a plan: its weights are already quantized, and the writers read
+    /// source rows as stored, so they would re-encode packed words.
+    pub fn refuse_compressed(&self, path: &Path) -> Result<()> {
+        match self.ct.as_ref().and_then(|c| c.tensors().next()) {
+            Some(t) => Err(Error::unsupported(
+                path,
+                Some(&format!("{}.weight", t.module)),
+                format!(
+                    "a compressed-tensors checkpoint (stored as {}): `kiln eval` and `kiln inspect` read it; \
+                     converting or planning from it is not supported: start from the original checkpoint",
+                    crate::ct_read::label(t.weights)
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// How `node` is stored, as listings name it: `BF16`, `Q4_K`, or a
+    /// compressed-tensors layout (`INT4_G128`, `FP8_CHANNEL`, `NVFP4`).
+    pub fn storage_name(&self, node: &TensorNode) -> String {
+        match self.ct.as_ref().and_then(|c| c.tensor(node)) {
+            Some(t) => crate::ct_read::label(t.weights),
+            None => node.source.dtype.name().to_uppercase(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,6 +182,7 @@ fn load_safetensors_file(path: &Path, map: MappedFile) -> Result<Loaded> {
         gguf: None,
         safetensors: vec![header],
         warnings: Vec::new(),
+        ct: None,
     })
 }
 
@@ -151,11 +202,11 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let arch = hf::parse_config(&config_path, &config)?;
     hf::check_values(&config_path, &arch)?;
 
+    let ct_config = ct_read::Config::parse(&config_path, &config)?;
     let mut files: Vec<PathBuf> = Vec::new();
     let mut maps = Vec::new();
     let mut headers = Vec::new();
-    let mut tensors = Vec::new();
-    for (file_index, (path, names)) in hf::weight_files(dir)?.into_iter().enumerate() {
+    for (path, names) in hf::weight_files(dir)? {
         let map = MappedFile::open(&path)?;
         let header = st::parse(&path, map.bytes())?;
         if let Some(names) = &names {
@@ -169,25 +220,43 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
                 }
             }
         }
-        let mut entries = header.entries.clone();
-        entries.sort_by_key(|e| e.start);
-        for e in &entries {
-            let dtype = source_dtype(&path, &e.name, &e.dtype)?;
-            tensors.push(node(
-                &e.name,
-                e.shape.clone(),
-                Source {
-                    file: file_index,
-                    dtype,
-                    offset: e.start,
-                    len: e.end - e.start,
-                },
-            ));
-        }
         files.push(path);
         maps.push(map);
         headers.push(header);
     }
+    let mut tensors = Vec::new();
+    let (ct, plain) = match ct_config {
+        Some(c) => {
+            let entries: Vec<Vec<st::StEntry>> =
+                headers.iter().map(|h| h.entries.clone()).collect();
+            let (ct, nodes, plain) = CtRead::new(c, &files, &entries, &maps)?;
+            tensors = nodes;
+            (Some(ct), plain)
+        }
+        None => (
+            None,
+            headers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, h)| h.entries.iter().map(move |e| (i, e.clone())))
+                .collect(),
+        ),
+    };
+    for (file_index, e) in plain {
+        let dtype = source_dtype(&files[file_index], &e.name, &e.dtype)?;
+        tensors.push(node(
+            &e.name,
+            e.shape.clone(),
+            Source {
+                file: file_index,
+                dtype,
+                offset: e.start,
+                len: e.end - e.start,
+            },
+        ));
+    }
+    // File order, then offset order.
+    tensors.sort_by_key(|t| (t.source.file, t.source.offset));
 
     // Before the tokenizer is padded to vocab_size (and anything else is
     // sized from the config): every dimension it states against the tensors.
@@ -224,6 +293,7 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         gguf: None,
         safetensors: headers,
         warnings,
+        ct,
     })
 }
 
@@ -256,6 +326,7 @@ pub fn load_hf_dir_as_is(dir: &Path) -> Result<Loaded> {
         gguf: None,
         safetensors: headers,
         warnings: Vec::new(),
+        ct: None,
     })
 }
 
@@ -362,6 +433,7 @@ fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {
         gguf: Some(g),
         safetensors: Vec::new(),
         warnings: Vec::new(),
+        ct: None,
     })
 }
 

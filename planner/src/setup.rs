@@ -198,6 +198,7 @@ fn open(model_path: &Path, o: &PlanOptions) -> Result<(Opened, passes::Arch)> {
             )));
         }
     }
+    opened.loaded.refuse_compressed(model_path)?;
     if !o.allow_requantize {
         let model = &opened.loaded.model;
         if let Some(t) = model.tensors.iter().find(|t| {

@@ -419,6 +419,40 @@ pub fn pack_fp4(codes: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// The inverse of [`pack_fp4`]: `2 * src.len()` codes, the low nibble first.
+pub fn unpack_fp4(src: &[u8], dst: &mut [u8]) {
+    for (pair, &b) in dst.chunks_exact_mut(2).zip(src) {
+        pair[0] = b & 0xF;
+        pair[1] = b >> 4;
+    }
+}
+
+/// An FP8 value decoded as compressed-tensors decompresses it
+/// (`_dequantize`): the E4M3 value cast to the scale's dtype, times the scale,
+/// in that dtype.
+#[inline]
+pub fn fp8_dequantize(b: u8, scale: f32, d: Dtype) -> f32 {
+    d.round(e4m3_to_f32(b) * scale)
+}
+
+/// An NVFP4 value decoded as compressed-tensors decompresses it: the group
+/// scale (E4M3, exact in bf16) divided by the f32 global scale in f32 (torch
+/// promotes), times the E2M1 value in f32, cast to bf16 (the dtype
+/// `unpack_fp4_from_uint8` returns, whatever the checkpoint's).
+#[inline]
+pub fn nvfp4_dequantize(code: u8, scale: u8, global: f32) -> f32 {
+    Dtype::Bf16.round(fp4_value(code) * (e4m3_to_f32(scale) / global))
+}
+
+/// An MXFP4 value decoded as compressed-tensors decompresses it: the E8M0
+/// scale `2^(e - 127)` in bf16 (`decompress_mx_scale`), times the E2M1
+/// value, in bf16.
+#[inline]
+pub fn mx_dequantize(code: u8, scale: u8) -> f32 {
+    let s = Dtype::Bf16.round(2f32.powi(scale as i32 - 127));
+    Dtype::Bf16.round(fp4_value(code) * s)
+}
+
 /// One tensor compressed-tensors stores for a Linear: its name suffix
 /// (`weight_packed`, `weight_scale`, ...), safetensors dtype, shape and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -617,66 +651,72 @@ pub fn encode_tensor(
         }
         Weights::Nvfp4 => {
             let global = nvfp4_global_scale(fused_amax.unwrap_or_else(|| amax(w)), d);
-            let mut codes = vec![0u8; rows * cols];
-            let mut scales = vec![0u8; rows * cols / 16];
-            for (k, chunk) in w.chunks_exact(16).enumerate() {
-                let s = nvfp4_group_scale(amax(chunk), global, d);
-                scales[k] = s;
-                for (i, &x) in chunk.iter().enumerate() {
-                    codes[k * 16 + i] = nvfp4_code(x, s, global);
-                }
-            }
-            let mut packed = vec![0u8; rows * cols / 2];
-            pack_fp4(&codes, &mut packed);
-            vec![
-                Stored {
-                    suffix: "weight_packed",
-                    dtype: "U8",
-                    shape: vec![rows, cols / 2],
-                    bytes: packed,
-                },
-                Stored {
-                    suffix: "weight_scale",
-                    dtype: "F8_E4M3",
-                    shape: vec![rows, cols / 16],
-                    bytes: scales,
-                },
-                Stored {
-                    suffix: "weight_global_scale",
-                    dtype: "F32",
-                    shape: vec![1],
-                    bytes: global.to_le_bytes().to_vec(),
-                },
-            ]
+            let mut out = encode_fp4(
+                w,
+                rows,
+                cols,
+                16,
+                "F8_E4M3",
+                |a| nvfp4_group_scale(a, global, d),
+                |x, s| nvfp4_code(x, s, global),
+            );
+            out.push(Stored {
+                suffix: "weight_global_scale",
+                dtype: "F32",
+                shape: vec![1],
+                bytes: global.to_le_bytes().to_vec(),
+            });
+            out
         }
-        Weights::Mxfp4 => {
-            let mut codes = vec![0u8; rows * cols];
-            let mut scales = vec![0u8; rows * cols / 32];
-            for (k, chunk) in w.chunks_exact(32).enumerate() {
-                let s = mx_scale(amax(chunk), d);
-                scales[k] = s;
-                for (i, &x) in chunk.iter().enumerate() {
-                    codes[k * 32 + i] = mx_code(x, s, d);
-                }
-            }
-            let mut packed = vec![0u8; rows * cols / 2];
-            pack_fp4(&codes, &mut packed);
-            vec![
-                Stored {
-                    suffix: "weight_packed",
-                    dtype: "U8",
-                    shape: vec![rows, cols / 2],
-                    bytes: packed,
-                },
-                Stored {
-                    suffix: "weight_scale",
-                    dtype: "U8",
-                    shape: vec![rows, cols / 32],
-                    bytes: scales,
-                },
-            ]
+        Weights::Mxfp4 => encode_fp4(
+            w,
+            rows,
+            cols,
+            32,
+            "U8",
+            |a| mx_scale(a, d),
+            |x, s| mx_code(x, s, d),
+        ),
+    }
+}
+
+/// The two E2M1 layouts (NVFP4, MXFP4) differ only in the group size, the
+/// scale's dtype and how a scale and a code are computed: codes packed two
+/// per byte (`weight_packed`) and one scale byte per group (`weight_scale`).
+fn encode_fp4(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    group: usize,
+    scale_dtype: &'static str,
+    scale: impl Fn(f32) -> u8,
+    code: impl Fn(f32, u8) -> u8,
+) -> Vec<Stored> {
+    let mut codes = vec![0u8; rows * cols];
+    let mut scales = vec![0u8; rows * cols / group];
+    for (k, chunk) in w.chunks_exact(group).enumerate() {
+        let s = scale(amax(chunk));
+        scales[k] = s;
+        for (i, &x) in chunk.iter().enumerate() {
+            codes[k * group + i] = code(x, s);
         }
     }
+    let mut packed = vec![0u8; rows * cols / 2];
+    pack_fp4(&codes, &mut packed);
+    vec![
+        Stored {
+            suffix: "weight_packed",
+            dtype: "U8",
+            shape: vec![rows, cols / 2],
+            bytes: packed,
+        },
+        Stored {
+            suffix: "weight_scale",
+            dtype: scale_dtype,
+            shape: vec![rows, cols / group],
+            bytes: scales,
+        },
+    ]
 }
 
 #[cfg(test)]
