@@ -412,6 +412,26 @@ pub fn assign(model: &mut Model, scheme: Scheme, ignore: &[String]) -> Result<()
     Ok(())
 }
 
+/// Scale FP8 weights to `max` (448, E4M3FN's largest value, or 240 for
+/// runtimes whose FP8 saturates there: Neuron) instead of 448.
+pub fn set_fp8_max(model: &mut Model, max: f64) -> std::result::Result<(), String> {
+    let range = if max == 448.0 {
+        Fp8Range::Fn448
+    } else if max == 240.0 {
+        Fp8Range::Clamp240
+    } else {
+        return Err(format!(
+            "FP8 maximum {max}: kiln encodes E4M3 scaled to 448 or 240"
+        ));
+    };
+    for t in &mut model.tensors {
+        if let Some(Encoding::Fp8(spec)) = &mut t.encoding {
+            spec.range = range;
+        }
+    }
+    Ok(())
+}
+
 enum Ignore {
     Name(String),
     Re(regex::Regex),
