@@ -5,6 +5,7 @@
 mod build;
 mod common;
 mod convert;
+mod ct_targets;
 mod estimate;
 mod eval;
 mod hostile;

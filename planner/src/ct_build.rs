@@ -15,7 +15,7 @@
 //! dependence on thread count or map order); OUTDIR appears complete or not
 //! at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 
 use formats::artifact::{self, Staging};
@@ -323,10 +323,6 @@ pub fn plan(
                 let Some(tb) = sc.linear_bytes(t.n_rows(), t.row_len(), group, vb) else {
                     continue 'scheme;
                 };
-                // FP8_BLOCK needs whole 128-column tiles, as the writer's encoder does.
-                if sc == CtScheme::Fp8Block && t.row_len() % 128 != 0 {
-                    continue 'scheme;
-                }
                 b += tb;
                 let sens = setup.sensitivity.get(&t.name).copied().unwrap_or(1.0);
                 e += sens * nsr(setup, t, sc, amax, fp8_max);
@@ -513,10 +509,13 @@ pub fn build(
     fct::set_fp8_max(&mut model, s.target.fp8_max()).map_err(Error::Options)?;
     let src = &b.model;
     let maps = &setup.opened.loaded.maps;
-    let container = if assignment.is_empty() {
-        CompressedTensors::new(Scheme::W8A8, &model, maps, src)?
-    } else {
-        CompressedTensors::mixed(&assignment, &model, maps, src)?
+    // One scheme throughout is written as llm-compressor writes a preset
+    // (`targets: ["Linear"]`, the rest in `ignore`); several as named groups.
+    let distinct: BTreeSet<&str> = assignment.values().map(|s| s.name()).collect();
+    let container = match assignment.values().next() {
+        Some(&one) if distinct.len() == 1 => CompressedTensors::new(one, &model, maps, src)?,
+        Some(_) => CompressedTensors::mixed(&assignment, &model, maps, src)?,
+        None => CompressedTensors::new(Scheme::W8A8, &model, maps, src)?,
     };
     let files = container.layout(&model)?;
     let staging = Staging::new(&b.output, b.force)?;

@@ -193,7 +193,10 @@ impl CtScheme {
             }
             CtScheme::W8A8 | CtScheme::Fp8Dynamic => r * c + r * sb,
             CtScheme::Fp8 => r * c + 2 * sb,
-            CtScheme::Fp8Block => r * c + r.div_ceil(128) * c.div_ceil(128) * sb,
+            // Whole 128-wide tiles along the input (llm-compressor refuses
+            // others; kiln's encoder keeps them).
+            CtScheme::Fp8Block if c % 128 != 0 => return None,
+            CtScheme::Fp8Block => r * c + r.div_ceil(128) * (c / 128) * sb,
             CtScheme::Nvfp4A16 | CtScheme::Nvfp4 => {
                 if c % 16 != 0 {
                     return None;

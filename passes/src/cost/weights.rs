@@ -493,15 +493,6 @@ fn serving_bytes(f: ServingFormat, role: Role, t: &TensorNode) -> u64 {
     }
 }
 
-/// Bytes of a tensor's source dtype per value (a synthesized tensor's is
-/// its config's `torch_dtype`).
-fn source_value_bytes(t: &TensorNode) -> u64 {
-    match t.source.dtype {
-        SourceDType::F32 => 4,
-        _ => 2,
-    }
-}
-
 /// Does compressed-tensors quantize this tensor (`targets: ["Linear"]`
 /// minus `lm_head` and routers, as `formats::ct::is_target` decides)?
 pub fn is_ct_target(role: Role, t: &TensorNode) -> bool {
@@ -526,12 +517,18 @@ fn scheme_bytes(
     group: u32,
     role: Role,
     t: &TensorNode,
+    checkpoint: SourceDType,
 ) -> (u64, String, Option<String>) {
-    let vb = source_value_bytes(t);
-    let kept = (
-        vb * t.n_elements() as u64,
-        t.source.dtype.name().to_ascii_lowercase(),
-    );
+    let dtype = if t.shape.len() < 2 {
+        checkpoint
+    } else {
+        t.source.dtype
+    };
+    let vb = match dtype {
+        SourceDType::F32 => 4,
+        _ => 2,
+    };
+    let kept = (vb * t.n_elements() as u64, dtype.name().to_ascii_lowercase());
     if !is_ct_target(role, t) {
         return (kept.0, kept.1, None);
     }
@@ -561,6 +558,13 @@ pub fn weight_bytes(tensors: &[TensorNode], arch: &Arch, format: WeightFormat) -
         embedding_is_output: arch.tied_embeddings || !has_output,
         ..WeightBytes::default()
     };
+    // The checkpoint's dtype (that of its matrices): a synthesized model's
+    // norms are F32 as convert_hf_to_gguf.py writes them, but a
+    // compressed-tensors artifact keeps them in the checkpoint's dtype.
+    let checkpoint = tensors
+        .iter()
+        .find(|t| t.shape.len() >= 2)
+        .map_or(SourceDType::BF16, |t| t.source.dtype);
     let recipe_types = match format {
         WeightFormat::Recipe(r) => {
             let (types, fallbacks) = recipe_types(tensors, arch, r);
@@ -574,7 +578,7 @@ pub fn weight_bytes(tensors: &[TensorNode], arch: &Arch, format: WeightFormat) -
         let one_d = t.shape.len() < 2 || role == Role::Norm;
         let (bytes, label) = match format {
             WeightFormat::Scheme(s, group) => {
-                let (bytes, label, fallback) = scheme_bytes(s, group, role, t);
+                let (bytes, label, fallback) = scheme_bytes(s, group, role, t, checkpoint);
                 if let Some(f) = fallback {
                     wb.fallbacks.push(f);
                 }
