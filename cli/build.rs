@@ -61,6 +61,19 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     planner::options::check(&options).map_err(lift_plan)?;
     let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
     let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
+    if engine != passes::cost::Engine::LlamaCpp && target.runtime_for(engine.name()).is_none() {
+        anyhow::bail!(
+            "--engine {}: `{}` does not list it among its runtimes ({}); kiln build writes GGUF for llama.cpp, and compressed-tensors for the runtimes a target lists (see `kiln targets {}`)",
+            engine.name(),
+            target.id,
+            if target.runtimes.is_empty() {
+                "none listed".to_string()
+            } else {
+                target.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+            target.id
+        );
+    }
     let workload = planner::options::workload(&options).map_err(lift_plan)?;
     let build = planner::BuildOptions {
         model: args.model.clone(),

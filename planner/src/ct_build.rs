@@ -196,13 +196,20 @@ fn dtype_of(t: &TensorNode) -> q::Dtype {
 
 /// Noise-to-signal ratio of `t` in `s` over its sampled rows (the rows
 /// `eval::planning::sampled_rows` picks for the GGUF candidates).
-fn nsr(setup: &Setup, t: &TensorNode, s: CtScheme, global_amax: f32, fp8_max: f32) -> f64 {
+fn nsr(
+    setup: &Setup,
+    t: &TensorNode,
+    s: CtScheme,
+    global_amax: f32,
+    fp8_max: f32,
+    sample: usize,
+) -> f64 {
     let maps = &setup.opened.loaded.maps;
     let d = dtype_of(t);
     let global = q::nvfp4_global_scale(global_amax, d);
     let mut row = vec![0f32; t.row_len()];
     let (mut noise, mut signal) = (0f64, 0f64);
-    for r in eval::planning::sampled_rows(t, setup_sample(setup)) {
+    for r in eval::planning::sampled_rows(t, sample) {
         formats::data::read_row(maps, t, r, &mut row);
         let y = roundtrip_row(s, &row, global, fp8_max, d);
         for (a, b) in row.iter().zip(&y) {
@@ -215,16 +222,6 @@ fn nsr(setup: &Setup, t: &TensorNode, s: CtScheme, global_amax: f32, fp8_max: f3
     } else {
         0.0
     }
-}
-
-/// Values sampled per tensor: the GGUF measurement's rows per tensor.
-fn setup_sample(setup: &Setup) -> usize {
-    setup
-        .measured
-        .iter()
-        .map(|m| m.rows_measured)
-        .max()
-        .map_or(1 << 16, |_| 1 << 16)
 }
 
 /// Measure every target Linear in every legal scheme and set up the units.
@@ -325,7 +322,7 @@ pub fn plan(
                 };
                 b += tb;
                 let sens = setup.sensitivity.get(&t.name).copied().unwrap_or(1.0);
-                e += sens * nsr(setup, t, sc, amax, fp8_max);
+                e += sens * nsr(setup, t, sc, amax, fp8_max, s.options.sample);
             }
             choices.push(UnitChoice {
                 scheme: Some(sc),
@@ -501,6 +498,12 @@ pub fn build(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<CtBuilt> {
+    if !b.model.is_dir() {
+        return Err(Error::Options(format!(
+            "{}: --engine {engine} writes compressed-tensors, from a Hugging Face checkpoint directory (config.json and safetensors), not from a GGUF",
+            b.model.display()
+        )));
+    }
     let p = plan(setup, s, engine, b.objective, b.max_error)?;
     let fp8_max = s.target.fp8_max() as f32;
     let mut model = setup.opened.loaded.model.clone();

@@ -590,10 +590,10 @@ pub fn estimate(
                     .any(|f| runs.iter().any(|r| r == f)) =>
             {
                 notes.push(format!(
-                    "{} on `{}` is not listed as running {} weights (it lists: {}).",
+                    "{} on `{}` is not listed as accepting {} weights (it lists: {}).",
                     rt,
                     target.id,
-                    model.format,
+                    model.format.runtime_entries().join(" or "),
                     runs.join(", ")
                 ))
             }

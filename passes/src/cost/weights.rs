@@ -528,7 +528,10 @@ fn scheme_bytes(
         SourceDType::F32 => 4,
         _ => 2,
     };
-    let kept = (vb * t.n_elements() as u64, dtype.name().to_ascii_lowercase());
+    let kept = (
+        vb * t.n_elements() as u64,
+        dtype.name().to_ascii_lowercase(),
+    );
     if !is_ct_target(role, t) {
         return (kept.0, kept.1, None);
     }
