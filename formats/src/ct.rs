@@ -19,6 +19,10 @@
 //! from rows or units of rows of one tensor, so the streaming engine's bounds
 //! hold; a scheme's per-tensor constants (NVFP4's global scale, shared across
 //! q/k/v and gate/up) come from [`scan_amax`] before anything is written.
+//!
+//! Long file: the schemes, their config groups (single and mixed precision),
+//! the stored-tensor layout and the row and unit encoders must agree piece
+//! for piece, so they stay in one module.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -280,7 +280,6 @@ pub fn known_type_names() -> Vec<&'static str> {
     v.extend([
         "Q3_K", "Q4_K", "Q5_K", "f32", "f16", "bf16", "fp8", "int8", "int4", "fp4", "mxfp4",
     ]);
-    v.extend(CtScheme::ALL.iter().map(|s| s.name()));
     v
 }
 
