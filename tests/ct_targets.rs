@@ -373,9 +373,7 @@ fn build_engine_vllm_writes_the_planned_mixed_precision_artifact() {
             }
             assert!(legal.contains(scheme), "{scheme} not legal");
             let g = &group_of[module];
-            let want_bits = if scheme.starts_with("W8") {
-                8
-            } else if scheme.starts_with("FP8") {
+            let want_bits = if scheme.starts_with("W8") || scheme.starts_with("FP8") {
                 8
             } else {
                 4
