@@ -450,3 +450,45 @@ fn build_for_a_single_group_runtime_uses_one_scheme() {
     assert!(qc["config_groups"].as_object().unwrap().len() <= 1);
     assert_ne!(qc["format"], "mixed-precision");
 }
+
+#[test]
+fn build_with_text_measures_the_plan_and_the_uniform_schemes() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let text = repo().join("fixtures/text/pride-and-prejudice-ch1-17.txt");
+    let r = run(&[
+        "build",
+        &tiny(),
+        "--engine",
+        "vllm",
+        "--target",
+        "h100-sxm",
+        "--text",
+        s(&text),
+        "--chunks",
+        "2",
+        "--probe-chunks",
+        "1",
+        "--eval-chunks",
+        "1",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = json_file(&out.join("manifest.json"));
+    let compared = m["compared"].as_array().unwrap();
+    assert_eq!(compared.len(), 4, "the plan and three uniform schemes");
+    for row in compared {
+        let k = row["measured_kld"].as_f64();
+        assert!(k.is_some_and(|k| k.is_finite() && k >= 0.0), "{row}");
+    }
+    // W8A16 loses less than W4A16 on the same text.
+    let kld = |n: &str| {
+        compared.iter().find(|r| r["name"] == n).unwrap()["measured_kld"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(kld("W8A16 g128") < kld("W4A16 g128"));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(!report.contains("not measured"), "{report}");
+}

@@ -726,6 +726,16 @@ fn measure_units(
     Ok(r.kld.as_ref().map(|k| k.mean))
 }
 
+/// A KL divergence for the report: 6 decimals, or 4 significant digits
+/// below 0.001 (a tiny model's measured values).
+fn kld(x: f64) -> String {
+    if x != 0.0 && x.abs() < 1e-3 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.6}")
+    }
+}
+
 fn report_text(
     setup: &Setup,
     s: &Sizing,
@@ -766,26 +776,24 @@ fn report_text(
             continue;
         }
         out += &format!(
-            "| {name} | {} ({}) | {:.3} | {:.6} | {} |\n",
+            "| {name} | {} ({}) | {:.3} | {} | {} |\n",
             b,
             bytes(*b),
             *b as f64 * 8.0 / params,
-            e,
-            k.map_or("not measured (no --text)".to_string(), |k| format!(
-                "{k:.6}"
-            ))
+            kld(*e),
+            k.map_or("not measured (no --text)".to_string(), kld)
         );
     }
     out += "\n## Per layer\n\n| unit | scheme | bytes | predicted KLD |\n|---|---|---:|---:|\n";
     for (u, &c) in p.units.iter().zip(&p.chosen) {
         let ch = &u.choices[c];
         out += &format!(
-            "| {} | {} | {} | {:.6} |\n",
+            "| {} | {} | {} | {} |\n",
             u.name,
             ch.scheme
                 .map_or("bf16 (ignore)".to_string(), |s| s.name().to_string()),
             ch.bytes,
-            ch.error
+            kld(ch.error)
         );
     }
     out
