@@ -492,3 +492,45 @@ fn build_with_text_measures_the_plan_and_the_uniform_schemes() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(!report.contains("not measured"), "{report}");
 }
+
+#[test]
+fn plan_engine_vllm_shows_the_build_per_target_without_writing() {
+    let r = run(&[
+        "plan",
+        &tiny(),
+        "--engine",
+        "vllm",
+        "--targets",
+        "h100-sxm,tpu-v5e,m2",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let t = v["targets"].as_array().unwrap();
+    assert_eq!(t[0]["runtime"], "vllm");
+    assert_eq!(t[1]["runtime"], "tpu-inference");
+    assert_eq!(t[1]["plan_schemes"], serde_json::json!(["W8A8"]));
+    assert!(t[2]["no_plan"]
+        .as_str()
+        .unwrap()
+        .contains("does not list vllm"));
+    // The plan is the one `kiln build` writes.
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let b = run(&[
+        "build",
+        &tiny(),
+        "--engine",
+        "vllm",
+        "--target",
+        "h100-sxm",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    let m = json_file(&out.join("manifest.json"));
+    assert_eq!(
+        t[0]["options"][0]["tensor_bytes"].as_u64().unwrap(),
+        m["compared"][0]["tensor_bytes"].as_u64().unwrap()
+    );
+}
