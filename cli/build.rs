@@ -60,7 +60,20 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let options = args.plan.options();
     planner::options::check(&options).map_err(lift_plan)?;
     let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
-    let engine = planner::options::engine(&options).map_err(lift_plan)?;
+    let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
+    if engine != passes::cost::Engine::LlamaCpp && target.runtime_for(engine.name()).is_none() {
+        anyhow::bail!(
+            "--engine {}: `{}` does not list it among its runtimes ({}); kiln build writes GGUF for llama.cpp, and compressed-tensors for the runtimes a target lists (see `kiln targets {}`)",
+            engine.name(),
+            target.id,
+            if target.runtimes.is_empty() {
+                "none listed".to_string()
+            } else {
+                target.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+            target.id
+        );
+    }
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
     let build = planner::BuildOptions {
@@ -85,6 +98,25 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         engine,
         workload: &workload,
     };
+    if engine != passes::cost::Engine::LlamaCpp {
+        // vLLM and TensorRT-LLM load compressed-tensors: chosen per layer
+        // among the schemes the target's runtime runs natively.
+        let built =
+            planner::ct_build::build(&setup, &sizing, engine.name(), &build, &bars, &cancel)
+                .map_err(lift_plan)?;
+        if args.json {
+            printer.data(&built.manifest_json);
+        } else {
+            printer.data(built.report.trim_end());
+        }
+        printer.info(&format!(
+            "wrote {} (compressed-tensors, {} of tensors) in {:.1}s",
+            args.output.display(),
+            human_bytes(built.actual_bytes),
+            t0.elapsed().as_secs_f64()
+        ));
+        return Ok(());
+    }
     let built = planner::build(&setup, &sizing, &build, &bars, &cancel).map_err(lift_plan)?;
     if args.json {
         printer.data(&built.manifest_json);

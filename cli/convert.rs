@@ -41,12 +41,25 @@ pub struct ConvertArgs {
     pub format: OutFormat,
     /// compressed-tensors scheme, as llm-compressor's presets name them:
     /// W4A16, W4A16_ASYM, W8A16 (int, group 128), W8A8 (int8 per channel,
-    /// dynamic int8 activations), FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, MXFP4A16.
+    /// dynamic int8 activations), FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, MXFP4A16
+    /// (FP8 and NVFP4 quantize activations statically and need calibration).
     #[arg(long, value_name = "SCHEME", conflicts_with = "ty")]
     pub scheme: Option<String>,
     /// Group size of the integer schemes: 32, 64, 128 (default) or 0 for per channel.
     #[arg(long, value_name = "N", requires = "scheme")]
     pub group_size: Option<u32>,
+    /// Accelerator the compressed-tensors artifact is for (see `kiln targets`): a scheme
+    /// its runtime does not run natively is refused with the reason, and target rules
+    /// apply (Neuron's FP8 saturates at +-240, so FP8 weights are scaled to 240).
+    #[arg(long, short = 'T', value_name = "ID", requires = "scheme")]
+    pub target: Option<String>,
+    /// A profile file (the schema of targets/*.toml) whose id --target may name; may be repeated.
+    #[arg(long, value_name = "FILE.toml", requires = "target")]
+    pub target_file: Vec<PathBuf>,
+    /// Runtime serving the artifact on --target: vllm (the default: vLLM and its TPU, Gaudi,
+    /// Neuron and Qualcomm backends) or trt-llm.
+    #[arg(long, value_name = "ENGINE", requires = "target")]
+    pub engine: Option<String>,
     /// Keep this Linear unquantized (compressed-tensors): a module name such
     /// as `model.layers.0.mlp.down_proj`, or `re:` and a regular expression.
     /// Repeatable. `lm_head` is always kept.

@@ -11,6 +11,7 @@ use formats::artifact::{sha256_file, Staging};
 use formats::ct::{self, CompressedTensors, Scheme};
 use formats::data::Rows;
 use formats::write::{self, Container, FileLayout, WriteOptions};
+use passes::cost::CtScheme;
 use passes::passes::{Context, Pipeline};
 use passes::{Encoding, Model};
 use serde_json::json;
@@ -27,6 +28,29 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
             Scheme::NAMES.join(", ")
         );
     };
+    // The target's legality comes first: a scheme it cannot run is refused
+    // with that reason even where kiln could not write it anyway.
+    let target = match &args.target {
+        Some(id) => Some(crate::targets::resolve(
+            id,
+            &args.target_file,
+            false,
+            printer,
+        )?),
+        None => None,
+    };
+    let engine = args.engine.as_deref().unwrap_or("vllm");
+    if !["vllm", "trt-llm"].contains(&engine) {
+        anyhow::bail!("--engine `{engine}`: compressed-tensors is served by vllm or trt-llm");
+    }
+    let mut runtime = None;
+    if let (Some(t), Some(ct)) = (&target, CtScheme::parse(name)) {
+        runtime = Some(
+            t.check_scheme(engine, ct)
+                .map_err(anyhow::Error::msg)?
+                .to_string(),
+        );
+    }
     let scheme = Scheme::parse(name, args.group_size).map_err(anyhow::Error::msg)?;
     // GGUF-only options, refused by name rather than ignored.
     let gguf_only = [
@@ -64,6 +88,8 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
         .with_context(|| args.model.display().to_string())?;
     ct::assign(&mut model, scheme, &args.ignore)?;
+    let fp8_max = target.as_ref().map_or(448.0, |t| t.fp8_max());
+    ct::set_fp8_max(&mut model, fp8_max).map_err(anyhow::Error::msg)?;
     let container = CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?
         .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
     let files = container.layout(&model)?;
@@ -131,6 +157,11 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         "format": "compressed-tensors",
         "compressed_tensors_version": ct::CT_VERSION,
         "scheme": name.to_ascii_uppercase(),
+        "target": target.as_ref().map(|t| t.id.clone()),
+        "runtime": runtime,
+        // Neuron's FP8 saturates at +-240: no quantization_config field says
+        // so (Neuron reads the standard block), so it is recorded here only.
+        "fp8_e4m3_max": if matches!(scheme, Scheme::Fp8Dynamic | Scheme::Fp8Block) { Some(fp8_max) } else { None },
         "files": listed,
     });
     staging.write("manifest.json", &serde_json::to_vec_pretty(&manifest)?)?;

@@ -41,8 +41,21 @@ pub struct EstimateArgs {
     pub engine_version: Option<String>,
     /// Weight type: a llama.cpp recipe (Q4_K_M, Q8_0, Q2_K, ...) or a serving format (f16, bf16,
     /// fp8, int8, int4, fp4, mxfp4) [default: the model's own types or dtype].
-    #[arg(long = "type", short = 't', value_name = "TYPE")]
+    #[arg(
+        long = "type",
+        short = 't',
+        value_name = "TYPE",
+        conflicts_with = "scheme"
+    )]
     pub ty: Option<String>,
+    /// A compressed-tensors scheme, as llm-compressor names it (W4A16, W4A16_ASYM, W8A16, W8A8,
+    /// FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, NVFP4, MXFP4): its exact stored bytes, and its
+    /// activation precision for prefill; refused where the target's runtime does not run it.
+    #[arg(long, value_name = "SCHEME")]
+    pub scheme: Option<String>,
+    /// Group size of W4A16, W4A16_ASYM and W8A16: 32, 64, 128 (default) or 0 for per channel.
+    #[arg(long, value_name = "N", requires = "scheme")]
+    pub group_size: Option<u32>,
     /// Sequences served together, or `max` for the largest batch that fits.
     #[arg(long, default_value = "1")]
     pub batch: String,
@@ -107,6 +120,8 @@ pub fn run(args: &EstimateArgs, printer: &Printer) -> Result<()> {
         engine: args.engine.clone(),
         engine_version: args.engine_version.clone(),
         ty: args.ty.clone(),
+        scheme: args.scheme.clone(),
+        group_size: args.group_size,
         batch: args.batch.clone(),
         context: args.context,
         prompt: args.prompt,

@@ -123,7 +123,7 @@ fn budget_json(b: &planner::Budget, o: &planner::PlanOptions) -> Value {
 pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     let options = args.plan.options();
     planner::options::check(&options).map_err(lift_plan)?;
-    let engine = planner::options::engine(&options).map_err(lift_plan)?;
+    let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
     let mut targets = Vec::new();
@@ -142,6 +142,9 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     let workload =
         planner::options::workload(&options, setup.arch.context_length).map_err(lift_plan)?;
     let params = setup.params();
+    if engine != passes::cost::Engine::LlamaCpp {
+        return ct_plans(args, &setup, &targets, &options, engine, &workload, printer);
+    }
     let measure = !setup.eval_windows.is_empty();
     let plans = planner::plan_targets(
         &setup,
@@ -214,6 +217,136 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
                 (Some(p), true) => format!("measured on {} held-out window(s) of {}", setup.eval_windows.len(), p.display()),
                 _ => "not measured (give --text or --eval-text)".into(),
             }
+        );
+        printer.data(text.trim_end());
+    }
+    Ok(())
+}
+
+/// `kiln plan --engine vllm|trt-llm`: per target, the compressed-tensors
+/// plan `kiln build` would write (per layer among the schemes the target's
+/// runtime runs natively) beside the uniform schemes, by predicted KL
+/// divergence; a target whose runtimes do not include the engine says so.
+fn ct_plans(
+    args: &PlanCmdArgs,
+    setup: &planner::Setup,
+    targets: &[passes::cost::Target],
+    options: &planner::PlanOptions,
+    engine: passes::cost::Engine,
+    workload: &passes::cost::Workload,
+    printer: &Printer,
+) -> Result<()> {
+    use passes::cost::CtScheme;
+    let params = setup.params().max(1);
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for target in targets {
+        let sizing = planner::Sizing {
+            options,
+            target,
+            engine,
+            workload,
+        };
+        let p = match planner::ct_build::plan(
+            setup,
+            &sizing,
+            engine.name(),
+            args.objective.into(),
+            args.max_error,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                text += &format!("{} ({}): {e}\n\n", target.id, target.name);
+                out.push(
+                    json!({"target": target.id, "name": target.name, "no_plan": e.to_string()}),
+                );
+                continue;
+            }
+        };
+        let mut rows = vec![(format!("kiln plan ({})", p.runtime), p.bytes(), p.error())];
+        for (label, sc) in [
+            ("W4A16 g128", CtScheme::W4A16),
+            ("W8A16 g128", CtScheme::W8A16),
+            ("FP8_DYNAMIC", CtScheme::Fp8Dynamic),
+        ] {
+            if p.legal.contains(&sc) {
+                let (b, e) = p.uniform(Some(sc));
+                rows.push((label.to_string(), b, e));
+            }
+        }
+        text += &format!(
+            "{} ({}): {} runs {}{}; budget {}\n",
+            target.id,
+            target.name,
+            p.runtime,
+            p.legal
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if p.single_group {
+                " (one config group)"
+            } else {
+                ""
+            },
+            p.budget
+        );
+        text += &format!(
+            "  {:<24} {:>10} {:>6} {:>12}\n",
+            "option", "size", "bpw", "pred KLD"
+        );
+        for (name, b, e) in &rows {
+            text += &format!(
+                "  {:<24} {:>10} {:>6.3} {:>12.6}\n",
+                name,
+                human::bytes(*b),
+                *b as f64 * 8.0 / params as f64,
+                e
+            );
+        }
+        let schemes: std::collections::BTreeSet<String> = p
+            .units
+            .iter()
+            .zip(&p.chosen)
+            .map(|(u, &c)| {
+                u.choices[c]
+                    .scheme
+                    .map_or("bf16".into(), |s| s.name().to_string())
+            })
+            .collect();
+        text += &format!(
+            "  plan uses: {}\n\n",
+            schemes.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        out.push(json!({
+            "target": target.id,
+            "name": target.name,
+            "runtime": p.runtime,
+            "legal_schemes": p.legal.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "single_group": p.single_group,
+            "budget": p.budget,
+            "plan_schemes": schemes,
+            "options": rows.iter().map(|(n, b, e)| json!({
+                "name": n,
+                "tensor_bytes": b,
+                "bits_per_weight": *b as f64 * 8.0 / params as f64,
+                "predicted_kld": e,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    if args.json {
+        printer.data(&serde_json::to_string_pretty(&json!({
+            "model": args.model,
+            "parameters": params,
+            "engine": engine.name(),
+            "sensitivity": setup.sensitivity_source,
+            "targets": out,
+        }))?);
+    } else {
+        text += &format!(
+            "sensitivity: {}\npredicted KLD: sum over Linears of sensitivity x measured noise-to-signal ratio of the scheme's arithmetic; measured KLD: `kiln build --engine {} --text`\n",
+            setup.sensitivity_source,
+            engine.name()
         );
         printer.data(text.trim_end());
     }

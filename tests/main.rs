@@ -7,6 +7,7 @@ mod chart_png;
 mod common;
 mod convert;
 mod ct_read;
+mod ct_targets;
 mod estimate;
 mod eval;
 mod fidelity;

@@ -19,6 +19,10 @@
 //! from rows or units of rows of one tensor, so the streaming engine's bounds
 //! hold; a scheme's per-tensor constants (NVFP4's global scale, shared across
 //! q/k/v and gate/up) come from [`scan_amax`] before anything is written.
+//!
+//! Long file: the schemes, their config groups (single and mixed precision),
+//! the stored-tensor layout and the row and unit encoders must agree piece
+//! for piece, so they stay in one module.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -162,7 +166,22 @@ impl Scheme {
         self == Scheme::W8A8
     }
 
-    fn format(self) -> &'static str {
+    /// llm-compressor's preset name of this scheme.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::W4A16 { .. } => "W4A16",
+            Scheme::W4A16Asym { .. } => "W4A16_ASYM",
+            Scheme::W8A16 { .. } => "W8A16",
+            Scheme::W8A8 => "W8A8",
+            Scheme::Fp8Dynamic => "FP8_DYNAMIC",
+            Scheme::Fp8Block => "FP8_BLOCK",
+            Scheme::Nvfp4A16 => "NVFP4A16",
+            Scheme::Mxfp4A16 => "MXFP4A16",
+        }
+    }
+
+    /// The config group's `format` (compressed-tensors `CompressionFormat`).
+    pub fn format(self) -> &'static str {
         match self {
             Scheme::W4A16 { .. } | Scheme::W4A16Asym { .. } | Scheme::W8A16 { .. } => {
                 "pack-quantized"
@@ -178,7 +197,7 @@ impl Scheme {
     /// compressed-tensors' (sorted) order; `scale_dtype`/`zp_dtype` only
     /// where the scheme needs them (loaders before compressed-tensors 0.13
     /// reject the keys).
-    fn group_config(self) -> Value {
+    pub fn group_config(self) -> Value {
         let args = |bits: u32,
                     ty: &str,
                     strategy: &str,
@@ -414,6 +433,55 @@ pub fn assign(model: &mut Model, scheme: Scheme, ignore: &[String]) -> Result<()
     Ok(())
 }
 
+/// Give each target Linear named in `plan` (by source tensor name) its
+/// scheme's encoding, and keep every other tensor: the mixed-precision form
+/// of [`assign`], for a planner that chose per layer. A Linear whose width
+/// the scheme cannot take is an error here (the planner only offers schemes
+/// that fit).
+pub fn assign_mixed(model: &mut Model, plan: &BTreeMap<String, Scheme>) -> Result<()> {
+    for t in &mut model.tensors {
+        t.transform = None;
+        t.encoding = Some(Encoding::Keep);
+        let Some(s) = plan.get(&t.source_name) else {
+            continue;
+        };
+        let enc = s.encoding();
+        if !is_target(t) || !enc.fits(t.row_len()) {
+            return Err(Error::unsupported(
+                Path::new(""),
+                Some(&t.source_name),
+                format!(
+                    "{} cannot hold this tensor (row length {})",
+                    s.name(),
+                    t.row_len()
+                ),
+            ));
+        }
+        t.encoding = Some(enc);
+    }
+    Ok(())
+}
+
+/// Scale FP8 weights to `max` (448, E4M3FN's largest value, or 240 for
+/// runtimes whose FP8 saturates there: Neuron) instead of 448.
+pub fn set_fp8_max(model: &mut Model, max: f64) -> std::result::Result<(), String> {
+    let range = if max == 448.0 {
+        Fp8Range::Fn448
+    } else if max == 240.0 {
+        Fp8Range::Clamp240
+    } else {
+        return Err(format!(
+            "FP8 maximum {max}: kiln encodes E4M3 scaled to 448 or 240"
+        ));
+    };
+    for t in &mut model.tensors {
+        if let Some(Encoding::Fp8(spec)) = &mut t.encoding {
+            spec.range = range;
+        }
+    }
+    Ok(())
+}
+
 enum Ignore {
     Name(String),
     Re(regex::Regex),
@@ -482,6 +550,9 @@ const CONST: Unit = Unit::CONST;
 /// The compressed-tensors container for one scheme.
 pub struct CompressedTensors {
     scheme: Scheme,
+    /// Per source tensor name, for a mixed-precision artifact ([`Self::mixed`]);
+    /// empty: every quantized Linear has `scheme`.
+    schemes: BTreeMap<String, Scheme>,
     /// NVFP4 fused largest magnitudes by tensor name ([`scan_amax`]).
     amax: BTreeMap<String, f32>,
     /// Source `config.json` (the output's, with `quantization_config` added).
@@ -523,6 +594,7 @@ impl CompressedTensors {
         }
         Ok(CompressedTensors {
             scheme,
+            schemes: BTreeMap::new(),
             amax: scan_amax(model, maps),
             config,
             copied,
@@ -535,6 +607,46 @@ impl CompressedTensors {
     pub fn with_max_shard_size(mut self, bytes: u64) -> CompressedTensors {
         self.max_shard = bytes.max(1);
         self
+    }
+
+    /// For a model assigned with [`assign_mixed`] from `plan`: one config
+    /// group per scheme, each targeting its modules by name.
+    pub fn mixed(
+        plan: &BTreeMap<String, Scheme>,
+        model: &Model,
+        maps: &[MappedFile],
+        src: &Path,
+    ) -> Result<CompressedTensors> {
+        let first = plan.values().next().copied().unwrap_or(Scheme::W8A8);
+        let mut c = CompressedTensors::new(first, model, maps, src)?;
+        c.schemes = plan.clone();
+        Ok(c)
+    }
+
+    /// The scheme of tensor `t` (quantized Linears only matter).
+    fn scheme_of(&self, t: &TensorNode) -> Scheme {
+        self.schemes
+            .get(&t.source_name)
+            .copied()
+            .unwrap_or(self.scheme)
+    }
+
+    fn weights_of(&self, t: &TensorNode) -> Option<Weights> {
+        let w = self.weights(t.encoding.unwrap_or(Encoding::Keep))?;
+        Some(match w {
+            Weights::Int {
+                bits,
+                group,
+                symmetric,
+                ..
+            } => Weights::Int {
+                bits,
+                group,
+                symmetric,
+                packed: !self.scheme_of(t).int_quantized(),
+            },
+            w => w,
+        })
     }
 
     fn weights(&self, enc: Encoding) -> Option<Weights> {
@@ -566,8 +678,7 @@ impl CompressedTensors {
     fn pieces(&self, t: &TensorNode) -> Vec<Piece> {
         let (rows, cols) = (t.n_rows(), t.row_len());
         let d = dtype_of(t);
-        let enc = t.encoding.unwrap_or(Encoding::Keep);
-        let Some(w) = self.weights(enc) else {
+        let Some(w) = self.weights_of(t) else {
             let dtype = t.source.dtype.name();
             let bytes = match t.source.dtype {
                 SourceDType::F32 => 4,
@@ -701,9 +812,10 @@ impl CompressedTensors {
             .map(|t| json!(t.source_name.trim_end_matches(".weight")))
             .collect();
         ignore.push(json!("lm_head"));
+        let (groups, format) = self.config_groups(model);
         json!({
-            "config_groups": {"group_0": self.scheme.group_config()},
-            "format": self.scheme.format(),
+            "config_groups": groups,
+            "format": format,
             "global_compression_ratio": null,
             "ignore": ignore,
             "kv_cache_scheme": null,
@@ -717,6 +829,49 @@ impl CompressedTensors {
 }
 
 impl CompressedTensors {
+    /// `config_groups` and the top-level `format`: one group targeting
+    /// `Linear` for a single scheme; for a mixed plan one group per scheme
+    /// (in the order of [`Scheme::NAMES`]) targeting its modules by exact
+    /// name, and `mixed-precision` when the groups' formats differ (as
+    /// compressed-tensors' `infer_and_set_per_module_quantization_format`
+    /// writes it; vLLM reads each group's own `format`).
+    fn config_groups(&self, model: &Model) -> (Value, Value) {
+        if self.schemes.is_empty() {
+            return (
+                json!({"group_0": self.scheme.group_config()}),
+                json!(self.scheme.format()),
+            );
+        }
+        let mut by: Vec<(Scheme, Vec<String>)> = Vec::new();
+        for t in &model.tensors {
+            if !is_target(t) || t.encoding == Some(Encoding::Keep) {
+                continue;
+            }
+            let s = self.scheme_of(t);
+            let module = t.source_name.trim_end_matches(".weight").to_string();
+            match by.iter_mut().find(|(x, _)| *x == s) {
+                Some((_, v)) => v.push(module),
+                None => by.push((s, vec![module])),
+            }
+        }
+        let rank = |s: &Scheme| Scheme::NAMES.iter().position(|n| *n == s.name());
+        by.sort_by_key(|(s, _)| rank(s));
+        let mut groups = Map::new();
+        for (i, (s, modules)) in by.iter().enumerate() {
+            let mut g = s.group_config();
+            g["targets"] = json!(modules);
+            groups.insert(format!("group_{i}"), g);
+        }
+        let formats: std::collections::BTreeSet<&str> =
+            by.iter().map(|(s, _)| s.format()).collect();
+        let format = match formats.len() {
+            0 => "dense",
+            1 => formats.into_iter().next().expect("one format"),
+            _ => "mixed-precision",
+        };
+        (Value::Object(groups), json!(format))
+    }
+
     /// Every stored tensor with its source tensor, piece and size, split
     /// into shards the way huggingface_hub's `split_state_dict_into_shards`
     /// does: tensors in module order, a new shard when the next tensor would
@@ -796,7 +951,7 @@ impl Container for CompressedTensors {
     }
 
     fn copies_source(&self, t: &TensorNode, _piece: usize) -> bool {
-        self.weights(t.encoding.unwrap_or(Encoding::Keep)).is_none()
+        self.weights_of(t).is_none()
     }
 
     fn encode_row(
@@ -808,7 +963,7 @@ impl Container for CompressedTensors {
         _importance: Option<&[f32]>,
     ) {
         let d = dtype_of(t);
-        let Some(w) = self.weights(t.encoding.unwrap_or(Encoding::Keep)) else {
+        let Some(w) = self.weights_of(t) else {
             unreachable!("kept tensors are copied")
         };
         match (w, piece) {
@@ -893,7 +1048,7 @@ impl Container for CompressedTensors {
     ) {
         let d = dtype_of(t);
         let cols = t.row_len();
-        match self.weights(t.encoding.unwrap_or(Encoding::Keep)) {
+        match self.weights_of(t) {
             Some(Weights::Int { .. }) if piece == 2 => {
                 dst.copy_from_slice(
                     &[

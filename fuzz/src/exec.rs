@@ -122,6 +122,8 @@ pub fn estimate(model: &Path, target: &Target, batch: &str) -> Result<()> {
         model: model.to_path_buf(),
         engine: None,
         ty: None,
+        scheme: None,
+        group_size: None,
         batch: batch.into(),
         context: None,
         prompt: 512,

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use passes::cost::{
-    Band, Batch, Engine, EngineVersion, Estimate, KvType, Target, WeightFormat, Workload,
+    Band, Batch, CtScheme, Engine, EngineVersion, Estimate, KvType, Target, WeightFormat, Workload,
 };
 use serde_json::{json, Map, Value};
 
@@ -28,6 +28,12 @@ pub struct EstimateOptions {
     pub engine_version: Option<String>,
     /// Weight type: a recipe or a serving format [default: the model's own].
     pub ty: Option<String>,
+    /// A compressed-tensors scheme (llm-compressor's name) instead of `ty`:
+    /// its stored bytes, and its activations' precision for prefill; refused
+    /// where the target's runtime does not run it natively.
+    pub scheme: Option<String>,
+    /// Group size of the grouped schemes (W4A16, W4A16_ASYM, W8A16) [default: 128].
+    pub group_size: Option<u32>,
     /// Sequences served together, or `max`.
     pub batch: String,
     pub context: Option<usize>,
@@ -62,7 +68,7 @@ fn parse_batch(s: &str) -> Result<Batch> {
 }
 
 fn default_engine(format: WeightFormat, target: &Target) -> Engine {
-    let listed = |e: Engine| target.runtimes.contains_key(e.name());
+    let listed = |e: Engine| target.runtime_for(e.name()).is_some();
     if matches!(format, WeightFormat::Recipe(_) | WeightFormat::Planned) {
         return Engine::LlamaCpp;
     }
@@ -77,13 +83,44 @@ fn default_engine(format: WeightFormat, target: &Target) -> Engine {
     }
 }
 
+/// `--scheme S [--group-size N]` as a weight format.
+pub fn scheme_format(name: &str, group: Option<u32>) -> Result<WeightFormat> {
+    let s = CtScheme::parse(name).ok_or_else(|| {
+        let names = CtScheme::ALL.map(|s| s.name());
+        Error::Options(format!(
+            "unknown scheme `{}`{} (known: {})",
+            passes::printable(name),
+            passes::suggest::did_you_mean(name, names.iter().copied()),
+            names.join(", ")
+        ))
+    })?;
+    let g = group.unwrap_or(if s.grouped() { 128 } else { 0 });
+    if s.grouped() && ![0, 32, 64, 128].contains(&g) {
+        return Err(Error::Options(format!(
+            "--group-size {g}: the runtimes take 32, 64 or 128 (or 0 for per channel)"
+        )));
+    }
+    Ok(WeightFormat::Scheme(s, g))
+}
+
 /// Estimate serving `o.model` on `target`.
 pub fn estimate(o: &EstimateOptions, target: &Target) -> Result<Estimated> {
     let input = serving::read_input(&o.model)?;
-    let format = match &o.ty {
-        Some(t) => WeightFormat::parse(t)?,
-        None => input.default_format,
+    let format = match (&o.ty, &o.scheme) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Options(
+                "--type and --scheme both name the weights: give one".into(),
+            ))
+        }
+        (_, Some(s)) => scheme_format(s, o.group_size)?,
+        (Some(t), None) => WeightFormat::parse(t)?,
+        (None, None) => input.default_format,
     };
+    if o.group_size.is_some() && !matches!(format, WeightFormat::Scheme(s, _) if s.grouped()) {
+        return Err(Error::Options(
+            "--group-size applies to --scheme W4A16, W4A16_ASYM or W8A16".into(),
+        ));
+    }
     let engine = match &o.engine {
         Some(e) => Engine::parse(e).ok_or_else(|| {
             Error::Options(format!(
@@ -92,6 +129,11 @@ pub fn estimate(o: &EstimateOptions, target: &Target) -> Result<Estimated> {
         })?,
         None => default_engine(format, target),
     };
+    if let WeightFormat::Scheme(s, _) = format {
+        target
+            .check_scheme(engine.name(), s)
+            .map_err(Error::Options)?;
+    }
     let kv_type = KvType::parse(&o.kv_type).ok_or_else(|| {
         Error::Options(format!(
             "unknown KV type `{}` (known: f16, bf16, q8_0, q4_0, fp8)",

@@ -16,6 +16,7 @@
 pub mod accuracy;
 pub mod build;
 pub mod compare;
+pub mod ct_build;
 pub mod error;
 pub mod estimate;
 pub mod layout;

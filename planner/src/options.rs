@@ -184,6 +184,17 @@ pub fn context_warning(context: usize, trained: usize) -> Option<String> {
     })
 }
 
+/// The serving engine named, whatever kiln writes for it (`kiln build`
+/// writes compressed-tensors for vllm and trt-llm).
+pub fn any_engine(o: &PlanOptions) -> Result<Engine> {
+    Engine::parse(&o.engine).ok_or_else(|| {
+        Error::Options(format!(
+            "unknown engine `{}` (known: llama.cpp, vllm, trt-llm)",
+            o.engine
+        ))
+    })
+}
+
 /// The serving engine: llama.cpp only, as kiln writes GGUF.
 pub fn engine(o: &PlanOptions) -> Result<Engine> {
     let e = Engine::parse(&o.engine).ok_or_else(|| {

@@ -328,15 +328,41 @@ pub fn detail_text(t: &Target) -> String {
     if let Some(s) = t.sources.get("peak_tflops") {
         out.push_str(&format!("    source: {s}\n"));
     }
-    out.push_str("\n  runtimes (weight formats accepted):\n");
+    out.push_str(
+        "\n  runtimes (what each runs natively: gguf, f16/bf16, compressed-tensors schemes):\n",
+    );
     if t.runtimes.is_empty() {
         out.push_str("    none listed\n");
     }
+    let w = t
+        .runtimes
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(10);
     for (r, f) in &t.runtimes {
-        out.push_str(&format!("    {r:<10} {}\n", f.join(", ")));
+        let single = if t.is_single_group(r) {
+            " (one config group: no mixed precision)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("    {r:<w$} {}{single}\n", f.join(", ")));
+        if let Some(s) = t.runtime_sources.get(r) {
+            out.push_str(&format!("    {:<w$} source: {s}\n", ""));
+        }
     }
     if let Some(s) = t.sources.get("runtimes") {
         out.push_str(&format!("    source: {s}\n"));
+    }
+    if let Some(m) = t.fp8_e4m3_max {
+        out.push_str(&format!(
+            "    FP8 (E4M3) weights are scaled to +-{}: {}\n",
+            trim_float(m),
+            t.sources
+                .get("fp8_e4m3_max")
+                .map_or("no source", String::as_str)
+        ));
     }
     if let Ok(cal) = Calibration::shipped() {
         out.push_str(&coverage_text(&cal, t));

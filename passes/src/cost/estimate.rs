@@ -272,6 +272,10 @@ struct Machine<'a> {
     embedding_read: bool,
     /// Share of the weight bytes in 16/32-bit floats (see [`WeightBytes::float_share`]).
     float_share: f64,
+    /// Share of the weight bytes dequantized before the multiply (the
+    /// quantized share, except for schemes whose activations are quantized
+    /// too: W8A8 and FP8 multiply in int8/fp8 and rescale in the epilogue).
+    dequant_share: f64,
 }
 
 /// Efficiency and overhead for one evaluation (fitted, or ideal for the bound).
@@ -369,7 +373,7 @@ impl Machine<'_> {
     /// (none when that peak is unknown, or for float weights).
     fn compute_time(&self, flops: f64, peak: f64, e: &Eff) -> f64 {
         let simt = match self.peak_simt {
-            Some(p) if e.simt > 0.0 => flops * (1.0 - self.float_share) * e.simt / (self.tp * p),
+            Some(p) if e.simt > 0.0 => flops * self.dequant_share * e.simt / (self.tp * p),
             _ => 0.0,
         };
         flops / (self.tp * e.compute * peak) + simt
@@ -562,7 +566,7 @@ pub fn estimate(
 
     // Engine and format support.
     {
-        match target.runtimes.get(engine.name()) {
+        match target.runtime_for(engine.name()) {
             None => notes.push(format!(
                 "`{}` does not list {} among its runtimes ({}).",
                 target.id,
@@ -578,13 +582,19 @@ pub fn estimate(
                         .join(", ")
                 }
             )),
-            Some(fmts) if !fmts.iter().any(|f| f == model.format.runtime_key()) => {
+            Some((rt, runs))
+                if !model
+                    .format
+                    .runtime_entries()
+                    .iter()
+                    .any(|f| runs.iter().any(|r| r == f)) =>
+            {
                 notes.push(format!(
                     "{} on `{}` is not listed as accepting {} weights (it lists: {}).",
-                    engine,
+                    rt,
                     target.id,
-                    model.format.runtime_key(),
-                    fmts.join(", ")
+                    model.format.runtime_entries().join(" or "),
+                    runs.join(", ")
                 ))
             }
             _ => {}
@@ -747,6 +757,10 @@ pub fn estimate(
         kv_per_token,
         embedding_read: wb.embedding_is_output,
         float_share: wb.float_share(),
+        dequant_share: match model.format {
+            WeightFormat::Scheme(s, _) if s.quantizes_activations() => 0.0,
+            _ => 1.0 - wb.float_share(),
+        },
     };
     est.active_params = m.active_matmul().round() as u64;
     let (Some(chosen), Some(_)) = (chosen, bw) else {

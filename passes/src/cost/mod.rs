@@ -12,6 +12,7 @@ pub mod calibration;
 pub mod coverage;
 pub mod estimate;
 pub mod host;
+pub mod schemes;
 pub mod target;
 pub mod weights;
 
@@ -28,6 +29,7 @@ pub use calibration::{Calibration, Engine, EngineClass, EngineVersion, Factors, 
 pub use estimate::{
     estimate, weight_budget, Band, Batch, Estimate, KvType, MemoryBudget, ModelCost, Workload,
 };
+pub use schemes::CtScheme;
 pub use target::{builtin, find_builtin, DeviceClass, Figure, Origin, Precision, Target};
 pub use weights::{weight_bytes, Recipe, ServingFormat, WeightBytes, WeightFormat};
 

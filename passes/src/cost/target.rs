@@ -10,6 +10,11 @@
 //!   absent is not native, one marked `"unknown"` is native but unpublished;
 //! - ids are lowercase words joined by dashes and match the file name of a
 //!   built-in profile;
+//! - `[runtimes]` names known runtimes ([`schemes::RUNTIMES`]) and lists what
+//!   each runs natively there: `gguf`, `f16`, `bf16` or a compressed-tensors
+//!   scheme ([`CtScheme`]); an unknown name is refused by name with a "did
+//!   you mean", and every listed runtime has a source (`[runtime_sources]`,
+//!   or the general `[sources] runtimes`);
 //! - this module never reads files: callers hand it text (the built-ins are
 //!   compiled in with `include_str!`).
 
@@ -18,6 +23,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::schemes::{self, CtScheme};
 use super::CostError;
 
 /// A published figure, or the explicit statement that it is not published.
@@ -168,9 +174,6 @@ impl DeviceClass {
     }
 }
 
-/// Weight formats a runtime can be listed as accepting.
-pub const RUNTIME_FORMATS: &[&str] = &["gguf", "f16", "bf16", "fp8", "int8", "int4", "fp4"];
-
 /// Figures whose source must be named when known.
 pub const FIGURES: &[&str] = &[
     "memory_gb",
@@ -210,8 +213,18 @@ pub struct Target {
     pub price_source: Option<String>,
     /// Dense peak per native format (TFLOPS; TOPS for integers).
     pub peak_tflops: BTreeMap<Precision, Figure>,
-    /// Runtime name -> weight formats it accepts on this target.
+    /// Runtime name -> what it runs natively on this target (`gguf`, `f16`,
+    /// `bf16`, compressed-tensors scheme names).
     pub runtimes: BTreeMap<String, Vec<String>>,
+    /// Runtime name -> where its list comes from.
+    pub runtime_sources: BTreeMap<String, String>,
+    /// Runtimes that load only single-group compressed-tensors checkpoints
+    /// (no `mixed-precision`): the planner gives them one scheme throughout.
+    pub single_group: Vec<String>,
+    /// The largest E4M3 magnitude the device's FP8 holds (448 for OCP
+    /// E4M3FN; 240 on Neuron, whose FP8 saturates there): FP8 weights for
+    /// this target are scaled to it. `None`: 448.
+    pub fp8_e4m3_max: Option<f64>,
     /// Figure name (or `peak_tflops`, `runtimes`) -> where it comes from.
     pub sources: BTreeMap<String, String>,
     /// Figures (`onchip_mb`, `peak_tflops`, `peak_tflops.fp32`) that are uncertain.
@@ -242,6 +255,11 @@ struct RawTarget {
     peak_tflops: BTreeMap<String, Figure>,
     #[serde(default)]
     runtimes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    runtime_sources: BTreeMap<String, String>,
+    #[serde(default)]
+    single_group: Vec<String>,
+    fp8_e4m3_max: Option<f64>,
     #[serde(default)]
     sources: BTreeMap<String, String>,
 }
@@ -297,16 +315,6 @@ impl Target {
                 })?;
             peak_tflops.insert(p, v);
         }
-        for (engine, formats) in &raw.runtimes {
-            for f in formats {
-                if !RUNTIME_FORMATS.contains(&f.as_str()) {
-                    return Err(bad(format!(
-                        "runtime `{engine}` lists format `{f}`, not one of {}",
-                        RUNTIME_FORMATS.join(", ")
-                    )));
-                }
-            }
-        }
         let t = Target {
             id: raw.id,
             name: raw.name,
@@ -321,6 +329,9 @@ impl Target {
             price_source: raw.price_source,
             peak_tflops,
             runtimes: raw.runtimes,
+            runtime_sources: raw.runtime_sources,
+            single_group: raw.single_group,
+            fp8_e4m3_max: raw.fp8_e4m3_max,
             sources: raw.sources,
             uncertain: raw.uncertain,
             notes: raw.notes,
@@ -385,11 +396,11 @@ impl Target {
                 }
             }
         }
-        if !self.runtimes.is_empty() && !self.sources.contains_key("runtimes") {
-            return Err("[runtimes] is not empty but `[sources] runtimes` is missing".into());
-        }
+        self.validate_runtimes()?;
         for key in self.sources.keys() {
-            if !FIGURES.contains(&key.as_str()) && key != "peak_tflops" && key != "runtimes" {
+            if !FIGURES.contains(&key.as_str())
+                && !["peak_tflops", "runtimes", "fp8_e4m3_max"].contains(&key.as_str())
+            {
                 return Err(format!(
                     "[sources] names `{key}`, which is not a figure of the schema"
                 ));
@@ -406,6 +417,125 @@ impl Target {
             }
         }
         Ok(())
+    }
+
+    /// The `[runtimes]`, `[runtime_sources]`, `single_group` and
+    /// `fp8_e4m3_max` rules.
+    fn validate_runtimes(&self) -> Result<(), String> {
+        let entries = schemes::runtime_entries();
+        for (rt, list) in &self.runtimes {
+            if !schemes::RUNTIMES.contains(&rt.as_str()) {
+                return Err(format!(
+                    "[runtimes] names runtime `{}`{}, not one of {}",
+                    crate::printable(rt),
+                    crate::suggest::did_you_mean(rt, schemes::RUNTIMES.iter().copied()),
+                    schemes::RUNTIMES.join(", ")
+                ));
+            }
+            for e in list {
+                if !entries.contains(&e.as_str()) {
+                    return Err(format!(
+                        "runtime `{rt}` lists `{}`{}, which is not `gguf`, `f16`, `bf16` or a compressed-tensors scheme ({})",
+                        crate::printable(e),
+                        crate::suggest::did_you_mean(e, entries.iter().copied()),
+                        CtScheme::ALL.map(|s| s.name()).join(", ")
+                    ));
+                }
+            }
+            let sourced = self
+                .runtime_sources
+                .get(rt)
+                .or_else(|| self.sources.get("runtimes"))
+                .is_some_and(|s| !s.trim().is_empty());
+            if !sourced {
+                return Err(format!(
+                    "runtime `{rt}` has no source: add `[runtime_sources] {rt}` (or `[sources] runtimes`)"
+                ));
+            }
+        }
+        for rt in self.runtime_sources.keys().chain(&self.single_group) {
+            if !self.runtimes.contains_key(rt) {
+                return Err(format!(
+                    "`{}` is named in [runtime_sources] or `single_group` but not listed in [runtimes]",
+                    crate::printable(rt)
+                ));
+            }
+        }
+        if let Some(m) = self.fp8_e4m3_max {
+            if m != 448.0 && m != 240.0 {
+                return Err(format!(
+                    "`fp8_e4m3_max` = {m} must be 448 (E4M3FN) or 240 (Neuron's saturating FP8)"
+                ));
+            }
+            if !self.sources.contains_key("fp8_e4m3_max") {
+                return Err("`fp8_e4m3_max` has no source: add `[sources] fp8_e4m3_max`".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime `--engine` names on this target and what it runs there:
+    /// `vllm` is tpu-inference on a TPU, vllm-gaudi on Gaudi, and so on
+    /// ([`schemes::engine_runtimes`]).
+    pub fn runtime_for(&self, engine: &str) -> Option<(&str, &[String])> {
+        schemes::engine_runtimes(engine)
+            .iter()
+            .find_map(|r| self.runtimes.get_key_value(*r))
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// The compressed-tensors schemes `runtime` runs natively here, in
+    /// [`CtScheme::ALL`] order.
+    pub fn schemes_of(&self, runtime: &str) -> Vec<CtScheme> {
+        let listed = self.runtimes.get(runtime);
+        CtScheme::ALL
+            .into_iter()
+            .filter(|s| listed.is_some_and(|l| l.iter().any(|e| e == s.name())))
+            .collect()
+    }
+
+    /// Does `runtime` load only single-group checkpoints here?
+    pub fn is_single_group(&self, runtime: &str) -> bool {
+        self.single_group.iter().any(|r| r == runtime)
+    }
+
+    /// The largest E4M3 magnitude FP8 weights are scaled to for this target.
+    pub fn fp8_max(&self) -> f64 {
+        self.fp8_e4m3_max.unwrap_or(448.0)
+    }
+
+    /// Refuse `scheme` where `engine` does not run it natively on this
+    /// target, saying why and what it runs instead; `Ok` names the runtime.
+    pub fn check_scheme(&self, engine: &str, scheme: CtScheme) -> Result<&str, String> {
+        let Some((rt, _)) = self.runtime_for(engine) else {
+            let listed: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
+            return Err(format!(
+                "`{}` does not list {engine} among its runtimes ({})",
+                self.id,
+                if listed.is_empty() {
+                    "none listed".to_string()
+                } else {
+                    listed.join(", ")
+                }
+            ));
+        };
+        let runs = self.schemes_of(rt);
+        if runs.contains(&scheme) {
+            return Ok(rt);
+        }
+        let names: Vec<&str> = runs.iter().map(|s| s.name()).collect();
+        Err(format!(
+            "{} is not run natively by {rt} on `{}`: {}; {} runs {} with {rt}",
+            scheme.label(),
+            self.id,
+            scheme.requirement(),
+            self.id,
+            if names.is_empty() {
+                "no compressed-tensors scheme (only 16-bit weights)".to_string()
+            } else {
+                names.join(", ")
+            }
+        ))
     }
 
     /// Is the figure `key` (or `peak_tflops.fp8`) listed as uncertain?

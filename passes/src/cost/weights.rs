@@ -19,6 +19,7 @@ use std::fmt;
 
 use quant::GgmlType;
 
+use super::schemes::CtScheme;
 use super::target::Precision;
 use super::CostError;
 use crate::ir::{Arch, Model, NoteKind, Role, SourceDType, TensorNode};
@@ -157,6 +158,10 @@ impl ServingFormat {
 pub enum WeightFormat {
     Recipe(Recipe),
     Serving(ServingFormat),
+    /// A compressed-tensors scheme with its group size (0: per channel; only
+    /// the grouped schemes read it): the stored bytes of that layout, with
+    /// Linears it cannot hold kept in their source dtype.
+    Scheme(CtScheme, u32),
     /// Each tensor's own type (a GGUF as loaded, or a plan): exact bytes.
     Planned,
 }
@@ -172,6 +177,7 @@ impl WeightFormat {
         match self {
             WeightFormat::Recipe(r) => r.name(),
             WeightFormat::Serving(s) => s.name(),
+            WeightFormat::Scheme(s, _) => s.name(),
             WeightFormat::Planned => "as-planned",
         }
     }
@@ -214,13 +220,20 @@ impl WeightFormat {
         })
     }
 
-    /// The `[runtimes]` format key a target lists for this format.
-    pub fn runtime_key(self) -> &'static str {
+    /// The `[runtimes]` entries that mean a runtime runs this format (any
+    /// one of them will do: `fp8` is any of the FP8 schemes).
+    pub fn runtime_entries(self) -> Vec<&'static str> {
         match self {
-            WeightFormat::Recipe(_) | WeightFormat::Planned => "gguf",
-            WeightFormat::Serving(ServingFormat::F32) => "gguf",
-            WeightFormat::Serving(ServingFormat::Mxfp4) => "fp4",
-            WeightFormat::Serving(s) => s.name(),
+            WeightFormat::Recipe(_) | WeightFormat::Planned => vec!["gguf"],
+            WeightFormat::Serving(ServingFormat::F32) => vec!["gguf"],
+            WeightFormat::Serving(ServingFormat::F16) => vec!["f16"],
+            WeightFormat::Serving(ServingFormat::Bf16) => vec!["bf16"],
+            WeightFormat::Serving(ServingFormat::Fp8) => vec!["FP8", "FP8_DYNAMIC", "FP8_BLOCK"],
+            WeightFormat::Serving(ServingFormat::Int8) => vec!["W8A8", "W8A16"],
+            WeightFormat::Serving(ServingFormat::Int4) => vec!["W4A16", "W4A16_ASYM"],
+            WeightFormat::Serving(ServingFormat::Fp4) => vec!["NVFP4", "NVFP4A16"],
+            WeightFormat::Serving(ServingFormat::Mxfp4) => vec!["MXFP4"],
+            WeightFormat::Scheme(s, _) => vec![s.name()],
         }
     }
 
@@ -241,6 +254,7 @@ impl WeightFormat {
     /// natively, else 16-bit (weight-only kernels dequantize to f16/bf16).
     pub fn server_compute(self) -> &'static [Precision] {
         match self {
+            WeightFormat::Scheme(s, _) => s.compute(),
             WeightFormat::Serving(ServingFormat::Fp8) => {
                 &[Precision::Fp8, Precision::Fp16, Precision::Bf16]
             }
@@ -478,6 +492,63 @@ fn serving_bytes(f: ServingFormat, role: Role, t: &TensorNode) -> u64 {
     }
 }
 
+/// Does compressed-tensors quantize this tensor (`targets: ["Linear"]`
+/// minus `lm_head` and routers, as `formats::ct::is_target` decides)?
+pub fn is_ct_target(role: Role, t: &TensorNode) -> bool {
+    t.shape.len() == 2
+        && matches!(
+            role,
+            Role::AttnQ
+                | Role::AttnK
+                | Role::AttnV
+                | Role::AttnOutput
+                | Role::FfnGate
+                | Role::FfnUp
+                | Role::FfnDown
+        )
+}
+
+/// One tensor's stored bytes under a compressed-tensors scheme, its label,
+/// and the fallback taken when the scheme cannot hold it (kept unquantized,
+/// listed in `ignore`, as `formats::ct::assign` does).
+fn scheme_bytes(
+    s: CtScheme,
+    group: u32,
+    role: Role,
+    t: &TensorNode,
+    checkpoint: SourceDType,
+) -> (u64, String, Option<String>) {
+    let dtype = if t.shape.len() < 2 {
+        checkpoint
+    } else {
+        t.source.dtype
+    };
+    let vb = match dtype {
+        SourceDType::F32 => 4,
+        _ => 2,
+    };
+    let kept = (
+        vb * t.n_elements() as u64,
+        dtype.name().to_ascii_lowercase(),
+    );
+    if !is_ct_target(role, t) {
+        return (kept.0, kept.1, None);
+    }
+    match s.linear_bytes(t.n_rows(), t.row_len(), group, vb as usize) {
+        Some(b) => (b, s.name().to_string(), None),
+        None => (
+            kept.0,
+            kept.1.clone(),
+            Some(format!(
+                "{}: {s} -> {} (row {})",
+                t.name,
+                kept.1,
+                t.row_len()
+            )),
+        ),
+    }
+}
+
 /// Count the bytes of `tensors` (a loaded model's, or
 /// `crate::arch::synthesize`'s) in `format`; each tensor's class is read
 /// from its GGUF name (`crate::naming`). `arch` supplies the model-wide facts
@@ -489,6 +560,13 @@ pub fn weight_bytes(tensors: &[TensorNode], arch: &Arch, format: WeightFormat) -
         embedding_is_output: arch.tied_embeddings || !has_output,
         ..WeightBytes::default()
     };
+    // The checkpoint's dtype (that of its matrices): a synthesized model's
+    // norms are F32 as convert_hf_to_gguf.py writes them, but a
+    // compressed-tensors artifact keeps them in the checkpoint's dtype.
+    let checkpoint = tensors
+        .iter()
+        .find(|t| t.shape.len() >= 2)
+        .map_or(SourceDType::BF16, |t| t.source.dtype);
     let recipe_types = match format {
         WeightFormat::Recipe(r) => {
             let (types, fallbacks) = recipe_types(tensors, arch, r);
@@ -501,6 +579,13 @@ pub fn weight_bytes(tensors: &[TensorNode], arch: &Arch, format: WeightFormat) -
         let n_elements = t.n_elements() as u64;
         let one_d = t.shape.len() < 2 || role == Role::Norm;
         let (bytes, label) = match format {
+            WeightFormat::Scheme(s, group) => {
+                let (bytes, label, fallback) = scheme_bytes(s, group, role, t, checkpoint);
+                if let Some(f) = fallback {
+                    wb.fallbacks.push(f);
+                }
+                (bytes, label)
+            }
             WeightFormat::Recipe(_) => {
                 let ty = recipe_types[i];
                 (ggml_bytes(ty, t), ty.name().to_string())

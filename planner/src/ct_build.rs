@@ -1,0 +1,800 @@
+//! `kiln build --engine vllm|trt-llm`: a compressed-tensors artifact chosen
+//! per layer. Every target Linear is measured in every scheme the target's
+//! runtime runs natively (and kept in 16 bits), its error weighted by the
+//! setup's sensitivity (KL divergence per unit of weight noise, as for GGUF);
+//! fused layers (q/k/v, gate/up of a layer) share one choice; the choices are
+//! solved under the budget (accuracy objective) or the error ceiling (cost
+//! objective); the artifact is written with one config group per scheme and
+//! the 16-bit layers in `ignore`, beside `manifest.json` and `report.md`.
+//!
+//! What must stay true: a scheme the target's runtime does not run natively
+//! is never offered ([`Target::schemes_of`]); a runtime that loads only one
+//! config group gets one scheme throughout; the measured error is that of
+//! the writer's arithmetic (`quant::ct`, the functions `formats::ct` encodes
+//! with), decoded as vLLM decodes it; the solve is deterministic (no
+//! dependence on thread count or map order); OUTDIR appears complete or not
+//! at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+
+use formats::artifact::{self, Staging};
+use formats::ct::{self as fct, CompressedTensors, Scheme};
+use formats::write::{self, Container, WriteOptions};
+use passes::cost::{CtScheme, Target};
+use passes::{Role, TensorNode};
+use quant::ct as q;
+use serde_json::json;
+
+use crate::build::BuildOptions;
+use crate::error::{Error, Result};
+use crate::options::Objective;
+use crate::progress::{Progress, Unit};
+use crate::setup::Setup;
+use crate::solve::{self, Sizing};
+
+/// The schemes kiln writes and a target can list: the data-free presets.
+fn writable(s: CtScheme) -> Option<Scheme> {
+    Scheme::parse(s.name(), None).ok()
+}
+
+/// One choice of a unit: a scheme, or `None` for 16 bits (in `ignore`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitChoice {
+    pub scheme: Option<CtScheme>,
+    pub bytes: u64,
+    /// Predicted KL divergence (sensitivity x measured noise-to-signal).
+    pub error: f64,
+}
+
+/// Linears that must share a scheme: q/k/v of a layer, gate/up of a layer,
+/// or one Linear.
+#[derive(Debug, Clone)]
+pub struct FusedUnit {
+    pub name: String,
+    /// Indices into the model's tensors.
+    pub tensors: Vec<usize>,
+    pub choices: Vec<UnitChoice>,
+}
+
+/// The planned artifact and what it was compared with.
+#[derive(Debug, Clone)]
+pub struct CtPlan {
+    pub runtime: String,
+    pub legal: Vec<CtScheme>,
+    pub single_group: bool,
+    pub units: Vec<FusedUnit>,
+    /// Chosen index into each unit's choices.
+    pub chosen: Vec<usize>,
+    /// Bytes of the tensors outside the target Linears (embeddings, norms, lm_head).
+    pub fixed_bytes: u64,
+    pub budget: String,
+    pub ceiling: Option<f64>,
+}
+
+impl CtPlan {
+    pub fn bytes(&self) -> u64 {
+        self.fixed_bytes
+            + self
+                .units
+                .iter()
+                .zip(&self.chosen)
+                .map(|(u, &c)| u.choices[c].bytes)
+                .sum::<u64>()
+    }
+
+    pub fn error(&self) -> f64 {
+        self.units
+            .iter()
+            .zip(&self.chosen)
+            .map(|(u, &c)| u.choices[c].error)
+            .sum()
+    }
+
+    /// Every unit in `s` where it fits, else kept: a uniform scheme's
+    /// bytes and predicted error (the comparison rows).
+    pub fn uniform(&self, s: Option<CtScheme>) -> (u64, f64) {
+        let mut b = self.fixed_bytes;
+        let mut e = 0.0;
+        for u in &self.units {
+            let c = u
+                .choices
+                .iter()
+                .find(|c| c.scheme == s)
+                .or_else(|| u.choices.iter().find(|c| c.scheme.is_none()))
+                .expect("16 bits is always a choice");
+            b += c.bytes;
+            e += c.error;
+        }
+        (b, e)
+    }
+
+    /// Source tensor name -> scheme, for the writer.
+    pub fn assignment(&self, model: &passes::Model) -> BTreeMap<String, Scheme> {
+        let mut out = BTreeMap::new();
+        for (u, &c) in self.units.iter().zip(&self.chosen) {
+            if let Some(s) = u.choices[c].scheme.and_then(writable) {
+                for &i in &u.tensors {
+                    out.insert(model.tensors[i].source_name.clone(), s);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The fused unit a target Linear belongs to.
+fn unit_key(t: &TensorNode) -> (usize, u8, String) {
+    let layer = t.layer.unwrap_or(usize::MAX);
+    let (k, what) = match t.role {
+        Role::AttnQ | Role::AttnK | Role::AttnV => (0, "q/k/v"),
+        Role::AttnOutput => (1, "o"),
+        Role::FfnGate | Role::FfnUp => (2, "gate/up"),
+        _ => (3, "down"),
+    };
+    (layer, k, format!("layer {layer} {what}"))
+}
+
+/// Decode `row` after encoding it as `s` does (the writer's arithmetic,
+/// dequantized as vLLM does: int `(q - zp) * scale`, FP8 `e4m3 * scale`,
+/// NVFP4 `fp4 * scale / global`, MXFP4 `fp4 * 2^(e - 127)`).
+/// FP8_BLOCK is measured with one scale per row (its 128-row tiles share a
+/// scale in the artifact: the measured noise is a lower bound).
+fn roundtrip_row(s: CtScheme, row: &[f32], global: f32, fp8_max: f32, d: q::Dtype) -> Vec<f32> {
+    let mut out = vec![0f32; row.len()];
+    match s {
+        CtScheme::W4A16 | CtScheme::W4A16Asym | CtScheme::W8A16 | CtScheme::W8A8 => {
+            let bits = if matches!(s, CtScheme::W8A16 | CtScheme::W8A8) {
+                8
+            } else {
+                4
+            };
+            let g = if s == CtScheme::W8A8 { row.len() } else { 128 };
+            let sym = s != CtScheme::W4A16Asym;
+            for (o, chunk) in out.chunks_exact_mut(g).zip(row.chunks_exact(g)) {
+                let (lo, hi) = q::min_max(chunk);
+                let p = q::int_params(lo, hi, bits, sym, d);
+                for (y, &x) in o.iter_mut().zip(chunk) {
+                    *y = q::int_dequantize(q::int_quantize(x, p, bits, d), p, d);
+                }
+            }
+        }
+        CtScheme::Fp8 | CtScheme::Fp8Dynamic | CtScheme::Fp8Block => {
+            let sc = q::fp8_scale(q::amax(row), fp8_max, d);
+            for (y, &x) in out.iter_mut().zip(row) {
+                *y = q::e4m3_to_f32(q::fp8_quantize(x, sc, fp8_max, d)) * sc;
+            }
+        }
+        CtScheme::Nvfp4A16 | CtScheme::Nvfp4 => {
+            for (o, chunk) in out.chunks_exact_mut(16).zip(row.chunks_exact(16)) {
+                let sc = q::nvfp4_group_scale(q::amax(chunk), global, d);
+                for (y, &x) in o.iter_mut().zip(chunk) {
+                    *y = q::fp4_value(q::nvfp4_code(x, sc, global)) * q::e4m3_to_f32(sc) / global;
+                }
+            }
+        }
+        CtScheme::Mxfp4 => {
+            for (o, chunk) in out.chunks_exact_mut(32).zip(row.chunks_exact(32)) {
+                let sc = q::mx_scale(q::amax(chunk), d);
+                let m = (2f32).powi(sc as i32 - 127);
+                for (y, &x) in o.iter_mut().zip(chunk) {
+                    *y = q::fp4_value(q::mx_code(x, sc, d)) * m;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn dtype_of(t: &TensorNode) -> q::Dtype {
+    match t.source.dtype {
+        passes::SourceDType::BF16 => q::Dtype::Bf16,
+        passes::SourceDType::F16 => q::Dtype::F16,
+        _ => q::Dtype::F32,
+    }
+}
+
+/// Noise-to-signal ratio of `t` in `s` over its sampled rows (the rows
+/// `eval::planning::sampled_rows` picks for the GGUF candidates).
+fn nsr(
+    setup: &Setup,
+    t: &TensorNode,
+    s: CtScheme,
+    global_amax: f32,
+    fp8_max: f32,
+    sample: usize,
+) -> f64 {
+    let maps = &setup.opened.loaded.maps;
+    let d = dtype_of(t);
+    let global = q::nvfp4_global_scale(global_amax, d);
+    let mut row = vec![0f32; t.row_len()];
+    let (mut noise, mut signal) = (0f64, 0f64);
+    for r in eval::planning::sampled_rows(t, sample) {
+        formats::data::read_row(maps, t, r, &mut row);
+        let y = roundtrip_row(s, &row, global, fp8_max, d);
+        for (a, b) in row.iter().zip(&y) {
+            noise += ((a - b) as f64).powi(2);
+            signal += (*a as f64).powi(2);
+        }
+    }
+    if signal > 0.0 {
+        noise / signal
+    } else {
+        0.0
+    }
+}
+
+/// Measure every target Linear in every legal scheme and set up the units.
+pub fn plan(
+    setup: &Setup,
+    s: &Sizing,
+    engine: &str,
+    objective: Objective,
+    max_error: Option<f64>,
+) -> Result<CtPlan> {
+    let target: &Target = s.target;
+    let (rt, _) = target.runtime_for(engine).ok_or_else(|| {
+        Error::Options(format!(
+            "`{}` does not list {engine} among its runtimes ({})",
+            target.id,
+            target
+                .runtimes
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let legal: Vec<CtScheme> = target
+        .schemes_of(rt)
+        .into_iter()
+        .filter(|s| writable(*s).is_some())
+        .collect();
+    if legal.is_empty() {
+        return Err(Error::Options(format!(
+            "{rt} on `{}` runs no compressed-tensors scheme kiln writes (it lists: {})",
+            target.id,
+            target.runtimes[rt].join(", ")
+        )));
+    }
+    let fp8_max = target.fp8_max() as f32;
+    let model = &setup.opened.loaded.model;
+    let mut by_unit: BTreeMap<(usize, u8), (String, Vec<usize>)> = BTreeMap::new();
+    let mut fixed_bytes = 0u64;
+    for (i, t) in model.tensors.iter().enumerate() {
+        if fct::is_target(t) {
+            let (l, k, name) = unit_key(t);
+            by_unit
+                .entry((l, k))
+                .or_insert((name, Vec::new()))
+                .1
+                .push(i);
+        } else {
+            let vb = if t.source.dtype == passes::SourceDType::F32 {
+                4
+            } else {
+                2
+            };
+            fixed_bytes += vb * t.n_elements() as u64;
+        }
+    }
+    let mut units = Vec::with_capacity(by_unit.len());
+    for (_, (name, idx)) in by_unit {
+        // NVFP4's global scale is shared over the fused unit.
+        let amax = idx
+            .iter()
+            .map(|&i| {
+                let t = &model.tensors[i];
+                let mut row = vec![0f32; t.row_len()];
+                (0..t.n_rows())
+                    .map(|r| {
+                        formats::data::read_row(&setup.opened.loaded.maps, t, r, &mut row);
+                        q::amax(&row)
+                    })
+                    .fold(0f32, f32::max)
+            })
+            .fold(0f32, f32::max);
+        let kept: u64 = idx
+            .iter()
+            .map(|&i| {
+                let t = &model.tensors[i];
+                let vb = if t.source.dtype == passes::SourceDType::F32 {
+                    4
+                } else {
+                    2
+                };
+                vb * t.n_elements() as u64
+            })
+            .sum();
+        let mut choices = vec![UnitChoice {
+            scheme: None,
+            bytes: kept,
+            error: 0.0,
+        }];
+        'scheme: for &sc in &legal {
+            let group = if sc.grouped() { 128 } else { 0 };
+            let (mut b, mut e) = (0u64, 0f64);
+            for &i in &idx {
+                let t = &model.tensors[i];
+                let vb = dtype_of(t).bytes();
+                let Some(tb) = sc.linear_bytes(t.n_rows(), t.row_len(), group, vb) else {
+                    continue 'scheme;
+                };
+                b += tb;
+                let sens = setup.sensitivity.get(&t.name).copied().unwrap_or(1.0);
+                e += sens * nsr(setup, t, sc, amax, fp8_max, s.options.sample);
+            }
+            choices.push(UnitChoice {
+                scheme: Some(sc),
+                bytes: b,
+                error: e,
+            });
+        }
+        units.push(FusedUnit {
+            name,
+            tensors: idx,
+            choices,
+        });
+    }
+    let single_group = target.is_single_group(rt);
+    let mut p = CtPlan {
+        runtime: rt.to_string(),
+        legal: legal.clone(),
+        single_group,
+        chosen: vec![0; units.len()],
+        units,
+        fixed_bytes,
+        budget: String::new(),
+        ceiling: None,
+    };
+    let budget = solve::budget(setup, s, 1)?;
+    p.budget = budget.from.clone();
+    let default_ceiling = {
+        let w4 = CtScheme::W4A16;
+        let base = if legal.contains(&w4) { w4 } else { legal[0] };
+        p.uniform(Some(base)).1
+    };
+    match objective {
+        Objective::Cost => {
+            let ceiling = max_error.unwrap_or(default_ceiling);
+            p.ceiling = Some(ceiling);
+            solve_units(&mut p, |b, e| e <= ceiling * (1.0 + 1e-9) && b > 0, true);
+        }
+        Objective::Accuracy => {
+            let cap = budget.file_bytes;
+            solve_units(&mut p, |b, _| b <= cap, false);
+        }
+    }
+    Ok(p)
+}
+
+/// Choose per unit by a Lagrangian: each unit takes the choice minimizing
+/// `error + lambda * bytes`, with lambda bisected so the constraint `ok`
+/// holds; `cost` seeks the largest feasible lambda (fewest bytes), else the
+/// smallest (least error). A single-group runtime chooses among uniform
+/// plans instead.
+fn solve_units(p: &mut CtPlan, ok: impl Fn(u64, f64) -> bool, cost: bool) {
+    if p.single_group {
+        let mut best: Option<(Vec<usize>, u64, f64)> = None;
+        for s in std::iter::once(None).chain(p.legal.iter().map(|s| Some(*s))) {
+            let pick: Vec<usize> = p
+                .units
+                .iter()
+                .map(|u| u.choices.iter().position(|c| c.scheme == s).unwrap_or(0))
+                .collect();
+            p.chosen = pick.clone();
+            let (b, e) = (p.bytes(), p.error());
+            if !ok(b, e) {
+                continue;
+            }
+            let better = match &best {
+                None => true,
+                Some((_, bb, be)) => {
+                    if cost {
+                        b < *bb
+                    } else {
+                        e < *be
+                    }
+                }
+            };
+            if better {
+                best = Some((pick, b, e));
+            }
+        }
+        p.chosen = best.map_or_else(|| smallest(p), |b| b.0);
+        return;
+    }
+    let pick = |p: &CtPlan, lambda: f64| -> Vec<usize> {
+        p.units
+            .iter()
+            .map(|u| {
+                let mut bi = 0;
+                for (i, c) in u.choices.iter().enumerate() {
+                    let v = c.error + lambda * c.bytes as f64;
+                    let bv = u.choices[bi].error + lambda * u.choices[bi].bytes as f64;
+                    if v < bv || (v == bv && c.bytes < u.choices[bi].bytes) {
+                        bi = i;
+                    }
+                }
+                bi
+            })
+            .collect()
+    };
+    let eval = |p: &mut CtPlan, lambda: f64| {
+        p.chosen = pick(p, lambda);
+        ok(p.bytes(), p.error())
+    };
+    // lambda in log space between 1e-30 and 1e3 (per byte, in nats).
+    let (mut lo, mut hi) = (-30f64, 3f64);
+    if cost {
+        if !eval(p, 10f64.powf(lo)) {
+            p.chosen = pick(p, 10f64.powf(lo));
+            return;
+        }
+        for _ in 0..80 {
+            let mid = (lo + hi) / 2.0;
+            if eval(p, 10f64.powf(mid)) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        p.chosen = pick(p, 10f64.powf(lo));
+    } else {
+        if !eval(p, 10f64.powf(hi)) {
+            p.chosen = smallest(p);
+            return;
+        }
+        for _ in 0..80 {
+            let mid = (lo + hi) / 2.0;
+            if eval(p, 10f64.powf(mid)) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        p.chosen = pick(p, 10f64.powf(hi));
+    }
+}
+
+/// Every unit at its fewest bytes.
+fn smallest(p: &CtPlan) -> Vec<usize> {
+    p.units
+        .iter()
+        .map(|u| {
+            (0..u.choices.len())
+                .min_by_key(|&i| u.choices[i].bytes)
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// What a compressed-tensors build wrote.
+pub struct CtBuilt {
+    pub report: String,
+    pub manifest_json: String,
+    pub actual_bytes: u64,
+}
+
+/// Unit index lists per scheme for `chosen` (unit-level NVFP4 amax).
+fn by_scheme(p: &CtPlan, chosen: &[usize]) -> Vec<BTreeMap<CtScheme, Vec<usize>>> {
+    p.units
+        .iter()
+        .zip(chosen)
+        .filter_map(|(u, &c)| {
+            u.choices[c]
+                .scheme
+                .map(|s| BTreeMap::from([(s, u.tensors.clone())]))
+        })
+        .collect()
+}
+
+/// Plan, write and report a compressed-tensors build.
+pub fn build(
+    setup: &Setup,
+    s: &Sizing,
+    engine: &str,
+    b: &BuildOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<CtBuilt> {
+    if !b.model.is_dir() {
+        return Err(Error::Options(format!(
+            "{}: --engine {engine} writes compressed-tensors, from a Hugging Face checkpoint directory (config.json and safetensors), not from a GGUF",
+            b.model.display()
+        )));
+    }
+    let p = plan(setup, s, engine, b.objective, b.max_error)?;
+    let fp8_max = s.target.fp8_max() as f32;
+    let mut model = setup.opened.loaded.model.clone();
+    let assignment = p.assignment(&model);
+    fct::assign_mixed(&mut model, &assignment)?;
+    fct::set_fp8_max(&mut model, s.target.fp8_max()).map_err(Error::Options)?;
+    let src = &b.model;
+    let maps = &setup.opened.loaded.maps;
+    // One scheme throughout is written as llm-compressor writes a preset
+    // (`targets: ["Linear"]`, the rest in `ignore`); several as named groups.
+    let distinct: BTreeSet<&str> = assignment.values().map(|s| s.name()).collect();
+    let container = match assignment.values().next() {
+        Some(&one) if distinct.len() == 1 => CompressedTensors::new(one, &model, maps, src)?,
+        Some(_) => CompressedTensors::mixed(&assignment, &model, maps, src)?,
+        None => CompressedTensors::new(Scheme::W8A8, &model, maps, src)?,
+    };
+    let files = container.layout(&model)?;
+    let staging = Staging::new(&b.output, b.force)?;
+    let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
+    progress.start("writing", input_bytes, Unit::Bytes);
+    let written = write::write(
+        &model,
+        maps,
+        &container,
+        &files,
+        staging.dir(),
+        WriteOptions {
+            allow_nonfinite: false,
+            importance: None,
+        },
+        &|n| progress.advance(n),
+        cancel,
+    );
+    progress.finish();
+    let written = written?;
+
+    // Compare with the uniform schemes, measured on text where given.
+    let mut nets = if setup.eval_windows.is_empty() {
+        None
+    } else {
+        Some((
+            eval::Transformer::new(&setup.opened)?,
+            eval::Transformer::new(&setup.opened)?,
+        ))
+    };
+    let mut rows: Vec<(String, u64, f64, Option<f64>)> = Vec::new();
+    progress.start("comparing", 4, Unit::Items("plans"));
+    let plan_kld = {
+        let per_unit = by_scheme(&p, &p.chosen);
+        measure_units(setup, &per_unit, fp8_max, &mut nets, cancel)?
+    };
+    rows.push((
+        format!("kiln plan ({})", p.runtime),
+        p.bytes(),
+        p.error(),
+        plan_kld,
+    ));
+    progress.advance(1);
+    for (label, sc) in [
+        ("W4A16 g128", CtScheme::W4A16),
+        ("W8A16 g128", CtScheme::W8A16),
+        ("FP8_DYNAMIC", CtScheme::Fp8Dynamic),
+    ] {
+        if !p.legal.contains(&sc) {
+            rows.push((
+                format!("{label} (not run by {} here)", p.runtime),
+                0,
+                f64::NAN,
+                None,
+            ));
+            progress.advance(1);
+            continue;
+        }
+        let chosen: Vec<usize> = p
+            .units
+            .iter()
+            .map(|u| {
+                u.choices
+                    .iter()
+                    .position(|c| c.scheme == Some(sc))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let (bytes, err) = p.uniform(Some(sc));
+        let kld = measure_units(setup, &by_scheme(&p, &chosen), fp8_max, &mut nets, cancel)?;
+        rows.push((label.to_string(), bytes, err, kld));
+        progress.advance(1);
+    }
+    progress.finish();
+
+    let report = report_text(setup, s, &p, &rows);
+    staging.write("report.md", report.as_bytes())?;
+    let mut listed = Vec::new();
+    for w in &written {
+        listed.push(json!({
+            "path": w.name,
+            "bytes": w.bytes,
+            "sha256": artifact::sha256_file(&staging.path(&w.name))?,
+        }));
+    }
+    let actual_bytes: u64 = files.iter().map(|f| f.total_bytes).sum();
+    let units: Vec<serde_json::Value> = p
+        .units
+        .iter()
+        .zip(&p.chosen)
+        .map(|(u, &c)| {
+            json!({
+                "unit": u.name,
+                "scheme": u.choices[c].scheme.map_or("bf16".to_string(), |s| s.name().to_string()),
+                "bytes": u.choices[c].bytes,
+                "predicted_kld": u.choices[c].error,
+                "tensors": u.tensors.iter().map(|&i| model.tensors[i].source_name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let manifest = json!({
+        "schema": "kiln.artifact/build-ct-1",
+        "input": b.model,
+        "format": "compressed-tensors",
+        "compressed_tensors_version": fct::CT_VERSION,
+        "target": s.target.id,
+        "engine": engine,
+        "runtime": p.runtime,
+        "legal_schemes": p.legal.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "single_group": p.single_group,
+        // No quantization_config field carries it (Neuron reads the standard block).
+        "fp8_e4m3_max": s.target.fp8_max(),
+        "objective": match b.objective { Objective::Cost => "cost", Objective::Accuracy => "accuracy" },
+        "budget": p.budget,
+        "max_error": p.ceiling,
+        "tensor_bytes": actual_bytes,
+        "predicted_kld": p.error(),
+        "units": units,
+        "compared": rows.iter().map(|(n, b, e, k)| json!({
+            "name": n,
+            "tensor_bytes": b,
+            "predicted_kld": if e.is_finite() { json!(e) } else { json!(null) },
+            "measured_kld": k,
+        })).collect::<Vec<_>>(),
+        "files": listed,
+    });
+    let manifest_json = serde_json::to_string_pretty(&manifest).expect("JSON serializes");
+    staging.write("manifest.json", manifest_json.as_bytes())?;
+    staging.commit()?;
+    Ok(CtBuilt {
+        report,
+        manifest_json,
+        actual_bytes,
+    })
+}
+
+/// Measured KL divergence with each unit in its own scheme (each with
+/// its own fused NVFP4 amax), the other target Linears at their source
+/// values; `None` without held-out text.
+fn measure_units(
+    setup: &Setup,
+    per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
+    fp8_max: f32,
+    nets: &mut Option<(eval::Transformer, eval::Transformer)>,
+    cancel: &AtomicBool,
+) -> Result<Option<f64>> {
+    let Some((original, candidate)) = nets.as_mut() else {
+        return Ok(None);
+    };
+    let model = &setup.opened.loaded.model;
+    let maps = &setup.opened.loaded.maps;
+    let mut quantized: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+    for u in per_unit {
+        for (s, idx) in u {
+            let amax = idx
+                .iter()
+                .map(|&i| {
+                    let t = &model.tensors[i];
+                    let mut row = vec![0f32; t.row_len()];
+                    (0..t.n_rows())
+                        .map(|r| {
+                            formats::data::read_row(maps, t, r, &mut row);
+                            q::amax(&row)
+                        })
+                        .fold(0f32, f32::max)
+                })
+                .fold(0f32, f32::max);
+            for &i in idx {
+                let t = &model.tensors[i];
+                let d = dtype_of(t);
+                let global = q::nvfp4_global_scale(amax, d);
+                let mut data = Vec::with_capacity(t.n_elements());
+                let mut row = vec![0f32; t.row_len()];
+                for r in 0..t.n_rows() {
+                    formats::data::read_row(maps, t, r, &mut row);
+                    data.extend(roundtrip_row(*s, &row, global, fp8_max, d));
+                }
+                quantized.insert(i, data);
+            }
+        }
+    }
+    for (i, t) in model.tensors.iter().enumerate() {
+        if !fct::is_target(t) {
+            continue;
+        }
+        let data = match quantized.remove(&i) {
+            Some(d) => d,
+            None => {
+                let mut data = vec![0f32; t.n_elements()];
+                for (r, dst) in data.chunks_exact_mut(t.row_len()).enumerate() {
+                    formats::data::read_row(maps, t, r, dst);
+                }
+                data
+            }
+        };
+        candidate.set_weight(&t.name, data)?;
+    }
+    let r = eval::text::evaluate(
+        original,
+        Some(candidate),
+        &setup.eval_windows,
+        &|_| {},
+        cancel,
+    )?;
+    Ok(r.kld.as_ref().map(|k| k.mean))
+}
+
+/// A KL divergence for the report: 6 decimals, or 4 significant digits
+/// below 0.001 (a tiny model's measured values).
+fn kld(x: f64) -> String {
+    if x != 0.0 && x.abs() < 1e-3 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.6}")
+    }
+}
+
+fn report_text(
+    setup: &Setup,
+    s: &Sizing,
+    p: &CtPlan,
+    rows: &[(String, u64, f64, Option<f64>)],
+) -> String {
+    use formats::human::bytes;
+    let params = setup.params().max(1) as f64;
+    let mut out = format!(
+        "# kiln build: compressed-tensors for {} ({})\n\n",
+        s.target.id, p.runtime
+    );
+    out += &format!(
+        "Schemes {} runs natively on `{}`: {}{}.\n",
+        p.runtime,
+        s.target.id,
+        p.legal
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if p.single_group {
+            " (one config group only: one scheme throughout)"
+        } else {
+            ""
+        }
+    );
+    out += &format!("Budget: {}.\n", p.budget);
+    if let Some(c) = p.ceiling {
+        out += &format!("Error ceiling: predicted KL divergence {c:.6} (default: uniform W4A16 g128, or the first legal scheme).\n");
+    }
+    out += &format!("Sensitivity: {}.\n\n", setup.sensitivity_source);
+    out += "## Plan against the uniform schemes\n\n";
+    out += "| artifact | tensor bytes | bits/weight | predicted KLD | measured KLD |\n|---|---:|---:|---:|---:|\n";
+    for (name, b, e, k) in rows {
+        if !e.is_finite() {
+            out += &format!("| {name} | - | - | - | - |\n");
+            continue;
+        }
+        out += &format!(
+            "| {name} | {} ({}) | {:.3} | {} | {} |\n",
+            b,
+            bytes(*b),
+            *b as f64 * 8.0 / params,
+            kld(*e),
+            k.map_or("not measured (no --text)".to_string(), kld)
+        );
+    }
+    out += "\n## Per layer\n\n| unit | scheme | bytes | predicted KLD |\n|---|---|---:|---:|\n";
+    for (u, &c) in p.units.iter().zip(&p.chosen) {
+        let ch = &u.choices[c];
+        out += &format!(
+            "| {} | {} | {} | {} |\n",
+            u.name,
+            ch.scheme
+                .map_or("bf16 (ignore)".to_string(), |s| s.name().to_string()),
+            ch.bytes,
+            kld(ch.error)
+        );
+    }
+    out
+}
