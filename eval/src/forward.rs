@@ -8,6 +8,10 @@
 //!   (ggml's "normal" mode) and qwen2 uses NEOX RoPE, exactly as llama.cpp does
 //!   (the style is the family spec's, `passes::arch`; the architecture facts
 //!   are the model's `Arch`, not a copy);
+//! - RoPE scaling is applied as llama.cpp applies it: per-frequency divisors
+//!   from the file's `rope_freqs` (llama3) or `rope_factors_long/short`
+//!   (longrope) tensors, and the `rope.scaling.*` parameters (linear, YaRN,
+//!   longrope's attention factor) carried in `Arch::rope_scaling`;
 //! - every weight is dequantized to f32 once, at construction; arithmetic is
 //!   f32 (the numpy reference in tests/python checks it in f64);
 //! - [`Observer::linear_input`] sees the exact f32 input of each linear weight,
@@ -17,7 +21,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
-use passes::arch::{self, ArchSpec, RopeStyle};
+use passes::arch::{self, rope, ArchSpec, RopeStyle};
+use passes::ir::RopeScaling;
 use passes::Arch;
 
 use crate::error::{Error, OpContext, Result};
@@ -92,7 +97,17 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
+    rope: RopeFactors,
     device: Device,
+}
+
+/// RoPE's per-frequency divisors (`head_dim / 2` each), from the model's
+/// tensors: llama3's `rope_freqs`, or longrope's long and short factors.
+#[derive(Debug, Default)]
+struct RopeFactors {
+    freqs: Option<Vec<f32>>,
+    long: Option<Vec<f32>>,
+    short: Option<Vec<f32>>,
 }
 
 fn bad(m: &Opened, reason: impl Into<String>) -> Error {
@@ -119,15 +134,22 @@ impl Transformer {
         if arch.n_expert > 0 {
             return Err(bad(m, "mixture-of-experts models cannot be evaluated yet"));
         }
-        if m.tensor("rope_freqs.weight").is_some()
-            || m.loaded
-                .model
-                .metadata
-                .get(&format!("{}.rope.scaling.type", arch.family))
-                .and_then(|v| v.as_str())
-                .is_some_and(|t| t != "none")
+        let scaling_type = m
+            .loaded
+            .model
+            .metadata
+            .get(&format!("{}.rope.scaling.type", arch.family))
+            .and_then(|v| v.as_str());
+        if let Some(t) =
+            scaling_type.filter(|t| !matches!(*t, "none" | "linear" | "yarn" | "longrope"))
         {
-            return Err(bad(m, "RoPE scaling (rope_freqs / rope.scaling.type) is not modelled by kiln's forward pass yet"));
+            return Err(bad(
+                m,
+                format!(
+                    "RoPE scaling type `{}` is not one llama.cpp runs",
+                    passes::printable(t)
+                ),
+            ));
         }
         if arch.n_head == 0
             || arch.n_head_kv == 0
@@ -195,6 +217,34 @@ impl Transformer {
                 down: linear(p("ffn_down.weight"), h, ffn)?,
             });
         }
+        // Per-frequency divisors, read from the file as llama.cpp reads them.
+        let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+            match m.tensor(name) {
+                None => Ok(None),
+                Some(node) if node.shape != [hd / 2] => Err(bad(
+                    m,
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected [{}]",
+                        node.shape,
+                        hd / 2
+                    ),
+                )),
+                Some(node) => Ok(Some(m.read_f32(node))),
+            }
+        };
+        let rope = RopeFactors {
+            freqs: factors("rope_freqs.weight")?,
+            long: factors("rope_factors_long.weight")?,
+            short: factors("rope_factors_short.weight")?,
+        };
+        if matches!(arch.rope_scaling, Some(RopeScaling::LongRope { .. }))
+            && (rope.long.is_none() || rope.short.is_none())
+        {
+            return Err(bad(
+                m,
+                "longrope scaling without `rope_factors_long.weight` and `rope_factors_short.weight`",
+            ));
+        }
         let embed = load("token_embd.weight", &[vocab, h])?;
         let output = match m.tensor("output.weight") {
             Some(_) => linear("output.weight".into(), vocab, h)?,
@@ -217,6 +267,7 @@ impl Transformer {
             embed,
             layers,
             output,
+            rope,
             device,
         })
     }
@@ -261,17 +312,80 @@ impl Transformer {
         )))
     }
 
-    /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`.
+    /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`, as
+    /// ggml's `rope_yarn` computes them for llama.cpp's parameters: theta =
+    /// p * base^(-2i/d) / factor_i (llama3's `rope_freqs`, or longrope's
+    /// long factors when the sequence is longer than the original context
+    /// and short ones otherwise, as llama.cpp chooses by its context size),
+    /// scaled by 1/factor (linear, YaRN below its correction range), YaRN's
+    /// ramp between the two, and the magnitude scale applied to cos and sin
+    /// (YaRN's 0.1 ln(factor) + 1, longrope's attention factor).
     fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
-        let half = self.cfg.arch.head_dim / 2;
-        let base = self.cfg.arch.rope_theta as f64;
+        let a = &self.cfg.arch;
+        let hd = a.head_dim;
+        let half = hd / 2;
+        let base = a.rope_theta as f64;
+        let divisors: Option<&[f32]> = match (&self.rope.freqs, &a.rope_scaling) {
+            (Some(f), _) => Some(f),
+            (
+                None,
+                Some(RopeScaling::LongRope {
+                    original_context, ..
+                }),
+            ) => {
+                if t > *original_context {
+                    self.rope.long.as_deref()
+                } else {
+                    self.rope.short.as_deref()
+                }
+            }
+            _ => None,
+        };
+        let (freq_scale, ramp, mscale) = match &a.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => (1.0 / *factor as f64, None, 1.0),
+            Some(RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast,
+                beta_slow,
+                ..
+            }) => {
+                // ggml_rope_yarn_corr_dims, in f32 as there.
+                let corr = |rot: f32| {
+                    hd as f32 * (*original_context as f32 / (rot * 2.0 * std::f32::consts::PI)).ln()
+                        / (2.0 * (base as f32).ln())
+                };
+                let low = corr(beta_fast.unwrap_or(32.0)).floor().max(0.0);
+                let high = corr(beta_slow.unwrap_or(1.0)).ceil().min(hd as f32 - 1.0);
+                let mscale = rope::yarn_mscale(*factor) as f64;
+                (
+                    1.0 / *factor as f64,
+                    Some((low as f64, high as f64)),
+                    mscale,
+                )
+            }
+            Some(RopeScaling::LongRope { attn_factor, .. }) => (1.0, None, *attn_factor as f64),
+            Some(RopeScaling::Llama3 { .. }) | None => (1.0, None, 1.0),
+        };
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in 0..t {
             for i in 0..half {
-                let theta = p as f64 * base.powf(-2.0 * i as f64 / self.cfg.arch.head_dim as f64);
-                cos.push(theta.cos() as f32);
-                sin.push(theta.sin() as f32);
+                let mut extrap = p as f64 * base.powf(-2.0 * i as f64 / hd as f64);
+                if let Some(d) = divisors {
+                    extrap /= d[i] as f64;
+                }
+                let interp = freq_scale * extrap;
+                let theta = match ramp {
+                    Some((low, high)) => {
+                        let y = (i as f64 - low) / (high - low).max(0.001);
+                        let mix = 1.0 - y.clamp(0.0, 1.0);
+                        interp * (1.0 - mix) + extrap * mix
+                    }
+                    None => interp,
+                };
+                cos.push((theta.cos() * mscale) as f32);
+                sin.push((theta.sin() * mscale) as f32);
             }
         }
         let cos = Tensor::from_vec(cos, (t, half), &self.device).op(|| "rope cos".into())?;

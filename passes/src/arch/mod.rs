@@ -21,6 +21,7 @@
 pub mod limits;
 pub mod llama;
 pub mod qwen2;
+pub mod rope;
 
 use serde_json::Value;
 
@@ -86,6 +87,9 @@ pub enum Refuse {
     /// A window (e.g. `sliding_window`) refused when it is a number smaller
     /// than `max_position_embeddings` (it would then change attention).
     WindowBelowContext(&'static str),
+    /// `rope_scaling` (or `rope_parameters`) carried when of one of these
+    /// kinds and valid, refused by name otherwise (see [`rope::parse`]).
+    RopeScaling(&'static [rope::Kind]),
 }
 
 /// A family's value transform for a tensor with this role and shape.
@@ -307,6 +311,9 @@ pub enum ConfigError {
         value: String,
         class: String,
     },
+    /// RoPE scaling kiln cannot carry (the whole sentence).
+    #[error("{0}")]
+    RopeScaling(String),
 }
 
 /// Multimodal configs nest the language model under `text_config`.
@@ -401,6 +408,8 @@ pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
         } else {
             0
         },
+        // Refused (when invalid or not the family's) by check_convertible.
+        rope_scaling: rope::parse(c, "", rope::ALL).ok().flatten(),
         ..Arch::default()
     };
     if arch.is_moe() {
@@ -461,6 +470,9 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
                     }
                 }
             }
+            Refuse::RopeScaling(kinds) => {
+                rope::parse(c, &class, kinds).map_err(ConfigError::RopeScaling)?;
+            }
         }
     }
     Ok(spec)
@@ -495,6 +507,7 @@ pub fn llama_cpp_metadata(arch: &Arch, name: &str) -> Metadata {
     }
     md.set(&format!("{f}.rope.dimension_count"), u(arch.head_dim));
     md.set(&format!("{f}.vocab_size"), u(arch.vocab));
+    rope::add_metadata(&mut md, f, arch);
     md
 }
 

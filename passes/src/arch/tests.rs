@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::ir::RopeScaling;
 use crate::naming;
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -161,25 +162,140 @@ fn fixtures_configs_are_convertible() {
 }
 
 #[test]
-fn refuses_rope_scaling_by_name() {
-    let c = with(
+fn refuses_rope_scaling_kiln_cannot_carry_by_name() {
+    let err = |fx: &str, v: Value| {
+        check_convertible(&with(fixture_config(fx), "rope_scaling", v))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err("tiny-llama", json!({"rope_type": "longrope", "factor": 8.0})),
+        "`rope_scaling.rope_type = longrope` is not supported for `LlamaForCausalLM` (kiln carries linear, llama3 and yarn RoPE scaling for it, as llama.cpp does)"
+    );
+    assert!(err("tiny-llama", json!({"type": "dynamic", "factor": 2.0}))
+        .starts_with("`rope_scaling.type = dynamic` is not supported for `LlamaForCausalLM`"));
+    assert!(
+        err("tiny-qwen2", json!({"rope_type": "llama3", "factor": 8.0})).starts_with(
+            "`rope_scaling.rope_type = llama3` is not supported for `Qwen2ForCausalLM`"
+        )
+    );
+    assert!(err("tiny-llama", json!({"rope_type": "made-up"})).contains("made-up"));
+    assert_eq!(
+        err("tiny-llama", json!({"factor": 8.0})),
+        "`rope_scaling` has no `rope_type` (or `type`)"
+    );
+    assert_eq!(
+        err(
+            "tiny-llama",
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 64})
+        ),
+        "`rope_scaling.high_freq_factor` is missing (llama3 RoPE scaling needs it)"
+    );
+    assert_eq!(
+        err("tiny-llama", json!({"rope_type": "linear", "factor": 0})),
+        "`rope_scaling.factor` is 0: it must be a positive number"
+    );
+    assert!(
+        err("tiny-llama", json!({"rope_type": "linear", "factor": -2.0}))
+            .contains("must be a positive number")
+    );
+    assert!(err("tiny-llama", json!({"rope_type": "linear"}))
+        .contains("`rope_scaling.factor` is missing"));
+    assert!(err(
+        "tiny-qwen2",
+        json!({"type": "yarn", "factor": 4.0, "attention_factor": 2.0})
+    )
+    .contains("would not apply it"));
+    assert!(err(
+        "tiny-qwen2",
+        json!({"type": "yarn", "factor": 4.0, "truncate": false})
+    )
+    .contains("truncate = false"));
+    assert!(err(
+        "tiny-llama",
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 64})
+    )
+    .contains("must be greater than"));
+}
+
+#[test]
+fn carries_llama3_linear_and_yarn_scaling() {
+    let llama31 = with(
         fixture_config("tiny-llama"),
         "rope_scaling",
-        json!({"rope_type": "llama3", "factor": 8.0}),
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
     );
+    assert!(check_convertible(&llama31).is_ok());
+    let arch = from_hf_config(&llama31).unwrap();
     assert_eq!(
-        check_convertible(&c).unwrap_err().to_string(),
-        "`rope_scaling` (type llama3) is not supported for LlamaForCausalLM yet"
+        arch.rope_scaling,
+        Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 64
+        })
     );
-    let c = with(
+    // No key: llama.cpp reads the factors from the tensor.
+    let md = llama_cpp_metadata(&arch, "m");
+    assert!(md.0.iter().all(|(k, _)| !k.contains("rope.scaling")));
+    let t = rope::computed_tensors(&arch);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].name, "rope_freqs.weight");
+    assert_eq!(t[0].shape, vec![32]);
+    // head_dim 64, theta 1e4: wavelength 2 pi 1e4^(i/32) is below 64/4 for
+    // i <= 3 (factor 1) and above 64/1 for i >= 9 (factor 8).
+    assert_eq!(&t[0].values[..4], &[1.0; 4]);
+    assert!(t[0].values[9..].iter().all(|&v| v == 8.0));
+    assert!(t[0].values[4..9]
+        .windows(2)
+        .all(|w| 1.0 < w[0] && w[0] < w[1] && w[1] < 8.0));
+
+    let qwen_yarn = with(
         fixture_config("tiny-qwen2"),
         "rope_scaling",
-        json!({"type": "yarn", "factor": 4.0}),
+        json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+    );
+    assert!(check_convertible(&qwen_yarn).is_ok());
+    let arch = from_hf_config(&qwen_yarn).unwrap();
+    let md = llama_cpp_metadata(&arch, "m");
+    assert_eq!(
+        md.get("qwen2.rope.scaling.type"),
+        Some(&MetaValue::String("yarn".into()))
     );
     assert_eq!(
-        check_convertible(&c).unwrap_err().to_string(),
-        "`rope_scaling` (type yarn) is not supported for Qwen2ForCausalLM yet"
+        md.get("qwen2.rope.scaling.factor"),
+        Some(&MetaValue::F32(4.0))
     );
+    assert_eq!(
+        md.get("qwen2.rope.scaling.original_context_length"),
+        Some(&MetaValue::U32(128))
+    );
+    assert!(md.get("qwen2.rope.scaling.yarn_beta_fast").is_none());
+    assert!(rope::computed_tensors(&arch).is_empty());
+
+    let linear = with(
+        fixture_config("tiny-llama"),
+        "rope_scaling",
+        json!({"type": "linear", "factor": 2.0}),
+    );
+    let md = llama_cpp_metadata(&from_hf_config(&linear).unwrap(), "m");
+    assert_eq!(
+        md.get("llama.rope.scaling.type"),
+        Some(&MetaValue::String("linear".into()))
+    );
+    assert_eq!(
+        md.get("llama.rope.scaling.factor"),
+        Some(&MetaValue::F32(2.0))
+    );
+    // transformers v5 writes plain RoPE as `rope_parameters` of type default.
+    let v5 = with(
+        fixture_config("tiny-llama"),
+        "rope_parameters",
+        json!({"rope_type": "default", "rope_theta": 10000.0}),
+    );
+    assert!(check_convertible(&v5).is_ok());
+    assert_eq!(from_hf_config(&v5).unwrap().rope_scaling, None);
 }
 
 #[test]
