@@ -1,4 +1,4 @@
-//! The llama-family forward pass (llama, mistral-as-llama, qwen2) on CPU with
+//! The llama-family forward pass (llama, mistral-as-llama, qwen2, phi3) on CPU with
 //! candle, written so that every linear layer's input can be observed (the
 //! importance matrix needs them).
 //!
@@ -7,7 +7,9 @@
 //!   are in ggml's interleaved RoPE order, so llama uses interleaved RoPE
 //!   (ggml's "normal" mode) and qwen2 uses NEOX RoPE, exactly as llama.cpp does
 //!   (the style is the family spec's, `passes::arch`; the architecture facts
-//!   are the model's `Arch`, not a copy);
+//!   are the model's `Arch`, not a copy); phi3's fused `attn_qkv` (rows q, k,
+//!   v) and `ffn_up` (rows gate, up) are split after the matmul, as
+//!   llama.cpp's graph does, and, as there, its sliding window is not applied;
 //! - RoPE scaling is applied as llama.cpp applies it: per-frequency divisors
 //!   from the file's `rope_freqs` (llama3) or `rope_factors_long/short`
 //!   (longrope) tensors, and the `rope.scaling.*` parameters (linear, YaRN,
@@ -79,12 +81,14 @@ impl Linear {
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
+    /// q, or the fused q/k/v (`attn_qkv`, phi3) when `k` and `v` are `None`.
     q: Linear,
-    k: Linear,
-    v: Linear,
+    k: Option<Linear>,
+    v: Option<Linear>,
     o: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
+    /// `None`: `up` is the fused gate/up (`ffn_up` of 2 * ffn rows, phi3).
+    gate: Option<Linear>,
     up: Linear,
     down: Linear,
 }
@@ -205,15 +209,38 @@ impl Transformer {
         let mut layers = Vec::with_capacity(arch.n_layer);
         for i in 0..arch.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let fused_qkv = m.tensor(&p("attn_qkv.weight")).is_some();
+            let fused_up = m.tensor(&p("ffn_gate.weight")).is_none();
+            let (q, k, v) = if fused_qkv {
+                (
+                    linear(p("attn_qkv.weight"), (nh + 2 * nkv) * hd, h)?,
+                    None,
+                    None,
+                )
+            } else {
+                (
+                    linear(p("attn_q.weight"), nh * hd, h)?,
+                    Some(linear(p("attn_k.weight"), nkv * hd, h)?),
+                    Some(linear(p("attn_v.weight"), nkv * hd, h)?),
+                )
+            };
+            let (gate, up) = if fused_up {
+                (None, linear(p("ffn_up.weight"), 2 * ffn, h)?)
+            } else {
+                (
+                    Some(linear(p("ffn_gate.weight"), ffn, h)?),
+                    linear(p("ffn_up.weight"), ffn, h)?,
+                )
+            };
             layers.push(Layer {
                 attn_norm: load(&p("attn_norm.weight"), &[h])?,
-                q: linear(p("attn_q.weight"), nh * hd, h)?,
-                k: linear(p("attn_k.weight"), nkv * hd, h)?,
-                v: linear(p("attn_v.weight"), nkv * hd, h)?,
+                q,
+                k,
+                v,
                 o: linear(p("attn_output.weight"), h, nh * hd)?,
                 ffn_norm: load(&p("ffn_norm.weight"), &[h])?,
-                gate: linear(p("ffn_gate.weight"), ffn, h)?,
-                up: linear(p("ffn_up.weight"), ffn, h)?,
+                gate,
+                up,
                 down: linear(p("ffn_down.weight"), h, ffn)?,
             });
         }
@@ -293,15 +320,11 @@ impl Transformer {
             return replace(&mut self.output.w, data);
         }
         for l in &mut self.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.o,
-                &mut l.gate,
-                &mut l.up,
-                &mut l.down,
-            ] {
+            let lins = [Some(&mut l.q), l.k.as_mut(), l.v.as_mut(), Some(&mut l.o)]
+                .into_iter()
+                .chain([l.gate.as_mut(), Some(&mut l.up), Some(&mut l.down)])
+                .flatten();
+            for lin in lins {
                 if lin.name == name {
                     return replace(&mut lin.w, data);
                 }
@@ -456,12 +479,27 @@ impl Transformer {
             }
             let ctx = |what: &str| format!("blk.{i}: {what}");
             let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
-            let q = l.q.forward(&h, obs)?;
-            let k = l.k.forward(&h, obs)?;
-            let v = l.v.forward(&h, obs)?;
+            let (q, k, v) = match (&l.k, &l.v) {
+                (Some(k), Some(v)) => (
+                    l.q.forward(&h, obs)?,
+                    k.forward(&h, obs)?,
+                    v.forward(&h, obs)?,
+                ),
+                _ => {
+                    // Fused rows: q, then k, then v.
+                    let qkv = l.q.forward(&h, obs)?;
+                    let part = |at: usize, n: usize| qkv.narrow(1, at, n).op(|| ctx("split qkv"));
+                    (
+                        part(0, nh * hd)?,
+                        part(nh * hd, nkv * hd)?,
+                        part((nh + nkv) * hd, nkv * hd)?,
+                    )
+                }
+            };
             // [t, heads * hd] -> [1, heads, t, hd] for RoPE.
             let heads = |y: Tensor, n: usize, what: &str| -> Result<Tensor> {
-                y.reshape((1, t, n, hd))
+                y.contiguous()
+                    .and_then(|y| y.reshape((1, t, n, hd)))
                     .and_then(|y| y.transpose(1, 2))
                     .and_then(|y| y.contiguous())
                     .op(|| ctx(what))
@@ -499,8 +537,18 @@ impl Transformer {
             let o = l.o.forward(&o, obs)?;
             x = (x + o).op(|| ctx("residual"))?;
             let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
-            let gate = l.gate.forward(&h, obs)?;
-            let up = l.up.forward(&h, obs)?;
+            let (gate, up) = match &l.gate {
+                Some(gate) => (gate.forward(&h, obs)?, l.up.forward(&h, obs)?),
+                None => {
+                    // Fused rows: gate, then up (llama.cpp's swiglu halves).
+                    let both = l.up.forward(&h, obs)?;
+                    let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
+                    (
+                        both.narrow(1, 0, f).op(|| ctx("split gate"))?,
+                        both.narrow(1, f, f).op(|| ctx("split up"))?,
+                    )
+                }
+            };
             let a = (gate.silu().op(|| ctx("silu"))? * up).op(|| ctx("gate * up"))?;
             let d = l.down.forward(&a, obs)?;
             x = (x + d).op(|| ctx("residual"))?;

@@ -56,6 +56,10 @@ pub struct Arch {
     /// a GGUF); `None`: plain RoPE. See `crate::arch::rope`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// config.json's `sliding_window`, for families that carry it as a
+    /// GGUF key (phi3); whether attention uses it is the family's.
+    #[serde(skip)]
+    pub sliding_window: Option<usize>,
 }
 
 /// RoPE scaling as llama.cpp carries it. Factors are what config.json says
@@ -163,6 +167,8 @@ pub enum Role {
     Norm,
     Output,
     Other,
+    /// Fused q/k/v (Phi-3's `attn_qkv`: `[q; k; v]` rows).
+    AttnQkv,
 }
 
 impl Role {
@@ -186,6 +192,7 @@ impl Role {
             Role::Norm => "norm",
             Role::Output => "output",
             Role::Other => "other",
+            Role::AttnQkv => "attn_qkv",
         }
     }
 

@@ -1,8 +1,9 @@
 """ref_forward: an independent numpy reference of the llama-family forward pass.
 
 Written from the Hugging Face modeling code's definitions (LlamaForCausalLM,
-MistralForCausalLM, Qwen2ForCausalLM), not from kiln or llama.cpp, so that it can
-judge both. What must stay true:
+MistralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM: fused qkv_proj and
+gate_up_proj split as Phi3Attention / Phi3MLP do), not from kiln or llama.cpp, so
+that it can judge both. What must stay true:
 
 - It reads Hugging Face checkpoints itself (safetensors parsed here, BF16/F16/F32
   widened exactly), so a bug in kiln's loader cannot hide in the reference.
@@ -17,7 +18,9 @@ judge both. What must stay true:
   transformers' rope init functions (`modeling_rope_utils.py`, v5:
   `_compute_linear_scaling_rope_parameters`, `_compute_llama3_parameters`,
   `_compute_yarn_parameters`) re-derived here in float64: inverse
-  frequencies and the attention scaling applied to cos and sin.
+  frequencies and the attention scaling applied to cos and sin; Phi-3's
+  longrope (`_compute_longrope_parameters`) with the long factors for sequences
+  longer than the original context, as `longrope_frequency_update` chooses.
 
 Public API: `load_hf(dir)`, `load_gguf(path)` -> `RefModel`; `RefModel.logits(ids)`
 -> [len(ids), vocab]; `RefModel.greedy(prompt, n)` -> (tokens, margins).
@@ -141,6 +144,10 @@ class RefModel:
     # the attention scaling of cos/sin; None: plain RoPE of rope_theta.
     inv_freq: np.ndarray | None = None
     attention_scaling: float = 1.0
+    # longrope (Phi-3): these inverse frequencies for sequences longer than
+    # `long_after` positions (transformers' longrope_frequency_update).
+    long_inv_freq: np.ndarray | None = None
+    long_after: int = 0
 
     @property
     def vocab(self) -> int:
@@ -156,6 +163,8 @@ class RefModel:
         # x: [T, heads, head_dim]; HF rotate-half with cos/sin of cat(freqs, freqs).
         d = self.head_dim
         inv_freq = self.inv_freq
+        if self.long_inv_freq is not None and int(pos.max()) + 1 > self.long_after:
+            inv_freq = self.long_inv_freq
         if inv_freq is None:
             inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
         freqs = pos[:, None].astype(np.float64) * inv_freq[None, :]
@@ -282,6 +291,24 @@ def rope_init(cfg: dict) -> tuple[np.ndarray | None, float]:
     raise ValueError(f"rope type {rope_type!r} is not modelled")
 
 
+def longrope_init(cfg: dict) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """transformers' `_compute_longrope_parameters` (v5): (short inv_freq, long
+    inv_freq, original context, attention scaling)."""
+    rp = cfg["rope_scaling"]
+    base = float(cfg.get("rope_theta", 10000.0))
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    dim = int(head_dim * cfg.get("partial_rotary_factor", 1.0))
+    orig = cfg.get("original_max_position_embeddings") or rp["original_max_position_embeddings"]
+    factor = rp.get("factor") or cfg["max_position_embeddings"] / orig
+    attention = rp.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else float(np.sqrt(1 + np.log(factor) / np.log(orig)))
+    shape = base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    short = 1.0 / (np.asarray(rp["short_factor"], dtype=np.float64) * shape)
+    long = 1.0 / (np.asarray(rp["long_factor"], dtype=np.float64) * shape)
+    return short, long, int(orig), float(attention)
+
+
 def _f64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float64)
 
@@ -291,10 +318,16 @@ def load_hf(model_dir: Path) -> RefModel:
     model_dir = Path(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     archs = cfg.get("architectures") or []
-    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM"}
     if not archs or archs[0] not in supported:
         raise ValueError(f"{model_dir}: architecture {archs} not in {sorted(supported)}")
-    inv_freq, attention_scaling = rope_init(cfg)
+    rs = cfg.get("rope_scaling") or {}
+    long_inv_freq, long_after = None, 0
+    if rs.get("rope_type", rs.get("type")) in ("longrope", "su"):
+        inv_freq, long_inv_freq, long_after, attention_scaling = longrope_init(cfg)
+    else:
+        inv_freq, attention_scaling = rope_init(cfg)
+    phi3 = archs[0] == "Phi3ForCausalLM"
     w = read_hf_weights(model_dir)
     n_head = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_head)
@@ -303,6 +336,18 @@ def load_hf(model_dir: Path) -> RefModel:
     layers = []
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
+        if phi3:
+            # Phi3Attention: qkv_proj rows are q, k, v; Phi3MLP: gate_up_proj
+            # output is chunked into gate, then up.
+            qkv = w.pop(p + "self_attn.qkv_proj.weight")
+            nq, nk = n_head * head_dim, n_kv * head_dim
+            w[p + "self_attn.q_proj.weight"] = qkv[:nq]
+            w[p + "self_attn.k_proj.weight"] = qkv[nq : nq + nk]
+            w[p + "self_attn.v_proj.weight"] = qkv[nq + nk :]
+            gate_up = w.pop(p + "mlp.gate_up_proj.weight")
+            ffn = gate_up.shape[0] // 2
+            w[p + "mlp.gate_proj.weight"] = gate_up[:ffn]
+            w[p + "mlp.up_proj.weight"] = gate_up[ffn:]
         layer = Layer(
             attn_norm=_f64(w[p + "input_layernorm.weight"]),
             wq=_f64(w[p + "self_attn.q_proj.weight"]),
@@ -337,6 +382,8 @@ def load_hf(model_dir: Path) -> RefModel:
         meta={"config": cfg, "tied": tied},
         inv_freq=inv_freq,
         attention_scaling=attention_scaling,
+        long_inv_freq=long_inv_freq,
+        long_after=long_after,
     )
 
 

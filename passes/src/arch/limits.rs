@@ -249,6 +249,8 @@ fn dim_field(d: super::Dim) -> &'static str {
         Dim::Q => "num_attention_heads x head_dim",
         Dim::Kv => "num_key_value_heads x head_dim",
         Dim::Ffn => "intermediate_size",
+        Dim::Qkv => "(num_attention_heads + 2 x num_key_value_heads) x head_dim",
+        Dim::Ffn2 => "2 x intermediate_size",
     }
 }
 

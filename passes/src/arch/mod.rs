@@ -20,6 +20,7 @@
 
 pub mod limits;
 pub mod llama;
+pub mod phi3;
 pub mod qwen2;
 pub mod rope;
 
@@ -47,6 +48,10 @@ pub enum Dim {
     /// `n_head_kv * head_dim`.
     Kv,
     Ffn,
+    /// Fused q/k/v rows: `(n_head + 2 n_head_kv) * head_dim`.
+    Qkv,
+    /// Fused gate/up rows: `2 * ffn`.
+    Ffn2,
 }
 
 impl Dim {
@@ -57,6 +62,8 @@ impl Dim {
             Dim::Q => a.n_head * a.head_dim,
             Dim::Kv => a.n_head_kv.max(1) * a.head_dim,
             Dim::Ffn => a.ffn,
+            Dim::Qkv => (a.n_head + 2 * a.n_head_kv.max(1)) * a.head_dim,
+            Dim::Ffn2 => 2 * a.ffn,
         }
     }
 }
@@ -87,6 +94,9 @@ pub enum Refuse {
     /// A window (e.g. `sliding_window`) refused when it is a number smaller
     /// than `max_position_embeddings` (it would then change attention).
     WindowBelowContext(&'static str),
+    /// Refused unless absent, `null` or this number (e.g.
+    /// `partial_rotary_factor` 1).
+    UnlessNumber(&'static str, f64),
     /// `rope_scaling` (or `rope_parameters`) carried when of one of these
     /// kinds and valid, refused by name otherwise (see [`rope::parse`]).
     RopeScaling(&'static [rope::Kind]),
@@ -118,7 +128,7 @@ pub struct ArchSpec {
 }
 
 /// Every family kiln converts, in the order errors list them.
-pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC];
+pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC, &phi3::SPEC];
 
 /// Model types whose checkpoints have llama's tensor layout (attention, gated
 /// FFN, optionally routed experts), so that [`synthesize`] counts their
@@ -410,6 +420,7 @@ pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
         },
         // Refused (when invalid or not the family's) by check_convertible.
         rope_scaling: rope::parse(c, "", rope::ALL).ok().flatten(),
+        sliding_window: int("sliding_window"),
         ..Arch::default()
     };
     if arch.is_moe() {
@@ -470,6 +481,11 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
                     }
                 }
             }
+            Refuse::UnlessNumber(field, want) => match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(v) if v.as_f64() == Some(want) => {}
+                Some(v) => return Err(refused(field, format!("{v}; kiln carries {want}"))),
+            },
             Refuse::RopeScaling(kinds) => {
                 rope::parse(c, &class, kinds).map_err(ConfigError::RopeScaling)?;
             }

@@ -156,6 +156,8 @@ fn fixtures_configs_are_convertible() {
         ("tiny-llama", "llama"),
         ("tiny-qwen2", "qwen2"),
         ("tiny-llama-spm", "llama"),
+        ("tiny-llama31", "llama"),
+        ("tiny-phi", "phi3"),
     ] {
         assert_eq!(check_convertible(&fixture_config(fx)).unwrap().gguf, gguf);
     }
@@ -423,7 +425,7 @@ fn metadata_keys_for_the_fixtures_configs() {
 
 #[test]
 fn synthesized_tensors_match_the_fixtures_checkpoints() {
-    for fx in ["tiny-llama", "tiny-qwen2"] {
+    for fx in ["tiny-llama", "tiny-qwen2", "tiny-phi"] {
         let arch = from_hf_config(&fixture_config(fx)).unwrap();
         let table = table_for(Some(&arch));
         let mut loaded: Vec<(String, Vec<usize>, Role)> = fixture_tensors(fx)
@@ -442,6 +444,56 @@ fn synthesized_tensors_match_the_fixtures_checkpoints() {
         synth.sort();
         assert_eq!(synth, loaded, "{fx}");
     }
+}
+
+#[test]
+fn phi3_keeps_fused_tensors_and_writes_longrope_and_window_keys() {
+    let c = fixture_config("tiny-phi");
+    let arch = from_hf_config(&c).unwrap();
+    assert_eq!(
+        map_hf_name(
+            phi3::SPEC.tensors,
+            "model.layers.1.self_attn.qkv_proj.weight"
+        ),
+        Ok(Some((
+            "blk.1.attn_qkv.weight".into(),
+            Role::AttnQkv,
+            Some(1)
+        )))
+    );
+    assert_eq!(
+        map_hf_name(phi3::SPEC.tensors, "model.layers.0.mlp.gate_up_proj.weight"),
+        Ok(Some(("blk.0.ffn_up.weight".into(), Role::FfnUp, Some(0))))
+    );
+    assert_eq!(naming::role("blk.1.attn_qkv.weight"), Role::AttnQkv);
+    let md = (phi3::SPEC.gguf_metadata)(&arch, "m");
+    assert_eq!(
+        md.get("phi3.attention.sliding_window"),
+        Some(&MetaValue::U32(512))
+    );
+    assert_eq!(
+        md.get("phi3.rope.scaling.type"),
+        Some(&MetaValue::String("longrope".into()))
+    );
+    assert_eq!(
+        md.get("phi3.rope.scaling.original_context_length"),
+        Some(&MetaValue::U32(64))
+    );
+    let names: Vec<String> = rope::computed_tensors(&arch)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["rope_factors_long.weight", "rope_factors_short.weight"]
+    );
+    let err = |key: &str, v: Value| {
+        check_convertible(&with(c.clone(), key, v))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err("rope_scaling", json!({"type": "yarn", "factor": 4.0}))
+        .starts_with("`rope_scaling.type = yarn` is not supported for `Phi3ForCausalLM`"));
 }
 
 #[test]
