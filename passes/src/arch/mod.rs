@@ -156,13 +156,13 @@ pub fn supported_list() -> String {
         .join(", ")
 }
 
-/// The GGUF architectures kiln runs, for messages (`llama and qwen2`).
+/// The GGUF architectures kiln runs, for messages (`llama, qwen2 and phi3`).
 pub fn gguf_list() -> String {
-    SPECS
-        .iter()
-        .map(|s| s.gguf)
-        .collect::<Vec<_>>()
-        .join(" and ")
+    let names: Vec<&str> = SPECS.iter().map(|s| s.gguf).collect();
+    match names.split_last() {
+        Some((last, init)) if !init.is_empty() => format!("{} and {last}", init.join(", ")),
+        _ => names.join(""),
+    }
 }
 
 /// Whether [`synthesize`] counts a family's weights exactly (a supported

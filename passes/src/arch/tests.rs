@@ -67,9 +67,10 @@ fn registry_finds_specs_by_class_and_gguf_name() {
     assert!(spec_for_gguf("mistral").is_none());
     assert_eq!(
         supported_list(),
-        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM"
     );
-    assert_eq!(gguf_list(), "llama and qwen2");
+    assert_eq!(gguf_list(), "llama, qwen2 and phi3");
+    assert_eq!(spec_for_hf_class("Phi3ForCausalLM").unwrap().gguf, "phi3");
 }
 
 #[test]
@@ -333,7 +334,7 @@ fn refuses_other_math_changing_fields() {
     let gpt2 = with(llama, "architectures", json!(["GPT2LMHeadModel"]));
     assert_eq!(
         err(&gpt2),
-        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
+        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM)"
     );
 }
 
