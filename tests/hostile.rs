@@ -136,17 +136,31 @@ fn unsupported_architecture_is_named() {
 
 #[test]
 fn rope_scaling_is_refused_by_name() {
-    let d = mini_with(|_| {});
-    let mut c = mini_config();
-    c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
-    std::fs::write(d.path().join("config.json"), c.to_string()).unwrap();
-    refuse(
-        d.path(),
-        &[
-            "config.json",
-            "`rope_scaling` (type llama3) is not supported for LlamaForCausalLM yet",
-        ],
-    );
+    // Each kind kiln cannot carry, and a llama3 scaling missing a value it needs.
+    for (rope, message) in [
+        (
+            json!({"rope_type": "dynamic", "factor": 2.0}),
+            "`rope_scaling.rope_type = dynamic` is not supported for `LlamaForCausalLM`",
+        ),
+        (
+            json!({"type": "longrope", "factor": 8.0}),
+            "`rope_scaling.type = longrope` is not supported for `LlamaForCausalLM`",
+        ),
+        (
+            json!({"rope_type": "llama3", "factor": 8.0}),
+            "`rope_scaling.low_freq_factor` is missing (llama3 RoPE scaling needs it)",
+        ),
+        (
+            json!({"rope_type": "linear", "factor": -1.0}),
+            "`rope_scaling.factor` is -1: it must be a positive number",
+        ),
+    ] {
+        let d = mini_with(|_| {});
+        let mut c = mini_config();
+        c["rope_scaling"] = rope;
+        std::fs::write(d.path().join("config.json"), c.to_string()).unwrap();
+        refuse(d.path(), &["config.json", message]);
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The llama-family forward pass (llama, mistral-as-llama, qwen2, qwen3) on CPU with
+//! The llama-family forward pass (llama, mistral-as-llama, qwen2, qwen3, phi3) on CPU with
 //! candle, written so that every linear layer's input can be observed (the
 //! importance matrix needs them).
 //!
@@ -9,7 +9,13 @@
 //!   (the style is the family spec's, `passes::arch`; the architecture facts
 //!   are the model's `Arch`, not a copy); per-head q/k RMS norms
 //!   (`attn_q_norm` / `attn_k_norm`, qwen3) are applied before RoPE whenever
-//!   the model has them, as llama.cpp's graph does;
+//!   the model has them, as llama.cpp's graph does; phi3's fused `attn_qkv` (rows q, k,
+//!   v) and `ffn_up` (rows gate, up) are split after the matmul, as
+//!   llama.cpp's graph does, and, as there, its sliding window is not applied;
+//! - RoPE scaling is applied as llama.cpp applies it: per-frequency divisors
+//!   from the file's `rope_freqs` (llama3) or `rope_factors_long/short`
+//!   (longrope) tensors, and the `rope.scaling.*` parameters (linear, YaRN,
+//!   longrope's attention factor) carried in `Arch::rope_scaling`;
 //! - every weight is dequantized to f32 once, at construction; arithmetic is
 //!   f32 (the numpy reference in tests/python checks it in f64);
 //! - [`Observer::linear_input`] sees the exact f32 input of each linear weight,
@@ -19,7 +25,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
-use passes::arch::{self, ArchSpec, RopeStyle};
+use passes::arch::{self, rope, ArchSpec, RopeStyle};
+use passes::ir::RopeScaling;
 use passes::Arch;
 
 use crate::error::{Error, OpContext, Result};
@@ -76,16 +83,18 @@ impl Linear {
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
+    /// q, or the fused q/k/v (`attn_qkv`, phi3) when `k` and `v` are `None`.
     q: Linear,
-    k: Linear,
-    v: Linear,
+    k: Option<Linear>,
+    v: Option<Linear>,
     o: Linear,
     /// Per-head RMS norms of q and k before RoPE (`attn_q_norm` /
     /// `attn_k_norm`, `[head_dim]`; qwen3), when the model has them.
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: Linear,
+    /// `None`: `up` is the fused gate/up (`ffn_up` of 2 * ffn rows, phi3).
+    gate: Option<Linear>,
     up: Linear,
     down: Linear,
 }
@@ -98,7 +107,17 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
+    rope: RopeFactors,
     device: Device,
+}
+
+/// RoPE's per-frequency divisors (`head_dim / 2` each), from the model's
+/// tensors: llama3's `rope_freqs`, or longrope's long and short factors.
+#[derive(Debug, Default)]
+struct RopeFactors {
+    freqs: Option<Vec<f32>>,
+    long: Option<Vec<f32>>,
+    short: Option<Vec<f32>>,
 }
 
 fn bad(m: &Opened, reason: impl Into<String>) -> Error {
@@ -125,15 +144,22 @@ impl Transformer {
         if arch.n_expert > 0 {
             return Err(bad(m, "mixture-of-experts models cannot be evaluated yet"));
         }
-        if m.tensor("rope_freqs.weight").is_some()
-            || m.loaded
-                .model
-                .metadata
-                .get(&format!("{}.rope.scaling.type", arch.family))
-                .and_then(|v| v.as_str())
-                .is_some_and(|t| t != "none")
+        let scaling_type = m
+            .loaded
+            .model
+            .metadata
+            .get(&format!("{}.rope.scaling.type", arch.family))
+            .and_then(|v| v.as_str());
+        if let Some(t) =
+            scaling_type.filter(|t| !matches!(*t, "none" | "linear" | "yarn" | "longrope"))
         {
-            return Err(bad(m, "RoPE scaling (rope_freqs / rope.scaling.type) is not modelled by kiln's forward pass yet"));
+            return Err(bad(
+                m,
+                format!(
+                    "RoPE scaling type `{}` is not one llama.cpp runs",
+                    passes::printable(t)
+                ),
+            ));
         }
         if arch.n_head == 0
             || arch.n_head_kv == 0
@@ -189,19 +215,70 @@ impl Transformer {
         let mut layers = Vec::with_capacity(arch.n_layer);
         for i in 0..arch.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let fused_qkv = m.tensor(&p("attn_qkv.weight")).is_some();
+            let fused_up = m.tensor(&p("ffn_gate.weight")).is_none();
+            let (q, k, v) = if fused_qkv {
+                (
+                    linear(p("attn_qkv.weight"), (nh + 2 * nkv) * hd, h)?,
+                    None,
+                    None,
+                )
+            } else {
+                (
+                    linear(p("attn_q.weight"), nh * hd, h)?,
+                    Some(linear(p("attn_k.weight"), nkv * hd, h)?),
+                    Some(linear(p("attn_v.weight"), nkv * hd, h)?),
+                )
+            };
+            let (gate, up) = if fused_up {
+                (None, linear(p("ffn_up.weight"), 2 * ffn, h)?)
+            } else {
+                (
+                    Some(linear(p("ffn_gate.weight"), ffn, h)?),
+                    linear(p("ffn_up.weight"), ffn, h)?,
+                )
+            };
             layers.push(Layer {
                 attn_norm: load(&p("attn_norm.weight"), &[h])?,
-                q: linear(p("attn_q.weight"), nh * hd, h)?,
-                k: linear(p("attn_k.weight"), nkv * hd, h)?,
-                v: linear(p("attn_v.weight"), nkv * hd, h)?,
+                q,
+                k,
+                v,
                 o: linear(p("attn_output.weight"), h, nh * hd)?,
                 q_norm: opt(&p("attn_q_norm.weight"), &[hd])?,
                 k_norm: opt(&p("attn_k_norm.weight"), &[hd])?,
                 ffn_norm: load(&p("ffn_norm.weight"), &[h])?,
-                gate: linear(p("ffn_gate.weight"), ffn, h)?,
-                up: linear(p("ffn_up.weight"), ffn, h)?,
+                gate,
+                up,
                 down: linear(p("ffn_down.weight"), h, ffn)?,
             });
+        }
+        // Per-frequency divisors, read from the file as llama.cpp reads them.
+        let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+            match m.tensor(name) {
+                None => Ok(None),
+                Some(node) if node.shape != [hd / 2] => Err(bad(
+                    m,
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected [{}]",
+                        node.shape,
+                        hd / 2
+                    ),
+                )),
+                Some(node) => Ok(Some(m.read_f32(node))),
+            }
+        };
+        let rope = RopeFactors {
+            freqs: factors("rope_freqs.weight")?,
+            long: factors("rope_factors_long.weight")?,
+            short: factors("rope_factors_short.weight")?,
+        };
+        if matches!(arch.rope_scaling, Some(RopeScaling::LongRope { .. }))
+            && (rope.long.is_none() || rope.short.is_none())
+        {
+            return Err(bad(
+                m,
+                "longrope scaling without `rope_factors_long.weight` and `rope_factors_short.weight`",
+            ));
         }
         let embed = load("token_embd.weight", &[vocab, h])?;
         let output = match m.tensor("output.weight") {
@@ -225,6 +302,7 @@ impl Transformer {
             embed,
             layers,
             output,
+            rope,
             device,
         })
     }
@@ -250,15 +328,11 @@ impl Transformer {
             return replace(&mut self.output.w, data);
         }
         for l in &mut self.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.o,
-                &mut l.gate,
-                &mut l.up,
-                &mut l.down,
-            ] {
+            let lins = [Some(&mut l.q), l.k.as_mut(), l.v.as_mut(), Some(&mut l.o)]
+                .into_iter()
+                .chain([l.gate.as_mut(), Some(&mut l.up), Some(&mut l.down)])
+                .flatten();
+            for lin in lins {
                 if lin.name == name {
                     return replace(&mut lin.w, data);
                 }
@@ -269,17 +343,80 @@ impl Transformer {
         )))
     }
 
-    /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`.
+    /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`, as
+    /// ggml's `rope_yarn` computes them for llama.cpp's parameters: theta =
+    /// p * base^(-2i/d) / factor_i (llama3's `rope_freqs`, or longrope's
+    /// long factors when the sequence is longer than the original context
+    /// and short ones otherwise, as llama.cpp chooses by its context size),
+    /// scaled by 1/factor (linear, YaRN below its correction range), YaRN's
+    /// ramp between the two, and the magnitude scale applied to cos and sin
+    /// (YaRN's 0.1 ln(factor) + 1, longrope's attention factor).
     fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
-        let half = self.cfg.arch.head_dim / 2;
-        let base = self.cfg.arch.rope_theta as f64;
+        let a = &self.cfg.arch;
+        let hd = a.head_dim;
+        let half = hd / 2;
+        let base = a.rope_theta as f64;
+        let divisors: Option<&[f32]> = match (&self.rope.freqs, &a.rope_scaling) {
+            (Some(f), _) => Some(f),
+            (
+                None,
+                Some(RopeScaling::LongRope {
+                    original_context, ..
+                }),
+            ) => {
+                if t > *original_context {
+                    self.rope.long.as_deref()
+                } else {
+                    self.rope.short.as_deref()
+                }
+            }
+            _ => None,
+        };
+        let (freq_scale, ramp, mscale) = match &a.rope_scaling {
+            Some(RopeScaling::Linear { factor }) => (1.0 / *factor as f64, None, 1.0),
+            Some(RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast,
+                beta_slow,
+                ..
+            }) => {
+                // ggml_rope_yarn_corr_dims, in f32 as there.
+                let corr = |rot: f32| {
+                    hd as f32 * (*original_context as f32 / (rot * 2.0 * std::f32::consts::PI)).ln()
+                        / (2.0 * (base as f32).ln())
+                };
+                let low = corr(beta_fast.unwrap_or(32.0)).floor().max(0.0);
+                let high = corr(beta_slow.unwrap_or(1.0)).ceil().min(hd as f32 - 1.0);
+                let mscale = rope::yarn_mscale(*factor) as f64;
+                (
+                    1.0 / *factor as f64,
+                    Some((low as f64, high as f64)),
+                    mscale,
+                )
+            }
+            Some(RopeScaling::LongRope { attn_factor, .. }) => (1.0, None, *attn_factor as f64),
+            Some(RopeScaling::Llama3 { .. }) | None => (1.0, None, 1.0),
+        };
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in 0..t {
             for i in 0..half {
-                let theta = p as f64 * base.powf(-2.0 * i as f64 / self.cfg.arch.head_dim as f64);
-                cos.push(theta.cos() as f32);
-                sin.push(theta.sin() as f32);
+                let mut extrap = p as f64 * base.powf(-2.0 * i as f64 / hd as f64);
+                if let Some(d) = divisors {
+                    extrap /= d[i] as f64;
+                }
+                let interp = freq_scale * extrap;
+                let theta = match ramp {
+                    Some((low, high)) => {
+                        let y = (i as f64 - low) / (high - low).max(0.001);
+                        let mix = 1.0 - y.clamp(0.0, 1.0);
+                        interp * (1.0 - mix) + extrap * mix
+                    }
+                    None => interp,
+                };
+                cos.push((theta.cos() * mscale) as f32);
+                sin.push((theta.sin() * mscale) as f32);
             }
         }
         let cos = Tensor::from_vec(cos, (t, half), &self.device).op(|| "rope cos".into())?;
@@ -350,12 +487,27 @@ impl Transformer {
             }
             let ctx = |what: &str| format!("blk.{i}: {what}");
             let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
-            let q = l.q.forward(&h, obs)?;
-            let k = l.k.forward(&h, obs)?;
-            let v = l.v.forward(&h, obs)?;
+            let (q, k, v) = match (&l.k, &l.v) {
+                (Some(k), Some(v)) => (
+                    l.q.forward(&h, obs)?,
+                    k.forward(&h, obs)?,
+                    v.forward(&h, obs)?,
+                ),
+                _ => {
+                    // Fused rows: q, then k, then v.
+                    let qkv = l.q.forward(&h, obs)?;
+                    let part = |at: usize, n: usize| qkv.narrow(1, at, n).op(|| ctx("split qkv"));
+                    (
+                        part(0, nh * hd)?,
+                        part(nh * hd, nkv * hd)?,
+                        part((nh + nkv) * hd, nkv * hd)?,
+                    )
+                }
+            };
             // [t, heads * hd] -> [1, heads, t, hd] for RoPE.
             let heads = |y: Tensor, n: usize, what: &str| -> Result<Tensor> {
-                y.reshape((1, t, n, hd))
+                y.contiguous()
+                    .and_then(|y| y.reshape((1, t, n, hd)))
                     .and_then(|y| y.transpose(1, 2))
                     .and_then(|y| y.contiguous())
                     .op(|| ctx(what))
@@ -400,8 +552,18 @@ impl Transformer {
             let o = l.o.forward(&o, obs)?;
             x = (x + o).op(|| ctx("residual"))?;
             let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
-            let gate = l.gate.forward(&h, obs)?;
-            let up = l.up.forward(&h, obs)?;
+            let (gate, up) = match &l.gate {
+                Some(gate) => (gate.forward(&h, obs)?, l.up.forward(&h, obs)?),
+                None => {
+                    // Fused rows: gate, then up (llama.cpp's swiglu halves).
+                    let both = l.up.forward(&h, obs)?;
+                    let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
+                    (
+                        both.narrow(1, 0, f).op(|| ctx("split gate"))?,
+                        both.narrow(1, f, f).op(|| ctx("split up"))?,
+                    )
+                }
+            };
             let a = (gate.silu().op(|| ctx("silu"))? * up).op(|| ctx("gate * up"))?;
             let d = l.down.forward(&a, obs)?;
             x = (x + d).op(|| ctx("residual"))?;

@@ -369,7 +369,7 @@ pub fn is_target(t: &TensorNode) -> bool {
         )
 }
 
-/// Give every target Linear the scheme's encoding, or keep it (in the
+/// Drop tensors computed from config values, then give every target Linear the scheme's encoding, or keep it (in the
 /// source dtype, listed in `ignore`) where its input width cannot take the
 /// scheme, with a note naming the width and the reason; everything else is
 /// kept. Refuses inputs whose tensors are not plain floats (a GGUF's ggml
@@ -378,6 +378,9 @@ pub fn is_target(t: &TensorNode) -> bool {
 /// (`model.layers.0.mlp.down_proj`) or `re:` and a regular expression matched
 /// at the start of the module name; matched Linears are kept.
 pub fn assign(model: &mut Model, scheme: Scheme, ignore: &[String]) -> Result<()> {
+    // Tensors computed from config values (llama3's `rope_freqs`) are
+    // llama.cpp's; a Hugging Face checkpoint recomputes them from config.json.
+    model.tensors.retain(|t| !t.is_computed());
     let enc = scheme.encoding();
     let mut patterns = Vec::with_capacity(ignore.len());
     for i in ignore {

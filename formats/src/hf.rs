@@ -57,7 +57,8 @@ pub fn check_convertible(path: &Path, config: &Value) -> Result<&'static ArchSpe
 /// that do not divide the heads, a non-positive RoPE base or epsilon; see
 /// [`arch::limits::check_values`]), naming config.json and the field.
 pub fn check_values(path: &Path, arch: &Arch) -> Result<()> {
-    arch::limits::check_values(arch).map_err(|e| Error::malformed(path, None, e.to_string()))
+    arch::limits::check_values(arch).map_err(|e| Error::malformed(path, None, e.to_string()))?;
+    arch::rope::check_dims(arch).map_err(|e| Error::malformed(path, None, e))
 }
 
 /// Check every dimension config.json states against the checkpoint's

@@ -11,8 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
-use passes::ir::ModelInfo;
-use passes::{Arch, MetaValue, Metadata, Model, Role, Source, SourceDType, TensorNode};
+use passes::ir::{ComputedTensor, ModelInfo};
+use passes::{
+    Arch, MetaValue, Metadata, Model, Note, NoteKind, Role, Source, SourceDType, TensorNode,
+};
 use quant::GgmlType;
 
 use crate::ct_read::{self, CtRead};
@@ -272,6 +274,13 @@ fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
+    attach_computed(
+        &passes::arch::rope::computed_tensors(&arch),
+        &config_path,
+        &mut files,
+        &mut maps,
+        &mut tensors,
+    );
     let (tokenizer, chat_templates) =
         tokenizer::convert(dir, &config, arch.vocab, &opts.tokenizer)?;
     let warnings = hf::warnings(dir, spec, &config);
@@ -330,6 +339,47 @@ pub fn load_hf_dir_as_is(dir: &Path) -> Result<Loaded> {
     })
 }
 
+/// Serve `computed` tensors (values from config.json, already in GGUF
+/// naming) like a file's: their f32 bytes in one in-memory map, listed under
+/// `config` (the file they come from, for messages and input checks), each
+/// node marked [`NoteKind::Computed`] so normalize keeps its name.
+fn attach_computed(
+    computed: &[ComputedTensor],
+    config: &Path,
+    files: &mut Vec<PathBuf>,
+    maps: &mut Vec<MappedFile>,
+    tensors: &mut Vec<TensorNode>,
+) {
+    if computed.is_empty() {
+        return;
+    }
+    let file = files.len();
+    let mut bytes = Vec::new();
+    for c in computed {
+        let offset = bytes.len() as u64;
+        bytes.extend(c.values.iter().flat_map(|v| v.to_le_bytes()));
+        let mut t = node(
+            &c.name,
+            c.shape.clone(),
+            Source {
+                file,
+                dtype: SourceDType::F32,
+                offset,
+                len: bytes.len() as u64 - offset,
+            },
+        );
+        t.notes.push(Note::new(
+            NoteKind::Computed {
+                from: c.from.clone(),
+            },
+            format!("computed from {}", c.from),
+        ));
+        tensors.push(t);
+    }
+    files.push(config.to_path_buf());
+    maps.push(MappedFile::computed(bytes));
+}
+
 /// [`Arch`] from GGUF metadata (`{arch}.block_count` etc.), when present.
 pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
     let family = md.get("general.architecture")?.as_str()?.to_string();
@@ -364,6 +414,11 @@ pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
         tied_embeddings: false,
         n_expert: get("expert_count").unwrap_or(0),
         n_expert_used: get("expert_used_count").unwrap_or(0),
+        rope_scaling: passes::arch::rope::from_gguf(
+            md,
+            &family,
+            get("context_length").unwrap_or(0),
+        ),
         family,
         ..Arch::default()
     })

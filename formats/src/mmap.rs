@@ -16,10 +16,13 @@ use crate::error::{Error, Result};
 /// Larger than Linux's default `fault_around_bytes` (64 KiB).
 const FAULT_AROUND: usize = 128 << 10;
 
-/// A read-only mapped input file.
+/// A read-only mapped input file, or bytes computed in memory (tensors
+/// computed from config values, see `passes::ir::ComputedTensor`), served
+/// the same way.
 #[derive(Debug)]
 pub struct MappedFile {
     map: Option<Mmap>,
+    computed: Vec<u8>,
 }
 
 impl MappedFile {
@@ -29,17 +32,31 @@ impl MappedFile {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len == 0 {
             // mmap of an empty file fails on some systems; an empty slice is the truth.
-            return Ok(MappedFile { map: None });
+            return Ok(MappedFile {
+                map: None,
+                computed: Vec::new(),
+            });
         }
         // SAFETY: the map is read-only and the file is an input that kiln never
         // writes; see the module docs for the truncation caveat.
         let map = unsafe { map_readonly(&file) }.map_err(|e| Error::io(path, e))?;
         let _ = map.advise(Advice::Sequential);
-        Ok(MappedFile { map: Some(map) })
+        Ok(MappedFile {
+            map: Some(map),
+            computed: Vec::new(),
+        })
+    }
+
+    /// Bytes computed in memory, read as a mapped file's.
+    pub fn computed(bytes: Vec<u8>) -> MappedFile {
+        MappedFile {
+            map: None,
+            computed: bytes,
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        self.map.as_deref().unwrap_or(&self.computed)
     }
 
     /// Ask the kernel to start reading `[offset, offset+len)` ahead of use.

@@ -52,6 +52,68 @@ pub struct Arch {
     /// Leading layers that stay dense in an MoE model (`first_k_dense_replace`).
     #[serde(skip_serializing_if = "is_zero")]
     pub n_dense_layers: usize,
+    /// RoPE scaling (`rope_scaling` in config.json, `rope.scaling.*` keys in
+    /// a GGUF); `None`: plain RoPE. See `crate::arch::rope`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// config.json's `sliding_window`, for families that carry it as a
+    /// GGUF key (phi3); whether attention uses it is the family's.
+    #[serde(skip)]
+    pub sliding_window: Option<usize>,
+}
+
+/// RoPE scaling as llama.cpp carries it. Factors are what config.json says
+/// (validated finite and positive by `crate::arch::rope`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (`rope.scaling.type = linear`).
+    Linear { factor: f32 },
+    /// Llama 3.x: per-frequency divisors in the `rope_freqs` tensor, computed
+    /// from these values at conversion (no `rope.scaling.*` key).
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_context: usize,
+    },
+    /// YaRN (`rope.scaling.type = yarn`): interpolation by `factor` below
+    /// the correction range set by `beta_fast`/`beta_slow` rotations over
+    /// `original_context` positions, and a magnitude scale
+    /// `0.1 ln(factor) + 1`. The optional values are written only when
+    /// config.json sets them (as llama.cpp's converter does).
+    Yarn {
+        factor: f32,
+        original_context: usize,
+        beta_fast: Option<f32>,
+        beta_slow: Option<f32>,
+        attn_factor: Option<f32>,
+    },
+    /// Phi-3 LongRoPE: per-frequency divisors, `long` when the context is
+    /// longer than `original_context` and `short` otherwise (the
+    /// `rope_factors_long` / `rope_factors_short` tensors), and a magnitude
+    /// scale `attn_factor` (`rope.scaling.attn_factor`).
+    LongRope {
+        original_context: usize,
+        attn_factor: f32,
+        long: Vec<f32>,
+        short: Vec<f32>,
+    },
+}
+
+/// A tensor whose values are computed from config values rather than read
+/// from an input file (llama3's `rope_freqs`, longrope's factors): the
+/// loader serves its bytes like a file's (`formats::load`), so every pass,
+/// the write engine and the forward pass treat it as any other tensor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComputedTensor {
+    /// GGUF name (`rope_freqs.weight`).
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// F32 values, row-major.
+    pub values: Vec<f32>,
+    /// What it is computed from, for notes (`config.json rope_scaling (llama3)`).
+    pub from: String,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -105,6 +167,8 @@ pub enum Role {
     Norm,
     Output,
     Other,
+    /// Fused q/k/v (Phi-3's `attn_qkv`: `[q; k; v]` rows).
+    AttnQkv,
 }
 
 impl Role {
@@ -128,6 +192,7 @@ impl Role {
             Role::Norm => "norm",
             Role::Output => "output",
             Role::Other => "other",
+            Role::AttnQkv => "attn_qkv",
         }
     }
 
@@ -263,6 +328,9 @@ pub enum NoteKind {
     },
     /// An input tensor that is not carried into the output.
     Dropped { tensor: String },
+    /// A tensor computed from config values, not read from an input file
+    /// (see [`ComputedTensor`]); its name is already in GGUF naming.
+    Computed { from: String },
     /// Anything else worth saying, with no fields to act on.
     Info,
 }
@@ -293,6 +361,13 @@ impl Serialize for Note {
 }
 
 impl TensorNode {
+    /// Is this tensor computed from config values (see [`ComputedTensor`])?
+    pub fn is_computed(&self) -> bool {
+        self.notes
+            .iter()
+            .any(|n| matches!(n.kind, NoteKind::Computed { .. }))
+    }
+
     pub fn n_elements(&self) -> usize {
         self.shape.iter().product()
     }

@@ -58,6 +58,7 @@ pub fn role(name: &str) -> Role {
             "attn_q" => Role::AttnQ,
             "attn_k" => Role::AttnK,
             "attn_v" => Role::AttnV,
+            "attn_qkv" => Role::AttnQkv,
             "attn_output" => Role::AttnOutput,
             "ffn_gate" => Role::FfnGate,
             "ffn_up" => Role::FfnUp,

@@ -1,7 +1,8 @@
 """ref_forward: an independent numpy reference of the llama-family forward pass.
 
 Written from the Hugging Face modeling code's definitions (LlamaForCausalLM,
-MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), not from kiln or
+MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM: fused
+qkv_proj and gate_up_proj split as Phi3Attention / Phi3MLP do), not from kiln or
 llama.cpp, so that it can judge both. What must stay true:
 
 - It reads Hugging Face checkpoints itself (safetensors parsed here, BF16/F16/F32
@@ -16,6 +17,13 @@ llama.cpp, so that it can judge both. What must stay true:
   compared with, at positions where the top-1/top-2 margin is clear.
 - GGUF inputs (`load_gguf`) are dequantized with gguf-py and the q/k rows are
   un-permuted for llama, so the same forward serves a GGUF source (issue 5).
+- RoPE scaling (`rope_scaling` / `rope_parameters`: linear, llama3, yarn) is
+  transformers' rope init functions (`modeling_rope_utils.py`, v5:
+  `_compute_linear_scaling_rope_parameters`, `_compute_llama3_parameters`,
+  `_compute_yarn_parameters`) re-derived here in float64: inverse
+  frequencies and the attention scaling applied to cos and sin; Phi-3's
+  longrope (`_compute_longrope_parameters`) with the long factors for sequences
+  longer than the original context, as `longrope_frequency_update` chooses.
 
 Public API: `load_hf(dir)`, `load_gguf(path)` -> `RefModel`; `RefModel.logits(ids)`
 -> [len(ids), vocab]; `RefModel.greedy(prompt, n)` -> (tokens, margins).
@@ -137,6 +145,14 @@ class RefModel:
     norm: np.ndarray
     output: np.ndarray  # [vocab, hidden] (the embedding itself when tied)
     meta: dict = field(default_factory=dict)
+    # transformers' rope init result: inverse frequencies [head_dim / 2] and
+    # the attention scaling of cos/sin; None: plain RoPE of rope_theta.
+    inv_freq: np.ndarray | None = None
+    attention_scaling: float = 1.0
+    # longrope (Phi-3): these inverse frequencies for sequences longer than
+    # `long_after` positions (transformers' longrope_frequency_update).
+    long_inv_freq: np.ndarray | None = None
+    long_after: int = 0
 
     @property
     def vocab(self) -> int:
@@ -151,11 +167,15 @@ class RefModel:
     def _rope(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
         # x: [T, heads, head_dim]; HF rotate-half with cos/sin of cat(freqs, freqs).
         d = self.head_dim
-        inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+        inv_freq = self.inv_freq
+        if self.long_inv_freq is not None and int(pos.max()) + 1 > self.long_after:
+            inv_freq = self.long_inv_freq
+        if inv_freq is None:
+            inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
         freqs = pos[:, None].astype(np.float64) * inv_freq[None, :]
         emb = np.concatenate([freqs, freqs], axis=-1)
-        cos = np.cos(emb)[:, None, :]
-        sin = np.sin(emb)[:, None, :]
+        cos = np.cos(emb)[:, None, :] * self.attention_scaling
+        sin = np.sin(emb)[:, None, :] * self.attention_scaling
         half = d // 2
         rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
         return x * cos + rot * sin
@@ -223,6 +243,82 @@ class RefModel:
         return out, margins
 
 
+def rope_init(cfg: dict) -> tuple[np.ndarray | None, float]:
+    """transformers' ROPE_INIT_FUNCTIONS for a config dict: (inv_freq, attention_scaling);
+    (None, 1.0) for plain RoPE. linear, llama3 and yarn; anything else raises."""
+    rp = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    rope_type = rp.get("rope_type", rp.get("type", "default"))
+    if rope_type == "default":
+        return None, 1.0
+    base = float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    dim = int(head_dim * rp.get("partial_rotary_factor", 1.0))
+    inv_freq = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    # standardize_rope_params: a top-level original_max_position_embeddings wins.
+    orig = cfg.get("original_max_position_embeddings") or rp.get(
+        "original_max_position_embeddings", cfg.get("max_position_embeddings")
+    )
+    if rope_type == "linear":
+        return inv_freq / rp["factor"], 1.0
+    if rope_type == "llama3":
+        factor = rp["factor"]
+        low, high = rp["low_freq_factor"], rp["high_freq_factor"]
+        low_wavelen, high_wavelen = orig / low, orig / high
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (orig / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled), 1.0
+    if rope_type == "yarn":
+        factor = rp.get("factor") or cfg["max_position_embeddings"] / orig
+
+        def get_mscale(scale, mscale=1.0):
+            return 1.0 if scale <= 1 else 0.1 * mscale * np.log(scale) + 1.0
+
+        attention = rp.get("attention_factor")
+        if attention is None:
+            if rp.get("mscale") and rp.get("mscale_all_dim"):
+                attention = get_mscale(factor, rp["mscale"]) / get_mscale(factor, rp["mscale_all_dim"])
+            else:
+                attention = get_mscale(factor)
+        beta_fast = rp.get("beta_fast") or 32
+        beta_slow = rp.get("beta_slow") or 1
+
+        def correction_dim(rotations):
+            return (dim * np.log(orig / (rotations * 2 * np.pi))) / (2 * np.log(base))
+
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if rp.get("truncate", True):
+            low, high = np.floor(low), np.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        extrapolation = 1 - ramp
+        interpolation = inv_freq / factor
+        return interpolation * (1 - extrapolation) + inv_freq * extrapolation, float(attention)
+    raise ValueError(f"rope type {rope_type!r} is not modelled")
+
+
+def longrope_init(cfg: dict) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """transformers' `_compute_longrope_parameters` (v5): (short inv_freq, long
+    inv_freq, original context, attention scaling)."""
+    rp = cfg["rope_scaling"]
+    base = float(cfg.get("rope_theta", 10000.0))
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    dim = int(head_dim * cfg.get("partial_rotary_factor", 1.0))
+    orig = cfg.get("original_max_position_embeddings") or rp["original_max_position_embeddings"]
+    factor = rp.get("factor") or cfg["max_position_embeddings"] / orig
+    attention = rp.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else float(np.sqrt(1 + np.log(factor) / np.log(orig)))
+    shape = base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    short = 1.0 / (np.asarray(rp["short_factor"], dtype=np.float64) * shape)
+    long = 1.0 / (np.asarray(rp["long_factor"], dtype=np.float64) * shape)
+    return short, long, int(orig), float(attention)
+
+
 def _f64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float64)
 
@@ -233,10 +329,16 @@ def load_hf(model_dir: Path) -> RefModel:
     cfg = json.loads((model_dir / "config.json").read_text())
     archs = cfg.get("architectures") or []
     supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM"}
     if not archs or archs[0] not in supported:
         raise ValueError(f"{model_dir}: architecture {archs} not in {sorted(supported)}")
-    if cfg.get("rope_scaling"):
-        raise ValueError(f"{model_dir}: rope_scaling {cfg['rope_scaling']} is not modelled")
+    rs = cfg.get("rope_scaling") or {}
+    long_inv_freq, long_after = None, 0
+    if rs.get("rope_type", rs.get("type")) in ("longrope", "su"):
+        inv_freq, long_inv_freq, long_after, attention_scaling = longrope_init(cfg)
+    else:
+        inv_freq, attention_scaling = rope_init(cfg)
+    phi3 = archs[0] == "Phi3ForCausalLM"
     w = read_hf_weights(model_dir)
     n_head = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_head)
@@ -245,6 +347,18 @@ def load_hf(model_dir: Path) -> RefModel:
     layers = []
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
+        if phi3:
+            # Phi3Attention: qkv_proj rows are q, k, v; Phi3MLP: gate_up_proj
+            # output is chunked into gate, then up.
+            qkv = w.pop(p + "self_attn.qkv_proj.weight")
+            nq, nk = n_head * head_dim, n_kv * head_dim
+            w[p + "self_attn.q_proj.weight"] = qkv[:nq]
+            w[p + "self_attn.k_proj.weight"] = qkv[nq : nq + nk]
+            w[p + "self_attn.v_proj.weight"] = qkv[nq + nk :]
+            gate_up = w.pop(p + "mlp.gate_up_proj.weight")
+            ffn = gate_up.shape[0] // 2
+            w[p + "mlp.gate_proj.weight"] = gate_up[:ffn]
+            w[p + "mlp.up_proj.weight"] = gate_up[ffn:]
         layer = Layer(
             attn_norm=_f64(w[p + "input_layernorm.weight"]),
             wq=_f64(w[p + "self_attn.q_proj.weight"]),
@@ -280,6 +394,10 @@ def load_hf(model_dir: Path) -> RefModel:
         norm=_f64(w["model.norm.weight"]),
         output=output,
         meta={"config": cfg, "tied": tied},
+        inv_freq=inv_freq,
+        attention_scaling=attention_scaling,
+        long_inv_freq=long_inv_freq,
+        long_after=long_after,
     )
 
 
@@ -309,6 +427,10 @@ def load_gguf(path: Path) -> RefModel:
     arch = _field(reader, "general.architecture")
     if arch not in ("llama", "qwen2", "qwen3"):
         raise ValueError(f"{path}: architecture {arch!r} not in ['llama', 'qwen2', 'qwen3']")
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"{path}: architecture {arch!r} not in ['llama', 'qwen2']")
+    if "rope_freqs.weight" in w or _field(reader, f"{arch}.rope.scaling.type") not in (None, "none"):
+        raise ValueError(f"{path}: RoPE scaling is modelled from config.json only (use load_hf)")
     n_head = int(_field(reader, f"{arch}.attention.head_count"))
     n_kv = int(_field(reader, f"{arch}.attention.head_count_kv", n_head))
     hidden = int(_field(reader, f"{arch}.embedding_length"))

@@ -3,7 +3,10 @@
 fixtures/llama_cpp/goldens/ holds what llama-quantize (llama.cpp 0c1e570, via
 llama-cpp-python 0.3.36, baseline x86-64; see fixtures/llama_cpp/README.md)
 wrote for the tiny-llama and tiny-qwen3 fixtures and for SmolLM2-135M, in every recipe, with
-and without an importance matrix, and with the type-changing options. Here
+and without an importance matrix, and with the type-changing options (and for
+tiny-llama31, Llama 3.1-style with a `rope_freqs` tensor, in Q2_K, Q4_K_M,
+Q6_K and Q8_0 with their option variants; and for tiny-phi, Phi-3 with fused
+`attn_qkv` and `ffn_up`, in Q2_K, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K, Q8_0 and variants). Here
 kiln quantizes the same F32 input with the same recipe and options, and the
 whole output file must hash to the golden's sha256 (header, metadata, tensor
 order, padding and every block). On a mismatch the differing tensors are
@@ -37,11 +40,23 @@ def f32_inputs(kiln, smollm2, tmp_path_factory):
     d = tmp_path_factory.mktemp("golden-inputs")
     tiny = d / "tiny-llama-f32.gguf"
     run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-llama", "--type", "f32", "-o", tiny, "--quiet")
+    # Llama 3.1-style: kiln's computed rope_freqs must come out as llama.cpp keeps it.
+    tiny31 = d / "tiny-llama31-f32.gguf"
+    run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-llama31", "--type", "f32", "-o", tiny31, "--quiet")
+    # Phi-3: fused attn_qkv (llama.cpp's attn_v-like rules) and ffn_up.
+    phi = d / "tiny-phi-f32.gguf"
+    run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-phi", "--type", "f32", "-o", phi, "--quiet")
     smol = d / "smollm2-f32.gguf"
     run_kiln(kiln, "convert", smollm2, "--type", "f32", "--allow-requantize", "-o", smol, "--quiet")
     qwen3 = d / "tiny-qwen3-f32.gguf"
     run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-qwen3", "--type", "f32", "-o", qwen3, "--quiet")
-    return {"tiny-llama-f32.gguf": tiny, "smollm2-f32.gguf": smol, "tiny-qwen3-f32.gguf": qwen3}
+    return {
+        "tiny-llama-f32.gguf": tiny,
+        "tiny-llama31-f32.gguf": tiny31,
+        "tiny-phi-f32.gguf": phi,
+        "smollm2-f32.gguf": smol,
+        "tiny-qwen3-f32.gguf": qwen3,
+    }
 
 
 def kiln_args(golden: dict) -> list[str]:

@@ -56,7 +56,9 @@ impl Refuse {
             Refuse::NonNull(f)
             | Refuse::Unless(f, _)
             | Refuse::True(f)
-            | Refuse::WindowBelowContext(f) => f,
+            | Refuse::WindowBelowContext(f)
+            | Refuse::UnlessNumber(f, _) => f,
+            Refuse::RopeScaling(_) => "rope_scaling",
         }
     }
 }

@@ -258,6 +258,8 @@ fn dim_field(d: super::Dim, a: &Arch) -> String {
         ),
         Dim::Ffn => "intermediate_size".into(),
         Dim::HeadDim => "head_dim".into(),
+        Dim::Qkv => "(num_attention_heads + 2 x num_key_value_heads) x head_dim".into(),
+        Dim::Ffn2 => "2 x intermediate_size".into(),
     }
 }
 

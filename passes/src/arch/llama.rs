@@ -5,10 +5,12 @@
 //! rotate-half RoPE layout to ggml's interleaved one (so the forward pass
 //! uses [`RopeStyle::Interleaved`]), and a q/k tensor the permutation is not
 //! defined for (a bias, rows not divisible into heads of two halves) is
-//! refused; RoPE scaling, another activation than silu, a sliding window
-//! shorter than the context, and attention or MLP biases are refused (kiln
-//! carries none of them yet).
+//! refused; RoPE scaling is carried for `linear`, `yarn` (keys) and `llama3`
+//! (the computed `rope_freqs` tensor) and refused otherwise (`rope.rs`);
+//! another activation than silu, a sliding window shorter than the context,
+//! and attention or MLP biases are refused (kiln carries none of them yet).
 
+use super::rope::Kind;
 use super::{ArchSpec, Dim, Refuse, RopeStyle, TensorRow};
 use crate::ir::{Arch, Role, Transform};
 
@@ -51,7 +53,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     tensors: TENSORS,
     biases: &[],
     refused: &[
-        Refuse::NonNull("rope_scaling"),
+        Refuse::RopeScaling(&[Kind::Linear, Kind::Llama3, Kind::Yarn]),
         Refuse::Unless("hidden_act", "silu"),
         Refuse::WindowBelowContext("sliding_window"),
         Refuse::True("attention_bias"),

@@ -21,8 +21,10 @@
 pub mod fields;
 pub mod limits;
 pub mod llama;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod rope;
 
 use serde_json::Value;
 
@@ -50,6 +52,10 @@ pub enum Dim {
     Ffn,
     /// `head_dim` (per-head q/k norms).
     HeadDim,
+    /// Fused q/k/v rows: `(n_head + 2 n_head_kv) * head_dim`.
+    Qkv,
+    /// Fused gate/up rows: `2 * ffn`.
+    Ffn2,
 }
 
 impl Dim {
@@ -61,6 +67,8 @@ impl Dim {
             Dim::Kv => a.n_head_kv.max(1) * a.head_dim,
             Dim::Ffn => a.ffn,
             Dim::HeadDim => a.head_dim,
+            Dim::Qkv => (a.n_head + 2 * a.n_head_kv.max(1)) * a.head_dim,
+            Dim::Ffn2 => 2 * a.ffn,
         }
     }
 }
@@ -91,6 +99,12 @@ pub enum Refuse {
     /// A window (e.g. `sliding_window`) refused when it is a number smaller
     /// than `max_position_embeddings` (it would then change attention).
     WindowBelowContext(&'static str),
+    /// Refused unless absent, `null` or this number (e.g.
+    /// `partial_rotary_factor` 1).
+    UnlessNumber(&'static str, f64),
+    /// `rope_scaling` (or `rope_parameters`) carried when of one of these
+    /// kinds and valid, refused by name otherwise (see [`rope::parse`]).
+    RopeScaling(&'static [rope::Kind]),
 }
 
 /// A family's value transform for a tensor with this role and shape.
@@ -126,7 +140,7 @@ pub struct ArchSpec {
 }
 
 /// Every family kiln converts, in the order errors list them.
-pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC];
+pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &phi3::SPEC];
 
 /// Model types whose checkpoints have llama's tensor layout (attention, gated
 /// FFN, optionally routed experts), so that [`synthesize`] counts their
@@ -318,6 +332,9 @@ pub enum ConfigError {
         value: String,
         class: String,
     },
+    /// RoPE scaling kiln cannot carry (the whole sentence).
+    #[error("{0}")]
+    RopeScaling(String),
 }
 
 /// Multimodal configs nest the language model under `text_config`.
@@ -412,6 +429,9 @@ pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
         } else {
             0
         },
+        // Refused (when invalid or not the family's) by check_convertible.
+        rope_scaling: rope::parse(c, "", rope::ALL).ok().flatten(),
+        sliding_window: int("sliding_window"),
         ..Arch::default()
     };
     if arch.is_moe() {
@@ -472,6 +492,14 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
                     }
                 }
             }
+            Refuse::UnlessNumber(field, want) => match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(v) if v.as_f64() == Some(want) => {}
+                Some(v) => return Err(refused(field, format!("{v}; kiln carries {want}"))),
+            },
+            Refuse::RopeScaling(kinds) => {
+                rope::parse(c, &class, kinds).map_err(ConfigError::RopeScaling)?;
+            }
         }
     }
     Ok(spec)
@@ -506,6 +534,7 @@ pub fn llama_cpp_metadata(arch: &Arch, name: &str) -> Metadata {
     }
     md.set(&format!("{f}.rope.dimension_count"), u(arch.head_dim));
     md.set(&format!("{f}.vocab_size"), u(arch.vocab));
+    rope::add_metadata(&mut md, f, arch);
     md
 }
 

@@ -3,9 +3,12 @@
 //! What must stay true: llama's tensor names, plus q/k/v biases; no value
 //! transform (llama.cpp runs qwen2 with NEOX RoPE on the checkpoint's own
 //! rotate-half layout, so the forward pass uses [`RopeStyle::Neox`]); RoPE
-//! scaling, another activation than silu, and sliding-window attention are
-//! refused (kiln carries none of them yet).
+//! scaling is carried for `linear` and `yarn` (Qwen2.5's long-context
+//! configs) and refused otherwise, as llama.cpp's converter writes no
+//! `rope_freqs` for qwen2; another activation than silu, and sliding-window
+//! attention are refused (kiln carries neither yet).
 
+use super::rope::Kind;
 use super::{ArchSpec, Refuse, RopeStyle};
 use crate::ir::{Arch, Role, Transform};
 
@@ -15,7 +18,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     tensors: super::llama::TENSORS,
     biases: &[Role::AttnQ, Role::AttnK, Role::AttnV],
     refused: &[
-        Refuse::NonNull("rope_scaling"),
+        Refuse::RopeScaling(&[Kind::Linear, Kind::Yarn]),
         Refuse::Unless("hidden_act", "silu"),
         Refuse::True("use_sliding_window"),
     ],

@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::ir::RopeScaling;
 use crate::naming;
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -68,9 +69,10 @@ fn registry_finds_specs_by_class_and_gguf_name() {
     assert_eq!(spec_for_gguf("qwen3").unwrap().rope, RopeStyle::Neox);
     assert_eq!(
         supported_list(),
-        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM"
     );
-    assert_eq!(gguf_list(), "llama, qwen2 and qwen3");
+    assert_eq!(gguf_list(), "llama, qwen2, qwen3 and phi3");
+    assert_eq!(spec_for_hf_class("Phi3ForCausalLM").unwrap().gguf, "phi3");
 }
 
 #[test]
@@ -158,31 +160,148 @@ fn fixtures_configs_are_convertible() {
         ("tiny-qwen2", "qwen2"),
         ("tiny-llama-spm", "llama"),
         ("tiny-qwen3", "qwen3"),
+        ("tiny-llama31", "llama"),
+        ("tiny-phi", "phi3"),
     ] {
         assert_eq!(check_convertible(&fixture_config(fx)).unwrap().gguf, gguf);
     }
 }
 
 #[test]
-fn refuses_rope_scaling_by_name() {
-    let c = with(
+fn refuses_rope_scaling_kiln_cannot_carry_by_name() {
+    let err = |fx: &str, v: Value| {
+        check_convertible(&with(fixture_config(fx), "rope_scaling", v))
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err("tiny-llama", json!({"rope_type": "longrope", "factor": 8.0})),
+        "`rope_scaling.rope_type = longrope` is not supported for `LlamaForCausalLM` (kiln carries linear, llama3 and yarn RoPE scaling for it, as llama.cpp does)"
+    );
+    assert!(err("tiny-llama", json!({"type": "dynamic", "factor": 2.0}))
+        .starts_with("`rope_scaling.type = dynamic` is not supported for `LlamaForCausalLM`"));
+    assert!(
+        err("tiny-qwen2", json!({"rope_type": "llama3", "factor": 8.0})).starts_with(
+            "`rope_scaling.rope_type = llama3` is not supported for `Qwen2ForCausalLM`"
+        )
+    );
+    assert!(err("tiny-llama", json!({"rope_type": "made-up"})).contains("made-up"));
+    assert_eq!(
+        err("tiny-llama", json!({"factor": 8.0})),
+        "`rope_scaling` has no `rope_type` (or `type`)"
+    );
+    assert_eq!(
+        err(
+            "tiny-llama",
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 64})
+        ),
+        "`rope_scaling.high_freq_factor` is missing (llama3 RoPE scaling needs it)"
+    );
+    assert_eq!(
+        err("tiny-llama", json!({"rope_type": "linear", "factor": 0})),
+        "`rope_scaling.factor` is 0: it must be a positive number"
+    );
+    assert!(
+        err("tiny-llama", json!({"rope_type": "linear", "factor": -2.0}))
+            .contains("must be a positive number")
+    );
+    assert!(err("tiny-llama", json!({"rope_type": "linear"}))
+        .contains("`rope_scaling.factor` is missing"));
+    assert!(err(
+        "tiny-qwen2",
+        json!({"type": "yarn", "factor": 4.0, "attention_factor": 2.0})
+    )
+    .contains("would not apply it"));
+    assert!(err(
+        "tiny-qwen2",
+        json!({"type": "yarn", "factor": 4.0, "truncate": false})
+    )
+    .contains("truncate = false"));
+    assert!(err(
+        "tiny-llama",
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 64})
+    )
+    .contains("must be greater than"));
+}
+
+#[test]
+fn carries_llama3_linear_and_yarn_scaling() {
+    let llama31 = with(
         fixture_config("tiny-llama"),
         "rope_scaling",
-        json!({"rope_type": "llama3", "factor": 8.0}),
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
     );
+    assert!(check_convertible(&llama31).is_ok());
+    let arch = from_hf_config(&llama31).unwrap();
     assert_eq!(
-        check_convertible(&c).unwrap_err().to_string(),
-        "`rope_scaling` (type llama3) is not supported for LlamaForCausalLM yet"
+        arch.rope_scaling,
+        Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 64
+        })
     );
-    let c = with(
+    // No key: llama.cpp reads the factors from the tensor.
+    let md = llama_cpp_metadata(&arch, "m");
+    assert!(md.0.iter().all(|(k, _)| !k.contains("rope.scaling")));
+    let t = rope::computed_tensors(&arch);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].name, "rope_freqs.weight");
+    assert_eq!(t[0].shape, vec![32]);
+    // head_dim 64, theta 1e4: wavelength 2 pi 1e4^(i/32) is below 64/4 for
+    // i <= 3 (factor 1) and above 64/1 for i >= 9 (factor 8).
+    assert_eq!(&t[0].values[..4], &[1.0; 4]);
+    assert!(t[0].values[9..].iter().all(|&v| v == 8.0));
+    assert!(t[0].values[4..9]
+        .windows(2)
+        .all(|w| 1.0 < w[0] && w[0] < w[1] && w[1] < 8.0));
+
+    let qwen_yarn = with(
         fixture_config("tiny-qwen2"),
         "rope_scaling",
-        json!({"type": "yarn", "factor": 4.0}),
+        json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+    );
+    assert!(check_convertible(&qwen_yarn).is_ok());
+    let arch = from_hf_config(&qwen_yarn).unwrap();
+    let md = llama_cpp_metadata(&arch, "m");
+    assert_eq!(
+        md.get("qwen2.rope.scaling.type"),
+        Some(&MetaValue::String("yarn".into()))
     );
     assert_eq!(
-        check_convertible(&c).unwrap_err().to_string(),
-        "`rope_scaling` (type yarn) is not supported for Qwen2ForCausalLM yet"
+        md.get("qwen2.rope.scaling.factor"),
+        Some(&MetaValue::F32(4.0))
     );
+    assert_eq!(
+        md.get("qwen2.rope.scaling.original_context_length"),
+        Some(&MetaValue::U32(128))
+    );
+    assert!(md.get("qwen2.rope.scaling.yarn_beta_fast").is_none());
+    assert!(rope::computed_tensors(&arch).is_empty());
+
+    let linear = with(
+        fixture_config("tiny-llama"),
+        "rope_scaling",
+        json!({"type": "linear", "factor": 2.0}),
+    );
+    let md = llama_cpp_metadata(&from_hf_config(&linear).unwrap(), "m");
+    assert_eq!(
+        md.get("llama.rope.scaling.type"),
+        Some(&MetaValue::String("linear".into()))
+    );
+    assert_eq!(
+        md.get("llama.rope.scaling.factor"),
+        Some(&MetaValue::F32(2.0))
+    );
+    // transformers v5 writes plain RoPE as `rope_parameters` of type default.
+    let v5 = with(
+        fixture_config("tiny-llama"),
+        "rope_parameters",
+        json!({"rope_type": "default", "rope_theta": 10000.0}),
+    );
+    assert!(check_convertible(&v5).is_ok());
+    assert_eq!(from_hf_config(&v5).unwrap().rope_scaling, None);
 }
 
 #[test]
@@ -218,7 +337,7 @@ fn refuses_other_math_changing_fields() {
     let gpt2 = with(llama, "architectures", json!(["GPT2LMHeadModel"]));
     assert_eq!(
         err(&gpt2),
-        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)"
+        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM)"
     );
 }
 
@@ -310,7 +429,7 @@ fn metadata_keys_for_the_fixtures_configs() {
 
 #[test]
 fn synthesized_tensors_match_the_fixtures_checkpoints() {
-    for fx in ["tiny-llama", "tiny-qwen2", "tiny-qwen3"] {
+    for fx in ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-phi"] {
         let arch = from_hf_config(&fixture_config(fx)).unwrap();
         let table = table_for(Some(&arch));
         let mut loaded: Vec<(String, Vec<usize>, Role)> = fixture_tensors(fx)
@@ -329,6 +448,56 @@ fn synthesized_tensors_match_the_fixtures_checkpoints() {
         synth.sort();
         assert_eq!(synth, loaded, "{fx}");
     }
+}
+
+#[test]
+fn phi3_keeps_fused_tensors_and_writes_longrope_and_window_keys() {
+    let c = fixture_config("tiny-phi");
+    let arch = from_hf_config(&c).unwrap();
+    assert_eq!(
+        map_hf_name(
+            phi3::SPEC.tensors,
+            "model.layers.1.self_attn.qkv_proj.weight"
+        ),
+        Ok(Some((
+            "blk.1.attn_qkv.weight".into(),
+            Role::AttnQkv,
+            Some(1)
+        )))
+    );
+    assert_eq!(
+        map_hf_name(phi3::SPEC.tensors, "model.layers.0.mlp.gate_up_proj.weight"),
+        Ok(Some(("blk.0.ffn_up.weight".into(), Role::FfnUp, Some(0))))
+    );
+    assert_eq!(naming::role("blk.1.attn_qkv.weight"), Role::AttnQkv);
+    let md = (phi3::SPEC.gguf_metadata)(&arch, "m");
+    assert_eq!(
+        md.get("phi3.attention.sliding_window"),
+        Some(&MetaValue::U32(512))
+    );
+    assert_eq!(
+        md.get("phi3.rope.scaling.type"),
+        Some(&MetaValue::String("longrope".into()))
+    );
+    assert_eq!(
+        md.get("phi3.rope.scaling.original_context_length"),
+        Some(&MetaValue::U32(64))
+    );
+    let names: Vec<String> = rope::computed_tensors(&arch)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["rope_factors_long.weight", "rope_factors_short.weight"]
+    );
+    let err = |key: &str, v: Value| {
+        check_convertible(&with(c.clone(), key, v))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err("rope_scaling", json!({"type": "yarn", "factor": 4.0}))
+        .starts_with("`rope_scaling.type = yarn` is not supported for `Phi3ForCausalLM`"));
 }
 
 #[test]

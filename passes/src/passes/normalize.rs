@@ -46,6 +46,12 @@ impl Pass for Normalize {
             .and_then(|a| arch::spec_for_gguf(&a.family).map(|s| (a, s)));
         let mut kept = Vec::with_capacity(model.tensors.len());
         for mut t in std::mem::take(&mut model.tensors) {
+            if t.is_computed() {
+                // Computed from config values, already in GGUF naming.
+                (t.role, t.layer) = naming::role_and_layer(&t.name);
+                kept.push(t);
+                continue;
+            }
             match arch::map_hf_name(table, &t.source_name)
                 .map_err(|r| PassError::new(NAME, Some(&t.source_name), r))?
             {
