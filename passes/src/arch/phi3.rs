@@ -55,6 +55,7 @@ pub static SPEC: ArchSpec = ArchSpec {
         Refuse::RopeScaling(&[Kind::LongRope]),
         Refuse::Unless("hidden_act", "silu"),
         Refuse::UnlessNumber("partial_rotary_factor", 1.0),
+        Refuse::True("attention_bias"),
     ],
     rope: RopeStyle::Neox,
     transform: no_transform,
