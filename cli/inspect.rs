@@ -37,14 +37,27 @@ struct Row {
     bytes: u64,
 }
 
+/// Whether `dir/config.json` declares a `quantization_config`.
+fn has_quantization_config(dir: &std::path::Path) -> bool {
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|c| c.get("quantization_config").is_some())
+}
+
 pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
     // What `convert` would refuse is shown, with the refusal, not refused.
     let (loaded, refusal) = match formats::load(&args.model, &LoadOptions::default()) {
         Ok(l) => (l, None),
-        Err(e) if args.model.is_dir() => match formats::load::load_hf_dir_as_is(&args.model) {
-            Ok(l) => (l, Some(e.to_string())),
-            Err(_) => return Err(e.into()),
-        },
+        // A quantized checkpoint whose layout kiln reads (compressed-tensors)
+        // but finds inconsistent is refused: its tensors cannot be shown as
+        // what they claim to be.
+        Err(e) if args.model.is_dir() && !has_quantization_config(&args.model) => {
+            match formats::load::load_hf_dir_as_is(&args.model) {
+                Ok(l) => (l, Some(e.to_string())),
+                Err(_) => return Err(e.into()),
+            }
+        }
         Err(e) => return Err(e.into()),
     };
     let refusal = refusal.or_else(|| match loaded.kind {

@@ -151,7 +151,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<(PathBuf, Option<Vec<String>>)>> {
                     first,
                     format!(
                         "names shard `{}`, which does not exist",
-                        path.file_name().unwrap_or_default().to_string_lossy()
+                        passes::printable(&path.file_name().unwrap_or_default().to_string_lossy())
                     ),
                 ));
             }

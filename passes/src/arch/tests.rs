@@ -782,10 +782,7 @@ fn every_config_field_a_family_reads_or_refuses_is_tested() {
                 });
                 let e = check_convertible(&with(base.clone(), field, v.clone()))
                     .expect_err(&format!("{fx}: `{field}` = {v} is not refused"));
-                assert!(
-                    e.to_string().starts_with(&format!("`{field}")),
-                    "{fx}: {e}"
-                );
+                assert!(e.to_string().starts_with(&format!("`{field}")), "{fx}: {e}");
             }
             // The fixture's own fields are all accounted for (no warning).
             assert_eq!(
