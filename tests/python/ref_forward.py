@@ -328,8 +328,7 @@ def load_hf(model_dir: Path) -> RefModel:
     model_dir = Path(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     archs = cfg.get("architectures") or []
-    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
-    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM"}
+    supported = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"}
     if not archs or archs[0] not in supported:
         raise ValueError(f"{model_dir}: architecture {archs} not in {sorted(supported)}")
     rs = cfg.get("rope_scaling") or {}
