@@ -426,8 +426,6 @@ def load_gguf(path: Path) -> RefModel:
     arch = _field(reader, "general.architecture")
     if arch not in ("llama", "qwen2", "qwen3"):
         raise ValueError(f"{path}: architecture {arch!r} not in ['llama', 'qwen2', 'qwen3']")
-    if arch not in ("llama", "qwen2"):
-        raise ValueError(f"{path}: architecture {arch!r} not in ['llama', 'qwen2']")
     if "rope_freqs.weight" in w or _field(reader, f"{arch}.rope.scaling.type") not in (None, "none"):
         raise ValueError(f"{path}: RoPE scaling is modelled from config.json only (use load_hf)")
     n_head = int(_field(reader, f"{arch}.attention.head_count"))
