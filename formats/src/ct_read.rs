@@ -679,6 +679,7 @@ impl CtRead {
                     // the stored bytes are `CtTensor::bytes`.
                     len: (t.rows * t.cols * t.dtype.bytes()) as u64,
                 },
+                parts: Vec::new(),
                 transform: None,
                 encoding: None,
                 notes: Vec::new(),

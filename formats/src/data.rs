@@ -1,12 +1,13 @@
 //! Reading tensor rows out of mapped inputs: bounds-checked slicing, the row
-//! transform (llama q/k RoPE permutation), and decoding to f32.
+//! transforms (llama q/k RoPE permutation, Gemma's norm `+ 1`), and decoding
+//! to f32.
 //!
 //! What must stay true: a row is read only from inside its tensor's
 //! validated byte range; decoding is exact for F32/F16/BF16 and is ggml's
 //! dequantizer for block types.
 
 use half::f16;
-use passes::{SourceDType, TensorNode};
+use passes::{SourceDType, TensorNode, Transform};
 
 use crate::mmap::MappedFile;
 
@@ -19,20 +20,60 @@ pub fn source_row_bytes(node: &TensorNode) -> usize {
         .expect("source row lengths are validated by the loaders")
 }
 
-/// The raw bytes of output row `r` of `node` (the transform applied).
+/// The raw bytes of output row `r` of `node` (the transform applied; for
+/// a stacked tensor, from the part holding the row).
 pub fn row_bytes<'a>(maps: &'a [MappedFile], node: &TensorNode, r: usize) -> &'a [u8] {
     let src_row = match node.transform {
         Some(t) => t.source_row(r, node.n_rows()),
         None => r,
     };
     let rb = source_row_bytes(node);
-    let start = node.source.offset as usize + src_row * rb;
-    &maps[node.source.file].bytes()[start..start + rb]
+    let (source, row) = node.source_of_row(src_row);
+    let start = source.offset as usize + row * rb;
+    &maps[source.file].bytes()[start..start + rb]
 }
 
-/// Decode output row `r` of `node` to f32.
+/// The byte ranges `(file, start, len)` holding source rows `r0..r1` of
+/// `node` (no transform: for prefetching and releasing in order), one per
+/// part touched.
+pub fn row_spans(node: &TensorNode, r0: usize, r1: usize) -> Vec<(usize, usize, usize)> {
+    let rb = source_row_bytes(node);
+    let mut spans = Vec::new();
+    let mut r = r0;
+    while r < r1 {
+        let (source, row) = node.source_of_row(r);
+        let left_in_part = if node.parts.is_empty() {
+            r1 - r
+        } else {
+            (node.n_rows() / node.parts.len()).max(1) - row
+        };
+        let n = left_in_part.min(r1 - r).max(1);
+        spans.push((source.file, source.offset as usize + row * rb, n * rb));
+        r += n;
+    }
+    spans
+}
+
+/// Decode output row `r` of `node` to f32 (value transforms applied).
 pub fn read_row(maps: &[MappedFile], node: &TensorNode, r: usize, out: &mut [f32]) {
     decode(node.source.dtype, row_bytes(maps, node, r), out);
+    if let Some(Transform::Add(c)) = node.transform {
+        add_in_dtype(node.source.dtype, c, out);
+    }
+}
+
+/// `v + c` for every value, rounded to `dtype` as torch rounds an addition
+/// in the checkpoint's own dtype (round to nearest even); exact f32
+/// addition for F32 and ggml block types.
+pub fn add_in_dtype(dtype: SourceDType, c: f32, out: &mut [f32]) {
+    for v in out.iter_mut() {
+        let sum = *v + c;
+        *v = match dtype {
+            SourceDType::F16 => f16::from_f32(sum).to_f32(),
+            SourceDType::BF16 => half::bf16::from_f32(sum).to_f32(),
+            SourceDType::F32 | SourceDType::Ggml(_) => sum,
+        };
+    }
 }
 
 /// The rows of the tensors in mapped input files, for passes that read
@@ -72,6 +113,23 @@ pub fn decode(dtype: SourceDType, bytes: &[u8], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_rounds_to_the_source_dtype() {
+        // bf16 has 8 significant bits: 0.00390625 (2^-8) + 1 is a tie between
+        // 1 and 1.0078125 and rounds to even (1); 0.005 + 1 rounds up.
+        let mut v = [0.003_906_25f32, 0.005, -1.0];
+        add_in_dtype(SourceDType::BF16, 1.0, &mut v);
+        assert_eq!(v, [1.0, 1.007_812_5, 0.0]);
+        // f16 has 11: 2^-11 + 1 ties to 1; f32 keeps it.
+        let tiny = 2f32.powi(-11);
+        let mut v = [tiny];
+        add_in_dtype(SourceDType::F16, 1.0, &mut v);
+        assert_eq!(v, [1.0]);
+        let mut v = [tiny];
+        add_in_dtype(SourceDType::F32, 1.0, &mut v);
+        assert_eq!(v, [1.0 + tiny]);
+    }
 
     #[test]
     fn decodes_plain_types_exactly() {

@@ -147,6 +147,7 @@ fn node(name: &str, shape: Vec<usize>, source: Source) -> TensorNode {
         role: Role::Other,
         layer: None,
         source,
+        parts: Vec::new(),
         transform: None,
         encoding: None,
         notes: Vec::new(),
@@ -399,7 +400,7 @@ pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
         })
         .or_else(|| get("vocab_size"))
         .unwrap_or(0);
-    Some(Arch {
+    let mut arch = Arch {
         hf_architecture: None,
         n_layer: get("block_count")?,
         hidden,
@@ -419,9 +420,15 @@ pub fn arch_from_gguf(md: &Metadata) -> Option<Arch> {
             &family,
             get("context_length").unwrap_or(0),
         ),
+        expert_ffn: get("expert_feed_forward_length"),
+        shared_ffn: get("expert_shared_feed_forward_length").unwrap_or(0),
         family,
         ..Arch::default()
-    })
+    };
+    if let Some(e) = passes::arch::spec_for_gguf(&arch.family).and_then(|s| s.extension) {
+        (e.read_gguf)(md, &mut arch);
+    }
+    Some(arch)
 }
 
 fn load_gguf(path: &Path, map: MappedFile) -> Result<Loaded> {

@@ -60,6 +60,10 @@ pub struct Arch {
     /// GGUF key (phi3); whether attention uses it is the family's.
     #[serde(skip)]
     pub sliding_window: Option<usize>,
+    /// Gemma 2/3 attention facts (sliding-window layers, soft-capping, the
+    /// query scale, per-layer RoPE bases); `None` for other families.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemma: Option<GemmaAttn>,
 }
 
 /// RoPE scaling as llama.cpp carries it. Factors are what config.json says
@@ -116,6 +120,37 @@ pub struct ComputedTensor {
     pub from: String,
 }
 
+/// What Gemma 2 and Gemma 3 add to attention, as llama.cpp runs them
+/// (`passes::arch::gemma` reads them from config.json and GGUF keys).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GemmaAttn {
+    /// Tokens a sliding-window layer sees, itself included (`sliding_window`).
+    pub sliding_window: usize,
+    /// llama.cpp's `set_swa_pattern(n)`: layer `i` slides when
+    /// `i % n < n - 1` (every n-th layer attends globally); 0: no layer slides.
+    pub swa_pattern: usize,
+    /// `tanh` soft-capping of attention scores (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// `tanh` soft-capping of the output logits (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Scores are scaled by `query_pre_attn_scalar ** -0.5`.
+    pub query_pre_attn_scalar: f32,
+    /// RoPE base of the sliding-window layers (Gemma 3's
+    /// `rope_local_base_freq`); `None`: `rope_theta` everywhere.
+    pub rope_local_theta: Option<f32>,
+    /// Linear RoPE scaling factor of the global layers (Gemma 3 4B and up).
+    pub rope_linear_factor: Option<f32>,
+    /// Per-head RMSNorm of q and k before RoPE (Gemma 3).
+    pub qk_norm: bool,
+}
+
+impl GemmaAttn {
+    /// Does layer `i` use the sliding window?
+    pub fn is_swa_layer(&self, i: usize) -> bool {
+        self.swa_pattern > 0 && i % self.swa_pattern < self.swa_pattern - 1
+    }
+}
+
 fn is_zero(v: &usize) -> bool {
     *v == 0
 }
@@ -133,6 +168,20 @@ impl Arch {
     /// FFN size of one routed expert.
     pub fn expert_ffn(&self) -> usize {
         self.expert_ffn.unwrap_or(self.ffn)
+    }
+
+    /// Is layer `i` a sliding-window layer (Gemma)?
+    pub fn is_swa_layer(&self, i: usize) -> bool {
+        self.gemma.as_ref().is_some_and(|g| g.is_swa_layer(i))
+    }
+
+    /// Positions of a `context`-token KV cache layer `i` holds: the window
+    /// on sliding-window layers, the whole context elsewhere.
+    pub fn kv_positions(&self, i: usize, context: usize) -> usize {
+        match &self.gemma {
+            Some(g) if g.is_swa_layer(i) => context.min(g.sliding_window),
+            _ => context,
+        }
     }
 
     /// Attention FLOPs per token per position of context (QK^T and AV, 2 FLOPs
@@ -257,18 +306,29 @@ pub struct Source {
 }
 
 /// A row transform applied while streaming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Transform {
     /// llama q/k rows from HF's rotate-half RoPE layout to ggml's interleaved
     /// one: `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`. This
     /// is a pure row permutation; see [`Transform::source_row`].
     RopePermute { n_head: usize },
+    /// Every value plus a constant, rounded back to the source dtype (the
+    /// converter adds in the checkpoint's dtype: Gemma's `norm.weight + 1`).
+    /// Values change, rows do not move; see [`Transform::changes_values`].
+    Add(f32),
 }
 
 impl Transform {
+    /// Whether the transform changes values (so the source bytes cannot be
+    /// copied as they are).
+    pub fn changes_values(self) -> bool {
+        matches!(self, Transform::Add(_))
+    }
+
     /// The source row that output row `r` of a tensor with `rows` rows comes from.
     pub fn source_row(self, r: usize, rows: usize) -> usize {
         match self {
+            Transform::Add(_) => r,
             Transform::RopePermute { n_head } => {
                 let half = rows / n_head / 2;
                 // output index r = (h, j, i) over shape (n_head, half, 2) comes from
@@ -295,6 +355,15 @@ pub struct TensorNode {
     pub role: Role,
     pub layer: Option<usize>,
     pub source: Source,
+    /// A tensor stacked from several input tensors (the routed experts of a
+    /// Hugging Face MoE layer, one tensor per expert, stacked into one
+    /// `[n_expert, out, in]` tensor): its rows are these parts' rows, part
+    /// after part, each part holding `n_rows / parts.len()` rows of the same
+    /// dtype. `source` then describes the whole: the first part's file,
+    /// dtype and offset, and the parts' total length. Empty for a tensor
+    /// read from one place (every other tensor).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Source>,
     pub transform: Option<Transform>,
     /// The chosen output encoding; `None` until a pass decides.
     pub encoding: Option<Encoding>,
@@ -379,6 +448,18 @@ impl TensorNode {
 
     pub fn n_rows(&self) -> usize {
         self.n_elements().checked_div(self.row_len()).unwrap_or(0)
+    }
+
+    /// Where source row `r` (after any transform) is read: the source (a
+    /// part of a stacked tensor, or the tensor's own) and the row's index in
+    /// it.
+    pub fn source_of_row(&self, r: usize) -> (&Source, usize) {
+        if self.parts.is_empty() {
+            return (&self.source, r);
+        }
+        let per_part = (self.n_rows() / self.parts.len()).max(1);
+        let i = (r / per_part).min(self.parts.len() - 1);
+        (&self.parts[i], r - i * per_part)
     }
 
     /// The ggml type the chosen encoding lowers to (`Keep` is the source's

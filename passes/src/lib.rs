@@ -15,6 +15,6 @@ pub mod suggest;
 pub use error::PassError;
 pub use escape::printable;
 pub use ir::{
-    Arch, Encoding, MetaValue, Metadata, Model, Note, NoteKind, Role, Source, SourceDType,
-    TensorNode, Transform,
+    Arch, Encoding, GemmaAttn, MetaValue, Metadata, Model, Note, NoteKind, Role, Source,
+    SourceDType, TensorNode, Transform,
 };

@@ -169,7 +169,7 @@ pub fn to_imatrix(
                 e.name.clone(),
                 ImatrixEntry {
                     sums,
-                    counts: vec![e.count as i64],
+                    counts: e.counts.iter().map(|&n| n as i64).collect(),
                 },
             )
         })

@@ -218,11 +218,15 @@ class RefModel:
             attn = np.einsum("hqk,khd->qhd", p, v).reshape(t, self.n_head * self.head_dim)
             x = x + attn @ layer.wo.T
             h = self._rms(x, layer.ffn_norm)
-            gate = h @ layer.w_gate.T
-            up = h @ layer.w_up.T
-            act = gate / (1.0 + np.exp(-gate)) * up  # SiLU(gate) * up
-            x = x + act @ layer.w_down.T
+            x = x + self._ffn(layer, h)
         return self._rms(x, self.norm)
+
+    def _ffn(self, layer, h: np.ndarray) -> np.ndarray:
+        """The MLP block on the normalized input (a subclass may route to experts)."""
+        gate = h @ layer.w_gate.T
+        up = h @ layer.w_up.T
+        act = gate / (1.0 + np.exp(-gate)) * up  # SiLU(gate) * up
+        return act @ layer.w_down.T
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """[len(ids), vocab] float64 logits; row i predicts token i+1."""

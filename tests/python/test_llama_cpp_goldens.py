@@ -2,7 +2,7 @@
 
 fixtures/llama_cpp/goldens/ holds what llama-quantize (llama.cpp 0c1e570, via
 llama-cpp-python 0.3.36, baseline x86-64; see fixtures/llama_cpp/README.md)
-wrote for the tiny-llama and tiny-qwen3 fixtures and for SmolLM2-135M, in every recipe, with
+wrote for the tiny-llama, tiny-qwen3 and tiny-gemma3 fixtures and for SmolLM2-135M, in every recipe, with
 and without an importance matrix, and with the type-changing options (and for
 tiny-llama31, Llama 3.1-style with a `rope_freqs` tensor, in Q2_K, Q4_K_M,
 Q6_K and Q8_0 with their option variants; and for tiny-phi, Phi-3 with fused
@@ -15,6 +15,7 @@ named. CI never builds llama.cpp: only the JSON goldens are used.
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,13 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def f32_inputs(kiln, smollm2, tmp_path_factory):
-    """The two F32 GGUFs llama.cpp quantized, made by kiln."""
+def f32_inputs(kiln, kiln_fixture, smollm2, tmp_path_factory):
+    """The F32 GGUFs llama.cpp quantized, made by kiln."""
     d = tmp_path_factory.mktemp("golden-inputs")
+    # The MoE input (8 experts): generated, not committed.
+    subprocess.run([str(kiln_fixture), "moe-goldens", str(d / "moe-goldens")], check=True, capture_output=True)
+    moe = d / "moe-goldens-f32.gguf"
+    run_kiln(kiln, "convert", d / "moe-goldens", "--type", "f32", "-o", moe, "--quiet")
     tiny = d / "tiny-llama-f32.gguf"
     run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-llama", "--type", "f32", "-o", tiny, "--quiet")
     # Llama 3.1-style: kiln's computed rope_freqs must come out as llama.cpp keeps it.
@@ -50,12 +55,16 @@ def f32_inputs(kiln, smollm2, tmp_path_factory):
     run_kiln(kiln, "convert", smollm2, "--type", "f32", "--allow-requantize", "-o", smol, "--quiet")
     qwen3 = d / "tiny-qwen3-f32.gguf"
     run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-qwen3", "--type", "f32", "-o", qwen3, "--quiet")
+    gemma = d / "tiny-gemma3-f32.gguf"
+    run_kiln(kiln, "convert", REPO / "fixtures" / "tiny-gemma3", "--type", "f32", "-o", gemma, "--quiet")
     return {
         "tiny-llama-f32.gguf": tiny,
         "tiny-llama31-f32.gguf": tiny31,
         "tiny-phi-f32.gguf": phi,
         "smollm2-f32.gguf": smol,
         "tiny-qwen3-f32.gguf": qwen3,
+        "tiny-gemma3-f32.gguf": gemma,
+        "moe-goldens-f32.gguf": moe,
     }
 
 
@@ -84,7 +93,7 @@ def kiln_args(golden: dict) -> list[str]:
 def test_goldens_are_present():
     assert len(GOLDENS) >= 100, f"expected the committed llama.cpp goldens, found {len(GOLDENS)}"
     names = {g.name for g in GOLDENS}
-    for model in ("tiny-llama", "smollm2", "tiny-qwen3"):
+    for model in ("tiny-llama", "smollm2", "tiny-qwen3", "tiny-gemma3", "moe"):
         for recipe in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
                        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16"):
             assert f"{model}.{recipe}.json" in names

@@ -245,6 +245,7 @@ mod tests {
                     offset,
                     len: bytes.len() as u64 - offset,
                 },
+                parts: Vec::new(),
                 transform: None,
                 encoding: Some(ty.into()),
                 notes: Vec::new(),

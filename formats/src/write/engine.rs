@@ -31,7 +31,7 @@ use passes::Model;
 use rayon::prelude::*;
 
 use super::{check_output, Container, FileLayout, Placement, Unit, WriteOptions, Written};
-use crate::data::{read_row, row_bytes, source_row_bytes};
+use crate::data::{read_row, row_bytes, row_spans, source_row_bytes};
 use crate::error::{Error, Result};
 use crate::mmap::MappedFile;
 
@@ -220,7 +220,9 @@ fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
     let n_rows = t.n_rows();
     let out_row = p.row_bytes;
     let src_row = source_row_bytes(t);
-    let copy = ctx.container.copies_source(t, p.piece);
+    // A value transform (Gemma's norm `+ 1`) rules out copying the bytes.
+    let copy =
+        ctx.container.copies_source(t, p.piece) && !t.transform.is_some_and(|x| x.changes_values());
     let importance = opts
         .importance
         .and_then(|m| m.get(&t.name))
@@ -249,8 +251,10 @@ fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
         };
         if t.transform.is_none() && r1 < n_rows {
             // Ask the kernel to read the next chunk while this one is encoded.
-            let next = (rows_per_chunk).min(n_rows - r1) * src_row;
-            maps[t.source.file].prefetch(t.source.offset as usize + r1 * src_row, next);
+            let next = rows_per_chunk.min(n_rows - r1);
+            for (file, start, len) in row_spans(t, r1, r1 + next) {
+                maps[file].prefetch(start, len);
+            }
         }
         let check = !opts.allow_nonfinite;
         nonfinite += dst
@@ -290,8 +294,9 @@ fn write_piece(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
             sink.put(&spill)?;
         }
         if t.transform.is_none() {
-            let start = t.source.offset as usize + r0 * src_row;
-            maps[t.source.file].release(start, (r1 - r0) * src_row);
+            for (file, start, len) in row_spans(t, r0, r1) {
+                maps[file].release(start, len);
+            }
         }
         if counted {
             (ctx.progress)(((r1 - r0) * src_row) as u64);
@@ -363,8 +368,9 @@ fn write_units(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
             .sum::<u64>();
         sink.put(&buf)?;
         if t.transform.is_none() {
-            let start = t.source.offset as usize + r0 * src_row;
-            maps[t.source.file].release(start, rows * src_row);
+            for (file, start, len) in row_spans(t, r0, r1) {
+                maps[file].release(start, len);
+            }
         }
         if counted {
             (ctx.progress)((rows * src_row) as u64);
@@ -378,7 +384,14 @@ fn write_units(ctx: &Ctx<'_>, sink: &mut Sink<'_>, p: &Placement) -> Result<()> 
 fn release_transformed(ctx: &Ctx<'_>, p: &Placement) -> Result<()> {
     let t = &ctx.model.tensors[p.tensor];
     if t.transform.is_some() {
-        ctx.maps[t.source.file].release(t.source.offset as usize, t.source.len as usize);
+        let parts = if t.parts.is_empty() {
+            std::slice::from_ref(&t.source)
+        } else {
+            &t.parts[..]
+        };
+        for s in parts {
+            ctx.maps[s.file].release(s.offset as usize, s.len as usize);
+        }
     }
     Ok(())
 }
@@ -792,6 +805,7 @@ mod tests {
                     offset,
                     len: bytes.len() as u64 - offset,
                 },
+                parts: Vec::new(),
                 transform: None,
                 encoding: None,
                 notes: Vec::new(),
@@ -892,6 +906,65 @@ mod tests {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("placed at"), "{e}");
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    }
+
+    /// A stacked tensor (`TensorNode::parts`) is its parts' rows in part
+    /// order, wherever the parts lie in the input, with and without direct I/O.
+    #[test]
+    fn writes_a_stacked_tensor_part_by_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut model, data) = model(dir.path());
+        // Stack t0 ([5, 3]) after a copy of itself read from t1's bytes: two
+        // parts of 5 rows of 3, the second starting at t1's offset.
+        let t1 = model.tensors[1].source.clone();
+        let mut parts = vec![
+            model.tensors[0].source.clone(),
+            Source {
+                len: 15 * 4,
+                ..t1.clone()
+            },
+        ];
+        parts.swap(0, 1);
+        let mut s = model.tensors[0].clone();
+        s.name = "stacked".into();
+        s.shape = vec![2, 5, 3];
+        s.source = Source {
+            len: 30 * 4,
+            ..parts[0].clone()
+        };
+        s.parts = parts;
+        model.tensors = vec![s];
+        let maps = [MappedFile::open(&model.files[0]).unwrap()];
+        let files = Toy.layout(&model).unwrap();
+        for direct in [true, false] {
+            let out = dir.path().join(format!("stacked-{direct}"));
+            std::fs::create_dir(&out).unwrap();
+            let cancel = AtomicBool::new(false);
+            write_with(
+                &model,
+                &maps,
+                &Toy,
+                &files,
+                &out,
+                WriteOptions::default(),
+                &|_| {},
+                &cancel,
+                direct,
+            )
+            .unwrap();
+            let got = std::fs::read(out.join("stacked.toy")).unwrap();
+            let want: Vec<f32> = data[1][..15]
+                .iter()
+                .chain(&data[0])
+                .map(|x| x * 2.0)
+                .collect();
+            let body = &got[files[0].header.len()..files[0].header.len() + 30 * 4];
+            let vals: Vec<f32> = body
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(vals, want, "direct {direct}");
+        }
     }
 
     #[test]

@@ -56,6 +56,8 @@ impl Refuse {
             Refuse::NonNull(f)
             | Refuse::Unless(f, _)
             | Refuse::True(f)
+            | Refuse::UnlessInt(f, _)
+            | Refuse::NonEmpty(f)
             | Refuse::WindowBelowContext(f)
             | Refuse::UnlessNumber(f, _) => f,
             Refuse::RopeScaling(_) => "rope_scaling",

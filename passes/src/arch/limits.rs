@@ -17,7 +17,7 @@
 //!   their values in the README ("Resource limits").
 
 use super::TensorRow;
-use crate::ir::Arch;
+use crate::ir::{Arch, Role};
 
 /// Most layers (`num_hidden_layers`) kiln accepts.
 pub const MAX_LAYERS: usize = 4096;
@@ -46,6 +46,7 @@ pub enum Field {
     Vocab,
     Context,
     Experts,
+    ExpertsUsed,
     ExpertFfn,
     SharedFfn,
     RopeTheta,
@@ -65,6 +66,7 @@ impl Field {
             Field::Vocab => "vocab_size",
             Field::Context => "max_position_embeddings",
             Field::Experts => "num_local_experts",
+            Field::ExpertsUsed => "num_experts_per_tok",
             Field::ExpertFfn => "moe_intermediate_size",
             Field::SharedFfn => "shared_expert_intermediate_size",
             Field::RopeTheta => "rope_theta",
@@ -85,6 +87,7 @@ impl Field {
             Field::Vocab => "vocab_size",
             Field::Context => "context_length",
             Field::Experts => "expert_count",
+            Field::ExpertsUsed => "expert_used_count",
             Field::ExpertFfn => "expert_feed_forward_length",
             Field::SharedFfn => "expert_shared_feed_forward_length",
             Field::RopeTheta => "rope.freq_base",
@@ -104,7 +107,7 @@ impl Field {
             Field::Vocab => (MAX_VOCAB, "MAX_VOCAB"),
             Field::Context => (MAX_CONTEXT, "MAX_CONTEXT"),
             Field::Experts => (MAX_EXPERTS, "MAX_EXPERTS"),
-            Field::RopeTheta | Field::RmsEps => return None,
+            Field::RopeTheta | Field::RmsEps | Field::ExpertsUsed => return None,
         })
     }
 }
@@ -142,6 +145,9 @@ pub enum LimitError {
     },
     #[error("`num_hidden_layers` is {stated} but the checkpoint's tensors hold {found} layer(s)")]
     Layers { stated: usize, found: usize },
+    /// A routed expert's weight the config implies is absent.
+    #[error("tensor `{tensor}` is missing (the config has {n_expert} experts per MoE layer)")]
+    MissingExpert { tensor: String, n_expert: usize },
 }
 
 /// Hold every integer fact of `a` to its cap: what any config must pass
@@ -237,6 +243,13 @@ pub fn check_values(a: &Arch) -> Result<(), LimitError> {
             "must be a positive finite number",
         );
     }
+    if a.is_moe() && a.n_expert_used == 0 {
+        return invalid(
+            Field::ExpertsUsed,
+            "0".into(),
+            "an MoE model routes each token to at least one expert",
+        );
+    }
     Ok(())
 }
 
@@ -260,6 +273,10 @@ fn dim_field(d: super::Dim, a: &Arch) -> String {
         Dim::HeadDim => "head_dim".into(),
         Dim::Qkv => "(num_attention_heads + 2 x num_key_value_heads) x head_dim".into(),
         Dim::Ffn2 => "2 x intermediate_size".into(),
+        Dim::Experts => "num_local_experts".into(),
+        Dim::ExpertFfn => "moe_intermediate_size".into(),
+        Dim::SharedFfn => "shared_expert_intermediate_size".into(),
+        Dim::One => "1".into(),
     }
 }
 
@@ -276,10 +293,20 @@ pub fn check_tensors<'a>(
     tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
 ) -> Result<(), LimitError> {
     let mut layers = 0usize;
+    let spec = super::spec_for_arch(a);
+    let trim_embedding = spec
+        .and_then(|s| s.extension)
+        .is_some_and(|e| e.trim_embedding);
+    // (layer, expert row, expert) of every routed expert's weight seen.
+    let mut experts = std::collections::BTreeSet::new();
     for (name, shape) in tensors {
-        let Ok(Some((gguf, _, layer))) = super::map_hf_name(table, name) else {
+        let super::HfName::Map(mapped) = super::hf_name(spec, name) else {
             continue;
         };
+        let Ok(Some(m)) = super::find_hf_row(table, &mapped) else {
+            continue;
+        };
+        let (row, layer, role) = (m.row, m.layer, m.row.role);
         if let Some(i) = layer {
             if i >= a.n_layer {
                 return Err(LimitError::Tensor {
@@ -291,19 +318,21 @@ pub fn check_tensors<'a>(
                 });
             }
             layers = layers.max(i + 1);
+            if let Some(e) = m.expert {
+                if e >= a.n_expert {
+                    return Err(LimitError::Tensor {
+                        field: "num_local_experts".into(),
+                        stated: a.n_expert,
+                        tensor: name.into(),
+                        shape: shape.to_vec(),
+                        found: e + 1,
+                    });
+                }
+                if name.ends_with(".weight") {
+                    experts.insert((i, row.hf, e));
+                }
+            }
         }
-        // The row by its GGUF name (several rows share a role, e.g. the norms).
-        let base = gguf.rsplit_once('.').map_or(gguf.as_str(), |(b, _)| b);
-        let part = match layer {
-            Some(i) => base.strip_prefix(&format!("blk.{i}.")).unwrap_or(base),
-            None => base,
-        };
-        let Some(row) = table
-            .iter()
-            .find(|r| r.gguf == part && r.per_layer == layer.is_some())
-        else {
-            continue;
-        };
         // A bias holds the weight's rows: check its one dimension against the first.
         let dims = if name.ends_with(".bias") {
             &row.shape[..1]
@@ -317,9 +346,11 @@ pub fn check_tensors<'a>(
                 want: dims.iter().map(|d| d.of(a)).collect(),
             });
         }
-        for (&d, &got) in dims.iter().zip(shape) {
+        for (k, (&d, &got)) in dims.iter().zip(shape).enumerate() {
             let want = d.of(a);
-            if want != got {
+            // Rows past the vocabulary are dropped by normalize (Gemma 3).
+            let trimmed = trim_embedding && role == Role::Embedding && k == 0 && got > want;
+            if want != got && !trimmed {
                 return Err(LimitError::Tensor {
                     field: dim_field(d, a),
                     stated: want,
@@ -335,6 +366,19 @@ pub fn check_tensors<'a>(
             stated: a.n_layer,
             found: layers,
         });
+    }
+    for r in table.iter().filter(|r| r.is_expert()) {
+        for i in (0..a.n_layer).filter(|&i| a.moe_layer(i)) {
+            if let Some(e) = (0..a.n_expert).find(|&e| !experts.contains(&(i, r.hf, e))) {
+                return Err(LimitError::MissingExpert {
+                    tensor: format!(
+                        "model.layers.{i}.{}.weight",
+                        r.hf.replace(super::EXPERT, &e.to_string())
+                    ),
+                    n_expert: a.n_expert,
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -64,6 +64,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     gguf_metadata: super::llama_cpp_metadata,
     reads: &[],
     inert: &["pretraining_tp"],
+    extension: None,
 };
 
 /// q/k weights: HF's rotate-half layout to ggml's interleaved one.

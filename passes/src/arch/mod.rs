@@ -19,10 +19,13 @@
 //!   has always counted them (tested against the fixtures in `formats`).
 
 pub mod fields;
+pub mod gemma;
 pub mod limits;
 pub mod llama;
+pub mod mixtral;
 pub mod phi3;
 pub mod qwen2;
+pub mod qwen2moe;
 pub mod qwen3;
 pub mod rope;
 
@@ -56,6 +59,14 @@ pub enum Dim {
     Qkv,
     /// Fused gate/up rows: `2 * ffn`.
     Ffn2,
+    /// Routed experts (`num_local_experts` / `num_experts`).
+    Experts,
+    /// One routed expert's FFN size ([`Arch::expert_ffn`]).
+    ExpertFfn,
+    /// The shared expert's FFN size (`shared_expert_intermediate_size`).
+    SharedFfn,
+    /// A dimension of one (the shared-expert gate's single output).
+    One,
 }
 
 impl Dim {
@@ -69,9 +80,18 @@ impl Dim {
             Dim::HeadDim => a.head_dim,
             Dim::Qkv => (a.n_head + 2 * a.n_head_kv.max(1)) * a.head_dim,
             Dim::Ffn2 => 2 * a.ffn,
+            Dim::Experts => a.n_expert,
+            Dim::ExpertFfn => a.expert_ffn(),
+            Dim::SharedFfn => a.shared_ffn,
+            Dim::One => 1,
         }
     }
 }
+
+/// In a [`TensorRow::hf`] name, where the expert index goes: a row whose
+/// name holds it is one routed expert's weight, stacked with the others of
+/// its layer into one `[n_expert, ...]` tensor (llama.cpp's `*_exps`).
+pub const EXPERT: &str = "{e}";
 
 /// One row of a family's tensor table.
 #[derive(Debug, Clone, Copy)]
@@ -83,8 +103,32 @@ pub struct TensorRow {
     pub gguf: &'static str,
     pub role: Role,
     pub per_layer: bool,
-    /// The weight's shape (row-major, row last).
+    /// The weight's shape (row-major, row last); for an expert row (see
+    /// [`EXPERT`]), one expert's, the stacked tensor having `n_expert` more
+    /// in front.
     pub shape: &'static [Dim],
+}
+
+impl TensorRow {
+    /// Whether this row is one routed expert's weight (see [`EXPERT`]).
+    pub fn is_expert(&self) -> bool {
+        self.hf.contains(EXPERT)
+    }
+
+    /// Whether `part` (a per-layer name without the layer prefix and the
+    /// suffix) is this row's, and for an expert row, which expert.
+    fn matches(&self, part: &str) -> Option<Option<usize>> {
+        match self.hf.split_once(EXPERT) {
+            None => (self.hf == part).then_some(None),
+            Some((pre, post)) => {
+                let digits = part.strip_prefix(pre)?.strip_suffix(post)?;
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                digits.parse().ok().map(Some)
+            }
+        }
+    }
 }
 
 /// A config.json field a family refuses when it is set to a non-default value.
@@ -96,6 +140,11 @@ pub enum Refuse {
     Unless(&'static str, &'static str),
     /// Refused when `true` (e.g. `use_sliding_window`).
     True(&'static str),
+    /// Refused unless absent, `null` or equal to this integer (e.g.
+    /// `decoder_sparse_step` 1).
+    UnlessInt(&'static str, u64),
+    /// Refused unless absent, `null` or an empty list (e.g. `mlp_only_layers`).
+    NonEmpty(&'static str),
     /// A window (e.g. `sliding_window`) refused when it is a number smaller
     /// than `max_position_embeddings` (it would then change attention).
     WindowBelowContext(&'static str),
@@ -137,10 +186,96 @@ pub struct ArchSpec {
     /// computation (beyond [`fields::INERT`]); any field neither read,
     /// refused nor inert is warned about by name.
     pub inert: &'static [&'static str],
+    /// What a family reads, refuses and renames beyond the above (Gemma).
+    pub extension: Option<&'static Extension>,
+}
+
+/// A family's config fields, GGUF keys and checkpoint names beyond the
+/// common ones.
+#[derive(Debug)]
+pub struct Extension {
+    /// Values for config.json keys a nested `text_config` may omit (what
+    /// the converter then assumes).
+    pub config_defaults: &'static [(&'static str, f64)],
+    /// Family facts from (the root config, its text config); nothing refused.
+    pub read_config: fn(&Value, &Value, &mut Arch),
+    /// The family's refusals beyond [`ArchSpec::refused`], given (the root
+    /// config, its text config, the parsed facts, the class name).
+    pub check_config: fn(&Value, &Value, &Arch, &str) -> Result<(), ConfigError>,
+    /// Family facts from a GGUF's keys.
+    pub read_gguf: fn(&Metadata, &mut Arch),
+    /// Hugging Face name prefixes replaced before the table maps a name
+    /// (multimodal wrappers around the text model).
+    pub hf_renames: &'static [(&'static str, &'static str)],
+    /// Hugging Face tensors dropped with a note (the converter skips them), and why.
+    pub hf_dropped: &'static [(&'static str, &'static str)],
+    /// Name prefixes of tensors dropped with a note, and why.
+    pub hf_dropped_prefixes: &'static [(&'static [&'static str], &'static str)],
+    /// Embedding rows beyond the vocabulary are dropped (the converter's
+    /// `data_torch[:len(tokens)]`), so the embedding may have more rows
+    /// than `vocab_size`.
+    pub trim_embedding: bool,
+}
+
+/// What becomes of a Hugging Face tensor name before a table maps it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HfName {
+    /// Map this name (the family's renames applied).
+    Map(String),
+    /// Drop the tensor, for this reason.
+    Drop(&'static str),
+}
+
+/// A family's renames and drops applied to one Hugging Face name.
+pub fn hf_name(spec: Option<&ArchSpec>, name: &str) -> HfName {
+    let Some(ext) = spec.and_then(|s| s.extension) else {
+        return HfName::Map(name.to_string());
+    };
+    if let Some((_, why)) = ext.hf_dropped.iter().find(|(n, _)| *n == name) {
+        return HfName::Drop(why);
+    }
+    for (prefixes, why) in ext.hf_dropped_prefixes {
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            return HfName::Drop(why);
+        }
+    }
+    for (from, to) in ext.hf_renames {
+        if let Some(rest) = name.strip_prefix(from) {
+            return HfName::Map(format!("{to}{rest}"));
+        }
+    }
+    HfName::Map(name.to_string())
+}
+
+/// The table row of a tensor mapped to `gguf_name` (from [`map_hf_name`]).
+pub fn row_for<'t>(
+    table: &'t [TensorRow],
+    gguf_name: &str,
+    layer: Option<usize>,
+) -> Option<&'t TensorRow> {
+    let base = gguf_name
+        .trim_end_matches(".weight")
+        .trim_end_matches(".bias");
+    let part = match layer {
+        Some(_) => base.strip_prefix("blk.")?.split_once('.')?.1,
+        None => base,
+    };
+    table
+        .iter()
+        .find(|r| r.per_layer == layer.is_some() && r.gguf == part)
 }
 
 /// Every family kiln converts, in the order errors list them.
-pub const SPECS: &[&ArchSpec] = &[&llama::SPEC, &qwen2::SPEC, &qwen3::SPEC, &phi3::SPEC];
+pub const SPECS: &[&ArchSpec] = &[
+    &llama::SPEC,
+    &mixtral::SPEC,
+    &qwen2::SPEC,
+    &qwen2moe::SPEC,
+    &qwen3::SPEC,
+    &phi3::SPEC,
+    &gemma::GEMMA2,
+    &gemma::GEMMA3,
+];
 
 /// Model types whose checkpoints have llama's tensor layout (attention, gated
 /// FFN, optionally routed experts), so that [`synthesize`] counts their
@@ -158,6 +293,24 @@ pub fn spec_for_gguf(name: &str) -> Option<&'static ArchSpec> {
     SPECS.iter().copied().find(|s| s.gguf == name)
 }
 
+/// The spec of a model: its Hugging Face class's when known (Mixtral and
+/// Llama share the GGUF architecture `llama` but not the tensor table),
+/// else its GGUF architecture's.
+pub fn spec_for_arch(arch: &Arch) -> Option<&'static ArchSpec> {
+    arch.hf_architecture
+        .as_deref()
+        .and_then(spec_for_hf_class)
+        .or_else(|| spec_for_gguf(&arch.family))
+}
+
+/// Whether llama.cpp renormalizes the top-k routing weights of a family's
+/// MoE layers to sum to one (its `build_moe_ffn` `norm_w`, fixed per
+/// architecture: `llama`, i.e. Mixtral, does; `qwen2moe` does not, so a
+/// Qwen2-MoE config asking for it is refused).
+pub fn moe_norm_top_k(family: &str) -> bool {
+    family == llama::SPEC.gguf
+}
+
 /// The Hugging Face classes kiln converts, for messages.
 pub fn supported_list() -> String {
     SPECS
@@ -167,9 +320,15 @@ pub fn supported_list() -> String {
         .join(", ")
 }
 
-/// The GGUF architectures kiln runs, for messages (`llama, qwen2 and qwen3`).
+/// The GGUF architectures kiln runs, for messages (`llama, qwen2, qwen2moe,
+/// qwen3, phi3, gemma2 and gemma3`).
 pub fn gguf_list() -> String {
-    let names: Vec<&str> = SPECS.iter().map(|s| s.gguf).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for s in SPECS {
+        if !names.contains(&s.gguf) {
+            names.push(s.gguf);
+        }
+    }
     match names.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
         _ => names.join(""),
@@ -185,7 +344,7 @@ pub fn counts_exactly(family: &str) -> bool {
 /// The tensor table of a model: its family's, or llama's for a model of no
 /// known family (a bare `.safetensors` file; no value transforms then).
 pub fn table_for(arch: Option<&Arch>) -> &'static [TensorRow] {
-    arch.and_then(|a| spec_for_gguf(&a.family))
+    arch.and_then(spec_for_arch)
         .map_or(llama::SPEC.tensors, |s| s.tensors)
 }
 
@@ -195,6 +354,23 @@ pub fn map_hf_name(
     table: &[TensorRow],
     name: &str,
 ) -> Result<Option<(String, Role, Option<usize>)>, String> {
+    Ok(find_hf_row(table, name)?.map(|m| (m.gguf, m.row.role, m.layer)))
+}
+
+/// A Hugging Face name matched against a table (see [`find_hf_row`]).
+#[derive(Debug, Clone)]
+pub struct HfMatch<'t> {
+    /// The GGUF name (for an expert, the stacked tensor's).
+    pub gguf: String,
+    pub row: &'t TensorRow,
+    pub layer: Option<usize>,
+    /// For a routed expert's weight, which expert.
+    pub expert: Option<usize>,
+}
+
+/// [`map_hf_name`], with the table row and, for a routed expert's weight,
+/// the expert index.
+pub fn find_hf_row<'t>(table: &'t [TensorRow], name: &str) -> Result<Option<HfMatch<'t>>, String> {
     if name.ends_with("rotary_emb.inv_freq") {
         return Ok(None);
     }
@@ -204,22 +380,29 @@ pub fn map_hf_name(
         _ => return Err(unmapped()),
     };
     if let Some(r) = table.iter().find(|r| !r.per_layer && r.hf == base) {
-        return Ok(Some((format!("{}.{suffix}", r.gguf), r.role, None)));
+        return Ok(Some(HfMatch {
+            gguf: format!("{}.{suffix}", r.gguf),
+            row: r,
+            layer: None,
+            expert: None,
+        }));
     }
     let rest = base.strip_prefix("model.layers.").ok_or_else(unmapped)?;
     let (layer, part) = rest.split_once('.').ok_or_else(unmapped)?;
     let layer: usize = layer
         .parse()
         .map_err(|_| format!("cannot map `{}`: bad layer index", crate::printable(name)))?;
-    let r = table
+    let (r, expert) = table
         .iter()
-        .find(|r| r.per_layer && r.hf == part)
+        .filter(|r| r.per_layer)
+        .find_map(|r| r.matches(part).map(|e| (r, e)))
         .ok_or_else(unmapped)?;
-    Ok(Some((
-        format!("blk.{layer}.{}.{suffix}", r.gguf),
-        r.role,
-        Some(layer),
-    )))
+    Ok(Some(HfMatch {
+        gguf: format!("blk.{layer}.{}.{suffix}", r.gguf),
+        row: r,
+        layer: Some(layer),
+        expert,
+    }))
 }
 
 /// A tensor known only by name and shape (no data): `source.dtype` is what
@@ -243,6 +426,7 @@ fn synthetic(name: String, shape: Vec<usize>, role: Role, layer: Option<usize>) 
             offset: 0,
             len: 0,
         },
+        parts: Vec::new(),
         transform: None,
         encoding: None,
         notes: Vec::new(),
@@ -255,10 +439,11 @@ fn synthetic(name: String, shape: Vec<usize>, role: Role, layer: Option<usize>) 
 /// experts (and shared experts when `shared_ffn` is set) in place of the
 /// dense FFN; the output projection is absent when embeddings are tied.
 pub fn synthesize(arch: &Arch) -> Vec<TensorNode> {
-    let spec = spec_for_gguf(&arch.family);
+    let spec = spec_for_arch(arch);
     let table = spec.map_or(llama::SPEC.tensors, |s| s.tensors);
     let biases = spec.map_or(&[][..], |s| s.biases);
     let dims = |r: &TensorRow| r.shape.iter().map(|d| d.of(arch)).collect::<Vec<_>>();
+    let moe_table = table.iter().any(TensorRow::is_expert);
     let mut out = Vec::new();
     for r in table.iter().filter(|r| !r.per_layer) {
         if r.role == Role::Output && arch.tied_embeddings {
@@ -279,6 +464,25 @@ pub fn synthesize(arch: &Arch) -> Vec<TensorNode> {
         };
         for r in table.iter().filter(|r| r.per_layer) {
             let dense_ffn = matches!(r.role, Role::FfnGate | Role::FfnUp | Role::FfnDown);
+            if moe_table {
+                // The family's own MoE rows: routed and shared experts and
+                // routers in MoE layers, dense FFN rows in the others.
+                let moe_row = !dense_ffn && is_moe_role(r.role);
+                if moe_row != arch.moe_layer(i) && (moe_row || dense_ffn) {
+                    continue;
+                }
+                let mut shape = dims(r);
+                if r.is_expert() {
+                    shape.insert(0, arch.n_expert);
+                }
+                let rows = shape[0];
+                out.push(node(r.gguf, shape, r.role));
+                if biases.contains(&r.role) {
+                    let name = format!("blk.{i}.{}.bias", r.gguf);
+                    out.push(synthetic(name, vec![rows], r.role, l));
+                }
+                continue;
+            }
             if dense_ffn && arch.moe_layer(i) {
                 if r.role == Role::FfnGate {
                     let (e, f) = (arch.n_expert, arch.expert_ffn());
@@ -305,6 +509,15 @@ pub fn synthesize(arch: &Arch) -> Vec<TensorNode> {
         }
     }
     out
+}
+
+/// A role only MoE layers have: routers, routed and shared experts.
+fn is_moe_role(role: Role) -> bool {
+    role.is_expert()
+        || matches!(
+            role,
+            Role::FfnGateInp | Role::FfnGateShexp | Role::FfnUpShexp | Role::FfnDownShexp
+        )
 }
 
 /// What is wrong with a config.json.
@@ -364,7 +577,27 @@ fn hf_class(config: &Value) -> Option<String> {
 /// Nothing is refused here (estimates cost any config); conversions call
 /// [`check_convertible`].
 pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
-    let c = text_config(config);
+    let spec = hf_class(config).as_deref().and_then(spec_for_hf_class);
+    let ext = spec.and_then(|s| s.extension);
+    let with_defaults = ext.filter(|e| !e.config_defaults.is_empty()).map(|e| {
+        let mut c = text_config(config).clone();
+        if let Value::Object(m) = &mut c {
+            for (k, v) in e.config_defaults {
+                if m.get(*k).is_none_or(Value::is_null) {
+                    let v = if v.fract() == 0.0 && *v >= 1.0 {
+                        Value::from(*v as u64)
+                    } else {
+                        Value::from(*v)
+                    };
+                    m.insert((*k).to_string(), v);
+                }
+            }
+        }
+        c
+    });
+    let c = with_defaults
+        .as_ref()
+        .unwrap_or_else(|| text_config(config));
     let int = |key: &str| c.get(key).and_then(Value::as_u64).map(|v| v as usize);
     let need = |key: &'static str| match c.get(key) {
         None | Some(Value::Null) => Err(ConfigError::Missing(key)),
@@ -441,6 +674,9 @@ pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
             .unwrap_or(0);
         arch.n_dense_layers = int("first_k_dense_replace").map_or(0, |k| k.min(n_layer));
     }
+    if let Some(e) = ext {
+        (e.read_config)(config, c, &mut arch);
+    }
     limits::check_caps(&arch)?;
     Ok(arch)
 }
@@ -484,6 +720,16 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
                     return Err(refused(field, "true".into()));
                 }
             }
+            Refuse::UnlessInt(field, default) => match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(v) if v.as_u64() == Some(default) => {}
+                Some(v) => return Err(refused(field, format!("{v}; kiln carries {default}"))),
+            },
+            Refuse::NonEmpty(field) => match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(a)) if a.is_empty() => {}
+                Some(v) => return Err(refused(field, v.to_string())),
+            },
             Refuse::WindowBelowContext(field) => {
                 let context = c.get("max_position_embeddings").and_then(Value::as_u64);
                 if let (Some(w), Some(ctx)) = (c.get(field).and_then(Value::as_u64), context) {
@@ -501,6 +747,10 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
                 rope::parse(c, &class, kinds).map_err(ConfigError::RopeScaling)?;
             }
         }
+    }
+    if let Some(e) = spec.extension {
+        let arch = from_hf_config(config)?;
+        (e.check_config)(config, c, &arch, &class)?;
     }
     Ok(spec)
 }
@@ -535,6 +785,20 @@ pub fn llama_cpp_metadata(arch: &Arch, name: &str) -> Metadata {
     md.set(&format!("{f}.rope.dimension_count"), u(arch.head_dim));
     md.set(&format!("{f}.vocab_size"), u(arch.vocab));
     rope::add_metadata(&mut md, f, arch);
+
+    if arch.is_moe() {
+        md.set(&format!("{f}.expert_count"), u(arch.n_expert));
+        md.set(&format!("{f}.expert_used_count"), u(arch.n_expert_used));
+        if let Some(e) = arch.expert_ffn {
+            md.set(&format!("{f}.expert_feed_forward_length"), u(e));
+        }
+        if arch.shared_ffn > 0 {
+            md.set(
+                &format!("{f}.expert_shared_feed_forward_length"),
+                u(arch.shared_ffn),
+            );
+        }
+    }
     md
 }
 

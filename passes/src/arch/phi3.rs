@@ -60,6 +60,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     rope: RopeStyle::Neox,
     transform: no_transform,
     gguf_metadata: metadata,
+    extension: None,
     reads: &["sliding_window", "original_max_position_embeddings"],
     inert: &["embd_pdrop", "resid_pdrop"],
 };

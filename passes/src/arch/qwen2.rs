@@ -28,6 +28,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     reads: &[],
     // Only with `use_sliding_window` (refused) do these change attention.
     inert: &["layer_types", "max_window_layers", "sliding_window"],
+    extension: None,
 };
 
 fn no_transform(_: &Arch, _: Role, _: &[usize]) -> Result<Option<Transform>, String> {

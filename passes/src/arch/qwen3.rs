@@ -65,6 +65,7 @@ pub static SPEC: ArchSpec = ArchSpec {
     rope: RopeStyle::Neox,
     transform: no_transform,
     gguf_metadata: metadata,
+    extension: None,
     reads: &[],
     // Only with `use_sliding_window` (refused) do these change attention.
     inert: &["layer_types", "max_window_layers", "sliding_window"],

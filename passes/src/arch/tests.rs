@@ -69,10 +69,24 @@ fn registry_finds_specs_by_class_and_gguf_name() {
     assert_eq!(spec_for_gguf("qwen3").unwrap().rope, RopeStyle::Neox);
     assert_eq!(
         supported_list(),
-        "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM"
+        "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration"
     );
-    assert_eq!(gguf_list(), "llama, qwen2, qwen3 and phi3");
+    assert_eq!(
+        gguf_list(),
+        "llama, qwen2, qwen2moe, qwen3, phi3, gemma2 and gemma3"
+    );
     assert_eq!(spec_for_hf_class("Phi3ForCausalLM").unwrap().gguf, "phi3");
+    // Mixtral shares llama's GGUF architecture but has its own table.
+    let mixtral = Arch {
+        family: "llama".into(),
+        hf_architecture: Some("MixtralForCausalLM".into()),
+        ..Arch::default()
+    };
+    assert!(std::ptr::eq(
+        spec_for_arch(&mixtral).unwrap(),
+        &mixtral::SPEC
+    ));
+    assert!(std::ptr::eq(spec_for_gguf("llama").unwrap(), &llama::SPEC));
 }
 
 #[test]
@@ -102,6 +116,46 @@ fn maps_llama_names() {
 }
 
 #[test]
+fn maps_expert_names_to_stacked_tensors() {
+    let t = mixtral::SPEC.tensors;
+    let m = |n: &str| find_hf_row(t, n).unwrap().unwrap();
+    let w2 = m("model.layers.1.block_sparse_moe.experts.12.w2.weight");
+    assert_eq!(
+        (w2.gguf.as_str(), w2.row.role, w2.layer, w2.expert),
+        (
+            "blk.1.ffn_down_exps.weight",
+            Role::FfnDownExps,
+            Some(1),
+            Some(12)
+        )
+    );
+    assert_eq!(
+        m("model.layers.0.block_sparse_moe.gate.weight").gguf,
+        "blk.0.ffn_gate_inp.weight"
+    );
+    for bad in [
+        "model.layers.0.block_sparse_moe.experts.x.w1.weight",
+        "model.layers.0.block_sparse_moe.experts..w1.weight",
+        "model.layers.0.block_sparse_moe.experts.1.w4.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+    ] {
+        assert!(find_hf_row(t, bad).is_err(), "{bad}");
+    }
+    let q = qwen2moe::SPEC.tensors;
+    let g = find_hf_row(q, "model.layers.0.mlp.shared_expert_gate.weight")
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.gguf, "blk.0.ffn_gate_inp_shexp.weight");
+    let e = find_hf_row(q, "model.layers.0.mlp.experts.59.up_proj.weight")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.gguf.as_str(), e.expert),
+        ("blk.0.ffn_up_exps.weight", Some(59))
+    );
+}
+
+#[test]
 fn tensor_tables_round_trip_and_agree_with_naming() {
     for spec in SPECS {
         for r in spec.tensors {
@@ -111,7 +165,11 @@ fn tensor_tables_round_trip_and_agree_with_naming() {
                 } else {
                     format!("{}.{suffix}", r.hf)
                 };
-                let (gguf, role, layer) = map_hf_name(spec.tensors, &hf).unwrap().unwrap();
+                // A routed expert's name, for expert 3: stacked under one GGUF name.
+                let one = hf.replace(EXPERT, "3");
+                let m = find_hf_row(spec.tensors, &one).unwrap().unwrap();
+                assert_eq!(m.expert, r.is_expert().then_some(3), "{one}");
+                let (gguf, role, layer) = map_hf_name(spec.tensors, &one).unwrap().unwrap();
                 assert_eq!(role, r.role, "{hf}");
                 assert_eq!(layer, r.per_layer.then_some(7), "{hf}");
                 assert_eq!(naming::role_and_layer(&gguf), (role, layer), "{gguf}");
@@ -337,7 +395,7 @@ fn refuses_other_math_changing_fields() {
     let gpt2 = with(llama, "architectures", json!(["GPT2LMHeadModel"]));
     assert_eq!(
         err(&gpt2),
-        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM)"
+        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration)"
     );
 }
 
@@ -711,6 +769,9 @@ fn field_case(field: &str, current: Option<&Value>) -> Option<Value> {
         "rope_theta" => json!(12345.0),
         "rms_norm_eps" => json!(0.001),
         "tie_word_embeddings" => json!(!current.and_then(Value::as_bool).unwrap_or(false)),
+        "num_local_experts" | "num_experts" => json!(int(2)),
+        "num_experts_per_tok" => json!(int(1)),
+        "moe_intermediate_size" | "shared_expert_intermediate_size" => json!(int(32)),
         // Refused: each must be refused by name when set.
         "original_max_position_embeddings" => json!(int(32)),
         // Refused: each must be refused by name when set (`dynamic` scaling
@@ -720,6 +781,9 @@ fn field_case(field: &str, current: Option<&Value>) -> Option<Value> {
         "use_sliding_window" | "attention_bias" | "mlp_bias" => json!(true),
         "sliding_window" => json!(16),
         "partial_rotary_factor" => json!(0.75),
+        "norm_topk_prob" => json!(true),
+        "decoder_sparse_step" => json!(2),
+        "mlp_only_layers" => json!([0]),
         _ => return None,
     })
 }

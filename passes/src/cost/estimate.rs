@@ -395,17 +395,32 @@ fn known_peak(t: &Target, order: &[Precision]) -> Option<(Precision, f64)> {
     })
 }
 
-/// KV cache bytes per token held by each of `tp` devices. llama.cpp splits
-/// layers across devices (`--split-mode layer`, its default); tensor
-/// parallelism splits KV heads (replicated when fewer than devices).
-fn kv_per_token_per_device(arch: &Arch, engine: Engine, kv: KvType, tp: usize) -> f64 {
+/// KV cache bytes per token of a `ctx`-token context held by each of `tp`
+/// devices. llama.cpp splits layers across devices (`--split-mode layer`,
+/// its default); tensor parallelism splits KV heads (replicated when fewer
+/// than devices). A sliding-window layer (Gemma) holds only its window, so
+/// it counts `min(window, ctx) / ctx` of a layer.
+fn kv_per_token_per_device(arch: &Arch, engine: Engine, kv: KvType, tp: usize, ctx: usize) -> f64 {
     let kvb = kv.bytes_per_element();
     let tp = tp.max(1);
+    let layers = kv_layers(arch, ctx);
     if engine.class() == EngineClass::LlamaCpp {
-        (2 * arch.n_layer * arch.n_head_kv.max(1) * arch.head_dim) as f64 * kvb / tp as f64
+        layers * (2 * arch.n_head_kv.max(1) * arch.head_dim) as f64 * kvb / tp as f64
     } else {
-        (2 * arch.n_layer * arch.n_head_kv.max(1).div_ceil(tp) * arch.head_dim) as f64 * kvb
+        layers * (2 * arch.n_head_kv.max(1).div_ceil(tp) * arch.head_dim) as f64 * kvb
     }
+}
+
+/// Layers' worth of KV cache a `ctx`-token context fills: every layer,
+/// sliding-window layers counting their window's share.
+pub fn kv_layers(arch: &Arch, ctx: usize) -> f64 {
+    let ctx = ctx.max(1);
+    if arch.gemma.is_none() {
+        return arch.n_layer as f64;
+    }
+    (0..arch.n_layer)
+        .map(|i| arch.kv_positions(i, ctx) as f64 / ctx as f64)
+        .sum()
 }
 
 /// Where a device's memory goes before the weights: the planner's budget.
@@ -442,7 +457,8 @@ pub fn weight_budget(
     };
     let (usable_frac, overhead, policy) = memory_policy(engine, target.class, arch);
     let usable = target.memory_bytes()? * usable_frac;
-    let kv = batch as f64 * ctx as f64 * kv_per_token_per_device(arch, engine, w.kv_type, devices);
+    let kv =
+        batch as f64 * ctx as f64 * kv_per_token_per_device(arch, engine, w.kv_type, devices, ctx);
     let room = (usable - kv - overhead as f64).max(0.0);
     Some(MemoryBudget {
         devices,
@@ -468,9 +484,9 @@ pub fn estimate(
 
     // Memory.
     let ctx = w.context.unwrap_or(w.prompt + w.gen).max(1);
-    let kv_per_token = kv_per_token_per_device(arch, engine, w.kv_type, 1);
+    let kv_per_token = kv_per_token_per_device(arch, engine, w.kv_type, 1, ctx);
     let layer_split = engine.class() == EngineClass::LlamaCpp;
-    let kv_per_token_dev = |tp: usize| kv_per_token_per_device(arch, engine, w.kv_type, tp);
+    let kv_per_token_dev = |tp: usize| kv_per_token_per_device(arch, engine, w.kv_type, tp, ctx);
     let (usable_frac, overhead, policy) = memory_policy(engine, target.class, arch);
     let usable = target.memory_bytes().map(|m| m * usable_frac);
     let need = |batch: usize, tp: usize| {

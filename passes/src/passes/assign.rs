@@ -144,6 +144,7 @@ mod tests {
                 offset: 0,
                 len: 2 * shape.iter().product::<usize>() as u64,
             },
+            parts: Vec::new(),
             transform: None,
             encoding: None,
             notes: vec![],

@@ -154,6 +154,7 @@ mod tests {
                 offset: 0,
                 len: 2 * n as u64,
             },
+            parts: Vec::new(),
             transform: None,
             encoding: enc.map(Into::into),
             notes: Vec::new(),

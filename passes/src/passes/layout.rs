@@ -198,6 +198,7 @@ mod tests {
                 offset: 0,
                 len: (rows * 32 * 4) as u64,
             },
+            parts: Vec::new(),
             transform: None,
             encoding: Some(GgmlType::Q8_0.into()),
             notes: Vec::new(),

@@ -158,6 +158,7 @@ mod tests {
                 offset: 0,
                 len: 256,
             },
+            parts: Vec::new(),
             transform: None,
             encoding: None,
             notes: Vec::new(),

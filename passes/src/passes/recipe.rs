@@ -40,7 +40,7 @@ use quant::GgmlType;
 use regex::Regex;
 
 use crate::error::PassError;
-use crate::ir::{MetaValue, Model, Note, NoteKind, SourceDType, TensorNode};
+use crate::ir::{MetaValue, Model, Note, NoteKind, Role, SourceDType, TensorNode};
 use crate::naming::{block_number, category, loader_order, Category};
 
 use super::{Context, Pass};
@@ -622,10 +622,14 @@ impl Ctx<'_> {
 }
 
 /// The type of one tensor llama.cpp never quantizes (see the module doc).
+/// An MoE router read from a Hugging Face checkpoint (its source name is
+/// not its GGUF name) is F32, as `convert_hf_to_gguf.py` writes
+/// `ffn_gate_inp`; from a GGUF it keeps its type, as llama-quantize does.
 pub fn kept_type(t: &TensorNode) -> GgmlType {
+    let hf_router = t.role == Role::FfnGateInp && t.source_name != t.name;
     match t.source.dtype {
         SourceDType::F16 | SourceDType::BF16
-            if n_dims(&t.shape) < 2 || t.name.contains("_norm.weight") =>
+            if n_dims(&t.shape) < 2 || t.name.contains("_norm.weight") || hf_router =>
         {
             GgmlType::F32
         }
@@ -908,6 +912,7 @@ mod tests {
                 offset: 0,
                 len: 0,
             },
+            parts: Vec::new(),
             transform: None,
             encoding: None,
             notes: Vec::new(),
