@@ -567,9 +567,11 @@ pub(super) fn predict(c: &Case, cal: &Calibration) -> Option<f64> {
         weights: &c.weights,
         format: c.format,
     };
-    let e: Estimate = if c.mlperf {
-        // Submitters choose the layout: try every power-of-two tensor-parallel
-        // group that divides the devices and holds the model, keep the fastest.
+    let e: Estimate = if c.mlperf && c.row.get("batch").contains("MLPerf") {
+        // MLPerf submitters choose the layout: try every power-of-two
+        // tensor-parallel group that divides the devices and holds the model,
+        // keep the fastest. Other throughput runs state their tensor-parallel
+        // group (`n_devices`), which is used as it is.
         let n = c.workload.devices.unwrap_or(1);
         (0..=3)
             .map(|k| 1usize << k)
@@ -722,6 +724,7 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
                 prefill_band_low: 1.0,
                 prefill_band_high: 1.0,
                 rows: 0,
+                pooled_band: false,
             })
             .rows += 1;
     }
@@ -916,7 +919,7 @@ fn report(
         "APE is |predicted - measured| / measured for each row, with the shipped factors.\n\n",
     );
     s.push_str("## Fitted factors\n\n");
-    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | time per byte (ps) | float weights: bandwidth x | 2024 builds: bandwidth x | 2024 builds: compute x | band (held-out measured/predicted, p10-p90): decode, throughput | band: prefill, TTFT |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+    s.push_str("| engine class | device class | rows | bandwidth efficiency | compute efficiency | SIMT cost | overhead per layer (µs) | time per byte (ps) | float weights: bandwidth x | 2024 builds: bandwidth x | 2024 builds: compute x | band (held-out measured/predicted): decode, throughput | band: prefill, TTFT |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     for ((e, d), f) in &cal.factors {
         let _ = writeln!(
             s,
@@ -938,13 +941,24 @@ fn report(
             f.prefill_band_high
         );
     }
+    if cal.factors.values().any(|f| f.pooled_band) {
+        s.push_str("\nA class whose rows come from fewer than 4 hardware models takes the band of all classes (`pooled_band` in `calibration.toml`; `kiln estimate` says so): ");
+        let pooled: Vec<String> = cal
+            .factors
+            .iter()
+            .filter(|(_, f)| f.pooled_band)
+            .map(|((e, d), _)| format!("{} on {}", e.name(), d.name()))
+            .collect();
+        s.push_str(&pooled.join(", "));
+        s.push_str(".\n");
+    }
     let _ = writeln!(
         s,
         "\nAll-reduce latency (tensor parallel, per all-reduce, two per layer): {} µs.\n",
         round6(cal.allreduce_latency_us)
     );
     s.push_str("Compute efficiency is relative to the fp16 peak for llama.cpp (tensor cores where the device has them), plus `SIMT cost` FP32 FLOPs per matmul FLOP at the FP32 peak (dequantization and activation quantization on the SIMT cores), and to the peak of the weight format (fp8, fp4) or of fp16 for server engines.\n\n");
-    s.push_str("## Cross-validated error\n\nEach group of rows (one hardware model; one source) predicted by a fit on the other rows; the band of a held-out row is the 10th-90th percentile of measured/predicted over the other hardware's held-out rows of its class. `borrowed`: rows whose class had no rows left in the fold (predicted with another class's factors and a widened band, as `kiln estimate` does).\n\n");
+    s.push_str("## Cross-validated error\n\nEach group of rows (one hardware model; one source) predicted by a fit on the other rows; the band of a held-out row is exp(±w), w the 85% quantile of |ln(measured/predicted)| over the other groups' held-out rows of its class, or of every class when its class's rows span fewer than 4 groups; coverage is the share of held-out rows inside that band. `borrowed`: rows whose class had no rows left in the fold (predicted with another class's factors and a widened band, as `kiln estimate` does). The shipped band of a class is the wider of the two schemes' bands.\n\n");
     s.push_str(cv);
     s.push_str("\n## In-sample error per metric group\n\n");
     s.push_str(&md_table(
@@ -957,6 +971,7 @@ fn report(
     for n in notes {
         let _ = writeln!(s, "- {n}");
     }
+    s.push_str("- Throughput runs that fill the device (`batch` = `max (...)`): batch = the largest that fits; outside MLPerf the tensor-parallel group is the row's `n_devices`, as published.\n");
     let _ = writeln!(s, "- MLPerf Offline rows: batch = the largest that fits; the devices run as data-parallel replicas of the power-of-two tensor-parallel group (dividing the device count) with the highest predicted throughput; prompt and output {MLPERF_PROMPT} tokens (the CSV gives only the ~294 average output).");
     s.push_str("- KV cache: f16 for llama.cpp and 16-bit server rows; fp8 for fp8/fp4 server rows (TensorRT-LLM MLPerf submissions use an fp8 KV cache).\n");
     s.push_str("- lmdeploy TurboMind, FasterTransformer and TensorRT rows use the `server` engine class (as TensorRT-LLM); vLLM rows too.\n");
@@ -1025,7 +1040,10 @@ mod checks {
         let mut cal = fit(&cases.iter().collect::<Vec<_>>());
         let hardware = held_out(&cases, Scheme::Hardware);
         let source = held_out(&cases, Scheme::Source);
-        apply_bands(&mut cal, &hardware);
+        apply_bands(&mut cal, &hardware, &source);
+        for k in crossval::pooled_bands(&cal, &hardware) {
+            cal.factors.get_mut(&k).unwrap().pooled_band = true;
+        }
         cal.validated = validated(&cases);
         let scored = score(&cases, &cal);
         let in_sample: BTreeMap<String, f64> = scored
