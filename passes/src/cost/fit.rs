@@ -523,7 +523,8 @@ pub(super) fn cases() -> (Vec<Case>, Vec<Excluded>, Vec<String>) {
                 .next()
                 .is_some_and(|v| v.parse::<f64>().is_ok())
         };
-        if !mlperf && !(stated("prompt_tokens") && stated("gen_tokens")) {
+        let lengths_stated = stated("prompt_tokens") && stated("gen_tokens");
+        if !mlperf && !lengths_stated {
             mapping_notes.insert(
                 format!(
                     "row {} ({}, {}): prompt and output lengths not stated; {MLPERF_PROMPT} and {MLPERF_GEN} tokens assumed",
