@@ -181,9 +181,10 @@ pub struct Factors {
     /// for server engines.
     pub gen2024_bandwidth: f64,
     pub gen2024_compute: f64,
-    /// 10th and 90th percentiles of measured / predicted rate over the
-    /// cross-validated predictions of the decode and throughput rows: the
-    /// band around a decode, throughput or end-to-end estimate.
+    /// measured / predicted rate within which 85% of the cross-validated
+    /// predictions of the decode and throughput rows fall, symmetric in log
+    /// space (the wider of leave-one-hardware-out and leave-one-source-out):
+    /// the band around a decode, throughput or end-to-end estimate.
     pub band_low: f64,
     pub band_high: f64,
     /// The same over the prefill and time-to-first-token rows: the band of
@@ -192,6 +193,10 @@ pub struct Factors {
     pub prefill_band_high: f64,
     /// Calibration rows behind these factors.
     pub rows: usize,
+    /// The bands are those of every class, not this class's own: its rows
+    /// come from fewer than four hardware models, too few to measure how far
+    /// a new one strays (see `crossval::MIN_GROUPS`).
+    pub pooled_band: bool,
 }
 
 /// Which figures of one target were checked against measurements: `rows`
@@ -268,6 +273,8 @@ struct RawFactor {
     #[serde(default)]
     prefill_band_high: Option<f64>,
     rows: usize,
+    #[serde(default)]
+    pooled_band: bool,
 }
 
 fn one() -> f64 {
@@ -321,6 +328,7 @@ impl Calibration {
                     prefill_band_low: f.prefill_band_low.unwrap_or(f.band_low),
                     prefill_band_high: f.prefill_band_high.unwrap_or(f.band_high),
                     rows: f.rows,
+                    pooled_band: f.pooled_band,
                 },
             );
         }
@@ -432,6 +440,9 @@ impl Calibration {
                 round6(f.prefill_band_high)
             ));
             s.push_str(&format!("rows = {}\n", f.rows));
+            if f.pooled_band {
+                s.push_str("pooled_band = true\n");
+            }
         }
         for v in &self.validated {
             s.push_str("\n[[validated]]\n");

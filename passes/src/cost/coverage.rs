@@ -109,10 +109,22 @@ pub fn coverage_text(cal: &Calibration, target: &Target) -> String {
                 "validated: {rows} measurement{} of this target",
                 if rows == 1 { "" } else { "s" }
             ),
-            Status::Extrapolated { rows } => format!(
-                "extrapolated: no measurement of this target; factors fitted on {rows} rows of other {} hardware",
-                target.class.name()
-            ),
+            Status::Extrapolated { rows } => {
+                let pooled = cal
+                    .lookup(c.engine, target.class)
+                    .is_some_and(|f| f.factors.pooled_band);
+                format!(
+                    "extrapolated{}: no measurement of this target; factors fitted on {rows} row{} of other {} hardware{}",
+                    if pooled { ", wide band" } else { "" },
+                    if rows == 1 { "" } else { "s" },
+                    target.class.name(),
+                    if pooled {
+                        " (fewer than 4 hardware models: the band is every calibrated class's)"
+                    } else {
+                        ""
+                    }
+                )
+            }
             Status::Borrowed { engine, device } => format!(
                 "extrapolated, wide band: no {} measurement on any {} device; factors borrowed from {} on {} and the band widened (x0.5 - x1.5)",
                 c.engine.name(),

@@ -8,12 +8,13 @@
 //! headline metric (batch-1 decode, prefill, high-batch throughput) and per
 //! hardware class, beside the in-sample error, never instead of it.
 //!
-//! The shipped bands of each (engine class, device class) are the
-//! 5th-95th percentile of measured / predicted over the leave-one-hardware-out
-//! predictions of that class, one for prefill (prompt processing, TTFT) and
-//! one for the rest (decode, throughput); their coverage is measured the same
-//! way, each held-out row against a band built without its own hardware's
-//! rows.
+//! The shipped bands of each (engine class, device class) are a symmetric
+//! (log-space) 85% quantile of measured / predicted over the held-out
+//! predictions of that class (of every class when its rows span fewer than
+//! [`MIN_GROUPS`] groups), one for prefill (prompt processing, TTFT) and one
+//! for the rest (decode, throughput), the wider of the two schemes; their
+//! coverage is measured the same way, each held-out row against a band built
+//! without its own group's rows.
 //!
 //! What must stay true: a fold never sees a row of the group it predicts
 //! (refitting only the factor sets its rows use is exact, since the factors
@@ -59,16 +60,19 @@ impl Scheme {
 /// Lower the error (raise the coverage) when the model improves; loosening
 /// one needs a reason in the commit.
 const CV_LIMITS: &[(Scheme, &str, f64, f64)] = &[
-    (Scheme::Hardware, "decode", 10.0, 78.0),
+    (Scheme::Hardware, "decode", 10.0, 80.0),
     (Scheme::Hardware, "prefill", 16.0, 78.0),
-    (Scheme::Hardware, "throughput", 22.0, 80.0),
+    (Scheme::Hardware, "throughput", 23.0, 79.0),
     // Leaving out the Apple scoreboard leaves llama.cpp on Metal few rows, and
     // leaving out the Llama 3 benchmark source removes every 2024-build row,
     // so the generation factors cannot be fitted in that fold: the
-    // leave-one-source-out error is high, and said so in the README.
-    (Scheme::Source, "decode", 17.0, 15.0),
-    (Scheme::Source, "prefill", 19.0, 25.0),
-    (Scheme::Source, "throughput", 18.0, 80.0),
+    // leave-one-source-out error is high, and said so in the README. The
+    // coverage floors are those of the symmetric band with pooling (76-86%
+    // held out by source; the asymmetric per-class band reached 20% and 30%
+    // for decode and prefill).
+    (Scheme::Source, "decode", 17.0, 82.0),
+    (Scheme::Source, "prefill", 17.5, 74.0),
+    (Scheme::Source, "throughput", 22.0, 80.0),
 ];
 
 /// One row predicted by a fold that did not see it.
@@ -88,11 +92,16 @@ pub(super) fn held_out(cases: &[Case], scheme: Scheme) -> Vec<HeldOut<'_>> {
     for c in cases {
         groups.entry(scheme.group(c)).or_default().push(c);
     }
-    let mut out = Vec::new();
-    for (g, members) in &groups {
+    let groups: Vec<(&str, Vec<&Case>)> = groups.into_iter().collect();
+    fn one<'a>(
+        cases: &'a [Case],
+        scheme: Scheme,
+        g: &str,
+        members: &[&'a Case],
+    ) -> Vec<HeldOut<'a>> {
         let training: Vec<&Case> = cases
             .iter()
-            .filter(|c| c.fit && scheme.group(c) != *g)
+            .filter(|c| c.fit && scheme.group(c) != g)
             .collect();
         let touched: BTreeSet<Key> = members.iter().map(|c| c.key()).collect();
         let trained: BTreeSet<Key> = training.iter().map(|c| c.key()).collect();
@@ -107,38 +116,76 @@ pub(super) fn held_out(cases: &[Case], scheme: Scheme) -> Vec<HeldOut<'_>> {
             training
         };
         let cal = fit(&train);
-        for c in members {
-            let p = predict(c, &cal).filter(|p| *p > 0.0 && p.is_finite());
-            out.push(HeldOut {
-                case: c,
-                group: g.to_string(),
-                ratio: p.map(|p| rate_ratio(c, p)),
-                ape: p.map(|p| (p - c.measured).abs() / c.measured * 100.0),
-                borrowed: !cal.factors.contains_key(&c.key()),
-            });
-        }
+        members
+            .iter()
+            .map(|c| {
+                let p = predict(c, &cal).filter(|p| *p > 0.0 && p.is_finite());
+                HeldOut {
+                    case: c,
+                    group: g.to_string(),
+                    ratio: p.map(|p| rate_ratio(c, p)),
+                    ape: p.map(|p| (p - c.measured).abs() / c.measured * 100.0),
+                    borrowed: !cal.factors.contains_key(&c.key()),
+                }
+            })
+            .collect()
     }
+    // Folds are independent: fitted on worker threads, gathered in group
+    // order (the result does not depend on the thread count).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    let mut done: Vec<(usize, Vec<HeldOut<'_>>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((g, members)) = groups.get(i) else {
+                            break;
+                        };
+                        mine.push((i, one(cases, scheme, g, members)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("fold thread"))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    let mut out: Vec<HeldOut<'_>> = done.into_iter().flat_map(|(_, v)| v).collect();
     out.sort_by(|a, b| a.case.id.cmp(&b.case.id));
     out
 }
 
-/// The band's percentiles of the held-out ratios: 5th and 95th. A 10th-90th
-/// band covered only 68-77% of held-out rows (errors of one hardware model
-/// move together, so a band built without it is too narrow); 5th-95th brings
-/// the held-out coverage near the 80% the band is meant to have.
-const BAND_Q: f64 = 0.05;
+/// The band is symmetric in log space: measured/predicted within
+/// `exp(±w)`, `w` the [`BAND_Q`] quantile of |ln(measured/predicted)| over
+/// the held-out rows. Errors of one hardware model or one source move
+/// together, and the sign of a new group's error is not known in advance:
+/// an asymmetric 5th-95th band of the ratios covered only 48-56% of
+/// held-out-source prefill rows (the largest source's bias is the one its
+/// own fold cannot see), the symmetric one 77-86% under both schemes.
+const BAND_Q: f64 = 0.85;
 
-/// [`BAND_Q`] and `1 - BAND_Q` percentiles of `ratios` (sorted here), widened to include 1.
-fn band_of(mut ratios: Vec<f64>) -> Option<(f64, f64)> {
+/// A class's band comes from its own held-out rows only when they span at
+/// least this many groups (hardware models, or sources); otherwise from the
+/// held-out rows of every class (of the same kind), since the spread of two
+/// or three groups says little about the next one.
+pub(super) const MIN_GROUPS: usize = 4;
+
+/// `(exp(-w), exp(w))`, `w` the [`BAND_Q`] quantile of |ln r| over `ratios`.
+fn band_of(ratios: Vec<f64>) -> Option<(f64, f64)> {
     if ratios.is_empty() {
         return None;
     }
-    ratios.sort_by(f64::total_cmp);
+    let mut logs: Vec<f64> = ratios.iter().map(|r| r.ln().abs()).collect();
+    logs.sort_by(f64::total_cmp);
+    let w = percentile(&logs, BAND_Q);
     let r = |v: f64| (v * 1e6).round() / 1e6;
-    Some((
-        r(percentile(&ratios, BAND_Q).min(1.0)),
-        r(percentile(&ratios, 1.0 - BAND_Q).max(1.0)),
-    ))
+    Some((r((-w).exp()), r(w.exp())))
 }
 
 /// Which band a row is scored against: prefill (prompt processing, TTFT)
@@ -147,57 +194,100 @@ fn is_prefill(c: &Case) -> bool {
     headline(&c.metric) == "prefill"
 }
 
-/// The shipped bands: per class and band kind (`true`: prefill), from the
-/// fitted rows' held-out ratios.
-pub(super) fn bands(held: &[HeldOut<'_>]) -> BTreeMap<(Key, bool), (f64, f64)> {
-    let mut by: BTreeMap<(Key, bool), Vec<f64>> = BTreeMap::new();
-    for h in held.iter().filter(|h| h.case.fit && !h.borrowed) {
-        if let Some(r) = h.ratio {
-            by.entry((h.case.key(), is_prefill(h.case)))
-                .or_default()
-                .push(r);
+/// Where a band's ratios came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BandSource {
+    /// The class's own held-out rows (from [`MIN_GROUPS`] groups or more).
+    Own,
+    /// Every class's held-out rows: the class has too few groups.
+    Pooled,
+}
+
+/// The band for rows of class `key` and kind `prefill`, from the fitted,
+/// non-borrowed held-out rows outside group `skip`: the class's own when they
+/// span [`MIN_GROUPS`] groups, else all classes'; the other kind's rows when
+/// this kind has none.
+fn band_for(
+    held: &[HeldOut<'_>],
+    key: Key,
+    prefill: bool,
+    skip: Option<&str>,
+) -> Option<((f64, f64), BandSource)> {
+    let usable = |o: &&HeldOut<'_>| {
+        o.case.fit && !o.borrowed && o.ratio.is_some() && Some(o.group.as_str()) != skip
+    };
+    let pick = |kind: bool| -> Option<((f64, f64), BandSource)> {
+        let own: Vec<&HeldOut<'_>> = held
+            .iter()
+            .filter(usable)
+            .filter(|o| o.case.key() == key && is_prefill(o.case) == kind)
+            .collect();
+        let groups: BTreeSet<&str> = own.iter().map(|o| o.group.as_str()).collect();
+        if groups.len() >= MIN_GROUPS {
+            return band_of(own.iter().filter_map(|o| o.ratio).collect())
+                .map(|b| (b, BandSource::Own));
+        }
+        band_of(
+            held.iter()
+                .filter(usable)
+                .filter(|o| is_prefill(o.case) == kind)
+                .filter_map(|o| o.ratio)
+                .collect(),
+        )
+        .map(|b| (b, BandSource::Pooled))
+    };
+    pick(prefill).or_else(|| pick(!prefill))
+}
+
+/// Set the bands of `cal`: for each class and band kind, the wider of the
+/// band built from the leave-one-hardware-out and from the
+/// leave-one-source-out predictions (see [`band_for`]).
+pub(super) fn apply_bands(cal: &mut Calibration, hardware: &[HeldOut<'_>], source: &[HeldOut<'_>]) {
+    for (k, f) in cal.factors.iter_mut() {
+        for prefill in [false, true] {
+            let bands: Vec<(f64, f64)> = [hardware, source]
+                .iter()
+                .filter_map(|h| band_for(h, *k, prefill, None).map(|(b, _)| b))
+                .collect();
+            let Some(lo) = bands.iter().map(|b| b.0).reduce(f64::min) else {
+                continue;
+            };
+            let hi = bands.iter().map(|b| b.1).fold(1.0, f64::max);
+            if prefill {
+                (f.prefill_band_low, f.prefill_band_high) = (lo, hi);
+            } else {
+                (f.band_low, f.band_high) = (lo, hi);
+            }
         }
     }
-    by.into_iter()
-        .filter_map(|(k, v)| band_of(v).map(|b| (k, b)))
+}
+
+/// The classes whose rows come from fewer than [`MIN_GROUPS`] hardware
+/// models, so that their leave-one-hardware-out band is every class's (the
+/// leave-one-source-out band of most classes is pooled too: few sources
+/// publish each class, which the README states once for all).
+pub(super) fn pooled_bands(cal: &Calibration, hardware: &[HeldOut<'_>]) -> Vec<Key> {
+    cal.factors
+        .keys()
+        .filter(|k| {
+            [false, true].iter().any(|prefill| {
+                matches!(
+                    band_for(hardware, **k, *prefill, None),
+                    Some((_, BandSource::Pooled))
+                )
+            })
+        })
+        .copied()
         .collect()
 }
 
-/// Set the bands of `cal` from the leave-one-hardware-out predictions; a
-/// class without rows of one kind takes the other kind's band.
-pub(super) fn apply_bands(cal: &mut Calibration, held: &[HeldOut<'_>]) {
-    let b = bands(held);
-    for (k, f) in cal.factors.iter_mut() {
-        let rest = b.get(&(*k, false)).copied();
-        let pre = b.get(&(*k, true)).copied();
-        if let Some((lo, hi)) = rest.or(pre) {
-            f.band_low = lo;
-            f.band_high = hi;
-        }
-        if let Some((lo, hi)) = pre.or(rest) {
-            f.prefill_band_low = lo;
-            f.prefill_band_high = hi;
-        }
-    }
-}
-
-/// Is each held-out row inside a band built from the other groups' held-out
-/// rows of its class and band kind? `None` where no such row exists.
+/// Is each held-out row inside a band built without its own group (see
+/// [`band_for`])? A row predicted with borrowed factors is scored against
+/// the widened band `kiln estimate` would show. `None` where no band exists.
 fn covered(held: &[HeldOut<'_>]) -> Vec<Option<bool>> {
     held.iter()
         .map(|h| {
-            let others = |kind: bool| -> Vec<f64> {
-                held.iter()
-                    .filter(|o| o.case.fit && !o.borrowed && o.group != h.group)
-                    .filter(|o| o.case.key() == h.case.key() && is_prefill(o.case) == kind)
-                    .filter_map(|o| o.ratio)
-                    .collect()
-            };
-            let mut pool = others(is_prefill(h.case));
-            if pool.is_empty() {
-                pool = others(!is_prefill(h.case));
-            }
-            let (lo, hi) = band_of(pool)?;
+            let ((lo, hi), _) = band_for(held, h.case.key(), is_prefill(h.case), Some(&h.group))?;
             let (lo, hi) = if h.borrowed {
                 (lo * 0.5, hi * 1.5)
             } else {

@@ -12,9 +12,9 @@
 //! adds its SIMT-side dequantization work at the FP32 peak), adds a fixed
 //! time per layer per forward pass, and, across tensor-parallel devices, an
 //! all-reduce cost per layer (fitted latency plus bytes over the
-//! interconnect). Bands are the 10th/90th percentiles of measured/predicted
-//! over cross-validated (held-out hardware) predictions of the calibration
-//! rows.
+//! interconnect). Bands hold 85% of measured/predicted (symmetric in log space)
+//! over cross-validated (held-out hardware, held-out source) predictions of
+//! the calibration rows.
 //!
 //! What must stay true: memory arithmetic is exact from tensor shapes and
 //! needs no calibration; an unknown figure yields `None` and a note, never a
@@ -635,13 +635,28 @@ pub fn estimate(
     // Time.
     let chosen = cal.lookup(engine.class(), target.class);
     if let Some(c) = &chosen {
+        let f = &c.factors;
         if c.borrowed {
             notes.push(format!(
-                "No calibration rows for {} on {} devices: factors borrowed from {} on {} and the band widened.",
+                "No calibration rows for {} on {} devices: factors borrowed from {} on {}, so the band is wide (x{:.2}-x{:.2} of the central figure, prefill x{:.2}-x{:.2}: the borrowed class's held-out band widened to x0.5 below and x1.5 above) and the central figure is not validated on this hardware.",
                 engine.class().name(),
                 target.class.name(),
                 c.engine.name(),
-                c.fitted_on.name()
+                c.fitted_on.name(),
+                f.band_low,
+                f.band_high,
+                f.prefill_band_low,
+                f.prefill_band_high
+            ));
+        } else if f.pooled_band {
+            notes.push(format!(
+                "The band (x{:.2}-x{:.2} of the central figure, prefill x{:.2}-x{:.2}) is that of all calibrated classes: the {} rows on {} devices come from fewer than 4 hardware models, too few to measure how far a new one strays.",
+                f.band_low,
+                f.band_high,
+                f.prefill_band_low,
+                f.prefill_band_high,
+                engine.class().name(),
+                target.class.name()
             ));
         }
     }

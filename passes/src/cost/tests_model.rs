@@ -195,3 +195,63 @@ fn shipped_calibration_fits_the_generation_and_kernel_path() {
     assert!(f.factors.gen2024_bandwidth != 1.0 || f.factors.gen2024_compute != 1.0);
     assert!(f.factors.prefill_band_high > f.factors.band_high);
 }
+
+/// An estimate says when its band is not its class's own: borrowed factors
+/// (no rows of the class: wide band, with the factor) and pooled bands (rows
+/// from too few hardware models or sources: every class's band).
+#[test]
+fn estimates_say_why_their_band_is_wide() {
+    let cal = Calibration::shipped().unwrap();
+    let arch = llama3_8b();
+    let format = WeightFormat::parse("fp8").unwrap();
+    let wb = weight_bytes(&crate::arch::synthesize(&arch), &arch, format);
+    let model = ModelCost {
+        arch: &arch,
+        weights: &wb,
+        format,
+    };
+    let w = Workload {
+        devices: Some(1),
+        ..batch1()
+    };
+    // No server rows on a TPU: borrowed, the band widened and said so.
+    let e = estimate(
+        model,
+        &find_builtin("tpu-v6e").unwrap(),
+        Engine::Vllm,
+        &w,
+        &cal,
+    )
+    .unwrap();
+    let c = e.calibration.unwrap();
+    assert!(c.borrowed);
+    let gpu = cal
+        .lookup(super::EngineClass::Server, super::DeviceClass::Gpu)
+        .unwrap();
+    assert!((c.factors.band_high - gpu.factors.band_high * 1.5).abs() < 1e-12);
+    assert!(
+        e.notes.iter().any(|n| n.contains("so the band is wide")),
+        "{:?}",
+        e.notes
+    );
+    // Every class whose band is pooled says so; the others do not.
+    let targets = super::target::builtin().unwrap();
+    let mut checked = 0;
+    for ((engine, device), f) in &cal.factors {
+        let Some(t) = targets.iter().find(|t| t.class == *device) else {
+            continue;
+        };
+        let engine = match engine {
+            super::EngineClass::LlamaCpp => Engine::LlamaCpp,
+            super::EngineClass::Server => Engine::Vllm,
+        };
+        let e = estimate(model, t, engine, &w, &cal).unwrap();
+        let says = e
+            .notes
+            .iter()
+            .any(|n| n.contains("is that of all calibrated classes"));
+        assert_eq!(says, f.pooled_band, "{} on {}: {:?}", engine, t.id, e.notes);
+        checked += usize::from(f.pooled_band);
+    }
+    assert!(checked > 0, "no class has a pooled band to check");
+}
