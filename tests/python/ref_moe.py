@@ -1,17 +1,21 @@
 """ref_moe: an independent numpy reference of the mixture-of-experts FFN of
-MixtralForCausalLM and Qwen2MoeForCausalLM, written from transformers'
-modeling_mixtral.py (MixtralSparseMoeBlock) and modeling_qwen2_moe.py
-(Qwen2MoeSparseMoeBlock), not from kiln or llama.cpp. The attention, norms and
-head are ref_forward's (the llama/qwen2 reference).
+MixtralForCausalLM, Qwen2MoeForCausalLM and Qwen3MoeForCausalLM, written from
+transformers' modeling_mixtral.py (MixtralSparseMoeBlock), modeling_qwen2_moe.py
+(Qwen2MoeSparseMoeBlock) and modeling_qwen3_moe.py (Qwen3MoeSparseMoeBlock), not
+from kiln or llama.cpp. The attention, norms and head are ref_forward's (the
+llama/qwen2 reference, with Qwen3's per-head q/k RMS norms).
 
 What must stay true:
 - the router is `softmax(gate(h))` over all experts, in float64; the top
   `num_experts_per_tok` by probability are kept (ties to the lower index, as
   torch.topk on distinct values); Mixtral divides the kept weights by their
-  sum, Qwen2-MoE only when `norm_topk_prob` is true;
+  sum, Qwen2-MoE and Qwen3-MoE only when `norm_topk_prob` is true (the
+  configs' default being false);
 - an expert is `down(silu(gate(x)) * up(x))` (Mixtral: `w2(silu(w1(x)) * w3(x))`),
   weighted and summed; Qwen2-MoE adds `sigmoid(shared_expert_gate(h)) *
-  shared_expert(h)`;
+  shared_expert(h)`; Qwen3-MoE has no shared expert, and applies
+  `q_norm` / `k_norm` (RMS over each head) before RoPE, with the config's own
+  `head_dim`;
 - weights come straight from the Hugging Face checkpoint (per-expert tensors),
   so kiln's stacking is what the tests judge.
 """
@@ -83,16 +87,18 @@ class MoeRefModel(RefModel):
 
 
 def load_hf(model_dir: Path) -> MoeRefModel:
-    """A MoeRefModel from a MixtralForCausalLM or Qwen2MoeForCausalLM checkpoint."""
+    """A MoeRefModel from a MixtralForCausalLM, Qwen2MoeForCausalLM or
+    Qwen3MoeForCausalLM checkpoint."""
     model_dir = Path(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     arch = (cfg.get("architectures") or [None])[0]
-    if arch not in ("MixtralForCausalLM", "Qwen2MoeForCausalLM"):
+    if arch not in ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"):
         raise ValueError(f"{model_dir}: architecture {arch} is not an MoE family here")
     w = read_hf_weights(model_dir)
     n_head = cfg["num_attention_heads"]
     hidden = cfg["hidden_size"]
     mixtral = arch == "MixtralForCausalLM"
+    qwen3 = arch == "Qwen3MoeForCausalLM"
     n_expert = cfg["num_local_experts"] if mixtral else cfg["num_experts"]
     layers = []
     for i in range(cfg["num_hidden_layers"]):
@@ -116,7 +122,7 @@ def load_hf(model_dir: Path) -> MoeRefModel:
             top_k=cfg["num_experts_per_tok"],
             norm_topk=True if mixtral else bool(cfg.get("norm_topk_prob", False)),
         )
-        if not mixtral:
+        if arch == "Qwen2MoeForCausalLM":
             s = x + "shared_expert."
             block.shared = tuple(_f64(w[s + n + ".weight"]) for n in names)
             block.shared_gate = _f64(w[x + "shared_expert_gate.weight"])
@@ -135,6 +141,9 @@ def load_hf(model_dir: Path) -> MoeRefModel:
             layer.bq = _f64(w[p + "self_attn.q_proj.bias"])
             layer.bk = _f64(w[p + "self_attn.k_proj.bias"])
             layer.bv = _f64(w[p + "self_attn.v_proj.bias"])
+        if qwen3:
+            layer.q_norm = _f64(w[p + "self_attn.q_norm.weight"])
+            layer.k_norm = _f64(w[p + "self_attn.k_norm.weight"])
         layer.moe = block
         layers.append(layer)
     embed = _f64(w["model.embed_tokens.weight"])

@@ -1,13 +1,15 @@
-"""Mixture-of-experts families end to end: tiny seeded MixtralForCausalLM and
-Qwen2MoeForCausalLM checkpoints (fixtures/tiny-mixtral, fixtures/tiny-qwen2-moe:
-4 experts, 2 used per token; Qwen2-MoE with a gated shared expert).
+"""Mixture-of-experts families end to end: tiny seeded MixtralForCausalLM,
+Qwen2MoeForCausalLM and Qwen3MoeForCausalLM checkpoints (fixtures/tiny-mixtral,
+fixtures/tiny-qwen2-moe, fixtures/tiny-qwen3-moe: 4 experts, 2 used per token;
+Qwen2-MoE with a gated shared expert; Qwen3-MoE with per-head q/k norms, an
+explicit head_dim and renormalized top-k weights).
 
 - kiln's GGUF holds the experts stacked `[n_expert, out, in]` exactly as the
   checkpoint's per-expert tensors, the router and shared expert under llama.cpp's
   names, and the MoE keys;
 - llama.cpp (node-llama-cpp) runs kiln's F32 file: its logits equal the float64
   numpy reference (ref_moe.py, written from transformers' modeling_mixtral.py /
-  modeling_qwen2_moe.py) within F32_LOGIT_RTOL, greedy tokens equal at clear
+  modeling_qwen2_moe.py / modeling_qwen3_moe.py) within F32_LOGIT_RTOL, greedy tokens equal at clear
   steps; kiln's Q8_0 file agrees with the F32 one on Q8_0_MIN_AGREEMENT;
 - kiln's own forward pass (`kiln eval --per-token`) gives the reference's NLL per
   position within 1e-4 nats, and `kiln imatrix` collects per-expert statistics
@@ -35,7 +37,8 @@ from conftest import ROOT, fixture_path, run_kiln
 from runtime_common import F32_LOGIT_RTOL, MARGIN, Q8_0_MIN_AGREEMENT, prompt_ids, rel_margins
 from test_eval_forward import CHUNKS, CTX, NLL_TOL, kiln_eval, reference_scores
 
-MOE = ["tiny-mixtral", "tiny-qwen2-moe"]
+MOE = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"]
+ARCH = {"tiny-mixtral": "llama", "tiny-qwen2-moe": "qwen2moe", "tiny-qwen3-moe": "qwen3moe"}
 N_GEN = 16
 TEXT = ROOT / "fixtures" / "text" / "pride-and-prejudice-ch1-17.txt"
 
@@ -72,7 +75,7 @@ def test_gguf_stacks_experts_and_writes_moe_keys(name, convert):
     hf = ref_moe.read_hf_weights(fx)
     reader, t = gguf_f32(convert(fx, "f32"))
     mixtral = name == "tiny-mixtral"
-    arch = "llama" if mixtral else "qwen2moe"
+    arch = ARCH[name]
     n_expert = cfg["num_local_experts"] if mixtral else cfg["num_experts"]
     kv = {f.name: f for f in reader.fields.values()}
 
@@ -85,7 +88,17 @@ def test_gguf_stacks_experts_and_writes_moe_keys(name, convert):
     assert value(f"{arch}.expert_used_count") == cfg["num_experts_per_tok"]
     if not mixtral:
         assert value(f"{arch}.expert_feed_forward_length") == cfg["moe_intermediate_size"]
+    if "shared_expert_intermediate_size" in cfg:
         assert value(f"{arch}.expert_shared_feed_forward_length") == cfg["shared_expert_intermediate_size"]
+    else:
+        assert f"{arch}.expert_shared_feed_forward_length" not in kv
+        assert not any("shexp" in k for k in t), "no shared expert"
+    if arch == "qwen3moe":
+        # qwen3's attention: head_dim stated (32, not hidden / heads = 16), q/k norms per head.
+        assert value(f"{arch}.attention.key_length") == value(f"{arch}.attention.value_length") == cfg["head_dim"]
+        for i in range(cfg["num_hidden_layers"]):
+            for n in ("q", "k"):
+                assert np.array_equal(t[f"blk.{i}.attn_{n}_norm.weight"], hf[f"model.layers.{i}.self_attn.{n}_norm.weight"])
     names = (
         {"gate": "w1", "up": "w3", "down": "w2"}
         if mixtral
@@ -98,7 +111,7 @@ def test_gguf_stacks_experts_and_writes_moe_keys(name, convert):
             got = t[f"blk.{i}.ffn_{kind}_exps.weight"]
             assert got.shape == want.shape and np.array_equal(got, want), f"blk.{i}.ffn_{kind}_exps"
         assert np.array_equal(t[f"blk.{i}.ffn_gate_inp.weight"], hf[f"model.layers.{i}.{moe}.gate.weight"])
-        if not mixtral:
+        if "shared_expert_intermediate_size" in cfg:
             for kind, hf_name in names.items():
                 assert np.array_equal(
                     t[f"blk.{i}.ffn_{kind}_shexp.weight"], hf[f"model.layers.{i}.mlp.shared_expert.{hf_name}.weight"]
@@ -236,6 +249,7 @@ def hostile(tmp_path, name, config=None, drop=frozenset(), reshape=None):
 
 MIX = "model.layers.1.block_sparse_moe.experts"
 QMOE = "model.layers.0.mlp.experts"
+Q3 = "Qwen3MoeForCausalLM"
 
 HOSTILE = [
     ("more-used-than-experts", "tiny-mixtral", {"num_experts_per_tok": 5}, (), None, "num_experts_per_tok` (5)"),
@@ -247,6 +261,15 @@ HOSTILE = [
     ("norm-topk", "tiny-qwen2-moe", {"norm_topk_prob": True}, (), None, "`norm_topk_prob` (true) is not supported for Qwen2MoeForCausalLM"),
     ("sparse-step", "tiny-qwen2-moe", {"decoder_sparse_step": 2}, (), None, "`decoder_sparse_step` (2; kiln carries 1)"),
     ("dense-layers", "tiny-qwen2-moe", {"mlp_only_layers": [1]}, (), None, "`mlp_only_layers` ([1])"),
+    ("q3-no-renormalization", "tiny-qwen3-moe", {"norm_topk_prob": False}, (), None, f"`norm_topk_prob` (false; kiln carries true) is not supported for {Q3}"),
+    ("q3-renormalization-unstated", "tiny-qwen3-moe", {"norm_topk_prob": None}, (), None, "`norm_topk_prob` (absent, i.e. false; kiln carries true)"),
+    ("q3-sparse-step", "tiny-qwen3-moe", {"decoder_sparse_step": 2}, (), None, f"`decoder_sparse_step` (2; kiln carries 1) is not supported for {Q3}"),
+    ("q3-dense-layers", "tiny-qwen3-moe", {"mlp_only_layers": [0]}, (), None, f"`mlp_only_layers` ([0]) is not supported for {Q3}"),
+    ("q3-attention-bias", "tiny-qwen3-moe", {"attention_bias": True}, (), None, f"`attention_bias` (true) is not supported for {Q3}"),
+    ("q3-head-dim-disagrees", "tiny-qwen3-moe", {"head_dim": 16}, (), None, "`head_dim`"),
+    ("q3-expert-count", "tiny-qwen3-moe", {"num_experts": 5}, (), None, "`num_experts` is 5 but tensor `model.layers.0.mlp.gate.weight`"),
+    ("q3-norm-missing", "tiny-qwen3-moe", None, {"model.layers.1.self_attn.k_norm.weight"}, None, "model.layers.1.self_attn.k_norm.weight` is missing"),
+    ("q3-expert-width-disagrees", "tiny-qwen3-moe", None, (), {"model.layers.0.mlp.experts.0.up_proj.weight": [96, 32]}, "`hidden_size` is 64 but tensor"),
 ]
 
 

@@ -56,6 +56,7 @@ impl Refuse {
             Refuse::NonNull(f)
             | Refuse::Unless(f, _)
             | Refuse::True(f)
+            | Refuse::UnlessTrue(f)
             | Refuse::UnlessInt(f, _)
             | Refuse::NonEmpty(f)
             | Refuse::WindowBelowContext(f)

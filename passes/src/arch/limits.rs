@@ -148,6 +148,9 @@ pub enum LimitError {
     /// A routed expert's weight the config implies is absent.
     #[error("tensor `{tensor}` is missing (the config has {n_expert} experts per MoE layer)")]
     MissingExpert { tensor: String, n_expert: usize },
+    /// A per-layer weight the family's table requires is absent.
+    #[error("tensor `{tensor}` is missing (every layer of this family has one)")]
+    MissingLayerTensor { tensor: String },
 }
 
 /// Hold every integer fact of `a` to its cap: what any config must pass
@@ -273,11 +276,19 @@ fn dim_field(d: super::Dim, a: &Arch) -> String {
         Dim::HeadDim => "head_dim".into(),
         Dim::Qkv => "(num_attention_heads + 2 x num_key_value_heads) x head_dim".into(),
         Dim::Ffn2 => "2 x intermediate_size".into(),
-        Dim::Experts => "num_local_experts".into(),
+        Dim::Experts => experts_field(a).into(),
         Dim::ExpertFfn => "moe_intermediate_size".into(),
         Dim::SharedFfn => "shared_expert_intermediate_size".into(),
         Dim::One => "1".into(),
     }
+}
+
+/// The config field that states the routed-expert count of `a`'s family
+/// (`num_experts` for Qwen-MoE, `num_local_experts` for Mixtral and others).
+fn experts_field(a: &Arch) -> &'static str {
+    super::spec_for_arch(a)
+        .and_then(|s| s.reads.iter().copied().find(|f| *f == "num_experts"))
+        .unwrap_or("num_local_experts")
 }
 
 /// Check every dimension `a` states against the checkpoint's tensors
@@ -299,6 +310,8 @@ pub fn check_tensors<'a>(
         .is_some_and(|e| e.trim_embedding);
     // (layer, expert row, expert) of every routed expert's weight seen.
     let mut experts = std::collections::BTreeSet::new();
+    // The GGUF names of the weights and biases seen.
+    let mut seen = std::collections::BTreeSet::new();
     for (name, shape) in tensors {
         let super::HfName::Map(mapped) = super::hf_name(spec, name) else {
             continue;
@@ -307,6 +320,7 @@ pub fn check_tensors<'a>(
             continue;
         };
         let (row, layer, role) = (m.row, m.layer, m.row.role);
+        seen.insert(m.gguf.clone());
         if let Some(i) = layer {
             if i >= a.n_layer {
                 return Err(LimitError::Tensor {
@@ -321,7 +335,7 @@ pub fn check_tensors<'a>(
             if let Some(e) = m.expert {
                 if e >= a.n_expert {
                     return Err(LimitError::Tensor {
-                        field: "num_local_experts".into(),
+                        field: experts_field(a).into(),
                         stated: a.n_expert,
                         tensor: name.into(),
                         shape: shape.to_vec(),
@@ -366,6 +380,25 @@ pub fn check_tensors<'a>(
             stated: a.n_layer,
             found: layers,
         });
+    }
+    // Every per-layer weight (and bias) the family's layers have (as an estimate
+    // counts them) is there: llama.cpp refuses a file without one.
+    if spec.is_some() {
+        for node in super::synthesize(a) {
+            let (Some(i), false) = (node.layer, seen.contains(&node.name)) else {
+                continue;
+            };
+            let Some(r) = super::row_for(table, &node.name, Some(i)) else {
+                continue;
+            };
+            if r.is_expert() {
+                continue; // named expert by expert below
+            }
+            let suffix = node.name.rsplit('.').next().unwrap_or("weight");
+            return Err(LimitError::MissingLayerTensor {
+                tensor: format!("model.layers.{i}.{}.{suffix}", r.hf),
+            });
+        }
     }
     for r in table.iter().filter(|r| r.is_expert()) {
         for i in (0..a.n_layer).filter(|&i| a.moe_layer(i)) {

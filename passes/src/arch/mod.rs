@@ -27,6 +27,7 @@ pub mod phi3;
 pub mod qwen2;
 pub mod qwen2moe;
 pub mod qwen3;
+pub mod qwen3moe;
 pub mod rope;
 
 use serde_json::Value;
@@ -143,6 +144,9 @@ pub enum Refuse {
     /// Refused unless absent, `null` or equal to this integer (e.g.
     /// `decoder_sparse_step` 1).
     UnlessInt(&'static str, u64),
+    /// Refused unless `true`; absent or `null` is refused too (the
+    /// transformers default being `false`, e.g. Qwen3-MoE's `norm_topk_prob`).
+    UnlessTrue(&'static str),
     /// Refused unless absent, `null` or an empty list (e.g. `mlp_only_layers`).
     NonEmpty(&'static str),
     /// A window (e.g. `sliding_window`) refused when it is a number smaller
@@ -272,6 +276,7 @@ pub const SPECS: &[&ArchSpec] = &[
     &qwen2::SPEC,
     &qwen2moe::SPEC,
     &qwen3::SPEC,
+    &qwen3moe::SPEC,
     &phi3::SPEC,
     &gemma::GEMMA2,
     &gemma::GEMMA3,
@@ -305,10 +310,10 @@ pub fn spec_for_arch(arch: &Arch) -> Option<&'static ArchSpec> {
 
 /// Whether llama.cpp renormalizes the top-k routing weights of a family's
 /// MoE layers to sum to one (its `build_moe_ffn` `norm_w`, fixed per
-/// architecture: `llama`, i.e. Mixtral, does; `qwen2moe` does not, so a
-/// Qwen2-MoE config asking for it is refused).
+/// architecture: `llama`, i.e. Mixtral, and `qwen3moe` do; `qwen2moe` does
+/// not; a config asking for the other is refused).
 pub fn moe_norm_top_k(family: &str) -> bool {
-    family == llama::SPEC.gguf
+    family == llama::SPEC.gguf || family == qwen3moe::SPEC.gguf
 }
 
 /// The Hugging Face classes kiln converts, for messages.
@@ -321,7 +326,7 @@ pub fn supported_list() -> String {
 }
 
 /// The GGUF architectures kiln runs, for messages (`llama, qwen2, qwen2moe,
-/// qwen3, phi3, gemma2 and gemma3`).
+/// qwen3, qwen3moe, phi3, gemma2 and gemma3`).
 pub fn gguf_list() -> String {
     let mut names: Vec<&str> = Vec::new();
     for s in SPECS {
@@ -724,6 +729,16 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
                 None | Some(Value::Null) => {}
                 Some(v) if v.as_u64() == Some(default) => {}
                 Some(v) => return Err(refused(field, format!("{v}; kiln carries {default}"))),
+            },
+            Refuse::UnlessTrue(field) => match c.get(field) {
+                Some(Value::Bool(true)) => {}
+                None | Some(Value::Null) => {
+                    return Err(refused(
+                        field,
+                        "absent, i.e. false; kiln carries true".into(),
+                    ))
+                }
+                Some(v) => return Err(refused(field, format!("{v}; kiln carries true"))),
             },
             Refuse::NonEmpty(field) => match c.get(field) {
                 None | Some(Value::Null) => {}

@@ -77,7 +77,7 @@ fn no_transform(_: &Arch, _: Role, _: &[usize]) -> Result<Option<Transform>, Str
 
 /// llama's keys, with `attention.key_length` / `value_length` always
 /// (Qwen3 configs state `head_dim`, and llama.cpp then writes both).
-fn metadata(arch: &Arch, name: &str) -> Metadata {
+pub(super) fn metadata(arch: &Arch, name: &str) -> Metadata {
     let mut md = super::llama_cpp_metadata(arch, name);
     let f = &arch.family;
     let key = format!("{f}.attention.key_length");

@@ -69,11 +69,11 @@ fn registry_finds_specs_by_class_and_gguf_name() {
     assert_eq!(spec_for_gguf("qwen3").unwrap().rope, RopeStyle::Neox);
     assert_eq!(
         supported_list(),
-        "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration"
+        "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration"
     );
     assert_eq!(
         gguf_list(),
-        "llama, qwen2, qwen2moe, qwen3, phi3, gemma2 and gemma3"
+        "llama, qwen2, qwen2moe, qwen3, qwen3moe, phi3, gemma2 and gemma3"
     );
     assert_eq!(spec_for_hf_class("Phi3ForCausalLM").unwrap().gguf, "phi3");
     // Mixtral shares llama's GGUF architecture but has its own table.
@@ -395,7 +395,7 @@ fn refuses_other_math_changing_fields() {
     let gpt2 = with(llama, "architectures", json!(["GPT2LMHeadModel"]));
     assert_eq!(
         err(&gpt2),
-        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration)"
+        "architecture `GPT2LMHeadModel` is not supported (supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen2MoeForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration)"
     );
 }
 
@@ -667,6 +667,33 @@ fn limits_hold_config_values_to_caps_and_tensors() {
         e.starts_with("`num_hidden_layers` is 1 but tensor `model.layers.1."),
         "{e}"
     );
+    // A per-layer weight or bias the family's layers have, absent from one
+    // layer (llama.cpp would refuse the file), for every committed fixture.
+    for fx in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-phi",
+        "tiny-qwen2-moe",
+        "tiny-qwen3-moe",
+    ] {
+        let a = from_hf_config(&fixture_config(fx)).unwrap();
+        let table = table_for(Some(&a));
+        let all = fixture_tensors(fx);
+        assert_eq!(limits::check_tensors(&a, table, view(&all)), Ok(()), "{fx}");
+        let layer1 = all.iter().filter(|(n, _)| n.starts_with("model.layers.1."));
+        for (gone, _) in layer1.filter(|(n, _)| !n.contains(".experts.")) {
+            let rest: Vec<_> = all.iter().filter(|(n, _)| n != gone).cloned().collect();
+            let e = limits::check_tensors(&a, table, view(&rest))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!("tensor `{gone}` is missing (every layer of this family has one)"),
+                "{fx}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -762,7 +789,9 @@ fn field_case(field: &str, current: Option<&Value>) -> Option<Value> {
         "hidden_size" => json!(int(64)),
         "num_attention_heads" => json!(int(4)),
         "num_key_value_heads" => json!(int(1)),
-        "head_dim" => json!(int(16)),
+        // Absent, head_dim is hidden / heads (16 in tiny-qwen2-moe): 24
+        // is no fixture's.
+        "head_dim" => json!(current.and_then(Value::as_u64).map_or(24, |c| c + 16)),
         "intermediate_size" => json!(int(32)),
         "vocab_size" => json!(int(8)),
         "max_position_embeddings" => json!(int(1024)),
@@ -778,10 +807,15 @@ fn field_case(field: &str, current: Option<&Value>) -> Option<Value> {
         // is carried by no family).
         "rope_scaling" => json!({"rope_type": "dynamic", "factor": 4.0}),
         "hidden_act" => json!("gelu"),
+        "hidden_activation" => json!("silu"),
+        "use_bidirectional_attention" => json!(true),
+        "rope_parameters" => json!({"rope_type": "dynamic", "factor": 4.0}),
         "use_sliding_window" | "attention_bias" | "mlp_bias" => json!(true),
         "sliding_window" => json!(16),
         "partial_rotary_factor" => json!(0.75),
-        "norm_topk_prob" => json!(true),
+        // Refused unless the family's graph: Qwen2-MoE never renormalizes,
+        // Qwen3-MoE always does.
+        "norm_topk_prob" => json!(!current.and_then(Value::as_bool).unwrap_or(false)),
         "decoder_sparse_step" => json!(2),
         "mlp_only_layers" => json!([0]),
         _ => return None,
@@ -823,12 +857,34 @@ fn every_config_field_a_family_reads_or_refuses_is_tested() {
                         spec.gguf
                     )
                 });
-                let changed = with(base.clone(), field, v.clone());
-                assert!(
-                    check_convertible(&changed).is_ok(),
-                    "{fx}: `{field}` = {v} is refused, but {} reads it",
-                    spec.gguf
-                );
+                let mut changed = with(base.clone(), field, v.clone());
+                // Gemma ties the query scale to head_dim (llama.cpp has no
+                // key for another): a consistent config changes both.
+                let scalar = base.get("query_pre_attn_scalar");
+                if *field == "head_dim" && scalar.is_some() && scalar == base.get("head_dim") {
+                    changed["query_pre_attn_scalar"] = v.clone();
+                }
+                // A per-layer list follows the layer count.
+                if let (true, Some(Value::Array(types))) = (
+                    *field == "num_hidden_layers",
+                    changed.get_mut("layer_types"),
+                ) {
+                    let n = v.as_u64().unwrap() as usize;
+                    let len = types.len();
+                    for i in len..n {
+                        types.push(types[i % len].clone());
+                    }
+                }
+                // A family's own check may refuse a common field's other
+                // values by name (gemma2's RoPE base): not dropped either.
+                if let Err(e) = check_convertible(&changed) {
+                    assert!(
+                        e.to_string().starts_with(&format!("`{field}`")),
+                        "{fx}: `{field}` = {v} is refused for another reason, but {} reads it: {e}",
+                        spec.gguf
+                    );
+                    continue;
+                }
                 assert_ne!(
                     outcome(spec, &changed),
                     base_out,
@@ -874,4 +930,101 @@ fn unknown_config_fields_are_listed_for_a_warning() {
         }
         assert!(fields::COMMON.iter().all(|f| fields::known(spec, f)));
     }
+}
+
+/// Qwen3-MoE: qwen3's q/k norms and key lengths, routed experts without a
+/// shared expert, top-k renormalized as llama.cpp's `qwen3moe` graph does,
+/// and the synthesized tensors equal to the fixture checkpoint's (experts
+/// stacked).
+#[test]
+fn qwen3moe_maps_norms_and_experts_and_writes_moe_keys() {
+    let c = fixture_config("tiny-qwen3-moe");
+    assert!(std::ptr::eq(
+        check_convertible(&c).unwrap(),
+        &qwen3moe::SPEC
+    ));
+    let arch = from_hf_config(&c).unwrap();
+    assert_eq!(arch.family, "qwen3moe");
+    assert_eq!((arch.n_expert, arch.n_expert_used), (4, 2));
+    assert_eq!(
+        (arch.expert_ffn(), arch.shared_ffn, arch.head_dim),
+        (96, 0, 32)
+    );
+    assert!(moe_norm_top_k("qwen3moe") && !moe_norm_top_k("qwen2moe"));
+    let md = (qwen3moe::SPEC.gguf_metadata)(&arch, "m");
+    let u = |k: &str| match md.get(&format!("qwen3moe.{k}")) {
+        Some(MetaValue::U32(v)) => Some(*v),
+        _ => None,
+    };
+    assert_eq!(u("attention.key_length"), Some(32));
+    assert_eq!(u("attention.value_length"), Some(32));
+    assert_eq!(u("expert_count"), Some(4));
+    assert_eq!(u("expert_used_count"), Some(2));
+    assert_eq!(u("expert_feed_forward_length"), Some(96));
+    assert_eq!(u("feed_forward_length"), Some(192));
+    assert_eq!(u("expert_shared_feed_forward_length"), None);
+
+    let t = qwen3moe::SPEC.tensors;
+    let m = |n: &str| find_hf_row(t, n).unwrap().unwrap();
+    assert_eq!(
+        m("model.layers.1.self_attn.k_norm.weight").gguf,
+        "blk.1.attn_k_norm.weight"
+    );
+    let e = m("model.layers.0.mlp.experts.127.down_proj.weight");
+    assert_eq!(
+        (e.gguf.as_str(), e.expert),
+        ("blk.0.ffn_down_exps.weight", Some(127))
+    );
+    for bad in [
+        "model.layers.0.mlp.shared_expert.up_proj.weight",
+        "model.layers.0.mlp.shared_expert_gate.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+    ] {
+        assert!(find_hf_row(t, bad).is_err(), "{bad}");
+    }
+
+    // The checkpoint's tensors, experts stacked, are what a config-only
+    // estimate counts.
+    let mut loaded: Vec<(String, Vec<usize>)> = Vec::new();
+    for (n, shape) in fixture_tensors("tiny-qwen3-moe") {
+        let hit = find_hf_row(t, &n).unwrap().unwrap();
+        let shape = match hit.expert {
+            None => shape,
+            Some(_) => [vec![arch.n_expert], shape].concat(),
+        };
+        if !loaded.iter().any(|(g, _)| *g == hit.gguf) {
+            loaded.push((hit.gguf, shape));
+        }
+    }
+    let mut synth: Vec<(String, Vec<usize>)> = synthesize(&arch)
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    loaded.sort();
+    synth.sort();
+    assert_eq!(synth, loaded);
+
+    for (field, value, want) in [
+        (
+            "norm_topk_prob",
+            json!(false),
+            "`norm_topk_prob` (false; kiln carries true) is not supported for Qwen3MoeForCausalLM yet",
+        ),
+        (
+            "norm_topk_prob",
+            Value::Null,
+            "`norm_topk_prob` (absent, i.e. false; kiln carries true) is not supported for Qwen3MoeForCausalLM yet",
+        ),
+        (
+            "mlp_only_layers",
+            json!([1]),
+            "`mlp_only_layers` ([1]) is not supported for Qwen3MoeForCausalLM yet",
+        ),
+    ] {
+        let e = check_convertible(&with(c.clone(), field, value)).unwrap_err();
+        assert_eq!(e.to_string(), want);
+    }
+    let mut absent = c.clone();
+    absent.as_object_mut().unwrap().remove("norm_topk_prob");
+    assert!(check_convertible(&absent).is_err());
 }
