@@ -354,7 +354,9 @@ impl Scheme {
 
 /// Whether a tensor is the weight of a Linear layer that compressed-tensors
 /// quantizes (`targets: ["Linear"]`); `lm_head` and MoE routers are left
-/// out, as llm-compressor's recipes ignore them.
+/// out, as llm-compressor's recipes ignore them. Phi-3's fused `qkv_proj`
+/// and `gate_up_proj` are one Linear each in the checkpoint (and in vLLM's
+/// phi3, which loads them as they are), so each gets one scale set.
 pub fn is_target(t: &TensorNode) -> bool {
     t.shape.len() == 2
         && t.source_name.ends_with(".weight")
@@ -363,6 +365,7 @@ pub fn is_target(t: &TensorNode) -> bool {
             Role::AttnQ
                 | Role::AttnK
                 | Role::AttnV
+                | Role::AttnQkv
                 | Role::AttnOutput
                 | Role::FfnGate
                 | Role::FfnUp
@@ -502,7 +505,8 @@ fn dtype_of(t: &TensorNode) -> Dtype {
 /// layer, gate/up of a layer (vLLM loads each group as one matrix).
 fn fused_group(t: &TensorNode) -> (Option<usize>, u8) {
     let g = match t.role {
-        Role::AttnQ | Role::AttnK | Role::AttnV => 0,
+        // A fused qkv_proj / gate_up_proj (Phi-3) is its own group's only member.
+        Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnQkv => 0,
         Role::FfnGate | Role::FfnUp => 1,
         _ => return (None, 2 + (t.role as u8)),
     };

@@ -97,7 +97,9 @@ fn family(spec: &ArchSpec) -> Option<Family> {
 /// Why a GGUF architecture kiln runs does not convert to compressed-tensors yet.
 fn not_yet(family: &str) -> &'static str {
     match family {
-        "phi3" => "Phi-3's fused qkv_proj/gate_up_proj are not written as compressed-tensors yet",
+        "phi3" => {
+            "a Phi-3 config (its sliding window, and LongRoPE factors a GGUF keeps as tensors) is not synthesized yet"
+        }
         "gemma2" | "gemma3" => {
             "a Gemma GGUF's norms carry the converter's `+ 1` in F32, which kiln does not take back out yet"
         }
