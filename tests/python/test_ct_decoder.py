@@ -260,10 +260,13 @@ def check_module(stored, module, w, dtype, scheme, args, fused_amax):
         b = (args.get("block_structure") or [1, cols])[0] if args["strategy"] == "block" else None
         br, bc = (b, b) if b else (1, cols)
         nr, nc = -(-rows // br), -(-cols // bc)
-        amax = np.zeros((nr, nc), np.float32)
-        for i in range(nr):
-            for j in range(nc):
-                amax[i, j] = np.abs(w[i * br : (i + 1) * br, j * bc : (j + 1) * bc]).max()
+        if b is None:
+            amax = np.abs(w).max(axis=1, keepdims=True).astype(np.float32)
+        else:
+            amax = np.zeros((nr, nc), np.float32)
+            for i in range(nr):
+                for j in range(nc):
+                    amax[i, j] = np.abs(w[i * br : (i + 1) * br, j * bc : (j + 1) * bc]).max()
         scale = R(amax / 448.0)
         scale = np.where(scale == 0, np.float32(EPS[dtype]), scale).astype(np.float32)
         full = np.repeat(np.repeat(scale, br, axis=0), bc, axis=1)[:rows, :cols]
