@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use formats::artifact::{sha256_file, Staging};
 use formats::ct::{self, CompressedTensors, Scheme};
+use formats::ct_gguf;
 use formats::data::Rows;
+use formats::load::InputKind;
 use formats::write::{self, Container, FileLayout, WriteOptions};
 use passes::cost::CtScheme;
 use passes::passes::{Context, Pipeline};
@@ -69,17 +71,28 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if let Some((flag, _)) = gguf_only.iter().find(|(_, set)| *set) {
         anyhow::bail!("{flag} applies to GGUF output, not --format compressed-tensors");
     }
-    if !args.model.is_dir() {
-        anyhow::bail!(
-            "{}: compressed-tensors is written from a Hugging Face checkpoint directory (config.json and safetensors)",
-            args.model.display()
-        );
-    }
     let loaded = formats::load(&args.model, &Default::default())?;
     for w in &loaded.warnings {
         printer.warn(w);
     }
+    let gguf = matches!(loaded.kind, InputKind::Gguf { .. });
+    if !args.model.is_dir() && !gguf {
+        anyhow::bail!(
+            "{}: compressed-tensors is written from a Hugging Face checkpoint directory (config.json and safetensors) or a GGUF",
+            args.model.display()
+        );
+    }
     loaded.refuse_compressed(&args.model)?;
+    if let Some(g) = &loaded.gguf {
+        if let Some((t, ty)) = formats::load::undecodable(g) {
+            return Err(formats::Error::unsupported(
+                &args.model,
+                Some(t),
+                format!("type {ty} cannot be decoded by kiln yet"),
+            )
+            .into());
+        }
+    }
     if loaded.model.arch.is_none() {
         anyhow::bail!("{}: no architecture in config.json", args.model.display());
     }
@@ -87,6 +100,12 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     Pipeline::open()
         .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
         .with_context(|| args.model.display().to_string())?;
+    // A GGUF gets its Hugging Face names, layout and files back.
+    let from_gguf = if gguf {
+        Some(ct_gguf::to_hf(&mut model, &args.model)?)
+    } else {
+        None
+    };
     if let Some(t) = model.tensors.iter().find(|t| !t.parts.is_empty()) {
         // Normalize stacks routed experts for GGUF; compressed-tensors keeps
         // Hugging Face's per-expert tensors, which this writer does not yet.
@@ -99,8 +118,23 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     ct::assign(&mut model, scheme, &args.ignore)?;
     let fp8_max = target.as_ref().map_or(448.0, |t| t.fp8_max());
     ct::set_fp8_max(&mut model, fp8_max).map_err(anyhow::Error::msg)?;
-    let container = CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?
-        .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
+    let container = match from_gguf {
+        Some(g) => {
+            for n in &g.notes {
+                printer.info(&format!("note: {n}"));
+            }
+            CompressedTensors::from_parts(
+                scheme,
+                &model,
+                &loaded.maps,
+                g.config,
+                g.files,
+                Some(g.dtype),
+            )
+        }
+        None => CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?,
+    }
+    .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
     let files = container.layout(&model)?;
     let notes: Vec<String> = model
         .tensors

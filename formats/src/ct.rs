@@ -14,8 +14,9 @@
 //! with llm-compressor (`fixtures/compressed_tensors/`).
 //!
 //! What must stay true: tensors keep their Hugging Face names and layout (no
-//! GGUF row permutation: the caller clears transforms, and a GGUF input is
-//! refused by name until its layout can be inverted); every piece is encoded
+//! GGUF row permutation: [`assign`] clears transforms except the inverse
+//! one, [`Transform::RopeUnpermute`], that a GGUF input gets from
+//! `crate::ct_gguf` with its Hugging Face names and config); every piece is encoded
 //! from rows or units of rows of one tensor, so the streaming engine's bounds
 //! hold; a scheme's per-tensor constants (NVFP4's global scale, shared across
 //! q/k/v and gate/up) come from [`scan_amax`] before anything is written.
@@ -27,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use passes::{Model, Role, SourceDType, TensorNode};
+use passes::{Model, Role, SourceDType, TensorNode, Transform};
 use quant::ct::{self as q, Dtype, Fp8Grain, Weights};
 use quant::{Encoding, Fp4Kind, Fp8Range, Fp8Scales, Fp8Spec, Group, IntSpec};
 use serde_json::{json, Map, Value};
@@ -353,7 +354,9 @@ impl Scheme {
 
 /// Whether a tensor is the weight of a Linear layer that compressed-tensors
 /// quantizes (`targets: ["Linear"]`); `lm_head` and MoE routers are left
-/// out, as llm-compressor's recipes ignore them.
+/// out, as llm-compressor's recipes ignore them. Phi-3's fused `qkv_proj`
+/// and `gate_up_proj` are one Linear each in the checkpoint (and in vLLM's
+/// phi3, which loads them as they are), so each gets one scale set.
 pub fn is_target(t: &TensorNode) -> bool {
     t.shape.len() == 2
         && t.source_name.ends_with(".weight")
@@ -362,6 +365,7 @@ pub fn is_target(t: &TensorNode) -> bool {
             Role::AttnQ
                 | Role::AttnK
                 | Role::AttnV
+                | Role::AttnQkv
                 | Role::AttnOutput
                 | Role::FfnGate
                 | Role::FfnUp
@@ -372,8 +376,9 @@ pub fn is_target(t: &TensorNode) -> bool {
 /// Drop tensors computed from config values, then give every target Linear the scheme's encoding, or keep it (in the
 /// source dtype, listed in `ignore`) where its input width cannot take the
 /// scheme, with a note naming the width and the reason; everything else is
-/// kept. Refuses inputs whose tensors are not plain floats (a GGUF's ggml
-/// blocks) and clears the GGUF row permutation (outputs keep HF layout).
+/// kept. Clears the GGUF row permutation normalize adds (outputs keep HF
+/// layout) but keeps [`Transform::RopeUnpermute`], which a GGUF input's
+/// q/k rows need to get back to it (`crate::ct_gguf`).
 /// `ignore` takes llm-compressor's forms: a module name
 /// (`model.layers.0.mlp.down_proj`) or `re:` and a regular expression matched
 /// at the start of the module name; matched Linears are kept.
@@ -396,19 +401,7 @@ pub fn assign(model: &mut Model, scheme: Scheme, ignore: &[String]) -> Result<()
         }
     }
     for t in &mut model.tensors {
-        if matches!(t.source.dtype, SourceDType::Ggml(_)) {
-            let path = model.files.get(t.source.file).cloned().unwrap_or_default();
-            return Err(Error::unsupported(
-                &path,
-                Some(&t.source_name),
-                format!(
-                    "stored as {}: kiln writes compressed-tensors from Hugging Face checkpoints \
-                     (safetensors in F32/F16/BF16), not from GGUF",
-                    t.source.dtype.name()
-                ),
-            ));
-        }
-        t.transform = None;
+        keep_hf_transform(t);
         t.encoding = Some(Encoding::Keep);
         if !is_target(t) {
             continue;
@@ -426,9 +419,12 @@ pub fn assign(model: &mut Model, scheme: Scheme, ignore: &[String]) -> Result<()
             t.notes.push(passes::Note::new(
                 passes::NoteKind::Fallback { wanted: enc, used: Encoding::Keep, row_len: t.row_len() },
                 format!(
-                    "row length {} does not take {enc} (llm-compressor refuses the layer): kept in {}, listed in `ignore`",
+                    "row length {} does not take {enc} (llm-compressor refuses the layer): kept {}, listed in `ignore`",
                     t.row_len(),
-                    t.source.dtype.name()
+                    match t.source.dtype {
+                        SourceDType::Ggml(_) => format!("unquantized (dequantized from {})", t.source.dtype.name()),
+                        d => format!("in {}", d.name()),
+                    }
                 ),
             ));
         }
@@ -443,7 +439,7 @@ pub fn assign(model: &mut Model, scheme: Scheme, ignore: &[String]) -> Result<()
 /// that fit).
 pub fn assign_mixed(model: &mut Model, plan: &BTreeMap<String, Scheme>) -> Result<()> {
     for t in &mut model.tensors {
-        t.transform = None;
+        keep_hf_transform(t);
         t.encoding = Some(Encoding::Keep);
         let Some(s) = plan.get(&t.source_name) else {
             continue;
@@ -485,6 +481,13 @@ pub fn set_fp8_max(model: &mut Model, max: f64) -> std::result::Result<(), Strin
     Ok(())
 }
 
+/// Clear a transform into GGUF layout; keep the one back to Hugging Face's.
+fn keep_hf_transform(t: &mut TensorNode) {
+    if !matches!(t.transform, Some(Transform::RopeUnpermute { .. })) {
+        t.transform = None;
+    }
+}
+
 enum Ignore {
     Name(String),
     Re(regex::Regex),
@@ -502,7 +505,8 @@ fn dtype_of(t: &TensorNode) -> Dtype {
 /// layer, gate/up of a layer (vLLM loads each group as one matrix).
 fn fused_group(t: &TensorNode) -> (Option<usize>, u8) {
     let g = match t.role {
-        Role::AttnQ | Role::AttnK | Role::AttnV => 0,
+        // A fused qkv_proj / gate_up_proj (Phi-3) is its own group's only member.
+        Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnQkv => 0,
         Role::FfnGate | Role::FfnUp => 1,
         _ => return (None, 2 + (t.role as u8)),
     };
@@ -564,6 +568,9 @@ pub struct CompressedTensors {
     copied: Vec<(String, Vec<u8>)>,
     /// Largest shard, in tensor bytes ([`DEFAULT_MAX_SHARD`] unless set).
     max_shard: u64,
+    /// The dtype every kept tensor and every scale is written in, when it is
+    /// not each tensor's source dtype (a GGUF input: `crate::ct_gguf`).
+    dtype: Option<Dtype>,
 }
 
 impl CompressedTensors {
@@ -595,14 +602,49 @@ impl CompressedTensors {
                 ));
             }
         }
-        Ok(CompressedTensors {
+        Ok(CompressedTensors::from_parts(
+            scheme, model, maps, config, copied, None,
+        ))
+    }
+
+    /// For a model assigned with [`assign`] whose `config.json` (without
+    /// `quantization_config`) and side files (tokenizer, generation config)
+    /// are given rather than read from a checkpoint directory: a GGUF
+    /// input's, synthesized by `crate::ct_gguf`. `dtype`: the dtype every
+    /// kept tensor and scale is written in (`None`: each tensor's own).
+    pub fn from_parts(
+        scheme: Scheme,
+        model: &Model,
+        maps: &[MappedFile],
+        config: Map<String, Value>,
+        files: Vec<(String, Vec<u8>)>,
+        dtype: Option<Dtype>,
+    ) -> CompressedTensors {
+        CompressedTensors {
             scheme,
             schemes: BTreeMap::new(),
             amax: scan_amax(model, maps),
             config,
-            copied,
+            copied: files,
             max_shard: DEFAULT_MAX_SHARD,
-        })
+            dtype,
+        }
+    }
+
+    /// The dtype `t`'s kept values and its scales are written in.
+    fn dtype(&self, t: &TensorNode) -> Dtype {
+        self.dtype.unwrap_or_else(|| dtype_of(t))
+    }
+
+    /// Whether kept tensor `t` is written in another dtype than it is stored in.
+    fn recast(&self, t: &TensorNode) -> bool {
+        !matches!(
+            (self.dtype, t.source.dtype),
+            (None, _)
+                | (Some(Dtype::Bf16), SourceDType::BF16)
+                | (Some(Dtype::F16), SourceDType::F16)
+                | (Some(Dtype::F32), SourceDType::F32)
+        )
     }
 
     /// Split the tensors into shards of at most `bytes` (a tensor larger
@@ -680,12 +722,12 @@ impl CompressedTensors {
     /// The stored tensors of `t`, in writing order.
     fn pieces(&self, t: &TensorNode) -> Vec<Piece> {
         let (rows, cols) = (t.n_rows(), t.row_len());
-        let d = dtype_of(t);
+        let d = self.dtype(t);
         let Some(w) = self.weights_of(t) else {
-            let dtype = t.source.dtype.name();
-            let bytes = match t.source.dtype {
-                SourceDType::F32 => 4,
-                _ => 2,
+            let (dtype, bytes) = match (self.recast(t), t.source.dtype) {
+                (true, _) => (d.name(), d.bytes()),
+                (false, SourceDType::F32) => (t.source.dtype.name(), 4),
+                (false, _) => (t.source.dtype.name(), 2),
             };
             return vec![Piece {
                 suffix: "",
@@ -801,7 +843,10 @@ impl CompressedTensors {
     }
 
     fn global(&self, t: &TensorNode) -> f32 {
-        q::nvfp4_global_scale(self.amax.get(&t.name).copied().unwrap_or(0.0), dtype_of(t))
+        q::nvfp4_global_scale(
+            self.amax.get(&t.name).copied().unwrap_or(0.0),
+            self.dtype(t),
+        )
     }
 
     /// The `quantization_config` block.
@@ -954,7 +999,7 @@ impl Container for CompressedTensors {
     }
 
     fn copies_source(&self, t: &TensorNode, _piece: usize) -> bool {
-        self.weights_of(t).is_none()
+        self.weights_of(t).is_none() && !self.recast(t)
     }
 
     fn encode_row(
@@ -965,9 +1010,14 @@ impl Container for CompressedTensors {
         dst: &mut [u8],
         _importance: Option<&[f32]>,
     ) {
-        let d = dtype_of(t);
+        let d = self.dtype(t);
         let Some(w) = self.weights_of(t) else {
-            unreachable!("kept tensors are copied")
+            // A kept tensor written in another dtype (a GGUF's decoded blocks).
+            debug_assert!(self.recast(t), "kept tensors in their own dtype are copied");
+            for (o, &x) in dst.chunks_exact_mut(d.bytes()).zip(values) {
+                d.put(x, o);
+            }
+            return;
         };
         match (w, piece) {
             (
@@ -1049,7 +1099,7 @@ impl Container for CompressedTensors {
         values: &[f32],
         dst: &mut [u8],
     ) {
-        let d = dtype_of(t);
+        let d = self.dtype(t);
         let cols = t.row_len();
         match self.weights_of(t) {
             Some(Weights::Int { .. }) if piece == 2 => {

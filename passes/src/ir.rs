@@ -312,6 +312,10 @@ pub enum Transform {
     /// one: `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`. This
     /// is a pure row permutation; see [`Transform::source_row`].
     RopePermute { n_head: usize },
+    /// The inverse of [`Transform::RopePermute`]: a GGUF's interleaved q/k
+    /// rows back to Hugging Face's rotate-half layout (for outputs in HF
+    /// naming written from a GGUF: compressed-tensors). A row permutation.
+    RopeUnpermute { n_head: usize },
     /// Every value plus a constant, rounded back to the source dtype (the
     /// converter adds in the checkpoint's dtype: Gemma's `norm.weight + 1`).
     /// Values change, rows do not move; see [`Transform::changes_values`].
@@ -338,6 +342,16 @@ impl Transform {
                 let j = rem / 2;
                 let i = rem % 2;
                 h * 2 * half + i * half + j
+            }
+            Transform::RopeUnpermute { n_head } => {
+                let half = rows / n_head / 2;
+                // output index r = (h, i, j) over shape (n_head, 2, half) comes from
+                // source (h, j, i) over shape (n_head, half, 2).
+                let h = r / (2 * half);
+                let rem = r % (2 * half);
+                let i = rem / half;
+                let j = rem % half;
+                h * 2 * half + j * 2 + i
             }
         }
     }
@@ -700,5 +714,20 @@ mod tests {
         let t = Transform::RopePermute { n_head: 1 };
         let got: Vec<usize> = (0..12).map(|r| t.source_row(r, 12)).collect();
         assert_eq!(got, vec![0, 6, 1, 7, 2, 8, 3, 9, 4, 10, 5, 11]);
+    }
+
+    #[test]
+    fn rope_unpermute_inverts_rope_permute() {
+        // np.arange(12).reshape(1, 6, 2).swapaxes(1, 2).reshape(12)
+        let t = Transform::RopeUnpermute { n_head: 1 };
+        let got: Vec<usize> = (0..12).map(|r| t.source_row(r, 12)).collect();
+        assert_eq!(got, vec![0, 2, 4, 6, 8, 10, 1, 3, 5, 7, 9, 11]);
+        for (rows, n_head) in [(8, 2), (24, 3), (64, 4)] {
+            let p = Transform::RopePermute { n_head };
+            let u = Transform::RopeUnpermute { n_head };
+            for r in 0..rows {
+                assert_eq!(p.source_row(u.source_row(r, rows), rows), r);
+            }
+        }
     }
 }

@@ -127,7 +127,7 @@ impl CtPlan {
 fn unit_key(t: &TensorNode) -> (usize, u8, String) {
     let layer = t.layer.unwrap_or(usize::MAX);
     let (k, what) = match t.role {
-        Role::AttnQ | Role::AttnK | Role::AttnV => (0, "q/k/v"),
+        Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnQkv => (0, "q/k/v"),
         Role::AttnOutput => (1, "o"),
         Role::FfnGate | Role::FfnUp => (2, "gate/up"),
         _ => (3, "down"),
