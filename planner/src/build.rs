@@ -241,8 +241,8 @@ pub fn build(
         let mut measurer = Measurer::new(setup)?;
         progress.start(
             "accuracy",
-            setup.eval_windows.len() as u64,
-            Unit::Items("held-out windows"),
+            measurer.steps() as u64,
+            Unit::Items("blocks"),
         );
         let r = measurer.measure(&types, &positions(progress), cancel);
         progress.finish();
