@@ -17,9 +17,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use eval::report::{check_same_vocabulary, failed_gates, text_text, weights_text, Gates};
+use eval::stream::Streamed;
 use eval::text::{TextReport, Windows};
 use eval::weights::Importance;
-use eval::stream::Streamed;
 use eval::{Opened, Source, Tokenizer};
 use serde_json::{json, Value};
 

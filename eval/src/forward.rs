@@ -33,9 +33,9 @@ use passes::Arch;
 
 use crate::error::{Error, OpContext, Result};
 use crate::model::Opened;
+use crate::moe::{Experts, Moe, Shared};
 use crate::source::Source;
 use rayon::prelude::*;
-use crate::moe::{Experts, Moe, Shared};
 
 /// What the forward pass needs to know about the model: its architecture
 /// facts, its family's spec (RoPE style), and the vocabulary the embedding
@@ -242,7 +242,7 @@ impl Layer {
             None => d,
         };
         x = (x + d).op(|| ctx("residual"))?;
-            Ok(x)
+        Ok(x)
     }
 }
 
@@ -460,78 +460,78 @@ impl Frame {
             arch.ffn,
         );
         let gemma = arch.gemma.as_ref();
-            let p = |s: &str| format!("blk.{i}.{s}");
-            let fused_qkv = m.tensor(&p("attn_qkv.weight")).is_some();
-            let (q, k, v) = if fused_qkv {
-                (
-                    ld.linear(p("attn_qkv.weight"), (nh + 2 * nkv) * hd, h)?,
-                    None,
-                    None,
-                )
-            } else {
-                (
-                    ld.linear(p("attn_q.weight"), nh * hd, h)?,
-                    Some(ld.linear(p("attn_k.weight"), nkv * hd, h)?),
-                    Some(ld.linear(p("attn_v.weight"), nkv * hd, h)?),
-                )
-            };
-            let ffn = if m.tensor(&p("ffn_gate_inp.weight")).is_some() {
-                let (e, f) = (arch.n_expert, arch.expert_ffn());
-                let shared = match m.tensor(&p("ffn_gate_shexp.weight")) {
-                    None => None,
-                    Some(t) => {
-                        let s = t.shape.first().copied().unwrap_or(0);
-                        Some(Shared {
-                            gate: ld.linear(p("ffn_gate_shexp.weight"), s, h)?,
-                            up: ld.linear(p("ffn_up_shexp.weight"), s, h)?,
-                            down: ld.linear(p("ffn_down_shexp.weight"), h, s)?,
-                            gate_inp: ld.linear(p("ffn_gate_inp_shexp.weight"), 1, h)?,
-                        })
-                    }
-                };
-                Ffn::Moe(Moe {
-                    router: ld.linear(p("ffn_gate_inp.weight"), e, h)?,
-                    gate: ld.experts(p("ffn_gate_exps.weight"), f, h)?,
-                    up: ld.experts(p("ffn_up_exps.weight"), f, h)?,
-                    down: ld.experts(p("ffn_down_exps.weight"), h, f)?,
-                    shared,
-                    n_used: arch.n_expert_used,
-                    norm_top_k: arch::moe_norm_top_k(&arch.family),
-                })
-            } else if m.tensor(&p("ffn_gate.weight")).is_none() {
-                // Fused gate/up rows (phi3).
-                Ffn::Dense {
-                    gate: None,
-                    up: ld.linear(p("ffn_up.weight"), 2 * ffn, h)?,
-                    down: ld.linear(p("ffn_down.weight"), h, ffn)?,
-                }
-            } else {
-                Ffn::Dense {
-                    gate: Some(ld.linear(p("ffn_gate.weight"), ffn, h)?),
-                    up: ld.linear(p("ffn_up.weight"), ffn, h)?,
-                    down: ld.linear(p("ffn_down.weight"), h, ffn)?,
+        let p = |s: &str| format!("blk.{i}.{s}");
+        let fused_qkv = m.tensor(&p("attn_qkv.weight")).is_some();
+        let (q, k, v) = if fused_qkv {
+            (
+                ld.linear(p("attn_qkv.weight"), (nh + 2 * nkv) * hd, h)?,
+                None,
+                None,
+            )
+        } else {
+            (
+                ld.linear(p("attn_q.weight"), nh * hd, h)?,
+                Some(ld.linear(p("attn_k.weight"), nkv * hd, h)?),
+                Some(ld.linear(p("attn_v.weight"), nkv * hd, h)?),
+            )
+        };
+        let ffn = if m.tensor(&p("ffn_gate_inp.weight")).is_some() {
+            let (e, f) = (arch.n_expert, arch.expert_ffn());
+            let shared = match m.tensor(&p("ffn_gate_shexp.weight")) {
+                None => None,
+                Some(t) => {
+                    let s = t.shape.first().copied().unwrap_or(0);
+                    Some(Shared {
+                        gate: ld.linear(p("ffn_gate_shexp.weight"), s, h)?,
+                        up: ld.linear(p("ffn_up_shexp.weight"), s, h)?,
+                        down: ld.linear(p("ffn_down_shexp.weight"), h, s)?,
+                        gate_inp: ld.linear(p("ffn_gate_inp_shexp.weight"), 1, h)?,
+                    })
                 }
             };
-            let norm_if = |on: bool, s: &str, n: usize| -> Result<Option<Tensor>> {
-                if on {
-                    ld.load(&p(s), &[n]).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            Ok(Layer {
-                post_attn_norm: norm_if(gemma.is_some(), "post_attention_norm.weight", h)?,
-                post_ffn_norm: norm_if(gemma.is_some(), "post_ffw_norm.weight", h)?,
-                attn_norm: ld.load(&p("attn_norm.weight"), &[h])?,
-                q,
-                k,
-                v,
-                o: ld.linear(p("attn_output.weight"), h, nh * hd)?,
-                q_norm: ld.opt(&p("attn_q_norm.weight"), &[hd])?,
-                k_norm: ld.opt(&p("attn_k_norm.weight"), &[hd])?,
-                ffn_norm: ld.load(&p("ffn_norm.weight"), &[h])?,
-                ffn,
+            Ffn::Moe(Moe {
+                router: ld.linear(p("ffn_gate_inp.weight"), e, h)?,
+                gate: ld.experts(p("ffn_gate_exps.weight"), f, h)?,
+                up: ld.experts(p("ffn_up_exps.weight"), f, h)?,
+                down: ld.experts(p("ffn_down_exps.weight"), h, f)?,
+                shared,
+                n_used: arch.n_expert_used,
+                norm_top_k: arch::moe_norm_top_k(&arch.family),
             })
+        } else if m.tensor(&p("ffn_gate.weight")).is_none() {
+            // Fused gate/up rows (phi3).
+            Ffn::Dense {
+                gate: None,
+                up: ld.linear(p("ffn_up.weight"), 2 * ffn, h)?,
+                down: ld.linear(p("ffn_down.weight"), h, ffn)?,
+            }
+        } else {
+            Ffn::Dense {
+                gate: Some(ld.linear(p("ffn_gate.weight"), ffn, h)?),
+                up: ld.linear(p("ffn_up.weight"), ffn, h)?,
+                down: ld.linear(p("ffn_down.weight"), h, ffn)?,
+            }
+        };
+        let norm_if = |on: bool, s: &str, n: usize| -> Result<Option<Tensor>> {
+            if on {
+                ld.load(&p(s), &[n]).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Layer {
+            post_attn_norm: norm_if(gemma.is_some(), "post_attention_norm.weight", h)?,
+            post_ffn_norm: norm_if(gemma.is_some(), "post_ffw_norm.weight", h)?,
+            attn_norm: ld.load(&p("attn_norm.weight"), &[h])?,
+            q,
+            k,
+            v,
+            o: ld.linear(p("attn_output.weight"), h, nh * hd)?,
+            q_norm: ld.opt(&p("attn_q_norm.weight"), &[hd])?,
+            k_norm: ld.opt(&p("attn_k_norm.weight"), &[hd])?,
+            ffn_norm: ld.load(&p("ffn_norm.weight"), &[h])?,
+            ffn,
+        })
     }
 
     /// The embedding rows of `ids` (`[ids.len(), hidden]`), scaled as the
@@ -679,7 +679,6 @@ impl Frame {
         let sin = Tensor::from_vec(sin, (t, half), &self.device).op(|| "rope sin".into())?;
         Ok((cos, sin))
     }
-
 }
 
 impl Transformer {

@@ -76,7 +76,13 @@ impl Opened {
     /// `formats::mmap::MappedFile::release`); a later read re-faults them.
     /// Compressed-tensors tensors, decoded from several parts, are left.
     pub fn release(&self, node: &TensorNode) {
-        if self.loaded.ct.as_ref().and_then(|c| c.tensor(node)).is_some() {
+        if self
+            .loaded
+            .ct
+            .as_ref()
+            .and_then(|c| c.tensor(node))
+            .is_some()
+        {
             return;
         }
         let parts = if node.parts.is_empty() {

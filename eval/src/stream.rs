@@ -187,16 +187,24 @@ impl<'a> Streamed<'a> {
                 ),
             });
         }
-        let w = Tensor::from_vec(self.src.read_rows(node, v0, v1), (v1 - v0, hidden), h.device())
-            .op(|| format!("{name}: rows {v0}..{v1}"))?;
+        let w = Tensor::from_vec(
+            self.src.read_rows(node, v0, v1),
+            (v1 - v0, hidden),
+            h.device(),
+        )
+        .op(|| format!("{name}: rows {v0}..{v1}"))?;
         let mut y = h
             .matmul(&w.t().op(|| format!("{name}: transpose"))?)
             .op(|| format!("{name}: matmul"))?;
         if name == "output.weight" {
             if let Some(b) = m.tensor("output.bias") {
-                let bias = Tensor::from_vec(self.src.read_rows(b, 0, b.n_rows()), b.n_elements(), h.device())
-                    .and_then(|b| b.narrow(0, v0, v1 - v0))
-                    .op(|| "output.bias".into())?;
+                let bias = Tensor::from_vec(
+                    self.src.read_rows(b, 0, b.n_rows()),
+                    b.n_elements(),
+                    h.device(),
+                )
+                .and_then(|b| b.narrow(0, v0, v1 - v0))
+                .op(|| "output.bias".into())?;
                 y = y.broadcast_add(&bias).op(|| "output bias".into())?;
             }
         }
@@ -279,6 +287,7 @@ fn score_heads(
     cand: Option<(&Streamed, &States)>,
     windows: &[Vec<u32>],
     first: usize,
+    vocab_chunk: Option<usize>,
     cancel: &AtomicBool,
 ) -> Result<Vec<TokenScore>> {
     let vocab = orig.cfg().vocab;
@@ -301,7 +310,11 @@ fn score_heads(
         };
         rows
     ];
-    let step = (HEAD_CHUNK_BYTES / 4 / rows.max(1)).clamp(256, vocab.max(1));
+    let step = match vocab_chunk {
+        Some(n) => n,
+        None => (HEAD_CHUNK_BYTES / 4 / rows.max(1)).max(256),
+    }
+    .clamp(1, vocab.max(1));
     let mut v0 = 0;
     while v0 < vocab {
         interrupted(cancel)?;
@@ -381,6 +394,20 @@ pub fn evaluate(
     progress: &dyn Fn(usize),
     cancel: &AtomicBool,
 ) -> Result<TextReport> {
+    evaluate_in_chunks(original, candidate, windows, None, progress, cancel)
+}
+
+/// [`evaluate`] with the output head decoded `vocab_chunk` vocabulary rows
+/// at a time (by default as many as keep one chunk's logits near 64 MiB,
+/// at least 256).
+pub fn evaluate_in_chunks(
+    original: &dyn Source,
+    candidate: Option<&dyn Source>,
+    windows: &[Vec<u32>],
+    vocab_chunk: Option<usize>,
+    progress: &dyn Fn(usize),
+    cancel: &AtomicBool,
+) -> Result<TextReport> {
     let ctx = window_len(windows)?;
     let orig = Streamed::new(original)?;
     let cand = candidate.map(Streamed::new).transpose()?;
@@ -415,6 +442,7 @@ pub fn evaluate(
         cand.as_ref().zip(sc.as_ref()),
         windows,
         ctx / 2,
+        vocab_chunk,
         cancel,
     )?;
     progress(orig.n_layer() + 1);
@@ -518,6 +546,7 @@ impl<'a> Reference<'a> {
             Some((&cand, &st)),
             &self.windows,
             self.windows[0].len() / 2,
+            None,
             cancel,
         )
     }

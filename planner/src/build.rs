@@ -239,11 +239,7 @@ pub fn build(
         None
     } else {
         let mut measurer = Measurer::new(setup)?;
-        progress.start(
-            "accuracy",
-            measurer.steps() as u64,
-            Unit::Items("blocks"),
-        );
+        progress.start("accuracy", measurer.steps() as u64, Unit::Items("blocks"));
         let r = measurer.measure(&types, &positions(progress), cancel);
         progress.finish();
         r?
