@@ -1,6 +1,7 @@
 //! `eval`: measured accuracy. Weight-level error between two models
 //! ([`weights`]), a llama-family forward pass on CPU with candle whose linear
-//! inputs can be observed ([`forward`]), perplexity / KL divergence / top-1
+//! inputs can be observed ([`forward`]), run block by block from the stored
+//! or a candidate encoding of the weights ([`stream`], [`source`]), perplexity / KL divergence / top-1
 //! agreement on text by llama-perplexity's method ([`text`]), importance-matrix
 //! collection ([`imatrix`]), and the tokenizer that turns text into the ids
 //! llama.cpp would use ([`tokenize`]).

@@ -503,7 +503,9 @@ impl<'a> Reference<'a> {
         let mut st = orig.embed(windows)?;
         let mut kept = Vec::new();
         for i in 0..n {
-            if resume_at.contains(&i) {
+            // A candidate changed from block 0 may change the embedding
+            // too: it is run from its own embedding, nothing kept for it.
+            if i > 0 && resume_at.contains(&i) {
                 kept.push((i, st.clone()));
             }
             orig.block(i, &mut st, &mut NoObserver, cancel)?;
