@@ -17,9 +17,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use eval::report::{check_same_vocabulary, failed_gates, text_text, weights_text, Gates};
+use eval::stream::Streamed;
 use eval::text::{TextReport, Windows};
 use eval::weights::Importance;
-use eval::{Opened, Tokenizer, Transformer};
+use eval::{Opened, Source, Tokenizer};
 use serde_json::{json, Value};
 
 use crate::common::{cancel_flag, lift, lift_plan, load_options};
@@ -268,22 +269,29 @@ fn evaluate_text(
     if let Some(c) = candidate {
         check_same_vocabulary(original, c).map_err(lift)?;
     }
+    // Both models stream block by block: only the small tensors are read
+    // here (the configuration is checked before any block is decoded).
     let t0 = Instant::now();
-    let orig_model = Transformer::new(original).map_err(lift)?;
-    let cand_model = candidate.map(Transformer::new).transpose().map_err(lift)?;
+    let orig_model = Streamed::new(original).map_err(lift)?;
+    let cand_model = candidate
+        .map(|c| Streamed::new(c as &dyn Source))
+        .transpose()
+        .map_err(lift)?;
     if let Some(c) = &cand_model {
-        if c.cfg.vocab != orig_model.cfg.vocab {
+        if c.cfg().vocab != orig_model.cfg().vocab {
             bail!(
                 "{} has a vocabulary of {} tokens and {} of {}: a candidate must share the original's vocabulary",
                 original.name(),
-                orig_model.cfg.vocab,
+                orig_model.cfg().vocab,
                 candidate.map(|c| c.name()).unwrap_or_default(),
-                c.cfg.vocab
+                c.cfg().vocab
             );
         }
     }
+    let steps = orig_model.n_layer() + 1;
+    drop((orig_model, cand_model));
     let load_secs = t0.elapsed().as_secs_f64();
-    let n_models = 1 + cand_model.is_some() as usize;
+    let n_models = 1 + candidate.is_some() as usize;
     printer.info(&format!(
         "{}: {} tokens (the original's tokenizer; the same ids go to both models), {} windows of {}",
         text_path.display(),
@@ -293,11 +301,11 @@ fn evaluate_text(
     ));
 
     let t0 = Instant::now();
-    let bar = printer.count_bar(windows.len() as u64, "evaluating", "windows");
+    let bar = printer.count_bar(steps as u64, "evaluating", "blocks");
     let progress = |n: usize| bar.set_position(n as u64);
-    let report = eval::text::evaluate(
-        &orig_model,
-        cand_model.as_ref(),
+    let report = eval::stream::evaluate(
+        original,
+        candidate.map(|c| c as &dyn Source),
         &windows,
         &progress,
         cancel,

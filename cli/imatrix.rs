@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use eval::imatrix::Collector;
 use eval::text::Windows;
-use eval::{Tokenizer, Transformer};
+use eval::Tokenizer;
 
 use crate::common::{cancel_flag, clean_stale, lift, lift_plan, load_options};
 use crate::Printer;
@@ -70,7 +70,8 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
     )
     .map_err(lift)
     .with_context(|| args.text.display().to_string())?;
-    let net = Transformer::new(&model).map_err(lift)?;
+    // Checked before the run; blocks are decoded one at a time as it streams.
+    let blocks = eval::stream::Streamed::new(&model).map_err(lift)?.n_layer();
     printer.info(&format!(
         "{}: {} tokens, {} windows of {}",
         args.text.display(),
@@ -81,10 +82,10 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
 
     let cancel = cancel_flag();
     let mut collector = Collector::new(args.process_output);
-    let bar = printer.count_bar(windows.len() as u64, "collecting", "windows");
+    let bar = printer.count_bar(blocks as u64, "collecting", "blocks");
     let progress = |n: usize| bar.set_position(n as u64);
-    let r = eval::text::observe(
-        &net,
+    let r = eval::stream::observe(
+        &model,
         &windows,
         &mut collector,
         args.process_output,

@@ -34,6 +34,8 @@ use passes::Arch;
 use crate::error::{Error, OpContext, Result};
 use crate::model::Opened;
 use crate::moe::{Experts, Moe, Shared};
+use crate::source::Source;
+use rayon::prelude::*;
 
 /// What the forward pass needs to know about the model: its architecture
 /// facts, its family's spec (RoPE style), and the vocabulary the embedding
@@ -98,7 +100,7 @@ impl Linear {
 }
 
 #[derive(Debug)]
-struct Layer {
+pub(crate) struct Layer {
     attn_norm: Tensor,
     /// q, or the fused q/k/v (`attn_qkv`, phi3) when `k` and `v` are `None`.
     q: Linear,
@@ -117,6 +119,133 @@ struct Layer {
     ffn: Ffn,
 }
 
+impl Layer {
+    /// Block `i` over one window's residual stream `x` (`[t, hidden]`).
+    pub(crate) fn forward(
+        &self,
+        fr: &Frame,
+        i: usize,
+        mut x: Tensor,
+        inputs: &crate::gemma::LayerInputs,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        let l = self;
+        let c = &fr.cfg.arch;
+        let (nh, nkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
+        let g = nh / nkv;
+        let t = x.dim(0).op(|| format!("blk.{i}: tokens"))?;
+        let gemma = c.gemma.as_ref();
+        let scale = 1.0 / f64::from(gemma.map_or(hd as f32, |g| g.query_pre_attn_scalar)).sqrt();
+        let (cos, sin, mask) = inputs.layer(gemma, i);
+        let ctx = |what: &str| format!("blk.{i}: {what}");
+        let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
+        let (q, k, v) = match (&l.k, &l.v) {
+            (Some(k), Some(v)) => (
+                l.q.forward(&h, obs)?,
+                k.forward(&h, obs)?,
+                v.forward(&h, obs)?,
+            ),
+            _ => {
+                // Fused rows: q, then k, then v.
+                let qkv = l.q.forward(&h, obs)?;
+                let part = |at: usize, n: usize| qkv.narrow(1, at, n).op(|| ctx("split qkv"));
+                (
+                    part(0, nh * hd)?,
+                    part(nh * hd, nkv * hd)?,
+                    part((nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        // [t, heads * hd] -> [1, heads, t, hd] for RoPE.
+        let heads = |y: Tensor, n: usize, what: &str| -> Result<Tensor> {
+            y.contiguous()
+                .and_then(|y| y.reshape((1, t, n, hd)))
+                .and_then(|y| y.transpose(1, 2))
+                .and_then(|y| y.contiguous())
+                .op(|| ctx(what))
+        };
+        let (mut q, mut k, v) = (
+            heads(q, nh, "q heads")?,
+            heads(k, nkv, "k heads")?,
+            heads(v, nkv, "v heads")?,
+        );
+        // qwen3: each head of q and k RMS-normalized over head_dim, before RoPE.
+        if let Some(w) = &l.q_norm {
+            q = rms_norm(&q, w, c.rms_eps).op(|| ctx("attn_q_norm"))?;
+        }
+        if let Some(w) = &l.k_norm {
+            k = rms_norm(&k, w, c.rms_eps).op(|| ctx("attn_k_norm"))?;
+        }
+        let (q, k) = match fr.cfg.spec.rope {
+            RopeStyle::Interleaved => (rope_i(&q, cos, sin), rope_i(&k, cos, sin)),
+            RopeStyle::Neox => (rope(&q, cos, sin), rope(&k, cos, sin)),
+        };
+        let (q, k) = (q.op(|| ctx("rope q"))?, k.op(|| ctx("rope k"))?);
+        // Grouped-query attention without copying K/V: query heads
+        // h = kv * g + j share KV head kv, so [nh, t, hd] is [nkv, g * t, hd].
+        let q = q.reshape((nkv, g * t, hd)).op(|| ctx("q groups"))?;
+        let k = k.reshape((nkv, t, hd)).op(|| ctx("k groups"))?;
+        let v = v.reshape((nkv, t, hd)).op(|| ctx("v groups"))?;
+        let att = q
+            .matmul(&k.t().op(|| ctx("kT"))?)
+            .and_then(|a| a * scale)
+            .op(|| ctx("scores"))?;
+        let att = match gemma.and_then(|g| g.attn_softcap) {
+            Some(cap) => crate::gemma::softcap(&att, cap)?,
+            None => att,
+        };
+        let att = att
+            .reshape((nkv, g, t, t))
+            .and_then(|a| a.broadcast_add(mask))
+            .op(|| ctx("mask"))?;
+        let att = softmax_last_dim(&att).op(|| ctx("softmax"))?;
+        let o = att
+            .reshape((nkv, g * t, t))
+            .and_then(|a| a.matmul(&v))
+            .and_then(|o| o.reshape((nh, t, hd)))
+            .and_then(|o| o.transpose(0, 1))
+            .and_then(|o| o.contiguous())
+            .and_then(|o| o.reshape((t, nh * hd)))
+            .op(|| ctx("attention"))?;
+        let mut o = l.o.forward(&o, obs)?;
+        if let Some(n) = &l.post_attn_norm {
+            o = rms_norm(&o, n, c.rms_eps).op(|| ctx("post_attention_norm"))?;
+        }
+        x = (x + o).op(|| ctx("residual"))?;
+        let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
+        let d = match &l.ffn {
+            Ffn::Dense { gate, up, down } => {
+                let (gate, up) = match gate {
+                    Some(gate) => (gate.forward(&h, obs)?, up.forward(&h, obs)?),
+                    None => {
+                        // Fused rows: gate, then up (llama.cpp's swiglu halves).
+                        let both = up.forward(&h, obs)?;
+                        let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
+                        (
+                            both.narrow(1, 0, f).op(|| ctx("split gate"))?,
+                            both.narrow(1, f, f).op(|| ctx("split up"))?,
+                        )
+                    }
+                };
+                // Gemma: GELU (tanh approximation, llama.cpp's LLM_FFN_GELU); else SiLU.
+                let act = match gemma {
+                    Some(_) => gate.gelu().op(|| ctx("gelu"))?,
+                    None => gate.silu().op(|| ctx("silu"))?,
+                };
+                let a = (act * up).op(|| ctx("gate * up"))?;
+                down.forward(&a, obs)?
+            }
+            Ffn::Moe(moe) => moe.forward(&h, obs, &ctx)?,
+        };
+        let d = match &l.post_ffn_norm {
+            Some(n) => rms_norm(&d, n, c.rms_eps).op(|| ctx("post_ffw_norm"))?,
+            None => d,
+        };
+        x = (x + d).op(|| ctx("residual"))?;
+        Ok(x)
+    }
+}
+
 /// A layer's FFN: dense, or a mixture of experts.
 #[derive(Debug)]
 enum Ffn {
@@ -129,16 +258,18 @@ enum Ffn {
     Moe(Moe),
 }
 
-/// A model ready to run: every weight as an f32 candle tensor.
+/// A whole model ready to run: every weight decoded to f32 at construction.
+/// The streaming runner (`crate::stream`) runs the same blocks one at a time
+/// and is what `kiln eval`, `kiln imatrix` and the planner use; this is the
+/// reference it is tested against (and what code that changes weights in
+/// place can use).
 #[derive(Debug)]
 pub struct Transformer {
     pub cfg: Config,
+    frame: Frame,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
     output: Linear,
-    rope: RopeFactors,
-    device: Device,
 }
 
 /// RoPE's per-frequency divisors (`head_dim / 2` each), from the model's
@@ -157,9 +288,70 @@ fn bad(m: &Opened, reason: impl Into<String>) -> Error {
     }
 }
 
-impl Transformer {
-    /// Dequantize `m`'s weights into a runnable model.
-    pub fn new(m: &Opened) -> Result<Transformer> {
+/// Reads a model's tensors through a [`Source`], checking their shapes.
+pub(crate) struct Loader<'a> {
+    pub src: &'a dyn Source,
+    pub device: Device,
+}
+
+impl Loader<'_> {
+    fn m(&self) -> &Opened {
+        self.src.opened()
+    }
+
+    /// The tensor `name`, which must exist with `shape`, decoded; its mapped
+    /// pages are released once decoded.
+    pub fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let m = self.m();
+        let node = m.need(name)?;
+        if node.shape != shape {
+            return Err(bad(
+                m,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    node.shape
+                ),
+            ));
+        }
+        let data = self.src.read(node);
+        self.src.release(node);
+        Tensor::from_vec(data, shape, &self.device).op(|| format!("{name}: to tensor"))
+    }
+
+    pub fn opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        match self.m().tensor(name) {
+            Some(_) => self.load(name, shape).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn linear(&self, name: String, out: usize, inp: usize) -> Result<Linear> {
+        let w = self.load(&name, &[out, inp])?;
+        let b = self.opt(&name.replace(".weight", ".bias"), &[out])?;
+        Ok(Linear { name, w, b })
+    }
+
+    fn experts(&self, name: String, out: usize, inp: usize) -> Result<Experts> {
+        let n = self.m().arch()?.n_expert;
+        let w = self.load(&name, &[n, out, inp])?;
+        Ok(Experts { name, w })
+    }
+}
+
+/// What every run of a model needs besides its blocks, embedding and output
+/// weights: the configuration, RoPE factors and the final norm.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub cfg: Config,
+    rope: RopeFactors,
+    pub norm: Tensor,
+    pub device: Device,
+}
+
+impl Frame {
+    /// Check that `src`'s model is one kiln runs, and read the small tensors.
+    pub fn new(src: &dyn Source) -> Result<Frame> {
+        let m = src.opened();
         let arch = m.arch()?;
         let spec = arch::spec_for_gguf(&arch.family).ok_or_else(|| {
             bad(
@@ -205,123 +397,13 @@ impl Transformer {
             ));
         }
         let device = Device::Cpu;
-        let load = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let node = m.need(name)?;
-            if node.shape != shape {
-                return Err(bad(
-                    m,
-                    format!(
-                        "tensor `{name}` has shape {:?}, expected {shape:?}",
-                        node.shape
-                    ),
-                ));
-            }
-            Tensor::from_vec(m.read_f32(node), shape, &device).op(|| format!("{name}: to tensor"))
-        };
-        let opt = |name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
-            match m.tensor(name) {
-                Some(_) => load(name, shape).map(Some),
-                None => Ok(None),
-            }
-        };
-        let (h, hd, nh, nkv, ffn) = (
-            arch.hidden,
-            arch.head_dim,
-            arch.n_head,
-            arch.n_head_kv,
-            arch.ffn,
-        );
+        let hd = arch.head_dim;
         let vocab = m
             .need("token_embd.weight")?
             .shape
             .first()
             .copied()
             .unwrap_or(0);
-        let linear = |name: String, out: usize, inp: usize| -> Result<Linear> {
-            let w = load(&name, &[out, inp])?;
-            let b = opt(&name.replace(".weight", ".bias"), &[out])?;
-            Ok(Linear { name, w, b })
-        };
-        let experts = |name: String, out: usize, inp: usize| -> Result<Experts> {
-            let w = load(&name, &[arch.n_expert, out, inp])?;
-            Ok(Experts { name, w })
-        };
-        let mut layers = Vec::with_capacity(arch.n_layer);
-        let gemma = arch.gemma.as_ref();
-        for i in 0..arch.n_layer {
-            let p = |s: &str| format!("blk.{i}.{s}");
-            let fused_qkv = m.tensor(&p("attn_qkv.weight")).is_some();
-            let (q, k, v) = if fused_qkv {
-                (
-                    linear(p("attn_qkv.weight"), (nh + 2 * nkv) * hd, h)?,
-                    None,
-                    None,
-                )
-            } else {
-                (
-                    linear(p("attn_q.weight"), nh * hd, h)?,
-                    Some(linear(p("attn_k.weight"), nkv * hd, h)?),
-                    Some(linear(p("attn_v.weight"), nkv * hd, h)?),
-                )
-            };
-            let ffn = if m.tensor(&p("ffn_gate_inp.weight")).is_some() {
-                let (e, f) = (arch.n_expert, arch.expert_ffn());
-                let shared = match m.tensor(&p("ffn_gate_shexp.weight")) {
-                    None => None,
-                    Some(t) => {
-                        let s = t.shape.first().copied().unwrap_or(0);
-                        Some(Shared {
-                            gate: linear(p("ffn_gate_shexp.weight"), s, h)?,
-                            up: linear(p("ffn_up_shexp.weight"), s, h)?,
-                            down: linear(p("ffn_down_shexp.weight"), h, s)?,
-                            gate_inp: linear(p("ffn_gate_inp_shexp.weight"), 1, h)?,
-                        })
-                    }
-                };
-                Ffn::Moe(Moe {
-                    router: linear(p("ffn_gate_inp.weight"), e, h)?,
-                    gate: experts(p("ffn_gate_exps.weight"), f, h)?,
-                    up: experts(p("ffn_up_exps.weight"), f, h)?,
-                    down: experts(p("ffn_down_exps.weight"), h, f)?,
-                    shared,
-                    n_used: arch.n_expert_used,
-                    norm_top_k: arch::moe_norm_top_k(&arch.family),
-                })
-            } else if m.tensor(&p("ffn_gate.weight")).is_none() {
-                // Fused gate/up rows (phi3).
-                Ffn::Dense {
-                    gate: None,
-                    up: linear(p("ffn_up.weight"), 2 * ffn, h)?,
-                    down: linear(p("ffn_down.weight"), h, ffn)?,
-                }
-            } else {
-                Ffn::Dense {
-                    gate: Some(linear(p("ffn_gate.weight"), ffn, h)?),
-                    up: linear(p("ffn_up.weight"), ffn, h)?,
-                    down: linear(p("ffn_down.weight"), h, ffn)?,
-                }
-            };
-            let norm_if = |on: bool, s: &str, n: usize| -> Result<Option<Tensor>> {
-                if on {
-                    load(&p(s), &[n]).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            layers.push(Layer {
-                post_attn_norm: norm_if(gemma.is_some(), "post_attention_norm.weight", h)?,
-                post_ffn_norm: norm_if(gemma.is_some(), "post_ffw_norm.weight", h)?,
-                attn_norm: load(&p("attn_norm.weight"), &[h])?,
-                q,
-                k,
-                v,
-                o: linear(p("attn_output.weight"), h, nh * hd)?,
-                q_norm: opt(&p("attn_q_norm.weight"), &[hd])?,
-                k_norm: opt(&p("attn_k_norm.weight"), &[hd])?,
-                ffn_norm: load(&p("ffn_norm.weight"), &[h])?,
-                ffn,
-            });
-        }
         // Per-frequency divisors, read from the file as llama.cpp reads them.
         let factors = |name: &str| -> Result<Option<Vec<f32>>> {
             match m.tensor(name) {
@@ -334,7 +416,7 @@ impl Transformer {
                         hd / 2
                     ),
                 )),
-                Some(node) => Ok(Some(m.read_f32(node))),
+                Some(node) => Ok(Some(src.read(node))),
             }
         };
         let rope = RopeFactors {
@@ -350,85 +432,171 @@ impl Transformer {
                 "longrope scaling without `rope_factors_long.weight` and `rope_factors_short.weight`",
             ));
         }
-        let embed = load("token_embd.weight", &[vocab, h])?;
-        let output = match m.tensor("output.weight") {
-            Some(_) => linear("output.weight".into(), vocab, h)?,
-            // Tied embeddings: the output projection is the embedding, under
-            // its own name (as in llama.cpp's graph, where llama-imatrix's
-            // --process-output then finds no `output.weight`).
-            None => Linear {
-                name: "token_embd.weight".into(),
-                w: embed.clone(),
-                b: None,
-            },
+        let ld = Loader {
+            src,
+            device: device.clone(),
         };
-        Ok(Transformer {
+        Ok(Frame {
             cfg: Config {
                 arch: arch.clone(),
                 spec,
                 vocab,
             },
-            norm: load("output_norm.weight", &[h])?,
-            embed,
-            layers,
-            output,
             rope,
+            norm: ld.load("output_norm.weight", &[arch.hidden])?,
             device,
         })
     }
 
-    /// Replace the weight named `name` (a linear weight or `token_embd.weight`,
-    /// which a tied output shares) by `data`, row-major in its shape.
-    pub fn set_weight(&mut self, name: &str, data: Vec<f32>) -> Result<()> {
-        let device = self.device.clone();
-        let replace = |w: &mut Tensor, data: Vec<f32>| -> Result<()> {
-            let dims = w.dims().to_vec();
-            *w = Tensor::from_vec(data, dims.as_slice(), &device)
-                .op(|| format!("{name}: replace weight"))?;
-            Ok(())
+    /// Block `i`'s weights, decoded through `ld`.
+    pub fn layer(&self, ld: &Loader, i: usize) -> Result<Layer> {
+        let arch = &self.cfg.arch;
+        let m = ld.src.opened();
+        let (h, hd, nh, nkv, ffn) = (
+            arch.hidden,
+            arch.head_dim,
+            arch.n_head,
+            arch.n_head_kv,
+            arch.ffn,
+        );
+        let gemma = arch.gemma.as_ref();
+        let p = |s: &str| format!("blk.{i}.{s}");
+        let fused_qkv = m.tensor(&p("attn_qkv.weight")).is_some();
+        let (q, k, v) = if fused_qkv {
+            (
+                ld.linear(p("attn_qkv.weight"), (nh + 2 * nkv) * hd, h)?,
+                None,
+                None,
+            )
+        } else {
+            (
+                ld.linear(p("attn_q.weight"), nh * hd, h)?,
+                Some(ld.linear(p("attn_k.weight"), nkv * hd, h)?),
+                Some(ld.linear(p("attn_v.weight"), nkv * hd, h)?),
+            )
         };
-        if name == "token_embd.weight" {
-            replace(&mut self.embed, data)?;
-            if self.output.name == name {
-                self.output.w = self.embed.clone();
-            }
-            return Ok(());
-        }
-        if self.output.name == name {
-            return replace(&mut self.output.w, data);
-        }
-        for l in &mut self.layers {
-            let mut linears: Vec<&mut Linear> =
-                [Some(&mut l.q), l.k.as_mut(), l.v.as_mut(), Some(&mut l.o)]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-            match &mut l.ffn {
-                Ffn::Dense { gate, up, down } => {
-                    linears.extend(gate.as_mut());
-                    linears.extend([up, down]);
+        let ffn = if m.tensor(&p("ffn_gate_inp.weight")).is_some() {
+            let (e, f) = (arch.n_expert, arch.expert_ffn());
+            let shared = match m.tensor(&p("ffn_gate_shexp.weight")) {
+                None => None,
+                Some(t) => {
+                    let s = t.shape.first().copied().unwrap_or(0);
+                    Some(Shared {
+                        gate: ld.linear(p("ffn_gate_shexp.weight"), s, h)?,
+                        up: ld.linear(p("ffn_up_shexp.weight"), s, h)?,
+                        down: ld.linear(p("ffn_down_shexp.weight"), h, s)?,
+                        gate_inp: ld.linear(p("ffn_gate_inp_shexp.weight"), 1, h)?,
+                    })
                 }
-                Ffn::Moe(moe) => {
-                    for x in moe.experts_mut() {
-                        if x.name == name {
-                            return replace(&mut x.w, data);
-                        }
-                    }
-                    linears.push(&mut moe.router);
-                    if let Some(s) = &mut moe.shared {
-                        linears.extend([&mut s.gate, &mut s.up, &mut s.down, &mut s.gate_inp]);
-                    }
-                }
+            };
+            Ffn::Moe(Moe {
+                router: ld.linear(p("ffn_gate_inp.weight"), e, h)?,
+                gate: ld.experts(p("ffn_gate_exps.weight"), f, h)?,
+                up: ld.experts(p("ffn_up_exps.weight"), f, h)?,
+                down: ld.experts(p("ffn_down_exps.weight"), h, f)?,
+                shared,
+                n_used: arch.n_expert_used,
+                norm_top_k: arch::moe_norm_top_k(&arch.family),
+            })
+        } else if m.tensor(&p("ffn_gate.weight")).is_none() {
+            // Fused gate/up rows (phi3).
+            Ffn::Dense {
+                gate: None,
+                up: ld.linear(p("ffn_up.weight"), 2 * ffn, h)?,
+                down: ld.linear(p("ffn_down.weight"), h, ffn)?,
             }
-            for lin in linears {
-                if lin.name == name {
-                    return replace(&mut lin.w, data);
-                }
+        } else {
+            Ffn::Dense {
+                gate: Some(ld.linear(p("ffn_gate.weight"), ffn, h)?),
+                up: ld.linear(p("ffn_up.weight"), ffn, h)?,
+                down: ld.linear(p("ffn_down.weight"), h, ffn)?,
+            }
+        };
+        let norm_if = |on: bool, s: &str, n: usize| -> Result<Option<Tensor>> {
+            if on {
+                ld.load(&p(s), &[n]).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Layer {
+            post_attn_norm: norm_if(gemma.is_some(), "post_attention_norm.weight", h)?,
+            post_ffn_norm: norm_if(gemma.is_some(), "post_ffw_norm.weight", h)?,
+            attn_norm: ld.load(&p("attn_norm.weight"), &[h])?,
+            q,
+            k,
+            v,
+            o: ld.linear(p("attn_output.weight"), h, nh * hd)?,
+            q_norm: ld.opt(&p("attn_q_norm.weight"), &[hd])?,
+            k_norm: ld.opt(&p("attn_k_norm.weight"), &[hd])?,
+            ffn_norm: ld.load(&p("ffn_norm.weight"), &[h])?,
+            ffn,
+        })
+    }
+
+    /// The embedding rows of `ids` (`[ids.len(), hidden]`), scaled as the
+    /// family does, each row read from `src` (never the whole table).
+    pub fn embed(&self, src: &dyn Source, ids: &[u32]) -> Result<Tensor> {
+        let c = &self.cfg.arch;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.cfg.vocab
+            )));
+        }
+        let node = src.opened().need("token_embd.weight")?;
+        let h = c.hidden;
+        let mut rows = vec![0f32; ids.len() * h];
+        rows.par_chunks_mut(h.max(1))
+            .zip(ids.par_iter())
+            .for_each(|(dst, &id)| src.read_row(node, id as usize, dst));
+        let x = Tensor::from_vec(rows, (ids.len(), h), &self.device)
+            .op(|| "token_embd lookup".into())?;
+        self.scale_embedding(x)
+    }
+
+    /// Gemma: the runtime scales embeddings by sqrt(hidden) (f32, as
+    /// llama.cpp's ggml_scale).
+    fn scale_embedding(&self, x: Tensor) -> Result<Tensor> {
+        let c = &self.cfg.arch;
+        match &c.gemma {
+            Some(_) => (x * f64::from((c.hidden as f32).sqrt())).op(|| "embedding scale".into()),
+            None => Ok(x),
+        }
+    }
+
+    /// RoPE tables and masks for windows of `t` tokens.
+    pub fn inputs(&self, t: usize) -> Result<crate::gemma::LayerInputs> {
+        match self.cfg.arch.gemma {
+            Some(_) => crate::gemma::LayerInputs::new(&self.cfg.arch, t, &self.device),
+            None => {
+                let (cos, sin) = self.rope_tables(t)?;
+                crate::gemma::LayerInputs::plain(cos, sin, t, &self.device)
             }
         }
-        Err(Error::Input(format!(
-            "no weight `{name}` in the forward pass to replace"
-        )))
+    }
+
+    /// The final norm of the rows of `x`.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.norm, self.cfg.arch.rms_eps).op(|| "output_norm".into())
+    }
+
+    /// Gemma's final soft-cap on logits.
+    pub fn cap_logits(&self, logits: Tensor) -> Result<Tensor> {
+        match self.cfg.arch.gemma.as_ref().and_then(|g| g.final_softcap) {
+            Some(cap) => crate::gemma::softcap(&logits, cap),
+            None => Ok(logits),
+        }
+    }
+
+    /// The name of the output projection's weight: `output.weight`, or the
+    /// embedding when tied.
+    pub fn output_name(m: &Opened) -> &'static str {
+        if m.tensor("output.weight").is_some() {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        }
     }
 
     /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`, as
@@ -511,6 +679,99 @@ impl Transformer {
         let sin = Tensor::from_vec(sin, (t, half), &self.device).op(|| "rope sin".into())?;
         Ok((cos, sin))
     }
+}
+
+impl Transformer {
+    /// Dequantize `m`'s weights into a runnable model.
+    pub fn new(m: &Opened) -> Result<Transformer> {
+        Transformer::from_source(m)
+    }
+
+    /// Decode every weight of `src` into a runnable model.
+    pub fn from_source(src: &dyn Source) -> Result<Transformer> {
+        let frame = Frame::new(src)?;
+        let ld = Loader {
+            src,
+            device: frame.device.clone(),
+        };
+        let (vocab, h) = (frame.cfg.vocab, frame.cfg.arch.hidden);
+        let layers = (0..frame.cfg.arch.n_layer)
+            .map(|i| frame.layer(&ld, i))
+            .collect::<Result<Vec<_>>>()?;
+        let embed = ld.load("token_embd.weight", &[vocab, h])?;
+        let output = match src.opened().tensor("output.weight") {
+            Some(_) => ld.linear("output.weight".into(), vocab, h)?,
+            // Tied embeddings: the output projection is the embedding, under
+            // its own name (as in llama.cpp's graph, where llama-imatrix's
+            // --process-output then finds no `output.weight`).
+            None => Linear {
+                name: "token_embd.weight".into(),
+                w: embed.clone(),
+                b: None,
+            },
+        };
+        Ok(Transformer {
+            cfg: frame.cfg.clone(),
+            frame,
+            embed,
+            layers,
+            output,
+        })
+    }
+
+    /// Replace the weight named `name` (a linear weight or `token_embd.weight`,
+    /// which a tied output shares) by `data`, row-major in its shape.
+    pub fn set_weight(&mut self, name: &str, data: Vec<f32>) -> Result<()> {
+        let device = self.frame.device.clone();
+        let replace = |w: &mut Tensor, data: Vec<f32>| -> Result<()> {
+            let dims = w.dims().to_vec();
+            *w = Tensor::from_vec(data, dims.as_slice(), &device)
+                .op(|| format!("{name}: replace weight"))?;
+            Ok(())
+        };
+        if name == "token_embd.weight" {
+            replace(&mut self.embed, data)?;
+            if self.output.name == name {
+                self.output.w = self.embed.clone();
+            }
+            return Ok(());
+        }
+        if self.output.name == name {
+            return replace(&mut self.output.w, data);
+        }
+        for l in &mut self.layers {
+            let mut linears: Vec<&mut Linear> =
+                [Some(&mut l.q), l.k.as_mut(), l.v.as_mut(), Some(&mut l.o)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            match &mut l.ffn {
+                Ffn::Dense { gate, up, down } => {
+                    linears.extend(gate.as_mut());
+                    linears.extend([up, down]);
+                }
+                Ffn::Moe(moe) => {
+                    for x in moe.experts_mut() {
+                        if x.name == name {
+                            return replace(&mut x.w, data);
+                        }
+                    }
+                    linears.push(&mut moe.router);
+                    if let Some(s) = &mut moe.shared {
+                        linears.extend([&mut s.gate, &mut s.up, &mut s.down, &mut s.gate_inp]);
+                    }
+                }
+            }
+            for lin in linears {
+                if lin.name == name {
+                    return replace(&mut lin.w, data);
+                }
+            }
+        }
+        Err(Error::Input(format!(
+            "no weight `{name}` in the forward pass to replace"
+        )))
+    }
 
     /// Logits `[ids.len() - from, vocab]` of positions `from..` (row j
     /// predicts token `from + j + 1`), for one sequence starting at position 0.
@@ -537,166 +798,39 @@ impl Transformer {
                 "forward over {t} tokens from position {from}"
             )));
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the model's vocabulary of {}",
-                self.cfg.vocab
-            )));
-        }
-        let c = &self.cfg.arch;
-        let (nh, nkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
-        let g = nh / nkv;
+        let fr = &self.frame;
         let (start, mut x) = match resume {
             Some((layer, x)) => (layer.min(self.layers.len()), x.clone()),
             None => {
-                let ids_t = Tensor::from_slice(ids, t, &self.device).op(|| "token ids".into())?;
+                if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
+                    return Err(Error::Input(format!(
+                        "token id {bad} is outside the model's vocabulary of {}",
+                        self.cfg.vocab
+                    )));
+                }
+                let ids_t = Tensor::from_slice(ids, t, &fr.device).op(|| "token ids".into())?;
                 let x = self
                     .embed
                     .index_select(&ids_t, 0)
                     .op(|| "token_embd lookup".into())?;
-                // Gemma: the runtime scales embeddings by sqrt(hidden) (f32, as
-                // llama.cpp's ggml_scale).
-                let x = match &c.gemma {
-                    Some(_) => {
-                        (x * f64::from((c.hidden as f32).sqrt())).op(|| "embedding scale".into())?
-                    }
-                    None => x,
-                };
-                (0, x)
+                (0, fr.scale_embedding(x)?)
             }
         };
-        let gemma = c.gemma.as_ref();
-        let inputs = match gemma {
-            Some(_) => crate::gemma::LayerInputs::new(c, t, &self.device)?,
-            None => {
-                let (cos, sin) = self.rope_tables(t)?;
-                crate::gemma::LayerInputs::plain(cos, sin, t, &self.device)?
-            }
-        };
-        let scale = 1.0 / f64::from(gemma.map_or(hd as f32, |g| g.query_pre_attn_scalar)).sqrt();
+        let inputs = fr.inputs(t)?;
         for (i, l) in self.layers.iter().enumerate().skip(start) {
-            let (cos, sin, mask) = inputs.layer(gemma, i);
             if let Some(cap) = capture.as_deref_mut() {
                 cap.push(x.clone());
             }
-            let ctx = |what: &str| format!("blk.{i}: {what}");
-            let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
-            let (q, k, v) = match (&l.k, &l.v) {
-                (Some(k), Some(v)) => (
-                    l.q.forward(&h, obs)?,
-                    k.forward(&h, obs)?,
-                    v.forward(&h, obs)?,
-                ),
-                _ => {
-                    // Fused rows: q, then k, then v.
-                    let qkv = l.q.forward(&h, obs)?;
-                    let part = |at: usize, n: usize| qkv.narrow(1, at, n).op(|| ctx("split qkv"));
-                    (
-                        part(0, nh * hd)?,
-                        part(nh * hd, nkv * hd)?,
-                        part((nh + nkv) * hd, nkv * hd)?,
-                    )
-                }
-            };
-            // [t, heads * hd] -> [1, heads, t, hd] for RoPE.
-            let heads = |y: Tensor, n: usize, what: &str| -> Result<Tensor> {
-                y.contiguous()
-                    .and_then(|y| y.reshape((1, t, n, hd)))
-                    .and_then(|y| y.transpose(1, 2))
-                    .and_then(|y| y.contiguous())
-                    .op(|| ctx(what))
-            };
-            let (mut q, mut k, v) = (
-                heads(q, nh, "q heads")?,
-                heads(k, nkv, "k heads")?,
-                heads(v, nkv, "v heads")?,
-            );
-            // qwen3: each head of q and k RMS-normalized over head_dim, before RoPE.
-            if let Some(w) = &l.q_norm {
-                q = rms_norm(&q, w, c.rms_eps).op(|| ctx("attn_q_norm"))?;
-            }
-            if let Some(w) = &l.k_norm {
-                k = rms_norm(&k, w, c.rms_eps).op(|| ctx("attn_k_norm"))?;
-            }
-            let (q, k) = match self.cfg.spec.rope {
-                RopeStyle::Interleaved => (rope_i(&q, cos, sin), rope_i(&k, cos, sin)),
-                RopeStyle::Neox => (rope(&q, cos, sin), rope(&k, cos, sin)),
-            };
-            let (q, k) = (q.op(|| ctx("rope q"))?, k.op(|| ctx("rope k"))?);
-            // Grouped-query attention without copying K/V: query heads
-            // h = kv * g + j share KV head kv, so [nh, t, hd] is [nkv, g * t, hd].
-            let q = q.reshape((nkv, g * t, hd)).op(|| ctx("q groups"))?;
-            let k = k.reshape((nkv, t, hd)).op(|| ctx("k groups"))?;
-            let v = v.reshape((nkv, t, hd)).op(|| ctx("v groups"))?;
-            let att = q
-                .matmul(&k.t().op(|| ctx("kT"))?)
-                .and_then(|a| a * scale)
-                .op(|| ctx("scores"))?;
-            let att = match gemma.and_then(|g| g.attn_softcap) {
-                Some(cap) => crate::gemma::softcap(&att, cap)?,
-                None => att,
-            };
-            let att = att
-                .reshape((nkv, g, t, t))
-                .and_then(|a| a.broadcast_add(mask))
-                .op(|| ctx("mask"))?;
-            let att = softmax_last_dim(&att).op(|| ctx("softmax"))?;
-            let o = att
-                .reshape((nkv, g * t, t))
-                .and_then(|a| a.matmul(&v))
-                .and_then(|o| o.reshape((nh, t, hd)))
-                .and_then(|o| o.transpose(0, 1))
-                .and_then(|o| o.contiguous())
-                .and_then(|o| o.reshape((t, nh * hd)))
-                .op(|| ctx("attention"))?;
-            let mut o = l.o.forward(&o, obs)?;
-            if let Some(n) = &l.post_attn_norm {
-                o = rms_norm(&o, n, c.rms_eps).op(|| ctx("post_attention_norm"))?;
-            }
-            x = (x + o).op(|| ctx("residual"))?;
-            let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
-            let d = match &l.ffn {
-                Ffn::Dense { gate, up, down } => {
-                    let (gate, up) = match gate {
-                        Some(gate) => (gate.forward(&h, obs)?, up.forward(&h, obs)?),
-                        None => {
-                            // Fused rows: gate, then up (llama.cpp's swiglu halves).
-                            let both = up.forward(&h, obs)?;
-                            let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
-                            (
-                                both.narrow(1, 0, f).op(|| ctx("split gate"))?,
-                                both.narrow(1, f, f).op(|| ctx("split up"))?,
-                            )
-                        }
-                    };
-                    // Gemma: GELU (tanh approximation, llama.cpp's LLM_FFN_GELU); else SiLU.
-                    let act = match gemma {
-                        Some(_) => gate.gelu().op(|| ctx("gelu"))?,
-                        None => gate.silu().op(|| ctx("silu"))?,
-                    };
-                    let a = (act * up).op(|| ctx("gate * up"))?;
-                    down.forward(&a, obs)?
-                }
-                Ffn::Moe(moe) => moe.forward(&h, obs, &ctx)?,
-            };
-            let d = match &l.post_ffn_norm {
-                Some(n) => rms_norm(&d, n, c.rms_eps).op(|| ctx("post_ffw_norm"))?,
-                None => d,
-            };
-            x = (x + d).op(|| ctx("residual"))?;
+            x = l.forward(fr, i, x, &inputs, obs)?;
         }
         if let Some(cap) = capture {
             cap.push(x.clone());
         }
         let x = x.narrow(0, from, t - from).op(|| "narrow".into())?;
-        let h = rms_norm(&x, &self.norm, c.rms_eps).op(|| "output_norm".into())?;
-        let logits = self.output.forward(&h, obs)?;
-        let logits = match gemma.and_then(|g| g.final_softcap) {
-            Some(cap) => crate::gemma::softcap(&logits, cap)?,
-            None => logits,
-        };
+        let h = fr.final_norm(&x)?;
+        let logits = fr.cap_logits(self.output.forward(&h, obs)?)?;
         debug_assert_eq!(logits.dtype(), DType::F32);
-        debug_assert_eq!(logits.dim(D::Minus1).ok(), Some(c.vocab));
+        debug_assert_eq!(logits.dim(D::Minus1).ok(), Some(self.cfg.vocab));
         Ok(logits)
     }
 }

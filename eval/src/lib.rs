@@ -1,6 +1,7 @@
 //! `eval`: measured accuracy. Weight-level error between two models
 //! ([`weights`]), a llama-family forward pass on CPU with candle whose linear
-//! inputs can be observed ([`forward`]), perplexity / KL divergence / top-1
+//! inputs can be observed ([`forward`]), run block by block from the stored
+//! or a candidate encoding of the weights ([`stream`], [`source`]), perplexity / KL divergence / top-1
 //! agreement on text by llama-perplexity's method ([`text`]), importance-matrix
 //! collection ([`imatrix`]), and the tokenizer that turns text into the ids
 //! llama.cpp would use ([`tokenize`]).
@@ -16,6 +17,8 @@ pub mod model;
 mod moe;
 pub mod planning;
 pub mod report;
+pub mod source;
+pub mod stream;
 pub mod text;
 pub mod tokenize;
 pub mod weights;
@@ -23,4 +26,5 @@ pub mod weights;
 pub use error::{Error, Result};
 pub use forward::{Observer, Transformer};
 pub use model::{open, Opened};
+pub use source::{Mapped, Overrides, Roundtrip, Source};
 pub use tokenize::Tokenizer;

@@ -72,6 +72,31 @@ impl Opened {
         })
     }
 
+    /// Drop the mapped pages of `node`'s stored bytes (see
+    /// `formats::mmap::MappedFile::release`); a later read re-faults them.
+    /// Compressed-tensors tensors, decoded from several parts, are left.
+    pub fn release(&self, node: &TensorNode) {
+        if self
+            .loaded
+            .ct
+            .as_ref()
+            .and_then(|c| c.tensor(node))
+            .is_some()
+        {
+            return;
+        }
+        let parts = if node.parts.is_empty() {
+            std::slice::from_ref(&node.source)
+        } else {
+            &node.parts[..]
+        };
+        for s in parts {
+            if let Some(map) = self.loaded.maps.get(s.file) {
+                map.release(s.offset as usize, s.len as usize);
+            }
+        }
+    }
+
     /// All of `node`'s elements as f32 (rows decoded in parallel), row-major.
     pub fn read_f32(&self, node: &TensorNode) -> Vec<f32> {
         let row = node.row_len();

@@ -20,18 +20,16 @@
 //!   says how many rows were measured.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use passes::TensorNode;
 use quant::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use candle_core::Tensor;
-
-use crate::forward::{NoObserver, Transformer};
 use crate::model::Opened;
-use crate::text::score_row;
+use crate::source::Roundtrip;
+pub use crate::stream::Reference;
 
 /// One candidate encoding of one tensor, measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,84 +186,6 @@ pub fn roundtrip(
     Ok(out)
 }
 
-/// The original model's logits per window (positions `ctx/2..`), kept to
-/// score many perturbed models against, and its residual stream at the
-/// input of every block, so that a model changed from block `L` on is run
-/// from block `L` only.
-pub struct Reference {
-    windows: Vec<Vec<u32>>,
-    logits: Vec<Vec<f32>>,
-    /// Per window: the input of each block, then the final stream.
-    streams: Vec<Vec<Tensor>>,
-}
-
-impl Reference {
-    pub fn new(
-        model: &Transformer,
-        windows: &[Vec<u32>],
-        cancel: &AtomicBool,
-    ) -> Result<Reference> {
-        let mut logits = Vec::with_capacity(windows.len());
-        let mut streams = Vec::with_capacity(windows.len());
-        for w in windows {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Formats(formats::Error::Interrupted));
-            }
-            let mut cap = Vec::new();
-            let l =
-                model.forward_resumable(w, w.len() / 2, None, Some(&mut cap), &mut NoObserver)?;
-            logits.push(to_host(l)?);
-            streams.push(cap);
-        }
-        Ok(Reference {
-            windows: windows.to_vec(),
-            logits,
-            streams,
-        })
-    }
-
-    /// Mean KL divergence of `model` from the reference over every scored
-    /// position; `model` must equal the original in blocks before `from_layer`
-    /// (and in the embedding, unless `from_layer` is 0).
-    pub fn kld(&self, model: &Transformer, from_layer: usize, cancel: &AtomicBool) -> Result<f64> {
-        let vocab = model.cfg.vocab;
-        let mut sum = 0.0;
-        let mut n = 0usize;
-        for ((w, lo), st) in self.windows.iter().zip(&self.logits).zip(&self.streams) {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Formats(formats::Error::Interrupted));
-            }
-            let resume = (from_layer > 0).then(|| (from_layer, &st[from_layer.min(st.len() - 1)]));
-            let lc =
-                to_host(model.forward_resumable(w, w.len() / 2, resume, None, &mut NoObserver)?)?;
-            let first = w.len() / 2;
-            let per: Vec<f64> = (0..w.len() - 1 - first)
-                .into_par_iter()
-                .map(|j| {
-                    let o = &lo[j * vocab..(j + 1) * vocab];
-                    let c = &lc[j * vocab..(j + 1) * vocab];
-                    score_row(o, Some(c), w[first + j + 1] as usize)
-                        .2
-                        .unwrap_or(0.0)
-                })
-                .collect();
-            sum += per.iter().sum::<f64>();
-            n += per.len();
-        }
-        Ok(if n == 0 { 0.0 } else { sum / n as f64 })
-    }
-}
-
-fn to_host(logits: Tensor) -> Result<Vec<f32>> {
-    logits
-        .flatten_all()
-        .and_then(|l| l.to_vec1::<f32>())
-        .map_err(|err| Error::Candle {
-            op: "logits to host".into(),
-            err,
-        })
-}
-
 /// A set of tensors probed together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
@@ -274,11 +194,40 @@ pub struct Group {
     pub tensors: Vec<(String, GgmlType)>,
 }
 
+/// The block from which a model with `tensors` changed differs from the
+/// original: blocks before it are unchanged. The embedding changes
+/// everything (0); the output head only the end (`n_layer`).
+pub fn first_changed_layer<'n>(m: &Opened, tensors: impl IntoIterator<Item = &'n str>) -> usize {
+    let n_layer = m.arch().map_or(0, |a| a.n_layer);
+    tensors
+        .into_iter()
+        .map(|name| match m.tensor(name).and_then(|t| t.layer) {
+            Some(l) => l,
+            None if name == "output.weight" => n_layer,
+            None => 0,
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// The blocks probes of `groups` resume from (for [`Reference::new`]).
+pub fn resume_layers(m: &Opened, groups: &[Group]) -> Vec<usize> {
+    let mut v: Vec<usize> = groups
+        .iter()
+        .map(|g| first_changed_layer(m, g.tensors.iter().map(|(n, _)| n.as_str())))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// The mean KL divergence each group causes when its tensors (only) are
-/// encoded as given, one group at a time; `model` is restored after each.
+/// encoded as given, one group at a time, each run from the first block it
+/// changes with the original's stream kept there by `reference` (built
+/// with [`resume_layers`]); the candidate's weights are the emitter's
+/// encoding decoded, row by row, as blocks stream.
 pub fn probe(
     m: &Opened,
-    model: &mut Transformer,
     reference: &Reference,
     groups: &[Group],
     importance: &BTreeMap<String, Vec<f32>>,
@@ -287,30 +236,14 @@ pub fn probe(
 ) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(groups.len());
     for (gi, g) in groups.iter().enumerate() {
-        for (name, ty) in &g.tensors {
-            let node = m.need(name)?;
-            let q = roundtrip(m, node, *ty, importance.get(name).map(Vec::as_slice))?;
-            model.set_weight(name, q)?;
-        }
-        // Blocks before the group's first are unchanged: resume there. The
-        // embedding changes everything; the output head only the end.
-        let n_layer = model.cfg.arch.n_layer;
-        let from_layer = g
-            .tensors
-            .iter()
-            .map(|(name, _)| match m.tensor(name).and_then(|t| t.layer) {
-                Some(l) => l,
-                None if name == "output.weight" => n_layer,
-                None => 0,
-            })
-            .min()
-            .unwrap_or(0);
-        let kld = reference.kld(model, from_layer, cancel);
-        for (name, _) in &g.tensors {
-            let node = m.need(name)?;
-            model.set_weight(name, m.read_f32(node))?;
-        }
-        out.push(kld?);
+        let rt = Roundtrip {
+            base: m,
+            types: g.tensors.iter().cloned().collect(),
+            importance,
+        };
+        rt.check()?;
+        let from_layer = first_changed_layer(m, g.tensors.iter().map(|(n, _)| n.as_str()));
+        out.push(reference.kld(&rt, from_layer, cancel)?);
         progress(gi + 1);
     }
     Ok(out)

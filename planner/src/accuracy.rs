@@ -3,14 +3,14 @@
 //! top-1 agreement against the original on the held-out windows.
 //!
 //! What must stay true: the candidate's weights are the emitter's bytes
-//! decoded (`eval::planning::roundtrip` with the same importance vectors);
+//! decoded (`eval::Roundtrip`, row by row with the same importance vectors
+//! as the emitter);
 //! a table is measured once however many rows share it ([`Measurer`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-use eval::planning;
-use eval::Transformer;
+use eval::Roundtrip;
 use quant::GgmlType;
 
 use crate::error::{Error, Result};
@@ -27,34 +27,27 @@ pub struct TextAccuracy {
     pub windows: usize,
 }
 
-/// Measure `types` with `candidate` (its weights are replaced) against `original`.
+/// Measure `types` against the original, both streamed block by block
+/// (the candidate's weights decoded from their encoding as each block is
+/// needed). `on_step(n)` after the n-th of `n_layer + 1` steps.
 pub fn measure_text(
     setup: &Setup,
     types: &BTreeMap<String, GgmlType>,
-    original: &Transformer,
-    candidate: &mut Transformer,
-    on_window: &dyn Fn(usize),
+    on_step: &dyn Fn(usize),
     cancel: &AtomicBool,
 ) -> Result<TextAccuracy> {
     let m = &setup.opened;
-    for meas in &setup.measured {
-        let node = m.need(&meas.name)?;
-        let ty = types[&meas.name];
-        let q = planning::roundtrip(
-            m,
-            node,
-            ty,
-            setup.importance.get(&meas.name).map(Vec::as_slice),
-        )?;
-        candidate.set_weight(&meas.name, q)?;
-    }
-    let r = eval::text::evaluate(
-        original,
-        Some(candidate),
-        &setup.eval_windows,
-        on_window,
-        cancel,
-    )?;
+    let candidate = Roundtrip {
+        base: m,
+        types: setup
+            .measured
+            .iter()
+            .map(|meas| (meas.name.clone(), types[&meas.name]))
+            .collect(),
+        importance: &setup.importance,
+    };
+    candidate.check()?;
+    let r = eval::stream::evaluate(m, Some(&candidate), &setup.eval_windows, on_step, cancel)?;
     let kld = r
         .kld
         .as_ref()
@@ -73,48 +66,43 @@ pub fn measure_text(
 /// without held-out windows it measures nothing.
 pub struct Measurer<'a> {
     setup: &'a Setup,
-    nets: Option<(Transformer, Transformer)>,
     cache: BTreeMap<Vec<GgmlType>, TextAccuracy>,
 }
 
 impl<'a> Measurer<'a> {
     pub fn new(setup: &'a Setup) -> Result<Measurer<'a>> {
-        let nets = if setup.eval_windows.is_empty() {
-            None
-        } else {
-            Some((
-                Transformer::new(&setup.opened)?,
-                Transformer::new(&setup.opened)?,
-            ))
-        };
         Ok(Measurer {
             setup,
-            nets,
             cache: BTreeMap::new(),
         })
     }
 
     /// Whether there is text to measure on.
     pub fn active(&self) -> bool {
-        self.nets.is_some()
+        !self.setup.eval_windows.is_empty()
+    }
+
+    /// Steps of one measurement (for progress): the blocks, then the head.
+    pub fn steps(&self) -> usize {
+        self.setup.arch.n_layer + 1
     }
 
     /// The accuracy of `types`, or `None` without held-out text;
-    /// `on_window(n)` after the n-th window.
+    /// `on_step(n)` after the n-th of [`Measurer::steps`] steps.
     pub fn measure(
         &mut self,
         types: &BTreeMap<String, GgmlType>,
-        on_window: &dyn Fn(usize),
+        on_step: &dyn Fn(usize),
         cancel: &AtomicBool,
     ) -> Result<Option<TextAccuracy>> {
-        let Some((original, candidate)) = self.nets.as_mut() else {
+        if !self.active() {
             return Ok(None);
-        };
+        }
         let key: Vec<GgmlType> = types.values().copied().collect();
         if let Some(t) = self.cache.get(&key) {
             return Ok(Some(t.clone()));
         }
-        let t = measure_text(self.setup, types, original, candidate, on_window, cancel)?;
+        let t = measure_text(self.setup, types, on_step, cancel)?;
         self.cache.insert(key, t.clone());
         Ok(Some(t))
     }

@@ -184,7 +184,12 @@ pub fn build(
     cancel: &AtomicBool,
 ) -> Result<Built> {
     let model = &setup.opened.loaded.model;
-    let chosen = solve::solve(setup, s, b.objective, b.max_error)?;
+    let mut chosen = solve::solve(setup, s, b.objective, b.max_error)?;
+    // With held-out text, the search's best plans are measured and the
+    // best measured one is built (`choose`).
+    let mut measurer = Measurer::new(setup)?;
+    let candidates =
+        crate::choose::by_measurement(setup, s, &mut chosen, &mut measurer, progress, cancel)?;
     let types = solve::types_of_allocation(setup, &chosen.allocation);
     let (mut planned, assign_times) = solve::assigned(setup, &types, s.options.allow_requantize)?;
     let devices = chosen.budget.devices;
@@ -238,12 +243,7 @@ pub fn build(
     let text = if setup.eval_windows.is_empty() {
         None
     } else {
-        let mut measurer = Measurer::new(setup)?;
-        progress.start(
-            "accuracy",
-            setup.eval_windows.len() as u64,
-            Unit::Items("held-out windows"),
-        );
+        progress.start("accuracy", measurer.steps() as u64, Unit::Items("blocks"));
         let r = measurer.measure(&types, &positions(progress), cancel);
         progress.finish();
         r?
@@ -297,7 +297,8 @@ pub fn build(
         },
         inputs(s.options)?,
     );
-    let report = report::report(&manifest, &rows);
+    let mut report = report::report(&manifest, &rows);
+    report.push_str(&crate::choose::report_section(&candidates));
     let svg = formats::chart::size_error_svg(&report::chart(setup, &chosen, &rows, &stem));
     staging.write("chart.svg", svg.as_bytes())?;
     staging.write("report.md", report.as_bytes())?;

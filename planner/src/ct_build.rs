@@ -541,19 +541,11 @@ pub fn build(
     let written = written?;
 
     // Compare with the uniform schemes, measured on text where given.
-    let mut nets = if setup.eval_windows.is_empty() {
-        None
-    } else {
-        Some((
-            eval::Transformer::new(&setup.opened)?,
-            eval::Transformer::new(&setup.opened)?,
-        ))
-    };
     let mut rows: Vec<(String, u64, f64, Option<f64>)> = Vec::new();
     progress.start("comparing", 4, Unit::Items("plans"));
     let plan_kld = {
         let per_unit = by_scheme(&p, &p.chosen);
-        measure_units(setup, &per_unit, fp8_max, &mut nets, cancel)?
+        measure_units(setup, &per_unit, fp8_max, cancel)?
     };
     rows.push((
         format!("kiln plan ({})", p.runtime),
@@ -588,7 +580,7 @@ pub fn build(
             })
             .collect();
         let (bytes, err) = p.uniform(Some(sc));
-        let kld = measure_units(setup, &by_scheme(&p, &chosen), fp8_max, &mut nets, cancel)?;
+        let kld = measure_units(setup, &by_scheme(&p, &chosen), fp8_max, cancel)?;
         rows.push((label.to_string(), bytes, err, kld));
         progress.advance(1);
     }
@@ -662,15 +654,16 @@ fn measure_units(
     setup: &Setup,
     per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
     fp8_max: f32,
-    nets: &mut Option<(eval::Transformer, eval::Transformer)>,
     cancel: &AtomicBool,
 ) -> Result<Option<f64>> {
-    let Some((original, candidate)) = nets.as_mut() else {
+    if setup.eval_windows.is_empty() {
         return Ok(None);
-    };
+    }
     let model = &setup.opened.loaded.model;
     let maps = &setup.opened.loaded.maps;
-    let mut quantized: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+    // Each quantized tensor's scheme, global scale and dtype; the candidate
+    // applies them row by row as its blocks stream.
+    let mut plan: BTreeMap<String, (CtScheme, f32, q::Dtype)> = BTreeMap::new();
     for u in per_unit {
         for (s, idx) in u {
             let amax = idx
@@ -689,36 +682,22 @@ fn measure_units(
             for &i in idx {
                 let t = &model.tensors[i];
                 let d = dtype_of(t);
-                let global = q::nvfp4_global_scale(amax, d);
-                let mut data = Vec::with_capacity(t.n_elements());
-                let mut row = vec![0f32; t.row_len()];
-                for r in 0..t.n_rows() {
-                    formats::data::read_row(maps, t, r, &mut row);
-                    data.extend(roundtrip_row(*s, &row, global, fp8_max, d));
-                }
-                quantized.insert(i, data);
+                plan.insert(t.name.clone(), (*s, q::nvfp4_global_scale(amax, d), d));
             }
         }
     }
-    for (i, t) in model.tensors.iter().enumerate() {
-        if !fct::is_target(t) {
-            continue;
-        }
-        let data = match quantized.remove(&i) {
-            Some(d) => d,
-            None => {
-                let mut data = vec![0f32; t.n_elements()];
-                for (r, dst) in data.chunks_exact_mut(t.row_len()).enumerate() {
-                    formats::data::read_row(maps, t, r, dst);
-                }
-                data
+    let candidate = eval::Mapped {
+        base: &setup.opened,
+        f: |node: &TensorNode, _r: usize, row: &mut [f32]| {
+            if let Some(&(s, global, d)) = plan.get(&node.name) {
+                let q = roundtrip_row(s, row, global, fp8_max, d);
+                row.copy_from_slice(&q);
             }
-        };
-        candidate.set_weight(&t.name, data)?;
-    }
-    let r = eval::text::evaluate(
-        original,
-        Some(candidate),
+        },
+    };
+    let r = eval::stream::evaluate(
+        &setup.opened,
+        Some(&candidate),
         &setup.eval_windows,
         &|_| {},
         cancel,

@@ -15,6 +15,7 @@
 
 pub mod accuracy;
 pub mod build;
+pub mod choose;
 pub mod compare;
 pub mod ct_build;
 pub mod error;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
 use eval::planning::{self, Group, Measured, Reference};
-use eval::{Opened, Transformer};
+use eval::Opened;
 use passes::{Model, Role, TensorNode};
 use quant::GgmlType;
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,6 @@ pub fn groups(model: &Model, measured: &[Measured]) -> Vec<Group> {
 #[allow(clippy::too_many_arguments)]
 pub fn probed(
     opened: &Opened,
-    net: &mut Transformer,
     measured: &[Measured],
     importance: &BTreeMap<String, Vec<f32>>,
     windows: &[Vec<u32>],
@@ -147,11 +146,11 @@ pub fn probed(
     cancel: &AtomicBool,
 ) -> Result<Sensitivities> {
     let groups = groups(&opened.loaded.model, measured);
-    let reference = Reference::new(net, windows, cancel)?;
+    let resume = planning::resume_layers(opened, &groups);
+    let reference = Reference::new(opened, windows, &resume, cancel)?;
     progress.start("probing", groups.len() as u64, Unit::Items("groups"));
     let kld = planning::probe(
         opened,
-        net,
         &reference,
         &groups,
         importance,

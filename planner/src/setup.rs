@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use eval::planning::{self, Measured};
 use eval::text::Windows;
-use eval::{Opened, Tokenizer, Transformer};
+use eval::{Opened, Tokenizer};
 use formats::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
 use formats::tokenizer::TokenizerOptions;
 use formats::LoadOptions;
@@ -262,7 +262,7 @@ fn texts(opened: &Opened, o: &PlanOptions, warnings: &mut Vec<String>) -> Result
 
 /// The imatrix read from a file or collected over the calibration windows.
 fn importance_matrix(
-    net: Option<&Transformer>,
+    net: Option<&Opened>,
     calib: &[Vec<u32>],
     o: &PlanOptions,
     progress: &dyn Progress,
@@ -276,8 +276,9 @@ fn importance_matrix(
         (None, Some(t)) if !o.no_imatrix => {
             let net = net.expect("a text was given");
             let mut collector = eval::imatrix::Collector::new(false);
-            progress.start("imatrix", calib.len() as u64, Unit::Items("windows"));
-            let r = eval::text::observe(
+            let blocks = net.arch()?.n_layer as u64;
+            progress.start("imatrix", blocks, Unit::Items("blocks"));
+            let r = eval::stream::observe(
                 net,
                 calib,
                 &mut collector,
@@ -509,13 +510,14 @@ pub fn setup(
     for w in &warnings[shown..] {
         progress.warn(w);
     }
-    let mut net = if calib.is_empty() {
-        None
-    } else {
-        Some(Transformer::new(&opened)?)
-    };
+    // A model the forward pass cannot run is refused before anything is
+    // measured; it streams block by block, so nothing is decoded here.
+    let runs = !calib.is_empty();
+    if runs {
+        eval::stream::Streamed::new(&opened)?;
+    }
     let (imatrix, importance_source) =
-        importance_matrix(net.as_ref(), &calib, o, progress, cancel)?;
+        importance_matrix(runs.then_some(&opened), &calib, o, progress, cancel)?;
     // Attached to the model once (the `importance` pass checks every
     // vector against its tensor); measurement, probes and the writer read it.
     if let Some((arg, im)) = &imatrix {
@@ -539,13 +541,12 @@ pub fn setup(
         sensitivity,
         groups,
         source: sensitivity_source,
-    } = match net.as_mut() {
-        Some(net) => {
+    } = match runs {
+        true => {
             let probe_windows: Vec<Vec<u32>> =
                 calib.iter().take(o.probe_chunks.max(1)).cloned().collect();
             sensitivity::probed(
                 &opened,
-                net,
                 &measured,
                 &importance,
                 &probe_windows,
@@ -554,9 +555,8 @@ pub fn setup(
                 cancel,
             )?
         }
-        None => sensitivity::defaults(&opened.loaded.model, &measured),
+        false => sensitivity::defaults(&opened.loaded.model, &measured),
     };
-    drop(net);
     let model = &opened.loaded.model;
     let options = problem(model, &measured, &sensitivity, &o.exclude_type)?;
     let overhead_bytes = crate::layout::overhead_bytes(model, &options)?;

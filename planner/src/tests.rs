@@ -270,3 +270,54 @@ fn priors_split_each_role_evenly_and_excluded_types_are_refused() {
         other => panic!("expected a refusal, got {}", other.is_ok()),
     }
 }
+
+#[test]
+fn the_built_plan_is_the_best_measured_candidate() {
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/text/pride-and-prejudice-ch1-17.txt");
+    let o = opts(|o| {
+        o.text = Some(text.clone());
+        o.eval_text = Some(text);
+        o.ctx = 64;
+        o.chunks = 2;
+        o.probe_chunks = 1;
+        o.eval_chunks = 2;
+        o.bpw = Some(4.5);
+    });
+    let s = measured(&o);
+    assert!(!s.eval_windows.is_empty());
+    let e = env("m2", &o);
+    let sz = sizing(&o, &e);
+    let mut chosen = solve(&s, &sz, Objective::Accuracy, None).unwrap();
+    let solver_bytes = chosen.allocation.bytes;
+    let mut measurer = crate::Measurer::new(&s).unwrap();
+    let cands = crate::choose::by_measurement(
+        &s,
+        &sz,
+        &mut chosen,
+        &mut measurer,
+        &Silent,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    // The solver's plan and at least one alternative, all within its size.
+    assert!(cands.len() >= 2, "{} candidates", cands.len());
+    assert_eq!(cands.iter().filter(|c| c.picked).count(), 1);
+    let best = cands.iter().find(|c| c.picked).unwrap();
+    for c in &cands {
+        assert!(c.bytes <= solver_bytes);
+        assert!(best.measured.kld <= c.measured.kld);
+        assert!(c.predicted > 0.0 && c.measured.kld > 0.0);
+    }
+    // The built allocation is the picked one's: measuring it again (cached)
+    // gives the picked candidate's numbers.
+    let types = crate::solve::types_of_allocation(&s, &chosen.allocation);
+    let again = measurer
+        .measure(&types, &|_| {}, &AtomicBool::new(false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.kld, best.measured.kld);
+    let section = crate::choose::report_section(&cands);
+    assert!(section.contains("| search: probed sensitivities |"));
+    assert!(section.contains("measured / predicted"));
+}
