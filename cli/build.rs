@@ -54,13 +54,9 @@ pub struct BuildArgs {
     pub plan: PlanArgs,
 }
 
-pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
-    let t0 = Instant::now();
-    clean_stale(&args.output, printer);
-    let options = args.plan.options();
-    planner::options::check(&options).map_err(lift_plan)?;
-    let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
-    let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
+/// Refuse an engine the target does not list among its runtimes (llama.cpp
+/// is always possible: kiln writes GGUF for it).
+pub fn check_engine(target: &passes::cost::Target, engine: passes::cost::Engine) -> Result<()> {
     if engine != passes::cost::Engine::LlamaCpp && target.runtime_for(engine.name()).is_none() {
         anyhow::bail!(
             "--engine {}: `{}` does not list it among its runtimes ({}); kiln build writes GGUF for llama.cpp, and compressed-tensors for the runtimes a target lists (see `kiln targets {}`)",
@@ -74,6 +70,17 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
             target.id
         );
     }
+    Ok(())
+}
+
+pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
+    let t0 = Instant::now();
+    clean_stale(&args.output, printer);
+    let options = args.plan.options();
+    planner::options::check(&options).map_err(lift_plan)?;
+    let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
+    let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
+    check_engine(&target, engine)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
     let build = planner::BuildOptions {

@@ -7,6 +7,8 @@
 //! 143 SIGTERM, 129 SIGHUP).
 
 mod build;
+mod ci;
+mod ci_manifest;
 mod common;
 mod convert;
 mod convert_ct;
@@ -77,6 +79,10 @@ enum Command {
     /// Collect an importance matrix over a text, in llama.cpp's GGUF imatrix layout.
     #[command(after_help = EXIT_CODES)]
     Imatrix(imatrix::ImatrixArgs),
+    /// CI mode: build every artifact a manifest (kiln.toml) lists, check its gates, write
+    /// OUT/summary.json and summary.md; list, shard and merge the work for other machines.
+    #[command(after_help = EXIT_CODES)]
+    Ci(ci::CiArgs),
 }
 
 /// A check the user asked for failed (exit code 1).
@@ -153,6 +159,7 @@ fn main() -> ExitCode {
         Command::Estimate(args) => estimate::run(args, &printer),
         Command::Eval(args) => eval::run(args, &printer),
         Command::Imatrix(args) => imatrix::run(args, &printer),
+        Command::Ci(args) => ci::run(args, &printer),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 
 mod build;
 mod chart_png;
+mod ci;
 mod common;
 mod convert;
 mod ct_read;

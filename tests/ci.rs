@@ -1,0 +1,320 @@
+//! `kiln ci`: a manifest of three artifacts across two targets and both
+//! artifact families; gates passing and failing; a rerun that rebuilds
+//! nothing and changes no byte; `--shard 1/2` + `--shard 2/2` + `--merge`
+//! equal to one run byte for byte; listings; hostile manifests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Every file under `dir` (relative path -> bytes).
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The example manifest with absolute paths, written into `dir`, with
+/// `edit` applied to its text.
+fn manifest(dir: &Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("examples/kiln.toml"))
+        .unwrap()
+        .replace("\"../", &format!("\"{}/", s(&repo())));
+    let p = dir.join("kiln.toml");
+    std::fs::write(&p, edit(text)).unwrap();
+    p
+}
+
+fn summary(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn builds_gates_reruns_shards_and_merges() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manifest(d.path(), |t| t);
+    let out = d.path().join("out");
+    let r = run(&["ci", s(&m), "-o", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // One line per artifact as it finishes, and the table on stdout.
+    assert_eq!(r.stderr.matches("] tiny-").count(), 3, "{}", r.stderr);
+    assert_eq!(r.stderr.matches(": built in ").count(), 3, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("| tiny-qwen2-h100-vllm | h100-sxm | vllm |"),
+        "{}",
+        r.stdout
+    );
+    let s1 = summary(&out);
+    assert_eq!(s1["passed"], true);
+    let arts = s1["artifacts"].as_array().unwrap();
+    assert_eq!(arts.len(), 3);
+    assert_eq!(
+        listing(&out),
+        [
+            "summary.json",
+            "summary.md",
+            "tiny-llama-h100",
+            "tiny-llama-m2-max",
+            "tiny-qwen2-h100-vllm"
+        ]
+    );
+    // Both artifact families, each the usual build directory.
+    assert!(listing(&out.join("tiny-llama-h100")).contains(&"tiny-llama.gguf".to_string()));
+    assert!(listing(&out.join("tiny-qwen2-h100-vllm")).contains(&"config.json".to_string()));
+    for a in arts {
+        assert_eq!(a["passed"], true, "{a}");
+        assert!(!a["gates"].as_array().unwrap().is_empty());
+        assert_eq!(a["key"].as_str().unwrap().len(), 64);
+    }
+    // The two llama artifacts share one measurement: measuring ran once for them.
+    let before = tree(&out);
+
+    // A rerun rebuilds nothing, says so, and changes no byte.
+    let r = run(&["ci", s(&m), "-o", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("up to date, not rebuilt").count(),
+        3,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(tree(&out), before);
+
+    // Two shards on "two machines", merged: the same bytes as one run.
+    let (a, b, merged) = (d.path().join("a"), d.path().join("b"), d.path().join("m"));
+    for (shard, o) in [("1/2", &a), ("2/2", &b)] {
+        let r = run(&["ci", s(&m), "--shard", shard, "-o", s(o)]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    assert_eq!(summary(&a)["artifacts"].as_array().unwrap().len(), 2);
+    assert_eq!(summary(&b)["artifacts"].as_array().unwrap().len(), 1);
+    let r = run(&["ci", s(&m), "--merge", s(&a), s(&b), "-o", s(&merged)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(tree(&merged), before);
+
+    // A merge that misses a unit, or merges conflicting results, is refused.
+    let r = run(&["ci", s(&m), "--merge", s(&a), "-o", s(&d.path().join("m2"))]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("no merged directory holds tiny-llama-m2-max"),
+        "{}",
+        r.stderr
+    );
+    let gguf = b.join("tiny-llama-m2-max").join("tiny-llama.gguf");
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&gguf, bytes).unwrap();
+    let r = run(&[
+        "ci",
+        s(&m),
+        "--merge",
+        s(&a),
+        s(&b),
+        "-o",
+        s(&d.path().join("m3")),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("do not match the hashes"), "{}", r.stderr);
+
+    // A cache serves another OUT without building.
+    let cache = d.path().join("cache");
+    let r = run(&[
+        "ci",
+        s(&m),
+        "--only",
+        "tiny-llama-h100",
+        "--cache",
+        s(&cache),
+        "-o",
+        s(&d.path().join("c1")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(&[
+        "ci",
+        s(&m),
+        "--only",
+        "tiny-llama-h100",
+        "--cache",
+        s(&cache),
+        "-o",
+        s(&d.path().join("c2")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("from the cache, not rebuilt"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(tree(&d.path().join("c1")), tree(&d.path().join("c2")));
+}
+
+#[test]
+fn a_failing_gate_exits_1_and_the_summary_says_which() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manifest(d.path(), |t| {
+        t.replace("max_kld = 0.05\nmin_top1", "max_kld = 1e-12\nmin_top1")
+            .replace("min_decode_tok_s = 50", "min_decode_tok_s = 1e12")
+    });
+    let out = d.path().join("out");
+    let r = run(&[
+        "ci",
+        s(&m),
+        "--only",
+        "tiny-llama-h100",
+        "--only",
+        "tiny-llama-m2-max",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: gates failed: `tiny-llama-h100`: max_kld 1e-12, measured "),
+        "{last}"
+    );
+    assert!(
+        last.contains("`tiny-llama-m2-max`: min_decode_tok_s 1000000000000.0, measured "),
+        "{last}"
+    );
+    let s1 = summary(&out);
+    assert_eq!(s1["passed"], false);
+    assert_eq!(
+        s1["failed"],
+        serde_json::json!(["tiny-llama-h100", "tiny-llama-m2-max"])
+    );
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("## Failed gates"), "{md}");
+    assert!(md.contains("**FAIL**"), "{md}");
+}
+
+#[test]
+fn listings_name_every_unit_with_its_key_and_command() {
+    let d = tempfile::tempdir().unwrap();
+    let m = manifest(d.path(), |t| t);
+    let r = run(&["ci", s(&m), "--list", "-o", "o"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let units = v["units"].as_array().unwrap();
+    assert_eq!(units.len(), 3);
+    assert_eq!(
+        units[0]["command"],
+        format!(
+            "kiln ci {} --only tiny-llama-h100 -o o/units/tiny-llama-h100",
+            s(&m)
+        )
+    );
+    let r = run(&["ci", s(&m), "--list", "--format", "github"]);
+    let g: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(g["include"].as_array().unwrap().len(), 3);
+    let r = run(&["ci", s(&m), "--list", "--format", "k8s", "--shard", "1/2"]);
+    assert!(r.stdout.contains("\"completions\": 2"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("--shard $((JOB_COMPLETION_INDEX + 1))/2"),
+        "{}",
+        r.stdout
+    );
+    let r = run(&["ci", s(&m), "--list", "--format", "slurm"]);
+    assert!(r.stdout.contains("#SBATCH --array=0-2"), "{}", r.stdout);
+    let r = run(&["ci", s(&m), "--list", "--format", "gitlab"]);
+    assert!(
+        r.stdout.contains(
+            "KILN_UNIT: [\"tiny-llama-h100\", \"tiny-llama-m2-max\", \"tiny-qwen2-h100-vllm\"]"
+        ),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn hostile_manifests_get_one_line_and_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &dyn Fn(String) -> String, &str)] = &[
+        (
+            "unknown key",
+            &|t| t.replace("concurrency = 4\n", "concurrency = 4\ncolour = \"red\"\n"),
+            "unknown field `colour`",
+        ),
+        (
+            "unknown target",
+            &|t| t.replace("target = \"m2-max\"", "target = \"h1000\""),
+            "key `target`: artifact `tiny-llama-m2-max`: unknown target `h1000`",
+        ),
+        (
+            "duplicate names",
+            &|t| t.replace("name = \"tiny-llama-m2-max\"", "name = \"tiny-llama-h100\""),
+            "artifact `tiny-llama-h100` is named twice",
+        ),
+        (
+            "a gate of the wrong unit",
+            &|t| t.replace("min_top1 = 0.8", "min_top1 = 80"),
+            "top-1 agreement is a fraction of positions in 0..1 (for 80% write 0.8)",
+        ),
+        (
+            "a gate as text",
+            &|t| t.replace("min_decode_tok_s = 50", "min_decode_tok_s = \"50 tok/s\""),
+            "invalid type: string \"50 tok/s\", expected f64",
+        ),
+        (
+            "an engine the target lacks",
+            &|t| {
+                t.replace(
+                    "target = \"m2-max\"\nengine = \"llama.cpp\"",
+                    "target = \"m2-max\"\nengine = \"vllm\"",
+                )
+            },
+            "key `engine`",
+        ),
+        (
+            "a missing model",
+            &|t| t.replace("fixtures/tiny-qwen2\"", "fixtures/no-such\""),
+            "key `path`: model `tiny-qwen2`",
+        ),
+    ];
+    for (what, edit, want) in cases {
+        let m = manifest(d.path(), edit);
+        let out = d.path().join("out");
+        let r = run(&["ci", s(&m), "-o", s(&out)]);
+        assert_eq!(r.code, 2, "{what}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{what}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{what}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(s(&m)),
+            "{what}: names the file: {}",
+            r.stderr
+        );
+        assert!(!out.exists(), "{what}: wrote {out:?}");
+    }
+    // A file kiln did not write is never replaced.
+    let m = manifest(d.path(), |t| t);
+    let out = d.path().join("theirs");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("summary.json"), "{\"mine\": true}").unwrap();
+    let r = run(&["ci", s(&m), "--only", "tiny-llama-h100", "-o", s(&out)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not a kiln ci summary"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("summary.json")).unwrap(),
+        "{\"mine\": true}"
+    );
+}
