@@ -657,6 +657,12 @@ fn at(v: &Value, ptr: &str) -> Value {
 
 /// A unit's summary entry (without gates) from its build manifest.
 fn entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
+    if built["schema"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("kiln.artifact/build-ct"))
+    {
+        return ct_entry(u, key, dir, built);
+    }
     let text = built.pointer("/accuracy/text").filter(|t| t.is_object());
     Ok(json!({
         "name": u.name,
@@ -684,6 +690,47 @@ fn entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
             "kld_mean": at(t, "/kld_mean"),
             "perplexity_ratio": at(t, "/perplexity_ratio"),
             "top1_agreement": at(t, "/top1_agreement"),
+        })),
+    }))
+}
+
+/// The entry of a compressed-tensors build: its manifest has the plan and
+/// the measured KL divergence of the chosen plan (`compared`), but no
+/// serving-cost estimate yet, so cost gates find nothing to compare.
+fn ct_entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
+    let files = list_files(dir)?;
+    let size: u64 = built["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["path"].as_str().is_some_and(|p| p.ends_with(".safetensors")))
+        .filter_map(|f| f["bytes"].as_u64())
+        .sum();
+    let chosen = built["compared"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("kiln plan")));
+    Ok(json!({
+        "name": u.name,
+        "model": u.model.name,
+        "target": u.target,
+        "engine": at(built, "/engine"),
+        "key": key,
+        "files": files,
+        "plan": {
+            "objective": at(built, "/objective"),
+            "bits_per_weight": Value::Null,
+            "predicted_kld": at(built, "/predicted_kld"),
+            "devices": Value::Null,
+        },
+        "size_bytes": size,
+        "cost": Value::Null,
+        "accuracy": chosen.map_or(Value::Null, |c| json!({
+            "windows": Value::Null,
+            "kld_mean": at(c, "/measured_kld"),
+            "perplexity_ratio": Value::Null,
+            "top1_agreement": Value::Null,
         })),
     }))
 }
