@@ -16,6 +16,7 @@ mod imatrix;
 mod inspect;
 mod plan;
 mod printer;
+mod prune;
 mod targets;
 
 use std::process::ExitCode;

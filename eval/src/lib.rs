@@ -15,6 +15,7 @@ pub mod imatrix;
 pub mod model;
 mod moe;
 pub mod planning;
+pub mod prune;
 pub mod report;
 pub mod text;
 pub mod tokenize;

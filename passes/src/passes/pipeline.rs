@@ -95,6 +95,24 @@ impl Pipeline {
         Pipeline::of("size", vec![Box::new(recipe)])
     }
 
+    /// Structured pruning on a loaded model: names and layout first, then
+    /// the `prune-*` passes given (see `prune.rs`), in their order.
+    pub fn prune(passes: Vec<Box<dyn Pass + Send + Sync>>) -> Pipeline {
+        let mut all: Vec<Box<dyn Pass + Send + Sync>> = vec![Box::new(Normalize)];
+        all.extend(passes);
+        Pipeline::of("prune", all)
+    }
+
+    /// A recipe's types on an opened (normalized, maybe pruned) model, then
+    /// the imatrix: `convert` without its `normalize`.
+    pub fn quantize(recipe: ApplyRecipe, importance: Option<AttachImportance>) -> Pipeline {
+        let mut passes: Vec<Box<dyn Pass + Send + Sync>> = vec![Box::new(recipe)];
+        if let Some(i) = importance {
+            passes.push(Box::new(i));
+        }
+        Pipeline::of("quantize", passes)
+    }
+
     /// The passes' names, in order.
     pub fn pass_names(&self) -> Vec<&'static str> {
         self.passes.iter().map(|p| p.name()).collect()
