@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import ref_forward
+from ref_prune import prune_reference
 from conftest import ROOT, fixture_path, run_kiln
 from runtime_common import F32_LOGIT_RTOL, MARGIN, PROMPT_TEXT, hf_encoder, rel_margins
 
@@ -42,35 +43,6 @@ CASES = [
     ("tiny-qwen3", "ffn=0.5;kv-groups=1"),  # per-head q/k norms stay
     ("tiny-phi", "ffn=0.5;layers=1"),  # fused gate_up
 ]
-
-
-def prune_reference(model: ref_forward.RefModel, rec: dict) -> ref_forward.RefModel:
-    """Apply kiln's record (kept columns by pre-depth GGUF name, layer map) to the reference."""
-    kept = rec["kept_columns"]
-    n_head, n_kv, hd = model.n_head, model.n_kv_head, model.head_dim
-    for i, layer in enumerate(model.layers):
-        o = kept.get(f"blk.{i}.attn_output.weight")
-        if o is not None:
-            o = np.asarray(o)
-            heads = sorted({c // hd for c in o})
-            group = n_head // n_kv
-            groups = sorted({h // group for h in heads})
-            kv_rows = np.concatenate([np.arange(g * hd, (g + 1) * hd) for g in groups])
-            layer.wq = layer.wq[o]
-            layer.wk = layer.wk[kv_rows]
-            layer.wv = layer.wv[kv_rows]
-            layer.wo = layer.wo[:, o]
-            if layer.bq is not None:
-                layer.bq, layer.bk, layer.bv = layer.bq[o], layer.bk[kv_rows], layer.bv[kv_rows]
-        d = kept.get(f"blk.{i}.ffn_down.weight")
-        if d is not None:
-            d = np.asarray(d)
-            layer.w_gate, layer.w_up, layer.w_down = layer.w_gate[d], layer.w_up[d], layer.w_down[:, d]
-    if rec["after"]["n_head"] != n_head:
-        model.n_head, model.n_kv_head = rec["after"]["n_head"], rec["after"]["n_head_kv"]
-    if rec["layer_map"]:
-        model.layers = [l for l, m in zip(model.layers, rec["layer_map"]) if m is not None]
-    return model
 
 
 @pytest.fixture(scope="module")
