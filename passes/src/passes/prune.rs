@@ -1146,7 +1146,7 @@ mod tests {
         assert_eq!(ffn_keep(704, 0.75), 512);
         assert_eq!(ffn_keep(4864, 0.75), 3712);
         assert_eq!(ffn_keep(100, 0.5), 50);
-        assert_eq!(ffn_keep(128, 0.01), 32);
+        assert_eq!(ffn_keep(128, 0.01), 64);
     }
 
     #[test]
