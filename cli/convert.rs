@@ -114,6 +114,18 @@ pub struct ConvertArgs {
     /// llama.cpp pre-tokenizer name to record (tokenizer.ggml.pre), when kiln cannot recognize it.
     #[arg(long, value_name = "NAME")]
     pub pre_tokenizer: Option<String>,
+    /// Structured pruning before quantization (repeatable, or items joined by `;`):
+    /// `layers=20,21` removes those blocks (later ones renumbered), `layers=auto:2` the two
+    /// of least block influence on --text (ShortGPT); `ffn=0.75` keeps 75% of each FFN's
+    /// channels (Wanda: activation norm x ffn_down column norm; weight norms without --text
+    /// or --imatrix); `kv-groups=2` keeps 2 KV groups per layer (a KV head with its query
+    /// heads), `kv-groups=0:1,1:0` removes those (layer:group); `tp=2` keeps head counts
+    /// divisible by 2. Works with --dry-run (prints the pruned config and sizes).
+    #[arg(long, value_name = "SPEC", value_parser = passes::passes::prune::parse_spec)]
+    pub prune: Vec<passes::passes::prune::PruneSpec>,
+    /// Calibration text for --prune: activation norms and block influence.
+    #[arg(long, value_name = "FILE", requires = "prune")]
+    pub text: Option<PathBuf>,
 }
 
 /// The output formats of `convert`.
@@ -144,7 +156,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
             pre_tokenizer: args.pre_tokenizer.clone(),
         },
     };
-    let loaded = formats::load(&args.model, &opts)?;
+    let mut loaded = formats::load(&args.model, &opts)?;
     for w in &loaded.warnings {
         printer.warn(w);
     }
@@ -196,9 +208,40 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         }),
         None => None,
     };
-    Pipeline::convert(apply, importance)
-        .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
-        .with_context(|| args.model.display().to_string())?;
+    let mut prune = match args.prune.is_empty() {
+        true => None,
+        false => Some(crate::prune::Prune::new(
+            &args.prune,
+            &args.model,
+            args.text.as_deref(),
+            importance.as_ref().map(|i| &i.vectors),
+            printer,
+        )?),
+    };
+    match &mut prune {
+        None => {
+            Pipeline::convert(apply, importance)
+                .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
+                .with_context(|| args.model.display().to_string())?;
+        }
+        Some(p) => {
+            p.before(&model);
+            Pipeline::prune(p.passes(true))
+                .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
+                .with_context(|| args.model.display().to_string())?;
+            p.serve(&model, &mut loaded.maps)?;
+            model
+                .metadata
+                .set("kiln.prune", passes::MetaValue::String(p.resolved()));
+            let importance = importance.map(|i| AttachImportance {
+                vectors: p.remap_importance(&i.vectors),
+                provenance: i.provenance,
+            });
+            Pipeline::quantize(apply, importance)
+                .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
+                .with_context(|| args.model.display().to_string())?;
+        }
+    }
     if let Some((path, m)) = &imatrix {
         if !m.entries.is_empty() {
             let arg = path.display().to_string();
@@ -233,12 +276,18 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         )
         .collect();
 
+    let prune_record = prune.as_ref().map(|p| p.record(&model));
     if args.dry_run {
         if args.json {
-            printer.data(&serde_json::to_string_pretty(&plan_json(
-                args, &model, &layout, &notes, false,
-            ))?);
+            let mut j = plan_json(args, &model, &layout, &notes, false);
+            if let Some(r) = &prune_record {
+                j["prune"] = r.clone();
+            }
+            printer.data(&serde_json::to_string_pretty(&j)?);
         } else {
+            if let Some(p) = &prune {
+                printer.data(&p.summary_text(&model, Some((layout.total_bytes, "in the output"))));
+            }
             printer.data(&plan_text(args, &model, &layout, &notes));
         }
         return Ok(());
@@ -277,6 +326,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if args.json {
         let mut j = plan_json(args, &model, &layout, &notes, true);
         j["seconds"] = json!(secs);
+        if let Some(r) = &prune_record {
+            j["prune"] = r.clone();
+        }
         printer.data(&serde_json::to_string_pretty(&j)?);
     }
     printer.info(&format!(

@@ -71,7 +71,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if let Some((flag, _)) = gguf_only.iter().find(|(_, set)| *set) {
         anyhow::bail!("{flag} applies to GGUF output, not --format compressed-tensors");
     }
-    let loaded = formats::load(&args.model, &Default::default())?;
+    let mut loaded = formats::load(&args.model, &Default::default())?;
     for w in &loaded.warnings {
         printer.warn(w);
     }
@@ -97,9 +97,34 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         anyhow::bail!("{}: no architecture in config.json", args.model.display());
     }
     let mut model = loaded.model;
-    Pipeline::open()
-        .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
-        .with_context(|| args.model.display().to_string())?;
+    if gguf && !args.prune.is_empty() {
+        anyhow::bail!(
+            "{}: --prune with a GGUF input is not supported for compressed-tensors output yet (prune the Hugging Face checkpoint, or write GGUF)",
+            args.model.display()
+        );
+    }
+    let mut prune = match args.prune.is_empty() {
+        true => None,
+        false => Some(crate::prune::Prune::new(
+            &args.prune,
+            &args.model,
+            args.text.as_deref(),
+            None,
+            printer,
+        )?),
+    };
+    match &mut prune {
+        None => Pipeline::open(),
+        Some(p) => {
+            p.before(&model);
+            Pipeline::prune(p.passes(false))
+        }
+    }
+    .run(&mut model, &Context::with_reader(&Rows(&loaded.maps)))
+    .with_context(|| args.model.display().to_string())?;
+    if let Some(p) = &prune {
+        p.serve(&model, &mut loaded.maps)?;
+    }
     // A GGUF gets its Hugging Face names, layout and files back.
     let from_gguf = if gguf {
         Some(ct_gguf::to_hf(&mut model, &args.model)?)
@@ -118,7 +143,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     ct::assign(&mut model, scheme, &args.ignore)?;
     let fp8_max = target.as_ref().map_or(448.0, |t| t.fp8_max());
     ct::set_fp8_max(&mut model, fp8_max).map_err(anyhow::Error::msg)?;
-    let container = match from_gguf {
+    let mut container = match from_gguf {
         Some(g) => {
             for n in &g.notes {
                 printer.info(&format!("note: {n}"));
@@ -135,6 +160,10 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         None => CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?,
     }
     .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
+    let prune_record = prune.as_ref().map(|p| p.record(&model));
+    if let (Some(p), Some(arch)) = (&prune, &model.arch) {
+        crate::prune::edit_hf_config(container.config_mut(), arch, &crate::prune::layer_map(p));
+    }
     let files = container.layout(&model)?;
     let notes: Vec<String> = model
         .tensors
@@ -147,10 +176,16 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         .collect();
     if args.dry_run {
         if args.json {
-            printer.data(&serde_json::to_string_pretty(&plan_json(
-                args, name, &model, &files, &notes, false,
-            ))?);
+            let mut j = plan_json(args, name, &model, &files, &notes, false);
+            if let Some(r) = &prune_record {
+                j["prune"] = r.clone();
+            }
+            printer.data(&serde_json::to_string_pretty(&j)?);
         } else {
+            if let Some(p) = &prune {
+                let total: u64 = files.iter().map(|f| f.total_bytes).sum();
+                printer.data(&p.summary_text(&model, Some((total, "of tensors in the output"))));
+            }
             printer.data(&plan_text(args, name, &model, &files, &notes));
         }
         return Ok(());
@@ -206,6 +241,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         // so (Neuron reads the standard block), so it is recorded here only.
         "fp8_e4m3_max": if matches!(scheme, Scheme::Fp8Dynamic | Scheme::Fp8Block) { Some(fp8_max) } else { None },
         "files": listed,
+        "prune": prune_record,
     });
     staging.write("manifest.json", &serde_json::to_vec_pretty(&manifest)?)?;
     staging.commit()?;
@@ -213,6 +249,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if args.json {
         let mut j = plan_json(args, name, &model, &files, &notes, true);
         j["seconds"] = json!(secs);
+        if let Some(r) = &prune_record {
+            j["prune"] = r.clone();
+        }
         printer.data(&serde_json::to_string_pretty(&j)?);
     }
     let bytes: u64 = files.iter().map(|f| f.total_bytes).sum();

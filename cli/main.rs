@@ -18,6 +18,7 @@ mod imatrix;
 mod inspect;
 mod plan;
 mod printer;
+mod prune;
 mod targets;
 
 use std::process::ExitCode;

@@ -16,6 +16,7 @@ pub mod imatrix;
 pub mod model;
 mod moe;
 pub mod planning;
+pub mod prune;
 pub mod report;
 pub mod source;
 pub mod stream;

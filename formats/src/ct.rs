@@ -647,6 +647,12 @@ impl CompressedTensors {
         )
     }
 
+    /// The output's config.json before `quantization_config` is added (a
+    /// pass that changes the architecture, such as pruning, edits it).
+    pub fn config_mut(&mut self) -> &mut Map<String, Value> {
+        &mut self.config
+    }
+
     /// Split the tensors into shards of at most `bytes` (a tensor larger
     /// than that gets a shard of its own), as `save_pretrained` does.
     pub fn with_max_shard_size(mut self, bytes: u64) -> CompressedTensors {

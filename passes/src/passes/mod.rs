@@ -23,6 +23,7 @@ pub mod importance;
 pub mod layout;
 pub mod normalize;
 pub mod pipeline;
+pub mod prune;
 pub mod recipe;
 pub mod verify;
 
@@ -49,6 +50,18 @@ pub const REGISTRY: &[(&str, &str)] = &[
     (
         "importance",
         "importance vectors (imatrix) checked against the tensors and attached to the model",
+    ),
+    (
+        "prune-depth",
+        "remove whole blocks; later blocks renumbered, per-layer facts kept consistent",
+    ),
+    (
+        "prune-ffn",
+        "keep the most important FFN channels (Wanda: activation norm x ffn_down column norm), same width in every layer",
+    ),
+    (
+        "prune-kv",
+        "remove whole KV groups (a KV head with its query heads), head counts valid for the runtime and TP degree",
     ),
 ];
 

@@ -95,6 +95,24 @@ impl Pipeline {
         Pipeline::of("size", vec![Box::new(recipe)])
     }
 
+    /// Structured pruning on a loaded model: names and layout first, then
+    /// the `prune-*` passes given (see `prune.rs`), in their order.
+    pub fn prune(passes: Vec<Box<dyn Pass + Send + Sync>>) -> Pipeline {
+        let mut all: Vec<Box<dyn Pass + Send + Sync>> = vec![Box::new(Normalize)];
+        all.extend(passes);
+        Pipeline::of("prune", all)
+    }
+
+    /// A recipe's types on an opened (normalized, maybe pruned) model, then
+    /// the imatrix: `convert` without its `normalize`.
+    pub fn quantize(recipe: ApplyRecipe, importance: Option<AttachImportance>) -> Pipeline {
+        let mut passes: Vec<Box<dyn Pass + Send + Sync>> = vec![Box::new(recipe)];
+        if let Some(i) = importance {
+            passes.push(Box::new(i));
+        }
+        Pipeline::of("quantize", passes)
+    }
+
     /// The passes' names, in order.
     pub fn pass_names(&self) -> Vec<&'static str> {
         self.passes.iter().map(|p| p.name()).collect()
@@ -117,6 +135,30 @@ mod tests {
     use crate::passes::recipe::{parse_recipe, RecipeOptions};
     use crate::passes::REGISTRY;
 
+    fn prune_passes() -> Vec<Box<dyn Pass + Send + Sync>> {
+        use crate::passes::prune::{DropKvGroups, DropLayers, KvSel, NarrowFfn, SharedScratch};
+        let scratch = SharedScratch::default();
+        vec![
+            Box::new(DropKvGroups {
+                sel: KvSel::Keep(1),
+                tp: 1,
+                activations: None,
+                scratch: scratch.clone(),
+                gguf: true,
+            }),
+            Box::new(NarrowFfn {
+                ratio: 0.5,
+                activations: None,
+                scratch: scratch.clone(),
+            }),
+            Box::new(DropLayers {
+                layers: vec![0],
+                scratch,
+                how: String::new(),
+            }),
+        ]
+    }
+
     #[test]
     fn every_pipeline_uses_registered_passes() {
         let recipe = || ApplyRecipe::new(parse_recipe("Q4_K_M").unwrap(), RecipeOptions::default());
@@ -127,6 +169,8 @@ mod tests {
             Pipeline::size(recipe().unwrap()),
             Pipeline::importance(AttachImportance::default()),
             Pipeline::layout(Shard { devices: 2, cap: 1 }),
+            Pipeline::quantize(recipe().unwrap(), None),
+            Pipeline::prune(prune_passes()),
         ];
         for p in &pipelines {
             for name in p.pass_names() {
