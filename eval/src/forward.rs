@@ -431,6 +431,187 @@ impl Transformer {
         )))
     }
 
+    /// Block `i` over one sequence's residual stream `x` `[t, hidden]`
+    /// (positions `0..t`), with the RoPE tables and masks of `inputs`.
+    fn layer(
+        &self,
+        i: usize,
+        mut x: Tensor,
+        inputs: &crate::gemma::LayerInputs,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        let l = &self.layers[i];
+        let c = &self.cfg.arch;
+        let (nh, nkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
+        let g = nh / nkv;
+        let t = x.dim(0).op(|| format!("blk.{i}: input rows"))?;
+        let gemma = c.gemma.as_ref();
+        let scale = 1.0 / f64::from(gemma.map_or(hd as f32, |g| g.query_pre_attn_scalar)).sqrt();
+        let (cos, sin, mask) = inputs.layer(gemma, i);
+        let ctx = |what: &str| format!("blk.{i}: {what}");
+        let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
+        let (q, k, v) = match (&l.k, &l.v) {
+            (Some(k), Some(v)) => (
+                l.q.forward(&h, obs)?,
+                k.forward(&h, obs)?,
+                v.forward(&h, obs)?,
+            ),
+            _ => {
+                // Fused rows: q, then k, then v.
+                let qkv = l.q.forward(&h, obs)?;
+                let part = |at: usize, n: usize| qkv.narrow(1, at, n).op(|| ctx("split qkv"));
+                (
+                    part(0, nh * hd)?,
+                    part(nh * hd, nkv * hd)?,
+                    part((nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        // [t, heads * hd] -> [1, heads, t, hd] for RoPE.
+        let heads = |y: Tensor, n: usize, what: &str| -> Result<Tensor> {
+            y.contiguous()
+                .and_then(|y| y.reshape((1, t, n, hd)))
+                .and_then(|y| y.transpose(1, 2))
+                .and_then(|y| y.contiguous())
+                .op(|| ctx(what))
+        };
+        let (mut q, mut k, v) = (
+            heads(q, nh, "q heads")?,
+            heads(k, nkv, "k heads")?,
+            heads(v, nkv, "v heads")?,
+        );
+        // qwen3: each head of q and k RMS-normalized over head_dim, before RoPE.
+        if let Some(w) = &l.q_norm {
+            q = rms_norm(&q, w, c.rms_eps).op(|| ctx("attn_q_norm"))?;
+        }
+        if let Some(w) = &l.k_norm {
+            k = rms_norm(&k, w, c.rms_eps).op(|| ctx("attn_k_norm"))?;
+        }
+        let (q, k) = match self.cfg.spec.rope {
+            RopeStyle::Interleaved => (rope_i(&q, cos, sin), rope_i(&k, cos, sin)),
+            RopeStyle::Neox => (rope(&q, cos, sin), rope(&k, cos, sin)),
+        };
+        let (q, k) = (q.op(|| ctx("rope q"))?, k.op(|| ctx("rope k"))?);
+        // Grouped-query attention without copying K/V: query heads
+        // h = kv * g + j share KV head kv, so [nh, t, hd] is [nkv, g * t, hd].
+        let q = q.reshape((nkv, g * t, hd)).op(|| ctx("q groups"))?;
+        let k = k.reshape((nkv, t, hd)).op(|| ctx("k groups"))?;
+        let v = v.reshape((nkv, t, hd)).op(|| ctx("v groups"))?;
+        let att = q
+            .matmul(&k.t().op(|| ctx("kT"))?)
+            .and_then(|a| a * scale)
+            .op(|| ctx("scores"))?;
+        let att = match gemma.and_then(|g| g.attn_softcap) {
+            Some(cap) => crate::gemma::softcap(&att, cap)?,
+            None => att,
+        };
+        let att = att
+            .reshape((nkv, g, t, t))
+            .and_then(|a| a.broadcast_add(mask))
+            .op(|| ctx("mask"))?;
+        let att = softmax_last_dim(&att).op(|| ctx("softmax"))?;
+        let o = att
+            .reshape((nkv, g * t, t))
+            .and_then(|a| a.matmul(&v))
+            .and_then(|o| o.reshape((nh, t, hd)))
+            .and_then(|o| o.transpose(0, 1))
+            .and_then(|o| o.contiguous())
+            .and_then(|o| o.reshape((t, nh * hd)))
+            .op(|| ctx("attention"))?;
+        let mut o = l.o.forward(&o, obs)?;
+        if let Some(n) = &l.post_attn_norm {
+            o = rms_norm(&o, n, c.rms_eps).op(|| ctx("post_attention_norm"))?;
+        }
+        x = (x + o).op(|| ctx("residual"))?;
+        let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
+        let d = match &l.ffn {
+            Ffn::Dense { gate, up, down } => {
+                let (gate, up) = match gate {
+                    Some(gate) => (gate.forward(&h, obs)?, up.forward(&h, obs)?),
+                    None => {
+                        // Fused rows: gate, then up (llama.cpp's swiglu halves).
+                        let both = up.forward(&h, obs)?;
+                        let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
+                        (
+                            both.narrow(1, 0, f).op(|| ctx("split gate"))?,
+                            both.narrow(1, f, f).op(|| ctx("split up"))?,
+                        )
+                    }
+                };
+                // Gemma: GELU (tanh approximation, llama.cpp's LLM_FFN_GELU); else SiLU.
+                let act = match gemma {
+                    Some(_) => gate.gelu().op(|| ctx("gelu"))?,
+                    None => gate.silu().op(|| ctx("silu"))?,
+                };
+                let a = (act * up).op(|| ctx("gate * up"))?;
+                down.forward(&a, obs)?
+            }
+            Ffn::Moe(moe) => moe.forward(&h, obs, &ctx)?,
+        };
+        let d = match &l.post_ffn_norm {
+            Some(n) => rms_norm(&d, n, c.rms_eps).op(|| ctx("post_ffw_norm"))?,
+            None => d,
+        };
+        x = (x + d).op(|| ctx("residual"))?;
+        Ok(x)
+    }
+
+    /// Number of transformer blocks.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The residual stream entering block 0 for `ids` (the embedding rows,
+    /// scaled as the family scales them).
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        let c = &self.cfg.arch;
+        let t = ids.len();
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.cfg.vocab
+            )));
+        }
+        let ids_t = Tensor::from_slice(ids, t, &self.device).op(|| "token ids".into())?;
+        let x = self
+            .embed
+            .index_select(&ids_t, 0)
+            .op(|| "token_embd lookup".into())?;
+        // Gemma: the runtime scales embeddings by sqrt(hidden) (f32, as
+        // llama.cpp's ggml_scale).
+        match &c.gemma {
+            Some(_) => (x * f64::from((c.hidden as f32).sqrt())).op(|| "embedding scale".into()),
+            None => Ok(x),
+        }
+    }
+
+    /// Block `i` alone over one sequence's residual stream `x` `[t, hidden]`
+    /// (positions `0..t`): the same arithmetic as inside
+    /// [`Transformer::forward`], so running blocks one after another gives
+    /// its hidden states. The observer sees block `i`'s linear inputs.
+    pub fn block(&self, i: usize, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
+        if i >= self.layers.len() {
+            return Err(Error::Input(format!(
+                "block {i} of a model with {} blocks",
+                self.layers.len()
+            )));
+        }
+        let t = x.dim(0).op(|| format!("blk.{i}: input rows"))?;
+        let inputs = self.layer_inputs(t)?;
+        self.layer(i, x.clone(), &inputs, obs)
+    }
+
+    fn layer_inputs(&self, t: usize) -> Result<crate::gemma::LayerInputs> {
+        let c = &self.cfg.arch;
+        match &c.gemma {
+            Some(_) => crate::gemma::LayerInputs::new(c, t, &self.device),
+            None => {
+                let (cos, sin) = self.rope_tables(t)?;
+                crate::gemma::LayerInputs::plain(cos, sin, t, &self.device)
+            }
+        }
+    }
+
     /// cos and sin tables `[t, head_dim / 2]` for positions `0..t`, as
     /// ggml's `rope_yarn` computes them for llama.cpp's parameters: theta =
     /// p * base^(-2i/d) / factor_i (llama3's `rope_freqs`, or longrope's
@@ -544,146 +725,17 @@ impl Transformer {
             )));
         }
         let c = &self.cfg.arch;
-        let (nh, nkv, hd) = (c.n_head, c.n_head_kv, c.head_dim);
-        let g = nh / nkv;
         let (start, mut x) = match resume {
             Some((layer, x)) => (layer.min(self.layers.len()), x.clone()),
-            None => {
-                let ids_t = Tensor::from_slice(ids, t, &self.device).op(|| "token ids".into())?;
-                let x = self
-                    .embed
-                    .index_select(&ids_t, 0)
-                    .op(|| "token_embd lookup".into())?;
-                // Gemma: the runtime scales embeddings by sqrt(hidden) (f32, as
-                // llama.cpp's ggml_scale).
-                let x = match &c.gemma {
-                    Some(_) => {
-                        (x * f64::from((c.hidden as f32).sqrt())).op(|| "embedding scale".into())?
-                    }
-                    None => x,
-                };
-                (0, x)
-            }
+            None => (0, self.embed_ids(ids)?),
         };
         let gemma = c.gemma.as_ref();
-        let inputs = match gemma {
-            Some(_) => crate::gemma::LayerInputs::new(c, t, &self.device)?,
-            None => {
-                let (cos, sin) = self.rope_tables(t)?;
-                crate::gemma::LayerInputs::plain(cos, sin, t, &self.device)?
-            }
-        };
-        let scale = 1.0 / f64::from(gemma.map_or(hd as f32, |g| g.query_pre_attn_scalar)).sqrt();
-        for (i, l) in self.layers.iter().enumerate().skip(start) {
-            let (cos, sin, mask) = inputs.layer(gemma, i);
+        let inputs = self.layer_inputs(t)?;
+        for i in start..self.layers.len() {
             if let Some(cap) = capture.as_deref_mut() {
                 cap.push(x.clone());
             }
-            let ctx = |what: &str| format!("blk.{i}: {what}");
-            let h = rms_norm(&x, &l.attn_norm, c.rms_eps).op(|| ctx("attn_norm"))?;
-            let (q, k, v) = match (&l.k, &l.v) {
-                (Some(k), Some(v)) => (
-                    l.q.forward(&h, obs)?,
-                    k.forward(&h, obs)?,
-                    v.forward(&h, obs)?,
-                ),
-                _ => {
-                    // Fused rows: q, then k, then v.
-                    let qkv = l.q.forward(&h, obs)?;
-                    let part = |at: usize, n: usize| qkv.narrow(1, at, n).op(|| ctx("split qkv"));
-                    (
-                        part(0, nh * hd)?,
-                        part(nh * hd, nkv * hd)?,
-                        part((nh + nkv) * hd, nkv * hd)?,
-                    )
-                }
-            };
-            // [t, heads * hd] -> [1, heads, t, hd] for RoPE.
-            let heads = |y: Tensor, n: usize, what: &str| -> Result<Tensor> {
-                y.contiguous()
-                    .and_then(|y| y.reshape((1, t, n, hd)))
-                    .and_then(|y| y.transpose(1, 2))
-                    .and_then(|y| y.contiguous())
-                    .op(|| ctx(what))
-            };
-            let (mut q, mut k, v) = (
-                heads(q, nh, "q heads")?,
-                heads(k, nkv, "k heads")?,
-                heads(v, nkv, "v heads")?,
-            );
-            // qwen3: each head of q and k RMS-normalized over head_dim, before RoPE.
-            if let Some(w) = &l.q_norm {
-                q = rms_norm(&q, w, c.rms_eps).op(|| ctx("attn_q_norm"))?;
-            }
-            if let Some(w) = &l.k_norm {
-                k = rms_norm(&k, w, c.rms_eps).op(|| ctx("attn_k_norm"))?;
-            }
-            let (q, k) = match self.cfg.spec.rope {
-                RopeStyle::Interleaved => (rope_i(&q, cos, sin), rope_i(&k, cos, sin)),
-                RopeStyle::Neox => (rope(&q, cos, sin), rope(&k, cos, sin)),
-            };
-            let (q, k) = (q.op(|| ctx("rope q"))?, k.op(|| ctx("rope k"))?);
-            // Grouped-query attention without copying K/V: query heads
-            // h = kv * g + j share KV head kv, so [nh, t, hd] is [nkv, g * t, hd].
-            let q = q.reshape((nkv, g * t, hd)).op(|| ctx("q groups"))?;
-            let k = k.reshape((nkv, t, hd)).op(|| ctx("k groups"))?;
-            let v = v.reshape((nkv, t, hd)).op(|| ctx("v groups"))?;
-            let att = q
-                .matmul(&k.t().op(|| ctx("kT"))?)
-                .and_then(|a| a * scale)
-                .op(|| ctx("scores"))?;
-            let att = match gemma.and_then(|g| g.attn_softcap) {
-                Some(cap) => crate::gemma::softcap(&att, cap)?,
-                None => att,
-            };
-            let att = att
-                .reshape((nkv, g, t, t))
-                .and_then(|a| a.broadcast_add(mask))
-                .op(|| ctx("mask"))?;
-            let att = softmax_last_dim(&att).op(|| ctx("softmax"))?;
-            let o = att
-                .reshape((nkv, g * t, t))
-                .and_then(|a| a.matmul(&v))
-                .and_then(|o| o.reshape((nh, t, hd)))
-                .and_then(|o| o.transpose(0, 1))
-                .and_then(|o| o.contiguous())
-                .and_then(|o| o.reshape((t, nh * hd)))
-                .op(|| ctx("attention"))?;
-            let mut o = l.o.forward(&o, obs)?;
-            if let Some(n) = &l.post_attn_norm {
-                o = rms_norm(&o, n, c.rms_eps).op(|| ctx("post_attention_norm"))?;
-            }
-            x = (x + o).op(|| ctx("residual"))?;
-            let h = rms_norm(&x, &l.ffn_norm, c.rms_eps).op(|| ctx("ffn_norm"))?;
-            let d = match &l.ffn {
-                Ffn::Dense { gate, up, down } => {
-                    let (gate, up) = match gate {
-                        Some(gate) => (gate.forward(&h, obs)?, up.forward(&h, obs)?),
-                        None => {
-                            // Fused rows: gate, then up (llama.cpp's swiglu halves).
-                            let both = up.forward(&h, obs)?;
-                            let f = both.dim(1).op(|| ctx("ffn_up width"))? / 2;
-                            (
-                                both.narrow(1, 0, f).op(|| ctx("split gate"))?,
-                                both.narrow(1, f, f).op(|| ctx("split up"))?,
-                            )
-                        }
-                    };
-                    // Gemma: GELU (tanh approximation, llama.cpp's LLM_FFN_GELU); else SiLU.
-                    let act = match gemma {
-                        Some(_) => gate.gelu().op(|| ctx("gelu"))?,
-                        None => gate.silu().op(|| ctx("silu"))?,
-                    };
-                    let a = (act * up).op(|| ctx("gate * up"))?;
-                    down.forward(&a, obs)?
-                }
-                Ffn::Moe(moe) => moe.forward(&h, obs, &ctx)?,
-            };
-            let d = match &l.post_ffn_norm {
-                Some(n) => rms_norm(&d, n, c.rms_eps).op(|| ctx("post_ffw_norm"))?,
-                None => d,
-            };
-            x = (x + d).op(|| ctx("residual"))?;
+            x = self.layer(i, x, &inputs, obs)?;
         }
         if let Some(cap) = capture {
             cap.push(x.clone());
