@@ -114,6 +114,8 @@ pub struct ConvertArgs {
     /// llama.cpp pre-tokenizer name to record (tokenizer.ggml.pre), when kiln cannot recognize it.
     #[arg(long, value_name = "NAME")]
     pub pre_tokenizer: Option<String>,
+    #[command(flatten)]
+    pub gptq: crate::gptq::GptqArgs,
 }
 
 /// The output formats of `convert`.
@@ -134,6 +136,11 @@ impl ConvertArgs {
 pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if args.format == OutFormat::CompressedTensors || args.scheme.is_some() {
         return crate::convert_ct::run(args, printer);
+    }
+    if args.gptq.gptq {
+        anyhow::bail!(
+            "--gptq rounds compressed-tensors integer schemes (--format compressed-tensors --scheme W4A16 ...); GGUF output is rounded to nearest"
+        );
     }
     let t0 = Instant::now();
     if let Some(out) = &args.output {

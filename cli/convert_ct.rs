@@ -99,8 +99,47 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     ct::assign(&mut model, scheme, &args.ignore)?;
     let fp8_max = target.as_ref().map_or(448.0, |t| t.fp8_max());
     ct::set_fp8_max(&mut model, fp8_max).map_err(anyhow::Error::msg)?;
-    let container = CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?
+    if args.gptq.gptq
+        && !matches!(
+            scheme,
+            Scheme::W4A16 { .. } | Scheme::W4A16Asym { .. } | Scheme::W8A16 { .. } | Scheme::W8A8
+        )
+    {
+        anyhow::bail!(
+            "--gptq rounds the integer schemes W4A16, W4A16_ASYM, W8A16 and W8A8, not {}",
+            scheme.name()
+        );
+    }
+    let inner = CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?
         .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
+    let gptq_t0 = Instant::now();
+    let (container, gptq_summary): (Box<dyn Container>, _) = if args.gptq.gptq && !args.dry_run {
+        let rounded = crate::gptq::round_ct(args, &model, printer)?;
+        let summary = json!({
+            "text": args.gptq.text,
+            "samples": args.gptq.gptq_samples.unwrap_or(128),
+            "ctx": args.gptq.gptq_ctx,
+            "actorder": args.gptq.actorder,
+            "dampening_frac": args.gptq.dampening_frac,
+            "seconds": gptq_t0.elapsed().as_secs_f64(),
+            "tensors": rounded.iter().map(|(n, r)| json!({
+                "name": n,
+                "loss": r.loss,
+                "rtn_fallback": r.fallback,
+            })).collect::<Vec<_>>(),
+        });
+        (
+            Box::new(crate::gptq::GptqCt::new(
+                inner,
+                rounded,
+                scheme,
+                &args.gptq.actorder,
+            )),
+            Some(summary),
+        )
+    } else {
+        (Box::new(inner), None)
+    };
     let files = container.layout(&model)?;
     let notes: Vec<String> = model
         .tensors
@@ -141,7 +180,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let result = write::write(
         &model,
         &loaded.maps,
-        &container,
+        container.as_ref(),
         &files,
         staging.dir(),
         opts,
@@ -171,6 +210,8 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         // Neuron's FP8 saturates at +-240: no quantization_config field says
         // so (Neuron reads the standard block), so it is recorded here only.
         "fp8_e4m3_max": if matches!(scheme, Scheme::Fp8Dynamic | Scheme::Fp8Block) { Some(fp8_max) } else { None },
+        // Which tensors GPTQ rounded, with its loss, and the calibration.
+        "gptq": gptq_summary,
         "files": listed,
     });
     staging.write("manifest.json", &serde_json::to_vec_pretty(&manifest)?)?;
