@@ -11,6 +11,7 @@ mod ct_targets;
 mod estimate;
 mod eval;
 mod fidelity;
+mod gptq;
 mod hostile;
 mod limits;
 #[cfg(unix)]
