@@ -453,11 +453,14 @@ pub fn run(
         let mut obs = Hessians::new(&wants);
         for x in &xs {
             if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Interrupted);
+                return Err(Error::Formats(formats::Error::Interrupted));
             }
             net.block(i, x, &mut obs)?;
         }
         for slot in &obs.slots {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Formats(formats::Error::Interrupted));
+            }
             let f = Factor::new(&slot.hessian(), slot.n, opts);
             for name in &slot.names {
                 let node = m.need(name)?;
@@ -492,6 +495,9 @@ pub fn run(
         }
         drop(obs);
         for x in &mut xs {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Formats(formats::Error::Interrupted));
+            }
             *x = net.block(i, x, &mut crate::forward::NoObserver)?;
         }
         progress(i + 1);
