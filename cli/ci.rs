@@ -703,14 +703,22 @@ fn ct_entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|f| f["path"].as_str().is_some_and(|p| p.ends_with(".safetensors")))
+        .filter(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(".safetensors"))
+        })
         .filter_map(|f| f["bytes"].as_u64())
         .sum();
     let chosen = built["compared"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("kiln plan")));
+        .find(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kiln plan"))
+        });
     Ok(json!({
         "name": u.name,
         "model": u.model.name,

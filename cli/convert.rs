@@ -123,9 +123,11 @@ pub struct ConvertArgs {
     /// divisible by 2. Works with --dry-run (prints the pruned config and sizes).
     #[arg(long, value_name = "SPEC", value_parser = passes::passes::prune::parse_spec)]
     pub prune: Vec<passes::passes::prune::PruneSpec>,
-    /// Calibration text for --prune: activation norms and block influence.
-    #[arg(long, value_name = "FILE", requires = "prune")]
+    /// Calibration text for --prune (activation norms, block influence) and --gptq (Hessians).
+    #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
+    #[command(flatten)]
+    pub gptq: crate::gptq::GptqArgs,
 }
 
 /// The output formats of `convert`.
@@ -144,8 +146,16 @@ impl ConvertArgs {
 }
 
 pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
+    if args.text.is_some() && args.prune.is_empty() && !args.gptq.gptq {
+        anyhow::bail!("--text is the calibration text of --prune or --gptq: give one of them");
+    }
     if args.format == OutFormat::CompressedTensors || args.scheme.is_some() {
         return crate::convert_ct::run(args, printer);
+    }
+    if args.gptq.gptq {
+        anyhow::bail!(
+            "--gptq rounds compressed-tensors integer schemes (--format compressed-tensors --scheme W4A16 ...); GGUF output is rounded to nearest"
+        );
     }
     let t0 = Instant::now();
     if let Some(out) = &args.output {

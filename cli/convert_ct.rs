@@ -143,7 +143,24 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     ct::assign(&mut model, scheme, &args.ignore)?;
     let fp8_max = target.as_ref().map_or(448.0, |t| t.fp8_max());
     ct::set_fp8_max(&mut model, fp8_max).map_err(anyhow::Error::msg)?;
-    let mut container = match from_gguf {
+    if args.gptq.gptq
+        && !matches!(
+            scheme,
+            Scheme::W4A16 { .. } | Scheme::W4A16Asym { .. } | Scheme::W8A16 { .. } | Scheme::W8A8
+        )
+    {
+        anyhow::bail!(
+            "--gptq rounds the integer schemes W4A16, W4A16_ASYM, W8A16 and W8A8, not {}",
+            scheme.name()
+        );
+    }
+    if args.gptq.gptq && (gguf || prune.is_some()) {
+        anyhow::bail!(
+            "{}: --gptq is supported for a Hugging Face checkpoint without --prune for now",
+            args.model.display()
+        );
+    }
+    let mut inner = match from_gguf {
         Some(g) => {
             for n in &g.notes {
                 printer.info(&format!("note: {n}"));
@@ -162,8 +179,36 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
     let prune_record = prune.as_ref().map(|p| p.record(&model));
     if let (Some(p), Some(arch)) = (&prune, &model.arch) {
-        crate::prune::edit_hf_config(container.config_mut(), arch, &crate::prune::layer_map(p));
+        crate::prune::edit_hf_config(inner.config_mut(), arch, &crate::prune::layer_map(p));
     }
+    let gptq_t0 = Instant::now();
+    let (container, gptq_summary): (Box<dyn Container>, _) = if args.gptq.gptq && !args.dry_run {
+        let rounded = crate::gptq::round_ct(args, &model, printer)?;
+        let summary = json!({
+            "text": args.text,
+            "samples": args.gptq.gptq_samples.unwrap_or(128),
+            "ctx": args.gptq.gptq_ctx,
+            "actorder": args.gptq.actorder,
+            "dampening_frac": args.gptq.dampening_frac,
+            "seconds": gptq_t0.elapsed().as_secs_f64(),
+            "tensors": rounded.iter().map(|(n, r)| json!({
+                "name": n,
+                "loss": r.loss,
+                "rtn_fallback": r.fallback,
+            })).collect::<Vec<_>>(),
+        });
+        (
+            Box::new(crate::gptq::GptqCt::new(
+                inner,
+                rounded,
+                scheme,
+                &args.gptq.actorder,
+            )),
+            Some(summary),
+        )
+    } else {
+        (Box::new(inner), None)
+    };
     let files = container.layout(&model)?;
     let notes: Vec<String> = model
         .tensors
@@ -210,7 +255,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let result = write::write(
         &model,
         &loaded.maps,
-        &container,
+        container.as_ref(),
         &files,
         staging.dir(),
         opts,
@@ -240,6 +285,8 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         // Neuron's FP8 saturates at +-240: no quantization_config field says
         // so (Neuron reads the standard block), so it is recorded here only.
         "fp8_e4m3_max": if matches!(scheme, Scheme::Fp8Dynamic | Scheme::Fp8Block) { Some(fp8_max) } else { None },
+        // Which tensors GPTQ rounded, with its loss, and the calibration.
+        "gptq": gptq_summary,
         "files": listed,
         "prune": prune_record,
     });

@@ -14,6 +14,7 @@ mod convert;
 mod convert_ct;
 mod estimate;
 mod eval;
+mod gptq;
 mod imatrix;
 mod inspect;
 mod plan;

@@ -12,6 +12,7 @@ mod ct_targets;
 mod estimate;
 mod eval;
 mod fidelity;
+mod gptq;
 mod hostile;
 mod limits;
 #[cfg(unix)]

@@ -682,6 +682,45 @@ impl Frame {
 }
 
 impl Transformer {
+    /// Number of transformer blocks.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The residual stream entering block 0 for `ids` (the embedding rows,
+    /// scaled as the family scales them).
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.cfg.vocab
+            )));
+        }
+        let ids_t =
+            Tensor::from_slice(ids, ids.len(), &self.frame.device).op(|| "token ids".into())?;
+        let x = self
+            .embed
+            .index_select(&ids_t, 0)
+            .op(|| "token_embd lookup".into())?;
+        self.frame.scale_embedding(x)
+    }
+
+    /// Block `i` alone over one sequence's residual stream `x` `[t, hidden]`
+    /// (positions `0..t`): the same arithmetic as inside
+    /// [`Transformer::forward`], so running blocks one after another gives
+    /// its hidden states. The observer sees block `i`'s linear inputs.
+    pub fn block(&self, i: usize, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
+        if i >= self.layers.len() {
+            return Err(Error::Input(format!(
+                "block {i} of a model with {} blocks",
+                self.layers.len()
+            )));
+        }
+        let t = x.dim(0).op(|| format!("blk.{i}: input rows"))?;
+        let inputs = self.frame.inputs(t)?;
+        self.layers[i].forward(&self.frame, i, x.clone(), &inputs, obs)
+    }
+
     /// Dequantize `m`'s weights into a runnable model.
     pub fn new(m: &Opened) -> Result<Transformer> {
         Transformer::from_source(m)

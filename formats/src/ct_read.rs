@@ -387,7 +387,10 @@ fn parse_group(path: &Path, name: &str, g: &Value, top_format: &str) -> Result<G
         .ok_or_else(|| bad(".weights.strategy", "missing".into()))?;
     let symmetric = field("symmetric").and_then(Value::as_bool).unwrap_or(true);
     let group_size = field("group_size").and_then(Value::as_u64);
-    if let Some(a) = field("actorder") {
+    // `weight` (alias `static`) orders GPTQ's columns without changing
+    // the stored layout; `group` (alias `dynamic`) adds `weight_g_idx`.
+    if let Some(a) = field("actorder").filter(|a| !matches!(a.as_str(), Some("weight" | "static")))
+    {
         return Err(bad(
             ".weights.actorder",
             format!(

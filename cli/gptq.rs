@@ -1,0 +1,418 @@
+//! `kiln convert M --format compressed-tensors --scheme W4A16 --gptq --text T
+//! -o OUT`: the integer schemes rounded by GPTQ (`eval::gptq`) instead of to
+//! nearest, as llm-compressor's `GPTQModifier` writes them.
+//!
+//! As llm-compressor 0.14: every group's scale and zero point come from the
+//! original weights' min and max (the weight observer runs before GPTQ, the
+//! same `memoryless_minmax` values the data-free preset stores); GPTQ then
+//! chooses each weight's integer code on that grid, columns in act-order
+//! (`actorder: static`, an alias of `weight`: the order changes, the
+//! groups do not, so no `weight_g_idx` is stored); the calibration text is
+//! cut into `--gptq-samples` windows of `--gptq-ctx` tokens (BOS first), and
+//! blocks are calibrated one after another on the outputs of the blocks
+//! already rounded.
+//!
+//! What must stay true: the stored codes are GPTQ's codes and the stored
+//! scales and zero points the original weights' (the row encoders of
+//! `formats::ct` are not used for rounded tensors: [`GptqCt`] wraps the
+//! container and encodes those pieces from the rounded table by row index);
+//! rows are mapped from the forward pass's GGUF layout (llama q/k rows
+//! permuted) back to the checkpoint's.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use eval::gptq::{self, Options, Rounder};
+use eval::text::Windows;
+use eval::{Tokenizer, Transformer};
+use formats::ct::{CompressedTensors, Scheme};
+use formats::write::{Container, FileLayout, Unit};
+use passes::{Encoding, Model, SourceDType, TensorNode};
+use quant::ct::{self as q, Dtype, IntParams};
+use quant::{Group, IntSpec};
+use serde_json::{json, Value};
+
+use crate::common::{cancel_flag, lift, load_options};
+use crate::Printer;
+
+/// GPTQ options of `convert`.
+#[derive(Args, Debug, Clone)]
+pub struct GptqArgs {
+    /// Round the weights with GPTQ (error feedback through each layer's
+    /// input Hessian from --text) instead of to nearest: compressed-tensors
+    /// integer schemes (W4A16, W4A16_ASYM, W8A16, W8A8), as llm-compressor's GPTQModifier.
+    #[arg(long, requires = "text")]
+    pub gptq: bool,
+    /// Calibration windows (samples) for --gptq [default: 128, or every window the text fills if fewer].
+    #[arg(long, value_name = "N", requires = "gptq")]
+    pub gptq_samples: Option<usize>,
+    /// Tokens per calibration window.
+    #[arg(long, value_name = "N", default_value_t = 512, requires = "gptq")]
+    pub gptq_ctx: usize,
+    /// Column order of GPTQ: `static` (descending Hessian diagonal,
+    /// llm-compressor's default) or `none` (left to right).
+    #[arg(long, value_name = "ORDER", default_value = "static", value_parser = ["static", "none"], requires = "gptq")]
+    pub actorder: String,
+    /// Damping, as a fraction of the mean Hessian diagonal.
+    #[arg(long, value_name = "F", default_value_t = 0.01, requires = "gptq")]
+    pub dampening_frac: f64,
+}
+
+/// One tensor's GPTQ result, in the checkpoint's row order.
+pub struct CtRounded {
+    bits: u8,
+    group: usize,
+    symmetric: bool,
+    d: Dtype,
+    cols: usize,
+    /// `rows x cols` codes.
+    codes: Vec<i8>,
+    /// `rows x groups` scales and zero points (from the original weights).
+    params: Vec<IntParams>,
+    pub loss: f64,
+    pub fallback: bool,
+}
+
+/// What the rounding of one GGUF-named weight needs.
+struct Target {
+    spec: IntSpec,
+    d: Dtype,
+}
+
+fn dtype_of(t: &TensorNode) -> Dtype {
+    match t.source.dtype {
+        SourceDType::BF16 => Dtype::Bf16,
+        SourceDType::F16 => Dtype::F16,
+        _ => Dtype::F32,
+    }
+}
+
+fn group_len(spec: &IntSpec, cols: usize) -> usize {
+    match spec.group {
+        Group::Channel => cols,
+        Group::Size(g) => g as usize,
+    }
+}
+
+/// Per-(row, group) parameters of `w` (`rows x cols`) from its own min and
+/// max, as the weight observer computes them.
+fn params_of(w: &[f32], cols: usize, spec: &IntSpec, d: Dtype) -> Vec<IntParams> {
+    let g = group_len(spec, cols);
+    w.chunks_exact(g)
+        .map(|chunk| {
+            let (lo, hi) = q::min_max(chunk);
+            q::int_params(lo, hi, spec.bits, !spec.zero_point, d)
+        })
+        .collect()
+}
+
+struct CtScheme {
+    targets: BTreeMap<String, Target>,
+    params: Mutex<BTreeMap<String, Vec<IntParams>>>,
+}
+
+impl gptq::Scheme for CtScheme {
+    fn wants(&self, name: &str) -> bool {
+        self.targets.contains_key(name)
+    }
+
+    fn rounder(&self, name: &str, w: &[f32], _rows: usize, cols: usize) -> Box<dyn Rounder> {
+        let t = &self.targets[name];
+        let params = params_of(w, cols, &t.spec, t.d);
+        self.params
+            .lock()
+            .expect("no panics while held")
+            .insert(name.to_string(), params.clone());
+        let (bits, g) = (t.spec.bits, group_len(&t.spec, cols));
+        let groups = cols / g;
+        // GPTQ's working weights are f32 (llm-compressor's GPTQ_PRECISION):
+        // the fake quantization is done in f32 with the dtype's scale.
+        Box::new(move |r: usize, c: usize, x: f32| {
+            let p = params[r * groups + c / g];
+            q::int_dequantize(q::int_quantize(x, p, bits, Dtype::F32), p, Dtype::F32)
+        })
+    }
+}
+
+/// Run GPTQ over `model`'s Linears that have an integer encoding
+/// (`model` as `formats::ct::assign` left it, Hugging Face names), keyed by
+/// source tensor name.
+pub fn round_ct(
+    args: &crate::convert::ConvertArgs,
+    model: &Model,
+    printer: &Printer,
+) -> Result<BTreeMap<String, CtRounded>> {
+    let g = &args.gptq;
+    let text_path = args
+        .text
+        .as_ref()
+        .expect("clap requires --text with --gptq");
+    let opened = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
+    let wanted: BTreeMap<&str, IntSpec> = model
+        .tensors
+        .iter()
+        .filter_map(|t| match t.encoding {
+            Some(Encoding::Int(spec)) => Some((t.source_name.as_str(), spec)),
+            _ => None,
+        })
+        .collect();
+    let mut targets = BTreeMap::new();
+    let mut layout = BTreeMap::new();
+    for t in &opened.loaded.model.tensors {
+        if let Some(spec) = wanted.get(t.source_name.as_str()) {
+            targets.insert(
+                t.name.clone(),
+                Target {
+                    spec: *spec,
+                    d: dtype_of(t),
+                },
+            );
+            layout.insert(t.name.clone(), (t.source_name.clone(), t.transform));
+        }
+    }
+    let text = std::fs::read_to_string(text_path)
+        .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
+        .map_err(lift)
+        .with_context(|| opened.name())?;
+    let mut ids = Vec::new();
+    if tok.add_bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(&text).map_err(lift)?);
+    let windows = eval::text::windows(
+        &ids,
+        Windows {
+            ctx: g.gptq_ctx,
+            max_chunks: Some(g.gptq_samples.unwrap_or(128).max(1)),
+        },
+        tok.bos.filter(|_| tok.add_bos),
+    )
+    .map_err(lift)
+    .with_context(|| text_path.display().to_string())?;
+    let mut net = Transformer::new(&opened).map_err(lift)?;
+    printer.info(&format!(
+        "gptq: {} tensors, {} windows of {} tokens from {}",
+        targets.len(),
+        windows.len(),
+        g.gptq_ctx,
+        text_path.display()
+    ));
+    let scheme = CtScheme {
+        targets,
+        params: Mutex::new(BTreeMap::new()),
+    };
+    let opts = Options {
+        block: 128,
+        percdamp: g.dampening_frac,
+        actorder: g.actorder == "static",
+    };
+    let cancel = cancel_flag();
+    let bar = printer.count_bar(net.n_layers() as u64, "gptq", "blocks");
+    let progress = |n: usize| bar.set_position(n as u64);
+    let r = gptq::run(
+        &opened, &mut net, &windows, &scheme, &opts, &progress, &cancel,
+    );
+    bar.finish_and_clear();
+    let rounded = r.map_err(lift).with_context(|| opened.name())?;
+    let mut params = scheme.params.into_inner().expect("no panics while held");
+    let mut out = BTreeMap::new();
+    for r in rounded {
+        let t = &scheme.targets[&r.name];
+        let p = params.remove(&r.name).expect("a rounder was made");
+        let (source, transform) = layout[&r.name].clone();
+        let g = group_len(&t.spec, r.cols);
+        let groups = r.cols / g;
+        let mut codes = vec![0i8; r.rows * r.cols];
+        let mut hp = vec![p[0]; r.rows * groups];
+        for row in 0..r.rows {
+            // GGUF row `row` is checkpoint row `src`.
+            let src = transform.map_or(row, |x| x.source_row(row, r.rows));
+            for c in 0..r.cols {
+                let pp = p[row * groups + c / g];
+                codes[src * r.cols + c] =
+                    q::int_quantize(r.values[row * r.cols + c], pp, t.spec.bits, Dtype::F32);
+            }
+            hp[src * groups..(src + 1) * groups]
+                .copy_from_slice(&p[row * groups..(row + 1) * groups]);
+        }
+        out.insert(
+            source,
+            CtRounded {
+                bits: t.spec.bits,
+                group: g,
+                symmetric: !t.spec.zero_point,
+                d: t.d,
+                cols: r.cols,
+                codes,
+                params: hp,
+                loss: r.outcome.loss,
+                fallback: r.outcome.fallback,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The compressed-tensors container with GPTQ-rounded tensors: their
+/// weight and scale pieces are laid out in units of rows (so the encoder
+/// learns the row index) and encoded from the rounded table; everything
+/// else is the wrapped container's.
+pub struct GptqCt {
+    inner: CompressedTensors,
+    rounded: BTreeMap<String, CtRounded>,
+    /// Whether int weights are packed (`pack-quantized`) or plain int8 (W8A8).
+    packed: bool,
+    actorder: Value,
+}
+
+/// Rows per unit of a rounded tensor's row-wise pieces.
+const UNIT_ROWS: usize = 8;
+
+impl GptqCt {
+    pub fn new(
+        inner: CompressedTensors,
+        rounded: BTreeMap<String, CtRounded>,
+        scheme: Scheme,
+        actorder: &str,
+    ) -> GptqCt {
+        GptqCt {
+            inner,
+            rounded,
+            packed: scheme != Scheme::W8A8,
+            actorder: if actorder == "none" {
+                Value::Null
+            } else {
+                json!(actorder)
+            },
+        }
+    }
+
+    /// The piece index of the zero points (after weight, scale and, when
+    /// packed, the shape).
+    fn zp_piece(&self) -> usize {
+        if self.packed {
+            3
+        } else {
+            2
+        }
+    }
+}
+
+impl Container for GptqCt {
+    fn layout(&self, model: &Model) -> formats::Result<Vec<FileLayout>> {
+        let mut files = self.inner.layout(model)?;
+        for f in &mut files {
+            for p in &mut f.placements {
+                if p.piece <= 1
+                    && self
+                        .rounded
+                        .contains_key(&model.tensors[p.tensor].source_name)
+                {
+                    p.unit = Unit {
+                        rows: UNIT_ROWS,
+                        per_row: true,
+                    };
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn copies_source(&self, t: &TensorNode, piece: usize) -> bool {
+        self.inner.copies_source(t, piece)
+    }
+
+    fn encode_row(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        values: &[f32],
+        dst: &mut [u8],
+        importance: Option<&[f32]>,
+    ) {
+        self.inner.encode_row(t, piece, values, dst, importance)
+    }
+
+    fn encode_unit(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        first_row: usize,
+        values: &[f32],
+        dst: &mut [u8],
+    ) {
+        let Some(r) = self.rounded.get(&t.source_name) else {
+            return self.inner.encode_unit(t, piece, first_row, values, dst);
+        };
+        let cols = r.cols;
+        let rows = values.len() / cols.max(1);
+        let groups = cols / r.group;
+        match piece {
+            0 => {
+                let out = dst.len() / rows.max(1);
+                for (k, d) in dst.chunks_exact_mut(out).enumerate() {
+                    let codes = &r.codes[(first_row + k) * cols..(first_row + k + 1) * cols];
+                    if self.packed {
+                        q::pack_int32(codes, r.bits, d);
+                    } else {
+                        for (o, &v) in d.iter_mut().zip(codes) {
+                            *o = v as u8;
+                        }
+                    }
+                }
+            }
+            1 => {
+                let b = r.d.bytes();
+                for (k, d) in dst.chunks_exact_mut(groups * b).enumerate() {
+                    let row = first_row + k;
+                    for (j, o) in d.chunks_exact_mut(b).enumerate() {
+                        r.d.put(r.params[row * groups + j].scale, o);
+                    }
+                }
+            }
+            p if p == self.zp_piece() && !r.symmetric => {
+                for k in 0..groups {
+                    let zps: Vec<i8> = (first_row..first_row + rows)
+                        .map(|row| r.params[row * groups + k].zero_point)
+                        .collect();
+                    let mut word = [0u8; 4];
+                    q::pack_int32(
+                        &zps,
+                        r.bits,
+                        &mut word[..4 * q::packed_words(zps.len(), r.bits)],
+                    );
+                    dst[k * 4..(k + 1) * 4].copy_from_slice(&word);
+                }
+            }
+            _ => self.inner.encode_unit(t, piece, first_row, values, dst),
+        }
+    }
+
+    fn side_files(
+        &self,
+        model: &Model,
+        files: &[FileLayout],
+    ) -> formats::Result<Vec<(String, Vec<u8>)>> {
+        let mut out = self.inner.side_files(model, files)?;
+        for (name, bytes) in &mut out {
+            if name != "config.json" {
+                continue;
+            }
+            let mut v: Value = serde_json::from_slice(bytes).expect("the container's own JSON");
+            if let Some(groups) = v["quantization_config"]["config_groups"].as_object_mut() {
+                for g in groups.values_mut() {
+                    if g["weights"]["type"] == "int" {
+                        g["weights"]["actorder"] = self.actorder.clone();
+                    }
+                }
+            }
+            let mut text = serde_json::to_vec_pretty(&v).expect("JSON serializes");
+            text.push(b'\n');
+            *bytes = text;
+        }
+        Ok(out)
+    }
+}

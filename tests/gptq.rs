@@ -1,0 +1,240 @@
+//! `kiln convert --format compressed-tensors --gptq` end to end on the tiny
+//! fixtures: GPTQ keeps round-to-nearest's scales (the original weights'
+//! min/max, as llm-compressor's GPTQModifier) and changes codes, lowers the
+//! KL divergence on text it was not calibrated on, writes the same bytes for
+//! any thread count, and its artifacts decode (kiln's compressed-tensors
+//! reader, `kiln eval`); options it cannot honour are refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Calibration text (the first 60% of the fixture text) and held-out text
+/// (the rest), written into `dir`.
+fn texts(dir: &Path) -> (PathBuf, PathBuf) {
+    let t = std::fs::read_to_string(repo().join("fixtures/text/pride-and-prejudice-ch1-17.txt"))
+        .unwrap();
+    let mut cut = t.len() * 6 / 10;
+    while !t.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let (c, h) = (dir.join("calib.txt"), dir.join("heldout.txt"));
+    std::fs::write(&c, &t[..cut]).unwrap();
+    std::fs::write(&h, &t[cut..]).unwrap();
+    (c, h)
+}
+
+fn convert(model: &str, out: &Path, scheme: &str, extra: &[&str]) {
+    let mut a = vec![
+        "convert",
+        model,
+        "--format",
+        "compressed-tensors",
+        "--scheme",
+        scheme,
+        "-o",
+        s(out),
+        "--quiet",
+    ];
+    a.extend_from_slice(extra);
+    let r = run(&a);
+    assert_eq!(r.code, 0, "{a:?}: {}", r.stderr);
+}
+
+fn gptq_args<'a>(calib: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--gptq",
+        "--text",
+        s(calib),
+        "--gptq-samples",
+        "8",
+        "--gptq-ctx",
+        "64",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Stored tensors of a single-file safetensors artifact: name -> bytes.
+fn tensors(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    h.as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            let (a, z) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            (k.clone(), b[8 + n + a..8 + n + z].to_vec())
+        })
+        .collect()
+}
+
+fn kld(model: &str, cand: &Path, text: &Path) -> f64 {
+    let r = run(&[
+        "eval",
+        model,
+        s(cand),
+        "--text",
+        s(text),
+        "--ctx",
+        "64",
+        "--chunks",
+        "12",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    v["kld"]["mean"].as_f64().unwrap()
+}
+
+#[test]
+fn gptq_keeps_the_scales_changes_codes_and_lowers_held_out_kld() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, held) = texts(dir.path());
+    for (fx, scheme, extra) in [
+        ("tiny-llama", "W4A16", vec!["--group-size", "32"]),
+        ("tiny-qwen2", "W4A16_ASYM", vec!["--actorder", "none"]),
+        ("tiny-llama", "W8A8", vec![]),
+    ] {
+        let model = fixture(fx);
+        let rtn = dir.path().join(format!("{fx}-{scheme}-rtn"));
+        let gq = dir.path().join(format!("{fx}-{scheme}-gptq"));
+        let g: Vec<&str> = extra.clone();
+        convert(s(&model), &rtn, scheme, &g);
+        convert(s(&model), &gq, scheme, &gptq_args(&calib, &extra));
+        let (a, b) = (tensors(&rtn), tensors(&gq));
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{fx} {scheme}: the same stored tensors"
+        );
+        let mut changed = 0;
+        for (k, v) in &a {
+            if k.ends_with("weight_packed") || (scheme == "W8A8" && k.contains("proj.weight")) {
+                changed += usize::from(v != &b[k]);
+            } else {
+                // Scales, zero points, shapes and unquantized tensors are
+                // round-to-nearest's exactly.
+                assert!(v == &b[k], "{fx} {scheme}: `{k}` differs from RTN");
+            }
+        }
+        assert!(
+            changed >= 10,
+            "{fx} {scheme}: only {changed} weights changed"
+        );
+        let (kr, kg) = (kld(s(&model), &rtn, &held), kld(s(&model), &gq, &held));
+        assert!(kg < kr, "{fx} {scheme}: GPTQ KLD {kg} vs RTN {kr}");
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(gq.join("config.json")).unwrap()).unwrap();
+        let want = if extra.contains(&"none") {
+            Value::Null
+        } else {
+            Value::from("static")
+        };
+        assert_eq!(
+            cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["actorder"],
+            want
+        );
+        let man: Value =
+            serde_json::from_slice(&std::fs::read(gq.join("manifest.json")).unwrap()).unwrap();
+        let rounded = man["gptq"]["tensors"].as_array().unwrap();
+        assert_eq!(rounded.len(), 14, "{fx}: every Linear of 2 blocks");
+        assert!(rounded.iter().all(|t| t["rtn_fallback"] == false));
+    }
+}
+
+#[test]
+fn gptq_output_does_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, _) = texts(dir.path());
+    let model = fixture("tiny-llama");
+    let mut outs = Vec::new();
+    for threads in ["1", "3"] {
+        let out = dir.path().join(format!("t{threads}"));
+        let mut a = vec![
+            "convert",
+            s(&model),
+            "--format",
+            "compressed-tensors",
+            "--scheme",
+            "W4A16",
+            "-o",
+            s(&out),
+            "--quiet",
+        ];
+        a.extend(gptq_args(&calib, &[]));
+        let r = run_cmd(kiln().args(&a).env("RAYON_NUM_THREADS", threads));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        outs.push(std::fs::read(out.join("model.safetensors")).unwrap());
+    }
+    assert!(outs[0] == outs[1], "1 and 3 threads wrote different bytes");
+}
+
+#[test]
+fn gptq_refuses_what_it_cannot_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, _) = texts(dir.path());
+    let model = fixture("tiny-llama");
+    let out = dir.path().join("out");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "convert",
+                s(&model),
+                "--scheme",
+                "FP8_DYNAMIC",
+                "--gptq",
+                "--text",
+                s(&calib),
+                "-o",
+                s(&out),
+            ],
+            "integer schemes",
+        ),
+        (
+            vec![
+                "convert",
+                s(&model),
+                "-t",
+                "q4_0",
+                "--gptq",
+                "--text",
+                s(&calib),
+                "-o",
+                s(&out),
+            ],
+            "compressed-tensors",
+        ),
+        (
+            vec![
+                "convert",
+                s(&model),
+                "--scheme",
+                "W4A16",
+                "--gptq",
+                "-o",
+                s(&out),
+            ],
+            "--text",
+        ),
+    ];
+    for (args, needle) in cases {
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with("error: ") && r.stderr.contains(needle),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}
