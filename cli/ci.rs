@@ -493,6 +493,10 @@ fn measurement_key(u: &Unit, o: &planner::PlanOptions) -> String {
     )
 }
 
+/// A unit to build or reuse: its checked options, key, and the entry
+/// already there (if any).
+type Planned<'a> = (&'a Unit, &'a Checked, String, Option<(Value, Origin)>);
+
 /// How an artifact came to be in OUT this run (said on stderr, never written).
 enum Origin {
     Built(f64),
@@ -514,7 +518,7 @@ fn build_all(
         .unwrap_or_default();
     let mut hashes = Hashes::default();
     // Pass 1: keys, and what is already there.
-    let mut plan: Vec<(&Unit, &Checked, String, Option<(Value, Origin)>)> = Vec::new();
+    let mut plan: Vec<Planned> = Vec::new();
     for u in selected {
         let c = &checked[m.units.iter().position(|x| x.name == u.name).unwrap_or(0)];
         let key = unit_key(u, &mut hashes)?;

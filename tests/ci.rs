@@ -245,7 +245,8 @@ fn listings_name_every_unit_with_its_key_and_command() {
 #[test]
 fn hostile_manifests_get_one_line_and_exit_2() {
     let d = tempfile::tempdir().unwrap();
-    let cases: &[(&str, &dyn Fn(String) -> String, &str)] = &[
+    type Edit<'a> = &'a dyn Fn(String) -> String;
+    let cases: &[(&str, Edit, &str)] = &[
         (
             "unknown key",
             &|t| t.replace("concurrency = 4\n", "concurrency = 4\ncolour = \"red\"\n"),
