@@ -21,6 +21,9 @@
 //! machine, the time or how the work was split (no timings, no absolute
 //! paths, no "rebuilt" flags); nothing in OUT that kiln did not write is
 //! replaced.
+//!
+//! Long file: one command's checking, keys, listings, builds, summaries, cache and
+//! merge, which share the entry format and are easiest to keep consistent together.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

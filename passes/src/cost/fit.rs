@@ -12,6 +12,9 @@
 //! global all-reduce latency: never a factor per row; every row that is not
 //! used is listed with its reason; every assumption made to turn a row into a
 //! workload is written in the report.
+//!
+//! Long file: the calibration fit and its row-by-row report share the row
+//! model (hardware, model shapes, formats) that a split would duplicate.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

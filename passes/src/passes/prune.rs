@@ -27,6 +27,9 @@
 //! `Arch`, a GGUF input's keys); choices are deterministic (ties go to the
 //! lower index); what a pass cannot do is refused with the tensor or layer
 //! named, never done halfway (passes check before they change anything).
+//!
+//! Long file: the three pruning passes share the spec parser, the layer map
+//! and the renaming of names and per-layer arrays.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
