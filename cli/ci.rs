@@ -758,27 +758,35 @@ fn with_gates(mut entry: Value, u: &Unit) -> Value {
     let mut check = |gate: &str, limit: Value, value: Option<Value>, pass: bool| {
         gates.push(json!({"gate": gate, "limit": limit, "value": value.unwrap_or(Value::Null), "pass": pass}));
     };
-    let max = |v: Option<f64>, l: f64| v.is_some_and(|v| v <= l);
-    let min = |v: Option<f64>, l: f64| v.is_some_and(|v| v >= l);
-    if let Some(l) = g.max_kld {
-        let v = num("/accuracy/kld_mean");
-        check("max_kld", json!(l), v.map(|x| json!(x)), max(v, l));
-    }
-    if let Some(l) = g.max_ppl_ratio {
-        let v = num("/accuracy/perplexity_ratio");
-        check("max_ppl_ratio", json!(l), v.map(|x| json!(x)), max(v, l));
-    }
-    if let Some(l) = g.min_top1 {
-        let v = num("/accuracy/top1_agreement");
-        check("min_top1", json!(l), v.map(|x| json!(x)), min(v, l));
-    }
-    if let Some(l) = g.min_decode_tok_s {
-        let v = num("/cost/decode_tokens_per_second");
-        check("min_decode_tok_s", json!(l), v.map(|x| json!(x)), min(v, l));
-    }
-    if let Some(l) = g.max_usd_per_mtok {
-        let v = num("/cost/usd_per_million_tokens");
-        check("max_usd_per_mtok", json!(l), v.map(|x| json!(x)), max(v, l));
+    // (gate, its limit, the summary value it reads, whether the value must
+    // stay at or below the limit); an unmeasured value fails its gate.
+    let numeric = [
+        ("max_kld", g.max_kld, "/accuracy/kld_mean", true),
+        (
+            "max_ppl_ratio",
+            g.max_ppl_ratio,
+            "/accuracy/perplexity_ratio",
+            true,
+        ),
+        ("min_top1", g.min_top1, "/accuracy/top1_agreement", false),
+        (
+            "min_decode_tok_s",
+            g.min_decode_tok_s,
+            "/cost/decode_tokens_per_second",
+            false,
+        ),
+        (
+            "max_usd_per_mtok",
+            g.max_usd_per_mtok,
+            "/cost/usd_per_million_tokens",
+            true,
+        ),
+    ];
+    for (gate, limit, ptr, at_most) in numeric {
+        let Some(l) = limit else { continue };
+        let v = num(ptr);
+        let pass = v.is_some_and(|v| if at_most { v <= l } else { v >= l });
+        check(gate, json!(l), v.map(|x| json!(x)), pass);
     }
     if let Some(l) = g.must_fit {
         let v = entry.pointer("/cost/fits").and_then(Value::as_bool);

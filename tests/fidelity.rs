@@ -157,6 +157,12 @@ fn fields_qwen3_does_not_carry_are_refused_by_name() {
             json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
             "`rope_scaling` (type yarn) is not supported for Qwen3ForCausalLM yet",
         ),
+        // transformers v5 writes the same scaling in `rope_parameters`.
+        (
+            "rope_parameters",
+            json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}),
+            "`rope_parameters` (type yarn) is not supported for Qwen3ForCausalLM yet",
+        ),
         (
             "use_sliding_window",
             json!(true),
@@ -184,7 +190,7 @@ fn missing_tokenizer_and_generation_configs_and_unknown_fields_are_warnings() {
     let d = fixture_copy(
         "tiny-qwen3",
         &["tokenizer_config.json", "generation_config.json"],
-        |c| c["rope_parameters"] = json!({"rope_theta": 5e5, "rope_type": "default"}),
+        |c| c["layer_norm_type"] = json!("nonparametric"),
     );
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("out.gguf");
@@ -201,7 +207,7 @@ fn missing_tokenizer_and_generation_configs_and_unknown_fields_are_warnings() {
         "no generation_config.json: the output lacks the checkpoint's generation defaults"
     ));
     assert!(warnings[2].contains(
-        "config.json field(s) `rope_parameters` are unknown to kiln for Qwen3ForCausalLM"
+        "config.json field(s) `layer_norm_type` are unknown to kiln for Qwen3ForCausalLM"
     ));
     assert!(target.exists());
     // The committed fixtures have everything: no warning.

@@ -27,6 +27,9 @@ pub const COMMON: &[&str] = &[
     "vocab_size",
     "max_position_embeddings",
     "rope_theta",
+    // transformers v5's home of the RoPE base and scaling (see
+    // `rope::from_v5`): read as `rope_theta` / `rope_scaling` are.
+    "rope_parameters",
     "rms_norm_eps",
     "tie_word_embeddings",
 ];

@@ -21,7 +21,7 @@
 
 use serde_json::Value;
 
-use super::{ArchSpec, ConfigError, Dim, Extension, Refuse, RopeStyle, TensorRow};
+use super::{rope, ArchSpec, ConfigError, Dim, Extension, Refuse, RopeStyle, TensorRow};
 use crate::ir::{Arch, GemmaAttn, MetaValue, Metadata, Role, Transform};
 
 const fn row(
@@ -91,7 +91,6 @@ const REFUSED: &[Refuse] = &[
     Refuse::Unless("hidden_act", GELU_TANH),
     Refuse::True("attention_bias"),
     Refuse::True("use_bidirectional_attention"),
-    Refuse::NonNull("rope_parameters"),
 ];
 
 /// Fields the Gemma extension reads or refuses by value (see `check_gemma*`).
@@ -248,9 +247,8 @@ fn read_gemma2(root: &Value, c: &Value, a: &mut Arch) {
 
 fn read_gemma3(root: &Value, c: &Value, a: &mut Arch) {
     a.tied_embeddings = tied(root, c);
-    let linear = c
-        .get("rope_scaling")
-        .and_then(|s| s.get("factor"))
+    let linear = rope::scaling_of(c)
+        .and_then(|(_, s)| s.get("factor"))
         .and_then(Value::as_f64)
         .map(|f| f as f32);
     a.gemma = Some(GemmaAttn {
@@ -412,9 +410,9 @@ fn check_gemma2(root: &Value, c: &Value, a: &Arch, class: &str) -> Result<(), Co
             ));
         }
     }
-    if c.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+    if let Some((field, _)) = rope::scaling_of(c) {
         return Err(refused(
-            "rope_scaling",
+            field,
             "set; Gemma 2 has no RoPE scaling in llama.cpp".into(),
         ));
     }
@@ -449,7 +447,7 @@ fn check_gemma3(_root: &Value, c: &Value, a: &Arch, class: &str) -> Result<(), C
             format!("{v}; llama.cpp's gemma3 does not soft-cap its logits (the converter writes no key)"),
         ));
     }
-    if let Some(s) = c.get("rope_scaling").filter(|v| !v.is_null()) {
+    if let Some((field, s)) = rope::scaling_of(c) {
         let kind = s
             .get("rope_type")
             .or_else(|| s.get("type"))
@@ -457,7 +455,7 @@ fn check_gemma3(_root: &Value, c: &Value, a: &Arch, class: &str) -> Result<(), C
             .unwrap_or("(none)");
         if kind != "linear" {
             return Err(refused(
-                "rope_scaling",
+                field,
                 format!(
                     "type {}; llama.cpp's gemma3 takes linear scaling only",
                     crate::printable(kind)
@@ -468,7 +466,7 @@ fn check_gemma3(_root: &Value, c: &Value, a: &Arch, class: &str) -> Result<(), C
             Some(f) if f.is_finite() && f >= 1.0 => {}
             _ => {
                 return Err(refused(
-                    "rope_scaling",
+                    field,
                     "linear without a finite `factor` >= 1".into(),
                 ))
             }

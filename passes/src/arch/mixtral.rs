@@ -63,6 +63,8 @@ pub static SPEC: ArchSpec = ArchSpec {
     biases: &[],
     refused: &[
         Refuse::NonNull("rope_scaling"),
+        // transformers v5's scaling (what `rope::from_v5` leaves of it).
+        Refuse::NonNull("rope_parameters"),
         Refuse::Unless("hidden_act", "silu"),
         Refuse::WindowBelowContext("sliding_window"),
     ],

@@ -30,6 +30,8 @@ pub mod qwen3;
 pub mod qwen3moe;
 pub mod rope;
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::ir::{Arch, MetaValue, Metadata, Role, Source, SourceDType, TensorNode, Transform};
@@ -563,6 +565,16 @@ fn text_config(config: &Value) -> &Value {
     }
 }
 
+/// The text part of `config` with transformers v5's `rope_parameters`
+/// rewritten into the v4 fields kiln reads (see [`rope::from_v5`]).
+fn text_config_v4(config: &Value) -> Result<Cow<'_, Value>, ConfigError> {
+    let c = text_config(config);
+    Ok(match rope::from_v5(c).map_err(ConfigError::RopeScaling)? {
+        Some(v) => Cow::Owned(v),
+        None => Cow::Borrowed(c),
+    })
+}
+
 fn hf_class(config: &Value) -> Option<String> {
     config
         .get("architectures")?
@@ -584,9 +596,11 @@ fn hf_class(config: &Value) -> Option<String> {
 pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
     let spec = hf_class(config).as_deref().and_then(spec_for_hf_class);
     let ext = spec.and_then(|s| s.extension);
-    let with_defaults = ext.filter(|e| !e.config_defaults.is_empty()).map(|e| {
-        let mut c = text_config(config).clone();
-        if let Value::Object(m) = &mut c {
+    // Estimates cost any config: a v5 RoPE block kiln would refuse is
+    // read as it stands (check_convertible refuses it for conversions).
+    let mut c = text_config_v4(config).unwrap_or_else(|_| Cow::Borrowed(text_config(config)));
+    if let Some(e) = ext.filter(|e| !e.config_defaults.is_empty()) {
+        if let Value::Object(m) = c.to_mut() {
             for (k, v) in e.config_defaults {
                 if m.get(*k).is_none_or(Value::is_null) {
                     let v = if v.fract() == 0.0 && *v >= 1.0 {
@@ -598,11 +612,8 @@ pub fn from_hf_config(config: &Value) -> Result<Arch, ConfigError> {
                 }
             }
         }
-        c
-    });
-    let c = with_defaults
-        .as_ref()
-        .unwrap_or_else(|| text_config(config));
+    }
+    let c: &Value = &c;
     let int = |key: &str| c.get(key).and_then(Value::as_u64).map(|v| v as usize);
     let need = |key: &'static str| match c.get(key) {
         None | Some(Value::Null) => Err(ConfigError::Missing(key)),
@@ -694,7 +705,7 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
         class: class.clone(),
         supported: supported_list(),
     })?;
-    let c = text_config(config);
+    let c = &*text_config_v4(config)?;
     let refused = |field: &'static str, value: String| ConfigError::Refused {
         field,
         value,
@@ -761,6 +772,18 @@ pub fn check_convertible(config: &Value) -> Result<&'static ArchSpec, ConfigErro
             Refuse::RopeScaling(kinds) => {
                 rope::parse(c, &class, kinds).map_err(ConfigError::RopeScaling)?;
             }
+        }
+    }
+    // A v5 per-layer-type RoPE whose sliding layers have their own base:
+    // only a family that reads `rope_local_base_freq` carries it.
+    if let Some(local) = c.get("rope_local_base_freq") {
+        if text_config(config).get("rope_local_base_freq").is_none()
+            && !fields::known(spec, "rope_local_base_freq")
+        {
+            return Err(refused(
+                "rope_parameters",
+                format!("sliding_attention.rope_theta {local} differs from full_attention's; kiln carries one RoPE base for this family"),
+            ));
         }
     }
     if let Some(e) = spec.extension {

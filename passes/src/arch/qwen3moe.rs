@@ -46,6 +46,8 @@ pub static SPEC: ArchSpec = ArchSpec {
     biases: &[],
     refused: &[
         Refuse::NonNull("rope_scaling"),
+        // transformers v5's scaling (what `rope::from_v5` leaves of it).
+        Refuse::NonNull("rope_parameters"),
         Refuse::Unless("hidden_act", "silu"),
         Refuse::True("use_sliding_window"),
         Refuse::True("attention_bias"),

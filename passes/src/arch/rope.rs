@@ -507,6 +507,195 @@ pub fn from_gguf(md: &Metadata, f: &str, context_length: usize) -> Option<RopeSc
     }
 }
 
+/// The keys a `rope_parameters` entry may hold: the type, the base, the
+/// rotary fraction and every scaling kind's values.
+const V5_KEYS: &[&str] = &[
+    "rope_type",
+    "type",
+    "rope_theta",
+    "partial_rotary_factor",
+    "factor",
+    "original_max_position_embeddings",
+    "low_freq_factor",
+    "high_freq_factor",
+    "attention_factor",
+    "attn_factor",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+    "truncate",
+    "extrapolation_factor",
+    "long_factor",
+    "short_factor",
+];
+
+/// The layer kinds transformers v5 keys per-layer-type `rope_parameters`
+/// by (Gemma 3: one base for global layers, another for sliding ones).
+const V5_LAYER_TYPES: &[&str] = &["full_attention", "sliding_attention"];
+
+/// The RoPE scaling object of a config (v4 `rope_scaling`, else what
+/// [`from_v5`] left of `rope_parameters`) with its field name, `None`
+/// when neither is set.
+pub fn scaling_of(c: &Value) -> Option<(&'static str, &Value)> {
+    for field in ["rope_scaling", "rope_parameters"] {
+        if let Some(v) = c.get(field).filter(|v| !v.is_null()) {
+            return Some((field, v));
+        }
+    }
+    None
+}
+
+/// transformers v5 moved `rope_theta`, the RoPE scaling and
+/// `partial_rotary_factor` into `rope_parameters` (one object, or one per
+/// layer type for Gemma 3). kiln reads the v4 fields, so this rewrites a
+/// text config `c` into them: the base becomes `rope_theta` (and a
+/// different sliding-layer base `rope_local_base_freq`), and
+/// `rope_parameters` keeps only a scaling (a type other than `default`
+/// with its values) or goes. `Ok(None)`: nothing to rewrite. Refused by
+/// name: a key no RoPE kind has, a value contradicting the v4 field beside
+/// it, a `partial_rotary_factor` other than 1 (kiln rotates whole heads),
+/// scaling on sliding layers, a layer type other than the two above.
+pub fn from_v5(c: &Value) -> Result<Option<Value>, String> {
+    let Some(params) = c.get("rope_parameters").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let obj = params
+        .as_object()
+        .ok_or("`rope_parameters` is not an object")?;
+    let mut out = c.clone();
+    let Some(m) = out.as_object_mut() else {
+        return Ok(None);
+    };
+    m.remove("rope_parameters");
+    let per_layer = obj.keys().any(|k| V5_LAYER_TYPES.contains(&k.as_str()));
+    let (full, full_label, sliding) = if per_layer {
+        if let Some(k) = obj.keys().find(|k| !V5_LAYER_TYPES.contains(&k.as_str())) {
+            return Err(format!(
+                "`rope_parameters.{}` is not a layer type kiln knows (it reads {})",
+                crate::printable(k),
+                V5_LAYER_TYPES.join(" and ")
+            ));
+        }
+        let entry = |k: &str| -> Result<Option<&serde_json::Map<String, Value>>, String> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_object()
+                    .map(Some)
+                    .ok_or_else(|| format!("`rope_parameters.{k}` is not an object")),
+            }
+        };
+        let sliding = entry("sliding_attention")?;
+        match entry("full_attention")? {
+            Some(full) => (full, "rope_parameters.full_attention", sliding),
+            None => (
+                sliding.ok_or("`rope_parameters` names no layer type")?,
+                "rope_parameters.sliding_attention",
+                None,
+            ),
+        }
+    } else {
+        (obj, "rope_parameters", None)
+    };
+    let theta = flat_v5(m, full, full_label)?;
+    if let Some(theta) = theta {
+        agree(m, "rope_theta", theta, &format!("{full_label}.rope_theta"))?;
+        m.insert("rope_theta".into(), theta.into());
+    }
+    if let Some(s) = sliding {
+        let label = "rope_parameters.sliding_attention";
+        let mut scratch = serde_json::Map::new();
+        let local = flat_v5(&mut scratch, s, label)?;
+        if let Some((_, v)) = scaling_of(&Value::Object(scratch)) {
+            let kind = v.get("rope_type").or_else(|| v.get("type"));
+            return Err(format!(
+                "`{label}.rope_type = {}` is not supported: kiln carries RoPE scaling on full-attention layers only",
+                kind.and_then(Value::as_str).map_or_else(|| "?".into(), crate::printable)
+            ));
+        }
+        if let Some(local) = local.filter(|&l| Some(l) != theta) {
+            agree(
+                m,
+                "rope_local_base_freq",
+                local,
+                &format!("{label}.rope_theta"),
+            )?;
+            m.insert("rope_local_base_freq".into(), local.into());
+        }
+    }
+    Ok(Some(out))
+}
+
+/// One flat `rope_parameters` entry `e` (named `label`) into `m`: its
+/// scaling as `rope_parameters` when of a non-default type, checked
+/// against a v4 `rope_scaling` beside it; returns its `rope_theta`.
+fn flat_v5(
+    m: &mut serde_json::Map<String, Value>,
+    e: &serde_json::Map<String, Value>,
+    label: &str,
+) -> Result<Option<f64>, String> {
+    if let Some(k) = e.keys().find(|k| !V5_KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "`{label}.{}` is unknown to kiln: no RoPE kind it carries reads it",
+            crate::printable(k)
+        ));
+    }
+    let number = |key: &str| -> Result<Option<f64>, String> {
+        match e.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
+                _ => Err(format!(
+                    "`{label}.{key}` is {v}: it must be a positive number"
+                )),
+            },
+        }
+    };
+    if let Some(p) = number("partial_rotary_factor")?.filter(|&p| p != 1.0) {
+        return Err(format!(
+            "`{label}.partial_rotary_factor = {p}` is not supported: kiln rotates whole heads"
+        ));
+    }
+    let theta = number("rope_theta")?;
+    let kind = e
+        .get("rope_type")
+        .or_else(|| e.get("type"))
+        .filter(|v| !v.is_null());
+    if kind.is_some_and(|k| k.as_str() != Some("default")) {
+        let mut scaling = e.clone();
+        scaling.remove("rope_theta");
+        scaling.remove("partial_rotary_factor");
+        let scaling = Value::Object(scaling);
+        if let Some(v4) = m.get("rope_scaling").filter(|v| !v.is_null()) {
+            if *v4 != scaling {
+                return Err(format!(
+                    "`{label}` and `rope_scaling` both set RoPE scaling, differently ({scaling} vs {v4})"
+                ));
+            }
+            m.remove("rope_scaling");
+        }
+        m.insert("rope_parameters".into(), scaling);
+    }
+    Ok(theta)
+}
+
+/// Refuse a v5 value `v` (named `label`) that contradicts the v4 `field`
+/// beside it.
+fn agree(
+    m: &serde_json::Map<String, Value>,
+    field: &str,
+    v: f64,
+    label: &str,
+) -> Result<(), String> {
+    match m.get(field).filter(|x| !x.is_null()) {
+        Some(old) if old.as_f64() != Some(v) => Err(format!(
+            "`{label}` ({v}) contradicts `{field}` ({old}) beside it"
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

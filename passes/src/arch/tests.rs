@@ -809,7 +809,9 @@ fn field_case(field: &str, current: Option<&Value>) -> Option<Value> {
         "hidden_act" => json!("gelu"),
         "hidden_activation" => json!("silu"),
         "use_bidirectional_attention" => json!(true),
-        "rope_parameters" => json!({"rope_type": "dynamic", "factor": 4.0}),
+        // Read (v5's RoPE block): YaRN, carried by some families and refused
+        // by name (`rope_parameters...`) by the others.
+        "rope_parameters" => json!({"rope_type": "yarn", "factor": 4.0}),
         "use_sliding_window" | "attention_bias" | "mlp_bias" => json!(true),
         "sliding_window" => json!(16),
         "partial_rotary_factor" => json!(0.75),
@@ -878,8 +880,10 @@ fn every_config_field_a_family_reads_or_refuses_is_tested() {
                 // A family's own check may refuse a common field's other
                 // values by name (gemma2's RoPE base): not dropped either.
                 if let Err(e) = check_convertible(&changed) {
+                    let e = e.to_string();
                     assert!(
-                        e.to_string().starts_with(&format!("`{field}`")),
+                        e.starts_with(&format!("`{field}`"))
+                            || e.starts_with(&format!("`{field}.")),
                         "{fx}: `{field}` = {v} is refused for another reason, but {} reads it: {e}",
                         spec.gguf
                     );
@@ -918,10 +922,11 @@ fn every_config_field_a_family_reads_or_refuses_is_tested() {
 fn unknown_config_fields_are_listed_for_a_warning() {
     let mut c = fixture_config("tiny-qwen3");
     c["rope_parameters"] = json!({"rope_theta": 5e5});
+    c["layer_norm_type"] = json!("nonparametric");
     c["zz\u{1b}[31m"] = json!(1);
     assert_eq!(
         fields::unknown_fields(&qwen3::SPEC, &c),
-        vec!["rope_parameters".to_string(), "zz\\u{1b}[31m".to_string()]
+        vec!["layer_norm_type".to_string(), "zz\\u{1b}[31m".to_string()]
     );
     // Every refused field is known; so is every field of `COMMON`.
     for spec in SPECS {
@@ -1027,4 +1032,134 @@ fn qwen3moe_maps_norms_and_experts_and_writes_moe_keys() {
     let mut absent = c.clone();
     absent.as_object_mut().unwrap().remove("norm_topk_prob");
     assert!(check_convertible(&absent).is_err());
+}
+
+/// transformers v5's `rope_parameters` reads as the v4 fields it replaces:
+/// the same architecture, GGUF keys and tensors.
+#[test]
+fn v5_rope_parameters_read_as_the_v4_fields() {
+    let drop = |mut c: Value, keys: &[&str]| {
+        for k in keys {
+            c.as_object_mut().unwrap().remove(*k);
+        }
+        c
+    };
+    // Plain RoPE with another base.
+    let v4 = with(fixture_config("tiny-qwen3"), "rope_theta", json!(5e5));
+    let v5 = with(
+        drop(fixture_config("tiny-qwen3"), &["rope_theta"]),
+        "rope_parameters",
+        json!({"rope_type": "default", "rope_theta": 5e5}),
+    );
+    let mut cases = vec![(&qwen3::SPEC, v4, v5)];
+    // Llama 3.1's scaling (the rope_freqs tensor).
+    let v4 = fixture_config("tiny-llama31");
+    let mut block = v4["rope_scaling"].clone();
+    block["rope_theta"] = v4["rope_theta"].clone();
+    let v5 = with(
+        drop(v4.clone(), &["rope_scaling", "rope_theta"]),
+        "rope_parameters",
+        block,
+    );
+    cases.push((&llama::SPEC, v4, v5));
+    // Gemma 3: one entry per layer type, linear scaling on global layers.
+    let v4 = with(
+        fixture_config("tiny-gemma3"),
+        "rope_scaling",
+        json!({"rope_type": "linear", "factor": 8.0}),
+    );
+    let v5 = with(
+        drop(
+            v4.clone(),
+            &["rope_scaling", "rope_theta", "rope_local_base_freq"],
+        ),
+        "rope_parameters",
+        json!({
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }),
+    );
+    cases.push((&gemma::GEMMA3, v4, v5));
+    for (spec, v4, v5) in cases {
+        check_convertible(&v4).unwrap();
+        check_convertible(&v5).unwrap_or_else(|e| panic!("{}: {e}", spec.gguf));
+        assert_eq!(outcome(spec, &v5), outcome(spec, &v4), "{}", spec.gguf);
+        assert!(fields::unknown_fields(spec, &v5).is_empty());
+    }
+    // The base really is read (not the default).
+    let md = llama_cpp_metadata(
+        &from_hf_config(&with(
+            drop(fixture_config("tiny-qwen3"), &["rope_theta"]),
+            "rope_parameters",
+            json!({"rope_theta": 5e5}),
+        ))
+        .unwrap(),
+        "m",
+    );
+    assert_eq!(md.get("qwen3.rope.freq_base"), Some(&MetaValue::F32(5e5)));
+}
+
+/// What v5's block could say that kiln does not carry is refused by name.
+#[test]
+fn v5_rope_parameters_refusals_name_the_field() {
+    let err = |c: Value| check_convertible(&c).unwrap_err().to_string();
+    let qwen3 = fixture_config("tiny-qwen3");
+    let llama = fixture_config("tiny-llama");
+    let gemma3 = fixture_config("tiny-gemma3");
+    let set = |c: &Value, v: Value| with(c.clone(), "rope_parameters", v);
+    for (c, want) in [
+        (
+            set(&qwen3, json!({"rope_type": "yarn", "factor": 4.0})),
+            "`rope_parameters` (type yarn) is not supported for Qwen3ForCausalLM yet",
+        ),
+        (
+            set(&llama, json!({"rope_type": "dynamic", "factor": 4.0})),
+            "`rope_parameters.rope_type = dynamic` is not supported for `LlamaForCausalLM`",
+        ),
+        (
+            set(&qwen3, json!({"rope_theta": 5e5})),
+            "`rope_parameters.rope_theta` (500000) contradicts `rope_theta` (1000000.0) beside it",
+        ),
+        (
+            set(&llama, json!({"rope_type": "default", "partial_rotary_factor": 0.5})),
+            "`rope_parameters.partial_rotary_factor = 0.5` is not supported: kiln rotates whole heads",
+        ),
+        (
+            set(&llama, json!({"rope_type": "default", "rope_thetta": 1e4})),
+            "`rope_parameters.rope_thetta` is unknown to kiln",
+        ),
+        (
+            set(&llama, json!([1, 2])),
+            "`rope_parameters` is not an object",
+        ),
+        (
+            set(
+                &llama,
+                json!({"full_attention": {"rope_theta": 1e4}, "sliding_attention": {"rope_theta": 5e4}}),
+            ),
+            "`rope_parameters` (sliding_attention.rope_theta 50000.0 differs from full_attention's",
+        ),
+        (
+            set(
+                &gemma3,
+                json!({"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_type": "linear", "factor": 2.0}}),
+            ),
+            "`rope_parameters.sliding_attention.rope_type = linear` is not supported",
+        ),
+        (
+            set(&gemma3, json!({"full_attention": {"rope_theta": 1e6}, "chunked_attention": {}})),
+            "`rope_parameters.chunked_attention` is not a layer type kiln knows",
+        ),
+        (
+            with(
+                set(&llama, json!({"rope_type": "linear", "factor": 2.0})),
+                "rope_scaling",
+                json!({"rope_type": "linear", "factor": 4.0}),
+            ),
+            "`rope_parameters` and `rope_scaling` both set RoPE scaling, differently",
+        ),
+    ] {
+        let e = err(c);
+        assert!(e.starts_with(want), "{e}\nwanted: {want}");
+    }
 }
