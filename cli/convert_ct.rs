@@ -131,15 +131,24 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     } else {
         None
     };
-    if let Some(t) = model.tensors.iter().find(|t| !t.parts.is_empty()) {
-        // Normalize stacks routed experts for GGUF; compressed-tensors keeps
-        // Hugging Face's per-expert tensors, which this writer does not yet.
+    if let (Some(t), true) = (model.tensors.iter().find(|t| !t.parts.is_empty()), gguf) {
+        // A GGUF's experts are stacked in its own file; their Hugging Face
+        // names and per-expert split are not written yet.
         anyhow::bail!(
-            "{}: tensor `{}`: compressed-tensors output of mixture-of-experts checkpoints (per-expert weights) is not supported yet; convert to GGUF instead",
+            "{}: tensor `{}`: compressed-tensors output from a mixture-of-experts GGUF is not supported yet; convert the Hugging Face checkpoint, or write GGUF",
             args.model.display(),
-            passes::printable(&t.source_name)
+            passes::printable(&t.name)
         );
     }
+    let moe = model.tensors.iter().any(|t| !t.parts.is_empty());
+    if moe && args.gptq.gptq {
+        anyhow::bail!(
+            "{}: --gptq for mixture-of-experts checkpoints is not supported yet (round-to-nearest is)",
+            args.model.display()
+        );
+    }
+    // Experts back to the checkpoint's per-expert Linears.
+    ct::unstack_experts(&mut model);
     ct::assign(&mut model, scheme, &args.ignore)?;
     let fp8_max = target.as_ref().map_or(448.0, |t| t.fp8_max());
     ct::set_fp8_max(&mut model, fp8_max).map_err(anyhow::Error::msg)?;

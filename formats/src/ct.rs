@@ -360,6 +360,7 @@ impl Scheme {
 pub fn is_target(t: &TensorNode) -> bool {
     t.shape.len() == 2
         && t.source_name.ends_with(".weight")
+        && !is_router(t)
         && matches!(
             t.role,
             Role::AttnQ
@@ -370,7 +371,58 @@ pub fn is_target(t: &TensorNode) -> bool {
                 | Role::FfnGate
                 | Role::FfnUp
                 | Role::FfnDown
+                | Role::FfnGateExps
+                | Role::FfnUpExps
+                | Role::FfnDownExps
+                | Role::FfnGateShexp
+                | Role::FfnUpShexp
+                | Role::FfnDownShexp
         )
+}
+
+/// A Linear that stays unquantized and is listed in `ignore`: an MoE router
+/// (`mlp.gate`, `block_sparse_moe.gate`) or Qwen2-MoE's
+/// `mlp.shared_expert_gate`, as llm-compressor's MoE recipes ignore them
+/// (and vLLM builds them unquantized whatever the config says).
+pub fn is_router(t: &TensorNode) -> bool {
+    t.shape.len() == 2
+        && t.source_name.ends_with(".weight")
+        && (t.role == Role::FfnGateInp || t.name.contains("ffn_gate_inp_shexp"))
+}
+
+/// Split every stacked tensor (routed experts, `[n_expert, out, in]`, read
+/// from one Hugging Face tensor per expert) back into its experts, under
+/// their own names (`...experts.3.w1.weight`): compressed-tensors keeps the
+/// checkpoint's per-expert Linears, one quantized module each, as
+/// llm-compressor writes them and vLLM loads them. Nothing is read.
+/// Returns each stacked tensor's source name (`...experts.*.w1.weight`)
+/// with its experts' names, in expert order.
+pub fn unstack_experts(model: &mut Model) -> BTreeMap<String, Vec<String>> {
+    let mut out = Vec::with_capacity(model.tensors.len());
+    let mut names = BTreeMap::new();
+    for t in std::mem::take(&mut model.tensors) {
+        if t.parts.is_empty() {
+            out.push(t);
+            continue;
+        }
+        let stem = t.name.trim_end_matches(".weight");
+        let experts: &mut Vec<String> = names.entry(t.source_name.clone()).or_default();
+        for (e, part) in t.parts.iter().enumerate() {
+            let source_name = t.source_name.replace(".*.", &format!(".{e}."));
+            experts.push(source_name.clone());
+            out.push(TensorNode {
+                name: format!("{stem}.{e}.weight"),
+                source_name,
+                shape: t.shape[1..].to_vec(),
+                source: part.clone(),
+                parts: Vec::new(),
+                notes: t.notes.clone(),
+                ..t.clone()
+            });
+        }
+    }
+    model.tensors = out;
+    names
 }
 
 /// Drop tensors computed from config values, then give every target Linear the scheme's encoding, or keep it (in the
@@ -501,23 +553,28 @@ fn dtype_of(t: &TensorNode) -> Dtype {
     }
 }
 
-/// The fused group a Linear's NVFP4 global scale is shared with: q/k/v of a
-/// layer, gate/up of a layer (vLLM loads each group as one matrix).
-fn fused_group(t: &TensorNode) -> (Option<usize>, u8) {
+/// The fused group a Linear's NVFP4 global scale is shared with: q/k/v of
+/// an attention module, gate/up of an MLP (a layer's, an expert's, the
+/// shared expert's), named by that module (vLLM loads each group as one
+/// matrix); `None`: a group of its own.
+fn fused_group(t: &TensorNode) -> Option<(String, u8)> {
     let g = match t.role {
         // A fused qkv_proj / gate_up_proj (Phi-3) is its own group's only member.
         Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnQkv => 0,
-        Role::FfnGate | Role::FfnUp => 1,
-        _ => return (None, 2 + (t.role as u8)),
+        Role::FfnGate | Role::FfnUp | Role::FfnGateExps | Role::FfnUpExps => 1,
+        Role::FfnGateShexp | Role::FfnUpShexp if !is_router(t) => 1,
+        _ => return None,
     };
-    (t.layer, g)
+    let module = t.source_name.trim_end_matches(".weight");
+    let parent = module.rsplit_once('.').map_or(module, |(p, _)| p);
+    Some((parent.to_string(), g))
 }
 
 /// Largest magnitude of every tensor that needs one before encoding (NVFP4's
 /// global scale), taken over its fused group, by tensor index: one streaming
 /// pass over those tensors.
 pub fn scan_amax(model: &Model, maps: &[MappedFile]) -> BTreeMap<String, f32> {
-    let mut by_group: BTreeMap<(Option<usize>, u8, usize), f32> = BTreeMap::new();
+    let mut by_group: BTreeMap<(String, u8, usize), f32> = BTreeMap::new();
     let mut members = Vec::new();
     for (i, t) in model.tensors.iter().enumerate() {
         if t.encoding != Some(Encoding::Fp4(Fp4Kind::Nv)) {
@@ -529,10 +586,12 @@ pub fn scan_amax(model: &Model, maps: &[MappedFile]) -> BTreeMap<String, f32> {
             read_row(maps, t, r, &mut row);
             a = a.max(q::amax(&row));
         }
-        let (layer, g) = fused_group(t);
         // Unfused tensors get a group of their own.
-        let key = (layer, g, if g >= 2 { i } else { 0 });
-        let e = by_group.entry(key).or_insert(0.0);
+        let key = match fused_group(t) {
+            Some((module, g)) => (module, g, 0),
+            None => (String::new(), 2, i),
+        };
+        let e = by_group.entry(key.clone()).or_insert(0.0);
         *e = e.max(a);
         members.push((i, key));
     }
@@ -862,7 +921,7 @@ impl CompressedTensors {
         let mut ignore: Vec<Value> = model
             .tensors
             .iter()
-            .filter(|t| is_target(t) && t.encoding == Some(Encoding::Keep))
+            .filter(|t| (is_target(t) || is_router(t)) && t.encoding == Some(Encoding::Keep))
             .map(|t| json!(t.source_name.trim_end_matches(".weight")))
             .collect();
         ignore.push(json!("lm_head"));

@@ -694,7 +694,13 @@ impl CtRead {
 
     /// The quantized tensor `node`'s source points at, if it is one.
     pub fn tensor(&self, node: &TensorNode) -> Option<&CtTensor> {
-        self.tensors.get(&(node.source.file, node.source.offset))
+        self.tensor_at(&node.source)
+    }
+
+    /// The quantized tensor stored where `source` points, if it is one (a
+    /// tensor's own source, or one part of a stacked tensor).
+    pub fn tensor_at(&self, source: &passes::Source) -> Option<&CtTensor> {
+        self.tensors.get(&(source.file, source.offset))
     }
 
     /// Every quantized tensor, in module order.

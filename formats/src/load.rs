@@ -59,14 +59,18 @@ impl Loaded {
     /// whatever its storage: compressed-tensors layouts through
     /// [`CtRead`], everything else through [`crate::data::read_row`].
     pub fn read_row(&self, node: &TensorNode, r: usize, out: &mut [f32]) {
-        match self.ct.as_ref().and_then(|c| c.tensor(node)) {
-            Some(t) => {
-                let src = match node.transform {
-                    Some(tr) => tr.source_row(r, node.n_rows()),
-                    None => r,
-                };
-                t.decode_row(&self.maps, src, out);
-            }
+        let Some(ct) = &self.ct else {
+            return crate::data::read_row(&self.maps, node, r, out);
+        };
+        let src = match node.transform {
+            Some(tr) => tr.source_row(r, node.n_rows()),
+            None => r,
+        };
+        // A stacked tensor (an MoE layer's experts) is one quantized
+        // module per part.
+        let (part, row) = node.source_of_row(src);
+        match ct.tensor_at(part) {
+            Some(t) => t.decode_row(&self.maps, row, out),
             None => crate::data::read_row(&self.maps, node, r, out),
         }
     }

@@ -15,7 +15,7 @@ use formats::artifact::sha256;
 use formats::ct::{assign, CompressedTensors, Scheme};
 use formats::write::{self, Container, WriteOptions};
 use passes::passes::{Context, Pipeline};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,17 +102,33 @@ fn kiln_writes_what_llm_compressor_writes() {
         let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let src = repo().join(golden["model"].as_str().unwrap());
         let scheme = scheme_of(golden["scheme"].as_str().unwrap());
+        // llm-compressor 0.14 on transformers 5 saves Mixtral's linearized
+        // experts as `gate_proj`/`up_proj`/`down_proj`; kiln keeps the
+        // checkpoint's `w1`/`w3`/`w2`, the names vLLM's Mixtral loader reads.
+        // Same bytes under either name.
+        let mixtral = |n: &str| -> String {
+            if !n.contains(".block_sparse_moe.experts.") {
+                return n.to_string();
+            }
+            format!("{n}.")
+                .replace(".gate_proj.", ".w1.")
+                .replace(".up_proj.", ".w3.")
+                .replace(".down_proj.", ".w2.")
+                .trim_end_matches('.')
+                .to_string()
+        };
         let ignore: Vec<String> = golden["quantization_config"]["ignore"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|v| v.as_str().unwrap().to_string())
+            .map(|v| mixtral(v.as_str().unwrap()))
             .collect();
         let loaded = formats::load(&src, &Default::default()).unwrap();
         let mut model = loaded.model;
         Pipeline::open()
             .run(&mut model, &Context::default())
             .unwrap();
+        formats::ct::unstack_experts(&mut model);
         assign(&mut model, scheme, &ignore).unwrap();
         let c = CompressedTensors::new(scheme, &model, &loaded.maps, &src).unwrap();
         let files = c.layout(&model).unwrap();
@@ -130,7 +146,13 @@ fn kiln_writes_what_llm_compressor_writes() {
         .unwrap();
         let made = read_tensors(&out.path().join("model.safetensors"));
         let mut bad = Vec::new();
-        for (name, w) in golden["tensors"].as_object().unwrap() {
+        let golden_tensors: serde_json::Map<String, Value> = golden["tensors"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (mixtral(k), v.clone()))
+            .collect();
+        for (name, w) in &golden_tensors {
             let want = (
                 w["dtype"].as_str().unwrap().to_string(),
                 w["shape"]
@@ -150,10 +172,7 @@ fn kiln_writes_what_llm_compressor_writes() {
                 None => bad.push(format!("{name}: missing")),
             }
         }
-        for name in made
-            .keys()
-            .filter(|k| !golden["tensors"].as_object().unwrap().contains_key(*k))
-        {
+        for name in made.keys().filter(|k| !golden_tensors.contains_key(*k)) {
             bad.push(format!("{name}: not in the golden"));
         }
         let config: Value =
@@ -161,7 +180,11 @@ fn kiln_writes_what_llm_compressor_writes() {
                 .unwrap();
         let (ours, theirs) = (
             normalized(config["quantization_config"].clone()),
-            normalized(golden["quantization_config"].clone()),
+            normalized({
+                let mut qc = golden["quantization_config"].clone();
+                qc["ignore"] = json!(ignore);
+                qc
+            }),
         );
         // Compared as text: key order is part of the block.
         if serde_json::to_string(&ours).unwrap() != serde_json::to_string(&theirs).unwrap() {

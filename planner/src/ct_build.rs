@@ -63,6 +63,10 @@ pub struct CtPlan {
     pub runtime: String,
     pub legal: Vec<CtScheme>,
     pub single_group: bool,
+    /// An MoE checkpoint: planned as uniform schemes (one `Linear` group,
+    /// the form llm-compressor writes for MoE presets and fused-MoE loaders
+    /// look up); per-module mixed precision is not offered for experts.
+    pub moe: bool,
     pub units: Vec<FusedUnit>,
     /// Chosen index into each unit's choices.
     pub chosen: Vec<usize>,
@@ -123,13 +127,31 @@ impl CtPlan {
     }
 }
 
-/// The fused unit a target Linear belongs to.
+/// A Linear the planner gives a scheme: a target Linear, or an MoE layer's
+/// stacked routed experts (`[n_expert, out, in]`, one tensor per expert in
+/// the artifact).
+fn planned(t: &TensorNode) -> bool {
+    fct::is_target(t)
+        || (t.shape.len() == 3
+            && matches!(
+                t.role,
+                Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps
+            ))
+}
+
+/// The fused unit a planned Linear belongs to: every routed expert of a
+/// layer (gate, up and down) is one unit, as vLLM's fused MoE runs one
+/// scheme per layer's experts; the shared expert's gate/up and down are
+/// units of their own.
 fn unit_key(t: &TensorNode) -> (usize, u8, String) {
     let layer = t.layer.unwrap_or(usize::MAX);
     let (k, what) = match t.role {
         Role::AttnQ | Role::AttnK | Role::AttnV | Role::AttnQkv => (0, "q/k/v"),
         Role::AttnOutput => (1, "o"),
         Role::FfnGate | Role::FfnUp => (2, "gate/up"),
+        Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps => (4, "experts"),
+        Role::FfnGateShexp | Role::FfnUpShexp => (5, "shared gate/up"),
+        Role::FfnDownShexp => (6, "shared down"),
         _ => (3, "down"),
     };
     (layer, k, format!("layer {layer} {what}"))
@@ -262,7 +284,7 @@ pub fn plan(
     let mut by_unit: BTreeMap<(usize, u8), (String, Vec<usize>)> = BTreeMap::new();
     let mut fixed_bytes = 0u64;
     for (i, t) in model.tensors.iter().enumerate() {
-        if fct::is_target(t) {
+        if planned(t) {
             let (l, k, name) = unit_key(t);
             by_unit
                 .entry((l, k))
@@ -336,11 +358,13 @@ pub fn plan(
             choices,
         });
     }
-    let single_group = target.is_single_group(rt);
+    let moe = model.tensors.iter().any(|t| !t.parts.is_empty());
+    let single_group = target.is_single_group(rt) || moe;
     let mut p = CtPlan {
         runtime: rt.to_string(),
         legal: legal.clone(),
         single_group,
+        moe,
         chosen: vec![0; units.len()],
         units,
         fixed_bytes,
@@ -507,7 +531,17 @@ pub fn build(
     let p = plan(setup, s, engine, b.objective, b.max_error)?;
     let fp8_max = s.target.fp8_max() as f32;
     let mut model = setup.opened.loaded.model.clone();
-    let assignment = p.assignment(&model);
+    let stacked = p.assignment(&model);
+    // Experts back to the checkpoint's per-expert Linears, each in its
+    // layer's scheme.
+    let experts = fct::unstack_experts(&mut model);
+    let assignment: BTreeMap<String, Scheme> = stacked
+        .into_iter()
+        .flat_map(|(name, s)| match experts.get(&name) {
+            Some(names) => names.iter().map(|n| (n.clone(), s)).collect::<Vec<_>>(),
+            None => vec![(name, s)],
+        })
+        .collect();
     fct::assign_mixed(&mut model, &assignment)?;
     fct::set_fp8_max(&mut model, s.target.fp8_max()).map_err(Error::Options)?;
     let src = &b.model;
@@ -736,7 +770,9 @@ fn report_text(
             .map(|s| s.name())
             .collect::<Vec<_>>()
             .join(", "),
-        if p.single_group {
+        if p.moe {
+            " (mixture of experts: one scheme throughout, in one `Linear` group, as llm-compressor writes MoE presets)"
+        } else if p.single_group {
             " (one config group only: one scheme throughout)"
         } else {
             ""

@@ -179,9 +179,13 @@ SCHEMES = [
 ]
 
 ARG_FIELDS = {"actorder", "block_structure", "dynamic", "group_size", "num_bits", "observer", "observer_kwargs", "strategy", "symmetric", "type", "scale_dtype", "zp_dtype"}
-# Phi-3's qkv_proj and gate_up_proj are single Linears (fused in the checkpoint).
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj")
-FUSED = [("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")]
+# Phi-3's qkv_proj and gate_up_proj are single Linears (fused in the checkpoint);
+# Mixtral's experts are w1 (gate), w3 (up), w2 (down). MoE routers (`mlp.gate`,
+# `block_sparse_moe.gate`, `mlp.shared_expert_gate`) are not among them: kept and
+# listed in `ignore`, as llm-compressor's MoE recipes do.
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj", "w1", "w2", "w3")
+FUSED = [("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3")]
+ROUTERS = ("gate", "shared_expert_gate")
 
 
 def is_linear_name(module: str) -> bool:
@@ -329,7 +333,7 @@ def check_module(stored, module, w, dtype, scheme, args, fused_amax):
     raise AssertionError(fmt)
 
 
-@pytest.mark.parametrize("fixture", ["tiny-llama", "tiny-qwen2", "tiny-phi"])
+@pytest.mark.parametrize("fixture", ["tiny-llama", "tiny-qwen2", "tiny-phi", "tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"])
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s[0] + ("_G" + s[1] if s[1] else ""))
 def test_decoder(kiln, tmp_path, fixture, scheme):
     name, group, fmt, args, acts = scheme
@@ -365,16 +369,19 @@ def test_decoder(kiln, tmp_path, fixture, scheme):
     assert "lm_head" in qc["ignore"]
 
     args = dict(wa)
-    quantized = 0
+    quantized = kept_linears = 0
     for tname, (dtype, shape, raw) in source.items():
         module = tname[: -len(".weight")] if tname.endswith(".weight") else None
         is_linear = module is not None and is_linear_name(module) and len(shape) == 2
+        if module is not None and module.rsplit(".", 1)[-1] in ROUTERS and len(shape) == 2:
+            assert module in qc["ignore"], f"router {module} not in ignore"
         if not is_linear or module in qc["ignore"]:
             # Kept as it is (embeddings, norms, ignored Linears).
             assert stored[tname] == (dtype, shape, raw), tname
             if is_linear:
                 g = args.get("group_size") or 16
                 assert shape[1] % (g if fmt != "float-quantized" else 128) != 0, f"{module} ignored but divisible"
+                kept_linears += 1
             continue
         assert tname not in stored or stored[tname][0] in ("I8", "F8_E4M3"), tname
         w = floats(dtype, raw, shape)
@@ -387,7 +394,11 @@ def test_decoder(kiln, tmp_path, fixture, scheme):
         limit = {(4, "int"): 0.2, (4, "float"): 0.2, (8, "int"): 0.02, (8, "float"): 0.05}[args["num_bits"], args["type"]]
         assert rel < limit, (module, rel)
         quantized += 1
-    assert quantized >= 8, quantized  # tiny-phi: 2 layers x (qkv, o, gate_up, down)
+    # tiny-phi: 2 layers x (qkv, o, gate_up, down); every Linear either quantized or
+    # kept because the group does not divide its width (tiny-qwen2-moe has no width
+    # that 128 divides).
+    assert quantized + kept_linears >= 8, (quantized, kept_linears)
+    assert quantized >= 8 or 128 in (args.get("group_size"), (args.get("block_structure") or [0])[0]), quantized
     # Nothing stored beyond the source's tensors and the quantized modules' parameters.
     for k in stored:
         assert k in source or any(k.startswith(m) for m in {t.rsplit(".", 1)[0] for t in source}), k
