@@ -118,7 +118,13 @@ impl gptq::Scheme for CtScheme {
         self.targets.contains_key(name)
     }
 
-    fn rounder(&self, name: &str, w: &[f32], _rows: usize, cols: usize) -> Box<dyn Rounder> {
+    fn rows<'a>(
+        &'a self,
+        name: &str,
+        w: &[f32],
+        _rows: usize,
+        cols: usize,
+    ) -> Box<dyn gptq::Rows + 'a> {
         let t = &self.targets[name];
         let params = params_of(w, cols, &t.spec, t.d);
         self.params
@@ -129,10 +135,19 @@ impl gptq::Scheme for CtScheme {
         let groups = cols / g;
         // GPTQ's working weights are f32 (llm-compressor's GPTQ_PRECISION):
         // the fake quantization is done in f32 with the dtype's scale.
-        Box::new(move |r: usize, c: usize, x: f32| {
+        Box::new(OwnedPerValue(Box::new(move |r: usize, c: usize, x: f32| {
             let p = params[r * groups + c / g];
             q::int_dequantize(q::int_quantize(x, p, bits, Dtype::F32), p, Dtype::F32)
-        })
+        })))
+    }
+}
+
+/// A boxed [`Rounder`] as [`gptq::Rows`].
+struct OwnedPerValue(Box<dyn Rounder>);
+
+impl gptq::Rows for OwnedPerValue {
+    fn row<'a>(&'a self, r: usize, _w: &[f32]) -> Box<dyn gptq::RowRound + 'a> {
+        gptq::per_value_row(self.0.as_ref(), r)
     }
 }
 
@@ -414,5 +429,191 @@ impl Container for GptqCt {
             *bytes = text;
         }
         Ok(out)
+    }
+}
+
+/// One GGUF tensor's GPTQ result: its encoded rows.
+pub struct GgufRounded {
+    row_bytes: usize,
+    bytes: Vec<u8>,
+    pub ty: quant::GgmlType,
+    pub loss: f64,
+    pub fallback: bool,
+}
+
+/// The calibration windows of `--text` for the model `opened`.
+fn calibration_windows(
+    args: &crate::convert::ConvertArgs,
+    opened: &eval::model::Opened,
+) -> Result<Vec<Vec<u32>>> {
+    let g = &args.gptq;
+    let text_path = args
+        .text
+        .as_ref()
+        .expect("clap requires --text with --gptq");
+    let text = std::fs::read_to_string(text_path)
+        .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
+        .map_err(lift)
+        .with_context(|| opened.name())?;
+    let mut ids = Vec::new();
+    if tok.add_bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(&text).map_err(lift)?);
+    eval::text::windows(
+        &ids,
+        Windows {
+            ctx: g.gptq_ctx,
+            max_chunks: Some(g.gptq_samples.unwrap_or(128).max(1)),
+        },
+        tok.bos.filter(|_| tok.add_bos),
+    )
+    .map_err(lift)
+    .with_context(|| text_path.display().to_string())
+}
+
+/// Run GPTQ onto the GGUF types `model` (after the recipe and importance
+/// passes) gives its 2-D weights, keyed by source tensor name: every tensor
+/// the forward pass's blocks read whose type GPTQ can round onto
+/// (`eval::gguf_gptq::supports`) and whose bytes are not copied from the
+/// source. Columns left to right (no act-order).
+pub fn round_gguf(
+    args: &crate::convert::ConvertArgs,
+    model: &Model,
+    printer: &Printer,
+) -> Result<BTreeMap<String, GgufRounded>> {
+    let g = &args.gptq;
+    let opened = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
+    let importance = model.importance.as_ref().map(|i| &i.vectors);
+    // Source name -> (type, the convert model's name for its importance).
+    let wanted: BTreeMap<&str, (quant::GgmlType, &str)> = model
+        .tensors
+        .iter()
+        .filter(|t| t.shape.len() == 2 && t.ggml_type() != Some(t.source.dtype.ggml()))
+        .filter_map(|t| {
+            let ty = t.ggml_type()?;
+            eval::gguf_gptq::supports(ty)
+                .then_some((t.source_name.as_str(), (ty, t.name.as_str())))
+        })
+        .collect();
+    let mut types = BTreeMap::new();
+    let mut imp = BTreeMap::new();
+    let mut source = BTreeMap::new();
+    for t in &opened.loaded.model.tensors {
+        if let Some(&(ty, name)) = wanted.get(t.source_name.as_str()) {
+            types.insert(t.name.clone(), ty);
+            if let Some(v) = importance.and_then(|m| m.get(name)) {
+                imp.insert(t.name.clone(), v.clone());
+            }
+            source.insert(t.name.clone(), t.source_name.clone());
+        }
+    }
+    let windows = calibration_windows(args, &opened)?;
+    let mut net = Transformer::new(&opened).map_err(lift)?;
+    printer.info(&format!(
+        "gptq: up to {} tensors, {} windows of {} tokens from {}",
+        types.len(),
+        windows.len(),
+        g.gptq_ctx,
+        args.text.as_ref().expect("clap requires --text").display()
+    ));
+    let scheme = eval::gguf_gptq::GgufScheme {
+        types,
+        importance: Some(&imp),
+    };
+    let opts = Options {
+        block: 128,
+        percdamp: g.dampening_frac,
+        actorder: false,
+    };
+    let cancel = cancel_flag();
+    let bar = printer.count_bar(net.n_layers() as u64, "gptq", "blocks");
+    let progress = |n: usize| bar.set_position(n as u64);
+    let r = gptq::run(
+        &opened, &mut net, &windows, &scheme, &opts, &progress, &cancel,
+    );
+    bar.finish_and_clear();
+    let rounded = r.map_err(lift).with_context(|| opened.name())?;
+    let mut out = BTreeMap::new();
+    for r in rounded {
+        let ty = scheme.types[&r.name];
+        out.insert(
+            source[&r.name].clone(),
+            GgufRounded {
+                row_bytes: r.bytes.len() / r.rows.max(1),
+                bytes: r.bytes,
+                ty,
+                loss: r.outcome.loss,
+                fallback: r.outcome.fallback,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The GGUF container with GPTQ-rounded tensors: their rows are laid out in
+/// units (so the encoder learns the row index) and copied from the rounded
+/// table; everything else is the wrapped container's.
+pub struct GptqGguf<C> {
+    pub inner: C,
+    pub rounded: BTreeMap<String, GgufRounded>,
+}
+
+impl<C: Container> Container for GptqGguf<C> {
+    fn layout(&self, model: &Model) -> formats::Result<Vec<FileLayout>> {
+        let mut files = self.inner.layout(model)?;
+        for f in &mut files {
+            for p in &mut f.placements {
+                if self
+                    .rounded
+                    .contains_key(&model.tensors[p.tensor].source_name)
+                {
+                    p.unit = Unit {
+                        rows: UNIT_ROWS,
+                        per_row: true,
+                    };
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn copies_source(&self, t: &TensorNode, piece: usize) -> bool {
+        !self.rounded.contains_key(&t.source_name) && self.inner.copies_source(t, piece)
+    }
+
+    fn encode_row(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        values: &[f32],
+        dst: &mut [u8],
+        importance: Option<&[f32]>,
+    ) {
+        self.inner.encode_row(t, piece, values, dst, importance)
+    }
+
+    fn encode_unit(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        first_row: usize,
+        values: &[f32],
+        dst: &mut [u8],
+    ) {
+        let Some(r) = self.rounded.get(&t.source_name) else {
+            return self.inner.encode_unit(t, piece, first_row, values, dst);
+        };
+        let at = first_row * r.row_bytes;
+        dst.copy_from_slice(&r.bytes[at..at + dst.len()]);
+    }
+
+    fn side_files(
+        &self,
+        model: &Model,
+        files: &[FileLayout],
+    ) -> formats::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.side_files(model, files)
     }
 }

@@ -46,6 +46,7 @@
 //! never allocate.
 
 pub mod ct;
+pub mod grid;
 mod encoding;
 mod float;
 mod iq4;
