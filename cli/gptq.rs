@@ -52,12 +52,26 @@ pub struct GptqArgs {
     #[arg(long, value_name = "N", default_value_t = 512, requires = "gptq")]
     pub gptq_ctx: usize,
     /// Column order of GPTQ: `static` (descending Hessian diagonal,
-    /// llm-compressor's default) or `none` (left to right).
-    #[arg(long, value_name = "ORDER", default_value = "static", value_parser = ["static", "none"], requires = "gptq")]
-    pub actorder: String,
+    /// llm-compressor's default) or `none` (left to right) [default: static
+    /// for compressed-tensors; GGUF output is always rounded left to right].
+    #[arg(long, value_name = "ORDER", value_parser = ["static", "none"], requires = "gptq")]
+    pub actorder: Option<String>,
     /// Damping, as a fraction of the mean Hessian diagonal.
     #[arg(long, value_name = "F", default_value_t = 0.01, requires = "gptq")]
     pub dampening_frac: f64,
+}
+
+impl GptqArgs {
+    /// `--actorder` as given, or its default for the output format
+    /// (`static`; GGUF output refuses it and rounds left to right).
+    pub fn actorder(&self) -> &str {
+        self.actorder.as_deref().unwrap_or("static")
+    }
+
+    /// `--actorder` for GGUF output: `none` unless given.
+    pub fn actorder_gguf(&self) -> &str {
+        self.actorder.as_deref().unwrap_or("none")
+    }
 }
 
 /// One tensor's GPTQ result, in the checkpoint's row order.
@@ -222,7 +236,7 @@ pub fn round_ct(
     let opts = Options {
         block: 128,
         percdamp: g.dampening_frac,
-        actorder: g.actorder == "static",
+        actorder: g.actorder() == "static",
     };
     let cancel = cancel_flag();
     let bar = printer.count_bar(net.n_layers() as u64, "gptq", "blocks");
@@ -535,9 +549,23 @@ pub fn round_gguf(
     );
     bar.finish_and_clear();
     let rounded = r.map_err(lift).with_context(|| opened.name())?;
+    let shapes: BTreeMap<&str, (usize, usize)> = model
+        .tensors
+        .iter()
+        .map(|t| (t.source_name.as_str(), (t.n_rows(), t.row_len())))
+        .collect();
     let mut out = BTreeMap::new();
     for r in rounded {
         let ty = scheme.types[&r.name];
+        if shapes.get(source[&r.name].as_str()) != Some(&(r.rows, r.cols)) {
+            anyhow::bail!(
+                "{}: tensor `{}`: the forward pass reads it as {} x {}, the output lays it out otherwise",
+                opened.name(),
+                passes::printable(&r.name),
+                r.rows,
+                r.cols
+            );
+        }
         out.insert(
             source[&r.name].clone(),
             GgufRounded {
