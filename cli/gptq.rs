@@ -149,10 +149,12 @@ impl gptq::Scheme for CtScheme {
         let groups = cols / g;
         // GPTQ's working weights are f32 (llm-compressor's GPTQ_PRECISION):
         // the fake quantization is done in f32 with the dtype's scale.
-        Box::new(OwnedPerValue(Box::new(move |r: usize, c: usize, x: f32| {
-            let p = params[r * groups + c / g];
-            q::int_dequantize(q::int_quantize(x, p, bits, Dtype::F32), p, Dtype::F32)
-        })))
+        Box::new(OwnedPerValue(Box::new(
+            move |r: usize, c: usize, x: f32| {
+                let p = params[r * groups + c / g];
+                q::int_dequantize(q::int_quantize(x, p, bits, Dtype::F32), p, Dtype::F32)
+            },
+        )))
     }
 }
 
@@ -507,8 +509,7 @@ pub fn round_gguf(
         .filter(|t| t.shape.len() == 2 && t.ggml_type() != Some(t.source.dtype.ggml()))
         .filter_map(|t| {
             let ty = t.ggml_type()?;
-            eval::gguf_gptq::supports(ty)
-                .then_some((t.source_name.as_str(), (ty, t.name.as_str())))
+            eval::gguf_gptq::supports(ty).then_some((t.source_name.as_str(), (ty, t.name.as_str())))
         })
         .collect();
     let mut types = BTreeMap::new();

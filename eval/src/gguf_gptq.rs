@@ -111,8 +111,19 @@ impl RowRound for GgufRow<'_> {
                 *x = wp[first + k] as f32;
             }
             let qw = self.imatrix.map(|w| &w[b * self.n..(b + 1) * self.n]);
-            grid::quantize_block(self.ty, &self.x, &mut self.bytes[enc.clone()], qw, self.sigma2);
-            grid::block_grid(self.ty, &self.bytes[enc.clone()], &mut self.scratch, &mut self.grid);
+            grid::quantize_block(
+                self.ty,
+                &self.x,
+                &mut self.bytes[enc.clone()],
+                qw,
+                self.sigma2,
+            );
+            grid::block_grid(
+                self.ty,
+                &self.bytes[enc.clone()],
+                &mut self.scratch,
+                &mut self.grid,
+            );
             self.block = b;
         }
         let k = grid::nearest_code(&self.grid, self.n, self.levels, j, wp[i] as f32);
@@ -220,7 +231,9 @@ mod tests {
         let mut seed = 42u64;
         let (x, h) = layer(n, 600, &mut seed);
         let rows = 6;
-        let w: Vec<f32> = (0..rows * n).map(|_| (0.05 * lcg(&mut seed)) as f32).collect();
+        let w: Vec<f32> = (0..rows * n)
+            .map(|_| (0.05 * lcg(&mut seed)) as f32)
+            .collect();
         let qw: Vec<f32> = (0..n).map(|j| h[j * n + j] as f32).collect();
         for ty in [GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q8_0, GgmlType::Q3K] {
             for imatrix in [None, Some(&qw[..])] {

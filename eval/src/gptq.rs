@@ -257,7 +257,11 @@ impl Factor {
             }
             rb => (out, rb),
         };
-        assert_eq!(out.len(), n_rows * rb, "{n_rows} encoded rows of {rb} bytes");
+        assert_eq!(
+            out.len(),
+            n_rows * rb,
+            "{n_rows} encoded rows of {rb} bytes"
+        );
         let loss: f64 = w
             .par_chunks_mut(n.max(1))
             .zip(out.par_chunks_mut(rb))

@@ -28,11 +28,9 @@ pub fn levels(ty: GgmlType) -> Option<usize> {
         GgmlType::Q2K => 4,
         GgmlType::Q3K => 8,
         GgmlType::Q6K => 64,
-        GgmlType::F32
-        | GgmlType::F16
-        | GgmlType::BF16
-        | GgmlType::IQ4NL
-        | GgmlType::IQ4XS => return None,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::IQ4NL | GgmlType::IQ4XS => {
+            return None
+        }
     })
 }
 
@@ -63,7 +61,10 @@ fn bit(b: &mut u8, at: u32, on: bool) {
 pub fn set_code(ty: GgmlType, block: &mut [u8], j: usize, code: usize) {
     let l = levels(ty).expect("a type with codes");
     assert_eq!(block.len(), ty.type_size(), "one {ty} block");
-    assert!(j < ty.block_size() && code < l, "{ty}: position {j}, code {code}");
+    assert!(
+        j < ty.block_size() && code < l,
+        "{ty}: position {j}, code {code}"
+    );
     let c = code as u8;
     match ty {
         GgmlType::Q8_0 => block[2 + j] = (code as i32 - 127) as i8 as u8,
@@ -103,11 +104,9 @@ pub fn set_code(ty: GgmlType, block: &mut [u8], j: usize, code: usize) {
             let b = &mut block[128 + 32 * h + l];
             *b = (*b & !(3 << (2 * q))) | ((c >> 4) << (2 * q));
         }
-        GgmlType::F32
-        | GgmlType::F16
-        | GgmlType::BF16
-        | GgmlType::IQ4NL
-        | GgmlType::IQ4XS => unreachable!("no levels"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::IQ4NL | GgmlType::IQ4XS => {
+            unreachable!("no levels")
+        }
     }
 }
 
@@ -253,7 +252,10 @@ mod tests {
                     .all(|w| if up { w[1] >= w[0] } else { w[1] <= w[0] }));
                 let x = rnd(&mut seed);
                 let k = nearest_code(&grid, n, l, j, x);
-                let best = vs.iter().map(|v| (x - v).abs()).fold(f32::INFINITY, f32::min);
+                let best = vs
+                    .iter()
+                    .map(|v| (x - v).abs())
+                    .fold(f32::INFINITY, f32::min);
                 assert_eq!((x - vs[k]).abs(), best, "{ty} position {j}");
             }
         }

@@ -46,9 +46,9 @@
 //! never allocate.
 
 pub mod ct;
-pub mod grid;
 mod encoding;
 mod float;
+pub mod grid;
 mod iq4;
 mod kquants;
 mod lanes;
