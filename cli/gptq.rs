@@ -1,6 +1,9 @@
 //! `kiln convert M --format compressed-tensors --scheme W4A16 --gptq --text T
 //! -o OUT`: the integer schemes rounded by GPTQ (`eval::gptq`) instead of to
-//! nearest, as llm-compressor's `GPTQModifier` writes them.
+//! nearest, as llm-compressor's `GPTQModifier` writes them; and `kiln convert
+//! M -t Q4_K_M --gptq --text T -o OUT.gguf`: GGUF block types rounded by GPTQ
+//! with ggml's encoders choosing the block scales (`eval::gguf_gptq`,
+//! [`round_gguf`], [`GptqGguf`]).
 //!
 //! As llm-compressor 0.14: every group's scale and zero point come from the
 //! original weights' min and max (the weight observer runs before GPTQ, the
@@ -42,7 +45,8 @@ use crate::Printer;
 pub struct GptqArgs {
     /// Round the weights with GPTQ (error feedback through each layer's
     /// input Hessian from --text) instead of to nearest: compressed-tensors
-    /// integer schemes (W4A16, W4A16_ASYM, W8A16, W8A8), as llm-compressor's GPTQModifier.
+    /// integer schemes (W4A16, W4A16_ASYM, W8A16, W8A8), as llm-compressor's GPTQModifier,
+    /// and GGUF legacy and K-quant types (ggml's encoders choose each block's scales).
     #[arg(long, requires = "text")]
     pub gptq: bool,
     /// Calibration windows (samples) for --gptq [default: 128, or every window the text fills if fewer].
