@@ -152,9 +152,13 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if args.format == OutFormat::CompressedTensors || args.scheme.is_some() {
         return crate::convert_ct::run(args, printer);
     }
-    if args.gptq.gptq {
+    if args.gptq.gptq && !args.prune.is_empty() {
+        anyhow::bail!("--gptq with --prune is supported for neither output format yet: run them one after the other");
+    }
+    if args.gptq.gptq && args.gptq.actorder_gguf() != "none" {
         anyhow::bail!(
-            "--gptq rounds compressed-tensors integer schemes (--format compressed-tensors --scheme W4A16 ...); GGUF output is rounded to nearest"
+            "--actorder {}: GGUF output is GPTQ-rounded with columns left to right (a block's scales are chosen before its columns are rounded); give --actorder none or leave it out",
+            passes::printable(args.gptq.actorder_gguf())
         );
     }
     let t0 = Instant::now();
@@ -261,8 +265,55 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
                 .extend(formats::imatrix::quantize_metadata(&arg, m));
         }
     }
+    let gptq_t0 = Instant::now();
+    let rounded = match args.gptq.gptq && !args.dry_run {
+        true => Some(crate::gptq::round_gguf(args, &model, printer)?),
+        false => None,
+    };
+    let gptq_summary = rounded.as_ref().map(|r| {
+        let names: Vec<String> = model
+            .tensors
+            .iter()
+            .filter(|t| r.contains_key(&t.source_name))
+            .map(|t| t.name.clone())
+            .collect();
+        model.metadata.set(
+            "kiln.gptq.tensors",
+            passes::MetaValue::Array(names.iter().cloned().map(passes::MetaValue::String).collect()),
+        );
+        model.metadata.set(
+            "kiln.gptq",
+            passes::MetaValue::String(format!(
+                "GPTQ (columns left to right, ggml's block encoders choosing each block's scales); samples={} ctx={} dampening_frac={}",
+                args.gptq.gptq_samples.unwrap_or(128),
+                args.gptq.gptq_ctx,
+                args.gptq.dampening_frac
+            )),
+        );
+        json!({
+            "text": args.text,
+            "samples": args.gptq.gptq_samples.unwrap_or(128),
+            "ctx": args.gptq.gptq_ctx,
+            "actorder": "none",
+            "dampening_frac": args.gptq.dampening_frac,
+            "seconds": gptq_t0.elapsed().as_secs_f64(),
+            "tensors": model.tensors.iter().filter_map(|t| r.get(&t.source_name).map(|x| json!({
+                "name": t.name,
+                "type": x.ty.name(),
+                "loss": x.loss,
+                "rtn_fallback": x.fallback,
+            }))).collect::<Vec<_>>(),
+        })
+    });
     let file_name = args.output.as_ref().and_then(|o| o.file_name());
     let gguf = Gguf::new(&file_name.map_or("model.gguf".into(), |n| n.to_string_lossy()));
+    let gguf: Box<dyn Container> = match rounded {
+        Some(rounded) => Box::new(crate::gptq::GptqGguf {
+            inner: gguf,
+            rounded,
+        }),
+        None => Box::new(gguf),
+    };
     // One copy of the key/values (borrowed by the layout), not two.
     gguf::lower_in_place(&mut model);
     let layout = gguf.layout(&model)?.remove(0);
@@ -323,7 +374,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     let result = write::write(
         &model,
         &loaded.maps,
-        &gguf,
+        gguf.as_ref(),
         files,
         &dir,
         opts,
@@ -336,6 +387,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     if args.json {
         let mut j = plan_json(args, &model, &layout, &notes, true);
         j["seconds"] = json!(secs);
+        j["gptq"] = json!(gptq_summary);
         if let Some(r) = &prune_record {
             j["prune"] = r.clone();
         }

@@ -197,7 +197,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
             "text": args.text,
             "samples": args.gptq.gptq_samples.unwrap_or(128),
             "ctx": args.gptq.gptq_ctx,
-            "actorder": args.gptq.actorder,
+            "actorder": args.gptq.actorder(),
             "dampening_frac": args.gptq.dampening_frac,
             "seconds": gptq_t0.elapsed().as_secs_f64(),
             "tensors": rounded.iter().map(|(n, r)| json!({
@@ -211,7 +211,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
                 inner,
                 rounded,
                 scheme,
-                &args.gptq.actorder,
+                args.gptq.actorder(),
             )),
             Some(summary),
         )

@@ -1,6 +1,9 @@
 //! `kiln convert M --format compressed-tensors --scheme W4A16 --gptq --text T
 //! -o OUT`: the integer schemes rounded by GPTQ (`eval::gptq`) instead of to
-//! nearest, as llm-compressor's `GPTQModifier` writes them.
+//! nearest, as llm-compressor's `GPTQModifier` writes them; and `kiln convert
+//! M -t Q4_K_M --gptq --text T -o OUT.gguf`: GGUF block types rounded by GPTQ
+//! with ggml's encoders choosing the block scales (`eval::gguf_gptq`,
+//! [`round_gguf`], [`GptqGguf`]).
 //!
 //! As llm-compressor 0.14: every group's scale and zero point come from the
 //! original weights' min and max (the weight observer runs before GPTQ, the
@@ -42,7 +45,8 @@ use crate::Printer;
 pub struct GptqArgs {
     /// Round the weights with GPTQ (error feedback through each layer's
     /// input Hessian from --text) instead of to nearest: compressed-tensors
-    /// integer schemes (W4A16, W4A16_ASYM, W8A16, W8A8), as llm-compressor's GPTQModifier.
+    /// integer schemes (W4A16, W4A16_ASYM, W8A16, W8A8), as llm-compressor's GPTQModifier,
+    /// and GGUF legacy and K-quant types (ggml's encoders choose each block's scales).
     #[arg(long, requires = "text")]
     pub gptq: bool,
     /// Calibration windows (samples) for --gptq [default: 128, or every window the text fills if fewer].
@@ -52,12 +56,26 @@ pub struct GptqArgs {
     #[arg(long, value_name = "N", default_value_t = 512, requires = "gptq")]
     pub gptq_ctx: usize,
     /// Column order of GPTQ: `static` (descending Hessian diagonal,
-    /// llm-compressor's default) or `none` (left to right).
-    #[arg(long, value_name = "ORDER", default_value = "static", value_parser = ["static", "none"], requires = "gptq")]
-    pub actorder: String,
+    /// llm-compressor's default) or `none` (left to right) [default: static
+    /// for compressed-tensors; GGUF output is always rounded left to right].
+    #[arg(long, value_name = "ORDER", value_parser = ["static", "none"], requires = "gptq")]
+    pub actorder: Option<String>,
     /// Damping, as a fraction of the mean Hessian diagonal.
     #[arg(long, value_name = "F", default_value_t = 0.01, requires = "gptq")]
     pub dampening_frac: f64,
+}
+
+impl GptqArgs {
+    /// `--actorder` as given, or its default for the output format
+    /// (`static`; GGUF output refuses it and rounds left to right).
+    pub fn actorder(&self) -> &str {
+        self.actorder.as_deref().unwrap_or("static")
+    }
+
+    /// `--actorder` for GGUF output: `none` unless given.
+    pub fn actorder_gguf(&self) -> &str {
+        self.actorder.as_deref().unwrap_or("none")
+    }
 }
 
 /// One tensor's GPTQ result, in the checkpoint's row order.
@@ -118,7 +136,13 @@ impl gptq::Scheme for CtScheme {
         self.targets.contains_key(name)
     }
 
-    fn rounder(&self, name: &str, w: &[f32], _rows: usize, cols: usize) -> Box<dyn Rounder> {
+    fn rows<'a>(
+        &'a self,
+        name: &str,
+        w: &[f32],
+        _rows: usize,
+        cols: usize,
+    ) -> Box<dyn gptq::Rows + 'a> {
         let t = &self.targets[name];
         let params = params_of(w, cols, &t.spec, t.d);
         self.params
@@ -129,10 +153,21 @@ impl gptq::Scheme for CtScheme {
         let groups = cols / g;
         // GPTQ's working weights are f32 (llm-compressor's GPTQ_PRECISION):
         // the fake quantization is done in f32 with the dtype's scale.
-        Box::new(move |r: usize, c: usize, x: f32| {
-            let p = params[r * groups + c / g];
-            q::int_dequantize(q::int_quantize(x, p, bits, Dtype::F32), p, Dtype::F32)
-        })
+        Box::new(OwnedPerValue(Box::new(
+            move |r: usize, c: usize, x: f32| {
+                let p = params[r * groups + c / g];
+                q::int_dequantize(q::int_quantize(x, p, bits, Dtype::F32), p, Dtype::F32)
+            },
+        )))
+    }
+}
+
+/// A boxed [`Rounder`] as [`gptq::Rows`].
+struct OwnedPerValue(Box<dyn Rounder>);
+
+impl gptq::Rows for OwnedPerValue {
+    fn row<'a>(&'a self, r: usize, _w: &[f32]) -> Box<dyn gptq::RowRound + 'a> {
+        gptq::per_value_row(self.0.as_ref(), r)
     }
 }
 
@@ -207,7 +242,7 @@ pub fn round_ct(
     let opts = Options {
         block: 128,
         percdamp: g.dampening_frac,
-        actorder: g.actorder == "static",
+        actorder: g.actorder() == "static",
     };
     let cancel = cancel_flag();
     let bar = printer.count_bar(net.n_layers() as u64, "gptq", "blocks");
@@ -414,5 +449,204 @@ impl Container for GptqCt {
             *bytes = text;
         }
         Ok(out)
+    }
+}
+
+/// One GGUF tensor's GPTQ result: its encoded rows.
+pub struct GgufRounded {
+    row_bytes: usize,
+    bytes: Vec<u8>,
+    pub ty: quant::GgmlType,
+    pub loss: f64,
+    pub fallback: bool,
+}
+
+/// The calibration windows of `--text` for the model `opened`.
+fn calibration_windows(
+    args: &crate::convert::ConvertArgs,
+    opened: &eval::model::Opened,
+) -> Result<Vec<Vec<u32>>> {
+    let g = &args.gptq;
+    let text_path = args
+        .text
+        .as_ref()
+        .expect("clap requires --text with --gptq");
+    let text = std::fs::read_to_string(text_path)
+        .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
+    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
+        .map_err(lift)
+        .with_context(|| opened.name())?;
+    let mut ids = Vec::new();
+    if tok.add_bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(&text).map_err(lift)?);
+    eval::text::windows(
+        &ids,
+        Windows {
+            ctx: g.gptq_ctx,
+            max_chunks: Some(g.gptq_samples.unwrap_or(128).max(1)),
+        },
+        tok.bos.filter(|_| tok.add_bos),
+    )
+    .map_err(lift)
+    .with_context(|| text_path.display().to_string())
+}
+
+/// Run GPTQ onto the GGUF types `model` (after the recipe and importance
+/// passes) gives its 2-D weights, keyed by source tensor name: every tensor
+/// the forward pass's blocks read whose type GPTQ can round onto
+/// (`eval::gguf_gptq::supports`) and whose bytes are not copied from the
+/// source. Columns left to right (no act-order).
+pub fn round_gguf(
+    args: &crate::convert::ConvertArgs,
+    model: &Model,
+    printer: &Printer,
+) -> Result<BTreeMap<String, GgufRounded>> {
+    let g = &args.gptq;
+    let opened = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
+    let importance = model.importance.as_ref().map(|i| &i.vectors);
+    // Source name -> (type, the convert model's name for its importance).
+    let wanted: BTreeMap<&str, (quant::GgmlType, &str)> = model
+        .tensors
+        .iter()
+        .filter(|t| t.shape.len() == 2 && t.ggml_type() != Some(t.source.dtype.ggml()))
+        .filter_map(|t| {
+            let ty = t.ggml_type()?;
+            eval::gguf_gptq::supports(ty).then_some((t.source_name.as_str(), (ty, t.name.as_str())))
+        })
+        .collect();
+    let mut types = BTreeMap::new();
+    let mut imp = BTreeMap::new();
+    let mut source = BTreeMap::new();
+    for t in &opened.loaded.model.tensors {
+        if let Some(&(ty, name)) = wanted.get(t.source_name.as_str()) {
+            types.insert(t.name.clone(), ty);
+            if let Some(v) = importance.and_then(|m| m.get(name)) {
+                imp.insert(t.name.clone(), v.clone());
+            }
+            source.insert(t.name.clone(), t.source_name.clone());
+        }
+    }
+    let windows = calibration_windows(args, &opened)?;
+    let mut net = Transformer::new(&opened).map_err(lift)?;
+    printer.info(&format!(
+        "gptq: up to {} tensors, {} windows of {} tokens from {}",
+        types.len(),
+        windows.len(),
+        g.gptq_ctx,
+        args.text.as_ref().expect("clap requires --text").display()
+    ));
+    let scheme = eval::gguf_gptq::GgufScheme {
+        types,
+        importance: Some(&imp),
+    };
+    let opts = Options {
+        block: 128,
+        percdamp: g.dampening_frac,
+        actorder: false,
+    };
+    let cancel = cancel_flag();
+    let bar = printer.count_bar(net.n_layers() as u64, "gptq", "blocks");
+    let progress = |n: usize| bar.set_position(n as u64);
+    let r = gptq::run(
+        &opened, &mut net, &windows, &scheme, &opts, &progress, &cancel,
+    );
+    bar.finish_and_clear();
+    let rounded = r.map_err(lift).with_context(|| opened.name())?;
+    let shapes: BTreeMap<&str, (usize, usize)> = model
+        .tensors
+        .iter()
+        .map(|t| (t.source_name.as_str(), (t.n_rows(), t.row_len())))
+        .collect();
+    let mut out = BTreeMap::new();
+    for r in rounded {
+        let ty = scheme.types[&r.name];
+        if shapes.get(source[&r.name].as_str()) != Some(&(r.rows, r.cols)) {
+            anyhow::bail!(
+                "{}: tensor `{}`: the forward pass reads it as {} x {}, the output lays it out otherwise",
+                opened.name(),
+                passes::printable(&r.name),
+                r.rows,
+                r.cols
+            );
+        }
+        out.insert(
+            source[&r.name].clone(),
+            GgufRounded {
+                row_bytes: r.bytes.len() / r.rows.max(1),
+                bytes: r.bytes,
+                ty,
+                loss: r.outcome.loss,
+                fallback: r.outcome.fallback,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The GGUF container with GPTQ-rounded tensors: their rows are laid out in
+/// units (so the encoder learns the row index) and copied from the rounded
+/// table; everything else is the wrapped container's.
+pub struct GptqGguf<C> {
+    pub inner: C,
+    pub rounded: BTreeMap<String, GgufRounded>,
+}
+
+impl<C: Container> Container for GptqGguf<C> {
+    fn layout(&self, model: &Model) -> formats::Result<Vec<FileLayout>> {
+        let mut files = self.inner.layout(model)?;
+        for f in &mut files {
+            for p in &mut f.placements {
+                if self
+                    .rounded
+                    .contains_key(&model.tensors[p.tensor].source_name)
+                {
+                    p.unit = Unit {
+                        rows: UNIT_ROWS,
+                        per_row: true,
+                    };
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn copies_source(&self, t: &TensorNode, piece: usize) -> bool {
+        !self.rounded.contains_key(&t.source_name) && self.inner.copies_source(t, piece)
+    }
+
+    fn encode_row(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        values: &[f32],
+        dst: &mut [u8],
+        importance: Option<&[f32]>,
+    ) {
+        self.inner.encode_row(t, piece, values, dst, importance)
+    }
+
+    fn encode_unit(
+        &self,
+        t: &TensorNode,
+        piece: usize,
+        first_row: usize,
+        values: &[f32],
+        dst: &mut [u8],
+    ) {
+        let Some(r) = self.rounded.get(&t.source_name) else {
+            return self.inner.encode_unit(t, piece, first_row, values, dst);
+        };
+        let at = first_row * r.row_bytes;
+        dst.copy_from_slice(&r.bytes[at..at + dst.len()]);
+    }
+
+    fn side_files(
+        &self,
+        model: &Model,
+        files: &[FileLayout],
+    ) -> formats::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.side_files(model, files)
     }
 }

@@ -3,7 +3,10 @@
 //! min/max, as llm-compressor's GPTQModifier) and changes codes, lowers the
 //! KL divergence on text it was not calibrated on, writes the same bytes for
 //! any thread count, and its artifacts decode (kiln's compressed-tensors
-//! reader, `kiln eval`); options it cannot honour are refused.
+//! reader, `kiln eval`); options it cannot honour are refused. The same for
+//! GGUF output (`-t Q4_K_M --gptq`, with and without an imatrix): lower
+//! held-out KLD than plain conversion with the same imatrix, the same bytes
+//! for any thread count.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -215,12 +218,30 @@ fn gptq_refuses_what_it_cannot_round() {
                 "-t",
                 "q4_0",
                 "--gptq",
+                "--actorder",
+                "static",
                 "--text",
                 s(&calib),
                 "-o",
                 s(&out),
             ],
-            "compressed-tensors",
+            "left to right",
+        ),
+        (
+            vec![
+                "convert",
+                s(&model),
+                "-t",
+                "q4_0",
+                "--gptq",
+                "--prune",
+                "ffn=0.5",
+                "--text",
+                s(&calib),
+                "-o",
+                s(&out),
+            ],
+            "--prune",
         ),
         (
             vec![
@@ -245,4 +266,100 @@ fn gptq_refuses_what_it_cannot_round() {
         );
         assert!(!out.exists(), "{args:?} wrote output");
     }
+}
+
+/// GGUF conversion of `model` with `extra` arguments; the `--json` summary.
+fn convert_gguf(model: &Path, out: &Path, extra: &[&str], threads: &str) -> Value {
+    let mut a = vec![
+        "convert",
+        s(model),
+        "-o",
+        s(out),
+        "--quiet",
+        "--json",
+        // The output head and embeddings (not GPTQ-rounded) kept wide, so
+        // the KLD measures the block linears.
+        "--output-tensor-type",
+        "f16",
+        "--token-embedding-type",
+        "f16",
+    ];
+    a.extend_from_slice(extra);
+    let r = run_cmd(kiln().args(&a).env("RAYON_NUM_THREADS", threads));
+    assert_eq!(r.code, 0, "{a:?}: {}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+#[test]
+fn gguf_gptq_lowers_held_out_kld_against_plain_conversion_with_the_same_imatrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, held) = texts(dir.path());
+    let model = fixture("tiny-llama");
+    let imatrix = dir.path().join("imatrix.gguf");
+    let r = run(&[
+        "imatrix",
+        s(&model),
+        "--text",
+        s(&calib),
+        "-o",
+        s(&imatrix),
+        "--ctx",
+        "64",
+        "--quiet",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let g = gptq_args(&calib, &[]);
+    for (ty, im) in [("Q4_K_M", true), ("Q4_K_M", false), ("Q4_0", false)] {
+        let mut base = vec!["-t", ty];
+        if ty == "Q4_0" {
+            base.push("--pure");
+        }
+        if im {
+            base.extend(["--imatrix", s(&imatrix)]);
+        }
+        let plain = dir.path().join(format!("{ty}-{im}-plain.gguf"));
+        let gq = dir.path().join(format!("{ty}-{im}-gptq.gguf"));
+        convert_gguf(&model, &plain, &base, "2");
+        let j = convert_gguf(&model, &gq, &[&base[..], &g[..]].concat(), "2");
+        let rounded = j["gptq"]["tensors"].as_array().unwrap();
+        // Every block linear (2 layers x 7), onto the types the recipe chose.
+        assert_eq!(rounded.len(), 14, "{ty}: {rounded:?}");
+        for t in rounded {
+            let name = t["name"].as_str().unwrap();
+            let planned = j["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap();
+            assert_eq!(planned["type"], t["type"], "{name}");
+        }
+        let (kp, kg) = (kld(s(&model), &plain, &held), kld(s(&model), &gq, &held));
+        assert!(
+            kg < 0.8 * kp,
+            "{ty} imatrix {im}: GPTQ KLD {kg} vs plain {kp}"
+        );
+    }
+}
+
+#[test]
+fn gguf_gptq_output_does_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, _) = texts(dir.path());
+    let model = fixture("tiny-qwen2");
+    let g = gptq_args(&calib, &[]);
+    let outs: Vec<Vec<u8>> = ["1", "3"]
+        .iter()
+        .map(|threads| {
+            let out = dir.path().join(format!("t{threads}.gguf"));
+            convert_gguf(
+                &model,
+                &out,
+                &[&["-t", "Q4_K_M"][..], &g[..]].concat(),
+                threads,
+            );
+            std::fs::read(out).unwrap()
+        })
+        .collect();
+    assert!(outs[0] == outs[1], "1 and 3 threads wrote different bytes");
 }

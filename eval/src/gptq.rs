@@ -82,6 +82,63 @@ impl<F: Fn(usize, usize, f32) -> f32 + Sync> Rounder for F {
     }
 }
 
+/// Rounds whole rows, one value at a time in GPTQ's order, with per-row
+/// state: a ggml block encoder choosing a block's scales from the block's
+/// current (error-updated) values when its first column comes up.
+pub trait Rows: Sync {
+    /// Bytes of one encoded row that [`RowRound::finish`] writes (0: none).
+    fn row_bytes(&self) -> usize {
+        0
+    }
+    /// The lazy-update block to use instead of `default` columns (a
+    /// multiple of the rounder's own block, so that a block's columns are
+    /// all up to date when its first one is rounded).
+    fn lazy_block(&self, default: usize) -> usize {
+        default
+    }
+    /// The rounder of row `r`, whose original values are `w` (original
+    /// column order).
+    fn row<'a>(&'a self, r: usize, w: &[f32]) -> Box<dyn RowRound + 'a>;
+}
+
+/// One row's rounder (see [`Rows`]).
+pub trait RowRound {
+    /// The rounded value of processing position `i` (original column `c`),
+    /// given the row's current values `wp` in processing order: positions
+    /// before `i` hold their rounded values, positions from `i` to the end
+    /// of the lazy block are up to date, later ones lag by the current lazy
+    /// block's errors.
+    fn round(&mut self, i: usize, c: usize, wp: &[f64]) -> f32;
+    /// Write the encoded row (`Rows::row_bytes` long) once every value of it
+    /// is rounded.
+    fn finish(&mut self, _out: &mut [u8]) {}
+}
+
+/// A [`Rounder`] as [`Rows`]: no state, nothing encoded.
+pub struct PerValue<'a>(pub &'a dyn Rounder);
+
+struct PerValueRow<'a> {
+    rounder: &'a dyn Rounder,
+    r: usize,
+}
+
+impl RowRound for PerValueRow<'_> {
+    fn round(&mut self, i: usize, c: usize, wp: &[f64]) -> f32 {
+        self.rounder.round(self.r, c, wp[i] as f32)
+    }
+}
+
+impl Rows for PerValue<'_> {
+    fn row<'a>(&'a self, r: usize, _w: &[f32]) -> Box<dyn RowRound + 'a> {
+        per_value_row(self.0, r)
+    }
+}
+
+/// Row `r`'s rounder of a stateless [`Rounder`].
+pub fn per_value_row(rounder: &dyn Rounder, r: usize) -> Box<dyn RowRound + '_> {
+    Box::new(PerValueRow { rounder, r })
+}
+
 /// What rounding one weight did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {
@@ -174,25 +231,58 @@ impl Factor {
     /// Round `w` (`rows x n`, row-major) in place with GPTQ's error feedback:
     /// afterwards every value is one `rounder` produced.
     pub fn quantize(&self, w: &mut [f32], rounder: &dyn Rounder, opts: &Options) -> Outcome {
+        self.quantize_rows(w, &PerValue(rounder), &mut [], opts)
+    }
+
+    /// Round `w` (`rows x n`, row-major) in place with GPTQ's error
+    /// feedback, a row at a time through `rows`' per-row rounders, whose
+    /// encoded rows ([`Rows::row_bytes`] each) land in `out`. The lazy
+    /// block is `rows.lazy_block(opts.block)` columns.
+    pub fn quantize_rows(
+        &self,
+        w: &mut [f32],
+        rows: &dyn Rows,
+        out: &mut [u8],
+        opts: &Options,
+    ) -> Outcome {
         let n = self.n;
         assert_eq!(w.len() % n.max(1), 0, "weights of {n} columns");
-        let block = opts.block.max(1);
+        let n_rows = w.len() / n.max(1);
+        let block = rows.lazy_block(opts.block.max(1)).max(1);
+        let mut none = Vec::new();
+        let (out, rb) = match rows.row_bytes() {
+            0 => {
+                none.resize(n_rows, 0u8);
+                (&mut none[..], 1)
+            }
+            rb => (out, rb),
+        };
+        assert_eq!(
+            out.len(),
+            n_rows * rb,
+            "{n_rows} encoded rows of {rb} bytes"
+        );
         let loss: f64 = w
             .par_chunks_mut(n.max(1))
+            .zip(out.par_chunks_mut(rb))
             .enumerate()
             .map_init(
                 || (vec![0f64; n], vec![0f64; block]),
-                |(wp, err), (r, row)| {
+                |(wp, err), (r, (row, enc))| {
+                    let mut rr = rows.row(r, row);
                     for (i, v) in wp.iter_mut().enumerate() {
                         let c = self.perm[i];
                         *v = if self.dead[c] { 0.0 } else { f64::from(row[c]) };
                     }
                     let mut loss = 0f64;
                     let Some(u) = &self.u else {
-                        for (i, v) in wp.iter_mut().enumerate() {
-                            let q = f64::from(rounder.round(r, self.perm[i], *v as f32));
-                            loss += (*v - q) * (*v - q) / 2.0;
-                            *v = q;
+                        for i in 0..n {
+                            let q = f64::from(rr.round(i, self.perm[i], wp));
+                            loss += (wp[i] - q) * (wp[i] - q) / 2.0;
+                            wp[i] = q;
+                        }
+                        if rows.row_bytes() > 0 {
+                            rr.finish(enc);
                         }
                         return self.store(row, wp, loss);
                     };
@@ -202,7 +292,7 @@ impl Factor {
                         for i in i1..i2 {
                             let urow = &u[i * n..(i + 1) * n];
                             let x = wp[i];
-                            let q = f64::from(rounder.round(r, self.perm[i], x as f32));
+                            let q = f64::from(rr.round(i, self.perm[i], wp));
                             let e = (x - q) / urow[i];
                             wp[i] = q;
                             loss += e * e / 2.0;
@@ -219,6 +309,9 @@ impl Factor {
                             }
                         }
                         i1 = i2;
+                    }
+                    if rows.row_bytes() > 0 {
+                        rr.finish(enc);
                     }
                     self.store(row, wp, loss)
                 },
@@ -415,8 +508,9 @@ pub trait Scheme: Sync {
     /// Whether the linear weight `name` (GGUF name, `[rows, cols]`) is rounded.
     fn wants(&self, name: &str) -> bool;
     /// The rounder of weight `name`, prepared from its original values
-    /// (`rows x cols`, GGUF layout): scales from the original weights.
-    fn rounder(&self, name: &str, w: &[f32], rows: usize, cols: usize) -> Box<dyn Rounder>;
+    /// (`rows x cols`, GGUF layout): scales from the original weights, or a
+    /// block encoder's per-row state.
+    fn rows<'a>(&'a self, name: &str, w: &[f32], rows: usize, cols: usize) -> Box<dyn Rows + 'a>;
 }
 
 /// One rounded weight.
@@ -428,6 +522,8 @@ pub struct Rounded {
     pub cols: usize,
     /// The rounded (dequantized) values, `rows x cols`, GGUF layout.
     pub values: Vec<f32>,
+    /// The encoded rows, when the rounder encodes ([`Rows::row_bytes`]).
+    pub bytes: Vec<u8>,
     pub outcome: Outcome,
 }
 
@@ -481,14 +577,17 @@ pub fn run(
                     )));
                 }
                 let mut w = m.read_f32(node);
-                let rounder = scheme.rounder(name, &w, rows, cols);
-                let outcome = f.quantize(&mut w, rounder.as_ref(), opts);
+                let rounder = scheme.rows(name, &w, rows, cols);
+                let mut bytes = vec![0u8; rows * rounder.row_bytes()];
+                let outcome = f.quantize_rows(&mut w, rounder.as_ref(), &mut bytes, opts);
+                drop(rounder);
                 net.set_weight(name, w.clone())?;
                 out.push(Rounded {
                     name: name.clone(),
                     rows,
                     cols,
                     values: w,
+                    bytes,
                     outcome,
                 });
             }

@@ -12,6 +12,7 @@
 pub mod error;
 pub mod forward;
 pub mod gemma;
+pub mod gguf_gptq;
 pub mod gptq;
 pub mod imatrix;
 pub mod model;

@@ -457,7 +457,7 @@ pub(crate) fn decode_q5_1(src: &[u8], dst: &mut [f32]) {
 // Each function takes one row and its per-column weights.
 
 /// `sum x^2 / n` over the whole row, accumulated in order from 0.
-fn row_sigma2(row: &[f32]) -> f32 {
+pub(crate) fn row_sigma2(row: &[f32]) -> f32 {
     let mut sum_x2 = 0.0f32;
     for &v in row {
         sum_x2 += v * v;
@@ -480,10 +480,11 @@ fn encode_weighted<const B: usize>(
     row: &[f32],
     qw: &[f32],
     dst: &mut [u8],
+    s2: f32,
     fit: impl Fn(&[Lanes<C>; QK], &[Lanes<C>; QK], &mut [Lanes<C>; QK]) -> Fit,
     store: impl Fn(&[u8; QK], (f32, f32), &mut [u8; B]),
 ) {
-    let s2 = F4::splat(row_sigma2(row));
+    let s2 = F4::splat(s2);
     let groups = row
         .chunks(QK * 4 * C)
         .zip(qw.chunks(QK * 4 * C))
@@ -546,7 +547,13 @@ fn pack_q5(l: &[u8; QK], qs: &mut [u8]) -> [u8; 4] {
 
 /// `quantize_row_q4_0_impl`: `make_qx_quants(32, 8, .., weights)`, `d` its scale.
 pub(crate) fn encode_q4_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    encode_weighted::<18>(row, qw, dst, fit_qx::<8>, |l, (d, _), y| {
+    encode_q4_0_imatrix_s2(row, dst, qw, row_sigma2(row))
+}
+
+/// As [`encode_q4_0_imatrix`] with the row's `sigma2` given: blocks of a
+/// row encoded on their own, as the row would encode them.
+pub(crate) fn encode_q4_0_imatrix_s2(row: &[f32], dst: &mut [u8], qw: &[f32], s2: f32) {
+    encode_weighted::<18>(row, qw, dst, s2, fit_qx::<8>, |l, (d, _), y| {
         write_f16(&mut y[..2], d);
         for j in 0..QK / 2 {
             y[2 + j] = l[j] | (l[j + QK / 2] << 4);
@@ -556,7 +563,13 @@ pub(crate) fn encode_q4_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
 
 /// `quantize_row_q5_0_impl`: `make_qx_quants(32, 16, .., weights)`.
 pub(crate) fn encode_q5_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    encode_weighted::<22>(row, qw, dst, fit_qx::<16>, |l, (d, _), y| {
+    encode_q5_0_imatrix_s2(row, dst, qw, row_sigma2(row))
+}
+
+/// As [`encode_q5_0_imatrix`] with the row's `sigma2` given: blocks of a
+/// row encoded on their own, as the row would encode them.
+pub(crate) fn encode_q5_0_imatrix_s2(row: &[f32], dst: &mut [u8], qw: &[f32], s2: f32) {
+    encode_weighted::<22>(row, qw, dst, s2, fit_qx::<16>, |l, (d, _), y| {
         write_f16(&mut y[..2], d);
         let qh = pack_q5(l, &mut y[6..22]);
         y[2..6].copy_from_slice(&qh);
@@ -566,7 +579,13 @@ pub(crate) fn encode_q5_0_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
 /// `quantize_row_q4_1_impl`: `make_qkx3_quants(32, 15, .., -0.9, 0.05, 36)`;
 /// stores f16 `d` and f16 `m = -(the fit's min)`.
 pub(crate) fn encode_q4_1_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    encode_weighted::<20>(row, qw, dst, fit_qkx3::<15>, |l, (d, the_min), y| {
+    encode_q4_1_imatrix_s2(row, dst, qw, row_sigma2(row))
+}
+
+/// As [`encode_q4_1_imatrix`] with the row's `sigma2` given: blocks of a
+/// row encoded on their own, as the row would encode them.
+pub(crate) fn encode_q4_1_imatrix_s2(row: &[f32], dst: &mut [u8], qw: &[f32], s2: f32) {
+    encode_weighted::<20>(row, qw, dst, s2, fit_qkx3::<15>, |l, (d, the_min), y| {
         write_f16(&mut y[..2], d);
         write_f16(&mut y[2..4], -the_min);
         for j in 0..QK / 2 {
@@ -577,7 +596,13 @@ pub(crate) fn encode_q4_1_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
 
 /// `quantize_row_q5_1_impl`: `make_qkx3_quants(32, 31, .., -0.9, 0.05, 36)`.
 pub(crate) fn encode_q5_1_imatrix(row: &[f32], dst: &mut [u8], qw: &[f32]) {
-    encode_weighted::<24>(row, qw, dst, fit_qkx3::<31>, |l, (d, the_min), y| {
+    encode_q5_1_imatrix_s2(row, dst, qw, row_sigma2(row))
+}
+
+/// As [`encode_q5_1_imatrix`] with the row's `sigma2` given: blocks of a
+/// row encoded on their own, as the row would encode them.
+pub(crate) fn encode_q5_1_imatrix_s2(row: &[f32], dst: &mut [u8], qw: &[f32], s2: f32) {
+    encode_weighted::<24>(row, qw, dst, s2, fit_qkx3::<31>, |l, (d, the_min), y| {
         write_f16(&mut y[..2], d);
         write_f16(&mut y[2..4], -the_min);
         let qh = pack_q5(l, &mut y[8..24]);

@@ -48,6 +48,7 @@
 pub mod ct;
 mod encoding;
 mod float;
+pub mod grid;
 mod iq4;
 mod kquants;
 mod lanes;
