@@ -76,7 +76,7 @@ pub fn check_engine(target: &passes::cost::Target, engine: passes::cost::Engine)
 pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
     clean_stale(&args.output, printer);
-    let options = args.plan.options();
+    let options = args.plan.options()?;
     planner::options::check(&options).map_err(lift_plan)?;
     let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
     let engine = planner::options::any_engine(&options).map_err(lift_plan)?;

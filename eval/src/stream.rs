@@ -419,11 +419,13 @@ pub fn evaluate_in_chunks(
                 orig.cfg().vocab
             )));
         }
-        if c.n_layer() != orig.n_layer() {
+        // A depth-pruned candidate has fewer blocks: only the residual
+        // stream's width must match for the heads to be compared.
+        if c.cfg().arch.hidden != orig.cfg().arch.hidden {
             return Err(Error::Input(format!(
-                "the candidate has {} blocks and the original {}: they must have the same shape to be compared",
-                c.n_layer(),
-                orig.n_layer()
+                "the candidate's hidden size is {} and the original's {}: they must have the same shape to be compared",
+                c.cfg().arch.hidden,
+                orig.cfg().arch.hidden
             )));
         }
     }
@@ -432,9 +434,17 @@ pub fn evaluate_in_chunks(
     for i in 0..orig.n_layer() {
         orig.block(i, &mut so, &mut NoObserver, cancel)?;
         if let (Some(c), Some(s)) = (&cand, sc.as_mut()) {
-            c.block(i, s, &mut NoObserver, cancel)?;
+            if i < c.n_layer() {
+                c.block(i, s, &mut NoObserver, cancel)?;
+            }
         }
         progress(i + 1);
+    }
+    if let (Some(c), Some(s)) = (&cand, sc.as_mut()) {
+        // A candidate with more blocks than the original runs the rest.
+        for i in orig.n_layer()..c.n_layer() {
+            c.block(i, s, &mut NoObserver, cancel)?;
+        }
     }
     let scores = score_heads(
         &orig,
