@@ -110,7 +110,10 @@ pub struct Settings {
 
 /// The `prune` setting: one value or a list.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`prune`: \"none\", \"auto\", a --prune spec (\"ffn=0.75\") or a list of them"
+)]
 pub enum Prune {
     One(String),
     Many(Vec<String>),
@@ -420,6 +423,20 @@ pub fn read(path: &Path) -> Result<Manifest> {
         }
         match settings.prune_candidates() {
             Err(why) => bail!(located(path, line, "prune", format!("artifact `{name}`: {why}"))),
+            Ok(c)
+                if !c.is_empty()
+                    && settings
+                        .engine
+                        .as_deref()
+                        .is_some_and(|e| e != "llama.cpp") =>
+            {
+                bail!(located(
+                    path,
+                    line,
+                    "prune",
+                    format!("artifact `{name}`: pruning is weighed for GGUF (llama.cpp) artifacts only for now")
+                ))
+            }
             Ok(c) if !c.is_empty() && settings.text.is_none() => bail!(located(
                 path,
                 line,

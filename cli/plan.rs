@@ -157,6 +157,8 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     let options = args.plan.options()?;
     planner::options::check(&options).map_err(lift_plan)?;
     let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
+    crate::build::check_prune_engine(&options, engine)?;
+    planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
     let mut targets = Vec::new();
