@@ -84,8 +84,9 @@ pub struct PlanArgs {
     /// Pruning options to weigh beside bit allocations (repeatable): `auto` (1 and 2 blocks by
     /// block influence, FFN 90% and 75%, half the KV groups where heads allow), a --prune spec
     /// (`layers=auto:1`, `ffn=0.75`, `kv-groups=2`), or `none` (the default). Each gets the
-    /// unpruned plan's memory (plus the KV cache it saves) and is measured against the original
-    /// on the held-out text; one is built only when it measures better. Needs --text.
+    /// unpruned plan's budget (plus the KV cache it saves, when the budget is the target's
+    /// memory) and is measured against the original on the held-out text; one is built only
+    /// when it measures better. Needs --text.
     #[arg(long, value_name = "auto|none|SPEC")]
     pub prune_candidates: Vec<String>,
 }
