@@ -86,6 +86,12 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2,qwen")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument(
+        "--specs",
+        default="layers=auto:1,layers=auto:2,layers=auto:4,ffn=0.9,ffn=0.75",
+        help="pruning specs to run, comma-separated (e.g. ffn=0.9,ffn=0.75 for a subset)",
+    )
+    ap.add_argument("--no-baselines", action="store_true", help="skip the unpruned Q4_K_M / Q3_K_M rows")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -95,8 +101,8 @@ def main() -> None:
     for key in a.models.split(","):
         label, get = models[key]
         src = get()
-        variants = [("unpruned", None, "Q4_K_M"), ("unpruned", None, "Q3_K_M")]
-        for spec in ["layers=auto:1", "layers=auto:2", "layers=auto:4", "ffn=0.9", "ffn=0.75"]:
+        variants = [] if a.no_baselines else [("unpruned", None, "Q4_K_M"), ("unpruned", None, "Q3_K_M")]
+        for spec in [x for x in a.specs.split(",") if x]:
             variants += [(spec, spec, "F16"), (spec, spec, "Q4_K_M")]
         for name, spec, ty in variants:
             out = work / f"{key}-{(spec or 'none').replace('=', '-').replace(':', '-')}-{ty}.gguf"

@@ -73,14 +73,31 @@ pub fn check_engine(target: &passes::cost::Target, engine: passes::cost::Engine)
     Ok(())
 }
 
+/// Refuse `--prune-candidates` where they are not weighed yet: builds for
+/// compressed-tensors runtimes.
+pub fn check_prune_engine(
+    options: &planner::PlanOptions,
+    engine: passes::cost::Engine,
+) -> Result<()> {
+    if engine != passes::cost::Engine::LlamaCpp && !options.prune_candidates.is_empty() {
+        anyhow::bail!(
+            "--prune-candidates with --engine {}: pruning is weighed for GGUF (llama.cpp) builds only for now; prune a compressed-tensors checkpoint with `kiln convert --prune`",
+            engine.name()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
     clean_stale(&args.output, printer);
-    let options = args.plan.options();
+    let options = args.plan.options()?;
     planner::options::check(&options).map_err(lift_plan)?;
     let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
     let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
     check_engine(&target, engine)?;
+    check_prune_engine(&options, engine)?;
+    planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
     let build = planner::BuildOptions {

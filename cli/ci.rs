@@ -151,6 +151,7 @@ fn options(u: &Unit) -> Result<(planner::PlanOptions, planner::Objective)> {
         exclude_type: exclude,
         allow_requantize: u.model.allow_requantize,
         pre_tokenizer: u.model.pre_tokenizer.clone(),
+        prune_candidates: s.prune_candidates().map_err(anyhow::Error::msg)?,
     };
     Ok((o, objective))
 }

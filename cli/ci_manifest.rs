@@ -21,6 +21,7 @@
 //! engine = "llama.cpp"              # or vllm, trt-llm (compressed-tensors)
 //! context = 4096
 //! concurrency = 8
+//! prune = "auto"                    # or "none" (default), "ffn=0.75", ["layers=auto:1", "ffn=0.9"]
 //! [artifact.gates]
 //! max_kld = 0.01
 //! min_top1 = 0.9
@@ -99,6 +100,36 @@ pub struct Settings {
     pub eval_chunks: Option<usize>,
     pub sample: Option<usize>,
     pub exclude_types: Option<Vec<String>>,
+    /// Pruning weighed beside bit allocations (`kiln build
+    /// --prune-candidates`): "none" (the default), "auto", a `--prune`
+    /// spec, or a list of specs. Left out of the artifact key when unset,
+    /// so manifests without it keep their keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<Prune>,
+}
+
+/// The `prune` setting: one value or a list.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(
+    untagged,
+    expecting = "`prune`: \"none\", \"auto\", a --prune spec (\"ffn=0.75\") or a list of them"
+)]
+pub enum Prune {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Settings {
+    /// The pruning candidates of `prune` (none when unset).
+    pub fn prune_candidates(&self) -> std::result::Result<planner::prune::PruneCandidates, String> {
+        let values = match &self.prune {
+            None => Vec::new(),
+            Some(Prune::One(v)) => vec![v.clone()],
+            Some(Prune::Many(v)) => v.clone(),
+        };
+        planner::prune::PruneCandidates::parse(&values)
+            .map_err(|e| e.replace("--prune-candidates", "prune"))
+    }
 }
 
 macro_rules! merge_fields {
@@ -131,7 +162,8 @@ impl Settings {
             probe_chunks,
             eval_chunks,
             sample,
-            exclude_types
+            exclude_types,
+            prune
         )
     }
 }
@@ -181,6 +213,7 @@ struct RawArtifact {
     eval_chunks: Option<usize>,
     sample: Option<usize>,
     exclude_types: Option<Vec<String>>,
+    prune: Option<Prune>,
 }
 
 impl RawArtifact {
@@ -205,6 +238,7 @@ impl RawArtifact {
             eval_chunks: self.eval_chunks,
             sample: self.sample,
             exclude_types: self.exclude_types.clone(),
+            prune: self.prune.clone(),
         }
     }
 }
@@ -386,6 +420,30 @@ pub fn read(path: &Path) -> Result<Manifest> {
                     ));
                 }
             }
+        }
+        match settings.prune_candidates() {
+            Err(why) => bail!(located(path, line, "prune", format!("artifact `{name}`: {why}"))),
+            Ok(c)
+                if !c.is_empty()
+                    && settings
+                        .engine
+                        .as_deref()
+                        .is_some_and(|e| e != "llama.cpp") =>
+            {
+                bail!(located(
+                    path,
+                    line,
+                    "prune",
+                    format!("artifact `{name}`: pruning is weighed for GGUF (llama.cpp) artifacts only for now")
+                ))
+            }
+            Ok(c) if !c.is_empty() && settings.text.is_none() => bail!(located(
+                path,
+                line,
+                "prune",
+                format!("artifact `{name}`: pruning is chosen by KL divergence measured on held-out text and calibrated on it: give the artifact (or [defaults]) `text`")
+            )),
+            Ok(_) => {}
         }
         check_gates(&a.gates, &settings).map_err(|(key, why)| {
             anyhow::anyhow!(located(path, line, &format!("gates.{key}"), why))

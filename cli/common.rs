@@ -81,12 +81,23 @@ pub struct PlanArgs {
     /// llama.cpp pre-tokenizer name, for a Hugging Face model whose tokenizer kiln cannot name.
     #[arg(long, value_name = "NAME")]
     pub pre_tokenizer: Option<String>,
+    /// Pruning options to weigh beside bit allocations (repeatable): `auto` (1 and 2 blocks by
+    /// block influence, FFN 90% and 75%, half the KV groups where heads allow), a --prune spec
+    /// (`layers=auto:1`, `ffn=0.75`, `kv-groups=2`), or `none` (the default). Each gets the
+    /// unpruned plan's budget (plus the KV cache it saves, when the budget is the target's
+    /// memory) and is measured against the original on the held-out text; one is built only
+    /// when it measures better. Needs --text.
+    #[arg(long, value_name = "auto|none|SPEC")]
+    pub prune_candidates: Vec<String>,
 }
 
 impl PlanArgs {
-    /// The library's options.
-    pub fn options(&self) -> planner::PlanOptions {
-        planner::PlanOptions {
+    /// The library's options (`--prune-candidates` parsed: a bad spec is
+    /// one `error:` line, exit 2).
+    pub fn options(&self) -> anyhow::Result<planner::PlanOptions> {
+        let prune_candidates = planner::prune::PruneCandidates::parse(&self.prune_candidates)
+            .map_err(|e| lift_plan(planner::Error::Options(e)))?;
+        Ok(planner::PlanOptions {
             engine: self.engine.clone(),
             context: self.context,
             concurrency: self.concurrency,
@@ -106,7 +117,8 @@ impl PlanArgs {
             exclude_type: self.exclude_type.clone(),
             allow_requantize: self.allow_requantize,
             pre_tokenizer: self.pre_tokenizer.clone(),
-        }
+            prune_candidates,
+        })
     }
 }
 

@@ -104,6 +104,39 @@ fn row_text(r: &Row, params: u64) -> String {
     )
 }
 
+/// The pruning options weighed for one target: the frontier with and
+/// without pruning at the same budget, the chosen one marked.
+fn pruning_text(p: &planner::prune::Pruning) -> String {
+    let n = |v: Option<f64>| v.map_or("-".to_string(), human::num);
+    let mut t = format!(
+        "  pruning weighed (--prune-candidates {}; at the unpruned plan's budget, measured against the original):\n  {:<28} {:>6} {:>4} {:>5} {:>10} {:>10} {:>9} {:>9} {:>10} {:>7} {:>6}\n",
+        p.candidates, "pruning", "layers", "kv", "ffn", "size", "KV cache", "max batch", "tok/s", "KLD", "top-1", "chosen"
+    );
+    for o in &p.options {
+        if let Some(why) = &o.not_applicable {
+            t += &format!("  {:<28} not weighed: {}\n", o.spec, passes::printable(why));
+            continue;
+        }
+        let m = o.measured.as_ref();
+        t += &format!(
+            "  {:<28} {:>6} {:>4} {:>5} {:>10} {:>10} {:>9} {:>9} {:>10} {:>7} {:>6}\n",
+            o.resolved.as_deref().unwrap_or(&o.spec),
+            o.n_layer,
+            o.n_head_kv,
+            o.ffn,
+            o.tensor_bytes.map_or("-".into(), human::bytes),
+            human::bytes(o.kv_cache_bytes),
+            o.max_batch.map_or("-".into(), |b| b.to_string()),
+            n(o.decode_tokens_per_second),
+            n(m.and_then(|t| t.kld_mean)),
+            m.and_then(|t| t.top1_agreement)
+                .map_or("-".into(), |t| format!("{}%", human::sig(t * 100.0, 3))),
+            if o.chosen { "yes" } else { "" }
+        );
+    }
+    t
+}
+
 /// The budget as numbers with their units in the key names, and what set it.
 fn budget_json(b: &planner::Budget, o: &planner::PlanOptions) -> Value {
     json!({
@@ -121,9 +154,11 @@ fn budget_json(b: &planner::Budget, o: &planner::PlanOptions) -> Value {
 }
 
 pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
-    let options = args.plan.options();
+    let options = args.plan.options()?;
     planner::options::check(&options).map_err(lift_plan)?;
     let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
+    crate::build::check_prune_engine(&options, engine)?;
+    planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
     let mut targets = Vec::new();
@@ -189,14 +224,22 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
         for r in &p.rows {
             text += &row_text(r, params);
         }
+        if let Some(pr) = &p.pruning {
+            text += &pruning_text(pr);
+        }
         text += "\n";
-        out.push(json!({
+        let mut j = json!({
             "target": target.id,
             "name": target.name,
             "budget": p.budget.as_ref().ok().map(|b| budget_json(b, &options)),
             "no_plan": p.budget.as_ref().err(),
             "options": p.rows.iter().map(|r| row_json(r, params)).collect::<Vec<_>>(),
-        }));
+        });
+        // Only with --prune-candidates: the output without it is unchanged.
+        if let Some(pr) = &p.pruning {
+            j["pruning"] = serde_json::to_value(pr)?;
+        }
+        out.push(j);
     }
     if args.json {
         printer.data(&serde_json::to_string_pretty(&json!({

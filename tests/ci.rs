@@ -319,3 +319,106 @@ fn hostile_manifests_get_one_line_and_exit_2() {
         "{\"mine\": true}"
     );
 }
+
+#[test]
+fn pruning_is_an_artifact_setting_in_its_key() {
+    let d = tempfile::tempdir().unwrap();
+    let plain = manifest(d.path(), |t| t);
+    let keys = |m: &Path| -> BTreeMap<String, String> {
+        let r = run(&["ci", s(m), "--list", "-o", "o"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        v["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["name"].as_str().unwrap().to_string(),
+                    u["key"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = keys(&plain);
+    let pruned = manifest(d.path(), |t| {
+        t.replace(
+            "objective = \"accuracy\"\nbpw = 4.5\n",
+            "objective = \"accuracy\"\nbpw = 4.5\nprune = [\"ffn=0.75\", \"layers=auto:1\"]\n",
+        )
+    });
+    let after = keys(&pruned);
+    // The setting is in the key of its artifact only; the others keep theirs.
+    assert_ne!(before["tiny-llama-m2-max"], after["tiny-llama-m2-max"]);
+    assert_eq!(before["tiny-llama-h100"], after["tiny-llama-h100"]);
+    assert_eq!(
+        before["tiny-qwen2-h100-vllm"],
+        after["tiny-qwen2-h100-vllm"]
+    );
+    // Built: the artifact's manifest records every option weighed.
+    let out = d.path().join("out");
+    let r = run(&[
+        "ci",
+        s(&pruned),
+        "--only",
+        "tiny-llama-m2-max",
+        "-o",
+        s(&out),
+    ]);
+    assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
+    let built: Value = serde_json::from_slice(
+        &std::fs::read(out.join("tiny-llama-m2-max/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let p = &built["pruning"];
+    let specs: Vec<&str> = p["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["spec"].as_str().unwrap())
+        .collect();
+    assert_eq!(specs, ["none", "ffn=0.75", "layers=auto:1"]);
+    let chosen: Vec<&Value> = p["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["chosen"] == true)
+        .collect();
+    assert_eq!(chosen.len(), 1);
+    assert_eq!(
+        built["accuracy"]["text"]["kld_mean"],
+        chosen[0]["measured"]["kld_mean"]
+    );
+    // Hostile values: one line naming the file, the line and the key.
+    for (edit, want) in [
+        (
+            "prune = \"ffn=2\"\n",
+            "key `prune`: artifact `tiny-llama-m2-max`: prune `ffn=2`",
+        ),
+        ("prune = 3\n", "`prune`: \"none\", \"auto\""),
+    ] {
+        let m = manifest(d.path(), |t| {
+            t.replace(
+                "objective = \"accuracy\"\nbpw = 4.5\n",
+                &format!("objective = \"accuracy\"\nbpw = 4.5\n{edit}"),
+            )
+        });
+        let r = run(&["ci", s(&m), "--list"]);
+        assert_eq!(r.code, 2, "{edit}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{edit}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{edit}: {}", r.stderr);
+    }
+    let m = manifest(d.path(), |t| {
+        t.replace("text = \"", "eval_text = \"").replace(
+            "objective = \"accuracy\"\nbpw = 4.5\n",
+            "objective = \"accuracy\"\nbpw = 4.5\nprune = \"auto\"\n",
+        )
+    });
+    let r = run(&["ci", s(&m), "--list"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("key `prune`") && r.stderr.contains("`text`"),
+        "{}",
+        r.stderr
+    );
+}

@@ -85,6 +85,37 @@ pub fn calibrate(
     })
 }
 
+/// ShortGPT block influence of every block of `src` over `windows`, the
+/// model streamed block by block (memory: one block and two copies of the
+/// residual streams), as [`calibrate`] measures it with the whole model.
+pub fn block_influence(
+    src: &dyn crate::source::Source,
+    windows: &[Vec<u32>],
+    cancel: &AtomicBool,
+) -> Result<Vec<f64>> {
+    let m = crate::stream::Streamed::new(src)?;
+    let mut st = m.embed(windows)?;
+    let mut out = Vec::with_capacity(m.n_layer());
+    let mut tokens = 0usize;
+    for w in windows {
+        tokens += w.len();
+    }
+    for i in 0..m.n_layer() {
+        let before = st.xs.clone();
+        m.block(i, &mut st, &mut crate::forward::NoObserver, cancel)?;
+        let mut sum = 0f64;
+        for (a, b) in before.iter().zip(&st.xs) {
+            let a = a.to_vec2::<f32>().op(|| "block input".into())?;
+            let b = b.to_vec2::<f32>().op(|| "block output".into())?;
+            for (x, y) in a.iter().zip(&b) {
+                sum += cosine(x, y);
+            }
+        }
+        out.push(1.0 - sum / tokens.max(1) as f64);
+    }
+    Ok(out)
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {

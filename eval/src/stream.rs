@@ -419,22 +419,25 @@ pub fn evaluate_in_chunks(
                 orig.cfg().vocab
             )));
         }
-        if c.n_layer() != orig.n_layer() {
-            return Err(Error::Input(format!(
-                "the candidate has {} blocks and the original {}: they must have the same shape to be compared",
-                c.n_layer(),
-                orig.n_layer()
-            )));
-        }
+        // Each model runs its own blocks (a depth-pruned candidate has
+        // fewer): only the vocabulary must be shared.
     }
     let mut so = orig.embed(windows)?;
     let mut sc = cand.as_ref().map(|c| c.embed(windows)).transpose()?;
     for i in 0..orig.n_layer() {
         orig.block(i, &mut so, &mut NoObserver, cancel)?;
         if let (Some(c), Some(s)) = (&cand, sc.as_mut()) {
-            c.block(i, s, &mut NoObserver, cancel)?;
+            if i < c.n_layer() {
+                c.block(i, s, &mut NoObserver, cancel)?;
+            }
         }
         progress(i + 1);
+    }
+    if let (Some(c), Some(s)) = (&cand, sc.as_mut()) {
+        // A candidate with more blocks than the original runs the rest.
+        for i in orig.n_layer()..c.n_layer() {
+            c.block(i, s, &mut NoObserver, cancel)?;
+        }
     }
     let scores = score_heads(
         &orig,

@@ -238,3 +238,21 @@ fn the_same_numbers_for_any_thread_count() {
         assert_eq!(one, four, "{name}");
     }
 }
+
+/// Pruning's block influence (ShortGPT) streamed block by block, as the
+/// planner measures it, equals the whole-model calibration's.
+#[test]
+fn streamed_block_influence_equals_the_whole_model_one() {
+    for name in ["tiny-llama", "tiny-qwen2", "tiny-gemma2"] {
+        let m = open(name);
+        let w = windows(&m, 64, 2);
+        let cancel = AtomicBool::new(false);
+        let whole = eval::prune::calibrate(&Transformer::new(&m).unwrap(), &w, &cancel).unwrap();
+        let streamed = eval::prune::block_influence(&m, &w, &cancel).unwrap();
+        assert_eq!(whole.block_influence.len(), streamed.len(), "{name}");
+        for (a, b) in whole.block_influence.iter().zip(&streamed) {
+            assert!((a - b).abs() <= 1e-9, "{name}: {a} vs {b}");
+            assert!((0.0..=2.0).contains(b), "{name}: {b}");
+        }
+    }
+}

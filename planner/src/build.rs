@@ -190,12 +190,33 @@ pub fn build(
     let mut measurer = Measurer::new(setup)?;
     let candidates =
         crate::choose::by_measurement(setup, s, &mut chosen, &mut measurer, progress, cancel)?;
-    let types = solve::types_of_allocation(setup, &chosen.allocation);
-    let (mut planned, assign_times) = solve::assigned(setup, &types, s.options.allow_requantize)?;
-    let devices = chosen.budget.devices;
+    // With --prune-candidates, pruning options are weighed against this
+    // plan at the same memory; one that measures better is what is built.
+    let weighed = match s.options.prune_candidates.is_empty() {
+        true => None,
+        false => {
+            crate::prune::check(s.options)?;
+            let types = solve::types_of_allocation(setup, &chosen.allocation);
+            progress.start("accuracy", measurer.steps() as u64, Unit::Items("blocks"));
+            let m = measurer.measure(&types, &positions(progress), cancel);
+            progress.finish();
+            match m? {
+                Some(m) => crate::prune::weigh(setup, s, &chosen, &m, progress, cancel)?,
+                None => None,
+            }
+        }
+    };
+    let pruned = weighed.as_ref().and_then(|w| w.pruned.as_ref());
+    let (wsetup, wchosen): (&Setup, &Chosen) = match pruned {
+        Some(p) => (&p.setup, &p.chosen),
+        None => (setup, &chosen),
+    };
+    let types = solve::types_of_allocation(wsetup, &wchosen.allocation);
+    let (mut planned, assign_times) = solve::assigned(wsetup, &types, s.options.allow_requantize)?;
+    let devices = wchosen.budget.devices;
     let est = serving::cost(
         &planned,
-        &setup.arch,
+        &wsetup.arch,
         s.target,
         s.engine,
         s.workload,
@@ -211,7 +232,7 @@ pub fn build(
             s => s,
         },
     };
-    let importance: BTreeMap<String, Vec<f32>> = setup
+    let importance: BTreeMap<String, Vec<f32>> = wsetup
         .importance
         .iter()
         .filter(|(name, _)| types.contains_key(*name))
@@ -219,9 +240,9 @@ pub fn build(
         .collect();
     let (written, layout_times) = layout::write_model(
         &mut planned,
-        &setup.opened.loaded.maps,
+        &wsetup.opened.loaded.maps,
         devices,
-        chosen.budget.tensor_bytes / devices as u64,
+        wchosen.budget.tensor_bytes / devices as u64,
         &stem,
         staging.dir(),
         &importance,
@@ -233,14 +254,17 @@ pub fn build(
     let mut files: Vec<String> = written.iter().map(|w| w.name.clone()).collect();
     let model_files = files.len();
     // A collected imatrix is written beside the model (llama-quantize can reuse it).
-    if let (ImportanceSource::Text(_), Some((_, im))) = (&setup.importance_source, &setup.imatrix) {
+    if let (ImportanceSource::Text(_), Some((_, im))) = (&wsetup.importance_source, &wsetup.imatrix)
+    {
         formats::imatrix::write_gguf(&staging.path("imatrix.gguf"), im)?;
         files.push("imatrix.gguf".into());
     }
 
     // Accuracy on held-out text.
     let mut rows = comparison(setup, s)?;
-    let text = if setup.eval_windows.is_empty() {
+    let text = if let Some(p) = pruned {
+        Some(p.measured.clone())
+    } else if setup.eval_windows.is_empty() {
         None
     } else {
         progress.start("accuracy", measurer.steps() as u64, Unit::Items("blocks"));
@@ -267,17 +291,17 @@ pub fn build(
             .join("\n")
             .as_bytes(),
     );
-    rows.insert(0, plan_row(setup, &chosen, &est, text));
+    rows.insert(0, plan_row(wsetup, wchosen, &est, text));
     // What the other objective would give on the same budget, one flag away.
     if let Some(alt) = objective_row(setup, s, b.objective.other(), b.max_error)? {
         rows.insert(1, alt);
     }
 
-    let manifest = manifest_of(
-        setup,
+    let mut manifest = manifest_of(
+        wsetup,
         s,
         b,
-        &chosen,
+        wchosen,
         &est,
         &rows,
         manifest::Source {
@@ -297,9 +321,13 @@ pub fn build(
         },
         inputs(s.options)?,
     );
+    manifest.pruning = weighed.as_ref().map(|w| w.record.clone());
     let mut report = report::report(&manifest, &rows);
     report.push_str(&crate::choose::report_section(&candidates));
-    let svg = formats::chart::size_error_svg(&report::chart(setup, &chosen, &rows, &stem));
+    if let Some(p) = &manifest.pruning {
+        report.push_str(&crate::prune::report_section(p));
+    }
+    let svg = formats::chart::size_error_svg(&report::chart(wsetup, wchosen, &rows, &stem));
     staging.write("chart.svg", svg.as_bytes())?;
     staging.write("report.md", report.as_bytes())?;
     let manifest_json = manifest.to_json()?;
@@ -315,6 +343,7 @@ pub fn build(
             .opened
             .passes
             .iter()
+            .chain(pruned.map_or(&[][..], |p| &p.setup.opened.passes[..]))
             .chain(&assign_times)
             .chain(&layout_times)
             .cloned()
@@ -462,5 +491,6 @@ pub fn manifest_of(
         comparison: rows.iter().map(manifest::Compared::of).collect(),
         warnings,
         notes: model.notes.iter().map(|n| n.text.clone()).collect(),
+        pruning: None,
     }
 }

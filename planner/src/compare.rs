@@ -156,6 +156,10 @@ pub struct TargetPlan {
     /// The budget kiln's plan was sized by, or why no plan fits.
     pub budget: std::result::Result<solve::Budget, String>,
     pub rows: Vec<Row>,
+    /// The pruning options weighed against kiln's plan
+    /// (`--prune-candidates`; their rows are also in `rows`, named
+    /// `kiln plan, pruned SPEC`).
+    pub pruning: Option<crate::prune::Pruning>,
 }
 
 /// kiln's plan and the recipes on one target, each measured on the held-out
@@ -171,7 +175,7 @@ pub fn plan_target(
 ) -> Result<TargetPlan> {
     let chosen = solve::solve(setup, s, objective, max_error);
     let mut rows = comparison(setup, s)?;
-    let budget = match chosen {
+    let budget = match &chosen {
         Ok(chosen) => {
             let types = solve::types_of_allocation(setup, &chosen.allocation);
             let planned = solve::typed(setup, &types)?;
@@ -183,11 +187,11 @@ pub fn plan_target(
                 s.workload,
                 chosen.budget.devices,
             )?;
-            rows.insert(0, plan_row(setup, &chosen, &est, None));
+            rows.insert(0, plan_row(setup, chosen, &est, None));
             if let Some(alt) = objective_row(setup, s, objective.other(), max_error)? {
                 rows.insert(1, alt);
             }
-            Ok(chosen.budget)
+            Ok(chosen.budget.clone())
         }
         Err(e) => Err(format!("no kiln plan: {e}")),
     };
@@ -205,7 +209,56 @@ pub fn plan_target(
         progress.finish();
         r?;
     }
-    Ok(TargetPlan { budget, rows })
+    let mut pruning = None;
+    if let (Ok(chosen), Some(Some(m))) = (&chosen, rows.first().map(|r| r.text.clone())) {
+        if !s.options.prune_candidates.is_empty() {
+            if let Some(w) = crate::prune::weigh(setup, s, chosen, &m, progress, cancel)? {
+                let pruned: Vec<Row> = w.record.options[1..]
+                    .iter()
+                    .filter_map(pruned_row)
+                    .collect();
+                rows.splice(1..1, pruned);
+                pruning = Some(w.record);
+            }
+        }
+    } else if !s.options.prune_candidates.is_empty() {
+        crate::prune::check(s.options)?;
+    }
+    Ok(TargetPlan {
+        budget,
+        rows,
+        pruning,
+    })
+}
+
+/// A weighed pruning option as a comparison row (`kiln plan, pruned SPEC`):
+/// its measured accuracy is against the unpruned original; its predicted
+/// error is against the pruned model, so it is left out (`None`).
+fn pruned_row(o: &crate::prune::PruneOption) -> Option<Row> {
+    let t = o.measured.as_ref()?;
+    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    Some(Row {
+        name: format!(
+            "kiln plan, pruned {}",
+            o.resolved.as_deref().unwrap_or(&o.spec)
+        ),
+        bytes: o.tensor_bytes?,
+        error: None,
+        fits: o.fits,
+        devices: Some(1),
+        tokens_per_second: o.decode_tokens_per_second,
+        usd_per_mtok: o.usd_per_million_tokens,
+        text: Some(TextAccuracy {
+            ppl_original: nan(t.perplexity_original),
+            ppl: nan(t.perplexity),
+            kld: nan(t.kld_mean),
+            kld_p99: nan(t.kld_p99),
+            top1: nan(t.top1_agreement),
+            windows: t.windows,
+        }),
+        weight_nsr: None,
+        types: BTreeMap::new(),
+    })
 }
 
 /// `kiln plan`: kiln's plan and the recipes on each target, in order, all

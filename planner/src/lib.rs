@@ -24,6 +24,7 @@ pub mod layout;
 pub mod manifest;
 pub mod options;
 pub mod progress;
+pub mod prune;
 pub mod report;
 pub mod sensitivity;
 pub mod serving;

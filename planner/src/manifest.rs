@@ -26,6 +26,8 @@ use crate::sensitivity::GroupSensitivity;
 /// `accuracy.text_file` is such a file, not a bare name); the plan records
 /// the values measured per tensor (`sample_values_per_tensor`); and the
 /// comparison holds the other objective's plan (`kiln, <objective> objective`).
+/// Added within version 2, absent unless asked for: `pruning` (the pruning
+/// options `--prune-candidates` weighed, and the one applied).
 pub const SCHEMA_VERSION: &str = "kiln.artifact/2";
 
 /// The manifest of one build.
@@ -47,6 +49,11 @@ pub struct Manifest {
     pub comparison: Vec<Compared>,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
+    /// The pruning options weighed (`--prune-candidates`), present only
+    /// when some were: a build without them writes the same bytes as before,
+    /// and readers of this schema that ignore unknown fields read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<crate::prune::Pruning>,
 }
 
 /// A file with its hash.

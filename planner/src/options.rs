@@ -66,6 +66,9 @@ pub struct PlanOptions {
     pub allow_requantize: bool,
     /// llama.cpp pre-tokenizer name for a tokenizer kiln cannot name.
     pub pre_tokenizer: Option<String>,
+    /// Pruning options weighed beside bit allocations (`crate::prune`);
+    /// empty (the default): none, and nothing about pruning is written.
+    pub prune_candidates: crate::prune::PruneCandidates,
 }
 
 impl Default for PlanOptions {
@@ -91,6 +94,7 @@ impl Default for PlanOptions {
             exclude_type: Vec::new(),
             allow_requantize: false,
             pre_tokenizer: None,
+            prune_candidates: Default::default(),
         }
     }
 }

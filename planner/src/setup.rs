@@ -80,6 +80,8 @@ pub struct Setup {
     /// Held-out windows to measure accuracy on (empty without a text).
     pub eval_windows: Vec<Vec<u32>>,
     pub eval_text: Option<PathBuf>,
+    /// Calibration windows (imatrix, probes; pruning's block influence).
+    pub calib: Vec<Vec<u32>>,
     /// Measured quantizable tensors, in model order.
     pub measured: Vec<Measured>,
     /// Position in `measured` by tensor name.
@@ -217,10 +219,10 @@ fn open(model_path: &Path, o: &PlanOptions) -> Result<(Opened, passes::Arch)> {
 }
 
 /// Calibration and held-out windows, and the text measured on.
-struct Texts {
-    calib: Vec<Vec<u32>>,
-    eval_windows: Vec<Vec<u32>>,
-    eval_text: Option<PathBuf>,
+pub(crate) struct Texts {
+    pub(crate) calib: Vec<Vec<u32>>,
+    pub(crate) eval_windows: Vec<Vec<u32>>,
+    pub(crate) eval_text: Option<PathBuf>,
 }
 
 fn texts(opened: &Opened, o: &PlanOptions, warnings: &mut Vec<String>) -> Result<Texts> {
@@ -489,7 +491,7 @@ pub fn setup(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<Setup> {
-    let (mut opened, arch) = open(model_path, o)?;
+    let (opened, arch) = open(model_path, o)?;
     check_bpw(model_path, &opened.loaded.model, o)?;
     // Warnings are shown before anything is measured (imatrix, probes,
     // measuring): a run the user would not want can be stopped at once.
@@ -510,6 +512,40 @@ pub fn setup(
     for w in &warnings[shown..] {
         progress.warn(w);
     }
+    setup_opened(
+        model_path,
+        opened,
+        arch,
+        o,
+        Texts {
+            calib,
+            eval_windows,
+            eval_text,
+        },
+        warnings,
+        progress,
+        cancel,
+    )
+}
+
+/// A model already opened (maybe pruned: `crate::prune`) measured on
+/// `texts`' windows: imatrix, every tensor in every candidate, probes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn setup_opened(
+    model_path: &Path,
+    mut opened: Opened,
+    arch: Arch,
+    o: &PlanOptions,
+    texts: Texts,
+    warnings: Vec<String>,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Setup> {
+    let Texts {
+        calib,
+        eval_windows,
+        eval_text,
+    } = texts;
     // A model the forward pass cannot run is refused before anything is
     // measured; it streams block by block, so nothing is decoded here.
     let runs = !calib.is_empty();
@@ -568,6 +604,7 @@ pub fn setup(
     Ok(Setup {
         opened,
         arch,
+        calib,
         importance,
         importance_source,
         imatrix,
