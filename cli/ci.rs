@@ -900,8 +900,23 @@ fn summary_md(s: &Value) -> String {
             );
         }
     }
-    let fails: Vec<String> = entries
-        .iter()
+    let fails = failed_gates(s);
+    if !fails.is_empty() {
+        md += "\n## Failed gates\n\n";
+        for f in fails {
+            md += &format!("- {f}\n");
+        }
+    }
+    md
+}
+
+/// Every failed gate of a summary, as [`gate_text`] says it, in artifact
+/// order.
+fn failed_gates(s: &Value) -> Vec<String> {
+    s["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .flat_map(|e| {
             let name = e["name"].as_str().unwrap_or_default().to_string();
             e["gates"]
@@ -912,14 +927,7 @@ fn summary_md(s: &Value) -> String {
                 .filter(|g| g["pass"] != true)
                 .map(move |g| gate_text(&name, &g))
         })
-        .collect();
-    if !fails.is_empty() {
-        md += "\n## Failed gates\n\n";
-        for f in fails {
-            md += &format!("- {f}\n");
-        }
-    }
-    md
+        .collect()
 }
 
 /// `tiny-h100: max_kld 0.01, measured 0.02`.
@@ -986,21 +994,7 @@ fn finish(args: &CiArgs, s: &Value, printer: &Printer, t0: Instant) -> Result<()
             .to_string()),
         formats::human::seconds(t0.elapsed().as_secs_f64())
     ));
-    let failed: Vec<String> = s["artifacts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|e| {
-            let name = e["name"].as_str().unwrap_or_default().to_string();
-            e["gates"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|g| g["pass"] != true)
-                .map(move |g| gate_text(&name, &g))
-        })
-        .collect();
+    let failed = failed_gates(s);
     if !failed.is_empty() {
         return Err(CheckFailed(format!("gates failed: {}", failed.join("; "))).into());
     }
