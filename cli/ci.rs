@@ -663,6 +663,18 @@ fn at(v: &Value, ptr: &str) -> Value {
     v.pointer(ptr).cloned().unwrap_or(Value::Null)
 }
 
+/// The serving-cost figures of a build manifest (both artifact families
+/// write them under `cost`).
+fn cost_of(built: &Value) -> Value {
+    json!({
+        "fits": at(built, "/cost/fits"),
+        "decode_tokens_per_second": at(built, "/cost/decode_tokens_per_second"),
+        "throughput_tokens_per_second": at(built, "/cost/throughput_tokens_per_second"),
+        "usd_per_million_tokens": at(built, "/cost/usd_per_million_tokens"),
+        "joules_per_token": at(built, "/cost/joules_per_token"),
+    })
+}
+
 /// A unit's summary entry (without gates) from its build manifest.
 fn entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
     if built["schema"]
@@ -686,13 +698,7 @@ fn entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
             "devices": at(built, "/serving/devices"),
         },
         "size_bytes": at(built, "/size/actual_bytes"),
-        "cost": {
-            "fits": at(built, "/cost/fits"),
-            "decode_tokens_per_second": at(built, "/cost/decode_tokens_per_second"),
-            "throughput_tokens_per_second": at(built, "/cost/throughput_tokens_per_second"),
-            "usd_per_million_tokens": at(built, "/cost/usd_per_million_tokens"),
-            "joules_per_token": at(built, "/cost/joules_per_token"),
-        },
+        "cost": cost_of(built),
         "accuracy": text.map_or(Value::Null, |t| json!({
             "windows": at(t, "/windows"),
             "kld_mean": at(t, "/kld_mean"),
@@ -702,9 +708,9 @@ fn entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
     }))
 }
 
-/// The entry of a compressed-tensors build: its manifest has the plan and
-/// the measured KL divergence of the chosen plan (`compared`), but no
-/// serving-cost estimate yet, so cost gates find nothing to compare.
+/// The entry of a compressed-tensors build: its manifest has the plan, its
+/// serving-cost estimate and the measured KL divergence of the chosen plan
+/// (`compared`).
 fn ct_entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
     let files = list_files(dir)?;
     let size: u64 = built["files"]
@@ -736,12 +742,12 @@ fn ct_entry(u: &Unit, key: &str, dir: &Path, built: &Value) -> Result<Value> {
         "files": files,
         "plan": {
             "objective": at(built, "/objective"),
-            "bits_per_weight": Value::Null,
+            "bits_per_weight": at(built, "/bits_per_weight"),
             "predicted_kld": at(built, "/predicted_kld"),
-            "devices": Value::Null,
+            "devices": at(built, "/devices"),
         },
         "size_bytes": size,
-        "cost": Value::Null,
+        "cost": cost_of(built),
         "accuracy": chosen.map_or(Value::Null, |c| json!({
             "windows": Value::Null,
             "kld_mean": at(c, "/measured_kld"),

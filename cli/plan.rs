@@ -306,16 +306,26 @@ fn ct_plans(
                 continue;
             }
         };
-        let mut rows = vec![(format!("kiln plan ({})", p.runtime), p.bytes(), p.error())];
+        let mut plans = vec![(format!("kiln plan ({})", p.runtime), p.clone())];
         for (label, sc) in [
             ("W4A16 g128", CtScheme::W4A16),
             ("W8A16 g128", CtScheme::W8A16),
             ("FP8_DYNAMIC", CtScheme::Fp8Dynamic),
         ] {
             if p.legal.contains(&sc) {
-                let (b, e) = p.uniform(Some(sc));
-                rows.push((label.to_string(), b, e));
+                plans.push((label.to_string(), p.uniform_plan(Some(sc))));
             }
+        }
+        // (name, bytes, predicted KLD, serving estimate on the target)
+        let mut rows = Vec::new();
+        for (name, q) in plans {
+            let est = planner::ct_build::cost(setup, &sizing, &q).map_err(lift_plan)?;
+            rows.push((
+                name,
+                q.bytes(),
+                q.error(),
+                planner::manifest::Cost::of(&est),
+            ));
         }
         text += &format!(
             "{} ({}): {} runs {}{}; budget {}\n",
@@ -335,15 +345,24 @@ fn ct_plans(
             p.budget
         );
         text += &format!(
-            "  {:<24} {:>10} {:>6} {:>12}\n",
-            "option", "size", "bpw", "pred KLD"
+            "  {:<24} {:>10} {:>6} {:>5} {:>9} {:>9} {:>12}\n",
+            "option", "size", "bpw", "fits", "tok/s", "$/Mtok", "pred KLD"
         );
-        for (name, b, e) in &rows {
+        let cell =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+        for (name, b, e, c) in &rows {
             text += &format!(
-                "  {:<24} {:>10} {:>6.3} {:>12.6}\n",
+                "  {:<24} {:>10} {:>6.3} {:>5} {:>9} {:>9} {:>12.6}\n",
                 name,
                 human::bytes(*b),
                 *b as f64 * 8.0 / params as f64,
+                match c.fits {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "?",
+                },
+                cell(c.decode_tokens_per_second, 1),
+                cell(c.usd_per_million_tokens, 3),
                 e
             );
         }
@@ -369,11 +388,12 @@ fn ct_plans(
             "single_group": p.single_group,
             "budget": p.budget,
             "plan_schemes": schemes,
-            "options": rows.iter().map(|(n, b, e)| json!({
+            "options": rows.iter().map(|(n, b, e, c)| json!({
                 "name": n,
                 "tensor_bytes": b,
                 "bits_per_weight": *b as f64 * 8.0 / params as f64,
                 "predicted_kld": e,
+                "cost": c,
             })).collect::<Vec<_>>(),
         }));
     }

@@ -76,6 +76,17 @@ fn builds_gates_reruns_shards_and_merges() {
     // Both artifact families, each the usual build directory.
     assert!(listing(&out.join("tiny-llama-h100")).contains(&"tiny-llama.gguf".to_string()));
     assert!(listing(&out.join("tiny-qwen2-h100-vllm")).contains(&"config.json".to_string()));
+    // The compressed-tensors artifact is costed like the GGUF ones: its cost
+    // gates compare figures, not "not measured".
+    let vllm = arts
+        .iter()
+        .find(|a| a["name"] == "tiny-qwen2-h100-vllm")
+        .unwrap();
+    assert_eq!(vllm["cost"]["fits"], true, "{vllm}");
+    assert!(vllm["cost"]["decode_tokens_per_second"].as_f64().unwrap() > 50.0);
+    assert!(vllm["cost"]["usd_per_million_tokens"].as_f64().unwrap() > 0.0);
+    assert!(vllm["plan"]["bits_per_weight"].as_f64().unwrap() > 4.0);
+    assert_eq!(vllm["gates"].as_array().unwrap().len(), 4, "{vllm}");
     for a in arts {
         assert_eq!(a["passed"], true, "{a}");
         assert!(!a["gates"].as_array().unwrap().is_empty());

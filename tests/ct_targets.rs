@@ -424,6 +424,12 @@ fn build_engine_vllm_writes_the_planned_mixed_precision_artifact() {
             f["sha256"].as_str().unwrap()
         );
     }
+    // The serving cost is of the written artifact: the weights the estimate
+    // counts are the safetensors' tensor data, byte for byte.
+    let (_, tensor_bytes) = safetensors(&out.join("model.safetensors"));
+    assert_eq!(m["cost"]["weights_bytes"].as_u64().unwrap(), tensor_bytes);
+    assert_eq!(m["cost"]["fits"], true);
+    assert!(m["cost"]["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     insta::assert_snapshot!("build_tiny_llama_vllm_h100_report", report);
 }

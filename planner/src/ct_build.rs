@@ -73,6 +73,8 @@ pub struct CtPlan {
     /// Bytes of the tensors outside the target Linears (embeddings, norms, lm_head).
     pub fixed_bytes: u64,
     pub budget: String,
+    /// Devices the budget was sized for.
+    pub devices: usize,
     pub ceiling: Option<f64>,
 }
 
@@ -95,22 +97,22 @@ impl CtPlan {
             .sum()
     }
 
-    /// Every unit in `s` where it fits, else kept: a uniform scheme's
-    /// bytes and predicted error (the comparison rows).
+    /// Every unit in `s` where it fits, else kept (16 bits, always choice
+    /// 0): a uniform scheme's plan (the comparison rows).
+    pub fn uniform_plan(&self, s: Option<CtScheme>) -> CtPlan {
+        let mut p = self.clone();
+        p.chosen = self
+            .units
+            .iter()
+            .map(|u| u.choices.iter().position(|c| c.scheme == s).unwrap_or(0))
+            .collect();
+        p
+    }
+
+    /// A uniform scheme's bytes and predicted error.
     pub fn uniform(&self, s: Option<CtScheme>) -> (u64, f64) {
-        let mut b = self.fixed_bytes;
-        let mut e = 0.0;
-        for u in &self.units {
-            let c = u
-                .choices
-                .iter()
-                .find(|c| c.scheme == s)
-                .or_else(|| u.choices.iter().find(|c| c.scheme.is_none()))
-                .expect("16 bits is always a choice");
-            b += c.bytes;
-            e += c.error;
-        }
-        (b, e)
+        let p = self.uniform_plan(s);
+        (p.bytes(), p.error())
     }
 
     /// Source tensor name -> scheme, for the writer.
@@ -369,10 +371,12 @@ pub fn plan(
         units,
         fixed_bytes,
         budget: String::new(),
+        devices: 1,
         ceiling: None,
     };
     let budget = solve::budget(setup, s, 1)?;
     p.budget = budget.from.clone();
+    p.devices = budget.devices;
     let default_ceiling = {
         let w4 = CtScheme::W4A16;
         let base = if legal.contains(&w4) { w4 } else { legal[0] };
@@ -500,6 +504,39 @@ pub struct CtBuilt {
     pub actual_bytes: u64,
 }
 
+/// The serving estimate of the plan: each target Linear at its scheme's
+/// stored bytes (an MoE layer's experts counted as the stacked whole), the
+/// rest in the checkpoint's dtype, and the share multiplied with quantized
+/// activations (W8A8, FP8 dynamic and block) not dequantized first.
+pub fn cost(setup: &Setup, s: &Sizing, p: &CtPlan) -> Result<passes::cost::Estimate> {
+    let mut model = setup.opened.loaded.model.clone();
+    let mut act_quantized = BTreeMap::new();
+    let mut schemes = BTreeSet::new();
+    for (u, &c) in p.units.iter().zip(&p.chosen) {
+        let Some((sc, w)) = u.choices[c].scheme.and_then(|sc| Some((sc, writable(sc)?))) else {
+            continue;
+        };
+        schemes.insert(sc);
+        for &i in &u.tensors {
+            let t = &mut model.tensors[i];
+            t.encoding = Some(w.encoding());
+            if sc.quantizes_activations() {
+                let e: &mut (u64, u64) = act_quantized.entry(sc).or_default();
+                e.0 += t.encoded_bytes().unwrap_or(0);
+                e.1 += t.n_elements() as u64;
+            }
+        }
+    }
+    let mut wb = passes::cost::weight_bytes(
+        &model.tensors,
+        &setup.arch,
+        passes::cost::WeightFormat::Planned,
+    );
+    wb.act_quantized = act_quantized;
+    wb.ct_schemes = schemes;
+    crate::serving::cost_of_weights(&wb, &setup.arch, s.target, s.engine, s.workload, p.devices)
+}
+
 /// Unit index lists per scheme for `chosen` (unit-level NVFP4 amax).
 fn by_scheme(p: &CtPlan, chosen: &[usize]) -> Vec<BTreeMap<CtScheme, Vec<usize>>> {
     p.units
@@ -529,6 +566,7 @@ pub fn build(
         )));
     }
     let p = plan(setup, s, engine, b.objective, b.max_error)?;
+    let est = cost(setup, s, &p)?;
     let fp8_max = s.target.fp8_max() as f32;
     let mut model = setup.opened.loaded.model.clone();
     let stacked = p.assignment(&model);
@@ -603,24 +641,16 @@ pub fn build(
             progress.advance(1);
             continue;
         }
-        let chosen: Vec<usize> = p
-            .units
-            .iter()
-            .map(|u| {
-                u.choices
-                    .iter()
-                    .position(|c| c.scheme == Some(sc))
-                    .unwrap_or(0)
-            })
-            .collect();
-        let (bytes, err) = p.uniform(Some(sc));
-        let kld = measure_units(setup, &by_scheme(&p, &chosen), fp8_max, cancel)?;
+        let u = p.uniform_plan(Some(sc));
+        let (bytes, err) = (u.bytes(), u.error());
+        let kld = measure_units(setup, &by_scheme(&p, &u.chosen), fp8_max, cancel)?;
         rows.push((label.to_string(), bytes, err, kld));
         progress.advance(1);
     }
     progress.finish();
 
-    let report = report_text(setup, s, &p, &rows);
+    let cost = crate::manifest::Cost::of(&est);
+    let report = report_text(setup, s, &p, &rows, &cost);
     staging.write("report.md", report.as_bytes())?;
     let mut listed = Vec::new();
     for w in &written {
@@ -661,7 +691,10 @@ pub fn build(
         "budget": p.budget,
         "max_error": p.ceiling,
         "tensor_bytes": actual_bytes,
+        "bits_per_weight": setup.bpw(actual_bytes),
+        "devices": p.devices,
         "predicted_kld": p.error(),
+        "cost": cost,
         "units": units,
         "compared": rows.iter().map(|(n, b, e, k)| json!({
             "name": n,
@@ -754,6 +787,7 @@ fn report_text(
     s: &Sizing,
     p: &CtPlan,
     rows: &[(String, u64, f64, Option<f64>)],
+    cost: &crate::manifest::Cost,
 ) -> String {
     use formats::human::bytes;
     let params = setup.params().max(1) as f64;
@@ -783,6 +817,7 @@ fn report_text(
         out += &format!("Error ceiling: predicted KL divergence {c:.6} (default: uniform W4A16 g128, or the first legal scheme).\n");
     }
     out += &format!("Sensitivity: {}.\n\n", setup.sensitivity_source);
+    out += &cost_section(s, p, cost);
     out += "## Plan against the uniform schemes\n\n";
     out += "| artifact | tensor bytes | bits/weight | predicted KLD | measured KLD |\n|---|---:|---:|---:|---:|\n";
     for (name, b, e, k) in rows {
@@ -812,4 +847,43 @@ fn report_text(
         );
     }
     out
+}
+
+/// The serving estimate of the plan, as the GGUF report gives it.
+fn cost_section(s: &Sizing, p: &CtPlan, c: &crate::manifest::Cost) -> String {
+    let cell =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    let mut out = format!(
+        "## Serving cost ({} on `{}`, calibrated estimate)\n\n| | |\n|---|---|\n",
+        s.engine.name(),
+        s.target.id
+    );
+    out += &format!(
+        "| fits | {} |\n",
+        match c.fits {
+            Some(true) => format!("yes, {} device(s)", p.devices),
+            Some(false) => "no".into(),
+            None => "unknown (memory not published)".into(),
+        }
+    );
+    out += &format!(
+        "| decode | {} tokens/s per sequence |\n",
+        cell(c.decode_tokens_per_second, 1)
+    );
+    out += &format!(
+        "| throughput | {} tokens/s |\n",
+        cell(c.throughput_tokens_per_second, 1)
+    );
+    out += &format!(
+        "| $ per million tokens | {} |\n",
+        cell(c.usd_per_million_tokens, 3)
+    );
+    out += &format!("| joules per token | {} |\n", cell(c.joules_per_token, 3));
+    for n in &c.notes {
+        out += &format!("\n- {n}");
+    }
+    if !c.notes.is_empty() {
+        out += "\n";
+    }
+    out + "\n"
 }

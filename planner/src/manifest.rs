@@ -181,6 +181,24 @@ pub struct Cost {
     pub notes: Vec<String>,
 }
 
+impl Cost {
+    /// The manifest's figures of a serving estimate.
+    pub fn of(est: &passes::cost::Estimate) -> Cost {
+        Cost {
+            fits: est.fits,
+            weights_bytes: est.weights_bytes,
+            memory_per_device_bytes: est.memory_per_device_bytes,
+            memory_usable_per_device_bytes: est.memory_usable_per_device_bytes,
+            decode_tokens_per_second: est.decode_tokens_per_second.central.and_then(finite),
+            throughput_tokens_per_second: est.throughput_tokens_per_second.central.and_then(finite),
+            ttft_seconds: est.ttft_seconds.central.and_then(finite),
+            usd_per_million_tokens: est.usd_per_million_tokens.central.and_then(finite),
+            joules_per_token: est.joules_per_token.central.and_then(finite),
+            notes: est.notes.clone(),
+        }
+    }
+}
+
 /// Accuracy measured on held-out text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Text {

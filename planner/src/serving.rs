@@ -13,8 +13,8 @@
 use std::path::Path;
 
 use passes::cost::{
-    estimate, weight_bytes, Calibration, Engine, Estimate, ModelCost, Target, WeightFormat,
-    Workload,
+    estimate, weight_bytes, Calibration, Engine, Estimate, ModelCost, Target, WeightBytes,
+    WeightFormat, Workload,
 };
 use passes::{Arch, Model, TensorNode};
 use serde_json::Value;
@@ -31,6 +31,19 @@ pub fn cost(
     devices: usize,
 ) -> Result<Estimate> {
     let wb = weight_bytes(&model.tensors, arch, WeightFormat::Planned);
+    cost_of_weights(&wb, arch, target, engine, w, devices)
+}
+
+/// [`cost`] of weights already counted (a compressed-tensors plan sets which
+/// of them multiply with quantized activations).
+pub fn cost_of_weights(
+    wb: &WeightBytes,
+    arch: &Arch,
+    target: &Target,
+    engine: Engine,
+    w: &Workload,
+    devices: usize,
+) -> Result<Estimate> {
     let cal = Calibration::shipped()?;
     let w = Workload {
         devices: Some(devices),
@@ -40,7 +53,7 @@ pub fn cost(
     Ok(estimate(
         ModelCost {
             arch,
-            weights: &wb,
+            weights: wb,
             format: WeightFormat::Planned,
         },
         target,

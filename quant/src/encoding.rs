@@ -166,7 +166,16 @@ impl Encoding {
                 } else {
                     0
                 };
-                Some(packed + r * groups * d + zp + 16)
+                // pack-quantized stores `weight_shape` (two i64); 8-bit
+                // symmetric per-channel is W8A8's int-quantized layout, which
+                // does not (W8A16 written per channel has these 16 bytes more;
+                // kiln's planner gives W8A16 groups of 128).
+                let shape = if bits == 8 && !s.zero_point && s.group == Group::Channel {
+                    0
+                } else {
+                    16
+                };
+                Some(packed + r * groups * d + zp + shape)
             }
             Encoding::Fp8(s) => {
                 let scales = match s.scales {
@@ -424,6 +433,13 @@ mod tests {
             asym.bytes(4096, 4096, 2),
             Some(o * i / 2 + o * (i / 128) * 2 + 16 + o / 8 * 4 * (i / 128))
         );
+        // W8A8 int-quantized: weight I8 [o, i], weight_scale bf16 [o, 1], no shape.
+        let w8a8 = Encoding::Int(IntSpec {
+            bits: 8,
+            group: Group::Channel,
+            zero_point: false,
+        });
+        assert_eq!(w8a8.bytes(4096, 4096, 2), Some(o * i + o * 2));
         let nv = Encoding::Fp4(Fp4Kind::Nv);
         assert_eq!(nv.bytes(4096, 4096, 2), Some(o * i / 2 + o * i / 16 + 4));
         let mx = Encoding::Fp4(Fp4Kind::Mx);

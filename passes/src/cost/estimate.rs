@@ -22,6 +22,7 @@
 //! named in [`Estimate::notes`].
 
 use super::calibration::{Calibration, Chosen, Engine, EngineClass, EngineVersion};
+use super::schemes::CtScheme;
 use super::target::{DeviceClass, Figure, Precision, Target};
 use super::weights::{WeightBytes, WeightFormat};
 use super::CostError;
@@ -598,6 +599,24 @@ pub fn estimate(
                         .join(", ")
                 }
             )),
+            // A planned compressed-tensors mixture needs every one of its schemes.
+            Some((rt, runs)) if !wb.ct_schemes.is_empty() => {
+                let missing: Vec<&str> = wb
+                    .ct_schemes
+                    .iter()
+                    .map(|s| s.name())
+                    .filter(|s| !runs.iter().any(|r| r == s))
+                    .collect();
+                if !missing.is_empty() {
+                    notes.push(format!(
+                        "{} on `{}` is not listed as accepting {} weights (it lists: {}).",
+                        rt,
+                        target.id,
+                        missing.join(" or "),
+                        runs.join(", ")
+                    ))
+                }
+            }
             Some((rt, runs))
                 if !model
                     .format
@@ -699,11 +718,50 @@ pub fn estimate(
             peak_ref = Some((p, v.max(i8 / 2.0)));
         }
     }
-    let peak_bound = bound_order
-        .iter()
-        .filter_map(|p| known_peak(target, std::slice::from_ref(p)))
-        .map(|(_, v)| v)
-        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let best = |order: &[Precision]| {
+        order
+            .iter()
+            .filter_map(|p| known_peak(target, std::slice::from_ref(p)))
+            .map(|(_, v)| v)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    };
+    let mut peak_bound = best(&bound_order);
+    // A planned mixture whose Linears partly multiply with quantized
+    // activations: each share of the matmul weights at its own rate, so the
+    // peak is their weighted harmonic mean.
+    if engine.class() == EngineClass::Server && !wb.act_quantized.is_empty() {
+        let all = (wb.matmul_params_dense + wb.matmul_params_experts).max(1) as f64;
+        let mix = |base: Option<f64>, peak_of: &dyn Fn(CtScheme) -> Option<f64>| {
+            let base = base?;
+            let mut inv = 0.0;
+            let mut rest = 1.0;
+            for (&s, &(_, params)) in &wb.act_quantized {
+                let share = params as f64 / all;
+                rest -= share;
+                inv += share / peak_of(s).unwrap_or(base);
+            }
+            Some(1.0 / (inv + rest.max(0.0) / base))
+        };
+        peak_ref = peak_ref.and_then(|(p, v)| {
+            Some((
+                p,
+                mix(Some(v), &|s| {
+                    known_peak(target, s.compute()).map(|(_, v)| v)
+                })?,
+            ))
+        });
+        peak_bound = mix(peak_bound, &|s| best(s.compute()));
+        let share: u64 = wb.act_quantized.values().map(|&(_, p)| p).sum();
+        notes.push(format!(
+            "{:.0}% of the matmul weights multiply with quantized activations ({}): the compute peak is mixed by their share.",
+            100.0 * share as f64 / all,
+            wb.act_quantized
+                .keys()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let bw = target.bandwidth_bytes_per_s();
     if bw.is_none() {
         notes.push(format!(
@@ -790,6 +848,10 @@ pub fn estimate(
         float_share: wb.float_share(),
         dequant_share: match model.format {
             WeightFormat::Scheme(s, _) if s.quantizes_activations() => 0.0,
+            _ if !wb.act_quantized.is_empty() => {
+                let q: u64 = wb.act_quantized.values().map(|&(b, _)| b).sum();
+                (1.0 - wb.float_share() - q as f64 / wb.total.max(1) as f64).max(0.0)
+            }
             _ => 1.0 - wb.float_share(),
         },
     };

@@ -806,3 +806,89 @@ fn more_devices_and_bigger_batches_move_the_right_way() {
     );
     assert_eq!(max.batch, 51);
 }
+
+/// A compressed-tensors plan is costed from each tensor's encoding
+/// (`WeightFormat::Planned`, as `kiln build --engine vllm` does); with every
+/// target Linear in one scheme it has the uniform scheme's bytes, and its
+/// prefill that scheme's: the same for W4A16; for W8A8, once the caller
+/// marks the Linears whose activations are quantized, between the int8
+/// scheme's (which counts lm_head at the int8 rate too) and the unmarked
+/// plan's, whose int8 weights would be dequantized for 16-bit multiplies.
+#[test]
+fn a_planned_scheme_costs_what_the_uniform_scheme_does() {
+    use super::schemes::CtScheme;
+    use quant::{Encoding, Group, IntSpec};
+    let arch = llama3_8b();
+    let target = find_builtin("h100-sxm").unwrap();
+    let cal = Calibration::shipped().unwrap();
+    let w = Workload {
+        batch: Batch::Fixed(8),
+        prompt: 4096,
+        ..workload_8k()
+    };
+    let cost = |wb: &super::weights::WeightBytes, format| {
+        estimate(
+            ModelCost {
+                arch: &arch,
+                weights: wb,
+                format,
+            },
+            &target,
+            Engine::Vllm,
+            &w,
+            &cal,
+        )
+        .unwrap()
+    };
+    let int = |bits, group| {
+        Encoding::Int(IntSpec {
+            bits,
+            group,
+            zero_point: false,
+        })
+    };
+    for (scheme, enc) in [
+        (CtScheme::W4A16, int(4, Group::Size(128))),
+        (CtScheme::W8A8, int(8, Group::Channel)),
+    ] {
+        let mut tensors = crate::arch::synthesize(&arch);
+        let (mut q_bytes, mut q_params) = (0u64, 0u64);
+        for t in &mut tensors {
+            // A checkpoint keeps its norms in its own dtype.
+            t.source.dtype = crate::ir::SourceDType::BF16;
+            if super::weights::is_ct_target(crate::naming::role(&t.name), t) {
+                t.encoding = Some(enc);
+                q_bytes += t.encoded_bytes().unwrap();
+                q_params += t.n_elements() as u64;
+            } else {
+                t.encoding = Some(Encoding::Keep);
+            }
+        }
+        let uniform_format = WeightFormat::Scheme(scheme, 128);
+        let uniform = weight_bytes(&tensors, &arch, uniform_format);
+        let mut planned = weight_bytes(&tensors, &arch, WeightFormat::Planned);
+        assert_eq!(planned.total, uniform.total, "{scheme}");
+        let prefill = |e: &super::estimate::Estimate| e.prefill_seconds.central.unwrap();
+        let a = prefill(&cost(&uniform, uniform_format));
+        let plain = prefill(&cost(&planned, WeightFormat::Planned));
+        if !scheme.quantizes_activations() {
+            assert!((a - plain).abs() <= 1e-9 * a, "{scheme}: {a} vs {plain}");
+            continue;
+        }
+        planned.act_quantized.insert(scheme, (q_bytes, q_params));
+        let e = cost(&planned, WeightFormat::Planned);
+        let b = prefill(&e);
+        assert!(a <= b && b < plain, "{scheme}: {a} <= {b} < {plain}");
+        assert!(
+            b < 1.25 * a,
+            "{scheme}: lm_head is a small share: {a} vs {b}"
+        );
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| n.contains("quantized activations (W8A8)")),
+            "{:?}",
+            e.notes
+        );
+    }
+}

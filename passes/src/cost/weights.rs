@@ -344,6 +344,15 @@ pub struct WeightBytes {
     /// The embedding table doubles as the output matrix (tied, or no
     /// `output.weight`), so it is read in full every step.
     pub embedding_is_output: bool,
+    /// Linears of a planned compressed-tensors mixture whose activations are
+    /// quantized too (W8A8, FP8 dynamic/block): scheme -> (bytes, weights).
+    /// They multiply at the scheme's int8/fp8 rate and are not dequantized
+    /// first. Set by the caller that knows each tensor's scheme (an encoding
+    /// says how weights are stored, not how activations are); empty otherwise.
+    pub act_quantized: BTreeMap<CtScheme, (u64, u64)>,
+    /// The schemes of a planned compressed-tensors mixture (what the target's
+    /// runtime must accept); empty for every other format.
+    pub ct_schemes: std::collections::BTreeSet<CtScheme>,
 }
 
 impl WeightBytes {
@@ -589,6 +598,16 @@ pub fn weight_bytes(tensors: &[TensorNode], arch: &Arch, format: WeightFormat) -
             WeightFormat::Recipe(_) => {
                 let ty = recipe_types[i];
                 (ggml_bytes(ty, t), ty.name().to_string())
+            }
+            // A compressed-tensors encoding (a planned vLLM artifact): its
+            // stored bytes, scales included.
+            WeightFormat::Planned
+                if t.encoding
+                    .is_some_and(|e| e.is_quantized() && e.ggml().is_none()) =>
+            {
+                let e = t.encoding.expect("checked above");
+                let bytes = t.encoded_bytes().unwrap_or(t.source.len);
+                (bytes, e.to_string())
             }
             WeightFormat::Planned => {
                 let ty = planned(t);
