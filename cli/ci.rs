@@ -936,12 +936,18 @@ fn failed_gates(s: &Value) -> Vec<String> {
         .collect()
 }
 
-/// `tiny-h100: max_kld 0.01, measured 0.02`.
+/// `tiny-h100: max_kld 0.01, measured 0.0200`; the cost gates' values are
+/// the cost model's estimates.
 fn gate_text(name: &str, g: &Value) -> String {
-    let value = if g["value"].is_null() {
-        "not measured".to_string()
-    } else {
-        format!("measured {}", g["value"])
+    let gate = g["gate"].as_str().unwrap_or_default();
+    let how = match gate {
+        "min_decode_tok_s" | "max_usd_per_mtok" | "must_fit" => "estimated",
+        _ => "measured",
+    };
+    let value = match &g["value"] {
+        Value::Null => format!("not {how}"),
+        v if v.is_number() => format!("{how} {}", fmt_num(v, 4)),
+        v => format!("{how} {v}"),
     };
     format!(
         "`{name}`: {} {}, {value}",

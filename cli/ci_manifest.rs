@@ -548,6 +548,23 @@ fn check_gates(g: &Gates, s: &Settings) -> std::result::Result<(), (String, Stri
             format!("{x}: a price in $ per million tokens is never negative"),
         ));
     }
+    // A compressed-tensors build measures the KL divergence of its plan only.
+    if s.engine.as_deref().is_some_and(|e| e != "llama.cpp") {
+        for (k, set) in [
+            ("max_ppl_ratio", g.max_ppl_ratio.is_some()),
+            ("min_top1", g.min_top1.is_some()),
+        ] {
+            if set {
+                return Err((
+                    k.into(),
+                    format!(
+                        "is not measured for compressed-tensors artifacts (engine `{}`): their builds measure the plan's KL divergence; gate on `max_kld`",
+                        s.engine.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
     let measured = s.text.is_some() || s.eval_text.is_some();
     for (k, set) in [
         ("max_kld", g.max_kld.is_some()),
@@ -603,6 +620,7 @@ mod tests {
             ("[[artifact]]\nname = \"a\"\nmodel = \"n\"\ntarget = \"x\"\n", "line 6, key `model`: no model `n`"),
             ("[[artifact]]\nname = \"a\"\nmodel = \"m\"\ntarget = \"x\"\n[[artifact]]\nname = \"a\"\nmodel = \"m\"\ntarget = \"x\"\n", "line 9, key `name`: artifact `a` is named twice (first on line 5)"),
             ("[[artifact]]\nname = \"a\"\nmodel = \"m\"\ntarget = \"x\"\ntext = \"kiln.toml\"\n[artifact.gates]\nmin_top1 = 95\n", "key `gates.min_top1`: 95: top-1 agreement is a fraction of positions in 0..1 (for 95% write 0.95)"),
+            ("[[artifact]]\nname = \"a\"\nmodel = \"m\"\ntarget = \"x\"\nengine = \"vllm\"\ntext = \"kiln.toml\"\n[artifact.gates]\nmin_top1 = 0.9\n", "key `gates.min_top1`: is not measured for compressed-tensors artifacts (engine `vllm`)"),
             ("[[artifact]]\nname = \"a\"\nmodel = \"m\"\ntarget = \"x\"\n[artifact.gates]\nmax_kld = 0.1\n", "key `gates.max_kld`: is measured on a text"),
             ("[[artifact]]\nname = \"a\"\nmodel = \"m\"\ntarget = \"x\"\n[artifact.gates]\nmin_decode_tok_s = \"20 tok/s\"\n", "invalid type: string \"20 tok/s\", expected f64"),
             ("[[artifact]]\nname = \"a/b\"\nmodel = \"m\"\ntarget = \"x\"\n", "artifact name `a/b` may hold only"),

@@ -19,7 +19,9 @@ pub use planner::setup::load_options;
 /// Options shared by `build` and `plan`.
 #[derive(Args, Debug, Clone)]
 pub struct PlanArgs {
-    /// Serving engine. kiln writes GGUF, which llama.cpp serves.
+    /// Serving engine: llama.cpp (a GGUF), or vllm / trt-llm (a compressed-tensors
+    /// checkpoint directory, planned per Linear among the schemes the target's runtime
+    /// runs natively: vllm also names the TPU, Gaudi, Neuron and Qualcomm backends).
     #[arg(long, default_value = "llama.cpp")]
     pub engine: String,
     /// KV cache slots reserved per sequence [default: the model's trained context

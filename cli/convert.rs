@@ -41,8 +41,9 @@ pub struct ConvertArgs {
     pub format: OutFormat,
     /// compressed-tensors scheme, as llm-compressor's presets name them:
     /// W4A16, W4A16_ASYM, W8A16 (int, group 128), W8A8 (int8 per channel,
-    /// dynamic int8 activations), FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, MXFP4A16
-    /// (FP8 and NVFP4 quantize activations statically and need calibration).
+    /// dynamic int8 activations), FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, MXFP4A16; FP8 (per-tensor
+    /// weights, static FP8 activations) and NVFP4 (W4A4) calibrate their activation scales
+    /// on --text.
     #[arg(long, value_name = "SCHEME", conflicts_with = "ty")]
     pub scheme: Option<String>,
     /// Group size of the integer schemes: 32, 64, 128 (default) or 0 for per channel.
@@ -123,9 +124,16 @@ pub struct ConvertArgs {
     /// divisible by 2. Works with --dry-run (prints the pruned config and sizes).
     #[arg(long, value_name = "SPEC", value_parser = passes::passes::prune::parse_spec)]
     pub prune: Vec<passes::passes::prune::PruneSpec>,
-    /// Calibration text for --prune (activation norms, block influence) and --gptq (Hessians).
+    /// Calibration text for --prune (activation norms, block influence), --gptq (Hessians)
+    /// and the static-activation schemes FP8 and NVFP4 (each Linear's input range).
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
+    /// Tokens per calibration window for FP8 / NVFP4 activation scales.
+    #[arg(long, value_name = "N", default_value_t = 512, requires = "text")]
+    pub calib_ctx: usize,
+    /// Calibration windows for FP8 / NVFP4 activation scales (at most; fewer if the text is short).
+    #[arg(long, value_name = "N", default_value_t = 128, requires = "text")]
+    pub calib_windows: usize,
     #[command(flatten)]
     pub gptq: crate::gptq::GptqArgs,
 }
@@ -146,8 +154,14 @@ impl ConvertArgs {
 }
 
 pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
-    if args.text.is_some() && args.prune.is_empty() && !args.gptq.gptq {
-        anyhow::bail!("--text is the calibration text of --prune or --gptq: give one of them");
+    let static_scheme = args
+        .scheme
+        .as_deref()
+        .is_some_and(|s| ["FP8", "NVFP4"].contains(&s.to_ascii_uppercase().as_str()));
+    if args.text.is_some() && args.prune.is_empty() && !args.gptq.gptq && !static_scheme {
+        anyhow::bail!(
+            "--text is the calibration text of --prune, --gptq or the static-activation schemes (--scheme FP8, NVFP4): give one of them"
+        );
     }
     if args.format == OutFormat::CompressedTensors || args.scheme.is_some() {
         return crate::convert_ct::run(args, printer);

@@ -18,7 +18,7 @@ use passes::passes::{Context, Pipeline};
 use passes::{Encoding, Model};
 use serde_json::json;
 
-use crate::common::{cancel_flag, clean_stale, human_bytes, shape};
+use crate::common::{cancel_flag, clean_stale, human_bytes, lift, load_options, shape};
 use crate::convert::ConvertArgs;
 use crate::Printer;
 
@@ -54,6 +54,12 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         );
     }
     let scheme = Scheme::parse(name, args.group_size).map_err(anyhow::Error::msg)?;
+    if scheme.static_activations() && args.text.is_none() {
+        anyhow::bail!(
+            "--scheme {}: its activation scales are static, measured on calibration text: give --text FILE (or use a dynamic scheme: FP8_DYNAMIC, NVFP4A16)",
+            scheme.name()
+        );
+    }
     // GGUF-only options, refused by name rather than ignored.
     let gguf_only = [
         ("--imatrix", args.imatrix.is_some()),
@@ -186,6 +192,16 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         None => CompressedTensors::new(scheme, &model, &loaded.maps, &args.model)?,
     }
     .with_max_shard_size(args.max_shard_size.unwrap_or(ct::DEFAULT_MAX_SHARD));
+    let calibration = match scheme.static_activations() && !args.dry_run {
+        true => {
+            let (amax, record) = input_ranges(args, printer)?;
+            inner = inner
+                .with_input_amax(&model, amax)
+                .with_context(|| args.model.display().to_string())?;
+            Some(record)
+        }
+        false => None,
+    };
     let prune_record = prune.as_ref().map(|p| p.record(&model));
     if let (Some(p), Some(arch)) = (&prune, &model.arch) {
         crate::prune::edit_hf_config(inner.config_mut(), arch, &crate::prune::layer_map(p));
@@ -293,7 +309,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         "runtime": runtime,
         // Neuron's FP8 saturates at +-240: no quantization_config field says
         // so (Neuron reads the standard block), so it is recorded here only.
-        "fp8_e4m3_max": if matches!(scheme, Scheme::Fp8Dynamic | Scheme::Fp8Block) { Some(fp8_max) } else { None },
+        "fp8_e4m3_max": if matches!(scheme, Scheme::Fp8Dynamic | Scheme::Fp8Block | Scheme::Fp8Static) { Some(fp8_max) } else { None },
+        // Where the static activation scales (FP8, NVFP4) were measured.
+        "calibration": calibration,
         // Which tensors GPTQ rounded, with its loss, and the calibration.
         "gptq": gptq_summary,
         "files": listed,
@@ -319,6 +337,60 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         human_bytes(bytes)
     ));
     Ok(())
+}
+
+/// Every Linear's largest input magnitude over the calibration windows of
+/// `--text`, the original model streamed block by block (each block's
+/// weights decoded in turn), with what the manifest records of the run.
+fn input_ranges(
+    args: &ConvertArgs,
+    printer: &Printer,
+) -> Result<(std::collections::BTreeMap<String, f32>, serde_json::Value)> {
+    let text_path = args.text.as_ref().expect("checked before loading");
+    let opened = eval::open(&args.model, &load_options(&None)).map_err(lift)?;
+    let text = std::fs::read_to_string(text_path)
+        .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
+    let tok = eval::Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
+        .map_err(lift)
+        .with_context(|| opened.name())?;
+    let mut ids = Vec::new();
+    if tok.add_bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(&text).map_err(lift)?);
+    let windows = eval::text::windows(
+        &ids,
+        eval::text::Windows {
+            ctx: args.calib_ctx,
+            max_chunks: Some(args.calib_windows.max(1)),
+        },
+        tok.bos.filter(|_| tok.add_bos),
+    )
+    .map_err(lift)
+    .with_context(|| text_path.display().to_string())?;
+    let blocks = eval::stream::Streamed::new(&opened)
+        .map_err(lift)?
+        .n_layer();
+    printer.info(&format!(
+        "calibrating activation scales: {} windows of {} tokens from {}",
+        windows.len(),
+        args.calib_ctx,
+        text_path.display()
+    ));
+    let cancel = cancel_flag();
+    let mut range = eval::imatrix::InputRange::default();
+    let bar = printer.count_bar(blocks as u64, "calibrating", "blocks");
+    let progress = |n: usize| bar.set_position(n as u64);
+    let r = eval::stream::observe(&opened, &windows, &mut range, false, &progress, &cancel);
+    bar.finish_and_clear();
+    r.map_err(lift).with_context(|| opened.name())?;
+    let record = json!({
+        "text": text_path,
+        "windows": windows.len(),
+        "ctx": args.calib_ctx,
+        "observer": "largest input magnitude over every calibration token, on the unquantized model",
+    });
+    Ok((range.amax, record))
 }
 
 fn scheme_label(name: &str) -> String {

@@ -201,7 +201,7 @@ fn a_failing_gate_exits_1_and_the_summary_says_which() {
         "{last}"
     );
     assert!(
-        last.contains("`tiny-llama-m2-max`: min_decode_tok_s 1000000000000.0, measured "),
+        last.contains("`tiny-llama-m2-max`: min_decode_tok_s 1000000000000.0, estimated "),
         "{last}"
     );
     let s1 = summary(&out);
@@ -290,8 +290,19 @@ fn hostile_manifests_get_one_line_and_exit_2() {
                     "target = \"m2-max\"\nengine = \"llama.cpp\"",
                     "target = \"m2-max\"\nengine = \"vllm\"",
                 )
+                .replace("max_ppl_ratio = 1.1\n", "")
             },
             "key `engine`",
+        ),
+        (
+            "a perplexity gate on a compressed-tensors artifact",
+            &|t| {
+                t.replace(
+                    "max_kld = 0.05\nmust_fit = true\nmin_decode",
+                    "max_ppl_ratio = 1.1\nmust_fit = true\nmin_decode",
+                )
+            },
+            "key `gates.max_ppl_ratio`: is not measured for compressed-tensors artifacts",
         ),
         (
             "a missing model",

@@ -540,3 +540,59 @@ fn plan_engine_vllm_shows_the_build_per_target_without_writing() {
         m["compared"][0]["tensor_bytes"].as_u64().unwrap()
     );
 }
+
+/// An MoE whose expert widths no group of 128 divides: uniform W4A16 would
+/// keep every Linear in 16 bits, a ceiling of zero error that only an
+/// all-bf16 plan meets. The default ceiling is then the first legal scheme
+/// that holds the Linears, and the plan quantizes.
+#[test]
+fn build_of_an_moe_no_group_of_128_divides_still_quantizes() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let moe = repo().join("fixtures/tiny-mixtral");
+    let r = run(&[
+        "build",
+        s(&moe),
+        "--engine",
+        "vllm",
+        "--target",
+        "h100-sxm",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = json_file(&out.join("manifest.json"));
+    let quantized = m["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["scheme"] != "bf16")
+        .count();
+    assert!(quantized > 0, "{}", m["units"]);
+    assert!(m["max_error"].as_f64().unwrap() > 0.0);
+    assert!(m["bits_per_weight"].as_f64().unwrap() < 12.0);
+    // Its cost is of the quantized artifact, and no note says the runtime
+    // does not take its format.
+    let notes = m["cost"]["notes"].to_string();
+    assert!(!notes.contains("not listed as accepting"), "{notes}");
+    // Nor for a plan that keeps every Linear in bf16 (the accuracy objective
+    // with memory to spare): a bf16 checkpoint, which vLLM takes.
+    let out = root.path().join("bf16");
+    let r = run(&[
+        "build",
+        &tiny(),
+        "--engine",
+        "vllm",
+        "--target",
+        "h100-sxm",
+        "--objective",
+        "accuracy",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = json_file(&out.join("manifest.json"));
+    assert!(m["units"].as_array().unwrap().iter().all(|u| u["scheme"] == "bf16"));
+    let notes = m["cost"]["notes"].to_string();
+    assert!(!notes.contains("not listed as accepting"), "{notes}");
+}

@@ -50,6 +50,60 @@ impl Entry {
     }
 }
 
+/// An [`Observer`] that records the largest magnitude of every linear
+/// input over all observed rows: the static activation range that
+/// compressed-tensors' `FP8` and `NVFP4` schemes store (`input_scale`,
+/// `input_global_scale`; llm-compressor's `static_minmax` observer keeps the
+/// running min and max over all calibration batches, symmetric: their
+/// larger magnitude). Keyed by GGUF weight name; an expert's input under
+/// `<stacked stem>.<expert>.weight` (`blk.0.ffn_up_exps.3.weight`), the
+/// name `formats::ct::unstack_experts` gives it.
+#[derive(Debug, Default)]
+pub struct InputRange {
+    pub amax: std::collections::BTreeMap<String, f32>,
+}
+
+impl InputRange {
+    fn add(&mut self, key: String, x: &Tensor) -> Result<()> {
+        let a = x
+            .abs()
+            .and_then(|x| x.flatten_all())
+            .and_then(|x| x.max(0))
+            .and_then(|x| x.to_dtype(DType::F32))
+            .and_then(|x| x.to_scalar::<f32>())
+            .op(|| format!("{key}: input range"))?;
+        if !a.is_finite() {
+            return Err(Error::Input(format!(
+                "tensor `{}`: non-finite input activation (NaN or Inf): no activation scale can be calibrated",
+                passes::printable(&key)
+            )));
+        }
+        let e = self.amax.entry(key).or_insert(0.0);
+        *e = e.max(a);
+        Ok(())
+    }
+}
+
+impl Observer for InputRange {
+    fn linear_input(&mut self, weight: &str, x: &Tensor) -> Result<()> {
+        self.add(weight.to_string(), x)
+    }
+
+    fn expert_input(
+        &mut self,
+        weight: &str,
+        expert: usize,
+        _n_expert: usize,
+        x: &Tensor,
+    ) -> Result<()> {
+        if x.dims().first().is_some_and(|&rows| rows == 0) {
+            return Ok(());
+        }
+        let stem = weight.trim_end_matches(".weight");
+        self.add(format!("{stem}.{expert}.weight"), x)
+    }
+}
+
 /// An [`Observer`] that accumulates an importance matrix.
 #[derive(Debug, Default)]
 pub struct Collector {

@@ -62,6 +62,13 @@ pub enum Scheme {
     Nvfp4A16,
     /// MXFP4 weights, 16-bit activations.
     Mxfp4A16,
+    /// `FP8`: E4M3 weights with one scale per tensor and static per-tensor
+    /// FP8 activations (`input_scale`, from calibration activations).
+    Fp8Static,
+    /// `NVFP4`: NVFP4 weights and activations (W4A4): the activations'
+    /// global scale (`input_global_scale`) from calibration activations,
+    /// their per-16 scales computed at run time.
+    Nvfp4,
 }
 
 impl Scheme {
@@ -75,6 +82,8 @@ impl Scheme {
         "FP8_BLOCK",
         "NVFP4A16",
         "MXFP4A16",
+        "FP8",
+        "NVFP4",
     ];
 
     /// A preset by llm-compressor's name (case-insensitive), with the group
@@ -90,14 +99,14 @@ impl Scheme {
             "FP8_BLOCK" => Scheme::Fp8Block,
             "NVFP4A16" => Scheme::Nvfp4A16,
             "MXFP4A16" | "MXFP4" => Scheme::Mxfp4A16,
-            "FP8" | "NVFP4" => {
+            "FP8" => Scheme::Fp8Static,
+            "NVFP4" => Scheme::Nvfp4,
+            _ => {
                 return Err(format!(
-                    "scheme `{name}` quantizes activations with static scales, which need calibration activations; \
-                     kiln writes the data-free presets: {}",
+                    "unknown scheme `{name}`; kiln writes {}",
                     Scheme::NAMES.join(", ")
                 ))
             }
-            _ => return Err(format!("unknown scheme `{name}`; kiln writes {}", Scheme::NAMES.join(", "))),
         };
         if group.is_some()
             && !matches!(
@@ -156,9 +165,19 @@ impl Scheme {
                 },
                 range: Fp8Range::Fn448,
             }),
-            Scheme::Nvfp4A16 => Encoding::Fp4(Fp4Kind::Nv),
+            Scheme::Nvfp4A16 | Scheme::Nvfp4 => Encoding::Fp4(Fp4Kind::Nv),
             Scheme::Mxfp4A16 => Encoding::Fp4(Fp4Kind::Mx),
+            Scheme::Fp8Static => Encoding::Fp8(Fp8Spec {
+                scales: Fp8Scales::Tensor,
+                range: Fp8Range::Fn448,
+            }),
         }
+    }
+
+    /// Whether the scheme stores activation scales measured on calibration
+    /// text (`input_scale`, `input_global_scale`): it needs `--text`.
+    pub fn static_activations(self) -> bool {
+        matches!(self, Scheme::Fp8Static | Scheme::Nvfp4)
     }
 
     /// Whether 8-bit integer weights are stored plain (`int-quantized`,
@@ -178,6 +197,8 @@ impl Scheme {
             Scheme::Fp8Block => "FP8_BLOCK",
             Scheme::Nvfp4A16 => "NVFP4A16",
             Scheme::Mxfp4A16 => "MXFP4A16",
+            Scheme::Fp8Static => "FP8",
+            Scheme::Nvfp4 => "NVFP4",
         }
     }
 
@@ -188,8 +209,8 @@ impl Scheme {
                 "pack-quantized"
             }
             Scheme::W8A8 => "int-quantized",
-            Scheme::Fp8Dynamic | Scheme::Fp8Block => "float-quantized",
-            Scheme::Nvfp4A16 => "nvfp4-pack-quantized",
+            Scheme::Fp8Dynamic | Scheme::Fp8Block | Scheme::Fp8Static => "float-quantized",
+            Scheme::Nvfp4A16 | Scheme::Nvfp4 => "nvfp4-pack-quantized",
             Scheme::Mxfp4A16 => "mxfp4-pack-quantized",
         }
     }
@@ -315,19 +336,40 @@ impl Scheme {
                     )),
                 )
             }
-            Scheme::Nvfp4A16 => {
-                let mut w = args(
-                    4,
+            Scheme::Nvfp4A16 | Scheme::Nvfp4 => {
+                let nvfp4 = |dynamic: Value, observer: Value| {
+                    let mut w = args(4, "float", "tensor_group", json!(16), true, false, observer);
+                    w.insert("dynamic".into(), dynamic);
+                    w.insert("scale_dtype".into(), json!("torch.float8_e4m3fn"));
+                    w
+                };
+                let w = nvfp4(json!(false), minmax.clone());
+                // W4A4: per-16 activation scales at run time ("local"),
+                // under a global scale observed on calibration text.
+                let acts =
+                    (self == Scheme::Nvfp4).then(|| nvfp4(json!("local"), json!("static_minmax")));
+                (w, acts)
+            }
+            Scheme::Fp8Static => (
+                args(
+                    8,
                     "float",
-                    "tensor_group",
-                    json!(16),
+                    "tensor",
+                    Value::Null,
                     true,
                     false,
                     minmax.clone(),
-                );
-                w.insert("scale_dtype".into(), json!("torch.float8_e4m3fn"));
-                (w, None)
-            }
+                ),
+                Some(args(
+                    8,
+                    "float",
+                    "tensor",
+                    Value::Null,
+                    true,
+                    false,
+                    json!("static_minmax"),
+                )),
+            ),
             Scheme::Mxfp4A16 => {
                 let mut w = args(4, "float", "group", json!(32), true, false, minmax.clone());
                 w.insert("scale_dtype".into(), json!("torch.uint8"));
@@ -571,13 +613,20 @@ fn fused_group(t: &TensorNode) -> Option<(String, u8)> {
 }
 
 /// Largest magnitude of every tensor that needs one before encoding (NVFP4's
-/// global scale), taken over its fused group, by tensor index: one streaming
-/// pass over those tensors.
+/// global scale, taken over its fused group; per-tensor FP8's scale, the
+/// tensor's own), by tensor name: one streaming pass over those tensors.
 pub fn scan_amax(model: &Model, maps: &[MappedFile]) -> BTreeMap<String, f32> {
     let mut by_group: BTreeMap<(String, u8, usize), f32> = BTreeMap::new();
     let mut members = Vec::new();
     for (i, t) in model.tensors.iter().enumerate() {
-        if t.encoding != Some(Encoding::Fp4(Fp4Kind::Nv)) {
+        let per_tensor_fp8 = matches!(
+            t.encoding,
+            Some(Encoding::Fp8(Fp8Spec {
+                scales: Fp8Scales::Tensor,
+                ..
+            }))
+        );
+        if t.encoding != Some(Encoding::Fp4(Fp4Kind::Nv)) && !per_tensor_fp8 {
             continue;
         }
         let mut row = vec![0f32; t.row_len()];
@@ -586,8 +635,9 @@ pub fn scan_amax(model: &Model, maps: &[MappedFile]) -> BTreeMap<String, f32> {
             read_row(maps, t, r, &mut row);
             a = a.max(q::amax(&row));
         }
-        // Unfused tensors get a group of their own.
-        let key = match fused_group(t) {
+        // Unfused tensors (and every per-tensor FP8 weight: vLLM requantizes
+        // fused shards to their largest scale) get a group of their own.
+        let key = match fused_group(t).filter(|_| !per_tensor_fp8) {
             Some((module, g)) => (module, g, 0),
             None => (String::new(), 2, i),
         };
@@ -619,8 +669,11 @@ pub struct CompressedTensors {
     /// Per source tensor name, for a mixed-precision artifact ([`Self::mixed`]);
     /// empty: every quantized Linear has `scheme`.
     schemes: BTreeMap<String, Scheme>,
-    /// NVFP4 fused largest magnitudes by tensor name ([`scan_amax`]).
+    /// NVFP4 fused and per-tensor FP8 largest magnitudes by tensor name ([`scan_amax`]).
     amax: BTreeMap<String, f32>,
+    /// Largest magnitude of each static-activation Linear's input over the
+    /// calibration text, by tensor name ([`Self::with_input_amax`]).
+    input_amax: BTreeMap<String, f32>,
     /// Source `config.json` (the output's, with `quantization_config` added).
     config: Map<String, Value>,
     /// Files copied from the source directory (tokenizer, generation config).
@@ -683,6 +736,7 @@ impl CompressedTensors {
             scheme,
             schemes: BTreeMap::new(),
             amax: scan_amax(model, maps),
+            input_amax: BTreeMap::new(),
             config,
             copied: files,
             max_shard: DEFAULT_MAX_SHARD,
@@ -710,6 +764,35 @@ impl CompressedTensors {
     /// pass that changes the architecture, such as pruning, edits it).
     pub fn config_mut(&mut self) -> &mut Map<String, Value> {
         &mut self.config
+    }
+
+    /// The calibration inputs' largest magnitudes of the Linears whose
+    /// scheme has static activations (FP8, NVFP4), by tensor name: an
+    /// error names the first such Linear without one.
+    pub fn with_input_amax(
+        mut self,
+        model: &Model,
+        amax: BTreeMap<String, f32>,
+    ) -> Result<CompressedTensors> {
+        for t in &model.tensors {
+            if self.static_input(t) && !amax.get(&t.name).is_some_and(|a| a.is_finite()) {
+                return Err(Error::unsupported(
+                    Path::new(""),
+                    Some(&t.source_name),
+                    format!(
+                        "{} needs this Linear's input range, and the calibration pass saw none",
+                        self.scheme_of(t).name()
+                    ),
+                ));
+            }
+        }
+        self.input_amax = amax;
+        Ok(self)
+    }
+
+    /// Whether quantized Linear `t` stores a static activation scale.
+    fn static_input(&self, t: &TensorNode) -> bool {
+        self.weights_of(t).is_some() && self.scheme_of(t).static_activations()
     }
 
     /// Split the tensors into shards of at most `bytes` (a tensor larger
@@ -878,20 +961,43 @@ impl CompressedTensors {
                         },
                     ]
                 }
-                // Per-tensor FP8 is the static-activation preset, refused by Scheme::parse.
-                Fp8Grain::Tensor => unreachable!("per-tensor FP8 is not a data-free scheme"),
+                // FP8 (static): one weight scale, and the activations' scale.
+                Fp8Grain::Tensor => {
+                    let scalar = |suffix| Piece {
+                        suffix,
+                        dtype: d.name(),
+                        shape: vec![1],
+                        row_bytes: d.bytes(),
+                        unit: CONST,
+                    };
+                    let mut v = vec![
+                        row("weight", "F8_E4M3", vec![rows, cols], cols),
+                        scalar("weight_scale"),
+                    ];
+                    if self.static_input(t) {
+                        v.push(scalar("input_scale"));
+                    }
+                    v
+                }
             },
-            Weights::Nvfp4 => vec![
-                row("weight_packed", "U8", vec![rows, cols / 2], cols / 2),
-                row("weight_scale", "F8_E4M3", vec![rows, cols / 16], cols / 16),
-                Piece {
-                    suffix: "weight_global_scale",
+            Weights::Nvfp4 => {
+                let global = |suffix| Piece {
+                    suffix,
                     dtype: "F32",
                     shape: vec![1],
                     row_bytes: 4,
                     unit: CONST,
-                },
-            ],
+                };
+                let mut v = vec![
+                    row("weight_packed", "U8", vec![rows, cols / 2], cols / 2),
+                    row("weight_scale", "F8_E4M3", vec![rows, cols / 16], cols / 16),
+                    global("weight_global_scale"),
+                ];
+                if self.static_input(t) {
+                    v.push(global("input_global_scale"));
+                }
+                v
+            }
             Weights::Mxfp4 => vec![
                 row("weight_packed", "U8", vec![rows, cols / 2], cols / 2),
                 row("weight_scale", "U8", vec![rows, cols / 32], cols / 32),
@@ -1117,9 +1223,13 @@ impl Container for CompressedTensors {
                     }
                 }
             }
-            (Weights::Fp8 { max_240, .. }, _) => {
+            (Weights::Fp8 { scales, max_240 }, _) => {
                 let max = if max_240 { 240.0 } else { 448.0 };
-                let s = q::fp8_scale(q::amax(values), max, d);
+                let a = match scales {
+                    Fp8Grain::Tensor => self.amax.get(&t.name).copied().unwrap_or(0.0),
+                    _ => q::amax(values),
+                };
+                let s = q::fp8_scale(a, max, d);
                 if piece == 1 {
                     d.put(s, dst);
                 } else {
@@ -1227,6 +1337,22 @@ impl Container for CompressedTensors {
                         *o = q::fp8_quantize(x, scales[(i % cols) / b], max, d);
                     }
                 }
+            }
+            Some(Weights::Fp8 {
+                scales: Fp8Grain::Tensor,
+                max_240,
+            }) => {
+                let max = if max_240 { 240.0 } else { 448.0 };
+                let a = match piece {
+                    1 => self.amax.get(&t.name),
+                    _ => self.input_amax.get(&t.name),
+                };
+                d.put(q::fp8_scale(a.copied().unwrap_or(0.0), max, d), dst);
+            }
+            Some(Weights::Nvfp4) if piece == 3 => {
+                // The activations' global scale, in f32 as observers compute it.
+                let a = self.input_amax.get(&t.name).copied().unwrap_or(0.0);
+                dst.copy_from_slice(&q::nvfp4_global_scale(a, Dtype::F32).to_le_bytes());
             }
             Some(Weights::Nvfp4) => {
                 dst.copy_from_slice(&self.global(t).to_le_bytes());

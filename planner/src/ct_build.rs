@@ -33,9 +33,13 @@ use crate::progress::{Progress, Unit};
 use crate::setup::Setup;
 use crate::solve::{self, Sizing};
 
-/// The schemes kiln writes and a target can list: the data-free presets.
+/// The schemes the planner writes: the data-free presets (FP8 and NVFP4
+/// need activation ranges from calibration text, which only `kiln convert
+/// --text` measures).
 fn writable(s: CtScheme) -> Option<Scheme> {
-    Scheme::parse(s.name(), None).ok()
+    Scheme::parse(s.name(), None)
+        .ok()
+        .filter(|s| !s.static_activations())
 }
 
 /// One choice of a unit: a scheme, or `None` for 16 bits (in `ignore`).
@@ -377,10 +381,20 @@ pub fn plan(
     let budget = solve::budget(setup, s, 1)?;
     p.budget = budget.from.clone();
     p.devices = budget.devices;
+    // Uniform W4A16's predicted error, or that of the first legal scheme
+    // that can hold any of the Linears (an MoE's 64-wide experts take no
+    // group of 128: W4A16 would keep everything in 16 bits, a ceiling of 0).
     let default_ceiling = {
-        let w4 = CtScheme::W4A16;
-        let base = if legal.contains(&w4) { w4 } else { legal[0] };
-        p.uniform(Some(base)).1
+        let holds_any = |sc: CtScheme| {
+            p.units
+                .iter()
+                .any(|u| u.choices.iter().any(|c| c.scheme == Some(sc)))
+        };
+        std::iter::once(CtScheme::W4A16)
+            .filter(|w4| legal.contains(w4))
+            .chain(legal.iter().copied())
+            .find(|&sc| holds_any(sc))
+            .map_or(0.0, |sc| p.uniform(Some(sc)).1)
     };
     match objective {
         Objective::Cost => {
@@ -533,7 +547,7 @@ pub fn cost(setup: &Setup, s: &Sizing, p: &CtPlan) -> Result<passes::cost::Estim
         passes::cost::WeightFormat::Planned,
     );
     wb.act_quantized = act_quantized;
-    wb.ct_schemes = schemes;
+    wb.ct_schemes = Some(schemes);
     crate::serving::cost_of_weights(&wb, &setup.arch, s.target, s.engine, s.workload, p.devices)
 }
 
@@ -691,7 +705,7 @@ pub fn build(
         "budget": p.budget,
         "max_error": p.ceiling,
         "tensor_bytes": actual_bytes,
-        "bits_per_weight": setup.bpw(actual_bytes),
+        "bits_per_weight": setup.bpw(p.bytes()),
         "devices": p.devices,
         "predicted_kld": p.error(),
         "cost": cost,
@@ -814,7 +828,7 @@ fn report_text(
     );
     out += &format!("Budget: {}.\n", p.budget);
     if let Some(c) = p.ceiling {
-        out += &format!("Error ceiling: predicted KL divergence {c:.6} (default: uniform W4A16 g128, or the first legal scheme).\n");
+        out += &format!("Error ceiling: predicted KL divergence {} (default: uniform W4A16 g128's, or the first legal scheme's that quantizes any Linear).\n", kld(c));
     }
     out += &format!("Sensitivity: {}.\n\n", setup.sensitivity_source);
     out += &cost_section(s, p, cost);
@@ -851,12 +865,16 @@ fn report_text(
 
 /// The serving estimate of the plan, as the GGUF report gives it.
 fn cost_section(s: &Sizing, p: &CtPlan, c: &crate::manifest::Cost) -> String {
-    let cell =
-        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    // Three significant digits below 0.01 (a tiny model's $ per million tokens).
+    let cell = |v: Option<f64>, digits: usize| {
+        v.map_or("-".to_string(), |x| match x {
+            x if x != 0.0 && x.abs() < 0.01 => format!("{x:.3e}"),
+            x => format!("{x:.digits$}"),
+        })
+    };
     let mut out = format!(
         "## Serving cost ({} on `{}`, calibrated estimate)\n\n| | |\n|---|---|\n",
-        s.engine.name(),
-        s.target.id
+        p.runtime, s.target.id
     );
     out += &format!(
         "| fits | {} |\n",

@@ -27,7 +27,7 @@ pub const DEFAULT_CONTEXT: usize = 4096;
 /// Options shared by `build` and `plan`: serving, budget, texts, measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanOptions {
-    /// Serving engine name (kiln writes GGUF, which llama.cpp serves).
+    /// Serving engine name: llama.cpp (GGUF), vllm or trt-llm (compressed-tensors).
     pub engine: String,
     /// KV cache slots reserved per sequence; `None`: the model's trained
     /// context, at most [`DEFAULT_CONTEXT`] (see [`workload`]).

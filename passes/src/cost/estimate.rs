@@ -600,11 +600,19 @@ pub fn estimate(
                 }
             )),
             // A planned compressed-tensors mixture needs every one of its schemes.
-            Some((rt, runs)) if !wb.ct_schemes.is_empty() => {
-                let missing: Vec<&str> = wb
-                    .ct_schemes
-                    .iter()
-                    .map(|s| s.name())
+            Some((rt, runs)) if wb.ct_schemes.is_some() => {
+                let schemes = wb.ct_schemes.as_ref().expect("checked");
+                let mut needed: Vec<&str> = schemes.iter().map(|s| s.name()).collect();
+                if needed.is_empty() {
+                    // Every Linear kept: a checkpoint in its own 16-bit dtype.
+                    needed.push(if wb.by_type.contains_key("f16") {
+                        "f16"
+                    } else {
+                        "bf16"
+                    });
+                }
+                let missing: Vec<&str> = needed
+                    .into_iter()
                     .filter(|s| !runs.iter().any(|r| r == s))
                     .collect();
                 if !missing.is_empty() {

@@ -350,9 +350,10 @@ pub struct WeightBytes {
     /// first. Set by the caller that knows each tensor's scheme (an encoding
     /// says how weights are stored, not how activations are); empty otherwise.
     pub act_quantized: BTreeMap<CtScheme, (u64, u64)>,
-    /// The schemes of a planned compressed-tensors mixture (what the target's
-    /// runtime must accept); empty for every other format.
-    pub ct_schemes: std::collections::BTreeSet<CtScheme>,
+    /// The schemes of a planned compressed-tensors artifact (what the
+    /// target's runtime must accept; empty when every Linear is kept in 16
+    /// bits); `None` for every other format.
+    pub ct_schemes: Option<std::collections::BTreeSet<CtScheme>>,
 }
 
 impl WeightBytes {
