@@ -88,6 +88,19 @@ pub fn check_prune_engine(
     Ok(())
 }
 
+/// Refuse a GGUF for the compressed-tensors engines before anything is
+/// read or measured: they write from a Hugging Face checkpoint directory.
+pub fn check_ct_input(model: &std::path::Path, engine: passes::cost::Engine) -> Result<()> {
+    if engine != passes::cost::Engine::LlamaCpp && !model.is_dir() {
+        anyhow::bail!(
+            "{}: --engine {} writes compressed-tensors, from a Hugging Face checkpoint directory (config.json and safetensors), not from a GGUF",
+            model.display(),
+            engine.name()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let t0 = Instant::now();
     clean_stale(&args.output, printer);
@@ -96,6 +109,10 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let target = crate::targets::resolve(&args.target, &args.target_file, false, printer)?;
     let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
     check_engine(&target, engine)?;
+    check_ct_input(&args.model, engine)?;
+    if engine != passes::cost::Engine::LlamaCpp {
+        planner::ct_build::legal(&target, engine.name()).map_err(lift_plan)?;
+    }
     check_prune_engine(&options, engine)?;
     planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.

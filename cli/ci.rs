@@ -182,6 +182,11 @@ fn check_units(m: &Manifest, printer: &Printer) -> Result<Vec<Checked>> {
         planner::options::workload(&options, 0)
             .map_err(lift_plan)
             .map_err(|e| at("settings", &e))?;
+        if engine != passes::cost::Engine::LlamaCpp {
+            planner::ct_build::legal(&target, engine.name())
+                .map_err(lift_plan)
+                .map_err(|e| at("engine", &e))?;
+        }
         if engine != passes::cost::Engine::LlamaCpp && !u.model.resolved.is_dir() {
             return Err(at(
                 "engine",

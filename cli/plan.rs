@@ -161,6 +161,8 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
+    // As `kiln build` refuses it: nothing is planned that cannot be built.
+    crate::build::check_ct_input(&args.model, engine)?;
     let mut targets = Vec::new();
     for id in &args.targets {
         targets.push(crate::targets::resolve(

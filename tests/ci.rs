@@ -295,6 +295,16 @@ fn hostile_manifests_get_one_line_and_exit_2() {
             "key `engine`",
         ),
         (
+            "an engine whose runtime there runs no scheme kiln writes",
+            &|t| {
+                t.replace(
+                    "target = \"h100-sxm\"\nengine = \"vllm\"",
+                    "target = \"a100-80g-sxm\"\nengine = \"trt-llm\"",
+                )
+            },
+            "key `engine`: artifact `tiny-qwen2-h100-vllm`: trt-llm on `a100-80g-sxm` runs no compressed-tensors scheme kiln writes",
+        ),
+        (
             "a perplexity gate on a compressed-tensors artifact",
             &|t| {
                 t.replace(

@@ -592,7 +592,39 @@ fn build_of_an_moe_no_group_of_128_divides_still_quantizes() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let m = json_file(&out.join("manifest.json"));
-    assert!(m["units"].as_array().unwrap().iter().all(|u| u["scheme"] == "bf16"));
+    assert!(m["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|u| u["scheme"] == "bf16"));
     let notes = m["cost"]["notes"].to_string();
     assert!(!notes.contains("not listed as accepting"), "{notes}");
+}
+
+/// `kiln plan --engine vllm` refuses a GGUF as `kiln build` does: nothing is
+/// planned that cannot be built.
+#[test]
+fn plan_engine_vllm_refuses_a_gguf_as_build_does() {
+    let root = tempfile::tempdir().unwrap();
+    let gguf = root.path().join("m.gguf");
+    let r = run(&["convert", &tiny(), "--type", "q8_0", "-o", s(&gguf)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for cmd in ["plan", "build"] {
+        let mut args = vec![cmd, s(&gguf), "--engine", "vllm"];
+        let out = root.path().join("out");
+        if cmd == "plan" {
+            args.extend(["--targets", "h100-sxm"]);
+        } else {
+            args.extend(["--target", "h100-sxm", "-o", s(&out)]);
+        }
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{cmd}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("from a Hugging Face checkpoint directory"),
+            "{cmd}: {}",
+            r.stderr
+        );
+        assert!(!out.exists());
+    }
 }

@@ -133,6 +133,37 @@ impl CtPlan {
     }
 }
 
+/// The runtime serving `engine` on `target` and the schemes the planner
+/// may give its Linears there (those it runs natively that kiln writes
+/// without calibration), or why there are none.
+pub fn legal(target: &Target, engine: &str) -> Result<(String, Vec<CtScheme>)> {
+    let (rt, _) = target.runtime_for(engine).ok_or_else(|| {
+        Error::Options(format!(
+            "`{}` does not list {engine} among its runtimes ({})",
+            target.id,
+            target
+                .runtimes
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let legal: Vec<CtScheme> = target
+        .schemes_of(rt)
+        .into_iter()
+        .filter(|s| writable(*s).is_some())
+        .collect();
+    if legal.is_empty() {
+        return Err(Error::Options(format!(
+            "{rt} on `{}` runs no compressed-tensors scheme kiln writes (it lists: {})",
+            target.id,
+            target.runtimes[rt].join(", ")
+        )));
+    }
+    Ok((rt.to_string(), legal))
+}
+
 /// A Linear the planner gives a scheme: a target Linear, or an MoE layer's
 /// stacked routed experts (`[n_expert, out, in]`, one tensor per expert in
 /// the artifact).
@@ -261,30 +292,7 @@ pub fn plan(
     max_error: Option<f64>,
 ) -> Result<CtPlan> {
     let target: &Target = s.target;
-    let (rt, _) = target.runtime_for(engine).ok_or_else(|| {
-        Error::Options(format!(
-            "`{}` does not list {engine} among its runtimes ({})",
-            target.id,
-            target
-                .runtimes
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
-    let legal: Vec<CtScheme> = target
-        .schemes_of(rt)
-        .into_iter()
-        .filter(|s| writable(*s).is_some())
-        .collect();
-    if legal.is_empty() {
-        return Err(Error::Options(format!(
-            "{rt} on `{}` runs no compressed-tensors scheme kiln writes (it lists: {})",
-            target.id,
-            target.runtimes[rt].join(", ")
-        )));
-    }
+    let (rt, legal) = legal(target, engine)?;
     let fp8_max = target.fp8_max() as f32;
     let model = &setup.opened.loaded.model;
     let mut by_unit: BTreeMap<(usize, u8), (String, Vec<usize>)> = BTreeMap::new();
@@ -365,7 +373,7 @@ pub fn plan(
         });
     }
     let moe = model.tensors.iter().any(|t| !t.parts.is_empty());
-    let single_group = target.is_single_group(rt) || moe;
+    let single_group = target.is_single_group(&rt) || moe;
     let mut p = CtPlan {
         runtime: rt.to_string(),
         legal: legal.clone(),
