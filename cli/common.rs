@@ -145,6 +145,40 @@ impl From<Objective> for planner::Objective {
 
 /// An `eval::Error` as an anyhow error, with a `formats::Error` kept as the
 /// cause itself so that exit codes (bad input 2, interrupted 130) survive.
+/// The text at `path` tokenized with `model`'s tokenizer (BOS first where
+/// the model adds one) and cut into windows of `ctx` tokens, at most `max`
+/// (`None`: every window the text fills), each starting with BOS where the
+/// model adds one; with the number of tokens.
+pub fn text_windows(
+    model: &eval::Opened,
+    path: &Path,
+    ctx: usize,
+    max: Option<usize>,
+) -> anyhow::Result<(usize, Vec<Vec<u32>>)> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the text", path.display()))?;
+    let tok = eval::Tokenizer::from_metadata(&formats::gguf::key_values(&model.loaded.model))
+        .map_err(lift)
+        .with_context(|| model.name())?;
+    let mut ids = Vec::new();
+    if tok.add_bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(&text).map_err(lift)?);
+    let windows = eval::text::windows(
+        &ids,
+        eval::text::Windows {
+            ctx,
+            max_chunks: max,
+        },
+        tok.bos.filter(|_| tok.add_bos),
+    )
+    .map_err(lift)
+    .with_context(|| path.display().to_string())?;
+    Ok((ids.len(), windows))
+}
+
 pub fn lift(e: eval::Error) -> anyhow::Error {
     match e {
         eval::Error::Formats(f) => f.into(),

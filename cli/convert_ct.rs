@@ -18,7 +18,9 @@ use passes::passes::{Context, Pipeline};
 use passes::{Encoding, Model};
 use serde_json::json;
 
-use crate::common::{cancel_flag, clean_stale, human_bytes, lift, load_options, shape};
+use crate::common::{
+    cancel_flag, clean_stale, human_bytes, lift, load_options, shape, text_windows,
+};
 use crate::convert::ConvertArgs;
 use crate::Printer;
 
@@ -348,26 +350,12 @@ fn input_ranges(
 ) -> Result<(std::collections::BTreeMap<String, f32>, serde_json::Value)> {
     let text_path = args.text.as_ref().expect("checked before loading");
     let opened = eval::open(&args.model, &load_options(&None)).map_err(lift)?;
-    let text = std::fs::read_to_string(text_path)
-        .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
-    let tok = eval::Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
-        .map_err(lift)
-        .with_context(|| opened.name())?;
-    let mut ids = Vec::new();
-    if tok.add_bos {
-        ids.extend(tok.bos);
-    }
-    ids.extend(tok.encode(&text).map_err(lift)?);
-    let windows = eval::text::windows(
-        &ids,
-        eval::text::Windows {
-            ctx: args.calib_ctx,
-            max_chunks: Some(args.calib_windows.max(1)),
-        },
-        tok.bos.filter(|_| tok.add_bos),
-    )
-    .map_err(lift)
-    .with_context(|| text_path.display().to_string())?;
+    let (_, windows) = text_windows(
+        &opened,
+        text_path,
+        args.calib_ctx,
+        Some(args.calib_windows.max(1)),
+    )?;
     let blocks = eval::stream::Streamed::new(&opened)
         .map_err(lift)?
         .n_layer();

@@ -28,8 +28,7 @@ use std::sync::Mutex;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use eval::gptq::{self, Options, Rounder};
-use eval::text::Windows;
-use eval::{Tokenizer, Transformer};
+use eval::Transformer;
 use formats::ct::{CompressedTensors, Scheme};
 use formats::write::{Container, FileLayout, Unit};
 use passes::{Encoding, Model, SourceDType, TensorNode};
@@ -207,26 +206,7 @@ pub fn round_ct(
             layout.insert(t.name.clone(), (t.source_name.clone(), t.transform));
         }
     }
-    let text = std::fs::read_to_string(text_path)
-        .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
-    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
-        .map_err(lift)
-        .with_context(|| opened.name())?;
-    let mut ids = Vec::new();
-    if tok.add_bos {
-        ids.extend(tok.bos);
-    }
-    ids.extend(tok.encode(&text).map_err(lift)?);
-    let windows = eval::text::windows(
-        &ids,
-        Windows {
-            ctx: g.gptq_ctx,
-            max_chunks: Some(g.gptq_samples.unwrap_or(128).max(1)),
-        },
-        tok.bos.filter(|_| tok.add_bos),
-    )
-    .map_err(lift)
-    .with_context(|| text_path.display().to_string())?;
+    let windows = calibration_windows(args, &opened)?;
     let mut net = Transformer::new(&opened).map_err(lift)?;
     printer.info(&format!(
         "gptq: {} tensors, {} windows of {} tokens from {}",
@@ -471,26 +451,13 @@ fn calibration_windows(
         .text
         .as_ref()
         .expect("clap requires --text with --gptq");
-    let text = std::fs::read_to_string(text_path)
-        .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
-    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&opened.loaded.model))
-        .map_err(lift)
-        .with_context(|| opened.name())?;
-    let mut ids = Vec::new();
-    if tok.add_bos {
-        ids.extend(tok.bos);
-    }
-    ids.extend(tok.encode(&text).map_err(lift)?);
-    eval::text::windows(
-        &ids,
-        Windows {
-            ctx: g.gptq_ctx,
-            max_chunks: Some(g.gptq_samples.unwrap_or(128).max(1)),
-        },
-        tok.bos.filter(|_| tok.add_bos),
-    )
-    .map_err(lift)
-    .with_context(|| text_path.display().to_string())
+    let (_, windows) = crate::common::text_windows(
+        opened,
+        text_path,
+        g.gptq_ctx,
+        Some(g.gptq_samples.unwrap_or(128).max(1)),
+    )?;
+    Ok(windows)
 }
 
 /// Run GPTQ onto the GGUF types `model` (after the recipe and importance

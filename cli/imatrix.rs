@@ -15,8 +15,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use eval::imatrix::Collector;
-use eval::text::Windows;
-use eval::Tokenizer;
 
 use crate::common::{cancel_flag, clean_stale, lift, lift_plan, load_options};
 use crate::Printer;
@@ -50,32 +48,14 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
     clean_stale(&args.output, printer);
     let model = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
     formats::write::check_output(&args.output, &model.loaded.model.files)?;
-    let text = std::fs::read_to_string(&args.text)
-        .with_context(|| format!("{}: cannot read the text", args.text.display()))?;
-    let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&model.loaded.model))
-        .map_err(lift)
-        .with_context(|| model.name())?;
-    let mut ids = Vec::new();
-    if tok.add_bos {
-        ids.extend(tok.bos);
-    }
-    ids.extend(tok.encode(&text).map_err(lift)?);
-    let windows = eval::text::windows(
-        &ids,
-        Windows {
-            ctx: args.ctx,
-            max_chunks: args.chunks.filter(|&c| c > 0),
-        },
-        tok.bos.filter(|_| tok.add_bos),
-    )
-    .map_err(lift)
-    .with_context(|| args.text.display().to_string())?;
+    let (tokens, windows) =
+        crate::common::text_windows(&model, &args.text, args.ctx, args.chunks.filter(|&c| c > 0))?;
     // Checked before the run; blocks are decoded one at a time as it streams.
     let blocks = eval::stream::Streamed::new(&model).map_err(lift)?.n_layer();
     printer.info(&format!(
         "{}: {} tokens, {} windows of {}",
         args.text.display(),
-        ids.len(),
+        tokens,
         windows.len(),
         args.ctx
     ));
