@@ -224,10 +224,15 @@ pub struct Estimate {
 fn memory_policy(engine: Engine, class: DeviceClass, arch: &Arch) -> (f64, u64, &'static str) {
     const GIB: u64 = 1 << 30;
     match (engine.class(), class) {
+        (EngineClass::Server, DeviceClass::Gpu) => (
+            0.9,
+            GIB,
+            "vLLM and TensorRT-LLM reserve 90% of device memory by default (gpu_memory_utilization / kv_cache_free_gpu_mem_fraction = 0.9); 1 GiB is assumed for the runtime context (CUDA, ROCm or SynapseAI), graphs and activations",
+        ),
         (EngineClass::Server, _) => (
             0.9,
             GIB,
-            "vLLM and TensorRT-LLM reserve 90% of device memory by default (gpu_memory_utilization / kv_cache_free_gpu_mem_fraction = 0.9); 1 GiB is assumed for CUDA context, graphs and activations",
+            "the serving runtime is assumed to keep vLLM's default reserve (90% of device memory usable) and 1 GiB for its context, compiled graphs and activations; neither is published for this device class (assumption)",
         ),
         (EngineClass::LlamaCpp, DeviceClass::Apple) => (
             0.75,

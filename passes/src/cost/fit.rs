@@ -16,7 +16,7 @@
 //! Long file: the calibration fit and its row-by-row report share the row
 //! model (hardware, model shapes, formats) that a split would duplicate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -732,8 +732,28 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
             })
             .rows += 1;
     }
+    // A class measured on fewer than MIN_GROUPS hardware models cannot tell
+    // its shape (per-layer and per-byte costs) from its efficiency: one
+    // Inferentia2 row fitted bandwidth 1.0 and no layer overhead, so tiny
+    // models were predicted at the roofline, 40x an H100. Such a class takes
+    // its engine's GPU shape and fits only its efficiencies, after the rest.
+    let sparse: Vec<(EngineClass, DeviceClass)> = cal
+        .factors
+        .keys()
+        .filter(|&&(e, d)| {
+            let hw: BTreeSet<&str> = cases
+                .iter()
+                .filter(|c| c.fit && c.key() == (e, d))
+                .map(|c| c.hardware())
+                .collect();
+            d != DeviceClass::Gpu
+                && hw.len() < super::crossval::MIN_GROUPS
+                && cal.factors.contains_key(&(e, DeviceClass::Gpu))
+        })
+        .copied()
+        .collect();
     let mut params = vec![Param::Allreduce];
-    for &(e, d) in cal.factors.keys() {
+    for &(e, d) in cal.factors.keys().filter(|k| !sparse.contains(k)) {
         params.extend([Param::Bw(e, d), Param::Compute(e, d), Param::Layer(e, d)]);
         if e == EngineClass::LlamaCpp {
             let rows = || cases.iter().filter(|c| c.fit && c.key() == (e, d));
@@ -753,15 +773,38 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
             }
         }
     }
+    let dense: Vec<&Case> = cases
+        .iter()
+        .filter(|c| !sparse.contains(&c.key()))
+        .copied()
+        .collect();
+    descend(&dense, &mut cal, &params);
+    if !sparse.is_empty() {
+        let mut params = Vec::new();
+        for &(e, d) in &sparse {
+            let shape = cal.factors[&(e, DeviceClass::Gpu)];
+            let f = cal.factors.get_mut(&(e, d)).unwrap();
+            let rows = f.rows;
+            *f = Factors { rows, ..shape };
+            params.extend([Param::Bw(e, d), Param::Compute(e, d)]);
+        }
+        descend(cases, &mut cal, &params);
+    }
+    cal
+}
+
+/// Coordinate descent over `params`: a grid then a finer grid around the
+/// best, five sweeps (deterministic).
+fn descend(cases: &[&Case], cal: &mut Calibration, params: &[Param]) {
     for _sweep in 0..5 {
-        for &p in &params {
+        for &p in params {
             let (lo, hi) = bounds(p);
-            let mut best = (loss(cases, &cal), get(&cal, p));
+            let mut best = (loss(cases, cal), get(cal, p));
             let step = (hi - lo) / 40.0;
             for i in 0..=40 {
                 let v = lo + step * i as f64;
-                set(&mut cal, p, v);
-                let l = loss(cases, &cal);
+                set(cal, p, v);
+                let l = loss(cases, cal);
                 if l < best.0 - 1e-12 {
                     best = (l, v);
                 }
@@ -769,16 +812,15 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
             let centre = best.1;
             for i in 0..=20 {
                 let v = (centre - step + step * i as f64 / 10.0).clamp(lo, hi);
-                set(&mut cal, p, v);
-                let l = loss(cases, &cal);
+                set(cal, p, v);
+                let l = loss(cases, cal);
                 if l < best.0 - 1e-12 {
                     best = (l, v);
                 }
             }
-            set(&mut cal, p, (best.1 * 1e6).round() / 1e6);
+            set(cal, p, (best.1 * 1e6).round() / 1e6);
         }
     }
-    cal
 }
 
 /// The (target, engine class, headline metric) triples the fitted rows measure.

@@ -19,7 +19,7 @@ use super::weights::{weight_bytes, Recipe, ServingFormat, WeightFormat};
 use crate::ir::Arch;
 use crate::passes::recipe::{parse_recipe, use_more_bits};
 
-fn llama3(n_layer: usize, hidden: usize, n_head: usize, ffn: usize) -> Arch {
+pub(crate) fn llama3(n_layer: usize, hidden: usize, n_head: usize, ffn: usize) -> Arch {
     Arch {
         family: "llama".into(),
         hf_architecture: Some("LlamaForCausalLM".into()),

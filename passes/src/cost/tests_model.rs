@@ -255,3 +255,51 @@ fn estimates_say_why_their_band_is_wide() {
     }
     assert!(checked > 0, "no class has a pooled band to check");
 }
+
+/// A class measured on fewer than four hardware models (server engines on
+/// NPUs: one Inferentia2 row) keeps its engine's GPU shape (per-layer and
+/// per-byte costs) and fits only its efficiencies: fitted freely, one row
+/// chose no layer overhead, and a 135M-parameter model was predicted at the
+/// roofline, 40x an H100's decode rate.
+#[test]
+fn a_class_with_few_measurements_keeps_the_gpu_shape() {
+    use super::{DeviceClass, EngineClass};
+    let cal = Calibration::shipped().unwrap();
+    let gpu = cal.lookup(EngineClass::Server, DeviceClass::Gpu).unwrap();
+    let npu = cal.lookup(EngineClass::Server, DeviceClass::Npu).unwrap();
+    assert!(!npu.borrowed);
+    assert_eq!(npu.factors.layer_overhead_us, gpu.factors.layer_overhead_us);
+    assert_eq!(npu.factors.byte_cost_ps, gpu.factors.byte_cost_ps);
+    // SmolLM2-135M-shaped, bf16, batch 1.
+    let arch = Arch {
+        n_head_kv: 3,
+        head_dim: 64,
+        vocab: 49152,
+        tied_embeddings: true,
+        ..super::tests::llama3(30, 576, 9, 1536)
+    };
+    let format = WeightFormat::parse("bf16").unwrap();
+    let wb = weight_bytes(&crate::arch::synthesize(&arch), &arch, format);
+    let decode = |target: &str| {
+        estimate(
+            ModelCost {
+                arch: &arch,
+                weights: &wb,
+                format,
+            },
+            &find_builtin(target).unwrap(),
+            Engine::Vllm,
+            &batch1(),
+            &cal,
+        )
+        .unwrap()
+        .decode_tokens_per_second
+        .central
+        .unwrap()
+    };
+    let h100 = decode("h100-sxm");
+    for t in ["inferentia2", "cloud-ai-100-ultra", "trainium2"] {
+        let d = decode(t);
+        assert!(d < 1.5 * h100, "{t}: {d:.0} tok/s vs the H100's {h100:.0}");
+    }
+}
