@@ -143,16 +143,15 @@ impl From<Objective> for planner::Objective {
     }
 }
 
-/// An `eval::Error` as an anyhow error, with a `formats::Error` kept as the
-/// cause itself so that exit codes (bad input 2, interrupted 130) survive.
 /// The text at `path` tokenized with `model`'s tokenizer (BOS first where
 /// the model adds one) and cut into windows of `ctx` tokens, at most `max`
 /// (`None`: every window the text fills), each starting with BOS where the
-/// model adds one; with the number of tokens.
+/// model adds one; with the number of tokens. `flag` names the option that
+/// set `ctx` in errors.
 pub fn text_windows(
     model: &eval::Opened,
     path: &Path,
-    ctx: usize,
+    (flag, ctx): (&str, usize),
     max: Option<usize>,
 ) -> anyhow::Result<(usize, Vec<Vec<u32>>)> {
     use anyhow::Context as _;
@@ -166,6 +165,16 @@ pub fn text_windows(
         ids.extend(tok.bos);
     }
     ids.extend(tok.encode(&text).map_err(lift)?);
+    if ctx < 4 {
+        anyhow::bail!("{flag} {ctx} is too small (at least 4 tokens)");
+    }
+    if ids.len() < ctx {
+        anyhow::bail!(
+            "{}: the text has {} tokens, fewer than one window of {flag} {ctx}; give a longer text or a smaller {flag}",
+            path.display(),
+            ids.len()
+        );
+    }
     let windows = eval::text::windows(
         &ids,
         eval::text::Windows {
@@ -179,6 +188,8 @@ pub fn text_windows(
     Ok((ids.len(), windows))
 }
 
+/// An `eval::Error` as an anyhow error, with a `formats::Error` kept as the
+/// cause itself so that exit codes (bad input 2, interrupted 130) survive.
 pub fn lift(e: eval::Error) -> anyhow::Error {
     match e {
         eval::Error::Formats(f) => f.into(),

@@ -353,7 +353,7 @@ fn input_ranges(
     let (_, windows) = text_windows(
         &opened,
         text_path,
-        args.calib_ctx,
+        ("--calib-ctx", args.calib_ctx),
         Some(args.calib_windows.max(1)),
     )?;
     let blocks = eval::stream::Streamed::new(&opened)

@@ -200,9 +200,9 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
     Ok(())
 }
 
-/// What the measurement of a compressed-tensors model leaves out: its
-/// config groups that quantize activations at run time (vLLM does; kiln's
-/// forward pass runs the decoded weights on unquantized activations).
+/// How the measurement of a compressed-tensors model treats its config
+/// groups that quantize activations at run time: the forward pass
+/// fake-quantizes each such Linear's input as vLLM's kernels do.
 fn activation_notes(m: &Opened) -> Vec<String> {
     let Some(ct) = &m.loaded.ct else {
         return Vec::new();
@@ -213,7 +213,7 @@ fn activation_notes(m: &Opened) -> Vec<String> {
         .filter_map(|g| {
             g.activations.as_ref().map(|a| {
                 format!(
-                    "{}: config group `{}` quantizes input activations at run time ({a}); kiln decodes the weights and runs unquantized activations, so this measures the weights' quantization only",
+                    "{}: config group `{}` quantizes input activations at run time ({a}); kiln's forward pass quantizes each such input the same way (vLLM's kernels' arithmetic, in f32), so this measures weights and activations together",
                     m.name(),
                     passes::printable(&g.name)
                 )

@@ -454,7 +454,7 @@ fn calibration_windows(
     let (_, windows) = crate::common::text_windows(
         opened,
         text_path,
-        g.gptq_ctx,
+        ("--gptq-ctx", g.gptq_ctx),
         Some(g.gptq_samples.unwrap_or(128).max(1)),
     )?;
     Ok(windows)

@@ -48,8 +48,12 @@ pub fn run(args: &ImatrixArgs, printer: &Printer) -> Result<()> {
     clean_stale(&args.output, printer);
     let model = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
     formats::write::check_output(&args.output, &model.loaded.model.files)?;
-    let (tokens, windows) =
-        crate::common::text_windows(&model, &args.text, args.ctx, args.chunks.filter(|&c| c > 0))?;
+    let (tokens, windows) = crate::common::text_windows(
+        &model,
+        &args.text,
+        ("--ctx", args.ctx),
+        args.chunks.filter(|&c| c > 0),
+    )?;
     // Checked before the run; blocks are decoded one at a time as it streams.
     let blocks = eval::stream::Streamed::new(&model).map_err(lift)?.n_layer();
     printer.info(&format!(

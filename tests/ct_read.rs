@@ -109,10 +109,60 @@ fn eval_text_measures_a_compressed_tensors_artifact() {
     let kld = j["kld"]["mean"].as_f64().unwrap();
     assert!(kld > 0.0 && kld < 1e-3, "{kld}");
     assert!(j["top1_agreement"].as_f64().unwrap() > 0.95);
-    // W8A8 quantizes activations at run time, which kiln does not simulate: said.
+    // W8A8 quantizes activations at run time, which kiln simulates: said.
     assert!(
         r.stderr
             .contains("quantizes input activations at run time (int8 token dynamic)"),
+        "{}",
+        r.stderr
+    );
+    // The same weights without the activation quantization (the config's
+    // `input_activations` removed): a smaller divergence, so the int8
+    // inputs were simulated in the measurement above.
+    let cfg_path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["quantization_config"]["config_groups"]["group_0"]["input_activations"] = Value::Null;
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let r2 = run(&[
+        "eval",
+        s(&fixture("tiny-llama")),
+        s(&dir),
+        "--text",
+        s(&text),
+        "--ctx",
+        "64",
+        "--chunks",
+        "2",
+        "--json",
+    ]);
+    let weights_only = json_of(&r2)["kld"]["mean"].as_f64().unwrap();
+    assert!(!r2.stderr.contains("quantizes input activations"));
+    assert!(
+        weights_only < 0.9 * kld,
+        "weights only {weights_only} vs with int8 activations {kld}"
+    );
+}
+
+/// Every activation quantization kiln writes is read back with its stored
+/// scale, and one it does not simulate is refused by name.
+#[test]
+fn activation_quantization_is_read_or_refused() {
+    let (_d, dir) = artifact("W8A8");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["quantization_config"]["config_groups"]["group_0"]["input_activations"]["symmetric"] =
+        json!(false);
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let r = run(&["inspect", s(&dir)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("input_activations") && lines[0].contains("not simulated"),
         "{}",
         r.stderr
     );

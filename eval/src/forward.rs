@@ -35,6 +35,7 @@ use crate::error::{Error, OpContext, Result};
 use crate::model::Opened;
 use crate::moe::{Experts, Moe, Shared};
 use crate::source::Source;
+use quant::ct::ActQuant;
 use rayon::prelude::*;
 
 /// What the forward pass needs to know about the model: its architecture
@@ -84,11 +85,31 @@ pub(crate) struct Linear {
     /// `[out, in]`, as stored.
     pub w: Tensor,
     pub b: Option<Tensor>,
+    /// How the runtime quantizes the input (compressed-tensors W8A8, FP8,
+    /// NVFP4), simulated after the observer has seen the unquantized input.
+    pub act: Option<ActQuant>,
+}
+
+/// `x` (`[tokens, in]`) with each token's row fake-quantized by `act`.
+pub(crate) fn quantize_input(x: &Tensor, act: Option<ActQuant>, name: &str) -> Result<Tensor> {
+    let Some(act) = act else {
+        return Ok(x.clone());
+    };
+    let (t, n) = x.dims2().op(|| format!("{name}: input shape"))?;
+    let mut v = x
+        .flatten_all()
+        .and_then(|v| v.to_vec1::<f32>())
+        .op(|| format!("{name}: input to host"))?;
+    if n > 0 {
+        v.par_chunks_mut(n).for_each(|row| act.apply(row));
+    }
+    Tensor::from_vec(v, (t, n), x.device()).op(|| format!("{name}: quantized input"))
 }
 
 impl Linear {
     pub(crate) fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
         obs.linear_input(&self.name, x)?;
+        let x = &quantize_input(x, self.act, &self.name)?;
         let y = x
             .matmul(&self.w.t().op(|| format!("{}: transpose", self.name))?)
             .op(|| format!("{}: matmul", self.name))?;
@@ -328,13 +349,16 @@ impl Loader<'_> {
     pub fn linear(&self, name: String, out: usize, inp: usize) -> Result<Linear> {
         let w = self.load(&name, &[out, inp])?;
         let b = self.opt(&name.replace(".weight", ".bias"), &[out])?;
-        Ok(Linear { name, w, b })
+        let act = self.src.act_quant(self.m().need(&name)?, None);
+        Ok(Linear { name, w, b, act })
     }
 
     fn experts(&self, name: String, out: usize, inp: usize) -> Result<Experts> {
         let n = self.m().arch()?.n_expert;
         let w = self.load(&name, &[n, out, inp])?;
-        Ok(Experts { name, w })
+        let node = self.m().need(&name)?;
+        let acts = (0..n).map(|e| self.src.act_quant(node, Some(e))).collect();
+        Ok(Experts { name, w, acts })
     }
 }
 
@@ -747,6 +771,7 @@ impl Transformer {
                 name: "token_embd.weight".into(),
                 w: embed.clone(),
                 b: None,
+                act: None,
             },
         };
         Ok(Transformer {

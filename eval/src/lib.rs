@@ -29,5 +29,5 @@ pub mod weights;
 pub use error::{Error, Result};
 pub use forward::{Observer, Transformer};
 pub use model::{open, Opened};
-pub use source::{Mapped, Overrides, Roundtrip, Source};
+pub use source::{Mapped, Overrides, Roundtrip, Source, WithActs};
 pub use tokenize::Tokenizer;

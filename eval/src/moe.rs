@@ -23,6 +23,8 @@ use crate::forward::{Linear, Observer};
 pub(crate) struct Experts {
     pub name: String,
     pub w: Tensor,
+    /// Per expert, how the runtime quantizes its input (see `Linear::act`).
+    pub acts: Vec<Option<quant::ct::ActQuant>>,
 }
 
 /// The shared expert and its gate (`qwen2moe`).
@@ -137,6 +139,8 @@ fn expert_matmul(
     ctx: &dyn Fn(&str) -> String,
 ) -> Result<Tensor> {
     obs.expert_input(&w.name, e, n_expert, x)?;
+    let act = w.acts.get(e).copied().flatten();
+    let x = &crate::forward::quantize_input(x, act, &w.name)?;
     w.w.get(e)
         .and_then(|m| m.t())
         .and_then(|m| x.matmul(&m))

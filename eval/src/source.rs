@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use passes::TensorNode;
+use quant::ct::ActQuant;
 use quant::GgmlType;
 use rayon::prelude::*;
 
@@ -45,6 +46,48 @@ pub trait Source: Sync {
     /// at about one block while a model streams.
     fn release(&self, node: &TensorNode) {
         self.opened().release(node);
+    }
+
+    /// How the serving runtime quantizes the input of `node` (of its stacked
+    /// part `part`, an expert), if it does: a compressed-tensors artifact's
+    /// config group says so (W8A8, FP8, NVFP4), and the forward pass then
+    /// fake-quantizes that input as the runtime's kernels do.
+    fn act_quant(&self, node: &TensorNode, part: Option<usize>) -> Option<ActQuant> {
+        let ct = self.opened().loaded.ct.as_ref()?;
+        match part {
+            Some(e) => ct.tensor_at(node.parts.get(e)?),
+            None => ct.tensor(node),
+        }?
+        .act
+    }
+}
+
+/// `base` with the input of some weights quantized as a runtime would (by
+/// GGUF name; experts of a stacked weight share its entry): a candidate
+/// compressed-tensors plan measured before it is written.
+pub struct WithActs<'a, S: Source> {
+    pub base: &'a S,
+    pub acts: HashMap<String, ActQuant>,
+}
+
+impl<S: Source> Source for WithActs<'_, S> {
+    fn opened(&self) -> &Opened {
+        self.base.opened()
+    }
+
+    fn read_row(&self, node: &TensorNode, r: usize, dst: &mut [f32]) {
+        self.base.read_row(node, r, dst);
+    }
+
+    fn release(&self, node: &TensorNode) {
+        self.base.release(node);
+    }
+
+    fn act_quant(&self, node: &TensorNode, part: Option<usize>) -> Option<ActQuant> {
+        match self.acts.get(&node.name) {
+            Some(&a) => Some(a),
+            None => self.base.act_quant(node, part),
+        }
     }
 }
 

@@ -187,6 +187,7 @@ impl<'a> Streamed<'a> {
                 ),
             });
         }
+        let h = &crate::forward::quantize_input(h, self.src.act_quant(node, None), name)?;
         let w = Tensor::from_vec(
             self.src.read_rows(node, v0, v1),
             (v1 - v0, hidden),

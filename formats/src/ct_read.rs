@@ -21,14 +21,21 @@
 //! would change the arithmetic in a way kiln does not decode (activation
 //! ordering, sparsity, transforms), is refused by name; errors name the file,
 //! the tensor or field, and the reason.
+//!
+//! Long file: parsing the config, checking each module's stored tensors
+//! against its group and decoding them share the private `Stored`/`Part`
+//! views of the shards and one error style; split, each part would export
+//! them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use passes::{SourceDType, TensorNode};
-use quant::ct::{self as q, Dtype, Fp8Grain, IntParams, Weights};
+use quant::ct::{self as q, ActQuant, Dtype, Fp8Grain, IntParams, Weights};
 use serde_json::{Map, Value};
 
+use crate::ct_acts::act_kind;
+pub use crate::ct_acts::ActKind;
 use crate::error::{Error, Result};
 use crate::mmap::MappedFile;
 use crate::safetensors::StEntry;
@@ -43,9 +50,11 @@ pub struct Group {
     /// The compression format (the group's own, or the top level's).
     pub format: String,
     pub weights: Weights,
-    /// Whether the group quantizes activations at run time (dynamic per
-    /// token, or static scales): kiln's forward pass does not simulate that.
+    /// How the group quantizes activations at run time (dynamic per token,
+    /// or static scales), as a label (`int8 token dynamic`).
     pub activations: Option<String>,
+    /// The same, as kiln's forward pass simulates it.
+    pub act: Option<ActKind>,
 }
 
 /// The parsed `quantization_config` of a checkpoint.
@@ -89,6 +98,8 @@ pub struct CtTensor {
     scale: Part,
     zero_point: Option<Part>,
     global: f32,
+    /// How the runtime quantizes this Linear's input (with its stored scale).
+    pub act: Option<ActQuant>,
 }
 
 /// The compressed-tensors side of a loaded checkpoint: the config and every
@@ -341,6 +352,7 @@ fn parse_group(path: &Path, name: &str, g: &Value, top_format: &str) -> Result<G
             "quantized outputs are not simulated by kiln's forward pass".into(),
         ));
     }
+    let mut act = None;
     let activations = match g.get("input_activations") {
         None | Some(Value::Null) => None,
         Some(a) => {
@@ -354,6 +366,15 @@ fn parse_group(path: &Path, name: &str, g: &Value, top_format: &str) -> Result<G
                 )
             })?;
             let s = |k: &str| a.get(k).map(|v| v.to_string()).unwrap_or_default();
+            act = Some(act_kind(a).ok_or_else(|| {
+                bad(
+                    ".input_activations",
+                    format!(
+                        "{}: this activation quantization is not simulated by kiln's forward pass (it runs int8 or FP8 per token, FP8 per group, static per-tensor FP8 and NVFP4)",
+                        passes::printable(&Value::Object(a.clone()).to_string())
+                    ),
+                )
+            })?);
             Some(format!(
                 "{}{} {}{}",
                 s("type").trim_matches('"'),
@@ -502,6 +523,7 @@ fn parse_group(path: &Path, name: &str, g: &Value, top_format: &str) -> Result<G
         format,
         weights,
         activations,
+        act,
     })
 }
 
@@ -868,8 +890,43 @@ fn check_module(
             (rows, cols, Dtype::Bf16, None, global)
         }
     };
-    // Activation tensors are listed but not used (the forward pass is weight-only).
-    expected.extend(["input_scale", "input_zero_point", "input_global_scale"]);
+    // The activations' stored scale, where the group's quantization has one.
+    let scalar = |s: &'static str, dtypes: &[&str]| -> Result<f32> {
+        let st = need(s)?;
+        if !dtypes.contains(&st.entry.dtype.as_str())
+            || !(st.entry.shape == [1] || st.entry.shape.is_empty())
+        {
+            return Err(st.err(format!(
+                "{} {:?}: `{s}` is one {} value",
+                passes::printable(&st.entry.dtype),
+                st.entry.shape,
+                dtypes.join(" or ")
+            )));
+        }
+        let v = read_f32(maps, &st.part(), scale_dtype(st)?, 0);
+        if !(v.is_finite() && v > 0.0) {
+            return Err(st.err(format!("{v}: not a positive finite scale")));
+        }
+        Ok(v)
+    };
+    let act = match group.act {
+        None => None,
+        Some(ActKind::Int8Token) => Some(ActQuant::Int8Token),
+        Some(ActKind::Fp8Token) => Some(ActQuant::Fp8Token),
+        Some(ActKind::Fp8Group(n)) => Some(ActQuant::Fp8Group(n)),
+        Some(ActKind::Fp8Static) => {
+            expected.push("input_scale");
+            Some(ActQuant::Fp8Tensor {
+                scale: scalar("input_scale", &["BF16", "F16", "F32"])?,
+            })
+        }
+        Some(ActKind::Nvfp4) => {
+            expected.push("input_global_scale");
+            Some(ActQuant::Nvfp4 {
+                global: scalar("input_global_scale", &["F32"])?,
+            })
+        }
+    };
     if let Some((s, st)) = parts.iter().find(|(s, _)| !expected.contains(s)) {
         return Err(st.err(format!(
             "`{s}` is not stored by config group `{}` ({}, {})",
@@ -891,6 +948,7 @@ fn check_module(
         scale: scale.part(),
         zero_point,
         global,
+        act,
     })
 }
 

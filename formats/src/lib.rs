@@ -8,6 +8,7 @@ pub mod artifact;
 pub mod atomic;
 pub mod chart;
 pub mod ct;
+mod ct_acts;
 pub mod ct_gguf;
 pub mod ct_read;
 pub mod data;

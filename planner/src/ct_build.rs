@@ -199,6 +199,18 @@ fn unit_key(t: &TensorNode) -> (usize, u8, String) {
 /// NVFP4 `fp4 * scale / global`, MXFP4 `fp4 * 2^(e - 127)`).
 /// FP8_BLOCK is measured with one scale per row (its 128-row tiles share a
 /// scale in the artifact: the measured noise is a lower bound).
+/// How a data-free scheme's activations are quantized at run time (the
+/// static schemes, FP8 and NVFP4, need calibrated scales and are not planned).
+fn run_time_acts(s: CtScheme) -> Option<quant::ct::ActQuant> {
+    use quant::ct::ActQuant;
+    match s {
+        CtScheme::W8A8 => Some(ActQuant::Int8Token),
+        CtScheme::Fp8Dynamic => Some(ActQuant::Fp8Token),
+        CtScheme::Fp8Block => Some(ActQuant::Fp8Group(128)),
+        _ => None,
+    }
+}
+
 fn roundtrip_row(s: CtScheme, row: &[f32], global: f32, fp8_max: f32, d: q::Dtype) -> Vec<f32> {
     let mut out = vec![0f32; row.len()];
     match s {
@@ -775,7 +787,7 @@ fn measure_units(
             }
         }
     }
-    let candidate = eval::Mapped {
+    let weights = eval::Mapped {
         base: &setup.opened,
         f: |node: &TensorNode, _r: usize, row: &mut [f32]| {
             if let Some(&(s, global, d)) = plan.get(&node.name) {
@@ -783,6 +795,15 @@ fn measure_units(
                 row.copy_from_slice(&q);
             }
         },
+    };
+    // The schemes that quantize activations at run time have their inputs
+    // quantized too, as `kiln eval` measures the written artifact.
+    let candidate = eval::WithActs {
+        base: &weights,
+        acts: plan
+            .iter()
+            .filter_map(|(name, &(s, _, _))| Some((name.clone(), run_time_acts(s)?)))
+            .collect(),
     };
     let r = eval::stream::evaluate(
         &setup.opened,

@@ -453,6 +453,71 @@ pub fn mx_dequantize(code: u8, scale: u8) -> f32 {
     Dtype::Bf16.round(fp4_value(code) * s)
 }
 
+/// How a serving runtime quantizes a Linear's input at run time, as the
+/// config group's `input_activations` says (with the stored scale where the
+/// scheme has one). [`ActQuant::apply`] fake-quantizes one token's input
+/// (quantize, then dequantize in f32) with the arithmetic vLLM's kernels use
+/// (`scaled_int8_quant`, `scaled_fp8_quant`, `scaled_fp4_quant`), so that
+/// `kiln eval` measures what the runtime computes, not the weights alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActQuant {
+    /// int8, symmetric, one scale per token: `amax / 127`, round half to
+    /// even, clamp to -128..127 (W8A8).
+    Int8Token,
+    /// E4M3, one scale per token: `max(amax / 448, 1 / (448 * 512))`
+    /// (FP8_DYNAMIC).
+    Fp8Token,
+    /// E4M3, one scale per `n` consecutive inputs of a token (FP8_BLOCK's
+    /// activations, groups of 128).
+    Fp8Group(usize),
+    /// E4M3 with the stored per-tensor `input_scale` (FP8 static).
+    Fp8Tensor { scale: f32 },
+    /// E2M1 per 16 inputs, each group's E4M3 scale computed at run time under
+    /// the stored f32 `input_global_scale` (NVFP4 W4A4).
+    Nvfp4 { global: f32 },
+}
+
+/// vLLM's floor on a dynamic FP8 scale (`1 / (448 * 512)`).
+const FP8_MIN_SCALE: f32 = 1.0 / (448.0 * 512.0);
+
+impl ActQuant {
+    /// One token's input `x`, fake-quantized in place.
+    pub fn apply(self, x: &mut [f32]) {
+        let fp8 = |v: &mut [f32], scale: f32| {
+            for e in v {
+                *e = e4m3_to_f32(e4m3_from_f32((*e / scale).clamp(-448.0, 448.0))) * scale;
+            }
+        };
+        match self {
+            ActQuant::Int8Token => {
+                let s = amax(x) / 127.0;
+                if s > 0.0 {
+                    for e in x {
+                        *e = (*e / s).round_ties_even().clamp(-128.0, 127.0) * s;
+                    }
+                }
+            }
+            ActQuant::Fp8Token => fp8(x, (amax(x) / 448.0).max(FP8_MIN_SCALE)),
+            ActQuant::Fp8Group(n) => {
+                for g in x.chunks_mut(n.max(1)) {
+                    let s = (amax(g) / 448.0).max(FP8_MIN_SCALE);
+                    fp8(g, s);
+                }
+            }
+            ActQuant::Fp8Tensor { scale } => fp8(x, scale),
+            ActQuant::Nvfp4 { global } => {
+                for g in x.chunks_mut(16) {
+                    let scale = nvfp4_group_scale(amax(g), global, Dtype::F32);
+                    for e in g.iter_mut() {
+                        let code = nvfp4_code(*e, scale, global);
+                        *e = fp4_value(code) * (e4m3_to_f32(scale) / global);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One tensor compressed-tensors stores for a Linear: its name suffix
 /// (`weight_packed`, `weight_scale`, ...), safetensors dtype, shape and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -853,5 +918,51 @@ mod tests {
         assert_eq!(fp4_value(nvfp4_code(-3.0, 0x7E, g)), -3.0);
         // An all-zero group's scale is 0.125, not zero.
         assert_eq!(e4m3_to_f32(nvfp4_group_scale(0.0, g, Dtype::F32)), 0.125);
+    }
+
+    /// Activation fake-quantization, hand-checked values.
+    #[test]
+    fn activations_are_quantized_as_the_runtime_does() {
+        // int8 per token: scale amax / 127 = 0.01; 0.004 rounds to 0,
+        // 0.016 to 0.02.
+        let mut x = [1.27f32, -0.5, 0.004, 0.016];
+        ActQuant::Int8Token.apply(&mut x);
+        let want = [1.27f32, -0.5, 0.0, 0.02];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{x:?}");
+        }
+        // FP8 with scale 1: 0.3 lies between E4M3's 0.28125 and 0.3125,
+        // nearer the second; 500 saturates at 448.
+        let mut x = [0.3f32, 500.0, -1.0];
+        ActQuant::Fp8Tensor { scale: 1.0 }.apply(&mut x);
+        assert_eq!(x, [0.3125, 448.0, -1.0]);
+        // Per token, the largest magnitude maps to 448 exactly.
+        let mut x = [4.48f32, 0.0];
+        ActQuant::Fp8Token.apply(&mut x);
+        assert!((x[0] - 4.48).abs() < 1e-6 && x[1] == 0.0);
+        // Groups of 2: each group's own scale.
+        let mut x = [448.0f32, 1.0, 1.0, 0.5];
+        ActQuant::Fp8Group(2).apply(&mut x);
+        assert_eq!(x[..2], [448.0, 1.0]);
+        assert!(
+            (x[2] - 1.0).abs() < 1e-6 && (x[3] - 0.5).abs() < 1e-6,
+            "{x:?}"
+        );
+        // A tiny token hits vLLM's floor on the scale (1 / (448 * 512)).
+        let mut x = [1e-4f32];
+        ActQuant::Fp8Token.apply(&mut x);
+        assert!((x[0] - 1e-4).abs() < 1e-4 / 8.0 && x[0] != 1e-4, "{x:?}");
+        // NVFP4, global 1: a group whose amax is 6 gets scale 1, so values
+        // snap to E2M1's grid (2.6 -> 3, 0.2 -> 0, -1.3 -> -1.5).
+        let mut x = [0f32; 16];
+        x[..4].copy_from_slice(&[6.0, 2.6, 0.2, -1.3]);
+        ActQuant::Nvfp4 { global: 1.0 }.apply(&mut x);
+        assert_eq!(&x[..4], &[6.0, 3.0, 0.0, -1.5]);
+        // An all-zero token stays zero.
+        let mut z = [0f32; 4];
+        for a in [ActQuant::Int8Token, ActQuant::Fp8Token] {
+            a.apply(&mut z);
+            assert_eq!(z, [0.0; 4]);
+        }
     }
 }

@@ -136,3 +136,16 @@ def test_static_schemes_need_text(kiln, tmp_path, scheme):
         "--scheme", scheme, "-o", out, check=False,
     )
     assert r.returncode == 2 and "--text" in r.stderr and not out.exists(), r.stderr
+
+
+def test_calibration_context_longer_than_the_text_names_its_flag(kiln, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("It is a truth universally acknowledged.")
+    out = tmp_path / "o"
+    r = run_kiln(
+        kiln, "convert", ROOT / "fixtures" / "tiny-llama", "--format", "compressed-tensors",
+        "--scheme", "FP8", "--text", short, "--calib-ctx", "64", "-o", out, check=False,
+    )
+    assert r.returncode == 2 and not out.exists(), r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "--calib-ctx 64" in lines[0] and "short.txt" in lines[0], r.stderr
