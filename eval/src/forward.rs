@@ -276,7 +276,7 @@ enum Ffn {
         up: Linear,
         down: Linear,
     },
-    Moe(Moe),
+    Moe(Box<Moe>),
 }
 
 /// A whole model ready to run: every weight decoded to f32 at construction.
@@ -513,7 +513,7 @@ impl Frame {
                     })
                 }
             };
-            Ffn::Moe(Moe {
+            Ffn::Moe(Box::new(Moe {
                 router: ld.linear(p("ffn_gate_inp.weight"), e, h)?,
                 gate: ld.experts(p("ffn_gate_exps.weight"), f, h)?,
                 up: ld.experts(p("ffn_up_exps.weight"), f, h)?,
@@ -521,7 +521,7 @@ impl Frame {
                 shared,
                 n_used: arch.n_expert_used,
                 norm_top_k: arch::moe_norm_top_k(&arch.family),
-            })
+            }))
         } else if m.tensor(&p("ffn_gate.weight")).is_none() {
             // Fused gate/up rows (phi3).
             Ffn::Dense {
