@@ -25,7 +25,15 @@ that file, and q4_1 is excluded from kiln's candidates (re-encoding Q4_1
 values as Q4_1 is lossless, so kiln would keep them and trivially win; the
 recipes do not use q4_1 either). `--allow-requantize` is passed to both sides.
 
-Usage: python3 bench/plan_vs_recipes.py [--models fixture,smollm2]
+`smollm2-offgrid` (issue 17's honest reference): the same SmolLM2 made off every
+grid first (`bench/gptq_gguf_smollm2.py`'s `off_grid_reference`: the exact F32
+dequantization with every Q4_1/Q8_0 weight moved by seeded uniform noise of up
+to half its block's step), so no candidate type can re-encode it losslessly; with
+`--heldout stdlib` it is scored on out-of-domain text (Python's own `argparse.py`
+from the running interpreter's standard library: code and docstrings, not a
+novel), and `--imatrix-only` keeps the rows that use the same imatrix.
+
+Usage: python3 bench/plan_vs_recipes.py [--models fixture,smollm2,smollm2-offgrid]
        (rows of models not named are kept from the previous run's JSON)
        [--recipes Q4_K_S,Q4_K_M,Q5_K_M] [--chunks 8] [--probe-chunks 1]
 Needs: `cargo build --release`, and for SmolLM2 `bash tests/run.sh` once (its
@@ -90,6 +98,11 @@ def main() -> None:
     ap.add_argument("--recipes", default="Q4_K_S,Q4_K_M,Q5_K_M")
     ap.add_argument("--chunks", type=int, default=8, help="held-out windows evaluated")
     ap.add_argument("--probe-chunks", type=int, default=1)
+    ap.add_argument("--heldout", default=None,
+                    help="score on this text instead of the held-out 40%% of the calibration "
+                         "book; `stdlib` = the interpreter's argparse.py (out of domain)")
+    ap.add_argument("--imatrix-only", action="store_true",
+                    help="only the rows where both sides use the same imatrix")
     ap.add_argument("--smollm2-exclude", default="q4_1",
                     help="types left out of kiln's candidates for SmolLM2 (comma-separated); "
                          "rows are labelled with them when more than q4_1")
@@ -97,14 +110,33 @@ def main() -> None:
     if not KILN.exists():
         sys.exit("build kiln first: cargo build --release")
     calib, held = split_text()
+    held_label = "held-out 40% of the book"
+    if args.heldout == "stdlib":
+        import sysconfig
+
+        held = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
+        held_label = f"{held} (Python {sys.version.split()[0]})"
+    elif args.heldout:
+        held = Path(args.heldout)
+        held_label = str(held)
+    print(f"scoring on {held_label}", file=sys.stderr)
     models = {
         "fixture": (REPO / "fixtures" / "tiny-llama", []),
         "smollm2": (None, ["--allow-requantize"]),
+        "smollm2-offgrid": (None, []),
     }
     rows = []
     for name in args.models.split(","):
         path, extra = models[name]
-        if path is None:
+        if path is None and name == "smollm2-offgrid":
+            sys.path.insert(0, str(REPO / "bench"))
+            import gptq_gguf_smollm2 as g
+
+            g.OUT.mkdir(parents=True, exist_ok=True)
+            path = g.OUT / "smollm2-offgrid-f32.gguf"
+            if not path.exists():
+                path = g.off_grid_reference(find_smollm2())
+        elif path is None:
             path = find_smollm2()
         build_extra = list(extra)
         model_label = name
@@ -119,7 +151,7 @@ def main() -> None:
         im = d / "imatrix.gguf"
         kiln("imatrix", path, "--text", calib, "--chunks", 16, "-o", im)
         for recipe in args.recipes.split(","):
-            for with_im in (False, True):
+            for with_im in (True,) if args.imatrix_only else (False, True):
                 tag = f"{recipe}{'-imatrix' if with_im else ''}"
                 rfile = d / f"{tag}.gguf"
                 kiln("convert", path, "--type", recipe, "-o", rfile, *extra,
@@ -144,7 +176,8 @@ def main() -> None:
                     variants.append(("kiln", label, f, secs))
                 for kind, label, f, secs in variants:
                     m = evaluate(path, f, held, args.chunks)
-                    row = {"model": model_label, "recipe": recipe, "imatrix": with_im, "kind": kind,
+                    row = {"model": model_label, "heldout": held_label, "recipe": recipe,
+                           "imatrix": with_im, "kind": kind,
                            "option": label, "bytes": f.stat().st_size, "build_seconds": secs, **m}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
