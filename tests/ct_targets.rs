@@ -628,3 +628,86 @@ fn plan_engine_vllm_refuses_a_gguf_as_build_does() {
         assert!(!out.exists());
     }
 }
+
+/// The KL divergence `kiln build --engine` reports for its plan is what
+/// `kiln eval` measures on the written artifact, for the float schemes too
+/// (their decoded values are rounded to the dtype they decompress to, and
+/// FP8_BLOCK's scales come from whole 128 x 128 tiles), activation
+/// quantization included.
+#[test]
+fn build_measures_what_eval_reads_from_the_artifact() {
+    let root = tempfile::tempdir().unwrap();
+    let text = repo().join("fixtures/text/pride-and-prejudice-ch1-17.txt");
+    let book = std::fs::read_to_string(&text).unwrap();
+    let held = root.path().join("held.txt");
+    std::fs::write(&held, &book[book.len() - 20_000..]).unwrap();
+    let base = std::fs::read_to_string(repo().join("targets/h100-sxm.toml")).unwrap();
+    let line = base
+        .lines()
+        .find(|l| l.starts_with("trt-llm = ["))
+        .unwrap()
+        .to_string();
+    for scheme in ["FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "W8A8"] {
+        let path = root.path().join(format!("{scheme}.toml"));
+        std::fs::write(
+            &path,
+            base.replace(&line, &format!("trt-llm = [\"bf16\", \"{scheme}\"]"))
+                .replace("\"h100-sxm\"", "\"mine\""),
+        )
+        .unwrap();
+        let out = root.path().join(scheme);
+        let r = run(&[
+            "build",
+            &tiny(),
+            "--engine",
+            "trt-llm",
+            "--target",
+            "mine",
+            "--target-file",
+            s(&path),
+            "--text",
+            s(&text),
+            "--eval-text",
+            s(&held),
+            "--ctx",
+            "64",
+            "--eval-chunks",
+            "3",
+            "--probe-chunks",
+            "1",
+            "-o",
+            s(&out),
+        ]);
+        assert_eq!(r.code, 0, "{scheme}: {}", r.stderr);
+        let m = json_file(&out.join("manifest.json"));
+        assert!(
+            m["units"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u["scheme"] == scheme),
+            "{scheme}: {}",
+            m["units"]
+        );
+        let planned = m["compared"][0]["measured_kld"].as_f64().unwrap();
+        let e = run(&[
+            "eval",
+            &tiny(),
+            s(&out),
+            "--text",
+            s(&held),
+            "--ctx",
+            "64",
+            "--chunks",
+            "3",
+            "--json",
+        ]);
+        assert_eq!(e.code, 0, "{scheme}: {}", e.stderr);
+        let v: Value = serde_json::from_str(&e.stdout).unwrap();
+        let measured = v["kld"]["mean"].as_f64().unwrap();
+        assert!(
+            (planned - measured).abs() <= 1e-9 * measured.max(1e-12) + 1e-15,
+            "{scheme}: build reported {planned}, eval of the artifact {measured}"
+        );
+    }
+}

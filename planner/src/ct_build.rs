@@ -211,7 +211,21 @@ fn run_time_acts(s: CtScheme) -> Option<quant::ct::ActQuant> {
     }
 }
 
-fn roundtrip_row(s: CtScheme, row: &[f32], global: f32, fp8_max: f32, d: q::Dtype) -> Vec<f32> {
+/// One row encoded in scheme `s` and decoded back with compressed-tensors'
+/// decompression arithmetic (`quant::ct`'s decoders: values rounded to the
+/// dtype they are decompressed to), so that a plan measured here measures
+/// what `kiln eval` reads from the written artifact. `tiles`: FP8_BLOCK's
+/// scales of the row's 128-row band (one per 128 columns, from the whole
+/// tile); without them each 128 columns of the row is its own tile (an
+/// estimate, for predictions).
+fn roundtrip_row(
+    s: CtScheme,
+    row: &[f32],
+    global: f32,
+    fp8_max: f32,
+    d: q::Dtype,
+    tiles: Option<&[f32]>,
+) -> Vec<f32> {
     let mut out = vec![0f32; row.len()];
     match s {
         CtScheme::W4A16 | CtScheme::W4A16Asym | CtScheme::W8A16 | CtScheme::W8A8 => {
@@ -230,31 +244,67 @@ fn roundtrip_row(s: CtScheme, row: &[f32], global: f32, fp8_max: f32, d: q::Dtyp
                 }
             }
         }
-        CtScheme::Fp8 | CtScheme::Fp8Dynamic | CtScheme::Fp8Block => {
+        CtScheme::Fp8Block => {
+            for (k, (o, chunk)) in out.chunks_mut(128).zip(row.chunks(128)).enumerate() {
+                let sc = match tiles {
+                    Some(t) => t[k],
+                    None => q::fp8_scale(q::amax(chunk), fp8_max, d),
+                };
+                for (y, &x) in o.iter_mut().zip(chunk) {
+                    *y = q::fp8_dequantize(q::fp8_quantize(x, sc, fp8_max, d), sc, d);
+                }
+            }
+        }
+        CtScheme::Fp8 | CtScheme::Fp8Dynamic => {
             let sc = q::fp8_scale(q::amax(row), fp8_max, d);
             for (y, &x) in out.iter_mut().zip(row) {
-                *y = q::e4m3_to_f32(q::fp8_quantize(x, sc, fp8_max, d)) * sc;
+                *y = q::fp8_dequantize(q::fp8_quantize(x, sc, fp8_max, d), sc, d);
             }
         }
         CtScheme::Nvfp4A16 | CtScheme::Nvfp4 => {
             for (o, chunk) in out.chunks_exact_mut(16).zip(row.chunks_exact(16)) {
                 let sc = q::nvfp4_group_scale(q::amax(chunk), global, d);
                 for (y, &x) in o.iter_mut().zip(chunk) {
-                    *y = q::fp4_value(q::nvfp4_code(x, sc, global)) * q::e4m3_to_f32(sc) / global;
+                    *y = q::nvfp4_dequantize(q::nvfp4_code(x, sc, global), sc, global);
                 }
             }
         }
         CtScheme::Mxfp4 => {
             for (o, chunk) in out.chunks_exact_mut(32).zip(row.chunks_exact(32)) {
                 let sc = q::mx_scale(q::amax(chunk), d);
-                let m = (2f32).powi(sc as i32 - 127);
                 for (y, &x) in o.iter_mut().zip(chunk) {
-                    *y = q::fp4_value(q::mx_code(x, sc, d)) * m;
+                    *y = q::mx_dequantize(q::mx_code(x, sc, d), sc);
                 }
             }
         }
     }
     out
+}
+
+/// FP8_BLOCK's scales of tensor `t`, `[row bands][column tiles]` (128 x 128
+/// tiles within each expert of a stacked tensor), as the encoder computes them.
+fn fp8_tile_scales(
+    maps: &[formats::MappedFile],
+    t: &TensorNode,
+    fp8_max: f32,
+    d: q::Dtype,
+) -> Vec<Vec<f32>> {
+    let (rows, cols) = (t.n_rows(), t.row_len());
+    let per = rows / t.parts.len().max(1);
+    let bands_per = per.div_ceil(128);
+    let nc = cols.div_ceil(128);
+    let mut amax = vec![vec![0f32; nc]; bands_per * t.parts.len().max(1)];
+    let mut row = vec![0f32; cols];
+    for r in 0..rows {
+        formats::data::read_row(maps, t, r, &mut row);
+        let band = (r / per) * bands_per + (r % per) / 128;
+        for (a, chunk) in amax[band].iter_mut().zip(row.chunks(128)) {
+            *a = a.max(q::amax(chunk));
+        }
+    }
+    amax.into_iter()
+        .map(|b| b.into_iter().map(|a| q::fp8_scale(a, fp8_max, d)).collect())
+        .collect()
 }
 
 fn dtype_of(t: &TensorNode) -> q::Dtype {
@@ -282,7 +332,7 @@ fn nsr(
     let (mut noise, mut signal) = (0f64, 0f64);
     for r in eval::planning::sampled_rows(t, sample) {
         formats::data::read_row(maps, t, r, &mut row);
-        let y = roundtrip_row(s, &row, global, fp8_max, d);
+        let y = roundtrip_row(s, &row, global, fp8_max, d, None);
         for (a, b) in row.iter().zip(&y) {
             noise += ((a - b) as f64).powi(2);
             signal += (*a as f64).powi(2);
@@ -765,6 +815,7 @@ fn measure_units(
     // Each quantized tensor's scheme, global scale and dtype; the candidate
     // applies them row by row as its blocks stream.
     let mut plan: BTreeMap<String, (CtScheme, f32, q::Dtype)> = BTreeMap::new();
+    let mut tiles: BTreeMap<String, (usize, Vec<Vec<f32>>)> = BTreeMap::new();
     for u in per_unit {
         for (s, idx) in u {
             let amax = idx
@@ -784,14 +835,21 @@ fn measure_units(
                 let t = &model.tensors[i];
                 let d = dtype_of(t);
                 plan.insert(t.name.clone(), (*s, q::nvfp4_global_scale(amax, d), d));
+                if *s == CtScheme::Fp8Block {
+                    let per = t.n_rows() / t.parts.len().max(1);
+                    tiles.insert(t.name.clone(), (per, fp8_tile_scales(maps, t, fp8_max, d)));
+                }
             }
         }
     }
     let weights = eval::Mapped {
         base: &setup.opened,
-        f: |node: &TensorNode, _r: usize, row: &mut [f32]| {
+        f: |node: &TensorNode, r: usize, row: &mut [f32]| {
             if let Some(&(s, global, d)) = plan.get(&node.name) {
-                let q = roundtrip_row(s, row, global, fp8_max, d);
+                let band = tiles
+                    .get(&node.name)
+                    .map(|(per, t)| t[(r / per) * per.div_ceil(128) + (r % per) / 128].as_slice());
+                let q = roundtrip_row(s, row, global, fp8_max, d, band);
                 row.copy_from_slice(&q);
             }
         },
