@@ -26,7 +26,8 @@ pub enum Status {
     /// No row of this target: factors fitted on `rows` rows of other
     /// hardware of the same device class and engine class.
     Extrapolated { rows: usize },
-    /// No row of this engine class on this device class: factors borrowed.
+    /// No factors fitted for this engine class on this device class (no
+    /// row, or rows of fewer than four hardware models): factors borrowed.
     Borrowed {
         engine: EngineClass,
         device: DeviceClass,
@@ -126,7 +127,7 @@ pub fn coverage_text(cal: &Calibration, target: &Target) -> String {
                 )
             }
             Status::Borrowed { engine, device } => format!(
-                "extrapolated, wide band: no {} measurement on any {} device; factors borrowed from {} on {} and the band widened (x0.5 - x1.5)",
+                "extrapolated, wide band: no {} factors fitted for {} devices (measurements of fewer than 4 hardware models, or none); factors borrowed from {} on {} and the band widened (x0.5 - x1.5)",
                 c.engine.name(),
                 target.class.name(),
                 engine.name(),

@@ -670,7 +670,7 @@ pub fn estimate(
         let f = &c.factors;
         if c.borrowed {
             notes.push(format!(
-                "No calibration rows for {} on {} devices: factors borrowed from {} on {}, so the band is wide (x{:.2}-x{:.2} of the central figure, prefill x{:.2}-x{:.2}: the borrowed class's held-out band widened to x0.5 below and x1.5 above) and the central figure is not validated on this hardware.",
+                "No {} factors are fitted for {} devices (measurements of fewer than 4 hardware models, or none: too few to fit a class): factors borrowed from {} on {}, so the band is wide (x{:.2}-x{:.2} of the central figure, prefill x{:.2}-x{:.2}: the borrowed class's held-out band widened to x0.5 below and x1.5 above) and the central figure is not fitted to this hardware (`kiln targets` says which of its figures a measurement checks).",
                 engine.class().name(),
                 target.class.name(),
                 c.engine.name(),

@@ -732,11 +732,12 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
             })
             .rows += 1;
     }
-    // A class measured on fewer than MIN_GROUPS hardware models cannot tell
-    // its shape (per-layer and per-byte costs) from its efficiency: one
-    // Inferentia2 row fitted bandwidth 1.0 and no layer overhead, so tiny
-    // models were predicted at the roofline, 40x an H100. Such a class takes
-    // its engine's GPU shape and fits only its efficiencies, after the rest.
+    // A class measured on fewer than MIN_GROUPS hardware models is not
+    // fitted: its few rows cannot tell its shape (per-layer and per-byte
+    // costs) from its efficiency (one Inferentia2 row, fitted freely, chose
+    // full bandwidth and no layer overhead, so a 135M model was predicted at
+    // the roofline, 40x an H100), so it borrows its engine's GPU factors with
+    // the widened band, as a class without rows does, and its rows check them.
     let sparse: Vec<(EngineClass, DeviceClass)> = cal
         .factors
         .keys()
@@ -752,8 +753,11 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
         })
         .copied()
         .collect();
+    for k in &sparse {
+        cal.factors.remove(k);
+    }
     let mut params = vec![Param::Allreduce];
-    for &(e, d) in cal.factors.keys().filter(|k| !sparse.contains(k)) {
+    for &(e, d) in cal.factors.keys() {
         params.extend([Param::Bw(e, d), Param::Compute(e, d), Param::Layer(e, d)]);
         if e == EngineClass::LlamaCpp {
             let rows = || cases.iter().filter(|c| c.fit && c.key() == (e, d));
@@ -779,17 +783,6 @@ pub(super) fn fit(cases: &[&Case]) -> Calibration {
         .copied()
         .collect();
     descend(&dense, &mut cal, &params);
-    if !sparse.is_empty() {
-        let mut params = Vec::new();
-        for &(e, d) in &sparse {
-            let shape = cal.factors[&(e, DeviceClass::Gpu)];
-            let f = cal.factors.get_mut(&(e, d)).unwrap();
-            let rows = f.rows;
-            *f = Factors { rows, ..shape };
-            params.extend([Param::Bw(e, d), Param::Compute(e, d)]);
-        }
-        descend(cases, &mut cal, &params);
-    }
     cal
 }
 
