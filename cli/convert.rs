@@ -132,7 +132,8 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "N", default_value_t = 512, requires = "text")]
     pub calib_ctx: usize,
     /// Calibration windows for FP8 / NVFP4 activation scales (at most; fewer if the text is short).
-    #[arg(long, value_name = "N", default_value_t = 128, requires = "text")]
+    #[arg(long, value_name = "N", default_value_t = 128, requires = "text",
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..), |n| n as usize))]
     pub calib_windows: usize,
     #[command(flatten)]
     pub gptq: crate::gptq::GptqArgs,

@@ -360,8 +360,9 @@ fn input_ranges(
         .map_err(lift)?
         .n_layer();
     printer.info(&format!(
-        "calibrating activation scales: {} windows of {} tokens from {}",
+        "calibrating activation scales: {} window{} of {} tokens from {}",
         windows.len(),
+        if windows.len() == 1 { "" } else { "s" },
         args.calib_ctx,
         text_path.display()
     ));

@@ -162,7 +162,9 @@ fn activation_quantization_is_read_or_refused() {
         .collect();
     assert_eq!(lines.len(), 1, "{}", r.stderr);
     assert!(
-        lines[0].contains("input_activations") && lines[0].contains("not simulated"),
+        lines[0].contains("input_activations")
+            && lines[0].contains("`symmetric: false`")
+            && lines[0].contains("simulates"),
         "{}",
         r.stderr
     );

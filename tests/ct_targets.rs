@@ -49,6 +49,17 @@ fn a_scheme_the_target_cannot_run_is_refused_with_the_reason() {
         ),
         ("W4A16", "tpu-v5e", "tpu-v5e runs W8A8 with tpu-inference"),
         ("W8A8", "v100", "INT8 W8A8 needs INT8 tensor cores"),
+        // Not NVIDIA: the runtime's own list is the reason, not CUDA's.
+        (
+            "W8A8",
+            "inferentia2",
+            "neuron does not list it for this device (aws-neuron-sdk",
+        ),
+        (
+            "NVFP4A16",
+            "tpu-v6e",
+            "tpu-inference does not list it for this device",
+        ),
     ];
     for (scheme, target, why) in cases {
         let r = run(&[

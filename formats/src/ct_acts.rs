@@ -21,33 +21,52 @@ pub enum ActKind {
     Nvfp4,
 }
 
-/// The kind of an `input_activations` object, if kiln simulates it.
-pub(crate) fn act_kind(a: &Map<String, Value>) -> Option<ActKind> {
+/// The kind of an `input_activations` object, or which of its fields kiln
+/// does not simulate.
+pub(crate) fn act_kind(a: &Map<String, Value>) -> Result<ActKind, String> {
     let get = |k: &str| a.get(k).filter(|v| !v.is_null());
     let ty = get("type").and_then(Value::as_str).unwrap_or("int");
-    let bits = get("num_bits").and_then(Value::as_u64)?;
-    let strategy = get("strategy").and_then(Value::as_str)?;
-    let symmetric = get("symmetric").and_then(Value::as_bool).unwrap_or(true);
+    let bits = get("num_bits")
+        .and_then(Value::as_u64)
+        .ok_or("`num_bits` missing or not an integer")?;
+    let strategy = get("strategy")
+        .and_then(Value::as_str)
+        .ok_or("`strategy` missing or not a string")?;
     let group = get("group_size").and_then(Value::as_u64);
     let dynamic = get("dynamic");
     let is_dynamic = dynamic.and_then(Value::as_bool) == Some(true);
     let is_static = dynamic.is_none_or(|d| d.as_bool() == Some(false));
-    if !symmetric || get("actorder").is_some() || get("block_structure").is_some() {
-        return None;
+    if get("symmetric").and_then(Value::as_bool) == Some(false) {
+        return Err("`symmetric: false` (asymmetric activations, with zero points)".into());
     }
+    for k in ["actorder", "block_structure"] {
+        if let Some(v) = get(k) {
+            return Err(format!("`{k}: {v}`"));
+        }
+    }
+    let dyn_text = dynamic.map_or("absent".to_string(), Value::to_string);
     match (ty, bits, strategy) {
-        ("int", 8, "token") if is_dynamic => Some(ActKind::Int8Token),
-        ("float", 8, "token") if is_dynamic => Some(ActKind::Fp8Token),
+        ("int", 8, "token") if is_dynamic => Ok(ActKind::Int8Token),
+        ("float", 8, "token") if is_dynamic => Ok(ActKind::Fp8Token),
         ("float", 8, "group") if is_dynamic => match group {
-            Some(n) if n > 0 => Some(ActKind::Fp8Group(n as usize)),
-            _ => None,
+            Some(n) if n > 0 => Ok(ActKind::Fp8Group(n as usize)),
+            _ => Err("`strategy: group` without a positive `group_size`".into()),
         },
-        ("float", 8, "tensor") if is_static => Some(ActKind::Fp8Static),
+        ("float", 8, "tensor") if is_static => Ok(ActKind::Fp8Static),
         ("float", 4, "tensor_group")
             if group == Some(16) && dynamic.and_then(Value::as_str) == Some("local") =>
         {
-            Some(ActKind::Nvfp4)
+            Ok(ActKind::Nvfp4)
         }
-        _ => None,
+        ("int" | "float", 8, "token" | "group" | "tensor") | ("float", 4, "tensor_group") => {
+            Err(format!(
+                "{ty}{bits} `strategy: {strategy}` with `dynamic: {dyn_text}`{}",
+                group.map_or(String::new(), |g| format!(" and `group_size: {g}`"))
+            ))
+        }
+        ("int" | "float", _, _) => Err(format!(
+            "`type: {ty}`, `num_bits: {bits}`, `strategy: {strategy}`"
+        )),
+        _ => Err(format!("`type: {ty}`")),
     }
 }

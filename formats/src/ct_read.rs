@@ -366,12 +366,12 @@ fn parse_group(path: &Path, name: &str, g: &Value, top_format: &str) -> Result<G
                 )
             })?;
             let s = |k: &str| a.get(k).map(|v| v.to_string()).unwrap_or_default();
-            act = Some(act_kind(a).ok_or_else(|| {
+            act = Some(act_kind(a).map_err(|why| {
                 bad(
                     ".input_activations",
                     format!(
-                        "{}: this activation quantization is not simulated by kiln's forward pass (it runs int8 or FP8 per token, FP8 per group, static per-tensor FP8 and NVFP4)",
-                        passes::printable(&Value::Object(a.clone()).to_string())
+                        "{}: kiln reads only the activation quantizations its forward pass simulates (int8 or FP8 per token, FP8 per group, static per-tensor FP8, NVFP4)",
+                        passes::printable(&why)
                     ),
                 )
             })?);

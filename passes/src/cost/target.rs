@@ -524,11 +524,22 @@ impl Target {
             return Ok(rt);
         }
         let names: Vec<&str> = runs.iter().map(|s| s.name()).collect();
+        // The tensor-core reason is NVIDIA's (vLLM's CUDA kernels by compute
+        // capability); elsewhere the runtime's own list is the reason.
+        let why = if self.vendor.contains("NVIDIA") {
+            scheme.requirement().to_string()
+        } else {
+            format!(
+                "{rt} does not list it for this device ({})",
+                self.runtime_sources
+                    .get(rt)
+                    .map_or("no source given", String::as_str)
+            )
+        };
         Err(format!(
-            "{} is not run natively by {rt} on `{}`: {}; {} runs {} with {rt}",
+            "{} is not run natively by {rt} on `{}`: {why}; {} runs {} with {rt}",
             scheme.label(),
             self.id,
-            scheme.requirement(),
             self.id,
             if names.is_empty() {
                 "no compressed-tensors scheme (only 16-bit weights)".to_string()
