@@ -34,7 +34,7 @@ pub const DEFAULT_CHUNKS: usize = 8;
 pub struct EvalArgs {
     /// The original (reference) model: a Hugging Face checkpoint directory or a .gguf file.
     pub original: PathBuf,
-    /// The candidate to judge (a .gguf file, e.g. kiln's output); needed by --weights and the gates.
+    /// The candidate to judge (a .gguf file, or a compressed-tensors / Hugging Face checkpoint directory, e.g. kiln's output); needed by --weights and the gates.
     pub candidate: Option<PathBuf>,
     /// Compare the weights tensor by tensor (RMSE, relative error, SNR, cosine, max error).
     #[arg(long)]

@@ -103,10 +103,15 @@ pub fn run(args: &InspectArgs, printer: &Printer) -> Result<()> {
             })
             .collect(),
     };
-    let params: u64 = rows
-        .iter()
-        .map(|r| r.shape.iter().product::<usize>() as u64)
-        .sum();
+    // A compressed-tensors checkpoint stores packed words and scales: its
+    // parameters are those of the logical weights it decodes to.
+    let params: u64 = match &loaded.ct {
+        Some(_) => loaded.model.n_params(),
+        None => rows
+            .iter()
+            .map(|r| r.shape.iter().product::<usize>() as u64)
+            .sum(),
+    };
     let total: u64 = rows.iter().map(|r| r.bytes).sum();
     let mut by_dtype: Vec<(String, usize, u64)> = Vec::new();
     for r in &rows {

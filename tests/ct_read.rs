@@ -48,9 +48,14 @@ fn inspect_and_eval_read_every_scheme() {
         ("NVFP4A16", "NVFP4", 14, 0.99),
         ("MXFP4A16", "MXFP4", 14, 0.98),
     ];
+    let params = json_of(&run(&["inspect", s(&fixture("tiny-llama")), "--json"]))["parameters"]
+        .as_u64()
+        .unwrap();
     for (scheme, label, n, cosine) in cases {
         let (_d, dir) = artifact(scheme);
         let j = json_of(&run(&["inspect", s(&dir), "--json"]));
+        // The logical weights' parameters, not the packed words and scales.
+        assert_eq!(j["parameters"].as_u64(), Some(params), "{scheme}");
         let ct = &j["compressed_tensors"];
         let q = ct["quantized"].as_array().unwrap();
         assert_eq!(q.len(), n, "{scheme}: {ct}");
