@@ -107,9 +107,11 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
         Some(c) => Some(eval::open(c, &opts).map_err(lift)?),
         None => None,
     };
+    let mut act_notes = Vec::new();
     for m in std::iter::once(&original).chain(candidate.as_ref()) {
         for n in activation_notes(m) {
             printer.info(&format!("note: {n}"));
+            act_notes.push(n);
         }
     }
     let cancel = cancel_flag();
@@ -118,6 +120,9 @@ pub fn run(args: &EvalArgs, printer: &Printer) -> Result<()> {
         "models".into(),
         json!({"original": args.original, "candidate": args.candidate}),
     );
+    // Which figures include run-time activation quantization (recorded
+    // whatever -q hides).
+    out.insert("activation_quantization".into(), json!(act_notes));
     // Every file the figures depend on besides the models, by path (as
     // given) and sha256.
     let inputs = [("evaluation_text", &args.text), ("imatrix", &args.imatrix)]

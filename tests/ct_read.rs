@@ -113,6 +113,11 @@ fn eval_text_measures_a_compressed_tensors_artifact() {
     let j = json_of(&r);
     let kld = j["kld"]["mean"].as_f64().unwrap();
     assert!(kld > 0.0 && kld < 1e-3, "{kld}");
+    let acts = j["activation_quantization"].as_array().unwrap();
+    assert!(
+        acts.len() == 1 && acts[0].as_str().unwrap().contains("int8 token dynamic"),
+        "{acts:?}"
+    );
     assert!(j["top1_agreement"].as_f64().unwrap() > 0.95);
     // W8A8 quantizes activations at run time, which kiln simulates: said.
     assert!(
@@ -140,7 +145,9 @@ fn eval_text_measures_a_compressed_tensors_artifact() {
         "2",
         "--json",
     ]);
-    let weights_only = json_of(&r2)["kld"]["mean"].as_f64().unwrap();
+    let j2 = json_of(&r2);
+    let weights_only = j2["kld"]["mean"].as_f64().unwrap();
+    assert_eq!(j2["activation_quantization"], json!([]));
     assert!(!r2.stderr.contains("quantizes input activations"));
     assert!(
         weights_only < 0.9 * kld,

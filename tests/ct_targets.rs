@@ -494,7 +494,7 @@ fn build_with_text_measures_the_plan_and_the_uniform_schemes() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let m = json_file(&out.join("manifest.json"));
     let compared = m["compared"].as_array().unwrap();
-    assert_eq!(compared.len(), 4, "the plan and three uniform schemes");
+    assert_eq!(compared.len(), 5, "the plan and four uniform schemes");
     for row in compared {
         let k = row["measured_kld"].as_f64();
         assert!(k.is_some_and(|k| k.is_finite() && k >= 0.0), "{row}");
@@ -506,6 +506,8 @@ fn build_with_text_measures_the_plan_and_the_uniform_schemes() {
             .unwrap()
     };
     assert!(kld("W8A16 g128") < kld("W4A16 g128"));
+    // W8A8's int8 inputs cost more than W8A16 g128's finer weight scales save.
+    assert!(kld("W8A8") > kld("W8A16 g128"), "{compared:?}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(!report.contains("not measured"), "{report}");
 }

@@ -698,7 +698,7 @@ pub fn build(
 
     // Compare with the uniform schemes, measured on text where given.
     let mut rows: Vec<(String, u64, f64, Option<f64>)> = Vec::new();
-    progress.start("comparing", 4, Unit::Items("plans"));
+    progress.start("comparing", 5, Unit::Items("plans"));
     let plan_kld = {
         let per_unit = by_scheme(&p, &p.chosen);
         measure_units(setup, &per_unit, fp8_max, cancel)?
@@ -713,6 +713,7 @@ pub fn build(
     for (label, sc) in [
         ("W4A16 g128", CtScheme::W4A16),
         ("W8A16 g128", CtScheme::W8A16),
+        ("W8A8", CtScheme::W8A8),
         ("FP8_DYNAMIC", CtScheme::Fp8Dynamic),
     ] {
         if !p.legal.contains(&sc) {
@@ -920,6 +921,7 @@ fn report_text(
     out += &format!("Sensitivity: {}.\n\n", setup.sensitivity_source);
     out += &cost_section(s, p, cost);
     out += "## Plan against the uniform schemes\n\n";
+    out += "Predicted KLD: the weights' rounding only (sensitivity x noise-to-signal). Measured KLD: `kiln eval`'s forward pass of what each artifact decodes to, with the inputs of W8A8 and FP8 Linears quantized at run time as vLLM does.\n\n";
     out += "| artifact | tensor bytes | bits/weight | predicted KLD | measured KLD |\n|---|---:|---:|---:|---:|\n";
     for (name, b, e, k) in rows {
         if !e.is_finite() {
