@@ -289,7 +289,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         let names: Vec<String> = model
             .tensors
             .iter()
-            .filter(|t| r.contains_key(&t.source_name))
+            .filter(|t| r.tensors.contains_key(&t.source_name))
             .map(|t| t.name.clone())
             .collect();
         model.metadata.set(
@@ -312,7 +312,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
             "actorder": "none",
             "dampening_frac": args.gptq.dampening_frac,
             "seconds": gptq_t0.elapsed().as_secs_f64(),
-            "tensors": model.tensors.iter().filter_map(|t| r.get(&t.source_name).map(|x| json!({
+            "tensors": model.tensors.iter().filter_map(|t| r.tensors.get(&t.source_name).map(|x| json!({
                 "name": t.name,
                 "type": x.ty.name(),
                 "loss": x.loss,
@@ -322,8 +322,8 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     });
     let file_name = args.output.as_ref().and_then(|o| o.file_name());
     let gguf = Gguf::new(&file_name.map_or("model.gguf".into(), |n| n.to_string_lossy()));
-    let gguf: Box<dyn Container> = match rounded {
-        Some(rounded) => Box::new(crate::gptq::GptqGguf {
+    let gguf: Box<dyn Container + '_> = match &rounded {
+        Some(rounded) => Box::new(eval::rounded::GptqGguf {
             inner: gguf,
             rounded,
         }),

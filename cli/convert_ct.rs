@@ -218,7 +218,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
             "actorder": args.gptq.actorder(),
             "dampening_frac": args.gptq.dampening_frac,
             "seconds": gptq_t0.elapsed().as_secs_f64(),
-            "tensors": rounded.iter().map(|(n, r)| json!({
+            "tensors": rounded.tensors.iter().map(|(n, r)| json!({
                 "name": n,
                 "loss": r.loss,
                 "rtn_fallback": r.fallback,

@@ -28,13 +28,14 @@ use std::sync::Mutex;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use eval::gptq::{self, Options, Rounder};
-use eval::Transformer;
 use formats::ct::{CompressedTensors, Scheme};
 use formats::write::{Container, FileLayout, Unit};
 use passes::{Encoding, Model, SourceDType, TensorNode};
 use quant::ct::{self as q, Dtype, IntParams};
 use quant::{Group, IntSpec};
 use serde_json::{json, Value};
+
+use eval::rounded::{GgufRounded, RoundedSet, Spill};
 
 use crate::common::{cancel_flag, lift, load_options};
 use crate::Printer;
@@ -84,8 +85,9 @@ pub struct CtRounded {
     symmetric: bool,
     d: Dtype,
     cols: usize,
-    /// `rows x cols` codes.
-    codes: Vec<i8>,
+    /// Where the `rows x cols` codes (one byte each, checkpoint row order)
+    /// start in the spill file.
+    at: u64,
     /// `rows x groups` scales and zero points (from the original weights).
     params: Vec<IntParams>,
     pub loss: f64,
@@ -177,7 +179,7 @@ pub fn round_ct(
     args: &crate::convert::ConvertArgs,
     model: &Model,
     printer: &Printer,
-) -> Result<BTreeMap<String, CtRounded>> {
+) -> Result<RoundedSet<CtRounded>> {
     let g = &args.gptq;
     let text_path = args
         .text
@@ -207,7 +209,9 @@ pub fn round_ct(
         }
     }
     let windows = calibration_windows(args, &opened)?;
-    let mut net = Transformer::new(&opened).map_err(lift)?;
+    let blocks = eval::stream::Streamed::new(&opened)
+        .map_err(lift)?
+        .n_layer();
     printer.info(&format!(
         "gptq: {} tensors, {} windows of {} tokens from {}",
         targets.len(),
@@ -224,23 +228,20 @@ pub fn round_ct(
         percdamp: g.dampening_frac,
         actorder: g.actorder() == "static",
     };
-    let cancel = cancel_flag();
-    let bar = printer.count_bar(net.n_layers() as u64, "gptq", "blocks");
-    let progress = |n: usize| bar.set_position(n as u64);
-    let r = gptq::run(
-        &opened, &mut net, &windows, &scheme, &opts, &progress, &cancel,
-    );
-    bar.finish_and_clear();
-    let rounded = r.map_err(lift).with_context(|| opened.name())?;
-    let mut params = scheme.params.into_inner().expect("no panics while held");
+    let mut spill = Spill::beside(args.output.as_deref()).map_err(lift)?;
     let mut out = BTreeMap::new();
-    for r in rounded {
+    let mut sink = |r: gptq::Rounded| -> eval::Result<()> {
         let t = &scheme.targets[&r.name];
-        let p = params.remove(&r.name).expect("a rounder was made");
+        let p = scheme
+            .params
+            .lock()
+            .expect("no panics while held")
+            .remove(&r.name)
+            .expect("a rounder was made");
         let (source, transform) = layout[&r.name].clone();
         let g = group_len(&t.spec, r.cols);
         let groups = r.cols / g;
-        let mut codes = vec![0i8; r.rows * r.cols];
+        let mut codes = vec![0u8; r.rows * r.cols];
         let mut hp = vec![p[0]; r.rows * groups];
         for row in 0..r.rows {
             // GGUF row `row` is checkpoint row `src`.
@@ -248,11 +249,12 @@ pub fn round_ct(
             for c in 0..r.cols {
                 let pp = p[row * groups + c / g];
                 codes[src * r.cols + c] =
-                    q::int_quantize(r.values[row * r.cols + c], pp, t.spec.bits, Dtype::F32);
+                    q::int_quantize(r.values[row * r.cols + c], pp, t.spec.bits, Dtype::F32) as u8;
             }
             hp[src * groups..(src + 1) * groups]
                 .copy_from_slice(&p[row * groups..(row + 1) * groups]);
         }
+        let at = spill.push(&codes)?;
         out.insert(
             source,
             CtRounded {
@@ -261,14 +263,26 @@ pub fn round_ct(
                 symmetric: !t.spec.zero_point,
                 d: t.d,
                 cols: r.cols,
-                codes,
+                at,
                 params: hp,
                 loss: r.outcome.loss,
                 fallback: r.outcome.fallback,
             },
         );
-    }
-    Ok(out)
+        Ok(())
+    };
+    let cancel = cancel_flag();
+    let bar = printer.count_bar(blocks as u64, "gptq", "blocks");
+    let progress = |n: usize| bar.set_position(n as u64);
+    let r = gptq::run(
+        &opened, &windows, &scheme, &opts, &mut sink, &progress, &cancel,
+    );
+    bar.finish_and_clear();
+    r.map_err(lift).with_context(|| opened.name())?;
+    Ok(RoundedSet {
+        tensors: out,
+        spill,
+    })
 }
 
 /// The compressed-tensors container with GPTQ-rounded tensors: their
@@ -277,7 +291,7 @@ pub fn round_ct(
 /// else is the wrapped container's.
 pub struct GptqCt {
     inner: CompressedTensors,
-    rounded: BTreeMap<String, CtRounded>,
+    rounded: RoundedSet<CtRounded>,
     /// Whether int weights are packed (`pack-quantized`) or plain int8 (W8A8).
     packed: bool,
     actorder: Value,
@@ -289,7 +303,7 @@ const UNIT_ROWS: usize = 8;
 impl GptqCt {
     pub fn new(
         inner: CompressedTensors,
-        rounded: BTreeMap<String, CtRounded>,
+        rounded: RoundedSet<CtRounded>,
         scheme: Scheme,
         actorder: &str,
     ) -> GptqCt {
@@ -324,6 +338,7 @@ impl Container for GptqCt {
                 if p.piece <= 1
                     && self
                         .rounded
+                        .tensors
                         .contains_key(&model.tensors[p.tensor].source_name)
                 {
                     p.unit = Unit {
@@ -359,7 +374,7 @@ impl Container for GptqCt {
         values: &[f32],
         dst: &mut [u8],
     ) {
-        let Some(r) = self.rounded.get(&t.source_name) else {
+        let Some(r) = self.rounded.tensors.get(&t.source_name) else {
             return self.inner.encode_unit(t, piece, first_row, values, dst);
         };
         let cols = r.cols;
@@ -367,16 +382,21 @@ impl Container for GptqCt {
         let groups = cols / r.group;
         match piece {
             0 => {
+                if !self.packed {
+                    // int8 codes are stored as they are.
+                    return self
+                        .rounded
+                        .spill
+                        .read(r.at + (first_row * cols) as u64, dst);
+                }
+                let mut codes = vec![0u8; rows * cols];
+                self.rounded
+                    .spill
+                    .read(r.at + (first_row * cols) as u64, &mut codes);
                 let out = dst.len() / rows.max(1);
-                for (k, d) in dst.chunks_exact_mut(out).enumerate() {
-                    let codes = &r.codes[(first_row + k) * cols..(first_row + k + 1) * cols];
-                    if self.packed {
-                        q::pack_int32(codes, r.bits, d);
-                    } else {
-                        for (o, &v) in d.iter_mut().zip(codes) {
-                            *o = v as u8;
-                        }
-                    }
+                for (d, c) in dst.chunks_exact_mut(out).zip(codes.chunks_exact(cols)) {
+                    let c: Vec<i8> = c.iter().map(|&b| b as i8).collect();
+                    q::pack_int32(&c, r.bits, d);
                 }
             }
             1 => {
@@ -432,15 +452,6 @@ impl Container for GptqCt {
     }
 }
 
-/// One GGUF tensor's GPTQ result: its encoded rows.
-pub struct GgufRounded {
-    row_bytes: usize,
-    bytes: Vec<u8>,
-    pub ty: quant::GgmlType,
-    pub loss: f64,
-    pub fallback: bool,
-}
-
 /// The calibration windows of `--text` for the model `opened`.
 fn calibration_windows(
     args: &crate::convert::ConvertArgs,
@@ -469,7 +480,7 @@ pub fn round_gguf(
     args: &crate::convert::ConvertArgs,
     model: &Model,
     printer: &Printer,
-) -> Result<BTreeMap<String, GgufRounded>> {
+) -> Result<RoundedSet<GgufRounded>> {
     let g = &args.gptq;
     let opened = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
     let importance = model.importance.as_ref().map(|i| &i.vectors);
@@ -485,18 +496,18 @@ pub fn round_gguf(
         .collect();
     let mut types = BTreeMap::new();
     let mut imp = BTreeMap::new();
-    let mut source = BTreeMap::new();
     for t in &opened.loaded.model.tensors {
         if let Some(&(ty, name)) = wanted.get(t.source_name.as_str()) {
             types.insert(t.name.clone(), ty);
             if let Some(v) = importance.and_then(|m| m.get(name)) {
                 imp.insert(t.name.clone(), v.clone());
             }
-            source.insert(t.name.clone(), t.source_name.clone());
         }
     }
     let windows = calibration_windows(args, &opened)?;
-    let mut net = Transformer::new(&opened).map_err(lift)?;
+    let blocks = eval::stream::Streamed::new(&opened)
+        .map_err(lift)?
+        .n_layer();
     printer.info(&format!(
         "gptq: up to {} tensors, {} windows of {} tokens from {}",
         types.len(),
@@ -504,116 +515,34 @@ pub fn round_gguf(
         g.gptq_ctx,
         args.text.as_ref().expect("clap requires --text").display()
     ));
-    let scheme = eval::gguf_gptq::GgufScheme {
-        types,
-        importance: Some(&imp),
-    };
-    let opts = Options {
-        block: 128,
-        percdamp: g.dampening_frac,
-        actorder: false,
-    };
+    let spill = Spill::beside(args.output.as_deref()).map_err(lift)?;
     let cancel = cancel_flag();
-    let bar = printer.count_bar(net.n_layers() as u64, "gptq", "blocks");
+    let bar = printer.count_bar(blocks as u64, "gptq", "blocks");
     let progress = |n: usize| bar.set_position(n as u64);
-    let r = gptq::run(
-        &opened, &mut net, &windows, &scheme, &opts, &progress, &cancel,
+    let r = eval::rounded::round_onto(
+        &opened,
+        types,
+        &imp,
+        &windows,
+        g.dampening_frac,
+        spill,
+        &progress,
+        &cancel,
     );
     bar.finish_and_clear();
     let rounded = r.map_err(lift).with_context(|| opened.name())?;
-    let shapes: BTreeMap<&str, (usize, usize)> = model
-        .tensors
-        .iter()
-        .map(|t| (t.source_name.as_str(), (t.n_rows(), t.row_len())))
-        .collect();
-    let mut out = BTreeMap::new();
-    for r in rounded {
-        let ty = scheme.types[&r.name];
-        if shapes.get(source[&r.name].as_str()) != Some(&(r.rows, r.cols)) {
-            anyhow::bail!(
-                "{}: tensor `{}`: the forward pass reads it as {} x {}, the output lays it out otherwise",
-                opened.name(),
-                passes::printable(&r.name),
-                r.rows,
-                r.cols
-            );
-        }
-        out.insert(
-            source[&r.name].clone(),
-            GgufRounded {
-                row_bytes: r.bytes.len() / r.rows.max(1),
-                bytes: r.bytes,
-                ty,
-                loss: r.outcome.loss,
-                fallback: r.outcome.fallback,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// The GGUF container with GPTQ-rounded tensors: their rows are laid out in
-/// units (so the encoder learns the row index) and copied from the rounded
-/// table; everything else is the wrapped container's.
-pub struct GptqGguf<C> {
-    pub inner: C,
-    pub rounded: BTreeMap<String, GgufRounded>,
-}
-
-impl<C: Container> Container for GptqGguf<C> {
-    fn layout(&self, model: &Model) -> formats::Result<Vec<FileLayout>> {
-        let mut files = self.inner.layout(model)?;
-        for f in &mut files {
-            for p in &mut f.placements {
-                if self
-                    .rounded
-                    .contains_key(&model.tensors[p.tensor].source_name)
-                {
-                    p.unit = Unit {
-                        rows: UNIT_ROWS,
-                        per_row: true,
-                    };
-                }
+    for t in &model.tensors {
+        if let Some(r) = rounded.tensors.get(&t.source_name) {
+            if (t.n_rows(), t.row_len()) != (r.rows, r.cols) {
+                anyhow::bail!(
+                    "{}: tensor `{}`: the forward pass reads it as {} x {}, the output lays it out otherwise",
+                    opened.name(),
+                    passes::printable(&t.name),
+                    r.rows,
+                    r.cols
+                );
             }
         }
-        Ok(files)
     }
-
-    fn copies_source(&self, t: &TensorNode, piece: usize) -> bool {
-        !self.rounded.contains_key(&t.source_name) && self.inner.copies_source(t, piece)
-    }
-
-    fn encode_row(
-        &self,
-        t: &TensorNode,
-        piece: usize,
-        values: &[f32],
-        dst: &mut [u8],
-        importance: Option<&[f32]>,
-    ) {
-        self.inner.encode_row(t, piece, values, dst, importance)
-    }
-
-    fn encode_unit(
-        &self,
-        t: &TensorNode,
-        piece: usize,
-        first_row: usize,
-        values: &[f32],
-        dst: &mut [u8],
-    ) {
-        let Some(r) = self.rounded.get(&t.source_name) else {
-            return self.inner.encode_unit(t, piece, first_row, values, dst);
-        };
-        let at = first_row * r.row_bytes;
-        dst.copy_from_slice(&r.bytes[at..at + dst.len()]);
-    }
-
-    fn side_files(
-        &self,
-        model: &Model,
-        files: &[FileLayout],
-    ) -> formats::Result<Vec<(String, Vec<u8>)>> {
-        self.inner.side_files(model, files)
-    }
+    Ok(rounded)
 }

@@ -34,9 +34,12 @@
 //! llm-compressor's sequential pipeline does: the Hessians of block `i` are
 //! collected from the hidden states the already-quantized blocks `0..i`
 //! produce, block `i`'s linears are rounded, and block `i` is run again with
-//! its rounded weights to give block `i + 1` its inputs. Memory: the hidden
-//! states of all windows plus one block's Hessians (one `[in, in]` matrix per
-//! distinct input: q/k/v share one, gate/up another).
+//! its rounded weights to give block `i + 1` its inputs. The model streams
+//! (`crate::stream`): memory is the hidden states of all windows, one
+//! block's weights and rounded values, and one block's Hessians (one
+//! `[in, in]` matrix per distinct input: q/k/v share one, gate/up another),
+//! whatever the number of layers; each rounded weight is handed to the
+//! caller's sink as soon as its block is done.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,8 +48,10 @@ use candle_core::{DType, Tensor, TensorId};
 use rayon::prelude::*;
 
 use crate::error::{Error, OpContext, Result};
-use crate::forward::{Observer, Transformer};
+use crate::forward::Observer;
 use crate::model::Opened;
+use crate::source::Overrides;
+use crate::stream::Streamed;
 
 /// GPTQ's knobs, with llm-compressor's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -528,80 +533,94 @@ pub struct Rounded {
 }
 
 /// Quantize every linear weight `scheme` wants, block by block with
-/// sequential error propagation (see the module documentation). `net` ends
-/// holding the rounded weights. `progress(i)` after block `i`.
+/// sequential error propagation (see the module documentation), the model
+/// streamed from `m` (one block's weights decoded at a time, see
+/// `crate::stream`). Each rounded weight goes to `sink` once its block has
+/// been run again with the rounded weights, in block order; nothing of a
+/// block is kept after that. `progress(i)` after block `i`.
 pub fn run(
     m: &Opened,
-    net: &mut Transformer,
     windows: &[Vec<u32>],
     scheme: &dyn Scheme,
     opts: &Options,
+    sink: &mut dyn FnMut(Rounded) -> Result<()>,
     progress: &dyn Fn(usize),
     cancel: &AtomicBool,
-) -> Result<Vec<Rounded>> {
-    let mut xs = windows
-        .iter()
-        .map(|w| net.embed_ids(w))
-        .collect::<Result<Vec<_>>>()?;
-    let mut out = Vec::new();
+) -> Result<()> {
+    let net = Streamed::new(m)?;
+    let mut st = net.embed(windows)?;
     let wants = |n: &str| scheme.wants(n);
-    for i in 0..net.n_layers() {
+    for i in 0..net.n_layer() {
         let mut obs = Hessians::new(&wants);
-        for x in &xs {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Formats(formats::Error::Interrupted));
-            }
-            net.block(i, x, &mut obs)?;
-        }
+        net.observe_block(i, &st, &mut obs, cancel)?;
+        let mut block = Vec::new();
         for slot in &obs.slots {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Formats(formats::Error::Interrupted));
             }
             let f = Factor::new(&slot.hessian(), slot.n, opts);
             for name in &slot.names {
-                let node = m.need(name)?;
-                let (rows, cols) = match node.shape.as_slice() {
-                    [r, c] => (*r, *c),
-                    s => {
-                        return Err(Error::Input(format!(
-                            "tensor `{}`: shape {s:?} is not a matrix",
-                            passes::printable(name)
-                        )))
-                    }
-                };
-                if cols != slot.n {
-                    return Err(Error::Input(format!(
-                        "tensor `{}`: {cols} columns, input of {}",
-                        passes::printable(name),
-                        slot.n
-                    )));
-                }
-                let mut w = m.read_f32(node);
-                let rounder = scheme.rows(name, &w, rows, cols);
-                let mut bytes = vec![0u8; rows * rounder.row_bytes()];
-                let outcome = f.quantize_rows(&mut w, rounder.as_ref(), &mut bytes, opts);
-                drop(rounder);
-                net.set_weight(name, w.clone())?;
-                out.push(Rounded {
-                    name: name.clone(),
-                    rows,
-                    cols,
-                    values: w,
-                    bytes,
-                    outcome,
-                });
+                block.push(round_one(m, name, slot.n, &f, scheme, opts)?);
             }
         }
         drop(obs);
-        for x in &mut xs {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Formats(formats::Error::Interrupted));
-            }
-            *x = net.block(i, x, &mut crate::forward::NoObserver)?;
+        let over = Overrides {
+            base: m,
+            values: block
+                .iter_mut()
+                .map(|r| (r.name.clone(), std::mem::take(&mut r.values)))
+                .collect(),
+        };
+        net.block_from(&over, i, &mut st, &mut crate::forward::NoObserver, cancel)?;
+        let mut values = over.values;
+        for mut r in block {
+            r.values = values.remove(&r.name).unwrap_or_default();
+            sink(r)?;
         }
         progress(i + 1);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// GPTQ-round the weight `name` (`cols == n` columns) with the factor `f`
+/// of its input's Hessian.
+fn round_one(
+    m: &Opened,
+    name: &str,
+    n: usize,
+    f: &Factor,
+    scheme: &dyn Scheme,
+    opts: &Options,
+) -> Result<Rounded> {
+    let node = m.need(name)?;
+    let (rows, cols) = match node.shape.as_slice() {
+        [r, c] => (*r, *c),
+        s => {
+            return Err(Error::Input(format!(
+                "tensor `{}`: shape {s:?} is not a matrix",
+                passes::printable(name)
+            )))
+        }
+    };
+    if cols != n {
+        return Err(Error::Input(format!(
+            "tensor `{}`: {cols} columns, input of {n}",
+            passes::printable(name)
+        )));
+    }
+    let mut w = m.read_f32(node);
+    m.release(node);
+    let rounder = scheme.rows(name, &w, rows, cols);
+    let mut bytes = vec![0u8; rows * rounder.row_bytes()];
+    let outcome = f.quantize_rows(&mut w, rounder.as_ref(), &mut bytes, opts);
+    Ok(Rounded {
+        name: name.to_string(),
+        rows,
+        cols,
+        values: w,
+        bytes,
+        outcome,
+    })
 }
 
 #[cfg(test)]

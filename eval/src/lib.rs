@@ -20,6 +20,7 @@ mod moe;
 pub mod planning;
 pub mod prune;
 pub mod report;
+pub mod rounded;
 pub mod source;
 pub mod stream;
 pub mod text;

@@ -140,17 +140,51 @@ impl<'a> Streamed<'a> {
         obs: &mut dyn Observer,
         cancel: &AtomicBool,
     ) -> Result<()> {
+        self.run_block(src, i, &mut st.xs, true, obs, cancel)
+    }
+
+    /// Decode block `i` from this model's source and run it over every
+    /// window of `st` for `obs` only: the states are left as they were (a
+    /// pass that rewrites the block's weights from what `obs` saw, as GPTQ
+    /// does, then advances the states with [`Streamed::block_from`]). The
+    /// block's outputs are dropped window by window, so no second copy of
+    /// the states is held.
+    pub fn observe_block(
+        &self,
+        i: usize,
+        st: &States,
+        obs: &mut dyn Observer,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let mut xs = st.xs.clone();
+        self.run_block(self.src, i, &mut xs, false, obs, cancel)
+    }
+
+    /// Block `i` (weights from `src`) over `xs`, replacing each window's
+    /// state with the block's output when `keep`.
+    fn run_block(
+        &self,
+        src: &dyn Source,
+        i: usize,
+        xs: &mut [Tensor],
+        keep: bool,
+        obs: &mut dyn Observer,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
         let ld = Loader {
             src,
             device: self.frame.device.clone(),
         };
         let layer = self.frame.layer(&ld, i)?;
         let mut inputs = Inputs::new(&self.frame);
-        for x in st.xs.iter_mut() {
+        for x in xs.iter_mut() {
             interrupted(cancel)?;
             let t = x.dim(0).op(|| format!("blk.{i}: tokens"))?;
             let inp = inputs.get(t)?;
-            *x = layer.forward(&self.frame, i, x.clone(), inp, obs)?;
+            let y = layer.forward(&self.frame, i, x.clone(), inp, obs)?;
+            if keep {
+                *x = y;
+            }
         }
         Ok(())
     }
