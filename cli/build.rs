@@ -50,6 +50,15 @@ pub struct BuildArgs {
     /// Print the manifest to stdout as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Weigh GPTQ rounding of the chosen plan: its tensors GPTQ-rounded onto their planned
+    /// types (on the calibration windows of --text), measured on the held-out windows beside
+    /// the plan rounded to nearest, and built only if it measures lower KL divergence
+    /// (GGUF builds; not with --prune-candidates).
+    #[arg(long)]
+    pub gptq: bool,
+    /// GPTQ's damping, as a fraction of the mean Hessian diagonal.
+    #[arg(long, value_name = "F", default_value_t = 0.01, requires = "gptq")]
+    pub dampening_frac: f64,
     #[command(flatten)]
     pub plan: PlanArgs,
 }
@@ -88,6 +97,39 @@ pub fn check_prune_engine(
     Ok(())
 }
 
+/// Refuse `--gptq` where it is not weighed: without a text, beside pruning
+/// candidates, for the compressed-tensors engines, or with a damping that
+/// is not a fraction.
+pub fn check_gptq(
+    args: &BuildArgs,
+    options: &planner::PlanOptions,
+    engine: passes::cost::Engine,
+) -> Result<()> {
+    if !args.gptq {
+        return Ok(());
+    }
+    if options.text.is_none() {
+        anyhow::bail!("--gptq needs --text: GPTQ is calibrated on its windows and measured on the held-out ones");
+    }
+    if engine != passes::cost::Engine::LlamaCpp {
+        anyhow::bail!(
+            "--gptq with --engine {}: kiln build weighs GPTQ for GGUF (llama.cpp) builds only for now; round a compressed-tensors checkpoint with `kiln convert --format compressed-tensors --scheme W4A16 --gptq`",
+            engine.name()
+        );
+    }
+    if !options.prune_candidates.is_empty() {
+        anyhow::bail!("--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other");
+    }
+    if !(args.dampening_frac.is_finite() && args.dampening_frac > 0.0 && args.dampening_frac < 1.0)
+    {
+        anyhow::bail!(
+            "--dampening-frac {}: expected a fraction between 0 and 1 (exclusive)",
+            args.dampening_frac
+        );
+    }
+    Ok(())
+}
+
 /// Refuse a GGUF for the compressed-tensors engines before anything is
 /// read or measured: they write from a Hugging Face checkpoint directory.
 pub fn check_ct_input(model: &std::path::Path, engine: passes::cost::Engine) -> Result<()> {
@@ -114,6 +156,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         planner::ct_build::legal(&target, engine.name()).map_err(lift_plan)?;
     }
     check_prune_engine(&options, engine)?;
+    check_gptq(args, &options, engine)?;
     planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
@@ -125,6 +168,9 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         objective: args.objective.into(),
         max_error: args.max_error,
         kiln_version: env!("CARGO_PKG_VERSION").into(),
+        gptq: args.gptq.then_some(planner::gptq::GptqOptions {
+            dampening_frac: args.dampening_frac,
+        }),
     };
     planner::build::check(&build).map_err(lift_plan)?;
     let cancel = cancel_flag();

@@ -613,6 +613,7 @@ fn build_one(
         objective: c.objective,
         max_error: u.settings.max_error,
         kiln_version: env!("CARGO_PKG_VERSION").into(),
+        gptq: None,
     };
     planner::build::check(&b).map_err(lift_plan)?;
     let workload =

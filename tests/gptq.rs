@@ -363,3 +363,164 @@ fn gguf_gptq_output_does_not_depend_on_the_thread_count() {
         .collect();
     assert!(outs[0] == outs[1], "1 and 3 threads wrote different bytes");
 }
+
+/// `kiln build ... --gptq` on tiny-llama with separate calibration and
+/// held-out texts; the manifest.
+fn build_gptq(dir: &Path, name: &str, extra: &[&str], threads: &str) -> (PathBuf, Value) {
+    let (calib, held) = texts(dir);
+    let out = dir.join(name);
+    let model = fixture("tiny-llama");
+    let mut a = vec![
+        "build",
+        s(&model),
+        "--target",
+        "h100-sxm",
+        "--bpw",
+        "4.5",
+        "--text",
+        s(&calib),
+        "--eval-text",
+        s(&held),
+        "--ctx",
+        "64",
+        "-o",
+        s(&out),
+        "--quiet",
+    ];
+    a.extend_from_slice(extra);
+    let r = run_cmd(kiln().args(&a).env("RAYON_NUM_THREADS", threads));
+    assert_eq!(r.code, 0, "{a:?}: {}", r.stderr);
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    (out, m)
+}
+
+#[test]
+fn build_weighs_gptq_by_measurement_and_writes_what_it_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, m) = build_gptq(dir.path(), "with", &["--gptq"], "2");
+    let g = &m["gptq"];
+    let without = g["without"]["kld_mean"].as_f64().unwrap();
+    let with = g["with"]["kld_mean"].as_f64().unwrap();
+    let tensors = g["tensors"].as_array().unwrap();
+    // Block linears only (the head and embeddings are rounded to nearest),
+    // each with the type the plan gave it.
+    assert!(!tensors.is_empty(), "{g}");
+    for t in tensors {
+        let name = t["name"].as_str().unwrap();
+        assert!(name.starts_with("blk."), "{name}");
+        let planned = m["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap();
+        assert_eq!(planned["type"], t["type"], "{name}");
+    }
+    // On this fixture GPTQ measures better and is built.
+    assert!(with < without, "GPTQ {with} vs round-to-nearest {without}");
+    assert_eq!(g["applied"], true, "{g}");
+    // The plan's accuracy is the GPTQ-rounded plan's ...
+    assert_eq!(m["accuracy"]["text"]["kld_mean"].as_f64(), Some(with));
+    // ... which is what `kiln eval` measures of the written file on the
+    // same held-out text and windows.
+    let file = out.join("tiny-llama.gguf");
+    let (_, held) = texts(dir.path());
+    let r = run(&[
+        "eval",
+        s(&fixture("tiny-llama")),
+        s(&file),
+        "--text",
+        s(&held),
+        "--ctx",
+        "64",
+        "--chunks",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let e: Value = serde_json::from_str(&r.stdout).unwrap();
+    let measured = e["kld"]["mean"].as_f64().unwrap();
+    assert!(
+        (measured - with).abs() <= 1e-9 * with.max(1e-12),
+        "eval of the built file {measured} vs the build's GPTQ measurement {with}"
+    );
+    // The GGUF names the rounded tensors, as `kiln convert --gptq` does.
+    let gguf = read_gguf(&file);
+    assert!(
+        gguf.keys.iter().any(|k| k == "kiln.gptq.tensors"),
+        "{:?}",
+        gguf.keys
+    );
+    // The report says both and which was built.
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## GPTQ"), "{report}");
+    // Without --gptq: no record, and the GGUF differs (rounded to nearest).
+    let (plain, m0) = build_gptq(dir.path(), "without", &[], "2");
+    assert!(m0.get("gptq").is_none(), "{m0}");
+    assert_eq!(
+        m0["accuracy"]["text"]["kld_mean"].as_f64(),
+        Some(without),
+        "the plan rounded to nearest, measured alike"
+    );
+    assert_ne!(
+        std::fs::read(plain.join("tiny-llama.gguf")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    // No temporary file is left beside the artifact.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["calib.txt", "heldout.txt", "with", "without"]);
+}
+
+#[test]
+fn build_gptq_does_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = build_gptq(dir.path(), "t1", &["--gptq"], "1");
+    let (b, _) = build_gptq(dir.path(), "t3", &["--gptq"], "3");
+    for f in ["tiny-llama.gguf", "manifest.json", "report.md"] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f}: 1 and 3 threads differ"
+        );
+    }
+}
+
+#[test]
+fn build_refuses_gptq_where_it_is_not_weighed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, _) = texts(dir.path());
+    let model = fixture("tiny-llama");
+    let out = dir.path().join("out");
+    let base = ["build", s(&model), "--target", "h100-sxm", "-o", s(&out)];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--gptq"], "--gptq needs --text"),
+        (
+            vec!["--gptq", "--text", s(&calib), "--engine", "vllm"],
+            "--gptq with --engine vllm",
+        ),
+        (
+            vec!["--gptq", "--text", s(&calib), "--prune-candidates", "auto"],
+            "--gptq with --prune-candidates",
+        ),
+        (
+            vec!["--gptq", "--text", s(&calib), "--dampening-frac", "0"],
+            "--dampening-frac 0",
+        ),
+        (vec!["--dampening-frac", "0.1"], "--gptq"),
+    ];
+    for (extra, needle) in cases {
+        let args = [&base[..], &extra[..]].concat();
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with("error: ") && r.stderr.contains(needle),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}

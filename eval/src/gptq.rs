@@ -53,6 +53,9 @@ use crate::model::Opened;
 use crate::source::Overrides;
 use crate::stream::Streamed;
 
+/// Rows GPTQ rounds together (see [`Factor::quantize_rows`]).
+const ROW_TILE: usize = 16;
+
 /// GPTQ's knobs, with llm-compressor's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Options {
@@ -267,74 +270,118 @@ impl Factor {
             n_rows * rb,
             "{n_rows} encoded rows of {rb} bytes"
         );
-        let loss: f64 = w
-            .par_chunks_mut(n.max(1))
-            .zip(out.par_chunks_mut(rb))
+        // Rows are rounded in tiles of ROW_TILE: each row of `U` is read
+        // once per tile instead of once per row (for a wide layer `U` is
+        // far larger than the caches, and streaming it per row made GPTQ
+        // memory-bound). Every row's own arithmetic is unchanged and
+        // sequential, so the values do not depend on the tiling or the
+        // thread count; per-row losses are summed in row order.
+        let mut losses = vec![0f64; n_rows];
+        w.par_chunks_mut((n * ROW_TILE).max(1))
+            .zip(out.par_chunks_mut(rb * ROW_TILE))
+            .zip(losses.par_chunks_mut(ROW_TILE))
             .enumerate()
-            .map_init(
-                || (vec![0f64; n], vec![0f64; block]),
-                |(wp, err), (r, (row, enc))| {
-                    let mut rr = rows.row(r, row);
-                    for (i, v) in wp.iter_mut().enumerate() {
-                        let c = self.perm[i];
-                        *v = if self.dead[c] { 0.0 } else { f64::from(row[c]) };
-                    }
-                    let mut loss = 0f64;
-                    let Some(u) = &self.u else {
-                        for i in 0..n {
-                            let q = f64::from(rr.round(i, self.perm[i], wp));
-                            loss += (wp[i] - q) * (wp[i] - q) / 2.0;
-                            wp[i] = q;
-                        }
-                        if rows.row_bytes() > 0 {
-                            rr.finish(enc);
-                        }
-                        return self.store(row, wp, loss);
-                    };
-                    let mut i1 = 0;
-                    while i1 < n {
-                        let i2 = (i1 + block).min(n);
-                        for i in i1..i2 {
-                            let urow = &u[i * n..(i + 1) * n];
-                            let x = wp[i];
-                            let q = f64::from(rr.round(i, self.perm[i], wp));
-                            let e = (x - q) / urow[i];
-                            wp[i] = q;
-                            loss += e * e / 2.0;
-                            err[i - i1] = e;
-                            for j in i + 1..i2 {
-                                wp[j] -= e * urow[j];
-                            }
-                        }
-                        // The block's errors, applied to the columns after it.
-                        for (k, &e) in err[..i2 - i1].iter().enumerate() {
-                            let urow = &u[(i1 + k) * n..(i1 + k + 1) * n];
-                            for j in i2..n {
-                                wp[j] -= e * urow[j];
-                            }
-                        }
-                        i1 = i2;
-                    }
-                    if rows.row_bytes() > 0 {
-                        rr.finish(enc);
-                    }
-                    self.store(row, wp, loss)
-                },
-            )
-            .sum();
+            .for_each(|(t, ((tile, enc), loss))| {
+                self.quantize_tile(t * ROW_TILE, tile, enc, loss, rows, block);
+            });
         Outcome {
-            loss,
+            loss: losses.iter().sum(),
             fallback: self.u.is_none(),
             dead: self.dead.iter().filter(|&&d| d).count(),
         }
     }
 
+    /// Round the rows of `tile` (rows `r0..`, `n` values each) into `enc`
+    /// (their encoded rows, when `rows` encodes), their losses into `loss`.
+    fn quantize_tile(
+        &self,
+        r0: usize,
+        tile: &mut [f32],
+        enc: &mut [u8],
+        loss: &mut [f64],
+        rows: &dyn Rows,
+        block: usize,
+    ) {
+        let n = self.n;
+        let k_rows = loss.len();
+        let rb = enc.len() / k_rows.max(1);
+        let mut rr: Vec<Box<dyn RowRound + '_>> = tile
+            .chunks_exact(n.max(1))
+            .enumerate()
+            .map(|(k, row)| rows.row(r0 + k, row))
+            .collect();
+        let mut wp = vec![0f64; k_rows * n];
+        for (row, wp) in tile
+            .chunks_exact(n.max(1))
+            .zip(wp.chunks_exact_mut(n.max(1)))
+        {
+            for (i, v) in wp.iter_mut().enumerate() {
+                let c = self.perm[i];
+                *v = if self.dead[c] { 0.0 } else { f64::from(row[c]) };
+            }
+        }
+        match &self.u {
+            None => {
+                for (k, wp) in wp.chunks_exact_mut(n.max(1)).enumerate() {
+                    for i in 0..n {
+                        let q = f64::from(rr[k].round(i, self.perm[i], wp));
+                        loss[k] += (wp[i] - q) * (wp[i] - q) / 2.0;
+                        wp[i] = q;
+                    }
+                }
+            }
+            Some(u) => {
+                let mut err = vec![0f64; k_rows * block];
+                let mut i1 = 0;
+                while i1 < n {
+                    let i2 = (i1 + block).min(n);
+                    for i in i1..i2 {
+                        let urow = &u[i * n..(i + 1) * n];
+                        for k in 0..k_rows {
+                            let wp = &mut wp[k * n..(k + 1) * n];
+                            let x = wp[i];
+                            let q = f64::from(rr[k].round(i, self.perm[i], wp));
+                            let e = (x - q) / urow[i];
+                            wp[i] = q;
+                            loss[k] += e * e / 2.0;
+                            err[k * block + i - i1] = e;
+                            for j in i + 1..i2 {
+                                wp[j] -= e * urow[j];
+                            }
+                        }
+                    }
+                    // The block's errors, applied to the columns after it.
+                    for b in 0..i2 - i1 {
+                        let urow = &u[(i1 + b) * n..(i1 + b + 1) * n];
+                        for k in 0..k_rows {
+                            let e = err[k * block + b];
+                            let wp = &mut wp[k * n..(k + 1) * n];
+                            for j in i2..n {
+                                wp[j] -= e * urow[j];
+                            }
+                        }
+                    }
+                    i1 = i2;
+                }
+            }
+        }
+        for (k, (row, wp)) in tile
+            .chunks_exact_mut(n.max(1))
+            .zip(wp.chunks_exact(n.max(1)))
+            .enumerate()
+        {
+            if rows.row_bytes() > 0 {
+                rr[k].finish(&mut enc[k * rb..(k + 1) * rb]);
+            }
+            self.store(row, wp);
+        }
+    }
+
     /// Write the processed row back in original column order.
-    fn store(&self, row: &mut [f32], wp: &[f64], loss: f64) -> f64 {
+    fn store(&self, row: &mut [f32], wp: &[f64]) {
         for (i, &v) in wp.iter().enumerate() {
             row[self.perm[i]] = v as f32;
         }
-        loss
     }
 }
 

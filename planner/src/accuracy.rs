@@ -47,7 +47,19 @@ pub fn measure_text(
         importance: &setup.importance,
     };
     candidate.check()?;
-    let r = eval::stream::evaluate(m, Some(&candidate), &setup.eval_windows, on_step, cancel)?;
+    measure_source(setup, &candidate, on_step, cancel)
+}
+
+/// Measure the candidate `candidate` (a source over the setup's model)
+/// against the original on the held-out windows, both streamed.
+pub fn measure_source(
+    setup: &Setup,
+    candidate: &dyn eval::Source,
+    on_step: &dyn Fn(usize),
+    cancel: &AtomicBool,
+) -> Result<TextAccuracy> {
+    let m = &setup.opened;
+    let r = eval::stream::evaluate(m, Some(candidate), &setup.eval_windows, on_step, cancel)?;
     let kld = r
         .kld
         .as_ref()

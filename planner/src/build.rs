@@ -47,6 +47,9 @@ pub struct BuildOptions {
     pub max_error: Option<f64>,
     /// The producer's version, stamped into the manifest and report.
     pub kiln_version: String,
+    /// Weigh GPTQ rounding of the plan (`--gptq`): built only when it
+    /// measures better on the held-out windows.
+    pub gptq: Option<crate::gptq::GptqOptions>,
 }
 
 /// What a build wrote.
@@ -238,6 +241,44 @@ pub fn build(
         .filter(|(name, _)| types.contains_key(*name))
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
+
+    // Accuracy on held-out text (the plan as encoded).
+    let mut text = if let Some(p) = pruned {
+        Some(p.measured.clone())
+    } else if setup.eval_windows.is_empty() {
+        None
+    } else {
+        progress.start("accuracy", measurer.steps() as u64, Unit::Items("blocks"));
+        let r = measurer.measure(&types, &positions(progress), cancel);
+        progress.finish();
+        r?
+    };
+    // With --gptq, the same plan GPTQ-rounded, measured the same way; built
+    // only if it measures better.
+    let gptq = match &b.gptq {
+        Some(g) => {
+            if pruned.is_some() {
+                return Err(Error::Options(
+                    "--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other".into(),
+                ));
+            }
+            Some(crate::gptq::weigh(
+                setup,
+                &types,
+                text.as_ref(),
+                g,
+                staging.dir(),
+                progress,
+                cancel,
+            )?)
+        }
+        None => None,
+    };
+    let rounded = gptq.as_ref().and_then(|w| w.rounded.as_ref());
+    if let Some(w) = gptq.as_ref().filter(|w| w.rounded.is_some()) {
+        text = w.with.clone();
+        crate::gptq::stamp(&mut planned, &w.record);
+    }
     let (written, layout_times) = layout::write_model(
         &mut planned,
         &wsetup.opened.loaded.maps,
@@ -246,6 +287,7 @@ pub fn build(
         &stem,
         staging.dir(),
         &importance,
+        rounded,
         progress,
         cancel,
     )?;
@@ -260,18 +302,7 @@ pub fn build(
         files.push("imatrix.gguf".into());
     }
 
-    // Accuracy on held-out text.
     let mut rows = comparison(setup, s)?;
-    let text = if let Some(p) = pruned {
-        Some(p.measured.clone())
-    } else if setup.eval_windows.is_empty() {
-        None
-    } else {
-        progress.start("accuracy", measurer.steps() as u64, Unit::Items("blocks"));
-        let r = measurer.measure(&types, &positions(progress), cancel);
-        progress.finish();
-        r?
-    };
 
     // Hashes.
     let file_entries = files
@@ -322,10 +353,14 @@ pub fn build(
         inputs(s.options)?,
     );
     manifest.pruning = weighed.as_ref().map(|w| w.record.clone());
+    manifest.gptq = gptq.as_ref().map(|w| w.record.clone());
     let mut report = report::report(&manifest, &rows);
     report.push_str(&crate::choose::report_section(&candidates));
     if let Some(p) = &manifest.pruning {
         report.push_str(&crate::prune::report_section(p));
+    }
+    if let Some(g) = &manifest.gptq {
+        report.push_str(&crate::gptq::report_section(g));
     }
     let svg = formats::chart::size_error_svg(&report::chart(wsetup, wchosen, &rows, &stem));
     staging.write("chart.svg", svg.as_bytes())?;
@@ -480,5 +515,6 @@ pub fn manifest_of(
         warnings,
         notes: model.notes.iter().map(|n| n.text.clone()).collect(),
         pruning: None,
+        gptq: None,
     }
 }

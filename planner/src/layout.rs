@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use eval::rounded::{GgufRounded, GptqGguf, RoundedSet};
 use formats::gguf::{Gguf, ALIGNMENT};
 use formats::write::{self, Container, WriteOptions};
 use formats::MappedFile;
@@ -74,6 +75,7 @@ pub fn write_model(
     stem: &str,
     dir: &Path,
     importance: &BTreeMap<String, Vec<f32>>,
+    rounded: Option<&RoundedSet<GgufRounded>>,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<(Vec<Written>, Vec<PassTiming>)> {
@@ -85,10 +87,20 @@ pub fn write_model(
                     .into(),
             )
         })?;
-    let gguf = Gguf::new(&format!("{stem}.gguf"));
+    let plain = Gguf::new(&format!("{stem}.gguf"));
+    let name = plain.file_name.clone();
     let writing = |source| Error::Writing {
-        name: gguf.file_name.clone(),
+        name: name.clone(),
         source,
+    };
+    // GPTQ-rounded tensors (`kiln build --gptq`) are copied from their
+    // stored rows; everything else is encoded as planned.
+    let gguf: Box<dyn Container + '_> = match rounded {
+        Some(rounded) => Box::new(GptqGguf {
+            inner: plain,
+            rounded,
+        }),
+        None => Box::new(plain),
     };
     formats::gguf::lower_in_place(planned);
     let layouts = gguf.layout(planned).map_err(writing)?;
@@ -101,7 +113,7 @@ pub fn write_model(
     let r = write::write(
         planned,
         maps,
-        &gguf,
+        gguf.as_ref(),
         &layouts,
         dir,
         opts,

@@ -20,6 +20,7 @@ pub mod compare;
 pub mod ct_build;
 pub mod error;
 pub mod estimate;
+pub mod gptq;
 pub mod layout;
 pub mod manifest;
 pub mod options;

@@ -27,7 +27,8 @@ use crate::sensitivity::GroupSensitivity;
 /// the values measured per tensor (`sample_values_per_tensor`); and the
 /// comparison holds the other objective's plan (`kiln, <objective> objective`).
 /// Added within version 2, absent unless asked for: `pruning` (the pruning
-/// options `--prune-candidates` weighed, and the one applied).
+/// options `--prune-candidates` weighed, and the one applied) and `gptq`
+/// (`kiln build --gptq`: the plan measured with and without GPTQ).
 pub const SCHEMA_VERSION: &str = "kiln.artifact/2";
 
 /// The manifest of one build.
@@ -54,6 +55,11 @@ pub struct Manifest {
     /// and readers of this schema that ignore unknown fields read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruning: Option<crate::prune::Pruning>,
+    /// GPTQ weighed for the plan (`kiln build --gptq`), present only when
+    /// asked for: the plan measured rounded to nearest and GPTQ-rounded,
+    /// and whether the artifact holds the GPTQ-rounded tensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gptq: Option<crate::gptq::GptqRecord>,
 }
 
 /// A file with its hash.
