@@ -168,6 +168,7 @@ pub fn text_windows(
     if ctx < 4 {
         anyhow::bail!("{flag} {ctx} is too small (at least 4 tokens)");
     }
+    check_trained_context(model, flag, ctx)?;
     if ids.len() < ctx {
         anyhow::bail!(
             "{}: the text has {} tokens, fewer than one window of {flag} {ctx}; give a longer text or a smaller {flag}",
@@ -186,6 +187,18 @@ pub fn text_windows(
     .map_err(lift)
     .with_context(|| path.display().to_string())?;
     Ok((ids.len(), windows))
+}
+
+/// Refuse windows longer than the model's trained context: positions past
+/// it are extrapolated, and figures measured there do not describe the model.
+pub fn check_trained_context(model: &eval::Opened, flag: &str, ctx: usize) -> anyhow::Result<()> {
+    if let Some(n) = planner::setup::trained_context(model).filter(|&n| ctx > n) {
+        anyhow::bail!(
+            "{flag} {ctx} is longer than {}'s trained context of {n} tokens (positions past it are extrapolated, so the figures would not describe the model); give {flag} {n} or less",
+            model.name()
+        );
+    }
+    Ok(())
 }
 
 /// An `eval::Error` as an anyhow error, with a `formats::Error` kept as the

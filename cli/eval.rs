@@ -243,6 +243,7 @@ fn evaluate_text(
     cancel: &AtomicBool,
     out: &mut serde_json::Map<String, Value>,
 ) -> Result<TextReport> {
+    crate::common::check_trained_context(original, "--ctx", args.ctx)?;
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("{}: cannot read the text", text_path.display()))?;
     let tok = Tokenizer::from_metadata(&formats::gguf::key_values(&original.loaded.model))

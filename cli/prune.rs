@@ -296,7 +296,10 @@ fn calibrate(
         ids.extend(tok.bos);
     }
     ids.extend(tok.encode(&body).map_err(lift)?);
-    let ctx = CTX.min(ids.len().max(4));
+    // Never past the trained context (positions there are extrapolated).
+    let ctx = CTX
+        .min(ids.len().max(4))
+        .min(planner::setup::trained_context(&model).unwrap_or(usize::MAX));
     let windows = eval::text::windows(
         &ids,
         Windows {

@@ -218,6 +218,9 @@ fn weight_error_orders_exact_q8_0_and_q4_0() {
 fn usage_errors_are_exit_code_2() {
     let fx = fixture("tiny-llama");
     let t = text();
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "It is a truth universally acknowledged.").unwrap();
     for (args, says) in [
         (vec!["eval", s(&fx)], "nothing to evaluate"),
         (
@@ -234,6 +237,10 @@ fn usage_errors_are_exit_code_2() {
         ),
         (
             vec!["eval", s(&fx), "--text", s(&t), "--ctx", "100000"],
+            "longer than",
+        ),
+        (
+            vec!["eval", s(&fx), "--text", s(&short), "--ctx", "512"],
             "fewer than one window",
         ),
     ] {
@@ -487,4 +494,56 @@ fn snapshots_of_what_users_see() {
             ))
         );
     });
+}
+
+#[test]
+fn windows_longer_than_the_trained_context_are_refused() {
+    // tiny-llama states max_position_embeddings 512.
+    let model = fixture("tiny-llama");
+    let text = repo().join("fixtures/text/pride-and-prejudice-ch1-17.txt");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![
+            "eval",
+            s(&model),
+            s(&model),
+            "--text",
+            s(&text),
+            "--ctx",
+            "1024",
+        ],
+        vec![
+            "imatrix",
+            s(&model),
+            "--text",
+            s(&text),
+            "--ctx",
+            "1024",
+            "-o",
+            s(&out),
+        ],
+        vec![
+            "build",
+            s(&model),
+            "--target",
+            "h100-sxm",
+            "--text",
+            s(&text),
+            "--ctx",
+            "1024",
+            "-o",
+            s(&out),
+        ],
+    ];
+    for args in cases {
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with("error: ") && r.stderr.contains("trained context of 512 tokens"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
 }

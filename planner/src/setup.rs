@@ -126,6 +126,12 @@ pub fn load_options(pre_tokenizer: &Option<String>) -> LoadOptions {
 /// The text at `path` as windows of `ctx` tokens, each starting with BOS
 /// when the tokenizer adds one.
 fn tokenize(opened: &Opened, path: &Path, ctx: usize) -> Result<Vec<Vec<u32>>> {
+    if let Some(n) = trained_context(opened).filter(|&n| ctx > n) {
+        return Err(Error::Options(format!(
+            "--ctx {ctx} is longer than {}'s trained context of {n} tokens (positions past it are extrapolated, so the figures would not describe the model); give --ctx {n} or less",
+            opened.name()
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|source| Error::ReadText {
         path: path.to_path_buf(),
         source,
@@ -153,6 +159,18 @@ fn tokenize(opened: &Opened, path: &Path, ctx: usize) -> Result<Vec<Vec<u32>>> {
         what: path.display().to_string(),
         source: Box::new(source),
     })
+}
+
+/// The model's trained context (`max_position_embeddings`,
+/// `{arch}.context_length`), when it states one.
+pub fn trained_context(opened: &Opened) -> Option<usize> {
+    opened
+        .loaded
+        .model
+        .arch
+        .as_ref()
+        .map(|a| a.context_length)
+        .filter(|&n| n > 0)
 }
 
 /// The collected matrix as llama.cpp's GGUF imatrix holds it.

@@ -201,6 +201,7 @@ fn manifest_round_trips_and_names_its_schema() {
         objective: Objective::Accuracy,
         max_error: None,
         kiln_version: "0.0.0".into(),
+        gptq: None,
     };
     let file = manifest::File {
         path: Some("tiny-llama.gguf".into()),
