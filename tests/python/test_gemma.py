@@ -258,7 +258,11 @@ def test_gemma3_270m_q8_0_top_token_agrees_with_source(gemma270m, convert, llama
     a = np.array([r["argmax"] for r in src["evaluate"]])
     b = np.array([r["argmax"] for r in ours["evaluate"]])
     agree = int(np.sum(a == b))
-    assert agree >= int(np.ceil(SMOL_MIN_AGREEMENT * 64)), f"top next token agrees on {agree}/64 (differs at {np.flatnonzero(a != b).tolist()})"
+    # Q8_0 of a Q4_K_M source: a few positions are near-ties whose argmax
+    # follows llama.cpp's CPU kernels (61-64/64 on one x86-64 machine, 59/64
+    # on an AVX-512 one, the same kiln bytes); a wrong conversion agrees on
+    # far fewer.
+    assert agree >= int(np.ceil(0.90 * 64)), f"top next token agrees on {agree}/64 (differs at {np.flatnonzero(a != b).tolist()})"
     gen = ours["generate"]["tokens"]
     assert len(gen) == 8 and all(0 <= t < ours["info"]["nVocab"] for t in gen)
     # kiln's own forward pass runs on it (source vs kiln's Q8_0) and agrees closely.
