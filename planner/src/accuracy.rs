@@ -36,9 +36,18 @@ pub fn measure_text(
     on_step: &dyn Fn(usize),
     cancel: &AtomicBool,
 ) -> Result<TextAccuracy> {
-    let m = &setup.opened;
+    let candidate = roundtrip(setup, types)?;
+    measure_source(setup, &candidate, on_step, cancel)
+}
+
+/// The setup's model with every measured tensor encoded in its type of
+/// `types` and decoded back, as the emitter writes it.
+pub fn roundtrip<'a>(
+    setup: &'a Setup,
+    types: &BTreeMap<String, GgmlType>,
+) -> Result<Roundtrip<'a>> {
     let candidate = Roundtrip {
-        base: m,
+        base: &setup.opened,
         types: setup
             .measured
             .iter()
@@ -47,7 +56,7 @@ pub fn measure_text(
         importance: &setup.importance,
     };
     candidate.check()?;
-    measure_source(setup, &candidate, on_step, cancel)
+    Ok(candidate)
 }
 
 /// Measure the candidate `candidate` (a source over the setup's model)

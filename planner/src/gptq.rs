@@ -17,11 +17,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use eval::rounded::{GgufRounded, RoundedSet, Spill, WithRounded};
-use eval::Roundtrip;
 use quant::GgmlType;
 use serde::{Deserialize, Serialize};
 
-use crate::accuracy::{measure_source, TextAccuracy};
+use crate::accuracy::{measure_source, roundtrip, TextAccuracy};
 use crate::error::{Error, Result};
 use crate::manifest::Text;
 use crate::progress::{positions, Progress, Unit};
@@ -162,16 +161,7 @@ pub fn weigh(
         .collect();
     let with = match without {
         Some(_) => {
-            let base = Roundtrip {
-                base: m,
-                types: setup
-                    .measured
-                    .iter()
-                    .map(|meas| (meas.name.clone(), types[&meas.name]))
-                    .collect(),
-                importance: &setup.importance,
-            };
-            base.check()?;
+            let base = roundtrip(setup, types)?;
             let cand = WithRounded {
                 base: &base,
                 rounded: &rounded,
