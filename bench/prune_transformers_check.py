@@ -8,6 +8,12 @@ reference of the ORIGINAL checkpoint pruned the same way (tests/python:
 ref_forward + test_prune.prune_reference, from kiln's --json record): top-1
 agreement and relative logit error (W8A16 rounding is the only difference).
 
+Then `kiln build --engine vllm --prune-candidates auto` on tiny-llama with its
+second block made idle (o_proj and down_proj scaled by 1e-3, as in
+tests/prune_ct.rs), where removing that block measures better than any plan
+of the whole model: the mixed-scheme pruned artifact loads the same way and
+is compared with the unpruned original's float64 logits.
+
 Needs torch, transformers and compressed-tensors:
     /work/venvs/ct/bin/python bench/prune_transformers_check.py [--kiln target/release/kiln]
 """
@@ -36,6 +42,25 @@ CASES = [
     ("tiny-qwen2", "ffn=0.5;kv-groups=1"),
     ("tiny-qwen3", "ffn=0.5;kv-groups=1;layers=1"),
 ]
+
+
+def idle_block_fixture(src, dst):
+    """A copy of `src` with block 1's o_proj and down_proj (BF16) times 1e-3."""
+    import shutil
+    import struct
+
+    shutil.copytree(src, dst)
+    p = dst / "model.safetensors"
+    b = bytearray(p.read_bytes())
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    for name in ["model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight"]:
+        lo, hi = (8 + n + o for o in h[name]["data_offsets"])
+        f = (np.frombuffer(bytes(b[lo:hi]), dtype="<u2").astype(np.uint32) << 16).view(np.float32) * np.float32(1e-3)
+        r = f.view(np.uint32)
+        b[lo:hi] = ((r + 0x7FFF + ((r >> 16) & 1)) >> 16).astype("<u2").tobytes()
+    p.write_bytes(bytes(b))
+    return dst
 
 
 def main():
@@ -71,6 +96,30 @@ def main():
                      "top1_agreement": agree, "rel_l2": rel, "ok": good})
         print(f"{fx_name:11s} {spec:28s} loaded: layers {m.config.num_hidden_layers}, heads {m.config.num_attention_heads}/{m.config.num_key_value_heads}, "
               f"ffn {m.config.intermediate_size}; top-1 vs pruned reference {agree:.3f}, relative logit error {rel:.4f} {'ok' if good else 'FAIL'}")
+    # The joint plan: a pruned, mixed-scheme artifact from `kiln build`.
+    with tempfile.TemporaryDirectory() as tmp:
+        fx = idle_block_fixture(ROOT / "fixtures" / "tiny-llama", Path(tmp) / "idle-block")
+        text = ROOT / "fixtures" / "text" / "pride-and-prejudice-ch1-17.txt"
+        out = Path(tmp) / "built"
+        subprocess.run([a.kiln, "build", str(fx), "--target", "h100-sxm", "--engine", "vllm", "--bpw", "5", "--objective", "accuracy",
+                        "--text", str(text), "--ctx", "64", "--prune-candidates", "auto", "-o", str(out), "--quiet"], check=True)
+        chosen = json.loads((out / "manifest.json").read_text())["pruning"]["chosen"]
+        cfg = json.loads((fx / "config.json").read_text())
+        ids = torch.randint(3, cfg["vocab_size"], (1, 48))
+        m, info = AutoModelForCausalLM.from_pretrained(str(out), dtype="auto", output_loading_info=True)
+        m.eval()
+        with torch.no_grad():
+            got = m(ids).logits[0].double().numpy()
+        ref = ref_forward.load_hf(fx).logits(ids[0].tolist())
+        missing, unexpected = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
+        agree = float((got.argmax(-1) == ref.argmax(-1)).mean())
+        rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        good = chosen is not None and not missing and not unexpected and agree >= 0.9 and rel < 0.05
+        ok &= good
+        rows.append({"fixture": "tiny-llama, block 1 idle", "build_pruning": chosen, "config_layers": m.config.num_hidden_layers,
+                     "missing": missing, "unexpected": unexpected, "top1_agreement": agree, "rel_l2": rel, "ok": good})
+        print(f"build --engine vllm --prune-candidates auto: pruning {chosen}, loaded: layers {m.config.num_hidden_layers}; "
+              f"top-1 vs the unpruned original {agree:.3f}, relative logit error {rel:.4f} {'ok' if good else 'FAIL'}")
     print(json.dumps(rows, indent=1))
     sys.exit(0 if ok else 1)
 

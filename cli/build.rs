@@ -82,21 +82,6 @@ pub fn check_engine(target: &passes::cost::Target, engine: passes::cost::Engine)
     Ok(())
 }
 
-/// Refuse `--prune-candidates` where they are not weighed yet: builds for
-/// compressed-tensors runtimes.
-pub fn check_prune_engine(
-    options: &planner::PlanOptions,
-    engine: passes::cost::Engine,
-) -> Result<()> {
-    if engine != passes::cost::Engine::LlamaCpp && !options.prune_candidates.is_empty() {
-        anyhow::bail!(
-            "--prune-candidates with --engine {}: pruning is weighed for GGUF (llama.cpp) builds only for now; prune a compressed-tensors checkpoint with `kiln convert --prune`",
-            engine.name()
-        );
-    }
-    Ok(())
-}
-
 /// Refuse `--gptq` where it is not weighed: without a text, beside pruning
 /// candidates, for the compressed-tensors engines, or with a damping that
 /// is not a fraction.
@@ -155,7 +140,6 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     if engine != passes::cost::Engine::LlamaCpp {
         planner::ct_build::legal(&target, engine.name()).map_err(lift_plan)?;
     }
-    check_prune_engine(&options, engine)?;
     check_gptq(args, &options, engine)?;
     planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.

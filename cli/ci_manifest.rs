@@ -423,20 +423,6 @@ pub fn read(path: &Path) -> Result<Manifest> {
         }
         match settings.prune_candidates() {
             Err(why) => bail!(located(path, line, "prune", format!("artifact `{name}`: {why}"))),
-            Ok(c)
-                if !c.is_empty()
-                    && settings
-                        .engine
-                        .as_deref()
-                        .is_some_and(|e| e != "llama.cpp") =>
-            {
-                bail!(located(
-                    path,
-                    line,
-                    "prune",
-                    format!("artifact `{name}`: pruning is weighed for GGUF (llama.cpp) artifacts only for now")
-                ))
-            }
             Ok(c) if !c.is_empty() && settings.text.is_none() => bail!(located(
                 path,
                 line,

@@ -206,7 +206,11 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
     };
     let prune_record = prune.as_ref().map(|p| p.record(&model));
     if let (Some(p), Some(arch)) = (&prune, &model.arch) {
-        crate::prune::edit_hf_config(inner.config_mut(), arch, &crate::prune::layer_map(p));
+        passes::passes::prune::edit_hf_config(
+            inner.config_mut(),
+            arch,
+            &crate::prune::layer_map(p),
+        );
     }
     let gptq_t0 = Instant::now();
     let (container, gptq_summary): (Box<dyn Container>, _) = if args.gptq.gptq && !args.dry_run {

@@ -157,7 +157,6 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
     let options = args.plan.options()?;
     planner::options::check(&options).map_err(lift_plan)?;
     let engine = planner::options::any_engine(&options).map_err(lift_plan)?;
-    crate::build::check_prune_engine(&options, engine)?;
     planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;
@@ -180,7 +179,9 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
         planner::options::workload(&options, setup.arch.context_length).map_err(lift_plan)?;
     let params = setup.params();
     if engine != passes::cost::Engine::LlamaCpp {
-        return ct_plans(args, &setup, &targets, &options, engine, &workload, printer);
+        return ct_plans(
+            args, &setup, &targets, &options, engine, &workload, &bars, &cancel, printer,
+        );
     }
     let measure = !setup.eval_windows.is_empty();
     let plans = planner::plan_targets(
@@ -279,6 +280,8 @@ fn ct_plans(
     options: &planner::PlanOptions,
     engine: passes::cost::Engine,
     workload: &passes::cost::Workload,
+    bars: &Bars,
+    cancel: &std::sync::atomic::AtomicBool,
     printer: &Printer,
 ) -> Result<()> {
     use passes::cost::CtScheme;
@@ -308,6 +311,11 @@ fn ct_plans(
                 continue;
             }
         };
+        // With --prune-candidates: each pruning option planned at this
+        // plan's memory and measured against the original.
+        let weighed =
+            planner::ct_build::weigh_pruning(setup, &sizing, engine.name(), &p, bars, cancel)
+                .map_err(lift_plan)?;
         let mut plans = vec![(format!("kiln plan ({})", p.runtime), p.clone())];
         for (label, sc) in [
             ("W4A16 g128", CtScheme::W4A16),
@@ -379,10 +387,14 @@ fn ct_plans(
             })
             .collect();
         text += &format!(
-            "  plan uses: {}\n\n",
+            "  plan uses: {}\n",
             schemes.iter().cloned().collect::<Vec<_>>().join(", ")
         );
-        out.push(json!({
+        if let Some(w) = &weighed {
+            text += &pruning_text(&w.record);
+        }
+        text += "\n";
+        let mut j = json!({
             "target": target.id,
             "name": target.name,
             "runtime": p.runtime,
@@ -397,7 +409,12 @@ fn ct_plans(
                 "predicted_kld": e,
                 "cost": c,
             })).collect::<Vec<_>>(),
-        }));
+        });
+        // Only with --prune-candidates: the output without it is unchanged.
+        if let Some(w) = &weighed {
+            j["pruning"] = serde_json::to_value(&w.record)?;
+        }
+        out.push(j);
     }
     if args.json {
         printer.data(&serde_json::to_string_pretty(&json!({

@@ -18,7 +18,7 @@ use passes::passes::prune::{
 };
 use passes::passes::Pass;
 use passes::{Arch, Model};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::common::{cancel_flag, human_bytes, lift, load_options};
 use crate::Printer;
@@ -234,44 +234,6 @@ fn config_json(a: &Arch) -> Value {
         "ffn": a.ffn,
         "kv_bytes_per_token_f16": kv_bytes_per_token(a),
     })
-}
-
-/// The pruned model's Hugging Face config.json: sizes from `arch`
-/// (`head_dim` written out, as it no longer follows from hidden / heads),
-/// per-layer lists (`layer_types`) kept for the kept layers.
-pub fn edit_hf_config(cfg: &mut Map<String, Value>, arch: &Arch, layer_map: &[Option<usize>]) {
-    let set = |cfg: &mut Map<String, Value>, k: &str, v: usize| {
-        cfg.insert(k.to_string(), json!(v));
-    };
-    let old_layers = cfg
-        .get("num_hidden_layers")
-        .and_then(Value::as_u64)
-        .unwrap_or(0) as usize;
-    set(cfg, "num_hidden_layers", arch.n_layer);
-    if cfg.contains_key("intermediate_size") {
-        set(cfg, "intermediate_size", arch.ffn);
-    }
-    set(cfg, "num_attention_heads", arch.n_head);
-    set(cfg, "num_key_value_heads", arch.n_head_kv);
-    set(cfg, "head_dim", arch.head_dim);
-    if !layer_map.is_empty() {
-        for (_, v) in cfg.iter_mut() {
-            if let Value::Array(items) = v {
-                if items.len() == old_layers && old_layers == layer_map.len() {
-                    let kept: Vec<Value> = items
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| layer_map[*i].is_some())
-                        .map(|(_, x)| x.clone())
-                        .collect();
-                    *items = kept;
-                }
-            }
-        }
-        if arch.n_dense_layers > 0 && cfg.contains_key("first_k_dense_replace") {
-            set(cfg, "first_k_dense_replace", arch.n_dense_layers);
-        }
-    }
 }
 
 /// The layer map the depth pass left (empty: no depth pruning).

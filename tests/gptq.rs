@@ -17,7 +17,7 @@ use crate::common::*;
 
 /// Calibration text (the first 60% of the fixture text) and held-out text
 /// (the rest), written into `dir`.
-fn texts(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn texts(dir: &Path) -> (PathBuf, PathBuf) {
     let t = std::fs::read_to_string(repo().join("fixtures/text/pride-and-prejudice-ch1-17.txt"))
         .unwrap();
     let mut cut = t.len() * 6 / 10;

@@ -15,6 +15,7 @@ mod fidelity;
 mod gptq;
 mod hostile;
 mod limits;
+mod prune_ct;
 #[cfg(unix)]
 mod safety;
 mod snapshots;

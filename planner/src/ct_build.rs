@@ -26,6 +26,7 @@ use passes::{Role, TensorNode};
 use quant::ct as q;
 use serde_json::json;
 
+use crate::accuracy::TextAccuracy;
 use crate::build::BuildOptions;
 use crate::error::{Error, Result};
 use crate::options::Objective;
@@ -77,6 +78,9 @@ pub struct CtPlan {
     /// Bytes of the tensors outside the target Linears (embeddings, norms, lm_head).
     pub fixed_bytes: u64,
     pub budget: String,
+    /// What set the budget (`budget_gb`, `bpw`, `target_memory`, or
+    /// `pruning_same_memory` for a pruned model's plan).
+    pub budget_source: &'static str,
     /// Devices the budget was sized for.
     pub devices: usize,
     pub ceiling: Option<f64>,
@@ -345,7 +349,8 @@ fn nsr(
     }
 }
 
-/// Measure every target Linear in every legal scheme and set up the units.
+/// Measure every target Linear in every legal scheme and solve: under the
+/// budget (accuracy objective) or the error ceiling (cost).
 pub fn plan(
     setup: &Setup,
     s: &Sizing,
@@ -353,6 +358,60 @@ pub fn plan(
     objective: Objective,
     max_error: Option<f64>,
 ) -> Result<CtPlan> {
+    let mut p = units(setup, s, engine)?;
+    let legal = p.legal.clone();
+    let budget = solve::budget(setup, s, 1)?;
+    p.budget = budget.from.clone();
+    p.budget_source = budget.source;
+    p.devices = budget.devices;
+    // Uniform W4A16's predicted error, or that of the first legal scheme
+    // that can hold any of the Linears (an MoE's 64-wide experts take no
+    // group of 128: W4A16 would keep everything in 16 bits, a ceiling of 0).
+    let default_ceiling = {
+        let holds_any = |sc: CtScheme| {
+            p.units
+                .iter()
+                .any(|u| u.choices.iter().any(|c| c.scheme == Some(sc)))
+        };
+        std::iter::once(CtScheme::W4A16)
+            .filter(|w4| legal.contains(w4))
+            .chain(legal.iter().copied())
+            .find(|&sc| holds_any(sc))
+            .map_or(0.0, |sc| p.uniform(Some(sc)).1)
+    };
+    match objective {
+        Objective::Cost => {
+            let ceiling = max_error.unwrap_or(default_ceiling);
+            p.ceiling = Some(ceiling);
+            solve_units(&mut p, |b, e| e <= ceiling * (1.0 + 1e-9) && b > 0, true);
+        }
+        Objective::Accuracy => {
+            let cap = budget.file_bytes;
+            solve_units(&mut p, |b, _| b <= cap, false);
+        }
+    }
+    Ok(p)
+}
+
+/// The least predicted error in at most `cap` bytes of tensors (a pruned
+/// model given the unpruned plan's budget); `None` when nothing fits.
+pub fn plan_within(
+    setup: &Setup,
+    s: &Sizing,
+    engine: &str,
+    cap: u64,
+    from: String,
+) -> Result<Option<CtPlan>> {
+    let mut p = units(setup, s, engine)?;
+    p.budget = from;
+    p.budget_source = "pruning_same_memory";
+    solve_units(&mut p, |b, _| b <= cap, false);
+    Ok(Some(p).filter(|p| p.bytes() <= cap))
+}
+
+/// Every target Linear measured in every legal scheme, grouped into units
+/// (nothing chosen yet: every unit in 16 bits).
+fn units(setup: &Setup, s: &Sizing, engine: &str) -> Result<CtPlan> {
     let target: &Target = s.target;
     let (rt, legal) = legal(target, engine)?;
     let fp8_max = target.fp8_max() as f32;
@@ -436,48 +495,19 @@ pub fn plan(
     }
     let moe = model.tensors.iter().any(|t| !t.parts.is_empty());
     let single_group = target.is_single_group(&rt) || moe;
-    let mut p = CtPlan {
+    Ok(CtPlan {
         runtime: rt.to_string(),
-        legal: legal.clone(),
+        legal,
         single_group,
         moe,
         chosen: vec![0; units.len()],
         units,
         fixed_bytes,
         budget: String::new(),
+        budget_source: "",
         devices: 1,
         ceiling: None,
-    };
-    let budget = solve::budget(setup, s, 1)?;
-    p.budget = budget.from.clone();
-    p.devices = budget.devices;
-    // Uniform W4A16's predicted error, or that of the first legal scheme
-    // that can hold any of the Linears (an MoE's 64-wide experts take no
-    // group of 128: W4A16 would keep everything in 16 bits, a ceiling of 0).
-    let default_ceiling = {
-        let holds_any = |sc: CtScheme| {
-            p.units
-                .iter()
-                .any(|u| u.choices.iter().any(|c| c.scheme == Some(sc)))
-        };
-        std::iter::once(CtScheme::W4A16)
-            .filter(|w4| legal.contains(w4))
-            .chain(legal.iter().copied())
-            .find(|&sc| holds_any(sc))
-            .map_or(0.0, |sc| p.uniform(Some(sc)).1)
-    };
-    match objective {
-        Objective::Cost => {
-            let ceiling = max_error.unwrap_or(default_ceiling);
-            p.ceiling = Some(ceiling);
-            solve_units(&mut p, |b, e| e <= ceiling * (1.0 + 1e-9) && b > 0, true);
-        }
-        Objective::Accuracy => {
-            let cap = budget.file_bytes;
-            solve_units(&mut p, |b, _| b <= cap, false);
-        }
-    }
-    Ok(p)
+    })
 }
 
 /// Choose per unit by a Lagrangian: each unit takes the choice minimizing
@@ -649,10 +679,21 @@ pub fn build(
             b.model.display()
         )));
     }
-    let p = plan(setup, s, engine, b.objective, b.max_error)?;
-    let est = cost(setup, s, &p)?;
+    let unpruned = plan(setup, s, engine, b.objective, b.max_error)?;
     let fp8_max = s.target.fp8_max() as f32;
-    let mut model = setup.opened.loaded.model.clone();
+    // With --prune-candidates, pruning options are weighed against this
+    // plan at the same memory; one that measures better is what is built.
+    let weighed = weigh_pruning(setup, s, engine, &unpruned, progress, cancel)?;
+    let unpruned_kld = weighed
+        .as_ref()
+        .and_then(|w| w.record.options.first()?.measured.as_ref()?.kld_mean);
+    let pruned = weighed.as_ref().and_then(|w| w.pruned.as_ref());
+    let (wsetup, p) = match pruned {
+        Some(x) => (&x.setup, &x.chosen),
+        None => (setup, &unpruned),
+    };
+    let est = cost(wsetup, s, p)?;
+    let mut model = wsetup.opened.loaded.model.clone();
     let stacked = p.assignment(&model);
     // Experts back to the checkpoint's per-expert Linears, each in its
     // layer's scheme.
@@ -667,15 +708,19 @@ pub fn build(
     fct::assign_mixed(&mut model, &assignment)?;
     fct::set_fp8_max(&mut model, s.target.fp8_max()).map_err(Error::Options)?;
     let src = &b.model;
-    let maps = &setup.opened.loaded.maps;
+    let maps = &wsetup.opened.loaded.maps;
     // One scheme throughout is written as llm-compressor writes a preset
     // (`targets: ["Linear"]`, the rest in `ignore`); several as named groups.
     let distinct: BTreeSet<&str> = assignment.values().map(|s| s.name()).collect();
-    let container = match assignment.values().next() {
+    let mut container = match assignment.values().next() {
         Some(&one) if distinct.len() == 1 => CompressedTensors::new(one, &model, maps, src)?,
         Some(_) => CompressedTensors::mixed(&assignment, &model, maps, src)?,
         None => CompressedTensors::new(Scheme::W8A8, &model, maps, src)?,
     };
+    // A pruned model's config.json says what is left.
+    if let Some(x) = pruned {
+        passes::passes::prune::edit_hf_config(container.config_mut(), &x.setup.arch, &x.layer_map);
+    }
     let files = container.layout(&model)?;
     let staging = Staging::new(&b.output, b.force)?;
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
@@ -699,12 +744,16 @@ pub fn build(
     // Compare with the uniform schemes, measured on text where given.
     let mut rows: Vec<(String, u64, f64, Option<f64>)> = Vec::new();
     progress.start("comparing", 5, Unit::Items("plans"));
-    let plan_kld = {
-        let per_unit = by_scheme(&p, &p.chosen);
-        measure_units(setup, &per_unit, fp8_max, cancel)?
+    let plan_kld = match pruned {
+        Some(x) => Some(x.measured.kld),
+        None if unpruned_kld.is_some() => unpruned_kld,
+        None => measure_units(setup, &by_scheme(p, &p.chosen), fp8_max, cancel)?,
     };
     rows.push((
-        format!("kiln plan ({})", p.runtime),
+        match pruned {
+            Some(x) => format!("kiln plan ({}), pruned `{}`", p.runtime, x.resolved),
+            None => format!("kiln plan ({})", p.runtime),
+        },
         p.bytes(),
         p.error(),
         plan_kld,
@@ -726,16 +775,20 @@ pub fn build(
             progress.advance(1);
             continue;
         }
-        let u = p.uniform_plan(Some(sc));
+        // Of the unpruned model: what serving it without kiln's plan gives.
+        let u = unpruned.uniform_plan(Some(sc));
         let (bytes, err) = (u.bytes(), u.error());
-        let kld = measure_units(setup, &by_scheme(&p, &u.chosen), fp8_max, cancel)?;
+        let kld = measure_units(setup, &by_scheme(&unpruned, &u.chosen), fp8_max, cancel)?;
         rows.push((label.to_string(), bytes, err, kld));
         progress.advance(1);
     }
     progress.finish();
 
     let cost = crate::manifest::Cost::of(&est);
-    let report = report_text(setup, s, &p, &rows, &cost);
+    let mut report = report_text(setup, s, p, &rows, &cost);
+    if let Some(w) = &weighed {
+        report.push_str(&crate::prune::report_section(&w.record));
+    }
     staging.write("report.md", report.as_bytes())?;
     let mut listed = Vec::new();
     for w in &written {
@@ -776,7 +829,7 @@ pub fn build(
         "budget": p.budget,
         "max_error": p.ceiling,
         "tensor_bytes": actual_bytes,
-        "bits_per_weight": setup.bpw(p.bytes()),
+        "bits_per_weight": wsetup.bpw(p.bytes()),
         "devices": p.devices,
         "predicted_kld": p.error(),
         "cost": cost,
@@ -789,6 +842,11 @@ pub fn build(
         })).collect::<Vec<_>>(),
         "files": listed,
     });
+    let mut manifest = manifest;
+    // Only with --prune-candidates: the manifest without it is unchanged.
+    if let Some(w) = &weighed {
+        manifest["pruning"] = serde_json::to_value(&w.record).expect("JSON serializes");
+    }
     let manifest_json = serde_json::to_string_pretty(&manifest).expect("JSON serializes");
     staging.write("manifest.json", manifest_json.as_bytes())?;
     staging.commit()?;
@@ -808,7 +866,21 @@ fn measure_units(
     fp8_max: f32,
     cancel: &AtomicBool,
 ) -> Result<Option<f64>> {
-    if setup.eval_windows.is_empty() {
+    Ok(measure_against(setup, setup, per_unit, fp8_max, &|_| {}, cancel)?.map(|t| t.kld))
+}
+
+/// `cand` (the model itself, or a pruned copy of it) with each unit in its
+/// scheme, measured against `reference`'s original on its held-out
+/// windows; `None` without held-out text.
+fn measure_against(
+    reference: &Setup,
+    setup: &Setup,
+    per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
+    fp8_max: f32,
+    positions: &dyn Fn(usize),
+    cancel: &AtomicBool,
+) -> Result<Option<TextAccuracy>> {
+    if reference.eval_windows.is_empty() {
         return Ok(None);
     }
     let model = &setup.opened.loaded.model;
@@ -865,13 +937,145 @@ fn measure_units(
             .collect(),
     };
     let r = eval::stream::evaluate(
-        &setup.opened,
+        &reference.opened,
         Some(&candidate),
-        &setup.eval_windows,
-        &|_| {},
+        &reference.eval_windows,
+        positions,
         cancel,
     )?;
-    Ok(r.kld.as_ref().map(|k| k.mean))
+    let kld = r
+        .kld
+        .as_ref()
+        .ok_or_else(|| Error::Input("no KL divergence".into()))?;
+    Ok(Some(TextAccuracy {
+        ppl_original: r.original.perplexity,
+        ppl: r.candidate.as_ref().map_or(f64::NAN, |c| c.perplexity),
+        kld: kld.mean,
+        kld_p99: kld.p99,
+        top1: r.top1_agreement.unwrap_or(f64::NAN),
+        windows: reference.eval_windows.len(),
+    }))
+}
+
+/// With `--prune-candidates` (and held-out text): the unpruned plan `p`
+/// measured, then each pruning option planned at its memory and measured
+/// against the original (`prune::weigh_family`); `None` without candidates.
+pub fn weigh_pruning(
+    setup: &Setup,
+    s: &Sizing,
+    engine: &str,
+    p: &CtPlan,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Option<crate::prune::Weighed<CtPlan>>> {
+    if s.options.prune_candidates.is_empty() {
+        return Ok(None);
+    }
+    crate::prune::check(s.options)?;
+    let family = Ct {
+        engine,
+        fp8_max: s.target.fp8_max() as f32,
+    };
+    let m = crate::prune::Family::measure(&family, setup, setup, p, progress, cancel)?;
+    crate::prune::weigh_family(
+        &family,
+        setup,
+        s,
+        p,
+        crate::prune::Unpruned {
+            devices: p.devices,
+            source: p.budget_source,
+            from: &p.budget,
+        },
+        &m,
+        progress,
+        cancel,
+    )
+}
+
+/// Pruning weighed for compressed-tensors builds: a pruned model planned
+/// per unit among the same schemes (`plan_within`), measured with the
+/// runtime's activation quantization as the unpruned plan is.
+pub struct Ct<'a> {
+    pub engine: &'a str,
+    /// The target's FP8 E4M3 maximum (448; 240 on Neuron).
+    pub fp8_max: f32,
+}
+
+impl crate::prune::Family for Ct<'_> {
+    type Plan = CtPlan;
+
+    fn gguf(&self) -> bool {
+        false
+    }
+
+    fn size(&self, p: &CtPlan) -> (u64, f64) {
+        (p.bytes(), p.error())
+    }
+
+    fn cost(
+        &self,
+        setup: &Setup,
+        s: &Sizing,
+        p: Option<&CtPlan>,
+    ) -> Result<passes::cost::Estimate> {
+        match p {
+            Some(p) => cost(setup, s, p),
+            // Every Linear in 16 bits: the KV cache does not depend on it.
+            None => cost(
+                setup,
+                s,
+                &CtPlan {
+                    runtime: String::new(),
+                    legal: Vec::new(),
+                    single_group: false,
+                    moe: false,
+                    units: Vec::new(),
+                    chosen: Vec::new(),
+                    fixed_bytes: 0,
+                    budget: String::new(),
+                    budget_source: "",
+                    devices: 1,
+                    ceiling: None,
+                },
+            ),
+        }
+    }
+
+    fn allocate(
+        &self,
+        setup: &Setup,
+        s: &Sizing,
+        budget: u64,
+        from: String,
+    ) -> Result<Option<CtPlan>> {
+        plan_within(setup, s, self.engine, budget, from)
+    }
+
+    fn measure(
+        &self,
+        base: &Setup,
+        cand: &Setup,
+        p: &CtPlan,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<TextAccuracy> {
+        progress.start(
+            "measuring plan",
+            base.arch.n_layer as u64 + 1,
+            Unit::Items("blocks"),
+        );
+        let r = measure_against(
+            base,
+            cand,
+            &by_scheme(p, &p.chosen),
+            self.fp8_max,
+            &crate::progress::positions(progress),
+            cancel,
+        );
+        progress.finish();
+        r?.ok_or_else(|| Error::Input("no held-out windows to measure the pruned plan on".into()))
+    }
 }
 
 /// A KL divergence for the report: 6 decimals, or 4 significant digits

@@ -193,19 +193,127 @@ pub struct Pruning {
     pub passes: Vec<String>,
 }
 
-/// A pruned model ready to be written: its setup and allocation.
-pub struct Pruned {
+/// A pruned model ready to be written: its setup and plan.
+pub struct Pruned<P = Chosen> {
     pub setup: Setup,
-    pub chosen: Chosen,
+    pub chosen: P,
     pub resolved: String,
     pub measured: TextAccuracy,
     pub summary: Vec<String>,
+    /// Input layer -> output layer (empty: no depth pruning), for the
+    /// Hugging Face config's per-layer lists.
+    pub layer_map: Vec<Option<usize>>,
 }
 
 /// What weighing found: the record, and the pruned plan when one won.
-pub struct Weighed {
+pub struct Weighed<P = Chosen> {
     pub record: Pruning,
-    pub pruned: Option<Pruned>,
+    pub pruned: Option<Pruned<P>>,
+}
+
+/// What weighing needs of an artifact family's planner: GGUF types per
+/// tensor ([`Gguf`]), or compressed-tensors schemes per Linear
+/// (`ct_build::Ct`).
+pub trait Family {
+    /// One model's plan.
+    type Plan;
+    /// The output is a GGUF (llama.cpp's graphs limit which KV groups may go).
+    fn gguf(&self) -> bool;
+    /// Tensor bytes and predicted KL divergence of a plan.
+    fn size(&self, p: &Self::Plan) -> (u64, f64);
+    /// The serving estimate of `setup` planned as `p`; `None`: any plan
+    /// (for what does not depend on it, the KV cache).
+    fn cost(
+        &self,
+        setup: &Setup,
+        s: &Sizing,
+        p: Option<&Self::Plan>,
+    ) -> Result<passes::cost::Estimate>;
+    /// The least predicted error in at most `budget` tensor bytes (`None`:
+    /// nothing fits); `from` says where the budget came from.
+    fn allocate(
+        &self,
+        setup: &Setup,
+        s: &Sizing,
+        budget: u64,
+        from: String,
+    ) -> Result<Option<Self::Plan>>;
+    /// `cand` planned as `p`, measured against `base`'s original on its
+    /// held-out windows.
+    fn measure(
+        &self,
+        base: &Setup,
+        cand: &Setup,
+        p: &Self::Plan,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<TextAccuracy>;
+}
+
+/// GGUF builds: every tensor among its ggml types, by `plan::allocate`.
+pub struct Gguf<'a> {
+    /// The unpruned plan (its ceiling is carried over).
+    pub unpruned: &'a Chosen,
+}
+
+impl Family for Gguf<'_> {
+    type Plan = Chosen;
+
+    fn gguf(&self) -> bool {
+        true
+    }
+
+    fn size(&self, p: &Chosen) -> (u64, f64) {
+        (p.allocation.bytes, p.allocation.error)
+    }
+
+    fn cost(
+        &self,
+        setup: &Setup,
+        s: &Sizing,
+        p: Option<&Chosen>,
+    ) -> Result<passes::cost::Estimate> {
+        let types = match p {
+            Some(c) => solve::types_of_allocation(setup, &c.allocation),
+            None => any_types(setup),
+        };
+        costed(setup, s, &types)
+    }
+
+    fn allocate(
+        &self,
+        setup: &Setup,
+        _: &Sizing,
+        budget: u64,
+        from: String,
+    ) -> Result<Option<Chosen>> {
+        Ok(
+            plan::allocate(&setup.options, budget).map(|allocation| Chosen {
+                allocation,
+                budget: Budget {
+                    devices: 1,
+                    file_bytes: budget + setup.overhead_bytes,
+                    tensor_bytes: budget,
+                    from,
+                    source: "pruning_same_memory",
+                    memory: None,
+                },
+                ceiling: self.unpruned.ceiling.clone(),
+            }),
+        )
+    }
+
+    fn measure(
+        &self,
+        base: &Setup,
+        cand: &Setup,
+        p: &Chosen,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<TextAccuracy> {
+        let types = solve::types_of_allocation(cand, &p.allocation);
+        measure_against(base, cand, &types, progress, cancel)
+    }
 }
 
 pub const RULE: &str = "each option gets the unpruned plan's budget (its tensor bytes; with a budget from the target's memory, plus the KV cache the pruning saves at the requested context and concurrency, so that weights and KV cache take the same memory), is allocated by the same search, and is measured against the unpruned original on the held-out windows; a pruning is chosen only when its measured mean KL divergence is lower";
@@ -232,7 +340,8 @@ fn apply(
     o: &PlanOptions,
     spec: &PruneSpec,
     layers: Option<Vec<usize>>,
-) -> Result<(Opened, Vec<String>, String)> {
+    gguf: bool,
+) -> Result<(Opened, Applied)> {
     let path = &base.opened.path;
     let mut loaded = formats::load(path, &load_options(&o.pre_tokenizer))?;
     let scratch = Arc::new(Mutex::new(Scratch::default()));
@@ -244,7 +353,7 @@ fn apply(
             tp: spec.tp,
             activations: activations.clone(),
             scratch: scratch.clone(),
-            gguf: true,
+            gguf,
         }));
     }
     if let Some(ratio) = spec.ffn {
@@ -287,7 +396,11 @@ fn apply(
         .model
         .metadata
         .set("kiln.prune", passes::MetaValue::String(resolved.clone()));
-    let summary = s.summary.clone();
+    let applied = Applied {
+        summary: s.summary.clone(),
+        resolved,
+        layer_map: s.layer_map.clone(),
+    };
     drop(s);
     Ok((
         Opened {
@@ -295,9 +408,15 @@ fn apply(
             loaded,
             passes: times,
         },
-        summary,
-        resolved,
+        applied,
     ))
+}
+
+/// What a pruning did: its passes' lines, the spec as applied, the layer map.
+struct Applied {
+    summary: Vec<String>,
+    resolved: String,
+    layer_map: Vec<Option<usize>>,
 }
 
 /// `types` of `cand` measured against `base`'s original on its held-out windows.
@@ -367,7 +486,7 @@ fn any_types(setup: &Setup) -> BTreeMap<String, GgmlType> {
 }
 
 /// Weigh the pruning options of `s.options.prune_candidates` against the
-/// unpruned plan `chosen` (measured at `measured`).
+/// unpruned GGUF plan `chosen` (measured at `measured`).
 pub fn weigh(
     setup: &Setup,
     s: &Sizing,
@@ -376,13 +495,53 @@ pub fn weigh(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<Option<Weighed>> {
+    let budget = Unpruned {
+        devices: chosen.budget.devices,
+        source: chosen.budget.source,
+        from: &chosen.budget.from,
+    };
+    weigh_family(
+        &Gguf { unpruned: chosen },
+        setup,
+        s,
+        chosen,
+        budget,
+        measured,
+        progress,
+        cancel,
+    )
+}
+
+/// Where the unpruned plan's budget came from.
+pub struct Unpruned<'a> {
+    /// Devices it is sharded across (pruning is weighed on one only).
+    pub devices: usize,
+    /// `target_memory`: the target's memory (then the KV cache a pruning
+    /// saves goes to its tensors); else an explicit size.
+    pub source: &'a str,
+    pub from: &'a str,
+}
+
+/// Weigh the pruning options of `s.options.prune_candidates` against the
+/// unpruned plan `chosen` of `family` (measured at `measured`).
+#[allow(clippy::too_many_arguments)]
+pub fn weigh_family<F: Family>(
+    family: &F,
+    setup: &Setup,
+    s: &Sizing,
+    chosen: &F::Plan,
+    budget: Unpruned<'_>,
+    measured: &TextAccuracy,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Option<Weighed<F::Plan>>> {
     let c = &s.options.prune_candidates;
     if c.is_empty() {
         return Ok(None);
     }
     check(s.options)?;
-    let types = solve::types_of_allocation(setup, &chosen.allocation);
-    let est = costed(setup, s, &types)?;
+    let est = family.cost(setup, s, Some(chosen))?;
+    let (chosen_bytes, chosen_error) = family.size(chosen);
     let (n_layer, n_head_kv, ffn, params) = shape_of(&setup.arch, setup.params());
     let mut options = vec![PruneOption {
         spec: "none".into(),
@@ -392,9 +551,9 @@ pub fn weigh(
         n_head_kv,
         ffn,
         parameters: params,
-        budget_tensor_bytes: chosen.budget.tensor_bytes,
-        tensor_bytes: Some(chosen.allocation.bytes),
-        bits_per_weight: Some(setup.bpw(chosen.allocation.bytes)),
+        budget_tensor_bytes: chosen_bytes,
+        tensor_bytes: Some(chosen_bytes),
+        bits_per_weight: Some(setup.bpw(chosen_bytes)),
         kv_bytes_per_token: est.kv_bytes_per_token,
         kv_cache_bytes: est.kv_bytes,
         memory_per_device_bytes: Some(est.memory_per_device_bytes),
@@ -402,12 +561,12 @@ pub fn weigh(
         max_batch: est.max_batch,
         decode_tokens_per_second: est.decode_tokens_per_second.central,
         usd_per_million_tokens: est.usd_per_million_tokens.central,
-        predicted_kld_of_quantization: Some(chosen.allocation.error),
+        predicted_kld_of_quantization: Some(chosen_error),
         measured: Some(crate::manifest::Text::of(measured)),
         chosen: true,
     }];
     let candidates = c.expand(&setup.arch);
-    let sharded = chosen.budget.devices > 1;
+    let sharded = budget.devices > 1;
     let influence = if !sharded
         && candidates
             .iter()
@@ -424,7 +583,7 @@ pub fn weigh(
     } else {
         Vec::new()
     };
-    let mut best: Option<Pruned> = None;
+    let mut best: Option<Pruned<F::Plan>> = None;
     let mut best_kld = measured.kld;
     let pruned_options = PlanOptions {
         imatrix: None,
@@ -469,7 +628,7 @@ pub fn weigh(
                 &mut row,
                 format!(
                     "the plan is sharded across {} devices; pruning is weighed on one device only",
-                    chosen.budget.devices
+                    budget.devices
                 ),
             )?;
             options.push(row);
@@ -499,7 +658,7 @@ pub fn weigh(
             Some(LayerSel::Named(v)) => Some(v.clone()),
             None => None,
         };
-        let (opened, summary, resolved) = match apply(setup, s.options, &spec, layers) {
+        let (opened, applied) = match apply(setup, s.options, &spec, layers, family.gguf()) {
             Ok(x) => x,
             Err(Error::Pass(e)) => {
                 skip(&mut row, e.to_string())?;
@@ -508,6 +667,7 @@ pub fn weigh(
             }
             Err(e) => return Err(e),
         };
+        let resolved = applied.resolved.clone();
         row.resolved = Some(resolved.clone());
         let arch =
             opened.loaded.model.arch.clone().ok_or_else(|| {
@@ -529,68 +689,58 @@ pub fn weigh(
         )?;
         let (nl, nkv, nffn, np) = shape_of(&ps.arch, ps.params());
         (row.n_layer, row.n_head_kv, row.ffn, row.parameters) = (nl, nkv, nffn, np);
-        let est0 = costed(&ps, s, &any_types(&ps))?;
+        let est0 = family.cost(&ps, s, None)?;
         // The same budget: a memory budget (the target's) gets back the KV
         // cache the pruning saves; an explicit file size (--bpw,
         // --budget-gb) stays what it is.
-        let saved = match chosen.budget.source {
+        let saved = match budget.source {
             "target_memory" => est.kv_bytes.saturating_sub(est0.kv_bytes),
             _ => 0,
         };
-        let budget = chosen.allocation.bytes + saved;
-        row.budget_tensor_bytes = budget;
+        let tensor_budget = chosen_bytes + saved;
+        row.budget_tensor_bytes = tensor_budget;
         row.kv_bytes_per_token = est0.kv_bytes_per_token;
         row.kv_cache_bytes = est0.kv_bytes;
-        let Some(a) = plan::allocate(&ps.options, budget) else {
+        let from = format!(
+            "the unpruned plan's budget: its {} of tensors plus the {} of KV cache pruning `{}` saves ({})",
+            formats::human::bytes(chosen_bytes),
+            formats::human::bytes(saved),
+            resolved,
+            budget.from
+        );
+        let Some(a) = family.allocate(&ps, s, tensor_budget, from)? else {
             skip(
                 &mut row,
                 format!(
                     "no allocation of the pruned model fits {} of tensors",
-                    formats::human::bytes(budget)
+                    formats::human::bytes(tensor_budget)
                 ),
             )?;
             options.push(row);
             continue;
         };
-        let ptypes = solve::types_of_allocation(&ps, &a);
-        let pest = costed(&ps, s, &ptypes)?;
-        let m = measure_against(setup, &ps, &ptypes, progress, cancel)?;
-        row.tensor_bytes = Some(a.bytes);
-        row.bits_per_weight = Some(ps.bpw(a.bytes));
+        let (a_bytes, a_error) = family.size(&a);
+        let pest = family.cost(&ps, s, Some(&a))?;
+        let m = family.measure(setup, &ps, &a, progress, cancel)?;
+        row.tensor_bytes = Some(a_bytes);
+        row.bits_per_weight = Some(ps.bpw(a_bytes));
         row.memory_per_device_bytes = Some(pest.memory_per_device_bytes);
         row.fits = pest.fits;
         row.max_batch = pest.max_batch;
         row.decode_tokens_per_second = pest.decode_tokens_per_second.central;
         row.usd_per_million_tokens = pest.usd_per_million_tokens.central;
-        row.predicted_kld_of_quantization = Some(a.error);
+        row.predicted_kld_of_quantization = Some(a_error);
         row.measured = Some(crate::manifest::Text::of(&m));
         options.push(row);
         if m.kld < best_kld {
             best_kld = m.kld;
-            let tensor_bytes = budget;
             best = Some(Pruned {
-                chosen: Chosen {
-                    allocation: a,
-                    budget: Budget {
-                        devices: 1,
-                        file_bytes: tensor_bytes + ps.overhead_bytes,
-                        tensor_bytes,
-                        from: format!(
-                            "the unpruned plan's budget: its {} of tensors plus the {} of KV cache pruning `{}` saves ({})",
-                            formats::human::bytes(chosen.allocation.bytes),
-                            formats::human::bytes(saved),
-                            resolved,
-                            chosen.budget.from
-                        ),
-                        source: "pruning_same_memory",
-                        memory: None,
-                    },
-                    ceiling: chosen.ceiling.clone(),
-                },
+                chosen: a,
                 setup: ps,
                 resolved,
                 measured: m,
-                summary,
+                summary: applied.summary,
+                layer_map: applied.layer_map,
             });
         }
     }

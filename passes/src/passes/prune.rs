@@ -1105,6 +1105,48 @@ impl Pass for DropKvGroups {
     }
 }
 
+/// The pruned model's Hugging Face config.json: sizes from `arch`
+/// (`head_dim` written out, as it no longer follows from hidden / heads),
+/// per-layer lists (`layer_types`) kept for the kept layers.
+pub fn edit_hf_config(
+    cfg: &mut serde_json::Map<String, serde_json::Value>,
+    arch: &crate::Arch,
+    layer_map: &[Option<usize>],
+) {
+    let set = |cfg: &mut serde_json::Map<String, serde_json::Value>, k: &str, v: usize| {
+        cfg.insert(k.to_string(), serde_json::json!(v));
+    };
+    let old_layers = cfg
+        .get("num_hidden_layers")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0) as usize;
+    set(cfg, "num_hidden_layers", arch.n_layer);
+    if cfg.contains_key("intermediate_size") {
+        set(cfg, "intermediate_size", arch.ffn);
+    }
+    set(cfg, "num_attention_heads", arch.n_head);
+    set(cfg, "num_key_value_heads", arch.n_head_kv);
+    set(cfg, "head_dim", arch.head_dim);
+    if !layer_map.is_empty() {
+        for (_, v) in cfg.iter_mut() {
+            if let serde_json::Value::Array(items) = v {
+                if items.len() == old_layers && old_layers == layer_map.len() {
+                    let kept: Vec<serde_json::Value> = items
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| layer_map[*i].is_some())
+                        .map(|(_, x)| x.clone())
+                        .collect();
+                    *items = kept;
+                }
+            }
+        }
+        if arch.n_dense_layers > 0 && cfg.contains_key("first_k_dense_replace") {
+            set(cfg, "first_k_dense_replace", arch.n_dense_layers);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
