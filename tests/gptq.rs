@@ -467,6 +467,41 @@ fn build_weighs_gptq_by_measurement_and_writes_what_it_measured() {
         std::fs::read(plain.join("tiny-llama.gguf")).unwrap(),
         std::fs::read(&file).unwrap()
     );
+    // Allocated over both ways of rounding within the plan's bytes: never
+    // larger, never a higher predicted error; the types that changed are
+    // the ones the two manifests disagree on; GPTQ only where its measured
+    // gain at the allocated type is below 1.
+    let f = |k: &str| g[k].as_f64().unwrap();
+    assert!(f("bytes_with") <= f("bytes_without"), "{g}");
+    assert_eq!(m["plan"]["tensor_bytes"].as_f64(), Some(f("bytes_with")));
+    assert!(f("predicted_with") <= f("predicted_without"), "{g}");
+    assert_eq!(m["plan"]["predicted_kld"].as_f64(), Some(f("predicted_with")));
+    let types_of = |m: &Value| -> BTreeMap<String, String> {
+        m["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["type"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (t1, t0) = (types_of(&m), types_of(&m0));
+    let changed = t1.iter().filter(|(n, t)| t0.get(*n) != Some(t)).count();
+    assert_eq!(g["retyped"].as_u64(), Some(changed as u64), "{g}");
+    let gains = g["gains"].as_object().unwrap();
+    for (name, ty) in &t1 {
+        let gain = gains.get(name).and_then(|x| x[ty.as_str()].as_f64());
+        let rounded = tensors.iter().any(|t| t["name"] == name.as_str());
+        assert_eq!(rounded, gain.is_some_and(|x| x < 1.0), "{name} {ty} {gain:?}");
+        if rounded {
+            let listed = tensors.iter().find(|t| t["name"] == name.as_str()).unwrap();
+            assert_eq!(listed["gain"].as_f64(), gain);
+        }
+    }
     // No temporary file is left beside the artifact.
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()

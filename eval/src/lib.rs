@@ -14,6 +14,7 @@ pub mod forward;
 pub mod gemma;
 pub mod gguf_gptq;
 pub mod gptq;
+pub mod gptq_gain;
 pub mod imatrix;
 pub mod model;
 mod moe;

@@ -214,17 +214,7 @@ pub fn build(
         Some(p) => (&p.setup, &p.chosen),
         None => (setup, &chosen),
     };
-    let types = solve::types_of_allocation(wsetup, &wchosen.allocation);
-    let (mut planned, assign_times) = solve::assigned(wsetup, &types, s.options.allow_requantize)?;
-    let devices = wchosen.budget.devices;
-    let est = serving::cost(
-        &planned,
-        &wsetup.arch,
-        s.target,
-        s.engine,
-        s.workload,
-        devices,
-    )?;
+    let mut types = solve::types_of_allocation(wsetup, &wchosen.allocation);
 
     // Write the model file(s) into the staging directory.
     let staging = Staging::new(&b.output, b.force)?;
@@ -235,12 +225,6 @@ pub fn build(
             s => s,
         },
     };
-    let importance: BTreeMap<String, Vec<f32>> = wsetup
-        .importance
-        .iter()
-        .filter(|(name, _)| types.contains_key(*name))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
 
     // Accuracy on held-out text (the plan as encoded).
     let mut text = if let Some(p) = pruned {
@@ -253,7 +237,8 @@ pub fn build(
         progress.finish();
         r?
     };
-    // With --gptq, the same plan GPTQ-rounded, measured the same way; built
+    // With --gptq, the plan allocated over both ways of rounding within the
+    // same bytes, GPTQ-rounded where chosen, measured the same way; built
     // only if it measures better.
     let gptq = match &b.gptq {
         Some(g) => {
@@ -264,7 +249,7 @@ pub fn build(
             }
             Some(crate::gptq::weigh(
                 setup,
-                &types,
+                wchosen,
                 text.as_ref(),
                 g,
                 staging.dir(),
@@ -275,6 +260,34 @@ pub fn build(
         None => None,
     };
     let rounded = gptq.as_ref().and_then(|w| w.rounded.as_ref());
+    let gptq_chosen;
+    let wchosen: &Chosen = match gptq.as_ref().and_then(|w| w.allocation.as_ref()) {
+        Some(a) => {
+            gptq_chosen = Chosen {
+                allocation: a.clone(),
+                ..wchosen.clone()
+            };
+            types = solve::types_of_allocation(wsetup, a);
+            &gptq_chosen
+        }
+        None => wchosen,
+    };
+    let (mut planned, assign_times) = solve::assigned(wsetup, &types, s.options.allow_requantize)?;
+    let devices = wchosen.budget.devices;
+    let est = serving::cost(
+        &planned,
+        &wsetup.arch,
+        s.target,
+        s.engine,
+        s.workload,
+        devices,
+    )?;
+    let importance: BTreeMap<String, Vec<f32>> = wsetup
+        .importance
+        .iter()
+        .filter(|(name, _)| types.contains_key(*name))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
     if let Some(w) = gptq.as_ref().filter(|w| w.rounded.is_some()) {
         text = w.with.clone();
         crate::gptq::stamp(&mut planned, &w.record);

@@ -1,22 +1,37 @@
-//! GPTQ weighed in `kiln build --gptq`: the chosen plan's tensors are
-//! GPTQ-rounded onto their planned types (`eval::rounded::round_onto`: the
-//! calibration windows, error feedback through each layer's input Hessian,
-//! ggml's encoders choosing every block's scales), the rounded plan is
-//! measured on the held-out windows exactly as it would be written (its
-//! stored rows decoded, `eval::rounded::WithRounded`), and it is built only
-//! when its measured mean KL divergence is lower than the same plan rounded
-//! to nearest. The manifest's `gptq` record and the report's "GPTQ" section
-//! give both measurements and the decision.
+//! GPTQ weighed in `kiln build --gptq`, per tensor and as a whole plan:
+//!
+//! 1. What GPTQ buys is measured per tensor and candidate type before
+//!    anything is rounded (`eval::gptq_gain`: on the calibration windows,
+//!    each weight's sampled rows rounded to nearest and GPTQ-rounded onto
+//!    every candidate type, scored by the layer-output error through the
+//!    input Hessian); where GPTQ lowers it, the type's predicted KL
+//!    divergence is scaled by the ratio.
+//! 2. The search allocates over both ways of rounding (for one type and one
+//!    size, the way with the lower predicted error) within the bytes of the
+//!    plan rounded to nearest: GPTQ's larger gains at low bit widths can move
+//!    bytes between tensors.
+//! 3. That plan is GPTQ-rounded where GPTQ was chosen
+//!    (`eval::rounded::round_onto`: error feedback through each layer's
+//!    Hessian, sequentially over blocks already rounded, ggml's encoders
+//!    choosing every block's scales), the rest rounded to nearest, measured
+//!    on the held-out windows exactly as it would be written (its stored
+//!    rows decoded, `eval::rounded::WithRounded`), and built only when its
+//!    measured mean KL divergence is lower than the plan rounded to nearest.
+//!
+//! The manifest's `gptq` record and the report's "GPTQ" section give the
+//! gains, both plans' predictions and measurements, and the decision.
 //!
 //! What must stay true: without `--gptq` nothing here runs and no output
 //! changes; what is measured is the bytes that are written (the same spill
-//! file serves both); a plan that cannot be measured is not rounded.
+//! file serves both); a plan that cannot be measured is not rounded; the
+//! GPTQ plan is never larger than the plan rounded to nearest.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use eval::rounded::{GgufRounded, RoundedSet, Spill, WithRounded};
+use passes::plan::{self, Allocation};
 use quant::GgmlType;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +40,10 @@ use crate::error::{Error, Result};
 use crate::manifest::Text;
 use crate::progress::{positions, Progress, Unit};
 use crate::setup::Setup;
+use crate::solve::{self, Chosen};
+
+/// Rows of each weight the gain probe rounds both ways.
+pub const GAIN_SAMPLE_ROWS: usize = 32;
 
 /// `kiln build --gptq`'s settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,12 +60,29 @@ pub struct GptqRecord {
     pub calibration_windows: usize,
     pub ctx: usize,
     pub dampening_frac: f64,
-    /// Tensors GPTQ rounded (2-D weights the blocks read, of a type with a
-    /// code grid, not copied from the source).
+    /// How the per-tensor gains were measured and used.
+    pub allocation: String,
+    /// Rows of each weight the gain probe rounds both ways.
+    pub gain_sample_rows: usize,
+    /// Per tensor (GGUF name) and candidate type: GPTQ's layer-output error
+    /// on the calibration windows as a fraction of round-to-nearest's.
+    pub gains: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Tensors GPTQ rounded in the GPTQ plan (2-D weights the blocks read,
+    /// of a type with a code grid, where GPTQ lowered the layer's error).
     pub tensors: Vec<GptqTensor>,
+    /// Tensors whose type in the GPTQ plan differs from the plan rounded
+    /// to nearest.
+    pub retyped: usize,
+    /// Predicted KL divergence of the plan rounded to nearest, and of the
+    /// GPTQ plan (gains applied).
+    pub predicted_without: f64,
+    pub predicted_with: f64,
+    /// Tensor bytes of both plans.
+    pub bytes_without: u64,
+    pub bytes_with: u64,
     /// The plan rounded to nearest, on the held-out windows.
     pub without: Option<Text>,
-    /// The same plan GPTQ-rounded, on the same windows.
+    /// The GPTQ plan, on the same windows.
     pub with: Option<Text>,
     /// Whether the artifact holds the GPTQ-rounded tensors.
     pub applied: bool,
@@ -61,6 +97,8 @@ pub struct GptqTensor {
     pub ty: String,
     pub loss: f64,
     pub rtn_fallback: bool,
+    /// The probe's gain at this type (GPTQ's layer error / round-to-nearest's).
+    pub gain: Option<f64>,
 }
 
 /// GPTQ weighed for one plan: the record, and the rounded tensors when they
@@ -69,6 +107,9 @@ pub struct Weighed {
     pub record: GptqRecord,
     /// The GPTQ-rounded plan as measured.
     pub with: Option<TextAccuracy>,
+    /// When it is to be written: the GPTQ plan's allocation (indices into
+    /// the setup's choices, as the plan rounded to nearest) and rounded tensors.
+    pub allocation: Option<Allocation>,
     pub rounded: Option<RoundedSet<GgufRounded>>,
 }
 
@@ -94,13 +135,40 @@ pub fn stamp(model: &mut passes::Model, r: &GptqRecord) {
     );
 }
 
-/// Round `types` (the plan, GGUF names) with GPTQ on the calibration
-/// windows, measure the result against `without` (the plan rounded to
-/// nearest, measured on the same held-out windows) and keep it only if it
-/// measures better. The spill file goes in `dir` (the staging directory).
+/// The candidate types GPTQ can round each weight of `setup` onto (2-D,
+/// not copied from the source), by GGUF name.
+fn candidates(setup: &Setup) -> BTreeMap<String, Vec<GgmlType>> {
+    let model = &setup.opened.loaded.model;
+    let by_name: BTreeMap<&str, &passes::TensorNode> =
+        model.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    setup
+        .options
+        .iter()
+        .filter_map(|o| {
+            let t = by_name.get(o.name.as_str())?;
+            if t.shape.len() != 2 {
+                return None;
+            }
+            let src = t.source.dtype.ggml();
+            let v: Vec<GgmlType> = o
+                .choices
+                .iter()
+                .map(|c| c.ty)
+                .filter(|&ty| ty != src && eval::gguf_gptq::supports(ty))
+                .collect();
+            (!v.is_empty()).then(|| (o.name.clone(), v))
+        })
+        .collect()
+}
+
+/// Weigh GPTQ for the plan `chosen` (rounded to nearest, measured at
+/// `without`): gains per tensor and type, the allocation over both ways of
+/// rounding within its bytes, that plan GPTQ-rounded and measured, kept only
+/// if it measures better. The spill file goes in `dir` (the staging
+/// directory).
 pub fn weigh(
     setup: &Setup,
-    types: &BTreeMap<String, GgmlType>,
+    chosen: &Chosen,
     without: Option<&TextAccuracy>,
     o: &GptqOptions,
     dir: &Path,
@@ -113,17 +181,77 @@ pub fn weigh(
             "--gptq needs calibration windows: give --text".into(),
         ));
     }
-    let rounds: BTreeMap<String, GgmlType> = m
-        .loaded
-        .model
-        .tensors
+    // 1. Gains per tensor and candidate type.
+    let cands = candidates(setup);
+    progress.start(
+        "gptq gains",
+        setup.arch.n_layer as u64,
+        Unit::Items("blocks"),
+    );
+    let g = eval::gptq_gain::gains(
+        m,
+        &cands,
+        &setup.importance,
+        &setup.calib,
+        o.dampening_frac,
+        GAIN_SAMPLE_ROWS,
+        &positions(progress),
+        cancel,
+    );
+    progress.finish();
+    let gains = g?;
+    let ratio = |name: &str, ty: GgmlType| -> Option<f64> {
+        gains
+            .get(name)?
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .map(|(_, g)| g.ratio())
+    };
+    // 2. The allocation over both ways, within the plan's bytes.
+    let options: Vec<plan::Options> = setup
+        .options
         .iter()
-        .filter(|t| t.shape.len() == 2)
-        .filter_map(|t| {
-            let ty = *types.get(&t.name)?;
-            (ty != t.source.dtype.ggml() && eval::gguf_gptq::supports(ty))
-                .then(|| (t.name.clone(), ty))
+        .map(|opt| plan::Options {
+            name: opt.name.clone(),
+            choices: opt
+                .choices
+                .iter()
+                .map(|c| plan::Choice {
+                    error: match ratio(&opt.name, c.ty) {
+                        Some(r) if r < 1.0 => c.error * r,
+                        _ => c.error,
+                    },
+                    ..*c
+                })
+                .collect(),
         })
+        .collect();
+    let rtn = &chosen.allocation;
+    let allocation = plan::allocate(&options, rtn.bytes)
+        .filter(|a| a.bytes <= rtn.bytes)
+        .unwrap_or_else(|| {
+            // The plan's own choices, with the gains applied.
+            let error = options
+                .iter()
+                .zip(&rtn.pick)
+                .map(|(o, &p)| o.choices[p].error)
+                .sum();
+            Allocation {
+                error,
+                ..rtn.clone()
+            }
+        });
+    let types = solve::types_of_allocation(setup, &allocation);
+    let old_types = solve::types_of_allocation(setup, rtn);
+    let retyped = types
+        .iter()
+        .filter(|(n, t)| old_types.get(*n) != Some(t))
+        .count();
+    // 3. GPTQ where it lowers the layer's error at the allocated type.
+    let rounds: BTreeMap<String, GgmlType> = types
+        .iter()
+        .filter(|(n, &ty)| ratio(n, ty).is_some_and(|r| r < 1.0))
+        .map(|(n, &ty)| (n.clone(), ty))
         .collect();
     let spill = Spill::new(dir)?;
     progress.start("gptq", setup.arch.n_layer as u64, Unit::Items("blocks"));
@@ -146,22 +274,26 @@ pub fn weigh(
         .iter()
         .map(|t| (t.source_name.as_str(), t.name.as_str()))
         .collect();
-    let tensors = rounded
+    let tensors: Vec<GptqTensor> = rounded
         .tensors
         .iter()
-        .map(|(src, r)| GptqTensor {
-            name: by_source
+        .map(|(src, r)| {
+            let name = by_source
                 .get(src.as_str())
                 .unwrap_or(&src.as_str())
-                .to_string(),
-            ty: r.ty.name().to_string(),
-            loss: r.loss,
-            rtn_fallback: r.fallback,
+                .to_string();
+            GptqTensor {
+                gain: ratio(&name, r.ty),
+                name,
+                ty: r.ty.name().to_string(),
+                loss: r.loss,
+                rtn_fallback: r.fallback,
+            }
         })
         .collect();
     let with = match without {
         Some(_) => {
-            let base = roundtrip(setup, types)?;
+            let base = roundtrip(setup, &types)?;
             let cand = WithRounded {
                 base: &base,
                 rounded: &rounded,
@@ -178,17 +310,21 @@ pub fn weigh(
         None => None,
     };
     let (applied, reason) = match (without, &with) {
+        _ if tensors.is_empty() => (
+            false,
+            "GPTQ lowered no tensor's layer-output error on the calibration windows at its type: the plan is written rounded to nearest".into(),
+        ),
         (Some(a), Some(b)) if b.kld < a.kld => (
             true,
             format!(
-                "GPTQ measured lower mean KL divergence on the held-out windows ({:.6} vs {:.6} rounded to nearest)",
+                "the GPTQ plan measured lower mean KL divergence on the held-out windows ({:.6} vs {:.6} rounded to nearest)",
                 b.kld, a.kld
             ),
         ),
         (Some(a), Some(b)) => (
             false,
             format!(
-                "GPTQ did not measure lower mean KL divergence on the held-out windows ({:.6} vs {:.6} rounded to nearest): the plan is written rounded to nearest",
+                "the GPTQ plan did not measure lower mean KL divergence on the held-out windows ({:.6} vs {:.6} rounded to nearest): the plan is written rounded to nearest",
                 b.kld, a.kld
             ),
         ),
@@ -202,7 +338,27 @@ pub fn weigh(
         calibration_windows: setup.calib.len(),
         ctx: setup.calib.first().map_or(0, Vec::len),
         dampening_frac: o.dampening_frac,
+        allocation: format!(
+            "per tensor and candidate type, {GAIN_SAMPLE_ROWS} sampled rows rounded to nearest and GPTQ-rounded on the calibration windows; a type's predicted KLD is scaled by GPTQ's layer-output error ratio where below 1; allocated over both within the bytes of the plan rounded to nearest; GPTQ applied where it lowered the error at the allocated type"
+        ),
+        gain_sample_rows: GAIN_SAMPLE_ROWS,
+        gains: gains
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.iter()
+                        .map(|(t, g)| (t.name().to_string(), g.ratio()))
+                        .collect(),
+                )
+            })
+            .collect(),
         tensors,
+        retyped,
+        predicted_without: rtn.error,
+        predicted_with: allocation.error,
+        bytes_without: rtn.bytes,
+        bytes_with: allocation.bytes,
         without: without.map(Text::of),
         with: with.as_ref().map(Text::of),
         applied,
@@ -211,6 +367,7 @@ pub fn weigh(
     Ok(Weighed {
         record,
         with,
+        allocation: applied.then_some(allocation),
         rounded: applied.then_some(rounded),
     })
 }
@@ -228,19 +385,35 @@ pub fn report_section(r: &GptqRecord) -> String {
         None => "- | - | -".into(),
     };
     let fallbacks = r.tensors.iter().filter(|t| t.rtn_fallback).count();
+    let probed = r.gains.len();
+    let helped = r
+        .gains
+        .values()
+        .filter(|g| g.values().any(|&x| x < 1.0))
+        .count();
     format!(
-        "\n## GPTQ\n\n{} tensors GPTQ-rounded onto their planned types ({} calibration windows of {} tokens, dampening {}{}). The same plan, both ways, on the held-out windows:\n\n| rounding | measured KLD | perplexity | top-1 | built |\n|---|---:|---:|---:|:-:|\n| to nearest | {} | {} |\n| GPTQ | {} | {} |\n\n{}.\n",
-        r.tensors.len(),
+        "\n## GPTQ\n\nGains measured first: on the calibration windows ({} windows of {} tokens), {} sampled rows of each of {probed} weights rounded to nearest and GPTQ-rounded onto every candidate type, scored by the layer-output error; GPTQ lowered it at some type for {helped}. The plan was allocated again over both ways of rounding within the bytes of the plan rounded to nearest ({} tensors changed type; predicted KLD {:.6} -> {:.6}, {} -> {} bytes), and {} tensors were GPTQ-rounded onto their types (dampening {}{}). Both plans on the held-out windows:\n\n| plan | tensor bytes | predicted KLD | measured KLD | perplexity | top-1 | built |\n|---|---:|---:|---:|---:|---:|:-:|\n| rounded to nearest | {} | {:.6} | {} | {} |\n| GPTQ, allocated over both | {} | {:.6} | {} | {} |\n\n{}.\n",
         r.calibration_windows,
         r.ctx,
+        r.gain_sample_rows,
+        r.retyped,
+        r.predicted_without,
+        r.predicted_with,
+        r.bytes_without,
+        r.bytes_with,
+        r.tensors.len(),
         r.dampening_frac,
         if fallbacks > 0 {
             format!("; {fallbacks} fell back to round-to-nearest")
         } else {
             String::new()
         },
+        r.bytes_without,
+        r.predicted_without,
         cell(&r.without),
         if r.applied { "" } else { "yes" },
+        r.bytes_with,
+        r.predicted_with,
         cell(&r.with),
         if r.applied { "yes" } else { "" },
         r.reason

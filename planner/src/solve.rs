@@ -176,6 +176,7 @@ pub fn budget(setup: &Setup, s: &Sizing, devices: usize) -> Result<Budget> {
 }
 
 /// The chosen allocation and where it runs.
+#[derive(Debug, Clone)]
 pub struct Chosen {
     pub allocation: Allocation,
     pub budget: Budget,
