@@ -50,10 +50,12 @@ pub struct BuildArgs {
     /// Print the manifest to stdout as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Weigh GPTQ rounding of the chosen plan: its tensors GPTQ-rounded onto their planned
-    /// types (on the calibration windows of --text), measured on the held-out windows beside
-    /// the plan rounded to nearest, and built only if it measures lower KL divergence
-    /// (GGUF builds; not with --prune-candidates).
+    /// Weigh GPTQ rounding (error feedback through each layer's input Hessian, on the
+    /// calibration windows of --text). GGUF: GPTQ's gain measured per tensor and type, the
+    /// plan allocated over both ways of rounding within its bytes, GPTQ-rounded where chosen;
+    /// compressed-tensors: the plan's integer Linears GPTQ-rounded. Either way measured on the
+    /// held-out windows beside the plan rounded to nearest and built only if it measures lower
+    /// KL divergence (not with --prune-candidates).
     #[arg(long)]
     pub gptq: bool,
     /// GPTQ's damping, as a fraction of the mean Hessian diagonal.
@@ -83,24 +85,13 @@ pub fn check_engine(target: &passes::cost::Target, engine: passes::cost::Engine)
 }
 
 /// Refuse `--gptq` where it is not weighed: without a text, beside pruning
-/// candidates, for the compressed-tensors engines, or with a damping that
-/// is not a fraction.
-pub fn check_gptq(
-    args: &BuildArgs,
-    options: &planner::PlanOptions,
-    engine: passes::cost::Engine,
-) -> Result<()> {
+/// candidates, or with a damping that is not a fraction.
+pub fn check_gptq(args: &BuildArgs, options: &planner::PlanOptions) -> Result<()> {
     if !args.gptq {
         return Ok(());
     }
     if options.text.is_none() {
         anyhow::bail!("--gptq needs --text: GPTQ is calibrated on its windows and measured on the held-out ones");
-    }
-    if engine != passes::cost::Engine::LlamaCpp {
-        anyhow::bail!(
-            "--gptq with --engine {}: kiln build weighs GPTQ for GGUF (llama.cpp) builds only for now; round a compressed-tensors checkpoint with `kiln convert --format compressed-tensors --scheme W4A16 --gptq`",
-            engine.name()
-        );
     }
     if !options.prune_candidates.is_empty() {
         anyhow::bail!("--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other");
@@ -140,7 +131,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     if engine != passes::cost::Engine::LlamaCpp {
         planner::ct_build::legal(&target, engine.name()).map_err(lift_plan)?;
     }
-    check_gptq(args, &options, engine)?;
+    check_gptq(args, &options)?;
     planner::prune::check(&options).map_err(lift_plan)?;
     // Checked now, sized once the model's trained context is known.
     planner::options::workload(&options, 0).map_err(lift_plan)?;

@@ -213,9 +213,17 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         );
     }
     let gptq_t0 = Instant::now();
-    let (container, gptq_summary): (Box<dyn Container>, _) = if args.gptq.gptq && !args.dry_run {
-        let rounded = crate::gptq::round_ct(args, &model, printer)?;
-        let summary = json!({
+    let rounded = match args.gptq.gptq && !args.dry_run {
+        true => Some(crate::gptq::round_ct(
+            args,
+            &model,
+            scheme != Scheme::W8A8,
+            printer,
+        )?),
+        false => None,
+    };
+    let gptq_summary = rounded.as_ref().map(|rounded| {
+        json!({
             "text": args.text,
             "samples": args.gptq.gptq_samples.unwrap_or(128),
             "ctx": args.gptq.gptq_ctx,
@@ -227,18 +235,11 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
                 "loss": r.loss,
                 "rtn_fallback": r.fallback,
             })).collect::<Vec<_>>(),
-        });
-        (
-            Box::new(crate::gptq::GptqCt::new(
-                inner,
-                rounded,
-                scheme,
-                args.gptq.actorder(),
-            )),
-            Some(summary),
-        )
-    } else {
-        (Box::new(inner), None)
+        })
+    });
+    let container: Box<dyn Container + '_> = match &rounded {
+        Some(r) => Box::new(eval::ct_gptq::GptqCt::new(inner, r, args.gptq.actorder())),
+        None => Box::new(inner),
     };
     let files = container.layout(&model)?;
     let notes: Vec<String> = model

@@ -23,17 +23,13 @@
 //! permuted) back to the checkpoint's.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use eval::gptq::{self, Options, Rounder};
-use formats::ct::{CompressedTensors, Scheme};
-use formats::write::{Container, FileLayout, Unit};
-use passes::{Encoding, Model, SourceDType, TensorNode};
-use quant::ct::{self as q, Dtype, IntParams};
-use quant::{Group, IntSpec};
-use serde_json::{json, Value};
+use eval::ct_gptq::CtRounded;
+use eval::gptq::Options;
+use passes::{Encoding, Model};
+use quant::IntSpec;
 
 use eval::rounded::{GgufRounded, RoundedSet, Spill};
 
@@ -78,106 +74,13 @@ impl GptqArgs {
     }
 }
 
-/// One tensor's GPTQ result, in the checkpoint's row order.
-pub struct CtRounded {
-    bits: u8,
-    group: usize,
-    symmetric: bool,
-    d: Dtype,
-    cols: usize,
-    /// Where the `rows x cols` codes (one byte each, checkpoint row order)
-    /// start in the spill file.
-    at: u64,
-    /// `rows x groups` scales and zero points (from the original weights).
-    params: Vec<IntParams>,
-    pub loss: f64,
-    pub fallback: bool,
-}
-
-/// What the rounding of one GGUF-named weight needs.
-struct Target {
-    spec: IntSpec,
-    d: Dtype,
-}
-
-fn dtype_of(t: &TensorNode) -> Dtype {
-    match t.source.dtype {
-        SourceDType::BF16 => Dtype::Bf16,
-        SourceDType::F16 => Dtype::F16,
-        _ => Dtype::F32,
-    }
-}
-
-fn group_len(spec: &IntSpec, cols: usize) -> usize {
-    match spec.group {
-        Group::Channel => cols,
-        Group::Size(g) => g as usize,
-    }
-}
-
-/// Per-(row, group) parameters of `w` (`rows x cols`) from its own min and
-/// max, as the weight observer computes them.
-fn params_of(w: &[f32], cols: usize, spec: &IntSpec, d: Dtype) -> Vec<IntParams> {
-    let g = group_len(spec, cols);
-    w.chunks_exact(g)
-        .map(|chunk| {
-            let (lo, hi) = q::min_max(chunk);
-            q::int_params(lo, hi, spec.bits, !spec.zero_point, d)
-        })
-        .collect()
-}
-
-struct CtScheme {
-    targets: BTreeMap<String, Target>,
-    params: Mutex<BTreeMap<String, Vec<IntParams>>>,
-}
-
-impl gptq::Scheme for CtScheme {
-    fn wants(&self, name: &str) -> bool {
-        self.targets.contains_key(name)
-    }
-
-    fn rows<'a>(
-        &'a self,
-        name: &str,
-        w: &[f32],
-        _rows: usize,
-        cols: usize,
-    ) -> Box<dyn gptq::Rows + 'a> {
-        let t = &self.targets[name];
-        let params = params_of(w, cols, &t.spec, t.d);
-        self.params
-            .lock()
-            .expect("no panics while held")
-            .insert(name.to_string(), params.clone());
-        let (bits, g) = (t.spec.bits, group_len(&t.spec, cols));
-        let groups = cols / g;
-        // GPTQ's working weights are f32 (llm-compressor's GPTQ_PRECISION):
-        // the fake quantization is done in f32 with the dtype's scale.
-        Box::new(OwnedPerValue(Box::new(
-            move |r: usize, c: usize, x: f32| {
-                let p = params[r * groups + c / g];
-                q::int_dequantize(q::int_quantize(x, p, bits, Dtype::F32), p, Dtype::F32)
-            },
-        )))
-    }
-}
-
-/// A boxed [`Rounder`] as [`gptq::Rows`].
-struct OwnedPerValue(Box<dyn Rounder>);
-
-impl gptq::Rows for OwnedPerValue {
-    fn row<'a>(&'a self, r: usize, _w: &[f32]) -> Box<dyn gptq::RowRound + 'a> {
-        gptq::per_value_row(self.0.as_ref(), r)
-    }
-}
-
 /// Run GPTQ over `model`'s Linears that have an integer encoding
 /// (`model` as `formats::ct::assign` left it, Hugging Face names), keyed by
-/// source tensor name.
+/// source tensor name (`eval::ct_gptq::round`).
 pub fn round_ct(
     args: &crate::convert::ConvertArgs,
     model: &Model,
+    packed: bool,
     printer: &Printer,
 ) -> Result<RoundedSet<CtRounded>> {
     let g = &args.gptq;
@@ -186,270 +89,37 @@ pub fn round_ct(
         .as_ref()
         .expect("clap requires --text with --gptq");
     let opened = eval::open(&args.model, &load_options(&args.pre_tokenizer)).map_err(lift)?;
-    let wanted: BTreeMap<&str, IntSpec> = model
+    let wanted: BTreeMap<String, (IntSpec, bool)> = model
         .tensors
         .iter()
         .filter_map(|t| match t.encoding {
-            Some(Encoding::Int(spec)) => Some((t.source_name.as_str(), spec)),
+            Some(Encoding::Int(spec)) => Some((t.source_name.clone(), (spec, packed))),
             _ => None,
         })
         .collect();
-    let mut targets = BTreeMap::new();
-    let mut layout = BTreeMap::new();
-    for t in &opened.loaded.model.tensors {
-        if let Some(spec) = wanted.get(t.source_name.as_str()) {
-            targets.insert(
-                t.name.clone(),
-                Target {
-                    spec: *spec,
-                    d: dtype_of(t),
-                },
-            );
-            layout.insert(t.name.clone(), (t.source_name.clone(), t.transform));
-        }
-    }
     let windows = calibration_windows(args, &opened)?;
     let blocks = eval::stream::Streamed::new(&opened)
         .map_err(lift)?
         .n_layer();
     printer.info(&format!(
         "gptq: {} tensors, {} windows of {} tokens from {}",
-        targets.len(),
+        wanted.len(),
         windows.len(),
         g.gptq_ctx,
         text_path.display()
     ));
-    let scheme = CtScheme {
-        targets,
-        params: Mutex::new(BTreeMap::new()),
-    };
     let opts = Options {
         block: 128,
         percdamp: g.dampening_frac,
         actorder: g.actorder() == "static",
     };
-    let mut spill = Spill::beside(args.output.as_deref()).map_err(lift)?;
-    let mut out = BTreeMap::new();
-    let mut sink = |r: gptq::Rounded| -> eval::Result<()> {
-        let t = &scheme.targets[&r.name];
-        let p = scheme
-            .params
-            .lock()
-            .expect("no panics while held")
-            .remove(&r.name)
-            .expect("a rounder was made");
-        let (source, transform) = layout[&r.name].clone();
-        let g = group_len(&t.spec, r.cols);
-        let groups = r.cols / g;
-        let mut codes = vec![0u8; r.rows * r.cols];
-        let mut hp = vec![p[0]; r.rows * groups];
-        for row in 0..r.rows {
-            // GGUF row `row` is checkpoint row `src`.
-            let src = transform.map_or(row, |x| x.source_row(row, r.rows));
-            for c in 0..r.cols {
-                let pp = p[row * groups + c / g];
-                codes[src * r.cols + c] =
-                    q::int_quantize(r.values[row * r.cols + c], pp, t.spec.bits, Dtype::F32) as u8;
-            }
-            hp[src * groups..(src + 1) * groups]
-                .copy_from_slice(&p[row * groups..(row + 1) * groups]);
-        }
-        let at = spill.push(&codes)?;
-        out.insert(
-            source,
-            CtRounded {
-                bits: t.spec.bits,
-                group: g,
-                symmetric: !t.spec.zero_point,
-                d: t.d,
-                cols: r.cols,
-                at,
-                params: hp,
-                loss: r.outcome.loss,
-                fallback: r.outcome.fallback,
-            },
-        );
-        Ok(())
-    };
+    let spill = Spill::beside(args.output.as_deref()).map_err(lift)?;
     let cancel = cancel_flag();
     let bar = printer.count_bar(blocks as u64, "gptq", "blocks");
     let progress = |n: usize| bar.set_position(n as u64);
-    let r = gptq::run(
-        &opened, &windows, &scheme, &opts, &mut sink, &progress, &cancel,
-    );
+    let r = eval::ct_gptq::round(&opened, &wanted, &windows, &opts, spill, &progress, &cancel);
     bar.finish_and_clear();
-    r.map_err(lift).with_context(|| opened.name())?;
-    Ok(RoundedSet {
-        tensors: out,
-        spill,
-    })
-}
-
-/// The compressed-tensors container with GPTQ-rounded tensors: their
-/// weight and scale pieces are laid out in units of rows (so the encoder
-/// learns the row index) and encoded from the rounded table; everything
-/// else is the wrapped container's.
-pub struct GptqCt {
-    inner: CompressedTensors,
-    rounded: RoundedSet<CtRounded>,
-    /// Whether int weights are packed (`pack-quantized`) or plain int8 (W8A8).
-    packed: bool,
-    actorder: Value,
-}
-
-/// Rows per unit of a rounded tensor's row-wise pieces.
-const UNIT_ROWS: usize = 8;
-
-impl GptqCt {
-    pub fn new(
-        inner: CompressedTensors,
-        rounded: RoundedSet<CtRounded>,
-        scheme: Scheme,
-        actorder: &str,
-    ) -> GptqCt {
-        GptqCt {
-            inner,
-            rounded,
-            packed: scheme != Scheme::W8A8,
-            actorder: if actorder == "none" {
-                Value::Null
-            } else {
-                json!(actorder)
-            },
-        }
-    }
-
-    /// The piece index of the zero points (after weight, scale and, when
-    /// packed, the shape).
-    fn zp_piece(&self) -> usize {
-        if self.packed {
-            3
-        } else {
-            2
-        }
-    }
-}
-
-impl Container for GptqCt {
-    fn layout(&self, model: &Model) -> formats::Result<Vec<FileLayout>> {
-        let mut files = self.inner.layout(model)?;
-        for f in &mut files {
-            for p in &mut f.placements {
-                if p.piece <= 1
-                    && self
-                        .rounded
-                        .tensors
-                        .contains_key(&model.tensors[p.tensor].source_name)
-                {
-                    p.unit = Unit {
-                        rows: UNIT_ROWS,
-                        per_row: true,
-                    };
-                }
-            }
-        }
-        Ok(files)
-    }
-
-    fn copies_source(&self, t: &TensorNode, piece: usize) -> bool {
-        self.inner.copies_source(t, piece)
-    }
-
-    fn encode_row(
-        &self,
-        t: &TensorNode,
-        piece: usize,
-        values: &[f32],
-        dst: &mut [u8],
-        importance: Option<&[f32]>,
-    ) {
-        self.inner.encode_row(t, piece, values, dst, importance)
-    }
-
-    fn encode_unit(
-        &self,
-        t: &TensorNode,
-        piece: usize,
-        first_row: usize,
-        values: &[f32],
-        dst: &mut [u8],
-    ) {
-        let Some(r) = self.rounded.tensors.get(&t.source_name) else {
-            return self.inner.encode_unit(t, piece, first_row, values, dst);
-        };
-        let cols = r.cols;
-        let rows = values.len() / cols.max(1);
-        let groups = cols / r.group;
-        match piece {
-            0 => {
-                if !self.packed {
-                    // int8 codes are stored as they are.
-                    return self
-                        .rounded
-                        .spill
-                        .read(r.at + (first_row * cols) as u64, dst);
-                }
-                let mut codes = vec![0u8; rows * cols];
-                self.rounded
-                    .spill
-                    .read(r.at + (first_row * cols) as u64, &mut codes);
-                let out = dst.len() / rows.max(1);
-                for (d, c) in dst.chunks_exact_mut(out).zip(codes.chunks_exact(cols)) {
-                    let c: Vec<i8> = c.iter().map(|&b| b as i8).collect();
-                    q::pack_int32(&c, r.bits, d);
-                }
-            }
-            1 => {
-                let b = r.d.bytes();
-                for (k, d) in dst.chunks_exact_mut(groups * b).enumerate() {
-                    let row = first_row + k;
-                    for (j, o) in d.chunks_exact_mut(b).enumerate() {
-                        r.d.put(r.params[row * groups + j].scale, o);
-                    }
-                }
-            }
-            p if p == self.zp_piece() && !r.symmetric => {
-                for k in 0..groups {
-                    let zps: Vec<i8> = (first_row..first_row + rows)
-                        .map(|row| r.params[row * groups + k].zero_point)
-                        .collect();
-                    let mut word = [0u8; 4];
-                    q::pack_int32(
-                        &zps,
-                        r.bits,
-                        &mut word[..4 * q::packed_words(zps.len(), r.bits)],
-                    );
-                    dst[k * 4..(k + 1) * 4].copy_from_slice(&word);
-                }
-            }
-            _ => self.inner.encode_unit(t, piece, first_row, values, dst),
-        }
-    }
-
-    fn side_files(
-        &self,
-        model: &Model,
-        files: &[FileLayout],
-    ) -> formats::Result<Vec<(String, Vec<u8>)>> {
-        let mut out = self.inner.side_files(model, files)?;
-        for (name, bytes) in &mut out {
-            if name != "config.json" {
-                continue;
-            }
-            let mut v: Value = serde_json::from_slice(bytes).expect("the container's own JSON");
-            if let Some(groups) = v["quantization_config"]["config_groups"].as_object_mut() {
-                for g in groups.values_mut() {
-                    if g["weights"]["type"] == "int" {
-                        g["weights"]["actorder"] = self.actorder.clone();
-                    }
-                }
-            }
-            let mut text = serde_json::to_vec_pretty(&v).expect("JSON serializes");
-            text.push(b'\n');
-            *bytes = text;
-        }
-        Ok(out)
-    }
+    r.map_err(lift).with_context(|| opened.name())
 }
 
 /// The calibration windows of `--text` for the model `opened`.

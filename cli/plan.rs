@@ -273,6 +273,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
 /// plan `kiln build` would write (per layer among the schemes the target's
 /// runtime runs natively) beside the uniform schemes, by predicted KL
 /// divergence; a target whose runtimes do not include the engine says so.
+#[allow(clippy::too_many_arguments)]
 fn ct_plans(
     args: &PlanCmdArgs,
     setup: &planner::Setup,

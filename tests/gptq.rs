@@ -475,7 +475,10 @@ fn build_weighs_gptq_by_measurement_and_writes_what_it_measured() {
     assert!(f("bytes_with") <= f("bytes_without"), "{g}");
     assert_eq!(m["plan"]["tensor_bytes"].as_f64(), Some(f("bytes_with")));
     assert!(f("predicted_with") <= f("predicted_without"), "{g}");
-    assert_eq!(m["plan"]["predicted_kld"].as_f64(), Some(f("predicted_with")));
+    assert_eq!(
+        m["plan"]["predicted_kld"].as_f64(),
+        Some(f("predicted_with"))
+    );
     let types_of = |m: &Value| -> BTreeMap<String, String> {
         m["tensors"]
             .as_array()
@@ -496,7 +499,11 @@ fn build_weighs_gptq_by_measurement_and_writes_what_it_measured() {
     for (name, ty) in &t1 {
         let gain = gains.get(name).and_then(|x| x[ty.as_str()].as_f64());
         let rounded = tensors.iter().any(|t| t["name"] == name.as_str());
-        assert_eq!(rounded, gain.is_some_and(|x| x < 1.0), "{name} {ty} {gain:?}");
+        assert_eq!(
+            rounded,
+            gain.is_some_and(|x| x < 1.0),
+            "{name} {ty} {gain:?}"
+        );
         if rounded {
             let listed = tensors.iter().find(|t| t["name"] == name.as_str()).unwrap();
             assert_eq!(listed["gain"].as_f64(), gain);
@@ -534,10 +541,6 @@ fn build_refuses_gptq_where_it_is_not_weighed() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--gptq"], "--gptq needs --text"),
         (
-            vec!["--gptq", "--text", s(&calib), "--engine", "vllm"],
-            "--gptq with --engine vllm",
-        ),
-        (
             vec!["--gptq", "--text", s(&calib), "--prune-candidates", "auto"],
             "--gptq with --prune-candidates",
         ),
@@ -558,4 +561,136 @@ fn build_refuses_gptq_where_it_is_not_weighed() {
         );
         assert!(!out.exists(), "{args:?} wrote output");
     }
+    // Mixture-of-experts checkpoints are rounded to nearest only.
+    let moe = fixture("tiny-qwen2-moe");
+    let args = [
+        "build",
+        s(&moe),
+        "--target",
+        "h100-sxm",
+        "--engine",
+        "vllm",
+        "--text",
+        s(&calib),
+        "--ctx",
+        "64",
+        "--gptq",
+        "-o",
+        s(&out),
+    ];
+    let r = run(&args);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    // Refused once the checkpoint is read (after its measurement lines).
+    let last = r.stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("mixture-of-experts"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn build_weighs_gptq_for_compressed_tensors_and_writes_what_it_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, held) = texts(dir.path());
+    let model = fixture("tiny-llama");
+    let build = |name: &str, extra: &[&str]| -> (PathBuf, Value) {
+        let out = dir.path().join(name);
+        let mut a = vec![
+            "build",
+            s(&model),
+            "--target",
+            "h100-sxm",
+            "--engine",
+            "vllm",
+            "--bpw",
+            "5",
+            "--objective",
+            "accuracy",
+            "--text",
+            s(&calib),
+            "--eval-text",
+            s(&held),
+            "--ctx",
+            "64",
+            "-o",
+            s(&out),
+            "--quiet",
+        ];
+        a.extend_from_slice(extra);
+        let r = run(&a);
+        assert_eq!(r.code, 0, "{a:?}: {}", r.stderr);
+        let m = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        (out, m)
+    };
+    let (out, m) = build("with", &["--gptq"]);
+    let g = &m["gptq"];
+    let with = g["with"]["kld_mean"].as_f64().unwrap();
+    let without = g["without"]["kld_mean"].as_f64().unwrap();
+    // On this fixture GPTQ measures better and is built.
+    assert!(with < without, "{g}");
+    assert_eq!(g["applied"], true);
+    assert_eq!(m["compared"][0]["measured_kld"].as_f64(), Some(with));
+    // Every integer-scheme Linear of the plan, and nothing else, was rounded.
+    let rounded: Vec<&str> = g["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["scheme"].as_str().unwrap())
+        .collect();
+    assert!(!rounded.is_empty());
+    assert!(
+        rounded
+            .iter()
+            .all(|s| ["W4A16", "W4A16_ASYM", "W8A16", "W8A8"].contains(s)),
+        "{rounded:?}"
+    );
+    // `kiln eval` of the artifact measures what the build measured.
+    let r = run(&[
+        "eval",
+        s(&model),
+        s(&out),
+        "--text",
+        s(&held),
+        "--ctx",
+        "64",
+        "--chunks",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let e: Value = serde_json::from_str(&r.stdout).unwrap();
+    let measured = e["kld"]["mean"].as_f64().unwrap();
+    assert!(
+        (measured - with).abs() <= 1e-9 * with,
+        "eval of the artifact {measured} vs the build's GPTQ measurement {with}"
+    );
+    // The integer groups say how GPTQ ordered its columns.
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    for grp in cfg["quantization_config"]["config_groups"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
+        if grp["weights"]["type"] == "int" {
+            assert_eq!(grp["weights"]["actorder"], "static", "{grp}");
+        }
+    }
+    // Without --gptq: no record, the same plan rounded to nearest at the
+    // measurement GPTQ was compared with, and a different artifact.
+    let (plain, m0) = build("without", &[]);
+    assert!(m0.get("gptq").is_none());
+    assert_eq!(m0["compared"][0]["measured_kld"].as_f64(), Some(without));
+    assert_ne!(
+        std::fs::read(plain.join("model.safetensors")).unwrap(),
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["calib.txt", "heldout.txt", "with", "without"]);
 }

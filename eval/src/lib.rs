@@ -9,6 +9,7 @@
 //! Direction of dependencies: `eval -> {formats, passes, quant}`; nothing
 //! depends on `eval` but the CLI. Nothing here prints: the CLI owns output.
 
+pub mod ct_gptq;
 pub mod error;
 pub mod forward;
 pub mod gemma;

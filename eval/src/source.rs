@@ -65,12 +65,12 @@ pub trait Source: Sync {
 /// `base` with the input of some weights quantized as a runtime would (by
 /// GGUF name; experts of a stacked weight share its entry): a candidate
 /// compressed-tensors plan measured before it is written.
-pub struct WithActs<'a, S: Source> {
+pub struct WithActs<'a, S: Source + ?Sized> {
     pub base: &'a S,
     pub acts: HashMap<String, ActQuant>,
 }
 
-impl<S: Source> Source for WithActs<'_, S> {
+impl<S: Source + ?Sized> Source for WithActs<'_, S> {
     fn opened(&self) -> &Opened {
         self.base.opened()
     }

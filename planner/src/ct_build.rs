@@ -721,14 +721,51 @@ pub fn build(
     if let Some(x) = pruned {
         passes::passes::prune::edit_hf_config(container.config_mut(), &x.setup.arch, &x.layer_map);
     }
-    let files = container.layout(&model)?;
     let staging = Staging::new(&b.output, b.force)?;
+    // The plan rounded to nearest, measured on the held-out windows.
+    let plan_kld = match pruned {
+        Some(x) => Some(x.measured.kld),
+        None if unpruned_kld.is_some() => unpruned_kld,
+        None => measure_units(setup, &by_scheme(p, &p.chosen), fp8_max, cancel)?,
+    };
+    // With --gptq: the plan's integer Linears GPTQ-rounded, measured the
+    // same way, written only if it measures better.
+    let gptq = match &b.gptq {
+        None => None,
+        Some(_) if pruned.is_some() => {
+            return Err(Error::Options(
+                "--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other".into(),
+            ))
+        }
+        Some(g) => Some(weigh_gptq(
+            setup,
+            p,
+            &model,
+            &assignment,
+            plan_kld,
+            g,
+            fp8_max,
+            staging.dir(),
+            progress,
+            cancel,
+        )?),
+    };
+    let applied = gptq.as_ref().filter(|w| w.applied);
+    let container: Box<dyn Container + '_> = match applied {
+        Some(w) => Box::new(eval::ct_gptq::GptqCt::new(
+            container,
+            &w.rounded,
+            GPTQ_ACTORDER,
+        )),
+        None => Box::new(container),
+    };
+    let files = container.layout(&model)?;
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     progress.start("writing", input_bytes, Unit::Bytes);
     let written = write::write(
         &model,
         maps,
-        &container,
+        container.as_ref(),
         &files,
         staging.dir(),
         WriteOptions {
@@ -744,19 +781,15 @@ pub fn build(
     // Compare with the uniform schemes, measured on text where given.
     let mut rows: Vec<(String, u64, f64, Option<f64>)> = Vec::new();
     progress.start("comparing", 5, Unit::Items("plans"));
-    let plan_kld = match pruned {
-        Some(x) => Some(x.measured.kld),
-        None if unpruned_kld.is_some() => unpruned_kld,
-        None => measure_units(setup, &by_scheme(p, &p.chosen), fp8_max, cancel)?,
-    };
     rows.push((
-        match pruned {
-            Some(x) => format!("kiln plan ({}), pruned `{}`", p.runtime, x.resolved),
-            None => format!("kiln plan ({})", p.runtime),
+        match (pruned, applied) {
+            (Some(x), _) => format!("kiln plan ({}), pruned `{}`", p.runtime, x.resolved),
+            (None, Some(_)) => format!("kiln plan ({}), GPTQ", p.runtime),
+            (None, None) => format!("kiln plan ({})", p.runtime),
         },
         p.bytes(),
         p.error(),
-        plan_kld,
+        applied.map_or(plan_kld, |w| w.with),
     ));
     progress.advance(1);
     for (label, sc) in [
@@ -788,6 +821,9 @@ pub fn build(
     let mut report = report_text(setup, s, p, &rows, &cost);
     if let Some(w) = &weighed {
         report.push_str(&crate::prune::report_section(&w.record));
+    }
+    if let Some(g) = &gptq {
+        report.push_str(&gptq_section(g));
     }
     staging.write("report.md", report.as_bytes())?;
     let mut listed = Vec::new();
@@ -847,6 +883,10 @@ pub fn build(
     if let Some(w) = &weighed {
         manifest["pruning"] = serde_json::to_value(&w.record).expect("JSON serializes");
     }
+    // Only with --gptq.
+    if let Some(g) = &gptq {
+        manifest["gptq"] = g.record.clone();
+    }
     let manifest_json = serde_json::to_string_pretty(&manifest).expect("JSON serializes");
     staging.write("manifest.json", manifest_json.as_bytes())?;
     staging.commit()?;
@@ -877,6 +917,20 @@ fn measure_against(
     setup: &Setup,
     per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
     fp8_max: f32,
+    positions: &dyn Fn(usize),
+    cancel: &AtomicBool,
+) -> Result<Option<TextAccuracy>> {
+    measure_with(reference, setup, per_unit, fp8_max, None, positions, cancel)
+}
+
+/// [`measure_against`], the GPTQ-rounded Linears of `rounded` (when given)
+/// read from their codes.
+fn measure_with(
+    reference: &Setup,
+    setup: &Setup,
+    per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
+    fp8_max: f32,
+    rounded: Option<&eval::rounded::RoundedSet<eval::ct_gptq::CtRounded>>,
     positions: &dyn Fn(usize),
     cancel: &AtomicBool,
 ) -> Result<Option<TextAccuracy>> {
@@ -929,8 +983,19 @@ fn measure_against(
     };
     // The schemes that quantize activations at run time have their inputs
     // quantized too, as `kiln eval` measures the written artifact.
+    let over;
+    let weights: &dyn eval::Source = match rounded {
+        Some(r) => {
+            over = eval::ct_gptq::WithCtRounded {
+                base: &weights,
+                rounded: r,
+            };
+            &over
+        }
+        None => &weights,
+    };
     let candidate = eval::WithActs {
-        base: &weights,
+        base: weights,
         acts: plan
             .iter()
             .filter_map(|(name, &(s, _, _))| Some((name.clone(), run_time_acts(s)?)))
@@ -955,6 +1020,158 @@ fn measure_against(
         top1: r.top1_agreement.unwrap_or(f64::NAN),
         windows: reference.eval_windows.len(),
     }))
+}
+
+/// GPTQ's column order in compressed-tensors builds (llm-compressor's default).
+const GPTQ_ACTORDER: &str = "static";
+
+/// GPTQ weighed for a compressed-tensors plan.
+struct CtGptq {
+    rounded: eval::rounded::RoundedSet<eval::ct_gptq::CtRounded>,
+    /// The GPTQ plan's measured mean KL divergence.
+    with: Option<f64>,
+    applied: bool,
+    record: serde_json::Value,
+}
+
+/// The plan `p` (written as `model` with `assignment`, measured at
+/// `without` rounded to nearest) with its integer Linears (W4A16,
+/// W4A16_ASYM, W8A16, W8A8) GPTQ-rounded on the build's calibration
+/// windows (`eval::ct_gptq`, as `kiln convert --gptq`), the other schemes
+/// as planned, measured on the held-out windows from the codes that get
+/// written; applied only if it measures lower.
+#[allow(clippy::too_many_arguments)]
+fn weigh_gptq(
+    setup: &Setup,
+    p: &CtPlan,
+    model: &passes::Model,
+    assignment: &BTreeMap<String, Scheme>,
+    without: Option<f64>,
+    o: &crate::gptq::GptqOptions,
+    fp8_max: f32,
+    dir: &std::path::Path,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<CtGptq> {
+    if p.moe {
+        return Err(Error::Options(
+            "--gptq for mixture-of-experts checkpoints is not supported yet (round-to-nearest is)"
+                .into(),
+        ));
+    }
+    if setup.calib.is_empty() {
+        return Err(Error::Options(
+            "--gptq needs calibration windows: give --text".into(),
+        ));
+    }
+    let wanted: BTreeMap<String, (quant::IntSpec, bool)> = model
+        .tensors
+        .iter()
+        .filter_map(|t| match (t.encoding, assignment.get(&t.source_name)) {
+            (Some(passes::Encoding::Int(spec)), Some(&sc)) => {
+                Some((t.source_name.clone(), (spec, sc != Scheme::W8A8)))
+            }
+            _ => None,
+        })
+        .collect();
+    let opts = eval::gptq::Options {
+        block: 128,
+        percdamp: o.dampening_frac,
+        actorder: GPTQ_ACTORDER == "static",
+    };
+    let spill = eval::rounded::Spill::new(dir)?;
+    progress.start("gptq", setup.arch.n_layer as u64, Unit::Items("blocks"));
+    let r = eval::ct_gptq::round(
+        &setup.opened,
+        &wanted,
+        &setup.calib,
+        &opts,
+        spill,
+        &crate::progress::positions(progress),
+        cancel,
+    );
+    progress.finish();
+    let rounded = r?;
+    let with = if rounded.tensors.is_empty() {
+        None
+    } else {
+        progress.start(
+            "accuracy (gptq)",
+            setup.arch.n_layer as u64 + 1,
+            Unit::Items("blocks"),
+        );
+        let m = measure_with(
+            setup,
+            setup,
+            &by_scheme(p, &p.chosen),
+            fp8_max,
+            Some(&rounded),
+            &crate::progress::positions(progress),
+            cancel,
+        );
+        progress.finish();
+        m?.map(|t| t.kld)
+    };
+    let (applied, reason) = match (without, with) {
+        _ if rounded.tensors.is_empty() => (
+            false,
+            "the plan has no Linear in an integer scheme (W4A16, W4A16_ASYM, W8A16, W8A8): nothing to round".to_string(),
+        ),
+        (Some(a), Some(b)) if b < a => (
+            true,
+            format!("GPTQ measured lower mean KL divergence on the held-out windows ({} vs {} rounded to nearest)", kld(b), kld(a)),
+        ),
+        (Some(a), Some(b)) => (
+            false,
+            format!("GPTQ did not measure lower mean KL divergence on the held-out windows ({} vs {} rounded to nearest): the plan is written rounded to nearest", kld(b), kld(a)),
+        ),
+        _ => (
+            false,
+            "no held-out windows to measure GPTQ on: the plan is written rounded to nearest".to_string(),
+        ),
+    };
+    let record = json!({
+        "method": "GPTQ onto the integer schemes' grids (scales and zero points from the original weights, as llm-compressor's GPTQModifier), calibrated block by block on the outputs of the blocks already rounded",
+        "calibration_windows": setup.calib.len(),
+        "ctx": setup.calib.first().map_or(0, Vec::len),
+        "actorder": GPTQ_ACTORDER,
+        "dampening_frac": o.dampening_frac,
+        "tensors": rounded.tensors.iter().map(|(n, r)| json!({
+            "name": n,
+            "scheme": assignment.get(n).map(|s| s.name()),
+            "loss": r.loss,
+            "rtn_fallback": r.fallback,
+        })).collect::<Vec<_>>(),
+        "without": {"kld_mean": without},
+        "with": {"kld_mean": with},
+        "applied": applied,
+        "reason": reason,
+    });
+    Ok(CtGptq {
+        rounded,
+        with,
+        applied,
+        record,
+    })
+}
+
+/// The report's "GPTQ" section of a compressed-tensors build.
+fn gptq_section(g: &CtGptq) -> String {
+    let r = &g.record;
+    let k = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), kld);
+    format!(
+        "\n## GPTQ\n\n{} Linears in integer schemes GPTQ-rounded ({} calibration windows of {} tokens, actorder {}, dampening {}). The same plan, both ways, on the held-out windows:\n\n| rounding | measured KLD | built |\n|---|---:|:-:|\n| to nearest | {} | {} |\n| GPTQ | {} | {} |\n\n{}.\n",
+        r["tensors"].as_array().map_or(0, Vec::len),
+        r["calibration_windows"],
+        r["ctx"],
+        GPTQ_ACTORDER,
+        r["dampening_frac"],
+        k(&r["without"]["kld_mean"]),
+        if g.applied { "" } else { "yes" },
+        k(&r["with"]["kld_mean"]),
+        if g.applied { "yes" } else { "" },
+        r["reason"].as_str().unwrap_or_default()
+    )
 }
 
 /// With `--prune-candidates` (and held-out text): the unpruned plan `p`
