@@ -495,6 +495,16 @@ fn build_weighs_gptq_by_measurement_and_writes_what_it_measured() {
     let (t1, t0) = (types_of(&m), types_of(&m0));
     let changed = t1.iter().filter(|(n, t)| t0.get(*n) != Some(t)).count();
     assert_eq!(g["retyped"].as_u64(), Some(changed as u64), "{g}");
+    // Both GPTQ plans measured when the allocation changed a type; the one
+    // built is the lower, and its figures are the record's.
+    let plans = g["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), if changed > 0 { 2 } else { 1 }, "{g}");
+    let built: Vec<&Value> = plans.iter().filter(|p| p["built"] == true).collect();
+    assert_eq!(built.len(), 1, "{g}");
+    assert_eq!(built[0]["measured"]["kld_mean"].as_f64(), Some(with));
+    for p in plans {
+        assert!(p["measured"]["kld_mean"].as_f64().unwrap() >= with, "{p}");
+    }
     let gains = g["gains"].as_object().unwrap();
     for (name, ty) in &t1 {
         let gain = gains.get(name).and_then(|x| x[ty.as_str()].as_f64());

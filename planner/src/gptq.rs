@@ -67,8 +67,12 @@ pub struct GptqRecord {
     /// Per tensor (GGUF name) and candidate type: GPTQ's layer-output error
     /// on the calibration windows as a fraction of round-to-nearest's.
     pub gains: BTreeMap<String, BTreeMap<String, f64>>,
-    /// Tensors GPTQ rounded in the GPTQ plan (2-D weights the blocks read,
-    /// of a type with a code grid, where GPTQ lowered the layer's error).
+    /// The GPTQ plans measured: the plan's own types, and the allocation
+    /// over both ways of rounding (when it changes any type).
+    pub plans: Vec<GptqPlan>,
+    /// Tensors GPTQ rounded in the better-measured GPTQ plan (2-D weights
+    /// the blocks read, of a type with a code grid, where GPTQ lowered the
+    /// layer's error), whose figures the fields below give.
     pub tensors: Vec<GptqTensor>,
     /// Tensors whose type in the GPTQ plan differs from the plan rounded
     /// to nearest.
@@ -87,6 +91,21 @@ pub struct GptqRecord {
     /// Whether the artifact holds the GPTQ-rounded tensors.
     pub applied: bool,
     pub reason: String,
+}
+
+/// One GPTQ plan weighed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GptqPlan {
+    pub name: String,
+    pub tensor_bytes: u64,
+    /// With the gains applied.
+    pub predicted_kld: f64,
+    /// Tensors whose type differs from the plan rounded to nearest.
+    pub retyped: usize,
+    /// Tensors GPTQ-rounded.
+    pub rounded: usize,
+    pub measured: Option<Text>,
+    pub built: bool,
 }
 
 /// One rounded tensor.
@@ -247,7 +266,152 @@ pub fn weigh(
         .iter()
         .filter(|(n, t)| old_types.get(*n) != Some(t))
         .count();
-    // 3. GPTQ where it lowers the layer's error at the allocated type.
+    // 3. Two GPTQ plans, each rounded where GPTQ lowers the layer's error
+    //    at its type and measured: the plan's own types, and the
+    //    allocation over both (when it differs). The per-layer gains are
+    //    an estimate; the measurement decides.
+    let mut plans: Vec<(String, Allocation, BTreeMap<String, GgmlType>, usize)> = vec![(
+        PLAN_SAME_TYPES.to_string(),
+        Allocation {
+            error: options
+                .iter()
+                .zip(&rtn.pick)
+                .map(|(o, &p)| o.choices[p].error)
+                .sum(),
+            ..rtn.clone()
+        },
+        old_types.clone(),
+        0,
+    )];
+    if retyped > 0 {
+        plans.push((PLAN_BOTH.to_string(), allocation, types, retyped));
+    }
+    let mut measured: Vec<GptqPlan> = Vec::new();
+    let mut best: Option<(
+        usize,
+        RoundedSet<GgufRounded>,
+        Vec<GptqTensor>,
+        Option<TextAccuracy>,
+    )> = None;
+    for (k, (name, a, types, retyped)) in plans.iter().enumerate() {
+        let (rounded, tensors, with) = round_and_measure(
+            setup,
+            types,
+            &ratio,
+            without.is_some(),
+            o,
+            dir,
+            progress,
+            cancel,
+        )?;
+        measured.push(GptqPlan {
+            name: name.clone(),
+            tensor_bytes: a.bytes,
+            predicted_kld: a.error,
+            retyped: *retyped,
+            rounded: tensors.len(),
+            measured: with.as_ref().map(Text::of),
+            built: false,
+        });
+        let better = match (&best, &with) {
+            (None, _) => true,
+            (Some((_, _, _, Some(b))), Some(w)) => w.kld < b.kld,
+            _ => false,
+        };
+        if better {
+            best = Some((k, rounded, tensors, with));
+        }
+    }
+    let (k, rounded, tensors, with) = best.expect("at least one GPTQ plan");
+    let (_, allocation, _, retyped) = plans.swap_remove(k);
+    let (applied, reason) = match (without, &with) {
+        _ if tensors.is_empty() => (
+            false,
+            "GPTQ lowered no tensor's layer-output error on the calibration windows at its type: the plan is written rounded to nearest".into(),
+        ),
+        (Some(a), Some(b)) if b.kld < a.kld => (
+            true,
+            format!(
+                "{} measured the lowest mean KL divergence on the held-out windows ({:.6}; {:.6} rounded to nearest)",
+                measured[k].name, b.kld, a.kld
+            ),
+        ),
+        (Some(a), Some(b)) => (
+            false,
+            format!(
+                "no GPTQ plan measured lower mean KL divergence on the held-out windows (best {:.6} vs {:.6} rounded to nearest): the plan is written rounded to nearest",
+                b.kld, a.kld
+            ),
+        ),
+        _ => (
+            false,
+            "no held-out windows to measure GPTQ on: the plan is written rounded to nearest".into(),
+        ),
+    };
+    measured[k].built = applied;
+    let record = GptqRecord {
+        method: "GPTQ (columns left to right, ggml's block encoders choosing each block's scales, calibrated block by block on the outputs of the blocks already rounded)".into(),
+        calibration_windows: setup.calib.len(),
+        ctx: setup.calib.first().map_or(0, Vec::len),
+        dampening_frac: o.dampening_frac,
+        allocation: format!(
+            "per tensor and candidate type, {GAIN_SAMPLE_ROWS} sampled rows rounded to nearest and GPTQ-rounded on the calibration windows; a type's predicted KLD is scaled by GPTQ's layer-output error ratio where below 1 and the plan allocated again over both within the bytes of the plan rounded to nearest; that plan and the plan's own types, each GPTQ-rounded where GPTQ lowered the error at the tensor's type, are measured, and the lower one is weighed against the plan rounded to nearest"
+        ),
+        gain_sample_rows: GAIN_SAMPLE_ROWS,
+        gains: gains
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.iter()
+                        .map(|(t, g)| (t.name().to_string(), g.ratio()))
+                        .collect(),
+                )
+            })
+            .collect(),
+        plans: measured,
+        tensors,
+        retyped,
+        predicted_without: rtn.error,
+        predicted_with: allocation.error,
+        bytes_without: rtn.bytes,
+        bytes_with: allocation.bytes,
+        without: without.map(Text::of),
+        with: with.as_ref().map(Text::of),
+        applied,
+        reason,
+    };
+    Ok(Weighed {
+        record,
+        with,
+        allocation: applied.then_some(allocation),
+        rounded: applied.then_some(rounded),
+    })
+}
+
+/// The GPTQ plan names in the record.
+const PLAN_SAME_TYPES: &str = "GPTQ at the plan's types";
+const PLAN_BOTH: &str = "GPTQ, allocated over both";
+
+/// `types` GPTQ-rounded where `ratio` (the measured gain) is below 1, the
+/// rest rounded to nearest, and measured on the held-out windows when
+/// `measure` (the rows read back from the spill file, as written).
+#[allow(clippy::too_many_arguments)]
+fn round_and_measure(
+    setup: &Setup,
+    types: &BTreeMap<String, GgmlType>,
+    ratio: &dyn Fn(&str, GgmlType) -> Option<f64>,
+    measure: bool,
+    o: &GptqOptions,
+    dir: &Path,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<(
+    RoundedSet<GgufRounded>,
+    Vec<GptqTensor>,
+    Option<TextAccuracy>,
+)> {
+    let m = &setup.opened;
     let rounds: BTreeMap<String, GgmlType> = types
         .iter()
         .filter(|(n, &ty)| ratio(n, ty).is_some_and(|r| r < 1.0))
@@ -291,9 +455,9 @@ pub fn weigh(
             }
         })
         .collect();
-    let with = match without {
-        Some(_) => {
-            let base = roundtrip(setup, &types)?;
+    let with = match measure {
+        true => {
+            let base = roundtrip(setup, types)?;
             let cand = WithRounded {
                 base: &base,
                 rounded: &rounded,
@@ -307,69 +471,9 @@ pub fn weigh(
             progress.finish();
             Some(t?)
         }
-        None => None,
+        false => None,
     };
-    let (applied, reason) = match (without, &with) {
-        _ if tensors.is_empty() => (
-            false,
-            "GPTQ lowered no tensor's layer-output error on the calibration windows at its type: the plan is written rounded to nearest".into(),
-        ),
-        (Some(a), Some(b)) if b.kld < a.kld => (
-            true,
-            format!(
-                "the GPTQ plan measured lower mean KL divergence on the held-out windows ({:.6} vs {:.6} rounded to nearest)",
-                b.kld, a.kld
-            ),
-        ),
-        (Some(a), Some(b)) => (
-            false,
-            format!(
-                "the GPTQ plan did not measure lower mean KL divergence on the held-out windows ({:.6} vs {:.6} rounded to nearest): the plan is written rounded to nearest",
-                b.kld, a.kld
-            ),
-        ),
-        _ => (
-            false,
-            "no held-out windows to measure GPTQ on: the plan is written rounded to nearest".into(),
-        ),
-    };
-    let record = GptqRecord {
-        method: "GPTQ (columns left to right, ggml's block encoders choosing each block's scales, calibrated block by block on the outputs of the blocks already rounded)".into(),
-        calibration_windows: setup.calib.len(),
-        ctx: setup.calib.first().map_or(0, Vec::len),
-        dampening_frac: o.dampening_frac,
-        allocation: format!(
-            "per tensor and candidate type, {GAIN_SAMPLE_ROWS} sampled rows rounded to nearest and GPTQ-rounded on the calibration windows; a type's predicted KLD is scaled by GPTQ's layer-output error ratio where below 1; allocated over both within the bytes of the plan rounded to nearest; GPTQ applied where it lowered the error at the allocated type"
-        ),
-        gain_sample_rows: GAIN_SAMPLE_ROWS,
-        gains: gains
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.clone(),
-                    v.iter()
-                        .map(|(t, g)| (t.name().to_string(), g.ratio()))
-                        .collect(),
-                )
-            })
-            .collect(),
-        tensors,
-        retyped,
-        predicted_without: rtn.error,
-        predicted_with: allocation.error,
-        bytes_without: rtn.bytes,
-        bytes_with: allocation.bytes,
-        without: without.map(Text::of),
-        with: with.as_ref().map(Text::of),
-        applied,
-        reason,
-    };
-    Ok(Weighed {
-        record,
-        with,
-        allocation: applied.then_some(allocation),
-        rounded: applied.then_some(rounded),
-    })
+    Ok((rounded, tensors, with))
 }
 
 /// The report's "GPTQ" section.
@@ -391,17 +495,11 @@ pub fn report_section(r: &GptqRecord) -> String {
         .values()
         .filter(|g| g.values().any(|&x| x < 1.0))
         .count();
-    format!(
-        "\n## GPTQ\n\nGains measured first: on the calibration windows ({} windows of {} tokens), {} sampled rows of each of {probed} weights rounded to nearest and GPTQ-rounded onto every candidate type, scored by the layer-output error; GPTQ lowered it at some type for {helped}. The plan was allocated again over both ways of rounding within the bytes of the plan rounded to nearest ({} tensors changed type; predicted KLD {:.6} -> {:.6}, {} -> {} bytes), and {} tensors were GPTQ-rounded onto their types (dampening {}{}). Both plans on the held-out windows:\n\n| plan | tensor bytes | predicted KLD | measured KLD | perplexity | top-1 | built |\n|---|---:|---:|---:|---:|---:|:-:|\n| rounded to nearest | {} | {:.6} | {} | {} |\n| GPTQ, allocated over both | {} | {:.6} | {} | {} |\n\n{}.\n",
+    let mut s = format!(
+        "\n## GPTQ\n\nGains measured first: on the calibration windows ({} windows of {} tokens), {} sampled rows of each of {probed} weights rounded to nearest and GPTQ-rounded onto every candidate type, scored by the layer-output error; GPTQ lowered it at some type for {helped}. Each candidate's predicted KLD scaled by its gain, the plan was allocated again over both ways of rounding within the bytes of the plan rounded to nearest. GPTQ plans are rounded where GPTQ lowered the tensor's error at its type (dampening {}{}) and measured; the better one is weighed against the plan rounded to nearest, on the held-out windows:\n\n| plan | tensor bytes | retyped | GPTQ-rounded | predicted KLD | measured KLD | perplexity | top-1 | built |\n|---|---:|---:|---:|---:|---:|---:|---:|:-:|\n| rounded to nearest | {} | 0 | 0 | {:.6} | {} | {} |\n",
         r.calibration_windows,
         r.ctx,
         r.gain_sample_rows,
-        r.retyped,
-        r.predicted_without,
-        r.predicted_with,
-        r.bytes_without,
-        r.bytes_with,
-        r.tensors.len(),
         r.dampening_frac,
         if fallbacks > 0 {
             format!("; {fallbacks} fell back to round-to-nearest")
@@ -412,10 +510,19 @@ pub fn report_section(r: &GptqRecord) -> String {
         r.predicted_without,
         cell(&r.without),
         if r.applied { "" } else { "yes" },
-        r.bytes_with,
-        r.predicted_with,
-        cell(&r.with),
-        if r.applied { "yes" } else { "" },
-        r.reason
-    )
+    );
+    for p in &r.plans {
+        s += &format!(
+            "| {} | {} | {} | {} | {:.6} | {} | {} |\n",
+            p.name,
+            p.tensor_bytes,
+            p.retyped,
+            p.rounded,
+            p.predicted_kld,
+            cell(&p.measured),
+            if p.built { "yes" } else { "" }
+        );
+    }
+    s += &format!("\n{}.\n", r.reason);
+    s
 }
