@@ -287,12 +287,7 @@ pub fn weigh(
         plans.push((PLAN_BOTH.to_string(), allocation, types, retyped));
     }
     let mut measured: Vec<GptqPlan> = Vec::new();
-    let mut best: Option<(
-        usize,
-        RoundedSet<GgufRounded>,
-        Vec<GptqTensor>,
-        Option<TextAccuracy>,
-    )> = None;
+    let mut best: Option<(usize, Rounding)> = None;
     for (k, (name, a, types, retyped)) in plans.iter().enumerate() {
         let (rounded, tensors, with) = round_and_measure(
             setup,
@@ -315,14 +310,14 @@ pub fn weigh(
         });
         let better = match (&best, &with) {
             (None, _) => true,
-            (Some((_, _, _, Some(b))), Some(w)) => w.kld < b.kld,
+            (Some((_, (_, _, Some(b)))), Some(w)) => w.kld < b.kld,
             _ => false,
         };
         if better {
-            best = Some((k, rounded, tensors, with));
+            best = Some((k, (rounded, tensors, with)));
         }
     }
-    let (k, rounded, tensors, with) = best.expect("at least one GPTQ plan");
+    let (k, (rounded, tensors, with)) = best.expect("at least one GPTQ plan");
     let (_, allocation, _, retyped) = plans.swap_remove(k);
     let (applied, reason) = match (without, &with) {
         _ if tensors.is_empty() => (
@@ -388,6 +383,9 @@ pub fn weigh(
         rounded: applied.then_some(rounded),
     })
 }
+
+/// One GPTQ plan's rounded tensors, their record and its measurement.
+type Rounding = (RoundedSet<GgufRounded>, Vec<GptqTensor>, Option<TextAccuracy>);
 
 /// The GPTQ plan names in the record.
 const PLAN_SAME_TYPES: &str = "GPTQ at the plan's types";
