@@ -26,8 +26,11 @@ use passes::{Role, TensorNode};
 use quant::ct as q;
 use serde_json::json;
 
-use crate::accuracy::TextAccuracy;
 use crate::build::BuildOptions;
+pub(crate) use crate::ct_measure::{measure_against, measure_units, measure_with};
+pub use crate::ct_prune::{weigh_pruning, Ct};
+pub(crate) use crate::ct_report::kld;
+use crate::ct_report::report_text;
 use crate::error::{Error, Result};
 use crate::options::Objective;
 use crate::progress::{Progress, Unit};
@@ -205,7 +208,7 @@ fn unit_key(t: &TensorNode) -> (usize, u8, String) {
 /// scale in the artifact: the measured noise is a lower bound).
 /// How a data-free scheme's activations are quantized at run time (the
 /// static schemes, FP8 and NVFP4, need calibrated scales and are not planned).
-fn run_time_acts(s: CtScheme) -> Option<quant::ct::ActQuant> {
+pub(crate) fn run_time_acts(s: CtScheme) -> Option<quant::ct::ActQuant> {
     use quant::ct::ActQuant;
     match s {
         CtScheme::W8A8 => Some(ActQuant::Int8Token),
@@ -222,7 +225,7 @@ fn run_time_acts(s: CtScheme) -> Option<quant::ct::ActQuant> {
 /// scales of the row's 128-row band (one per 128 columns, from the whole
 /// tile); without them each 128 columns of the row is its own tile (an
 /// estimate, for predictions).
-fn roundtrip_row(
+pub(crate) fn roundtrip_row(
     s: CtScheme,
     row: &[f32],
     global: f32,
@@ -287,7 +290,7 @@ fn roundtrip_row(
 
 /// FP8_BLOCK's scales of tensor `t`, `[row bands][column tiles]` (128 x 128
 /// tiles within each expert of a stacked tensor), as the encoder computes them.
-fn fp8_tile_scales(
+pub(crate) fn fp8_tile_scales(
     maps: &[formats::MappedFile],
     t: &TensorNode,
     fp8_max: f32,
@@ -311,7 +314,7 @@ fn fp8_tile_scales(
         .collect()
 }
 
-fn dtype_of(t: &TensorNode) -> q::Dtype {
+pub(crate) fn dtype_of(t: &TensorNode) -> q::Dtype {
     match t.source.dtype {
         passes::SourceDType::BF16 => q::Dtype::Bf16,
         passes::SourceDType::F16 => q::Dtype::F16,
@@ -652,7 +655,7 @@ pub fn cost(setup: &Setup, s: &Sizing, p: &CtPlan) -> Result<passes::cost::Estim
 }
 
 /// Unit index lists per scheme for `chosen` (unit-level NVFP4 amax).
-fn by_scheme(p: &CtPlan, chosen: &[usize]) -> Vec<BTreeMap<CtScheme, Vec<usize>>> {
+pub(crate) fn by_scheme(p: &CtPlan, chosen: &[usize]) -> Vec<BTreeMap<CtScheme, Vec<usize>>> {
     p.units
         .iter()
         .zip(chosen)
@@ -737,7 +740,7 @@ pub fn build(
                 "--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other".into(),
             ))
         }
-        Some(g) => Some(weigh_gptq(
+        Some(g) => Some(crate::ct_gptq::weigh(
             setup,
             p,
             &model,
@@ -755,7 +758,7 @@ pub fn build(
         Some(w) => Box::new(eval::ct_gptq::GptqCt::new(
             container,
             &w.rounded,
-            GPTQ_ACTORDER,
+            crate::ct_gptq::ACTORDER,
         )),
         None => Box::new(container),
     };
@@ -823,7 +826,7 @@ pub fn build(
         report.push_str(&crate::prune::report_section(&w.record));
     }
     if let Some(g) = &gptq {
-        report.push_str(&gptq_section(g));
+        report.push_str(&crate::ct_gptq::report_section(g));
     }
     staging.write("report.md", report.as_bytes())?;
     let mut listed = Vec::new();
@@ -895,523 +898,4 @@ pub fn build(
         manifest_json,
         actual_bytes,
     })
-}
-
-/// Measured KL divergence with each unit in its own scheme (each with
-/// its own fused NVFP4 amax), the other target Linears at their source
-/// values; `None` without held-out text.
-fn measure_units(
-    setup: &Setup,
-    per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
-    fp8_max: f32,
-    cancel: &AtomicBool,
-) -> Result<Option<f64>> {
-    Ok(measure_against(setup, setup, per_unit, fp8_max, &|_| {}, cancel)?.map(|t| t.kld))
-}
-
-/// `cand` (the model itself, or a pruned copy of it) with each unit in its
-/// scheme, measured against `reference`'s original on its held-out
-/// windows; `None` without held-out text.
-fn measure_against(
-    reference: &Setup,
-    setup: &Setup,
-    per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
-    fp8_max: f32,
-    positions: &dyn Fn(usize),
-    cancel: &AtomicBool,
-) -> Result<Option<TextAccuracy>> {
-    measure_with(reference, setup, per_unit, fp8_max, None, positions, cancel)
-}
-
-/// [`measure_against`], the GPTQ-rounded Linears of `rounded` (when given)
-/// read from their codes.
-fn measure_with(
-    reference: &Setup,
-    setup: &Setup,
-    per_unit: &[BTreeMap<CtScheme, Vec<usize>>],
-    fp8_max: f32,
-    rounded: Option<&eval::rounded::RoundedSet<eval::ct_gptq::CtRounded>>,
-    positions: &dyn Fn(usize),
-    cancel: &AtomicBool,
-) -> Result<Option<TextAccuracy>> {
-    if reference.eval_windows.is_empty() {
-        return Ok(None);
-    }
-    let model = &setup.opened.loaded.model;
-    let maps = &setup.opened.loaded.maps;
-    // Each quantized tensor's scheme, global scale and dtype; the candidate
-    // applies them row by row as its blocks stream.
-    let mut plan: BTreeMap<String, (CtScheme, f32, q::Dtype)> = BTreeMap::new();
-    let mut tiles: BTreeMap<String, (usize, Vec<Vec<f32>>)> = BTreeMap::new();
-    for u in per_unit {
-        for (s, idx) in u {
-            let amax = idx
-                .iter()
-                .map(|&i| {
-                    let t = &model.tensors[i];
-                    let mut row = vec![0f32; t.row_len()];
-                    (0..t.n_rows())
-                        .map(|r| {
-                            formats::data::read_row(maps, t, r, &mut row);
-                            q::amax(&row)
-                        })
-                        .fold(0f32, f32::max)
-                })
-                .fold(0f32, f32::max);
-            for &i in idx {
-                let t = &model.tensors[i];
-                let d = dtype_of(t);
-                plan.insert(t.name.clone(), (*s, q::nvfp4_global_scale(amax, d), d));
-                if *s == CtScheme::Fp8Block {
-                    let per = t.n_rows() / t.parts.len().max(1);
-                    tiles.insert(t.name.clone(), (per, fp8_tile_scales(maps, t, fp8_max, d)));
-                }
-            }
-        }
-    }
-    let weights = eval::Mapped {
-        base: &setup.opened,
-        f: |node: &TensorNode, r: usize, row: &mut [f32]| {
-            if let Some(&(s, global, d)) = plan.get(&node.name) {
-                let band = tiles
-                    .get(&node.name)
-                    .map(|(per, t)| t[(r / per) * per.div_ceil(128) + (r % per) / 128].as_slice());
-                let q = roundtrip_row(s, row, global, fp8_max, d, band);
-                row.copy_from_slice(&q);
-            }
-        },
-    };
-    // The schemes that quantize activations at run time have their inputs
-    // quantized too, as `kiln eval` measures the written artifact.
-    let over;
-    let weights: &dyn eval::Source = match rounded {
-        Some(r) => {
-            over = eval::ct_gptq::WithCtRounded {
-                base: &weights,
-                rounded: r,
-            };
-            &over
-        }
-        None => &weights,
-    };
-    let candidate = eval::WithActs {
-        base: weights,
-        acts: plan
-            .iter()
-            .filter_map(|(name, &(s, _, _))| Some((name.clone(), run_time_acts(s)?)))
-            .collect(),
-    };
-    let r = eval::stream::evaluate(
-        &reference.opened,
-        Some(&candidate),
-        &reference.eval_windows,
-        positions,
-        cancel,
-    )?;
-    let kld = r
-        .kld
-        .as_ref()
-        .ok_or_else(|| Error::Input("no KL divergence".into()))?;
-    Ok(Some(TextAccuracy {
-        ppl_original: r.original.perplexity,
-        ppl: r.candidate.as_ref().map_or(f64::NAN, |c| c.perplexity),
-        kld: kld.mean,
-        kld_p99: kld.p99,
-        top1: r.top1_agreement.unwrap_or(f64::NAN),
-        windows: reference.eval_windows.len(),
-    }))
-}
-
-/// GPTQ's column order in compressed-tensors builds (llm-compressor's default).
-const GPTQ_ACTORDER: &str = "static";
-
-/// GPTQ weighed for a compressed-tensors plan.
-struct CtGptq {
-    rounded: eval::rounded::RoundedSet<eval::ct_gptq::CtRounded>,
-    /// The GPTQ plan's measured mean KL divergence.
-    with: Option<f64>,
-    applied: bool,
-    record: serde_json::Value,
-}
-
-/// The plan `p` (written as `model` with `assignment`, measured at
-/// `without` rounded to nearest) with its integer Linears (W4A16,
-/// W4A16_ASYM, W8A16, W8A8) GPTQ-rounded on the build's calibration
-/// windows (`eval::ct_gptq`, as `kiln convert --gptq`), the other schemes
-/// as planned, measured on the held-out windows from the codes that get
-/// written; applied only if it measures lower.
-#[allow(clippy::too_many_arguments)]
-fn weigh_gptq(
-    setup: &Setup,
-    p: &CtPlan,
-    model: &passes::Model,
-    assignment: &BTreeMap<String, Scheme>,
-    without: Option<f64>,
-    o: &crate::gptq::GptqOptions,
-    fp8_max: f32,
-    dir: &std::path::Path,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> Result<CtGptq> {
-    if p.moe {
-        return Err(Error::Options(
-            "--gptq for mixture-of-experts checkpoints is not supported yet (round-to-nearest is)"
-                .into(),
-        ));
-    }
-    if setup.calib.is_empty() {
-        return Err(Error::Options(
-            "--gptq needs calibration windows: give --text".into(),
-        ));
-    }
-    let wanted: BTreeMap<String, (quant::IntSpec, bool)> = model
-        .tensors
-        .iter()
-        .filter_map(|t| match (t.encoding, assignment.get(&t.source_name)) {
-            (Some(passes::Encoding::Int(spec)), Some(&sc)) => {
-                Some((t.source_name.clone(), (spec, sc != Scheme::W8A8)))
-            }
-            _ => None,
-        })
-        .collect();
-    let opts = eval::gptq::Options {
-        block: 128,
-        percdamp: o.dampening_frac,
-        actorder: GPTQ_ACTORDER == "static",
-    };
-    let spill = eval::rounded::Spill::new(dir)?;
-    progress.start("gptq", setup.arch.n_layer as u64, Unit::Items("blocks"));
-    let r = eval::ct_gptq::round(
-        &setup.opened,
-        &wanted,
-        &setup.calib,
-        &opts,
-        spill,
-        &crate::progress::positions(progress),
-        cancel,
-    );
-    progress.finish();
-    let rounded = r?;
-    let with = if rounded.tensors.is_empty() {
-        None
-    } else {
-        progress.start(
-            "accuracy (gptq)",
-            setup.arch.n_layer as u64 + 1,
-            Unit::Items("blocks"),
-        );
-        let m = measure_with(
-            setup,
-            setup,
-            &by_scheme(p, &p.chosen),
-            fp8_max,
-            Some(&rounded),
-            &crate::progress::positions(progress),
-            cancel,
-        );
-        progress.finish();
-        m?.map(|t| t.kld)
-    };
-    let (applied, reason) = match (without, with) {
-        _ if rounded.tensors.is_empty() => (
-            false,
-            "the plan has no Linear in an integer scheme (W4A16, W4A16_ASYM, W8A16, W8A8): nothing to round".to_string(),
-        ),
-        (Some(a), Some(b)) if b < a => (
-            true,
-            format!("GPTQ measured lower mean KL divergence on the held-out windows ({} vs {} rounded to nearest)", kld(b), kld(a)),
-        ),
-        (Some(a), Some(b)) => (
-            false,
-            format!("GPTQ did not measure lower mean KL divergence on the held-out windows ({} vs {} rounded to nearest): the plan is written rounded to nearest", kld(b), kld(a)),
-        ),
-        _ => (
-            false,
-            "no held-out windows to measure GPTQ on: the plan is written rounded to nearest".to_string(),
-        ),
-    };
-    let record = json!({
-        "method": "GPTQ onto the integer schemes' grids (scales and zero points from the original weights, as llm-compressor's GPTQModifier), calibrated block by block on the outputs of the blocks already rounded",
-        "calibration_windows": setup.calib.len(),
-        "ctx": setup.calib.first().map_or(0, Vec::len),
-        "actorder": GPTQ_ACTORDER,
-        "dampening_frac": o.dampening_frac,
-        "tensors": rounded.tensors.iter().map(|(n, r)| json!({
-            "name": n,
-            "scheme": assignment.get(n).map(|s| s.name()),
-            "loss": r.loss,
-            "rtn_fallback": r.fallback,
-        })).collect::<Vec<_>>(),
-        "without": {"kld_mean": without},
-        "with": {"kld_mean": with},
-        "applied": applied,
-        "reason": reason,
-    });
-    Ok(CtGptq {
-        rounded,
-        with,
-        applied,
-        record,
-    })
-}
-
-/// The report's "GPTQ" section of a compressed-tensors build.
-fn gptq_section(g: &CtGptq) -> String {
-    let r = &g.record;
-    let k = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), kld);
-    format!(
-        "\n## GPTQ\n\n{} Linears in integer schemes GPTQ-rounded ({} calibration windows of {} tokens, actorder {}, dampening {}). The same plan, both ways, on the held-out windows:\n\n| rounding | measured KLD | built |\n|---|---:|:-:|\n| to nearest | {} | {} |\n| GPTQ | {} | {} |\n\n{}.\n",
-        r["tensors"].as_array().map_or(0, Vec::len),
-        r["calibration_windows"],
-        r["ctx"],
-        GPTQ_ACTORDER,
-        r["dampening_frac"],
-        k(&r["without"]["kld_mean"]),
-        if g.applied { "" } else { "yes" },
-        k(&r["with"]["kld_mean"]),
-        if g.applied { "yes" } else { "" },
-        r["reason"].as_str().unwrap_or_default()
-    )
-}
-
-/// With `--prune-candidates` (and held-out text): the unpruned plan `p`
-/// measured, then each pruning option planned at its memory and measured
-/// against the original (`prune::weigh_family`); `None` without candidates.
-pub fn weigh_pruning(
-    setup: &Setup,
-    s: &Sizing,
-    engine: &str,
-    p: &CtPlan,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-) -> Result<Option<crate::prune::Weighed<CtPlan>>> {
-    if s.options.prune_candidates.is_empty() {
-        return Ok(None);
-    }
-    crate::prune::check(s.options)?;
-    let family = Ct {
-        engine,
-        fp8_max: s.target.fp8_max() as f32,
-    };
-    let m = crate::prune::Family::measure(&family, setup, setup, p, progress, cancel)?;
-    crate::prune::weigh_family(
-        &family,
-        setup,
-        s,
-        p,
-        crate::prune::Unpruned {
-            devices: p.devices,
-            source: p.budget_source,
-            from: &p.budget,
-        },
-        &m,
-        progress,
-        cancel,
-    )
-}
-
-/// Pruning weighed for compressed-tensors builds: a pruned model planned
-/// per unit among the same schemes (`plan_within`), measured with the
-/// runtime's activation quantization as the unpruned plan is.
-pub struct Ct<'a> {
-    pub engine: &'a str,
-    /// The target's FP8 E4M3 maximum (448; 240 on Neuron).
-    pub fp8_max: f32,
-}
-
-impl crate::prune::Family for Ct<'_> {
-    type Plan = CtPlan;
-
-    fn gguf(&self) -> bool {
-        false
-    }
-
-    fn size(&self, p: &CtPlan) -> (u64, f64) {
-        (p.bytes(), p.error())
-    }
-
-    fn cost(
-        &self,
-        setup: &Setup,
-        s: &Sizing,
-        p: Option<&CtPlan>,
-    ) -> Result<passes::cost::Estimate> {
-        match p {
-            Some(p) => cost(setup, s, p),
-            // Every Linear in 16 bits: the KV cache does not depend on it.
-            None => cost(
-                setup,
-                s,
-                &CtPlan {
-                    runtime: String::new(),
-                    legal: Vec::new(),
-                    single_group: false,
-                    moe: false,
-                    units: Vec::new(),
-                    chosen: Vec::new(),
-                    fixed_bytes: 0,
-                    budget: String::new(),
-                    budget_source: "",
-                    devices: 1,
-                    ceiling: None,
-                },
-            ),
-        }
-    }
-
-    fn allocate(
-        &self,
-        setup: &Setup,
-        s: &Sizing,
-        budget: u64,
-        from: String,
-    ) -> Result<Option<CtPlan>> {
-        plan_within(setup, s, self.engine, budget, from)
-    }
-
-    fn measure(
-        &self,
-        base: &Setup,
-        cand: &Setup,
-        p: &CtPlan,
-        progress: &dyn Progress,
-        cancel: &AtomicBool,
-    ) -> Result<TextAccuracy> {
-        progress.start(
-            "measuring plan",
-            base.arch.n_layer as u64 + 1,
-            Unit::Items("blocks"),
-        );
-        let r = measure_against(
-            base,
-            cand,
-            &by_scheme(p, &p.chosen),
-            self.fp8_max,
-            &crate::progress::positions(progress),
-            cancel,
-        );
-        progress.finish();
-        r?.ok_or_else(|| Error::Input("no held-out windows to measure the pruned plan on".into()))
-    }
-}
-
-/// A KL divergence for the report: 6 decimals, or 4 significant digits
-/// below 0.001 (a tiny model's measured values).
-fn kld(x: f64) -> String {
-    if x != 0.0 && x.abs() < 1e-3 {
-        format!("{x:.3e}")
-    } else {
-        format!("{x:.6}")
-    }
-}
-
-fn report_text(
-    setup: &Setup,
-    s: &Sizing,
-    p: &CtPlan,
-    rows: &[(String, u64, f64, Option<f64>)],
-    cost: &crate::manifest::Cost,
-) -> String {
-    use formats::human::bytes;
-    let params = setup.params().max(1) as f64;
-    let mut out = format!(
-        "# kiln build: compressed-tensors for {} ({})\n\n",
-        s.target.id, p.runtime
-    );
-    out += &format!(
-        "Schemes {} runs natively on `{}`: {}{}.\n",
-        p.runtime,
-        s.target.id,
-        p.legal
-            .iter()
-            .map(|s| s.name())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if p.moe {
-            " (mixture of experts: one scheme throughout, in one `Linear` group, as llm-compressor writes MoE presets)"
-        } else if p.single_group {
-            " (one config group only: one scheme throughout)"
-        } else {
-            ""
-        }
-    );
-    out += &format!("Budget: {}.\n", p.budget);
-    if let Some(c) = p.ceiling {
-        out += &format!("Error ceiling: predicted KL divergence {} (default: uniform W4A16 g128's, or the first legal scheme's that quantizes any Linear).\n", kld(c));
-    }
-    out += &format!("Sensitivity: {}.\n\n", setup.sensitivity_source);
-    out += &cost_section(s, p, cost);
-    out += "## Plan against the uniform schemes\n\n";
-    out += "Predicted KLD: the weights' rounding only (sensitivity x noise-to-signal). Measured KLD: `kiln eval`'s forward pass of what each artifact decodes to, with the inputs of W8A8 and FP8 Linears quantized at run time as vLLM does.\n\n";
-    out += "| artifact | tensor bytes | bits/weight | predicted KLD | measured KLD |\n|---|---:|---:|---:|---:|\n";
-    for (name, b, e, k) in rows {
-        if !e.is_finite() {
-            out += &format!("| {name} | - | - | - | - |\n");
-            continue;
-        }
-        out += &format!(
-            "| {name} | {} ({}) | {:.3} | {} | {} |\n",
-            b,
-            bytes(*b),
-            *b as f64 * 8.0 / params,
-            kld(*e),
-            k.map_or("not measured (no --text)".to_string(), kld)
-        );
-    }
-    out += "\n## Per layer\n\n| unit | scheme | bytes | predicted KLD |\n|---|---|---:|---:|\n";
-    for (u, &c) in p.units.iter().zip(&p.chosen) {
-        let ch = &u.choices[c];
-        out += &format!(
-            "| {} | {} | {} | {} |\n",
-            u.name,
-            ch.scheme
-                .map_or("bf16 (ignore)".to_string(), |s| s.name().to_string()),
-            ch.bytes,
-            kld(ch.error)
-        );
-    }
-    out
-}
-
-/// The serving estimate of the plan, as the GGUF report gives it.
-fn cost_section(s: &Sizing, p: &CtPlan, c: &crate::manifest::Cost) -> String {
-    // Three significant digits below 0.01 (a tiny model's $ per million tokens).
-    let cell = |v: Option<f64>, digits: usize| {
-        v.map_or("-".to_string(), |x| match x {
-            x if x != 0.0 && x.abs() < 0.01 => format!("{x:.3e}"),
-            x => format!("{x:.digits$}"),
-        })
-    };
-    let mut out = format!(
-        "## Serving cost ({} on `{}`, calibrated estimate)\n\n| | |\n|---|---|\n",
-        p.runtime, s.target.id
-    );
-    out += &format!(
-        "| fits | {} |\n",
-        match c.fits {
-            Some(true) => format!("yes, {} device(s)", p.devices),
-            Some(false) => "no".into(),
-            None => "unknown (memory not published)".into(),
-        }
-    );
-    out += &format!(
-        "| decode | {} tokens/s per sequence |\n",
-        cell(c.decode_tokens_per_second, 1)
-    );
-    out += &format!(
-        "| throughput | {} tokens/s |\n",
-        cell(c.throughput_tokens_per_second, 1)
-    );
-    out += &format!(
-        "| $ per million tokens | {} |\n",
-        cell(c.usd_per_million_tokens, 3)
-    );
-    out += &format!("| joules per token | {} |\n", cell(c.joules_per_token, 3));
-    for n in &c.notes {
-        out += &format!("\n- {n}");
-    }
-    if !c.notes.is_empty() {
-        out += "\n";
-    }
-    out + "\n"
 }

@@ -385,7 +385,11 @@ pub fn weigh(
 }
 
 /// One GPTQ plan's rounded tensors, their record and its measurement.
-type Rounding = (RoundedSet<GgufRounded>, Vec<GptqTensor>, Option<TextAccuracy>);
+type Rounding = (
+    RoundedSet<GgufRounded>,
+    Vec<GptqTensor>,
+    Option<TextAccuracy>,
+);
 
 /// The GPTQ plan names in the record.
 const PLAN_SAME_TYPES: &str = "GPTQ at the plan's types";
