@@ -55,7 +55,7 @@ pub struct BuildArgs {
     /// plan allocated over both ways of rounding within its bytes, GPTQ-rounded where chosen;
     /// compressed-tensors: the plan's integer Linears GPTQ-rounded. Either way measured on the
     /// held-out windows beside the plan rounded to nearest and built only if it measures lower
-    /// KL divergence (not with --prune-candidates).
+    /// KL divergence (with --prune-candidates, of the plan that wins, pruned or not).
     #[arg(long)]
     pub gptq: bool,
     /// GPTQ's damping, as a fraction of the mean Hessian diagonal.
@@ -84,17 +84,14 @@ pub fn check_engine(target: &passes::cost::Target, engine: passes::cost::Engine)
     Ok(())
 }
 
-/// Refuse `--gptq` where it is not weighed: without a text, beside pruning
-/// candidates, or with a damping that is not a fraction.
+/// Refuse `--gptq` where it is not weighed: without a text, or with a
+/// damping that is not a fraction.
 pub fn check_gptq(args: &BuildArgs, options: &planner::PlanOptions) -> Result<()> {
     if !args.gptq {
         return Ok(());
     }
     if options.text.is_none() {
         anyhow::bail!("--gptq needs --text: GPTQ is calibrated on its windows and measured on the held-out ones");
-    }
-    if !options.prune_candidates.is_empty() {
-        anyhow::bail!("--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other");
     }
     if !(args.dampening_frac.is_finite() && args.dampening_frac > 0.0 && args.dampening_frac < 1.0)
     {

@@ -551,10 +551,6 @@ fn build_refuses_gptq_where_it_is_not_weighed() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--gptq"], "--gptq needs --text"),
         (
-            vec!["--gptq", "--text", s(&calib), "--prune-candidates", "auto"],
-            "--gptq with --prune-candidates",
-        ),
-        (
             vec!["--gptq", "--text", s(&calib), "--dampening-frac", "0"],
             "--dampening-frac 0",
         ),
@@ -703,4 +699,83 @@ fn build_weighs_gptq_for_compressed_tensors_and_writes_what_it_measured() {
         .collect();
     names.sort();
     assert_eq!(names, ["calib.txt", "heldout.txt", "with", "without"]);
+}
+
+/// With `--prune-candidates` too: the plan that wins (here a pruned one) is
+/// GPTQ-rounded on the pruned model and measured against the unpruned
+/// original, and `kiln eval ORIGINAL FILE` measures what the build recorded.
+#[test]
+fn build_gptq_rounds_the_pruned_plan_when_pruning_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (calib, held) = texts(dir.path());
+    let model = fixture("tiny-llama");
+    let out = dir.path().join("out");
+    let r = run(&[
+        "build",
+        s(&model),
+        "--target",
+        "m2",
+        "--bpw",
+        "3.3",
+        "--text",
+        s(&calib),
+        "--eval-text",
+        s(&held),
+        "--ctx",
+        "64",
+        "--prune-candidates",
+        "auto",
+        "--gptq",
+        "-o",
+        s(&out),
+        "--quiet",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let chosen = m["pruning"]["chosen"]
+        .as_str()
+        .expect("a pruning wins here");
+    let g = &m["gptq"];
+    // GPTQ's "without" is the pruned plan's own measurement.
+    let pruned = m["pruning"]["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["chosen"] == true)
+        .unwrap();
+    assert_eq!(pruned["resolved"], chosen);
+    assert_eq!(
+        g["without"]["kld_mean"].as_f64(),
+        pruned["measured"]["kld_mean"].as_f64()
+    );
+    let built = m["accuracy"]["text"]["kld_mean"].as_f64().unwrap();
+    if g["applied"] == true {
+        assert_eq!(g["with"]["kld_mean"].as_f64(), Some(built));
+    }
+    let e = run(&[
+        "eval",
+        s(&model),
+        s(&out.join("tiny-llama.gguf")),
+        "--text",
+        s(&held),
+        "--ctx",
+        "64",
+        "--chunks",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    let v: Value = serde_json::from_str(&e.stdout).unwrap();
+    let measured = v["kld"]["mean"].as_f64().unwrap();
+    assert!(
+        (measured - built).abs() <= 1e-9 * built,
+        "eval of the pruned GPTQ file {measured} vs the build's {built}"
+    );
+    let gguf = read_gguf(&out.join("tiny-llama.gguf"));
+    assert!(
+        gguf.keys.iter().any(|k| k == "kiln.prune"),
+        "{:?}",
+        gguf.keys
+    );
 }

@@ -242,3 +242,46 @@ fn plan_lists_compressed_tensors_plans_with_and_without_pruning() {
     let j: Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(j["targets"][0].get("pruning").is_none());
 }
+
+/// `--gptq` beside the candidates: the pruned plan's integer Linears are
+/// GPTQ-rounded on the pruned model, measured against the unpruned original,
+/// and `kiln eval` of the artifact gives the build's figure.
+#[test]
+fn a_pruned_plan_is_gptq_rounded_and_measured_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = idle_block_fixture(dir.path());
+    let (out, m) = build_ct(
+        &model,
+        dir.path(),
+        "pruned-gptq",
+        &["--prune-candidates", "auto", "--gptq"],
+    );
+    assert_eq!(m["pruning"]["chosen"], "layers=1");
+    let g = &m["gptq"];
+    let row = &m["compared"][0];
+    let built = row["measured_kld"].as_f64().unwrap();
+    if g["applied"] == true {
+        assert!(row["name"].as_str().unwrap().ends_with("GPTQ"), "{row}");
+        assert_eq!(g["with"]["kld_mean"].as_f64(), Some(built));
+    }
+    let (_, held) = crate::gptq::texts(dir.path());
+    let r = run(&[
+        "eval",
+        s(&model),
+        s(&out),
+        "--text",
+        s(&held),
+        "--ctx",
+        "64",
+        "--chunks",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let e: Value = serde_json::from_str(&r.stdout).unwrap();
+    let measured = e["kld"]["mean"].as_f64().unwrap();
+    assert!(
+        (measured - built).abs() <= 1e-6 * built,
+        "eval of the artifact {measured} vs the build's measurement {built}"
+    );
+}

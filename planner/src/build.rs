@@ -242,13 +242,11 @@ pub fn build(
     // only if it measures better.
     let gptq = match &b.gptq {
         Some(g) => {
-            if pruned.is_some() {
-                return Err(Error::Options(
-                    "--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other".into(),
-                ));
-            }
+            // A pruned plan is rounded on the pruned model and measured
+            // against the unpruned original, as its pruning was.
             Some(crate::gptq::weigh(
                 setup,
+                wsetup,
                 wchosen,
                 text.as_ref(),
                 g,

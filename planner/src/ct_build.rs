@@ -735,13 +735,11 @@ pub fn build(
     // same way, written only if it measures better.
     let gptq = match &b.gptq {
         None => None,
-        Some(_) if pruned.is_some() => {
-            return Err(Error::Options(
-                "--gptq with --prune-candidates: a pruned plan is not GPTQ-rounded yet; give one or the other".into(),
-            ))
-        }
+        // A pruned plan is rounded on the pruned model and measured against
+        // the unpruned original, as its pruning was.
         Some(g) => Some(crate::ct_gptq::weigh(
             setup,
+            wsetup,
             p,
             &model,
             &assignment,
@@ -786,7 +784,10 @@ pub fn build(
     progress.start("comparing", 5, Unit::Items("plans"));
     rows.push((
         match (pruned, applied) {
-            (Some(x), _) => format!("kiln plan ({}), pruned `{}`", p.runtime, x.resolved),
+            (Some(x), Some(_)) => {
+                format!("kiln plan ({}), pruned `{}`, GPTQ", p.runtime, x.resolved)
+            }
+            (Some(x), None) => format!("kiln plan ({}), pruned `{}`", p.runtime, x.resolved),
             (None, Some(_)) => format!("kiln plan ({}), GPTQ", p.runtime),
             (None, None) => format!("kiln plan ({})", p.runtime),
         },

@@ -36,6 +36,7 @@ pub struct CtGptq {
 /// written; applied only if it measures lower.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn weigh(
+    reference: &Setup,
     setup: &Setup,
     p: &CtPlan,
     model: &passes::Model,
@@ -95,7 +96,7 @@ pub(crate) fn weigh(
             Unit::Items("blocks"),
         );
         let m = measure_with(
-            setup,
+            reference,
             setup,
             &by_scheme(p, &p.chosen),
             fp8_max,

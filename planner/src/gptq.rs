@@ -180,12 +180,16 @@ fn candidates(setup: &Setup) -> BTreeMap<String, Vec<GgmlType>> {
         .collect()
 }
 
-/// Weigh GPTQ for the plan `chosen` (rounded to nearest, measured at
-/// `without`): gains per tensor and type, the allocation over both ways of
-/// rounding within its bytes, that plan GPTQ-rounded and measured, kept only
-/// if it measures better. The spill file goes in `dir` (the staging
-/// directory).
+/// Weigh GPTQ for the plan `chosen` of `setup`'s model (rounded to
+/// nearest, measured at `without` against `reference`'s original: the
+/// model itself, or the unpruned model when `setup` is a pruned copy):
+/// gains per tensor and type, the allocation over both ways of rounding
+/// within its bytes, the GPTQ plans rounded and measured against the same
+/// original, the better kept only if it measures better. The spill file
+/// goes in `dir` (the staging directory).
+#[allow(clippy::too_many_arguments)]
 pub fn weigh(
+    reference: &Setup,
     setup: &Setup,
     chosen: &Chosen,
     without: Option<&TextAccuracy>,
@@ -290,6 +294,7 @@ pub fn weigh(
     let mut best: Option<(usize, Rounding)> = None;
     for (k, (name, a, types, retyped)) in plans.iter().enumerate() {
         let (rounded, tensors, with) = round_and_measure(
+            reference,
             setup,
             types,
             &ratio,
@@ -400,6 +405,7 @@ const PLAN_BOTH: &str = "GPTQ, allocated over both";
 /// `measure` (the rows read back from the spill file, as written).
 #[allow(clippy::too_many_arguments)]
 fn round_and_measure(
+    reference: &Setup,
     setup: &Setup,
     types: &BTreeMap<String, GgmlType>,
     ratio: &dyn Fn(&str, GgmlType) -> Option<f64>,
@@ -469,7 +475,7 @@ fn round_and_measure(
                 setup.arch.n_layer as u64 + 1,
                 Unit::Items("blocks"),
             );
-            let t = measure_source(setup, &cand, &positions(progress), cancel);
+            let t = measure_source(reference, &cand, &positions(progress), cancel);
             progress.finish();
             Some(t?)
         }
