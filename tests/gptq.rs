@@ -599,37 +599,10 @@ fn build_refuses_gptq_where_it_is_not_weighed() {
 #[test]
 fn build_weighs_gptq_for_compressed_tensors_and_writes_what_it_measured() {
     let dir = tempfile::tempdir().unwrap();
-    let (calib, held) = texts(dir.path());
+    let (_, held) = texts(dir.path());
     let model = fixture("tiny-llama");
-    let build = |name: &str, extra: &[&str]| -> (PathBuf, Value) {
-        let out = dir.path().join(name);
-        let mut a = vec![
-            "build",
-            s(&model),
-            "--target",
-            "h100-sxm",
-            "--engine",
-            "vllm",
-            "--bpw",
-            "5",
-            "--objective",
-            "accuracy",
-            "--text",
-            s(&calib),
-            "--eval-text",
-            s(&held),
-            "--ctx",
-            "64",
-            "-o",
-            s(&out),
-            "--quiet",
-        ];
-        a.extend_from_slice(extra);
-        let r = run(&a);
-        assert_eq!(r.code, 0, "{a:?}: {}", r.stderr);
-        let m = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-        (out, m)
-    };
+    let build =
+        |name: &str, extra: &[&str]| crate::prune_ct::build_ct(&model, dir.path(), name, extra);
     let (out, m) = build("with", &["--gptq"]);
     let g = &m["gptq"];
     let with = g["with"]["kld_mean"].as_f64().unwrap();

@@ -49,7 +49,9 @@ fn idle_block_fixture(dir: &Path) -> PathBuf {
     dst
 }
 
-fn build_ct(model: &Path, dir: &Path, out: &str, extra: &[&str]) -> (PathBuf, Value) {
+/// `kiln build MODEL --target h100-sxm --engine vllm --bpw 5 --objective
+/// accuracy` with `texts`' calibration and held-out halves, ctx 64.
+pub(crate) fn build_ct(model: &Path, dir: &Path, out: &str, extra: &[&str]) -> (PathBuf, Value) {
     let (calib, held) = crate::gptq::texts(dir);
     let out = dir.join(out);
     let mut a = vec![
