@@ -242,6 +242,8 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         None => Box::new(inner),
     };
     let files = container.layout(&model)?;
+    // Tensor notes, then the model's (the pruning passes' lines), as the
+    // GGUF conversion lists them.
     let notes: Vec<String> = model
         .tensors
         .iter()
@@ -250,6 +252,12 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
                 .iter()
                 .map(move |n| format!("{}: {n}", t.source_name))
         })
+        .chain(
+            model
+                .notes
+                .iter()
+                .map(|n| passes::printable(&n.text).into_owned()),
+        )
         .collect();
     if args.dry_run {
         if args.json {

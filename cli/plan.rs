@@ -54,12 +54,12 @@ fn finite(v: Option<f64>) -> Value {
         .map_or(Value::Null, |x| json!(x))
 }
 
-fn row_json(r: &Row, params: u64) -> Value {
+fn row_json(r: &Row) -> Value {
     let f = finite;
     json!({
         "name": r.name,
         "tensor_bytes": r.bytes,
-        "bits_per_weight": r.bytes as f64 * 8.0 / params.max(1) as f64,
+        "bits_per_weight": r.bpw(),
         "fits": r.fits,
         "devices": r.devices,
         "decode_tokens_per_second": f(r.tokens_per_second),
@@ -77,14 +77,14 @@ fn row_json(r: &Row, params: u64) -> Value {
     })
 }
 
-fn row_text(r: &Row, params: u64) -> String {
+fn row_text(r: &Row, width: usize) -> String {
     let m = r.text.as_ref();
     let n = |v: Option<f64>| v.map_or("-".to_string(), human::num);
     format!(
-        "  {:<24} {:>10} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
+        "  {:<width$} {:>10} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
         r.name,
         human::bytes(r.bytes),
-        human::sig(r.bytes as f64 * 8.0 / params.max(1) as f64, 3),
+        human::sig(r.bpw(), 3),
         match r.fits {
             Some(true) => "yes",
             Some(false) => "no",
@@ -209,8 +209,15 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
             Err(why) => why.clone(),
         };
         text += &format!("{} ({}): {note}\n", target.id, target.name);
+        let width = p
+            .rows
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(24);
         text += &format!(
-            "  {:<24} {:>10} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
+            "  {:<width$} {:>10} {:>6} {:>5} {:>7} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>7}\n",
             "option",
             "size",
             "bpw",
@@ -225,7 +232,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
             "top-1"
         );
         for r in &p.rows {
-            text += &row_text(r, params);
+            text += &row_text(r, width);
         }
         if let Some(pr) = &p.pruning {
             text += &pruning_text(pr);
@@ -236,7 +243,7 @@ pub fn run(args: &PlanCmdArgs, printer: &Printer) -> Result<()> {
             "name": target.name,
             "budget": p.budget.as_ref().ok().map(|b| budget_json(b, &options)),
             "no_plan": p.budget.as_ref().err(),
-            "options": p.rows.iter().map(|r| row_json(r, params)).collect::<Vec<_>>(),
+            "options": p.rows.iter().map(row_json).collect::<Vec<_>>(),
         });
         // Only with --prune-candidates: the output without it is unchanged.
         if let Some(pr) = &p.pruning {

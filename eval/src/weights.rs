@@ -112,6 +112,10 @@ pub struct Metrics {
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorError {
     pub name: String,
+    /// The candidate's name for it, when another (a depth-pruned candidate's
+    /// blocks are renumbered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_name: Option<String>,
     pub role: &'static str,
     pub shape: Vec<usize>,
     /// Storage types, as GGUF tools name them (`BF16`, `Q8_0`).
@@ -171,6 +175,112 @@ fn rows_per_job(row_len: usize) -> usize {
 
 /// Compare every tensor of `candidate` with `original`. `progress` gets the
 /// original's source bytes as they are done; `cancel` stops between blocks.
+/// Which block of the candidate a block of the original is compared with.
+/// A depth-pruned candidate (kiln's `--prune layers=...`, recorded in the
+/// GGUF's `kiln.prune` or the artifact directory's manifest.json) is
+/// compared block by block with the blocks it kept, renumbered; a candidate
+/// with another number of blocks and no such record has its blocks left out
+/// (comparing `blk.0` with `blk.0` there would compare different blocks).
+struct BlockMap {
+    /// Original layer -> candidate layer (`None`: removed); empty: same names.
+    map: Vec<Option<usize>>,
+    /// Compare no block tensor (the layer counts differ, no record says how).
+    skip_blocks: bool,
+    note: Option<String>,
+}
+
+impl BlockMap {
+    fn new(original: &Opened, candidate: &Opened) -> BlockMap {
+        let layers = |o: &Opened| o.loaded.model.arch.as_ref().map(|a| a.n_layer);
+        let same = BlockMap {
+            map: Vec::new(),
+            skip_blocks: false,
+            note: None,
+        };
+        let (Some(n_orig), Some(n_cand)) = (layers(original), layers(candidate)) else {
+            return same;
+        };
+        let removed = pruned_layers(candidate);
+        match removed {
+            Some((spec, removed))
+                if removed.iter().all(|&l| l < n_orig) && n_orig - removed.len() == n_cand =>
+            {
+                let mut next = 0;
+                let map = (0..n_orig)
+                    .map(|l| match removed.contains(&l) {
+                        true => None,
+                        false => {
+                            next += 1;
+                            Some(next - 1)
+                        }
+                    })
+                    .collect();
+                BlockMap {
+                    map,
+                    skip_blocks: false,
+                    note: Some(format!(
+                        "the candidate is depth-pruned (`{spec}`): its blocks are compared with the original blocks they came from; removed blocks {} are not compared",
+                        removed.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+                    )),
+                }
+            }
+            _ if n_orig == n_cand => same,
+            _ => BlockMap {
+                map: Vec::new(),
+                skip_blocks: true,
+                note: Some(format!(
+                    "the original has {n_orig} blocks and the candidate {n_cand}, and the candidate records no kiln depth pruning that says which were kept: block tensors are not compared, only the others"
+                )),
+            },
+        }
+    }
+
+    /// The candidate's name for original tensor `name`; `None` when it is
+    /// not compared (a removed block, or every block when `skip_blocks`).
+    fn candidate_name(&self, name: &str) -> Option<String> {
+        if self.skips(name) {
+            return None;
+        }
+        passes::passes::prune::rename_layer(name, &self.map)
+    }
+
+    fn skips(&self, name: &str) -> bool {
+        self.skip_blocks && name.starts_with("blk.")
+    }
+}
+
+/// ` (the candidate's `blk.N...`)` when a block was renumbered.
+fn renamed(a: &str, b: &str) -> String {
+    match a == b {
+        true => String::new(),
+        false => format!(" (the candidate's `{b}`)"),
+    }
+}
+
+/// The layers a kiln-pruned candidate removed, with the spec that says so:
+/// the GGUF's `kiln.prune`, or an artifact directory's manifest.json
+/// (`prune.resolved` from `kiln convert`, `pruning.chosen` from `kiln build`).
+fn pruned_layers(candidate: &Opened) -> Option<(String, Vec<usize>)> {
+    let spec = match candidate.loaded.model.metadata.get("kiln.prune") {
+        Some(passes::MetaValue::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+    .or_else(|| {
+        let dir = candidate.path.is_dir().then(|| candidate.path.clone())?;
+        let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+        let m: serde_json::Value = serde_json::from_str(&text).ok()?;
+        m.pointer("/prune/resolved")
+            .or_else(|| m.pointer("/pruning/chosen"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    })?;
+    let parsed = passes::passes::prune::parse_spec(&spec).ok()?;
+    match parsed.layers {
+        Some(passes::passes::prune::LayerSel::Named(v)) => Some((spec, v)),
+        _ => None,
+    }
+}
+
 pub fn compare(
     original: &Opened,
     candidate: &Opened,
@@ -180,18 +290,33 @@ pub fn compare(
 ) -> Result<WeightReport> {
     let mut notes = Vec::new();
     let mut pairs = Vec::new();
+    let blocks = BlockMap::new(original, candidate);
+    notes.extend(blocks.note.iter().cloned());
+    let mut matched = std::collections::HashSet::new();
     for a in &original.loaded.model.tensors {
-        match candidate.tensor(&a.name) {
+        let Some(name) = blocks.candidate_name(&a.name) else {
+            continue;
+        };
+        match candidate.tensor(&name) {
             None => notes.push(format!("`{}`: not in the candidate", a.name)),
-            Some(b) if b.shape != a.shape => notes.push(format!(
-                "`{}`: shape {:?} in the original, {:?} in the candidate",
-                a.name, a.shape, b.shape
-            )),
-            Some(b) => pairs.push((a, b)),
+            Some(b) if b.shape != a.shape => {
+                matched.insert(b.name.as_str());
+                notes.push(format!(
+                    "`{}`: shape {:?} in the original, {:?} in the candidate{}",
+                    a.name,
+                    a.shape,
+                    b.shape,
+                    renamed(&a.name, &b.name)
+                ))
+            }
+            Some(b) => {
+                matched.insert(b.name.as_str());
+                pairs.push((a, b))
+            }
         }
     }
     for b in &candidate.loaded.model.tensors {
-        if original.tensor(&b.name).is_none() {
+        if !matched.contains(b.name.as_str()) && !blocks.skips(&b.name) {
             notes.push(format!("`{}`: not in the original", b.name));
         }
     }
@@ -265,6 +390,7 @@ pub fn compare(
         .zip(&per_tensor)
         .map(|((a, b), s)| TensorError {
             name: a.name.clone(),
+            candidate_name: (b.name != a.name).then(|| b.name.clone()),
             role: a.role.name(),
             shape: a.shape.clone(),
             original_type: original.loaded.storage_name(a),

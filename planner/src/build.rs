@@ -333,7 +333,14 @@ pub fn build(
             .join("\n")
             .as_bytes(),
     );
-    rows.insert(0, plan_row(wsetup, wchosen, &est, text));
+    let mut row = plan_row(wsetup, wchosen, &est, text);
+    if let Some(p) = pruned {
+        // Its predicted error is the quantization's against the pruned model:
+        // not comparable with the recipes' (left out, as `kiln plan` does).
+        row.name = format!("kiln plan, pruned {}", p.resolved);
+        row.error = None;
+    }
+    rows.insert(0, row);
     // What the other objective would give on the same budget, one flag away.
     if let Some(alt) = objective_row(setup, s, b.objective.other(), b.max_error)? {
         rows.insert(1, alt);
@@ -389,7 +396,13 @@ pub fn build(
             .opened
             .passes
             .iter()
-            .chain(pruned.map_or(&[][..], |p| &p.setup.opened.passes[..]))
+            // The pruned copy's own `normalize` repeats the original's.
+            .chain(
+                pruned
+                    .map_or(&[][..], |p| &p.setup.opened.passes[..])
+                    .iter()
+                    .filter(|t| t.pass != "normalize"),
+            )
             .chain(&assign_times)
             .chain(&layout_times)
             .cloned()

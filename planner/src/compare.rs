@@ -41,6 +41,16 @@ pub struct Row {
     pub weight_nsr: Option<f64>,
     /// Every tensor's type.
     pub types: BTreeMap<String, GgmlType>,
+    /// The parameters `bytes` encode (a pruned plan's are fewer than the
+    /// model's): the denominator of the row's bits per weight.
+    pub parameters: u64,
+}
+
+impl Row {
+    /// Bits per weight over the parameters the row encodes.
+    pub fn bpw(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.parameters.max(1) as f64
+    }
 }
 
 /// Noise-to-signal ratio over all measured weights, weighted by size.
@@ -91,6 +101,7 @@ pub fn comparison(setup: &Setup, s: &Sizing) -> Result<Vec<Row>> {
             text: None,
             weight_nsr: Some(weighted_nsr(setup, &types)).filter(|_| error.is_some()),
             types,
+            parameters: setup.params(),
         });
     }
     Ok(rows)
@@ -147,6 +158,7 @@ pub fn plan_row(
         text,
         weight_nsr: Some(weighted_nsr(setup, &types)),
         types,
+        parameters: setup.params(),
     }
 }
 
@@ -258,6 +270,7 @@ fn pruned_row(o: &crate::prune::PruneOption) -> Option<Row> {
         }),
         weight_nsr: None,
         types: BTreeMap::new(),
+        parameters: o.parameters,
     })
 }
 

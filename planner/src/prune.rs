@@ -328,6 +328,69 @@ pub fn check(o: &PlanOptions) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a named `--prune-candidates` option the model cannot take (a
+/// layer it does not have, every layer, a KV head count the runtime cannot
+/// serve, KV groups of a qwen2/phi3 GGUF, an MoE FFN...) as soon as the
+/// model is open: the passes' own checks, which read no tensor data, so the
+/// error comes before the imatrix, the probes and the measurements.
+pub fn check_named(model: &passes::Model, o: &PlanOptions) -> Result<()> {
+    let Some(arch) = &model.arch else {
+        return Ok(());
+    };
+    let gguf = crate::options::any_engine(o)? == passes::cost::Engine::LlamaCpp;
+    for (spec, named) in o.prune_candidates.expand(arch) {
+        if !named {
+            continue;
+        }
+        let fail = |why: String| {
+            Error::Options(format!(
+                "--prune-candidates `{}`: {why}",
+                passes::printable(&spec.to_spec_string())
+            ))
+        };
+        let scratch = Arc::new(Mutex::new(Scratch::default()));
+        if let Some(sel) = &spec.kv {
+            DropKvGroups {
+                sel: sel.clone(),
+                tp: spec.tp,
+                activations: None,
+                scratch: scratch.clone(),
+                gguf,
+            }
+            .check(model)
+            .map_err(|e| fail(e.to_string()))?;
+        }
+        if let Some(ratio) = spec.ffn {
+            NarrowFfn {
+                ratio,
+                activations: None,
+                scratch: scratch.clone(),
+            }
+            .check(model)
+            .map_err(|e| fail(e.to_string()))?;
+        }
+        match &spec.layers {
+            Some(LayerSel::Named(v)) => {
+                DropLayers {
+                    layers: v.clone(),
+                    scratch,
+                    how: String::new(),
+                }
+                .check(model)
+                .map_err(|e| fail(e.to_string()))?;
+            }
+            Some(LayerSel::Auto(n)) if *n >= arch.n_layer => {
+                return Err(fail(format!(
+                    "removing {n} of {} layers leaves no layer",
+                    arch.n_layer
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The arch-derived columns of an option.
 fn shape_of(a: &passes::Arch, params: u64) -> (usize, usize, usize, u64) {
     (a.n_layer, a.n_head_kv, a.ffn, params)
@@ -818,7 +881,7 @@ pub fn report_section(p: &Pruning) -> String {
     }
     match &p.chosen {
         Some(r) => {
-            s += &format!("\nBuilt with pruning `{r}` (rerun alone: `kiln convert --prune '{r}'`):\n\n");
+            s += &format!("\nBuilt with pruning `{r}` (the pruning alone, unquantized: `kiln convert MODEL --prune '{r}' --type F16 -o pruned.gguf`):\n\n");
             for l in &p.passes {
                 s += &format!("- {}\n", passes::printable(l));
             }

@@ -60,7 +60,6 @@ fn alternative_line(m: &Manifest, rows: &[Row]) -> Option<String> {
 /// (kiln's plan first).
 pub fn report(m: &Manifest, rows: &[Row]) -> String {
     let params = m.source.parameters;
-    let bpw = |bytes: u64| bytes as f64 * 8.0 / params.max(1) as f64;
     let mut s = String::new();
     s += &format!(
         "# kiln build: {} for {} ({})\n\n",
@@ -134,8 +133,14 @@ pub fn report(m: &Manifest, rows: &[Row]) -> String {
     );
     s += &format!("| joules per token | {} |\n", cell(m.cost.joules_per_token));
     s += &format!(
-        "| predicted KL divergence | {} nats |\n",
-        num(m.plan.predicted_kld)
+        "| predicted KL divergence | {} nats{} |\n",
+        num(m.plan.predicted_kld),
+        match m.pruning.as_ref().and_then(|p| p.chosen.as_ref()) {
+            Some(spec) => format!(
+                " (the quantization's alone, against the model pruned `{spec}`; measured below against the original)"
+            ),
+            None => String::new(),
+        }
     );
     s += &format!(
         "| weight noise-to-signal | {} (size-weighted mean) |\n",
@@ -178,7 +183,7 @@ pub fn report(m: &Manifest, rows: &[Row]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             bytes(r.bytes),
-            sig(bpw(r.bytes), 3),
+            sig(r.bpw(), 3),
             cell(r.weight_nsr),
             cell(r.error),
             match r.fits {

@@ -511,6 +511,7 @@ pub fn setup(
 ) -> Result<Setup> {
     let (opened, arch) = open(model_path, o)?;
     check_bpw(model_path, &opened.loaded.model, o)?;
+    crate::prune::check_named(&opened.loaded.model, o)?;
     // Warnings are shown before anything is measured (imatrix, probes,
     // measuring): a run the user would not want can be stopped at once.
     let mut warnings: Vec<String> = opened.loaded.warnings.clone();

@@ -138,6 +138,54 @@ def test_pruning_changes_the_model_and_eval_measures_it(pruned, kiln):
     assert j["candidate"]["perplexity"] != j["original"]["perplexity"]
 
 
+def test_eval_weights_compares_a_depth_pruned_candidate_with_the_blocks_it_kept(kiln, tmp_path):
+    # F32 of a BF16 checkpoint is exact: each kept block, renumbered, equals
+    # the original block it came from (comparing blk.0 with blk.0 would not).
+    fx = fixture_path("tiny-llama")
+    out = tmp_path / "l0.gguf"
+    run_kiln(kiln, "convert", fx, "--type", "f32", "--pure", "--prune", "layers=0", "-o", out, "--quiet")
+    w = json.loads(run_kiln(kiln, "eval", fx, out, "--weights", "--json", "--quiet").stdout)["weights"]
+    blocks = [t for t in w["tensors"] if t["name"].startswith("blk.")]
+    assert len(blocks) == 9, [t["name"] for t in w["tensors"]]
+    for t in blocks:
+        assert t["name"].startswith("blk.1.") and t["candidate_name"] == "blk.0." + t["name"][len("blk.1.") :], t
+    assert all(t["rel_frobenius"] == 0.0 for t in w["tensors"]), w["tensors"]
+    assert any("depth-pruned (`layers=0`)" in n for n in w["notes"]), w["notes"]
+    # A compressed-tensors artifact records its pruning in manifest.json.
+    ct = tmp_path / "ct"
+    run_kiln(kiln, "convert", fx, "--format", "compressed-tensors", "--scheme", "W8A16", "--prune", "layers=0", "-o", ct, "--quiet")
+    w = json.loads(run_kiln(kiln, "eval", fx, ct, "--weights", "--json", "--quiet").stdout)["weights"]
+    blocks = [t for t in w["tensors"] if t["name"].startswith("blk.")]
+    assert blocks and all(t["candidate_name"].startswith("blk.0.") and t["rel_frobenius"] < 0.02 for t in blocks), blocks
+    # Without that record, blocks of models with other block counts are not
+    # compared at all, and the notes say why.
+    (ct / "manifest.json").unlink()
+    w = json.loads(run_kiln(kiln, "eval", fx, ct, "--weights", "--json", "--quiet").stdout)["weights"]
+    assert w["tensors"] and not any(t["name"].startswith("blk.") for t in w["tensors"])
+    assert any("block tensors are not compared" in n for n in w["notes"]), w["notes"]
+
+
+@pytest.mark.parametrize("spec", ["ffn=0.5", "kv-groups=1"])
+def test_an_imatrix_of_a_pruned_model_is_refused(kiln, tmp_path, spec):
+    # Wanda's statistics come from the imatrix of the model being pruned; one
+    # of the pruned model has fewer columns and would score the wrong channels.
+    fx = fixture_path("tiny-llama")
+    pruned = tmp_path / "pruned.gguf"
+    run_kiln(kiln, "convert", fx, "--type", "f32", "--prune", spec, "-o", pruned, "--quiet")
+    im = tmp_path / "im.gguf"
+    run_kiln(kiln, "imatrix", pruned, "--text", TEXT, "--ctx", 64, "--chunks", 2, "-o", im, "--quiet")
+    out = tmp_path / "out.gguf"
+    proc = subprocess.run(
+        [str(kiln), "convert", str(fx), "--type", "q8_0", "--prune", spec, "--imatrix", str(im), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not of this model" in lines[0], proc.stderr
+    assert not out.exists()
+
+
 def test_calibrated_choices_differ_from_weight_norms_and_are_recorded(kiln, tmp_path):
     fx = fixture_path("tiny-llama")
     plain = json.loads(run_kiln(kiln, "convert", fx, "--type", "f32", "--prune", "ffn=0.5", "--dry-run", "--json", "--quiet").stdout)["prune"]
@@ -181,6 +229,7 @@ HOSTILE = [
     ("tiny-llama", "layers=7", "layer 7 does not exist"),
     ("tiny-llama", "ffn=0", "above 0 and below 1"),
     ("tiny-llama", "ffn=1.5", "above 0 and below 1"),
+    ("tiny-llama", "ffn=0.75;ffn=0.5", "`ffn` is given twice"),
     ("tiny-llama", "kv-groups=2", "keeping 2 of 2 KV groups"),
     ("tiny-llama", "kv-groups=1;tp=2", "not divisible by the tensor-parallel degree 2"),
     ("tiny-llama", "kv-groups=0:1", "every layer must lose the same number"),

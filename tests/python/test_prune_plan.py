@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -79,6 +80,16 @@ def test_pruning_that_measures_better_is_built_and_llama_cpp_runs_it(tight, llam
     report = (out / "report.md").read_text()
     assert "## Pruning weighed with quantization" in report
     assert f"Built with pruning `{p['chosen']}`" in report
+    # Among the recipes, the built plan is named as pruned, at its own bits
+    # per weight (over the pruned model's parameters), and without the
+    # quantization-only prediction the recipes' column would compare it with.
+    row = m["comparison"][0]
+    assert row["name"] == f"kiln plan, pruned {p['chosen']}" and row["predicted_kld"] is None, row
+    assert row["tensor_bytes"] == best["tensor_bytes"]
+    bpw = row["tensor_bytes"] * 8 / best["parameters"]
+    assert best["bits_per_weight"] == pytest.approx(bpw, rel=1e-9)
+    cell = f"{bpw:.{max(0, 2 - math.floor(math.log10(bpw)))}f}"  # 3 significant digits, as the report
+    assert f"| kiln plan, pruned {p['chosen']} | " in report and f" | {cell} | " in report.split("## Compared with")[1]
 
     prompt = prompt_ids(fixture_path(FX))
     res = llama({"model": str(out / "tiny-llama.gguf"), "evaluate": {"tokens": prompt, "top": 2}, "generate": {"prompt": prompt, "n": 8}})
@@ -129,6 +140,8 @@ def test_plan_lists_plans_with_and_without_pruning(kiln):
         (["--prune-candidates", "ffn=1.5"], "--prune-candidates `ffn=1.5`"),
         (["--prune-candidates", "none", "--prune-candidates", "auto"], "cannot be given with other candidates"),
         (["--prune-candidates", "layers=auto:2"], "removing 2 of 2 layers leaves no layer"),
+        (["--prune-candidates", "layers=7"], "layer 7 does not exist"),
+        (["--prune-candidates", "kv-groups=1;tp=2"], "not divisible by the tensor-parallel degree 2"),
     ],
 )
 def test_hostile_candidates(kiln, tmp_path, extra, want):
@@ -137,6 +150,18 @@ def test_hostile_candidates(kiln, tmp_path, extra, want):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and want in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_a_named_candidate_the_model_cannot_take_is_refused_before_any_measurement(kiln, tmp_path):
+    # Without --quiet, the imatrix, probes and measurements would each print
+    # a progress line: the error must come before them.
+    out = tmp_path / "o"
+    args = ["--target", "m2", "--text", str(TEXT), "--ctx", "64", "--bpw", "4", "--prune-candidates", "layers=0,1", "-o", out]
+    proc = run_kiln(kiln, "build", fixture_path(FX), *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --prune-candidates `layers=0,1`") and "leaves no layer" in lines[0], proc.stderr
     assert not out.exists()
 
 

@@ -302,7 +302,7 @@ fn check_pattern(
                 return Err(refused(
                     "layer_types",
                     format!(
-                        "layer {i} is {t}, but llama.cpp runs every {pattern}th layer with full attention and the others with the sliding window"
+                        "layer {i} is {t}, but llama.cpp runs one layer in every {pattern} (the last) with full attention and the others with the sliding window"
                     ),
                 ));
             }

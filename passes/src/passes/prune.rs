@@ -123,6 +123,7 @@ pub fn parse_spec(s: &str) -> Result<PruneSpec, String> {
         tp: 1,
         ..PruneSpec::default()
     };
+    let mut seen: Vec<String> = Vec::new();
     for item in s.split(';').map(str::trim).filter(|i| !i.is_empty()) {
         let Some((key, value)) = item.split_once('=') else {
             return Err(format!(
@@ -136,11 +137,13 @@ pub fn parse_spec(s: &str) -> Result<PruneSpec, String> {
                 .parse::<usize>()
                 .map_err(|_| format!("{what}: `{}` is not a whole number", crate::printable(v)))
         };
-        match key.trim() {
+        let key = key.trim();
+        if seen.iter().any(|k| k == key) {
+            return Err(format!("`{}` is given twice", crate::printable(key)));
+        }
+        seen.push(key.to_string());
+        match key {
             "layers" => {
-                if spec.layers.is_some() {
-                    return Err("`layers` is given twice".into());
-                }
                 spec.layers = Some(match value.strip_prefix("auto:") {
                     Some(n) => {
                         let n = num(n, "layers=auto:N")?;
@@ -288,7 +291,9 @@ impl Scratch {
         let mut out = BTreeMap::new();
         for (name, v) in vectors {
             let v = match self.kept_cols.get(name) {
-                Some(cols) if v.len() >= cols.len() => cols.iter().map(|&c| v[c]).collect(),
+                Some(cols) if cols.iter().all(|&c| c < v.len()) => {
+                    cols.iter().map(|&c| v[c]).collect()
+                }
                 _ => v.clone(),
             };
             match rename_layer(name, &self.layer_map) {
@@ -304,7 +309,7 @@ impl Scratch {
 
 /// `blk.{i}.rest` with `i` mapped; `None` when layer `i` was removed; other
 /// names unchanged.
-fn rename_layer(name: &str, map: &[Option<usize>]) -> Option<String> {
+pub fn rename_layer(name: &str, map: &[Option<usize>]) -> Option<String> {
     if map.is_empty() {
         return Some(name.to_string());
     }
@@ -391,12 +396,10 @@ pub struct DropLayers {
     pub how: String,
 }
 
-impl Pass for DropLayers {
-    fn name(&self) -> &'static str {
-        DEPTH
-    }
-
-    fn run(&self, model: &mut Model, _cx: &Context<'_>) -> Result<(), PassError> {
+impl DropLayers {
+    /// Everything `run` refuses, checked on the model alone (no tensor data
+    /// is read): input layer -> output layer (`None`: removed).
+    pub fn check(&self, model: &Model) -> Result<Vec<Option<usize>>, PassError> {
         let a = arch_of(model, DEPTH)?.clone();
         let n = a.n_layer;
         if let Some(&bad) = self.layers.iter().find(|&&l| l >= n) {
@@ -441,7 +444,7 @@ impl Pass for DropLayers {
                             None,
                             format!(
                                 "removing layers {} moves layer {i} ({}) to position {j}, where llama.cpp's positional pattern \
-                                 (every {}th layer global) makes it {}: remove whole periods of {} consecutive layers instead",
+                                 (one layer in every {} global) makes it {}: remove whole periods of {} consecutive layers instead",
                                 join(&self.layers),
                                 if g.is_swa_layer(i) { "sliding-window" } else { "global" },
                                 g.swa_pattern,
@@ -465,6 +468,20 @@ impl Pass for DropLayers {
                 }
             }
         }
+        Ok(map)
+    }
+}
+
+impl Pass for DropLayers {
+    fn name(&self) -> &'static str {
+        DEPTH
+    }
+
+    fn run(&self, model: &mut Model, _cx: &Context<'_>) -> Result<(), PassError> {
+        let map = self.check(model)?;
+        let a = arch_of(model, DEPTH)?.clone();
+        let n = a.n_layer;
+        let next = map.iter().flatten().count();
         let dense_kept = (0..a.n_dense_layers.min(n))
             .filter(|&i| map[i].is_some())
             .count();
@@ -633,6 +650,28 @@ fn rows_sq_norm(t: &TensorNode, reader: &dyn TensorReader, r0: usize, r1: usize)
 }
 
 /// The indices of the `keep` highest scores, ascending (ties: lower index).
+/// Refuse an activation vector (an imatrix entry) that does not fit its
+/// tensor's input columns: it belongs to another model (or to a pruned one),
+/// and scoring channels with it would score the wrong ones.
+fn check_activations(
+    pass: &'static str,
+    activations: Option<&BTreeMap<String, Vec<f32>>>,
+    t: &TensorNode,
+) -> Result<(), PassError> {
+    match activations.and_then(|m| m.get(&t.name)) {
+        Some(v) if v.len() != t.row_len() => Err(PassError::new(
+            pass,
+            Some(&t.name),
+            format!(
+                "the activation statistics (imatrix) have {} entries for this tensor, which has {} input columns: they are not of this model (an imatrix of a pruned or another model?); give the unpruned model's imatrix, or --text",
+                v.len(),
+                t.row_len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn top_k(scores: &[f64], keep: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
@@ -669,13 +708,22 @@ pub struct NarrowFfn {
     pub scratch: SharedScratch,
 }
 
-impl Pass for NarrowFfn {
-    fn name(&self) -> &'static str {
-        FFN
-    }
-
-    fn run(&self, model: &mut Model, cx: &Context<'_>) -> Result<(), PassError> {
-        let reader = cx.reader(FFN)?;
+impl NarrowFfn {
+    /// Everything `run` refuses, checked on the model alone (no tensor data
+    /// is read): the architecture, the channels kept, and per layer its
+    /// `ffn_down`, `ffn_up` and `ffn_gate` tensors.
+    #[allow(clippy::type_complexity)]
+    pub fn check(
+        &self,
+        model: &Model,
+    ) -> Result<
+        (
+            crate::ir::Arch,
+            usize,
+            Vec<(usize, usize, usize, Option<usize>)>,
+        ),
+        PassError,
+    > {
         let a = arch_of(model, FFN)?.clone();
         if let Some(t) = model.tensors.iter().find(|t| {
             matches!(
@@ -710,6 +758,7 @@ impl Pass for NarrowFfn {
             let up = find(model, &format!("blk.{l}.ffn_up.weight")).ok_or_else(|| {
                 PassError::new(FFN, None, format!("layer {l} has no ffn_up.weight"))
             })?;
+            check_activations(FFN, self.activations.as_ref(), &model.tensors[down])?;
             let gate = find(model, &format!("blk.{l}.ffn_gate.weight"));
             let fused = gate.is_none();
             let want_up = if fused { 2 * ffn } else { ffn };
@@ -744,15 +793,24 @@ impl Pass for NarrowFfn {
             }
             plan.push((l, down, up, gate));
         }
+        Ok((a, keep, plan))
+    }
+}
+
+impl Pass for NarrowFfn {
+    fn name(&self) -> &'static str {
+        FFN
+    }
+
+    fn run(&self, model: &mut Model, cx: &Context<'_>) -> Result<(), PassError> {
+        let reader = cx.reader(FFN)?;
+        let (a, keep, plan) = self.check(model)?;
+        let ffn = a.ffn;
         let mut s = self.scratch.lock().expect("scratch lock");
         for (l, down, up, gate) in plan {
             let dname = model.tensors[down].name.clone();
             let col = col_sq_norms(&model.tensors[down], reader);
-            let act = self
-                .activations
-                .as_ref()
-                .and_then(|m| m.get(&dname))
-                .filter(|v| v.len() == ffn);
+            let act = self.activations.as_ref().and_then(|m| m.get(&dname));
             let scores: Vec<f64> = match act {
                 Some(act) => (0..ffn)
                     .map(|j| (col[j] * f64::from(act[j]).max(0.0)).sqrt())
@@ -817,7 +875,7 @@ impl Pass for NarrowFfn {
         let how = if self.activations.is_some() {
             "Wanda: activation norm x ffn_down column norm"
         } else {
-            "weight norms only (no calibration text): ffn_down column x ffn_up/ffn_gate row norms"
+            "weight norms only, without calibration text: ffn_down column x ffn_up/ffn_gate row norms"
         };
         let line = format!(
             "{FFN}: kept {keep} of {ffn} FFN channels in each of {} layers ({how})",
@@ -850,13 +908,23 @@ pub struct DropKvGroups {
 /// `n_embd + 2 n_embd_gqa` rows): their query heads cannot shrink.
 const HIDDEN_SIZED_ATTENTION: &[&str] = &["qwen2", "qwen2moe", "phi3"];
 
-impl Pass for DropKvGroups {
-    fn name(&self) -> &'static str {
-        KV
-    }
-
-    fn run(&self, model: &mut Model, cx: &Context<'_>) -> Result<(), PassError> {
-        let reader = cx.reader(KV)?;
+impl DropKvGroups {
+    /// Everything `run` refuses, checked on the model alone (no tensor data
+    /// is read): the architecture, the query heads per KV group, the KV
+    /// heads kept, and per layer its output projection and Q/K/V tensors.
+    #[allow(clippy::type_complexity)]
+    pub fn check(
+        &self,
+        model: &Model,
+    ) -> Result<
+        (
+            crate::ir::Arch,
+            usize,
+            usize,
+            Vec<(usize, usize, Option<usize>, [Option<usize>; 3])>,
+        ),
+        PassError,
+    > {
         let a = arch_of(model, KV)?.clone();
         let (nh, nkv, hd) = (a.n_head, a.n_head_kv, a.head_dim);
         if nkv == 0 || nh % nkv != 0 {
@@ -940,6 +1008,7 @@ impl Pass for DropKvGroups {
             let o = find(model, &name("attn_output.weight")).ok_or_else(|| {
                 PassError::new(KV, None, format!("layer {l} has no attn_output.weight"))
             })?;
+            check_activations(KV, self.activations.as_ref(), &model.tensors[o])?;
             if model.tensors[o].row_len() != nh * hd {
                 return Err(PassError::new(
                     KV,
@@ -965,6 +1034,19 @@ impl Pass for DropKvGroups {
             }
             plan.push((l, o, qkv, sep));
         }
+        Ok((a, g, keep, plan))
+    }
+}
+
+impl Pass for DropKvGroups {
+    fn name(&self) -> &'static str {
+        KV
+    }
+
+    fn run(&self, model: &mut Model, cx: &Context<'_>) -> Result<(), PassError> {
+        let reader = cx.reader(KV)?;
+        let (a, g, keep, plan) = self.check(model)?;
+        let (nh, nkv, hd) = (a.n_head, a.n_head_kv, a.head_dim);
         let mut s = self.scratch.lock().expect("scratch lock");
         for (l, o, qkv, sep) in plan {
             let oname = model.tensors[o].name.clone();
@@ -972,11 +1054,7 @@ impl Pass for DropKvGroups {
                 KvSel::Named(v) => (0..nkv).filter(|grp| !v.contains(&(l, *grp))).collect(),
                 KvSel::Keep(_) => {
                     let col = col_sq_norms(&model.tensors[o], reader);
-                    let act = self
-                        .activations
-                        .as_ref()
-                        .and_then(|m| m.get(&oname))
-                        .filter(|v| v.len() == nh * hd);
+                    let act = self.activations.as_ref().and_then(|m| m.get(&oname));
                     let scores: Vec<f64> = (0..nkv)
                         .map(|grp| {
                             let cols = grp * g * hd..(grp + 1) * g * hd;
@@ -1092,7 +1170,7 @@ impl Pass for DropKvGroups {
         let how = match (&self.sel, &self.activations) {
             (KvSel::Named(_), _) => "as named",
             (KvSel::Keep(_), Some(_)) => "by activation norm x attn_output column norm",
-            (KvSel::Keep(_), None) => "by weight norms only (no calibration text)",
+            (KvSel::Keep(_), None) => "by weight norms only, without calibration text",
         };
         let line = format!(
             "{KV}: kept {keep} of {nkv} KV groups ({} of {nh} query heads) in each of {} layers ({how})",
