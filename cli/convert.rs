@@ -241,7 +241,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         true => None,
         false => Some(crate::prune::Prune::new(
             &args.prune,
+            &model,
             &args.model,
+            true,
             args.text.as_deref(),
             importance.as_ref().map(|i| &i.vectors),
             printer,

@@ -115,7 +115,9 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         true => None,
         false => Some(crate::prune::Prune::new(
             &args.prune,
+            &model,
             &args.model,
+            false,
             args.text.as_deref(),
             None,
             printer,

@@ -44,12 +44,15 @@ pub struct Prune {
 }
 
 impl Prune {
-    /// Resolve `specs` for `model_path`: measure on `text` when given
-    /// (Wanda activations, ShortGPT block influence), else take the
-    /// activations from `imatrix` (already parsed) when given.
+    /// Resolve `specs` for `model` (loaded from `model_path`; `gguf`: the
+    /// output is a GGUF): refuse what the passes would refuse, then measure
+    /// on `text` when given (Wanda activations, ShortGPT block influence),
+    /// else take the activations from `imatrix` (already parsed) when given.
     pub fn new(
         specs: &[PruneSpec],
+        model: &Model,
         model_path: &Path,
+        gguf: bool,
         text: Option<&Path>,
         imatrix: Option<&BTreeMap<String, Vec<f32>>>,
         printer: &Printer,
@@ -68,6 +71,14 @@ impl Prune {
         if needs_text && text.is_none() {
             bail!("--prune layers=auto:N picks blocks by their influence on calibration text: give --text FILE (or name the layers: layers=20,21)");
         }
+        // The passes' own checks, on the model's names (no tensor data
+        // read), before anything is calibrated.
+        let mut normalized = model.clone();
+        passes::passes::Pipeline::prune(Vec::new())
+            .run(&mut normalized, &passes::passes::Context::default())
+            .and_then(|_| prune::check_spec(&spec, &normalized, gguf))
+            .with_context(|| model_path.display().to_string())?;
+        drop(normalized);
         if let Some(text) = text {
             let cal = calibrate(model_path, text, printer)?;
             p.activations = Some(cal.activations.clone());

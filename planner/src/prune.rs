@@ -338,55 +338,18 @@ pub fn check_named(model: &passes::Model, o: &PlanOptions) -> Result<()> {
         return Ok(());
     };
     let gguf = crate::options::any_engine(o)? == passes::cost::Engine::LlamaCpp;
-    for (spec, named) in o.prune_candidates.expand(arch) {
-        if !named {
-            continue;
-        }
-        let fail = |why: String| {
+    for (spec, _) in o
+        .prune_candidates
+        .expand(arch)
+        .iter()
+        .filter(|(_, named)| *named)
+    {
+        passes::passes::prune::check_spec(spec, model, gguf).map_err(|e| {
             Error::Options(format!(
-                "--prune-candidates `{}`: {why}",
+                "--prune-candidates `{}`: {e}",
                 passes::printable(&spec.to_spec_string())
             ))
-        };
-        let scratch = Arc::new(Mutex::new(Scratch::default()));
-        if let Some(sel) = &spec.kv {
-            DropKvGroups {
-                sel: sel.clone(),
-                tp: spec.tp,
-                activations: None,
-                scratch: scratch.clone(),
-                gguf,
-            }
-            .check(model)
-            .map_err(|e| fail(e.to_string()))?;
-        }
-        if let Some(ratio) = spec.ffn {
-            NarrowFfn {
-                ratio,
-                activations: None,
-                scratch: scratch.clone(),
-            }
-            .check(model)
-            .map_err(|e| fail(e.to_string()))?;
-        }
-        match &spec.layers {
-            Some(LayerSel::Named(v)) => {
-                DropLayers {
-                    layers: v.clone(),
-                    scratch,
-                    how: String::new(),
-                }
-                .check(model)
-                .map_err(|e| fail(e.to_string()))?;
-            }
-            Some(LayerSel::Auto(n)) if *n >= arch.n_layer => {
-                return Err(fail(format!(
-                    "removing {n} of {} layers leaves no layer",
-                    arch.n_layer
-                )));
-            }
-            _ => {}
-        }
+        })?;
     }
     Ok(())
 }

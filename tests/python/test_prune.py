@@ -165,6 +165,24 @@ def test_eval_weights_compares_a_depth_pruned_candidate_with_the_blocks_it_kept(
     assert any("block tensors are not compared" in n for n in w["notes"]), w["notes"]
 
 
+@pytest.mark.parametrize(
+    "spec,message",
+    [("ffn=0.5;kv-groups=2", "keeping 2 of 2 KV groups"), ("layers=auto:5", "removing 5 of 2 layers leaves no layer")],
+)
+def test_a_refused_spec_is_refused_before_calibrating(kiln, tmp_path, spec, message):
+    # Not quiet: calibrating on the text would print a progress line first.
+    out = tmp_path / "out.gguf"
+    proc = subprocess.run(
+        [str(kiln), "convert", str(fixture_path("tiny-llama")), "--type", "q8_0", "--prune", spec, "--text", str(TEXT), "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("spec", ["ffn=0.5", "kv-groups=1"])
 def test_an_imatrix_of_a_pruned_model_is_refused(kiln, tmp_path, spec):
     # Wanda's statistics come from the imatrix of the model being pruned; one

@@ -307,6 +307,54 @@ impl Scratch {
     }
 }
 
+/// Everything the passes of `spec` would refuse on `model` (normalized),
+/// checked without reading tensor data: a caller refuses a spec before it
+/// calibrates or measures anything. `layers=auto:N` is checked for its
+/// count only (the blocks are chosen later).
+pub fn check_spec(spec: &PruneSpec, model: &Model, gguf: bool) -> Result<(), PassError> {
+    let scratch = SharedScratch::default();
+    if let Some(sel) = &spec.kv {
+        DropKvGroups {
+            sel: sel.clone(),
+            tp: spec.tp,
+            activations: None,
+            scratch: scratch.clone(),
+            gguf,
+        }
+        .check(model)?;
+    }
+    if let Some(ratio) = spec.ffn {
+        NarrowFfn {
+            ratio,
+            activations: None,
+            scratch: scratch.clone(),
+        }
+        .check(model)?;
+    }
+    match &spec.layers {
+        Some(LayerSel::Named(v)) => {
+            DropLayers {
+                layers: v.clone(),
+                scratch,
+                how: String::new(),
+            }
+            .check(model)?;
+        }
+        Some(LayerSel::Auto(n)) => {
+            let layers = arch_of(model, DEPTH)?.n_layer;
+            if *n >= layers {
+                return Err(PassError::new(
+                    DEPTH,
+                    None,
+                    format!("removing {n} of {layers} layers leaves no layer"),
+                ));
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
 /// `blk.{i}.rest` with `i` mapped; `None` when layer `i` was removed; other
 /// names unchanged.
 pub fn rename_layer(name: &str, map: &[Option<usize>]) -> Option<String> {
