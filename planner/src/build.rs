@@ -380,7 +380,18 @@ pub fn build(
     if let Some(g) = &manifest.gptq {
         report.push_str(&crate::gptq::report_section(g));
     }
-    let svg = formats::chart::size_error_svg(&report::chart(wsetup, wchosen, &rows, &stem));
+    // A pruned plan's curve is the pruned model's: the recipes and the other
+    // objective's plan (of the unpruned model) are left off it.
+    let chart = match pruned {
+        Some(p) => report::chart(
+            wsetup,
+            wchosen,
+            &rows[..1],
+            &format!("{stem}, pruned {}", p.resolved),
+        ),
+        None => report::chart(wsetup, wchosen, &rows, &stem),
+    };
+    let svg = formats::chart::size_error_svg(&chart);
     staging.write("chart.svg", svg.as_bytes())?;
     staging.write("report.md", report.as_bytes())?;
     let manifest_json = manifest.to_json()?;

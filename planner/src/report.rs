@@ -221,7 +221,10 @@ pub fn report(m: &Manifest, rows: &[Row]) -> String {
             s += &format!("- {n}\n");
         }
     }
-    s += "\nChart: `chart.svg` (tensor size against predicted KL divergence; kiln's trade-off curve, the recipes, the other objective's plan, the chosen plan). Manifest: `manifest.json`. How kiln plans: the README's section \"How kiln plans\".\n";
+    s += &match m.pruning.as_ref().and_then(|p| p.chosen.as_ref()) {
+        Some(spec) => format!("\nChart: `chart.svg` (tensor size against predicted KL divergence of the model pruned `{spec}`: kiln's trade-off curve for it and the chosen plan; the recipes, of the unpruned model, are in the table above). Manifest: `manifest.json`. How kiln plans: the README's section \"How kiln plans\".\n"),
+        None => "\nChart: `chart.svg` (tensor size against predicted KL divergence; kiln's trade-off curve, the recipes, the other objective's plan, the chosen plan). Manifest: `manifest.json`. How kiln plans: the README's section \"How kiln plans\".\n".to_string(),
+    };
     s
 }
 
