@@ -78,6 +78,20 @@ impl Prune {
             .run(&mut normalized, &passes::passes::Context::default())
             .and_then(|_| prune::check_spec(&spec, &normalized, gguf))
             .with_context(|| model_path.display().to_string())?;
+        // An --imatrix is read as the unpruned model's (Wanda's activations
+        // without --text, and remapped onto the pruned tensors for the
+        // quantization): one of another model, or of a pruned one, is refused
+        // here rather than applied to the wrong columns.
+        if let Some(m) = imatrix {
+            for t in &normalized.tensors {
+                passes::passes::importance::for_tensor(m, &t.name, &t.shape).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: --imatrix is not of this model (with --prune it must be the unpruned model's): {e}",
+                        model_path.display()
+                    )
+                })?;
+            }
+        }
         drop(normalized);
         if let Some(text) = text {
             let cal = calibrate(model_path, text, printer)?;

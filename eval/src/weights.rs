@@ -173,8 +173,6 @@ fn rows_per_job(row_len: usize) -> usize {
     (1usize << 20).div_ceil(row_len.max(1)).max(1)
 }
 
-/// Compare every tensor of `candidate` with `original`. `progress` gets the
-/// original's source bytes as they are done; `cancel` stops between blocks.
 /// Which block of the candidate a block of the original is compared with.
 /// A depth-pruned candidate (kiln's `--prune layers=...`, recorded in the
 /// GGUF's `kiln.prune` or the artifact directory's manifest.json) is
@@ -269,9 +267,9 @@ fn pruned_layers(candidate: &Opened) -> Option<(String, Vec<usize>)> {
         let dir = candidate.path.is_dir().then(|| candidate.path.clone())?;
         let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
         let m: serde_json::Value = serde_json::from_str(&text).ok()?;
-        m.pointer("/prune/resolved")
-            .or_else(|| m.pointer("/pruning/chosen"))
-            .and_then(|v| v.as_str())
+        ["/prune/resolved", "/pruning/chosen"]
+            .iter()
+            .find_map(|k| m.pointer(k).and_then(|v| v.as_str()))
             .map(str::to_string)
     })?;
     let parsed = passes::passes::prune::parse_spec(&spec).ok()?;
@@ -281,6 +279,8 @@ fn pruned_layers(candidate: &Opened) -> Option<(String, Vec<usize>)> {
     }
 }
 
+/// Compare every tensor of `candidate` with `original`. `progress` gets the
+/// original's source bytes as they are done; `cancel` stops between blocks.
 pub fn compare(
     original: &Opened,
     candidate: &Opened,

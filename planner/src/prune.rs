@@ -334,7 +334,11 @@ pub fn check(o: &PlanOptions) -> Result<()> {
 /// model is open: the passes' own checks, which read no tensor data, so the
 /// error comes before the imatrix, the probes and the measurements.
 pub fn check_named(model: &passes::Model, o: &PlanOptions) -> Result<()> {
-    let Some(arch) = &model.arch else {
+    let Some(arch) = model
+        .arch
+        .as_ref()
+        .filter(|_| !o.prune_candidates.is_empty())
+    else {
         return Ok(());
     };
     let gguf = crate::options::any_engine(o)? == passes::cost::Engine::LlamaCpp;

@@ -138,7 +138,8 @@ pub fn parse_spec(s: &str) -> Result<PruneSpec, String> {
                 .map_err(|_| format!("{what}: `{}` is not a whole number", crate::printable(v)))
         };
         let key = key.trim();
-        if seen.iter().any(|k| k == key) {
+        let known = matches!(key, "layers" | "ffn" | "kv-groups" | "tp");
+        if known && seen.iter().any(|k| k == key) {
             return Err(format!("`{}` is given twice", crate::printable(key)));
         }
         seen.push(key.to_string());
@@ -294,6 +295,9 @@ impl Scratch {
                 Some(cols) if cols.iter().all(|&c| c < v.len()) => {
                     cols.iter().map(|&c| v[c]).collect()
                 }
+                // Not of the unpruned model (callers refuse such an imatrix
+                // first): dropped rather than applied to the wrong columns.
+                Some(_) => continue,
                 _ => v.clone(),
             };
             match rename_layer(name, &self.layer_map) {
@@ -697,7 +701,6 @@ fn rows_sq_norm(t: &TensorNode, reader: &dyn TensorReader, r0: usize, r1: usize)
     s
 }
 
-/// The indices of the `keep` highest scores, ascending (ties: lower index).
 /// Refuse an activation vector (an imatrix entry) that does not fit its
 /// tensor's input columns: it belongs to another model (or to a pruned one),
 /// and scoring channels with it would score the wrong ones.
@@ -720,6 +723,7 @@ fn check_activations(
     }
 }
 
+/// The indices of the `keep` highest scores, ascending (ties: lower index).
 fn top_k(scores: &[f64], keep: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
