@@ -543,6 +543,11 @@ fn build_all(
                 None => None,
             },
         };
+        // Every directory that will be built is checked before anything is
+        // built: a refusal must not leave earlier artifacts half the run.
+        if reuse.is_none() {
+            check_unit_dir(&dir).with_context(|| format!("artifact `{}`", u.name))?;
+        }
         plan.push((u, c, key, reuse));
     }
     // Measurements shared by units with the same model and settings, each
@@ -593,6 +598,20 @@ fn build_all(
     finish(args, &summary, printer, t0)
 }
 
+/// Refuse `OUT/<name>` where kiln ci may not build (kiln build's rule,
+/// without its --force, which kiln ci does not have).
+fn check_unit_dir(dir: &Path) -> Result<()> {
+    formats::artifact::check_outdir(dir, false).map_err(|e| {
+        anyhow!(
+            "{}",
+            e.to_string().replace(
+                "move them out, or pass --force to delete them",
+                "move them out (kiln ci deletes nothing it did not write)"
+            )
+        )
+    })
+}
+
 /// Build one unit into `OUT/<name>` with a shared measurement; the
 /// manifest JSON written.
 fn build_one(
@@ -615,6 +634,7 @@ fn build_one(
         kiln_version: env!("CARGO_PKG_VERSION").into(),
         gptq: None,
     };
+    check_unit_dir(&b.output)?;
     planner::build::check(&b).map_err(lift_plan)?;
     let workload =
         planner::options::workload(&c.options, setup.arch.context_length).map_err(lift_plan)?;
@@ -855,12 +875,10 @@ fn entries_by_name(s: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn fmt_num(v: &Value, digits: usize) -> String {
-    match v.as_f64() {
-        Some(x) if x != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e6) => format!("{x:.2e}"),
-        Some(x) => format!("{x:.digits$}"),
-        None => "-".into(),
-    }
+/// A figure as kiln prints figures everywhere (`formats::human::num`: four
+/// significant figures, scientific below 1e-3); `-` when absent.
+fn fmt_num(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), formats::human::num)
 }
 
 /// summary.md: a table per model, then the failed gates.
@@ -905,10 +923,10 @@ fn summary_md(s: &Value) -> String {
                 e["name"].as_str().unwrap_or_default(),
                 e["target"].as_str().unwrap_or_default(),
                 e["engine"].as_str().unwrap_or("-"),
-                fmt_num(&e["plan"]["bits_per_weight"], 2),
-                fmt_num(&e["cost"]["decode_tokens_per_second"], 1),
-                fmt_num(&e["cost"]["usd_per_million_tokens"], 3),
-                fmt_num(&e["accuracy"]["kld_mean"], 4),
+                fmt_num(&e["plan"]["bits_per_weight"]),
+                fmt_num(&e["cost"]["decode_tokens_per_second"]),
+                fmt_num(&e["cost"]["usd_per_million_tokens"]),
+                fmt_num(&e["accuracy"]["kld_mean"]),
             );
         }
     }
@@ -952,13 +970,16 @@ fn gate_text(name: &str, g: &Value) -> String {
     };
     let value = match &g["value"] {
         Value::Null => format!("not {how}"),
-        v if v.is_number() => format!("{how} {}", fmt_num(v, 4)),
+        v if v.is_number() => format!("{how} {}", fmt_num(v)),
         v => format!("{how} {v}"),
     };
     format!(
         "`{name}`: {} {}, {value}",
         g["gate"].as_str().unwrap_or_default(),
-        g["limit"]
+        match &g["limit"] {
+            v if v.is_number() => fmt_num(v),
+            v => v.to_string(),
+        }
     )
 }
 
@@ -993,8 +1014,8 @@ fn progress_line(i: usize, n: usize, e: &Value, origin: &Origin) -> String {
         e["size_bytes"]
             .as_u64()
             .map_or("-".into(), formats::human::bytes),
-        fmt_num(&e["cost"]["decode_tokens_per_second"], 1),
-        fmt_num(&e["accuracy"]["kld_mean"], 4),
+        fmt_num(&e["cost"]["decode_tokens_per_second"]),
+        fmt_num(&e["accuracy"]["kld_mean"]),
     )
 }
 

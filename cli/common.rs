@@ -31,7 +31,7 @@ pub struct PlanArgs {
     /// Sequences served at once (each with --context KV slots).
     #[arg(long, default_value_t = 1, value_name = "B")]
     pub concurrency: usize,
-    /// KV cache type: f16, bf16, q8_0 or q4_0.
+    /// KV cache type: f16, bf16, q8_0 or q4_0 (llama.cpp); fp8 too with --engine vllm or trt-llm.
     #[arg(long, default_value = "f16", value_name = "T")]
     pub kv_type: String,
     /// Bytes of model file per device, in GB (10^9), instead of the target's memory minus KV cache and overhead.

@@ -197,11 +197,11 @@ fn a_failing_gate_exits_1_and_the_summary_says_which() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     let last = r.stderr.lines().last().unwrap();
     assert!(
-        last.starts_with("error: gates failed: `tiny-llama-h100`: max_kld 1e-12, measured "),
+        last.starts_with("error: gates failed: `tiny-llama-h100`: max_kld 1.000e-12, measured "),
         "{last}"
     );
     assert!(
-        last.contains("`tiny-llama-m2-max`: min_decode_tok_s 1000000000000.0, estimated "),
+        last.contains("`tiny-llama-m2-max`: min_decode_tok_s 1000000000000, estimated "),
         "{last}"
     );
     let s1 = summary(&out);
@@ -319,6 +319,16 @@ fn hostile_manifests_get_one_line_and_exit_2() {
             &|t| t.replace("fixtures/tiny-qwen2\"", "fixtures/no-such\""),
             "key `path`: model `tiny-qwen2`",
         ),
+        (
+            "two sizes for one file",
+            &|t| t.replace("bpw = 4.5\n", "bpw = 4.5\nbudget_gb = 1.0\n"),
+            "--bpw and --budget-gb both size the model file",
+        ),
+        (
+            "an FP8 KV cache for llama.cpp",
+            &|t| t.replace("objective = \"accuracy\"\n", "objective = \"accuracy\"\nkv_type = \"fp8\"\n"),
+            "llama.cpp has no FP8 KV cache",
+        ),
     ];
     for (what, edit, want) in cases {
         let m = manifest(d.path(), edit);
@@ -334,6 +344,26 @@ fn hostile_manifests_get_one_line_and_exit_2() {
         );
         assert!(!out.exists(), "{what}: wrote {out:?}");
     }
+    // A unit directory holding a file kiln did not write is refused before
+    // any artifact is built: no earlier artifact is left behind.
+    let m = manifest(d.path(), |t| t);
+    let out = d.path().join("stray");
+    std::fs::create_dir_all(out.join("tiny-qwen2-h100-vllm")).unwrap();
+    std::fs::write(out.join("tiny-qwen2-h100-vllm/notes.txt"), "mine").unwrap();
+    let r = run(&["ci", s(&m), "-o", s(&out)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: artifact `tiny-qwen2-h100-vllm`: ")
+            && last.contains("refusing to replace it")
+            && !last.contains("--force"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        tree(&out).into_keys().collect::<Vec<_>>(),
+        vec!["tiny-qwen2-h100-vllm/notes.txt".to_string()]
+    );
     // A file kiln did not write is never replaced.
     let m = manifest(d.path(), |t| t);
     let out = d.path().join("theirs");

@@ -147,6 +147,11 @@ pub fn check(o: &PlanOptions) -> Result<()> {
             ));
         }
     }
+    if o.bpw.is_some() && o.budget_gb.is_some() {
+        return bad(
+            "--bpw and --budget-gb both size the model file: give one (bits per weight over all parameters, or a size in GB)".into(),
+        );
+    }
     if !(o.min_bpw.is_finite() && o.min_bpw >= 0.0) {
         return bad("--min-bpw must be at least 0".into());
     }
@@ -224,10 +229,16 @@ pub fn engine(o: &PlanOptions) -> Result<Engine> {
 pub fn workload(o: &PlanOptions, trained_context: usize) -> Result<Workload> {
     let kv_type = KvType::parse(&o.kv_type).ok_or_else(|| {
         Error::Options(format!(
-            "unknown KV type `{}` (known: f16, bf16, q8_0, q4_0)",
+            "unknown KV type `{}` (known: f16, bf16, q8_0, q4_0; fp8 with --engine vllm or trt-llm)",
             o.kv_type
         ))
     })?;
+    if kv_type == KvType::Fp8 && Engine::parse(&o.engine) == Some(Engine::LlamaCpp) {
+        return Err(Error::Options(format!(
+            "--kv-type {}: llama.cpp has no FP8 KV cache (f16, bf16, q8_0, q4_0); fp8 is for --engine vllm or trt-llm",
+            o.kv_type
+        )));
+    }
     if o.concurrency == 0 || o.context == Some(0) {
         return Err(Error::Options(
             "--context and --concurrency must be at least 1".into(),
