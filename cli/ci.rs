@@ -169,10 +169,10 @@ fn check_units(m: &Manifest, printer: &Printer) -> Result<Vec<Checked>> {
                 format!("artifact `{}`: {e}", u.name)
             ))
         };
-        let (options, objective) = options(u).map_err(|e| at("settings", &e))?;
+        let (options, objective) = options(u).map_err(|e| at(&setting_key(&e), &e))?;
         planner::options::check(&options)
             .map_err(lift_plan)
-            .map_err(|e| at("settings", &e))?;
+            .map_err(|e| at(&setting_key(&e), &e))?;
         let target = crate::targets::resolve(&u.target, &[], false, printer)
             .map_err(|e| at("target", &e))?;
         let engine = planner::options::any_engine(&options)
@@ -181,7 +181,7 @@ fn check_units(m: &Manifest, printer: &Printer) -> Result<Vec<Checked>> {
         crate::build::check_engine(&target, engine).map_err(|e| at("engine", &e))?;
         planner::options::workload(&options, 0)
             .map_err(lift_plan)
-            .map_err(|e| at("settings", &e))?;
+            .map_err(|e| at(&setting_key(&e), &e))?;
         if engine != passes::cost::Engine::LlamaCpp {
             planner::ct_build::legal(&target, engine.name())
                 .map_err(lift_plan)
@@ -206,6 +206,23 @@ fn check_units(m: &Manifest, printer: &Printer) -> Result<Vec<Checked>> {
         });
     }
     Ok(out)
+}
+
+/// The manifest key a settings error is about: its leading `--flag` (as
+/// the planner names options) or `key:`, in the manifest's spelling
+/// (`--kv-type` -> `kv_type`); `settings` when it names none.
+fn setting_key(e: &dyn std::fmt::Display) -> String {
+    let msg = e.to_string();
+    let word: String = msg
+        .trim_start_matches("--")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    let named = msg.starts_with("--") || msg[word.len()..].starts_with(':');
+    match named && !word.is_empty() {
+        true => word.replace('-', "_"),
+        false => "settings".into(),
+    }
 }
 
 /// Refuse an OUT that is not a directory kiln ci may write in.

@@ -320,9 +320,14 @@ fn hostile_manifests_get_one_line_and_exit_2() {
             "key `path`: model `tiny-qwen2`",
         ),
         (
+            "a window too short, named by its key",
+            &|t| t.replace("ctx = 128", "ctx = 0"),
+            "key `ctx`: artifact `tiny-llama-h100`: --ctx must be at least 8 tokens",
+        ),
+        (
             "two sizes for one file",
             &|t| t.replace("bpw = 4.5\n", "bpw = 4.5\nbudget_gb = 1.0\n"),
-            "--bpw and --budget-gb both size the model file",
+            "key `bpw`: artifact `tiny-llama-m2-max`: --bpw and --budget-gb both size the model file",
         ),
         (
             "an FP8 KV cache for llama.cpp",

@@ -229,7 +229,7 @@ pub fn engine(o: &PlanOptions) -> Result<Engine> {
 pub fn workload(o: &PlanOptions, trained_context: usize) -> Result<Workload> {
     let kv_type = KvType::parse(&o.kv_type).ok_or_else(|| {
         Error::Options(format!(
-            "unknown KV type `{}` (known: f16, bf16, q8_0, q4_0; fp8 with --engine vllm or trt-llm)",
+            "--kv-type `{}`: unknown KV type (known: f16, bf16, q8_0, q4_0; fp8 with --engine vllm or trt-llm)",
             o.kv_type
         ))
     })?;
