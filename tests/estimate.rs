@@ -152,6 +152,21 @@ fn engine_version_is_chosen_and_stated() {
         "{}",
         r.stderr
     );
+    // Another engine than llama.cpp: refused, not silently ignored.
+    let r = run(&[
+        "estimate",
+        &m,
+        "-T",
+        "h100-pcie",
+        "-t",
+        "bf16",
+        "--engine",
+        "vllm",
+        "--engine-version",
+        "b2843",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("the engine here is vllm"), "{}", r.stderr);
 }
 
 #[test]

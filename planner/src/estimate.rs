@@ -136,7 +136,7 @@ pub fn estimate(o: &EstimateOptions, target: &Target) -> Result<Estimated> {
     }
     let kv_type = KvType::parse(&o.kv_type).ok_or_else(|| {
         Error::Options(format!(
-            "unknown KV type `{}` (known: f16, bf16, q8_0, q4_0, fp8)",
+            "--kv-type `{}`: unknown KV type (known: f16, bf16, q8_0, q4_0, fp8)",
             o.kv_type
         ))
     })?;
@@ -148,6 +148,12 @@ pub fn estimate(o: &EstimateOptions, target: &Target) -> Result<Estimated> {
         })?,
         None => EngineVersion::Current,
     };
+    if o.engine_version.is_some() && engine.class() != passes::cost::EngineClass::LlamaCpp {
+        return Err(Error::Options(format!(
+            "--engine-version is the llama.cpp build the speed is modelled for; the engine here is {} (drop the option)",
+            engine.name()
+        )));
+    }
     let workload = Workload {
         batch: parse_batch(&o.batch)?,
         context: o.context,
