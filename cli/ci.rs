@@ -198,6 +198,17 @@ fn check_units(m: &Manifest, printer: &Printer) -> Result<Vec<Checked>> {
                 ),
             ));
         }
+        // A $ gate on a target with no published price could only fail
+        // after the build: refused now.
+        if u.gates.max_usd_per_mtok.is_some() && !target.price_per_hour_usd.is_known() {
+            return Err(at(
+                "gates.max_usd_per_mtok",
+                &format!(
+                    "`{}` has no published price, so no $ per million tokens is estimated to gate on (drop the gate, or pick a target with a price: `kiln targets` lists them)",
+                    target.id
+                ),
+            ));
+        }
         out.push(Checked {
             options,
             objective,

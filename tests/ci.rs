@@ -320,6 +320,17 @@ fn hostile_manifests_get_one_line_and_exit_2() {
             "key `path`: model `tiny-qwen2`",
         ),
         (
+            "a $ gate on a target with no price",
+            &|t| {
+                t.replacen(
+                    "target = \"h100-sxm\"\nengine = \"llama.cpp\"",
+                    "target = \"rtx-4090\"\nengine = \"llama.cpp\"",
+                    1,
+                )
+            },
+            "key `gates.max_usd_per_mtok`: artifact `tiny-llama-h100`: `rtx-4090` has no published price",
+        ),
+        (
             "a window too short, named by its key",
             &|t| t.replace("ctx = 128", "ctx = 0"),
             "key `ctx`: artifact `tiny-llama-h100`: --ctx must be at least 8 tokens",
