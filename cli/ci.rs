@@ -164,7 +164,7 @@ fn check_units(m: &Manifest, printer: &Printer) -> Result<Vec<Checked>> {
         let at = |key: &str, e: &dyn std::fmt::Display| {
             anyhow!(located(
                 &m.path,
-                u.line,
+                ci_manifest::key_line(&m.text, u.line, key),
                 key,
                 format!("artifact `{}`: {e}", u.name)
             ))

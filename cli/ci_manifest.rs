@@ -284,6 +284,8 @@ impl Unit {
 #[derive(Debug)]
 pub struct Manifest {
     pub path: PathBuf,
+    /// The manifest as read (to point errors at the line of a key).
+    pub text: String,
     pub sha256: String,
     pub units: Vec<Unit>,
     pub fanout: Fanout,
@@ -292,6 +294,59 @@ pub struct Manifest {
 /// 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {
     text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// The 1-based line that sets `key` (`gates.max_kld` for a key of the
+/// artifact's `[artifact.gates]`) for the artifact whose `name` is on
+/// `unit_line`: in that artifact's tables, else, for a setting, in
+/// `[defaults]`; `unit_line` when neither sets it (a default of kiln's).
+pub fn key_line(text: &str, unit_line: usize, key: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let (table, leaf) = match key.split_once('.') {
+        Some((t, l)) => (Some(t), l),
+        None => (None, key),
+    };
+    let sets = |l: &str| {
+        l.strip_prefix(leaf)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let header = |l: &str| l.starts_with('[');
+    // The artifact: from its `[[artifact]]` header to the next table that is
+    // not one of its sub-tables.
+    let start = (0..unit_line.min(lines.len()))
+        .rev()
+        .find(|&i| lines[i].trim() == "[[artifact]]");
+    if let Some(start) = start {
+        let mut sub: Option<&str> = None;
+        for (i, l) in lines.iter().enumerate().skip(start + 1) {
+            let l = l.trim();
+            if header(l) {
+                match l
+                    .strip_prefix("[artifact.")
+                    .and_then(|r| r.strip_suffix(']'))
+                {
+                    Some(t) => sub = Some(t),
+                    None => break,
+                }
+            } else if sub == table && sets(l) {
+                return i + 1;
+            }
+        }
+    }
+    if table.is_none() {
+        if let Some(d) = lines.iter().position(|l| l.trim() == "[defaults]") {
+            for (i, l) in lines.iter().enumerate().skip(d + 1) {
+                let l = l.trim();
+                if header(l) {
+                    break;
+                }
+                if sets(l) {
+                    return i + 1;
+                }
+            }
+        }
+    }
+    unit_line
 }
 
 /// `kiln.toml: line 12, key `target`: ...`.
@@ -447,6 +502,7 @@ pub fn read(path: &Path) -> Result<Manifest> {
     Ok(Manifest {
         path: path.to_path_buf(),
         sha256: formats::artifact::sha256(text.as_bytes()),
+        text: text.clone(),
         units,
         fanout: raw.fanout,
     })
@@ -596,6 +652,17 @@ mod tests {
         assert_eq!(u.path(&u.settings.text), Some(d.path().join("t.txt")));
         assert_eq!(u.model.path, "m");
         assert_eq!(u.line, 8);
+    }
+
+    #[test]
+    fn key_lines_are_the_artifacts_then_the_defaults() {
+        let text = "version = 1\n[defaults]\nctx = 64\nbpw = 4\n[[artifact]]\nname = \"a\"\nbpw = 5\n[artifact.gates]\nmax_kld = 0.1\n[[artifact]]\nname = \"b\"\n[fanout]\nbpw = 9\n";
+        assert_eq!(key_line(text, 6, "bpw"), 7); // the artifact's own
+        assert_eq!(key_line(text, 11, "bpw"), 4); // [defaults], not [fanout]
+        assert_eq!(key_line(text, 6, "ctx"), 3);
+        assert_eq!(key_line(text, 6, "gates.max_kld"), 9);
+        assert_eq!(key_line(text, 11, "gates.max_kld"), 11); // unset: the name's line
+        assert_eq!(key_line(text, 11, "chunks"), 11);
     }
 
     #[test]
