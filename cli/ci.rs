@@ -34,7 +34,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::ci_manifest::{self, located, Manifest, Unit};
-use crate::common::{cancel_flag, lift_plan};
+use crate::common::{cancel_flag, lift_plan, without_force_hint};
 use crate::printer::Bars;
 use crate::{CheckFailed, Printer};
 
@@ -564,6 +564,12 @@ fn build_all(
             .get(&u.name)
             .filter(|e| e["key"] == key.as_str() && files_match(&dir, &e["files"]))
             .map(|e| (e.clone(), Origin::UpToDate));
+        // Every directory that will be written (built, or copied from the
+        // cache) is checked before anything is: a refusal must not leave
+        // earlier artifacts half the run.
+        if reuse.is_none() {
+            check_unit_dir(&dir).with_context(|| format!("artifact `{}`", u.name))?;
+        }
         let reuse = match reuse {
             Some(r) => Some(r),
             None => match &args.cache {
@@ -571,11 +577,6 @@ fn build_all(
                 None => None,
             },
         };
-        // Every directory that will be built is checked before anything is
-        // built: a refusal must not leave earlier artifacts half the run.
-        if reuse.is_none() {
-            check_unit_dir(&dir).with_context(|| format!("artifact `{}`", u.name))?;
-        }
         plan.push((u, c, key, reuse));
     }
     // Measurements shared by units with the same model and settings, each
@@ -629,15 +630,7 @@ fn build_all(
 /// Refuse `OUT/<name>` where kiln ci may not build (kiln build's rule,
 /// without its --force, which kiln ci does not have).
 fn check_unit_dir(dir: &Path) -> Result<()> {
-    formats::artifact::check_outdir(dir, false).map_err(|e| {
-        anyhow!(
-            "{}",
-            e.to_string().replace(
-                "move them out, or pass --force to delete them",
-                "move them out (kiln ci deletes nothing it did not write)"
-            )
-        )
-    })
+    formats::artifact::check_outdir(dir, false).map_err(without_force_hint)
 }
 
 /// Build one unit into `OUT/<name>` with a shared measurement; the
@@ -1073,7 +1066,7 @@ fn finish(args: &CiArgs, s: &Value, printer: &Printer, t0: Instant) -> Result<()
 /// Copy the regular files `files` lists from `from` into the artifact
 /// directory `to` (atomically, as a build writes it).
 fn copy_artifact(from: &Path, files: &Value, to: &Path) -> Result<()> {
-    let staging = formats::artifact::Staging::new(to, false)?;
+    let staging = formats::artifact::Staging::new(to, false).map_err(without_force_hint)?;
     for f in files.as_array().into_iter().flatten() {
         let name = f["path"].as_str().unwrap_or_default();
         std::fs::copy(from.join(name), staging.path(name))

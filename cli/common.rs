@@ -233,6 +233,23 @@ const CANCEL_SIGNALS: [i32; 2] = [signal_hook::consts::SIGINT, signal_hook::cons
 /// The number of the signal that cancelled the run (0: none yet).
 static SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
 
+/// An output-directory refusal for a command that has no `--force`: the
+/// hint to pass it becomes what the command does instead.
+/// Any other error is passed on as it is.
+pub fn without_force_hint(e: formats::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    match msg.contains(formats::artifact::FORCE_HINT) {
+        true => anyhow::anyhow!(
+            "{}",
+            msg.replace(
+                formats::artifact::FORCE_HINT,
+                " (this command deletes nothing it did not write; choose another output)"
+            )
+        ),
+        false => e.into(),
+    }
+}
+
 /// A cancel flag set by the first SIGINT (Ctrl-C), SIGTERM or SIGHUP; a
 /// second one while cleaning up takes the signal's default action.
 pub fn cancel_flag() -> Arc<AtomicBool> {

@@ -285,7 +285,7 @@ pub fn run(args: &ConvertArgs, printer: &Printer) -> Result<()> {
         printer.info(&format!("note: {n}"));
     }
     clean_stale(out, printer);
-    let staging = Staging::new(out, false)?;
+    let staging = Staging::new(out, false).map_err(crate::common::without_force_hint)?;
     let cancel = cancel_flag();
     let input_bytes: u64 = model.tensors.iter().map(|t| t.source.len).sum();
     let bar = printer.bytes_bar(input_bytes, "converting");

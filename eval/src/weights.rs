@@ -203,18 +203,8 @@ impl BlockMap {
             Some((spec, removed))
                 if removed.iter().all(|&l| l < n_orig) && n_orig - removed.len() == n_cand =>
             {
-                let mut next = 0;
-                let map = (0..n_orig)
-                    .map(|l| match removed.contains(&l) {
-                        true => None,
-                        false => {
-                            next += 1;
-                            Some(next - 1)
-                        }
-                    })
-                    .collect();
                 BlockMap {
-                    map,
+                    map: passes::passes::prune::layer_map(n_orig, &removed),
                     skip_blocks: false,
                     note: Some(format!(
                         "the candidate is depth-pruned (`{spec}`): its blocks are compared with the original blocks they came from; removed blocks {} are not compared",

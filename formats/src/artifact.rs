@@ -50,6 +50,11 @@ const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// Unlisted files named in a refusal, at most.
 const NAMED: usize = 8;
 
+/// The end of [`check_outdir`]'s refusal of files a manifest does not list,
+/// naming `--force`; a command without that option replaces it
+/// (`without_force_hint` in the CLI).
+pub const FORCE_HINT: &str = ", or pass --force to delete them";
+
 /// A staging directory for `out`.
 #[derive(Debug)]
 pub struct Staging {
@@ -120,7 +125,7 @@ pub fn check_outdir(out: &Path, force: bool) -> Result<()> {
     Err(Error::output(
         out,
         format!(
-            "holds what the previous build's manifest.json does not list: {named}; a rebuild replaces the directory whole and would delete them: move them out, or pass --force to delete them"
+            "holds what the previous build's manifest.json does not list: {named}; a rebuild replaces the directory whole and would delete them: move them out{FORCE_HINT}"
         ),
     ))
 }

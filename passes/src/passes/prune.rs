@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::error::PassError;
-use crate::ir::{MetaValue, Model, Note, Role, Source, SourceDType, TensorNode, Transform};
+use crate::ir::{Arch, MetaValue, Model, Note, Role, Source, SourceDType, TensorNode, Transform};
 
 use super::{Context, Pass, TensorReader};
 
@@ -359,6 +359,21 @@ pub fn check_spec(spec: &PruneSpec, model: &Model, gguf: bool) -> Result<(), Pas
     Ok(())
 }
 
+/// Input layer -> output layer for a model of `n` layers with `removed`
+/// taken out: `None` for a removed one, the kept ones renumbered in order.
+pub fn layer_map(n: usize, removed: &[usize]) -> Vec<Option<usize>> {
+    let mut next = 0;
+    (0..n)
+        .map(|i| match removed.contains(&i) {
+            true => None,
+            false => {
+                next += 1;
+                Some(next - 1)
+            }
+        })
+        .collect()
+}
+
 /// `blk.{i}.rest` with `i` mapped; `None` when layer `i` was removed; other
 /// names unchanged.
 pub fn rename_layer(name: &str, map: &[Option<usize>]) -> Option<String> {
@@ -474,16 +489,7 @@ impl DropLayers {
                 ),
             ));
         }
-        let mut map = Vec::with_capacity(n);
-        let mut next = 0;
-        for i in 0..n {
-            if self.layers.contains(&i) {
-                map.push(None);
-            } else {
-                map.push(Some(next));
-                next += 1;
-            }
-        }
+        let map = layer_map(n, &self.layers);
         // Gemma's sliding window is positional in llama.cpp
         // (`set_swa_pattern`): refuse a removal that moves a layer to a
         // position of the other kind.
@@ -760,22 +766,15 @@ pub struct NarrowFfn {
     pub scratch: SharedScratch,
 }
 
+/// A layer's FFN tensors, by index in `Model::tensors`: (layer, ffn_down,
+/// ffn_up, ffn_gate; no gate when `ffn_up` holds gate and up fused).
+pub type FfnLayer = (usize, usize, usize, Option<usize>);
+
 impl NarrowFfn {
     /// Everything `run` refuses, checked on the model alone (no tensor data
     /// is read): the architecture, the channels kept, and per layer its
     /// `ffn_down`, `ffn_up` and `ffn_gate` tensors.
-    #[allow(clippy::type_complexity)]
-    pub fn check(
-        &self,
-        model: &Model,
-    ) -> Result<
-        (
-            crate::ir::Arch,
-            usize,
-            Vec<(usize, usize, usize, Option<usize>)>,
-        ),
-        PassError,
-    > {
+    pub fn check(&self, model: &Model) -> Result<(Arch, usize, Vec<FfnLayer>), PassError> {
         let a = arch_of(model, FFN)?.clone();
         if let Some(t) = model.tensors.iter().find(|t| {
             matches!(
@@ -960,23 +959,15 @@ pub struct DropKvGroups {
 /// `n_embd + 2 n_embd_gqa` rows): their query heads cannot shrink.
 const HIDDEN_SIZED_ATTENTION: &[&str] = &["qwen2", "qwen2moe", "phi3"];
 
+/// A layer's attention tensors, by index in `Model::tensors`: (layer,
+/// attn_output, fused attn_qkv, separate [attn_q, attn_k, attn_v]).
+pub type KvLayer = (usize, usize, Option<usize>, [Option<usize>; 3]);
+
 impl DropKvGroups {
     /// Everything `run` refuses, checked on the model alone (no tensor data
     /// is read): the architecture, the query heads per KV group, the KV
     /// heads kept, and per layer its output projection and Q/K/V tensors.
-    #[allow(clippy::type_complexity)]
-    pub fn check(
-        &self,
-        model: &Model,
-    ) -> Result<
-        (
-            crate::ir::Arch,
-            usize,
-            usize,
-            Vec<(usize, usize, Option<usize>, [Option<usize>; 3])>,
-        ),
-        PassError,
-    > {
+    pub fn check(&self, model: &Model) -> Result<(Arch, usize, usize, Vec<KvLayer>), PassError> {
         let a = arch_of(model, KV)?.clone();
         let (nh, nkv, hd) = (a.n_head, a.n_head_kv, a.head_dim);
         if nkv == 0 || nh % nkv != 0 {
